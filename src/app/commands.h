@@ -1,0 +1,20 @@
+// The subcommands of `fairkv`. Each registers itself on the CLI11 app and runs when chosen;
+// a command reports bad input by throwing fairkv::app::UsageError or any std::exception, which
+// main prints as "fairkv <cmd>: <message>" with exit code 1.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <stdexcept>
+
+namespace fairkv::app {
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+void add_run_command(CLI::App& app);      // generate text (cmd_run.cpp)
+void add_inspect_command(CLI::App& app);  // describe a GGUF file (cmd_inspect.cpp)
+void add_synth_command(CLI::App& app);    // write a random-weight GGUF of a real shape (cmd_synth.cpp)
+void add_plan_command(CLI::App& app);     // place units on devices (cmd_plan.cpp)
+
+}  // namespace fairkv::app

@@ -1,0 +1,26 @@
+// fairkv: the command-line entry point. Subcommands live in cmd_*.cpp.
+#include <cstdio>
+#include <exception>
+
+#include "app/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"fairkv: Llama-family inference with per-head compressed KV caches, balanced "
+               "across devices"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "fairkv 0.1");
+  // COMMANDS: one line per subcommand (keep this marker; helpers add lines below it).
+  fairkv::app::add_run_command(app);
+  fairkv::app::add_inspect_command(app);
+  fairkv::app::add_synth_command(app);
+  fairkv::app::add_plan_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fairkv: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,141 @@
+// GGUF reader (versions 2 and 3), memory-mapped.
+//
+// Every check that can fail on a malformed file throws gguf::Error whose message names the file,
+// the field and what was expected ("model.gguf: tensor 'blk.0.attn_q.weight': offset 123 + 4096
+// bytes is past the end of the file (2048 bytes)"). Nothing is read before it is bounds-checked.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fairkv::gguf {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Metadata value types, numbered as in the GGUF specification.
+enum class ValueType : uint32_t {
+  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
+  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+};
+const char* value_type_name(ValueType t);
+
+// Tensor element types, numbered as ggml numbers them. Only these are accepted.
+enum class TensorType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, BF16 = 30 };
+const char* tensor_type_name(TensorType t);
+// Elements per block (1 for F32/F16/BF16, 32 for Q4_0/Q8_0) and bytes per block.
+int64_t tensor_type_block(TensorType t);
+int64_t tensor_type_block_bytes(TensorType t);
+
+// One metadata value. Scalars live in the matching field; arrays keep their element type and
+// their elements (strings in `strings`, every numeric or bool element in `numbers` as double and
+// in `ints` as int64 so that large integers stay exact).
+struct Value {
+  ValueType type = ValueType::UINT8;
+  ValueType elem_type = ValueType::UINT8;  // for ARRAY
+  int64_t i = 0;        // every integer type and BOOL
+  uint64_t u = 0;       // UINT64 exactly
+  double f = 0;         // FLOAT32 / FLOAT64
+  std::string str;      // STRING
+  std::vector<std::string> strings;  // ARRAY of STRING
+  std::vector<double> numbers;       // ARRAY of numeric / BOOL
+  std::vector<int64_t> ints;         // ARRAY of integer / BOOL
+  size_t array_size() const;
+  bool is_integer() const;  // scalar integer or BOOL
+  bool is_float() const;    // scalar FLOAT32 / FLOAT64
+  std::string to_string(size_t max_elems = 8) const;  // short human form for `inspect`
+};
+
+struct KeyValue {
+  std::string key;
+  Value value;
+};
+
+struct TensorInfo {
+  std::string name;
+  std::vector<int64_t> dims;  // ne[0] first: dims[0] is the contiguous (inner) dimension
+  TensorType type = TensorType::F32;
+  uint64_t offset = 0;  // relative to the start of the data section
+  int64_t n_elements = 0;
+  uint64_t n_bytes = 0;
+};
+
+class File {
+ public:
+  // Maps and parses the file; throws gguf::Error on any malformation.
+  static File open(const std::string& path);
+  // Parses an in-memory image (used by the fuzzer and tests); `name` is used in messages.
+  static File parse(const uint8_t* data, size_t size, const std::string& name);
+
+  File(File&&) noexcept;
+  File& operator=(File&&) noexcept;
+  ~File();
+
+  const std::string& path() const;
+  uint32_t version() const;
+  uint64_t alignment() const;
+  size_t file_size() const;
+
+  const std::vector<KeyValue>& metadata() const;
+  const Value* find(std::string_view key) const;
+  // Typed getters: throw Error naming the file and the key when it is absent or of another type.
+  std::string get_string(std::string_view key) const;
+  int64_t get_int(std::string_view key) const;      // any integer type
+  double get_float(std::string_view key) const;     // FLOAT32/FLOAT64, or an integer
+  bool get_bool(std::string_view key) const;
+  const std::vector<std::string>& get_strings(std::string_view key) const;  // ARRAY of STRING
+  const std::vector<double>& get_numbers(std::string_view key) const;       // numeric ARRAY
+  std::optional<std::string> find_string(std::string_view key) const;
+  std::optional<int64_t> find_int(std::string_view key) const;
+  std::optional<double> find_float(std::string_view key) const;
+
+  const std::vector<TensorInfo>& tensors() const;
+  const TensorInfo* find_tensor(std::string_view name) const;
+  // Pointer to the tensor's bytes inside the mapping (valid while the File lives).
+  const uint8_t* data(const TensorInfo& t) const;
+
+ private:
+  File();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// GGUF writer (version 3): used by `fairkv synth` and by the tests that build malformed files.
+class Writer {
+ public:
+  void set_alignment(uint64_t a);
+  void add_string(const std::string& key, const std::string& v);
+  void add_u32(const std::string& key, uint32_t v);
+  void add_i32(const std::string& key, int32_t v);
+  void add_u64(const std::string& key, uint64_t v);
+  void add_f32(const std::string& key, float v);
+  void add_bool(const std::string& key, bool v);
+  void add_strings(const std::string& key, const std::vector<std::string>& v);
+  void add_f32s(const std::string& key, const std::vector<float>& v);
+  void add_i32s(const std::string& key, const std::vector<int32_t>& v);
+  // dims[0] is the inner dimension; `bytes` must hold exactly the tensor's encoded size.
+  void add_tensor(const std::string& name, TensorType type, std::vector<int64_t> dims,
+                  std::vector<uint8_t> bytes);
+  // The whole file as bytes, and written to a path (throws Error on I/O failure).
+  std::vector<uint8_t> serialize() const;
+  void write(const std::string& path) const;
+
+ private:
+  std::vector<std::vector<uint8_t>> kv_;  // encoded key/value pairs
+  struct PendingTensor {
+    std::string name;
+    TensorType type;
+    std::vector<int64_t> dims;
+    std::vector<uint8_t> bytes;
+  };
+  std::vector<PendingTensor> tensors_;
+  uint64_t alignment_ = 32;
+};
+
+}  // namespace fairkv::gguf

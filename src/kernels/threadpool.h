@@ -1,0 +1,27 @@
+// A fixed pool of worker threads for data-parallel loops (-t N).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+namespace fairkv::kernels {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n_threads);  // n_threads >= 1; the caller's thread is one of them
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const;
+  // Runs fn(begin, end, thread) over [0, n) split into contiguous chunks, one per thread,
+  // and returns when all are done. Not reentrant.
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fairkv::kernels

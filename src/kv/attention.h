@@ -1,0 +1,49 @@
+// Attention of a GQA group of query heads over one ragged head store.
+//
+// Every query head of the group reads the same keys and values, so the group is processed
+// together and the store is streamed once per call: decode attention is bound by that read.
+// Partial results over token slices carry their log-sum-exp so that slices computed on different
+// devices merge exactly (split-K / flash-decoding), which the `split` placement relies on.
+#pragma once
+
+#include <cstdint>
+
+#include "kv/cache.h"
+
+namespace fairkv::kv {
+
+struct AttentionArgs {
+  const HeadStore* store = nullptr;
+  // Queries: n_tokens x group x head_dim floats, token-major (the group's heads side by side).
+  const float* q = nullptr;
+  int64_t n_tokens = 1;
+  int group = 1;
+  float scale = 1.0f;  // usually 1/sqrt(head_dim)
+  // Causality: token t sees store rows [begin, min(end, visible + t + 1)). For decode after the
+  // new token was appended, visible = size() - 1. For a prefill of n tokens appended to a store
+  // that held m rows, visible = m.
+  int64_t visible = 0;
+  int64_t begin = 0;
+  int64_t end = INT64_MAX;  // clamped to the store's size
+  // Outputs: out is n_tokens x group x head_dim; lse (optional) is n_tokens x group.
+  float* out = nullptr;
+  float* lse = nullptr;
+  // Optional: the softmax probabilities of the last `probs_tokens` tokens, written as
+  // probs_tokens x group x (store size) rows (zero where masked): the observation window's
+  // attention that compression methods score by.
+  float* probs = nullptr;
+  int64_t probs_tokens = 0;
+};
+
+// Fast kernel (SIMD over head_dim, one pass with online softmax).
+void attend(const AttentionArgs& a);
+// Reference: materialised scores, plain softmax, double accumulation.
+void attend_ref(const AttentionArgs& a);
+
+// Merges partial attention results over disjoint token slices of the same rows:
+// out = sum_i exp(lse_i - L) * out_i with L = log(sum_i exp(lse_i)). Arrays are n_rows x head_dim
+// (outs) and n_rows (lses); a slice with no tokens has lse = -inf and contributes nothing.
+void merge_partials(int n_parts, const float* const* outs, const float* const* lses,
+                    int64_t n_rows, int64_t head_dim, float* out, float* lse);
+
+}  // namespace fairkv::kv
