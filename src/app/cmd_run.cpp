@@ -1,0 +1,104 @@
+// `fairkv run`: generate a continuation of a prompt, streamed to stdout, with timings on stderr.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "app/commands.h"
+#include "kernels/threadpool.h"
+#include "model/generate.h"
+#include "model/model.h"
+
+namespace fairkv::app {
+
+namespace {
+
+struct RunArgs {
+  std::string model, prompt, prompt_file, logits_out, kv_type = "f32";
+  int n_predict = 64;
+  int threads = 0;
+  int64_t ctx_size = 0;
+  model::SamplerConfig sampler;
+  bool no_bos = false;
+};
+
+void write_logits(const std::string& path, const std::vector<float>& rows) {
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw std::runtime_error(path + ": cannot open for writing (--logits-out)");
+  out.write(reinterpret_cast<const char*>(rows.data()), std::streamsize(rows.size() * 4));
+  if (!out) throw std::runtime_error(path + ": write failed (--logits-out)");
+}
+
+void run(const RunArgs& a) {
+  if (a.prompt.empty() == a.prompt_file.empty())
+    throw UsageError("give the prompt with exactly one of -p TEXT or -f FILE");
+  std::string text = a.prompt;
+  if (!a.prompt_file.empty()) {
+    std::ifstream in(a.prompt_file, std::ios::binary);
+    if (!in) throw UsageError(a.prompt_file + ": cannot read the prompt file (-f)");
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  if (a.n_predict < 0) throw UsageError("-n: expected a number of tokens >= 0");
+  const auto m = model::Model::load(a.model);
+  const int threads =
+      a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  kernels::ThreadPool pool(threads);
+
+  const auto prompt = m->tokenizer.encode(text, m->tokenizer.add_bos() && !a.no_bos);
+  model::GenerateOptions opt;
+  opt.n_predict = a.n_predict;
+  opt.ctx_size = a.ctx_size;
+  opt.sampler = a.sampler;
+  opt.keep_logits = !a.logits_out.empty();
+  if (a.kv_type == "f16")
+    opt.kv_type = kv::KvType::F16;
+  else if (a.kv_type != "f32")
+    throw UsageError("--kv-type: expected f32 or f16, got " + a.kv_type);
+
+  const auto res = model::generate(*m, pool, prompt, opt, [&](int32_t tok) {
+    if (m->tokenizer.is_eog(tok)) return;
+    const std::string piece = m->tokenizer.decode_token(tok);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (!a.logits_out.empty()) write_logits(a.logits_out, res.logits);
+  auto rate = [](int64_t n, double ms) { return ms > 0 ? 1000.0 * double(n) / ms : 0.0; };
+  std::fprintf(stderr, "prefill: %lld tokens, %.2f ms, %.2f tok/s\n",
+               static_cast<long long>(res.prefill_tokens), res.prefill_ms,
+               rate(res.prefill_tokens, res.prefill_ms));
+  std::fprintf(stderr, "decode: %lld tokens, %.2f ms, %.2f tok/s\n",
+               static_cast<long long>(res.decode_tokens), res.decode_ms,
+               rate(res.decode_tokens, res.decode_ms));
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app) {
+  auto a = std::make_shared<RunArgs>();
+  CLI::App* cmd = app.add_subcommand("run", "Generate a continuation of a prompt");
+  cmd->add_option("-m,--model", a->model, "GGUF model file")->required();
+  cmd->add_option("-p,--prompt", a->prompt, "Prompt text");
+  cmd->add_option("-f,--file", a->prompt_file, "Read the prompt from a file");
+  cmd->add_option("-n,--n-predict", a->n_predict, "Tokens to generate")->capture_default_str();
+  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  cmd->add_option("-c,--ctx-size", a->ctx_size, "Context size in tokens (0: prompt + n)")
+      ->capture_default_str();
+  cmd->add_option("--temp", a->sampler.temp, "Temperature (0: greedy)")->capture_default_str();
+  cmd->add_option("--top-k", a->sampler.top_k, "Top-k (0: off)")->capture_default_str();
+  cmd->add_option("--top-p", a->sampler.top_p, "Top-p (1: off)")->capture_default_str();
+  cmd->add_option("--min-p", a->sampler.min_p, "Min-p (0: off)")->capture_default_str();
+  cmd->add_option("-s,--seed", a->sampler.seed, "Random seed")->capture_default_str();
+  cmd->add_option("--kv-type", a->kv_type, "KV cache element type: f32 or f16")
+      ->capture_default_str();
+  cmd->add_option("--logits-out", a->logits_out,
+                  "Write float32 logits rows over prompt ++ continuation to FILE");
+  cmd->add_flag("--no-bos", a->no_bos, "Do not add a BOS token");
+  cmd->callback([a] { run(*a); });
+}
+
+}  // namespace fairkv::app

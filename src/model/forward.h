@@ -1,0 +1,59 @@
+// The forward pass of a Llama-family model over a batch of sequences.
+//
+// One call runs any mix of prefill (many tokens of one sequence) and decode (one token each of
+// many sequences): the linear layers see all rows of the batch as one matrix, attention runs per
+// (sequence, KV head) over that head's own ragged store. Attention is organised by unit (one KV
+// head and its GQA group of query heads), the thing that later issues place on devices.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "kernels/threadpool.h"
+#include "kv/cache.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace fairkv::model {
+
+struct BatchItem {
+  kv::SequenceCache* cache = nullptr;  // consumed tokens: cache->n_past, advanced by the call
+  std::span<const int32_t> tokens;
+  bool all_logits = false;  // logits for every token, else for the last one only
+};
+
+// Called during a prefill for every (item, layer, KV head) with the softmax probabilities of the
+// last `window` tokens of the item over every row of that head's store: group x window x n rows,
+// query head of the group first. Compression methods score tokens by these.
+struct WindowObserver {
+  int64_t window = 32;
+  std::function<void(size_t item, int layer, int kv_head, const float* probs, int group,
+                     int64_t window, int64_t n)>
+      observe;
+};
+
+class Forward {
+ public:
+  Forward(const ModelConfig& config, const Weights& weights, kernels::ThreadPool& pool);
+
+  // Runs the batch and returns the logits rows, item by item: n_tokens rows for an item with
+  // all_logits, else one. Each row has config.n_vocab floats.
+  const std::vector<float>& run(std::span<BatchItem> batch,
+                                const WindowObserver* observer = nullptr);
+
+  const ModelConfig& config() const { return c_; }
+
+ private:
+  void attention(std::span<BatchItem> batch, int layer, const WindowObserver* observer);
+
+  const ModelConfig& c_;
+  const Weights& w_;
+  kernels::ThreadPool& pool_;
+  // Activations, rows = all tokens of the batch.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, ff_gate_, ff_up_, logits_, rows_out_;
+  std::vector<int64_t> row_of_item_;  // first row of each item
+};
+
+}  // namespace fairkv::model

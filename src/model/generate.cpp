@@ -1,0 +1,59 @@
+#include "model/generate.h"
+
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+namespace fairkv::model {
+
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
+                        const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                        const std::function<void(int32_t)>& on_token) {
+  const ModelConfig& c = m.config;
+  if (prompt.empty()) throw std::invalid_argument("the prompt has no tokens");
+  const int64_t ctx = opt.ctx_size > 0 ? opt.ctx_size : int64_t(prompt.size()) + opt.n_predict;
+  if (int64_t(prompt.size()) > ctx)
+    throw std::invalid_argument("the prompt has " + std::to_string(prompt.size()) +
+                                " tokens, more than --ctx-size " + std::to_string(ctx));
+  Forward fwd(c, m.weights, pool);
+  kv::SequenceCache cache(c.n_layers, c.n_kv_heads, c.head_dim, opt.kv_type);
+  GenerateResult res;
+  const size_t V = size_t(c.n_vocab);
+  Sampler sampler(opt.sampler);
+
+  auto t0 = std::chrono::steady_clock::now();
+  BatchItem item{&cache, prompt, opt.keep_logits};
+  const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);
+  if (opt.after_prefill) opt.after_prefill(cache);
+  res.prefill_ms = ms_since(t0);
+  res.prefill_tokens = int64_t(prompt.size());
+  if (opt.keep_logits) res.logits.assign(logits->begin(), logits->end());
+  std::span<const float> last(logits->data() + logits->size() - V, V);
+
+  t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < opt.n_predict; ++i) {
+    const int32_t tok = sampler.sample(last);
+    res.output.push_back(tok);
+    if (on_token) on_token(tok);
+    if (m.tokenizer.is_eog(tok)) break;
+    // The last token only needs a forward pass when its logits row is wanted.
+    const bool last_step = i + 1 == opt.n_predict;
+    if (last_step && !opt.keep_logits) break;
+    if (cache.n_past >= ctx) break;  // context full
+    BatchItem step{&cache, {&res.output.back(), 1}, false};
+    logits = &fwd.run({&step, 1});
+    ++res.decode_tokens;
+    last = std::span<const float>(logits->data(), V);
+    if (opt.keep_logits) res.logits.insert(res.logits.end(), last.begin(), last.end());
+  }
+  res.decode_ms = ms_since(t0);
+  return res;
+}
+
+}  // namespace fairkv::model

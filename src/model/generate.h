@@ -1,0 +1,40 @@
+// Text generation on one sequence: prefill the prompt, then decode token by token.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "kernels/threadpool.h"
+#include "kv/cache.h"
+#include "model/forward.h"
+#include "model/model.h"
+#include "model/sampler.h"
+
+namespace fairkv::model {
+
+struct GenerateOptions {
+  int n_predict = 64;  // tokens to generate; generation also stops after an end-of-generation token
+  int64_t ctx_size = 0;  // 0: prompt + n_predict
+  SamplerConfig sampler;
+  kv::KvType kv_type = kv::KvType::F32;
+  bool keep_logits = false;  // collect one logits row per token of prompt ++ continuation
+  // Runs after the prompt's prefill, before the first decode step: where the prompt's cache is
+  // compressed. The observer sees the prefill's observation window.
+  const WindowObserver* prefill_observer = nullptr;
+  std::function<void(kv::SequenceCache&)> after_prefill;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> output;  // generated ids (an end-of-generation token included, if it came)
+  std::vector<float> logits;    // keep_logits: rows over prompt ++ output, row p predicts p + 1
+  double prefill_ms = 0, decode_ms = 0;
+  int64_t prefill_tokens = 0, decode_tokens = 0;  // tokens run through each phase
+};
+
+// on_token(id) is called as soon as each token is chosen (streaming).
+GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
+                        const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                        const std::function<void(int32_t)>& on_token = {});
+
+}  // namespace fairkv::model

@@ -1,0 +1,17 @@
+#include "model/model.h"
+
+namespace fairkv::model {
+
+std::unique_ptr<Model> Model::load(const std::string& path) {
+  gguf::File f = gguf::File::open(path);
+  ModelConfig c = read_config(f);
+  Weights w = bind_weights(f, c);
+  Tokenizer t = Tokenizer::from_gguf(f);
+  if (t.vocab_size() != c.n_vocab)
+    throw gguf::Error(path + ": tokenizer.ggml.tokens: " + std::to_string(t.vocab_size()) +
+                      " tokens, but token_embd.weight has " + std::to_string(c.n_vocab) + " rows");
+  // Views in Weights point into the mapping, which moving the File does not relocate.
+  return std::unique_ptr<Model>(new Model{std::move(f), std::move(c), std::move(w), std::move(t)});
+}
+
+}  // namespace fairkv::model

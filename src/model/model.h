@@ -1,0 +1,24 @@
+// A loaded model: the mapped GGUF file, its configuration, weights and tokenizer.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "formats/gguf.h"
+#include "model/config.h"
+#include "model/tokenizer.h"
+#include "model/weights.h"
+
+namespace fairkv::model {
+
+struct Model {
+  gguf::File file;
+  ModelConfig config;
+  Weights weights;
+  Tokenizer tokenizer;
+
+  // Maps and validates the file; throws gguf::Error naming the file and the field.
+  static std::unique_ptr<Model> load(const std::string& path);
+};
+
+}  // namespace fairkv::model
