@@ -1,0 +1,754 @@
+// GGUF reader and writer: round trips of every value and tensor type, the shared model files,
+// and a table of malformed images (each mutation of a valid image must be rejected with an error
+// naming the right field).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+
+#include "formats/gguf.h"
+
+namespace fairkv::gguf {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> b(n);
+  for (auto& x : b) x = static_cast<uint8_t>(rng());
+  return b;
+}
+
+// Expects `f` to throw gguf::Error whose message contains every one of `parts`.
+template <class F>
+void expect_error(F&& f, std::initializer_list<std::string_view> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning '" << *parts.begin() << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (std::string_view p : parts) {
+      EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
+    }
+  }
+}
+
+// Payload of an array (element type, count, elements) for add_raw.
+template <class T>
+std::vector<uint8_t> array_payload(ValueType et, const std::vector<T>& xs) {
+  std::vector<uint8_t> b(12);
+  const auto t = static_cast<uint32_t>(et);
+  const uint64_t n = xs.size();
+  std::memcpy(b.data(), &t, 4);
+  std::memcpy(b.data() + 4, &n, 8);
+  for (const T& x : xs) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&x);
+    b.insert(b.end(), p, p + sizeof(T));
+  }
+  return b;
+}
+
+std::vector<uint8_t> nested_payload(int depth) {
+  // depth levels of ARRAY-of-ARRAY around one ARRAY of two UINT8.
+  std::vector<uint8_t> inner = array_payload<uint8_t>(ValueType::UINT8, {7, 9});
+  for (int d = 0; d < depth; ++d) {
+    std::vector<uint8_t> outer(12);
+    const auto t = static_cast<uint32_t>(ValueType::ARRAY);
+    const uint64_t n = 1;
+    std::memcpy(outer.data(), &t, 4);
+    std::memcpy(outer.data() + 4, &n, 8);
+    outer.insert(outer.end(), inner.begin(), inner.end());
+    inner = std::move(outer);
+  }
+  return inner;
+}
+
+TEST(GgufTypes, SizesAndNames) {
+  EXPECT_EQ(tensor_bytes(TensorType::F32, {3, 5}, "x"), 60u);
+  EXPECT_EQ(tensor_bytes(TensorType::F16, {3, 5}, "x"), 30u);
+  EXPECT_EQ(tensor_bytes(TensorType::BF16, {7}, "x"), 14u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q8_0, {64, 3}, "x"), 2u * 3u * 34u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q4_0, {32, 2, 2}, "x"), 4u * 18u);
+  EXPECT_EQ(tensor_type_from_name("Q8_0"), TensorType::Q8_0);
+  EXPECT_EQ(tensor_type_from_name("bf16"), TensorType::BF16);
+  EXPECT_FALSE(tensor_type_from_name("q4_k").has_value());
+  EXPECT_TRUE(is_tensor_type(30));
+  EXPECT_FALSE(is_tensor_type(3));
+  expect_error([] { tensor_bytes(TensorType::Q4_0, {33}, "w"); }, {"w: dims[0]", "block size 32"});
+  expect_error([] { tensor_bytes(TensorType::F32, {1, 2, 3, 4, 5}, "w"); }, {"w: n_dims"});
+  expect_error([] { tensor_bytes(TensorType::F32, {4, 0}, "w"); }, {"w: dims[1]", ">= 1"});
+  expect_error(
+      [] {
+        tensor_bytes(TensorType::F32, {int64_t{1} << 62, 4}, "w");
+      },
+      {"element count"});
+  expect_error([] { tensor_bytes(TensorType::F32, {int64_t{1} << 62}, "w"); }, {"byte size"});
+}
+
+TEST(GgufRoundTrip, EveryValueType) {
+  Writer w;
+  w.add_u8("t.u8", 250);
+  w.add_i8("t.i8", -120);
+  w.add_u16("t.u16", 65000);
+  w.add_i16("t.i16", -32000);
+  w.add_u32("t.u32", 4000000000u);
+  w.add_i32("t.i32", -2000000000);
+  w.add_u64("t.u64", std::numeric_limits<uint64_t>::max());
+  w.add_i64("t.i64", std::numeric_limits<int64_t>::min());
+  w.add_f32("t.f32", 1.5e-5f);
+  w.add_f64("t.f64", 3.141592653589793);
+  w.add_bool("t.true", true);
+  w.add_bool("t.false", false);
+  w.add_string("t.str", "caf\xc3\xa9 \xe2\x96\x81the");
+  w.add_string("t.empty", "");
+  w.add_strings("t.strs", {"<unk>", "", "\xe2\x96\x81hello"});
+  w.add_f32s("t.f32s", {0.f, -1.25f, 3e38f});
+  w.add_i32s("t.i32s", {-1, 0, 2147483647});
+  w.add_strings("t.no_strs", {});
+  Value u64s;
+  u64s.type = ValueType::ARRAY;
+  u64s.elem_type = ValueType::UINT64;
+  u64s.ints = {0, -1, 5};  // -1 is 2^64-1 as UINT64
+  w.add_value("t.u64s", u64s);
+  Value bools;
+  bools.type = ValueType::ARRAY;
+  bools.elem_type = ValueType::BOOL;
+  bools.ints = {1, 0, 1};
+  w.add_value("t.bools", bools);
+  Value f64s;
+  f64s.type = ValueType::ARRAY;
+  f64s.elem_type = ValueType::FLOAT64;
+  f64s.numbers = {1e300, -2.5};
+  w.add_value("t.f64s", f64s);
+  for (ValueType et : {ValueType::UINT8, ValueType::INT8, ValueType::UINT16, ValueType::INT16,
+                       ValueType::UINT32, ValueType::INT64}) {
+    Value a;
+    a.type = ValueType::ARRAY;
+    a.elem_type = et;
+    a.ints = {1, 2, 3};
+    w.add_value(std::string("t.arr.") + value_type_name(et), a);
+  }
+  w.add_raw("t.nested", ValueType::ARRAY, nested_payload(3));
+  // An ARRAY of two ARRAYs of STRING.
+  {
+    std::vector<uint8_t> p(12);
+    const auto at = static_cast<uint32_t>(ValueType::ARRAY);
+    const uint64_t two = 2;
+    std::memcpy(p.data(), &at, 4);
+    std::memcpy(p.data() + 4, &two, 8);
+    for (int k = 0; k < 2; ++k) {
+      std::vector<uint8_t> s(12);
+      const auto st = static_cast<uint32_t>(ValueType::STRING);
+      const uint64_t one = 1, len = 2;
+      std::memcpy(s.data(), &st, 4);
+      std::memcpy(s.data() + 4, &one, 8);
+      s.insert(s.end(), reinterpret_cast<const uint8_t*>(&len),
+               reinterpret_cast<const uint8_t*>(&len) + 8);
+      s.insert(s.end(), {'h', 'i'});
+      p.insert(p.end(), s.begin(), s.end());
+    }
+    w.add_raw("t.nested_strs", ValueType::ARRAY, p);
+  }
+
+  const std::vector<uint8_t> img = w.serialize();
+  File f = File::parse(img.data(), img.size(), "mem.gguf");
+  EXPECT_EQ(f.version(), 3u);
+  EXPECT_EQ(f.alignment(), 32u);
+  EXPECT_TRUE(f.tensors().empty());
+  EXPECT_EQ(f.get_int("t.u8"), 250);
+  EXPECT_EQ(f.find("t.u8")->type, ValueType::UINT8);
+  EXPECT_EQ(f.get_int("t.i8"), -120);
+  EXPECT_EQ(f.get_int("t.u16"), 65000);
+  EXPECT_EQ(f.get_int("t.i16"), -32000);
+  EXPECT_EQ(f.get_int("t.u32"), 4000000000LL);
+  EXPECT_EQ(f.get_int("t.i32"), -2000000000);
+  EXPECT_EQ(f.find("t.u64")->u, std::numeric_limits<uint64_t>::max());
+  expect_error([&] { f.get_int("t.u64"); }, {"mem.gguf: metadata 't.u64'", "fits in int64"});
+  EXPECT_EQ(f.get_int("t.i64"), std::numeric_limits<int64_t>::min());
+  EXPECT_EQ(f.get_float("t.f32"), static_cast<double>(1.5e-5f));
+  EXPECT_EQ(f.get_float("t.f64"), 3.141592653589793);
+  EXPECT_EQ(f.get_float("t.u16"), 65000.0);
+  EXPECT_TRUE(f.get_bool("t.true"));
+  EXPECT_FALSE(f.get_bool("t.false"));
+  EXPECT_EQ(f.get_string("t.str"), "caf\xc3\xa9 \xe2\x96\x81the");
+  EXPECT_EQ(f.get_string("t.empty"), "");
+  EXPECT_EQ(f.get_strings("t.strs"), (std::vector<std::string>{"<unk>", "", "\xe2\x96\x81hello"}));
+  EXPECT_EQ(f.get_numbers("t.f32s"), (std::vector<double>{0., -1.25, static_cast<double>(3e38f)}));
+  EXPECT_EQ(f.get_numbers("t.i32s"), (std::vector<double>{-1, 0, 2147483647}));
+  EXPECT_EQ(f.find("t.i32s")->ints, (std::vector<int64_t>{-1, 0, 2147483647}));
+  EXPECT_EQ(f.find("t.no_strs")->array_size(), 0u);
+  EXPECT_EQ(f.find("t.u64s")->ints, (std::vector<int64_t>{0, -1, 5}));
+  EXPECT_EQ(f.find("t.u64s")->numbers[1], 18446744073709551615.0);
+  EXPECT_EQ(f.find("t.bools")->ints, (std::vector<int64_t>{1, 0, 1}));
+  EXPECT_EQ(f.get_numbers("t.f64s"), (std::vector<double>{1e300, -2.5}));
+  for (ValueType et : {ValueType::UINT8, ValueType::INT8, ValueType::UINT16, ValueType::INT16,
+                       ValueType::UINT32, ValueType::INT64}) {
+    const Value* v = f.find(std::string("t.arr.") + value_type_name(et));
+    ASSERT_NE(v, nullptr);
+    EXPECT_EQ(v->elem_type, et);
+    EXPECT_EQ(v->ints, (std::vector<int64_t>{1, 2, 3}));
+  }
+  const Value* nested = f.find("t.nested");
+  ASSERT_NE(nested, nullptr);
+  EXPECT_EQ(nested->elem_type, ValueType::ARRAY);
+  EXPECT_EQ(nested->array_size(), 1u);
+  EXPECT_EQ(f.find("t.nested_strs")->array_size(), 2u);
+  // Everything after the nested arrays was still read in place.
+  EXPECT_EQ(f.metadata().back().key, "t.nested_strs");
+
+  // Typed getters name the file, the key and what they wanted.
+  expect_error([&] { f.get_string("t.u8"); }, {"mem.gguf: metadata 't.u8'", "STRING", "UINT8"});
+  expect_error([&] { f.get_int("absent.key"); }, {"metadata 'absent.key'", "absent"});
+  expect_error([&] { f.get_strings("t.f32s"); }, {"ARRAY of STRING", "ARRAY of FLOAT32"});
+  expect_error([&] { f.get_numbers("t.strs"); }, {"numeric ARRAY"});
+  expect_error([&] { f.get_bool("t.u8"); }, {"BOOL"});
+  EXPECT_FALSE(f.find_int("absent").has_value());
+  EXPECT_EQ(f.find_string("t.str").value(), "caf\xc3\xa9 \xe2\x96\x81the");
+  EXPECT_EQ(f.find("t.i32s")->to_string(), "[-1, 0, 2147483647]");
+  EXPECT_EQ(f.find("t.strs")->to_string(2), "[\"<unk>\", \"\", ... (3 STRING)]");
+  EXPECT_EQ(f.find("t.true")->to_string(), "true");
+
+  // A reader's Value written back gives the same bytes for the same entry.
+  Writer w2;
+  for (const KeyValue& kv : f.metadata()) {
+    if (kv.value.type == ValueType::ARRAY && kv.value.elem_type == ValueType::ARRAY) continue;
+    w2.add_value(kv.key, kv.value);
+  }
+  const std::vector<uint8_t> img2 = w2.serialize();
+  File f2 = File::parse(img2.data(), img2.size(), "mem2.gguf");
+  for (const KeyValue& kv : f2.metadata()) {
+    const Value* a = f.find(kv.key);
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(a->to_string(100), kv.value.to_string(100)) << kv.key;
+  }
+}
+
+struct TensorCase {
+  const char* name;
+  TensorType type;
+  std::vector<int64_t> dims;
+};
+
+std::vector<TensorCase> tensor_cases() {
+  return {{"a.f32", TensorType::F32, {5, 3}},         {"b.f16", TensorType::F16, {7}},
+          {"c.bf16", TensorType::BF16, {2, 3, 4, 5}}, {"d.q8_0", TensorType::Q8_0, {64, 3}},
+          {"e.q4_0", TensorType::Q4_0, {32, 2, 3}},   {"f.f32", TensorType::F32, {1}}};
+}
+
+TEST(GgufRoundTrip, EveryTensorTypeAndAlignment) {
+  const std::vector<TensorCase> cases = tensor_cases();
+  for (uint64_t align : {uint64_t{32}, uint64_t{1}, uint64_t{64}, uint64_t{4096}}) {
+    Writer w;
+    if (align != 32) w.set_alignment(align);
+    w.add_string("general.architecture", "test");
+    std::vector<std::vector<uint8_t>> data;
+    uint32_t seed = 1;
+    for (const TensorCase& c : cases) {
+      data.push_back(random_bytes(tensor_bytes(c.type, c.dims, c.name), seed++));
+      w.add_tensor(c.name, c.type, c.dims, data.back());
+    }
+    const std::vector<uint8_t> img = w.serialize();
+    File f = File::parse(img.data(), img.size(), "t.gguf");
+    EXPECT_EQ(f.alignment(), align);
+    EXPECT_EQ(f.data_offset() % align, 0u);
+    ASSERT_EQ(f.tensors().size(), cases.size());
+    for (size_t k = 0; k < cases.size(); ++k) {
+      const TensorCase& c = cases[k];
+      const TensorInfo* t = f.find_tensor(c.name);
+      ASSERT_NE(t, nullptr);
+      EXPECT_EQ(&f.tensors()[k], t);  // file order kept
+      EXPECT_EQ(t->type, c.type);
+      EXPECT_EQ(t->dims, c.dims);
+      EXPECT_EQ(t->offset % align, 0u);
+      int64_t n = 1;
+      for (int64_t d : c.dims) n *= d;
+      EXPECT_EQ(t->n_elements, n);
+      ASSERT_EQ(t->n_bytes, data[k].size());
+      EXPECT_EQ(std::memcmp(f.data(*t), data[k].data(), t->n_bytes), 0) << c.name;
+    }
+    EXPECT_EQ(f.find_tensor("missing"), nullptr);
+  }
+}
+
+TEST(GgufRoundTrip, StreamedRowsMatchBytesAndFileMatchesImage) {
+  // A tensor produced row by row gives the same file as the same bytes given up front, and
+  // write() puts exactly serialize()'s bytes on disk.
+  const std::vector<int64_t> dims = {64, 9};
+  const uint64_t n = tensor_bytes(TensorType::Q8_0, dims, "x");
+  const std::vector<uint8_t> bytes = random_bytes(n, 7);
+  const uint64_t row = n / 9;
+  Writer a, b;
+  a.add_string("k", "v");
+  b.add_string("k", "v");
+  a.add_tensor("w", TensorType::Q8_0, dims, bytes);
+  int calls = 0;
+  b.add_tensor("w", TensorType::Q8_0, dims, [&](int64_t r0, int64_t nr, uint8_t* dst) {
+    ++calls;
+    std::memcpy(dst, bytes.data() + r0 * row, nr * row);
+  });
+  uint64_t last_done = 0, last_total = 0;
+  b.set_progress([&](uint64_t done, uint64_t total) {
+    last_done = done;
+    last_total = total;
+  });
+  const std::vector<uint8_t> img = a.serialize();
+  EXPECT_EQ(b.serialize(), img);
+  EXPECT_GE(calls, 1);
+  EXPECT_EQ(last_done, n);
+  EXPECT_EQ(last_total, n);
+
+  const fs::path path = fs::path(testing::TempDir()) / "gguf_test_stream.gguf";
+  b.write(path.string());
+  EXPECT_FALSE(fs::exists(path.string() + ".partial"));
+  std::ifstream in(path, std::ios::binary);
+  std::vector<uint8_t> disk((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(disk, img);
+  File f = File::open(path.string());
+  EXPECT_EQ(f.file_size(), img.size());
+  EXPECT_EQ(std::memcmp(f.data(*f.find_tensor("w")), bytes.data(), n), 0);
+  fs::remove(path);
+}
+
+TEST(GgufWriter, RejectsBadInput) {
+  Writer w;
+  w.add_u32("a", 1);
+  expect_error([&] { w.add_u32("a", 2); }, {"metadata 'a'", "unique"});
+  expect_error([&] { w.add_string("", "x"); }, {"non-empty"});
+  expect_error([&] { w.set_alignment(48); }, {"general.alignment", "power of two"});
+  expect_error([&] { w.add_tensor("t", TensorType::F32, {4}, std::vector<uint8_t>(15)); },
+               {"tensor 't'", "expected 16 bytes"});
+  expect_error([&] { w.add_tensor("t", TensorType::Q8_0, {16}, std::vector<uint8_t>(17)); },
+               {"tensor 't'", "dims[0]", "block size 32"});
+  w.add_tensor("t", TensorType::F32, {4}, std::vector<uint8_t>(16));
+  expect_error([&] { w.add_tensor("t", TensorType::F32, {4}, std::vector<uint8_t>(16)); },
+               {"tensor 't'", "unique"});
+  expect_error([&] { w.write("/nonexistent-dir/x.gguf"); }, {"/nonexistent-dir/x.gguf", "open"});
+}
+
+TEST(GgufRead, Version2IsAcceptedAndFileErrorsNameThePath) {
+  Writer w;
+  w.add_string("general.architecture", "llama");
+  std::vector<uint8_t> img = w.serialize();
+  img[4] = 2;
+  EXPECT_EQ(File::parse(img.data(), img.size(), "v2.gguf").version(), 2u);
+  expect_error([] { File::open("/nonexistent/model.gguf"); }, {"/nonexistent/model.gguf: open"});
+  expect_error([] { File::open("/tmp"); }, {"/tmp: open", "regular file"});
+  const fs::path empty = fs::path(testing::TempDir()) / "gguf_test_empty.gguf";
+  std::ofstream(empty).close();
+  expect_error([&] { File::open(empty.string()); }, {"gguf_test_empty.gguf: header.magic"});
+  fs::remove(empty);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed images. The base image has known keys and tensors; each case patches one field.
+
+struct Image {
+  std::vector<uint8_t> bytes;
+
+  // Offset of the u64 length that precedes the string `s` (searching from `from`).
+  size_t find_string(std::string_view s, size_t from = 0) const {
+    std::vector<uint8_t> pat(8);
+    const uint64_t n = s.size();
+    std::memcpy(pat.data(), &n, 8);
+    pat.insert(pat.end(), s.begin(), s.end());
+    auto it = std::search(bytes.begin() + from, bytes.end(), pat.begin(), pat.end());
+    if (it == bytes.end()) throw std::runtime_error("pattern not found: " + std::string(s));
+    return static_cast<size_t>(it - bytes.begin());
+  }
+  // Offset of the type tag of key `k`, and of its value.
+  size_t key_type(std::string_view k) const { return find_string(k) + 8 + k.size(); }
+  size_t key_value(std::string_view k) const { return key_type(k) + 4; }
+  // Offset of the n_dims field of tensor `name` (tensor infos follow the metadata).
+  size_t tensor_field(std::string_view name) const {
+    return find_string(name, find_string("zz.last") + 20) + 8 + name.size();
+  }
+  size_t tensor_dims(std::string_view name, int d) const { return tensor_field(name) + 4 + 8 * d; }
+  size_t tensor_type(std::string_view name) const {
+    uint32_t nd;
+    std::memcpy(&nd, bytes.data() + tensor_field(name), 4);
+    return tensor_field(name) + 4 + 8 * nd;
+  }
+  size_t tensor_offset(std::string_view name) const { return tensor_type(name) + 4; }
+
+  template <class T>
+  void set(size_t off, T v) {
+    std::memcpy(bytes.data() + off, &v, sizeof(T));
+  }
+  template <class T>
+  T get(size_t off) const {
+    T v;
+    std::memcpy(&v, bytes.data() + off, sizeof(T));
+    return v;
+  }
+};
+
+Image base_image() {
+  Writer w;
+  w.add_string("general.architecture", "llama");
+  w.add_u32("general.alignment", 32);
+  w.add_u32("test.k1", 1);
+  w.add_u32("test.k2", 2);
+  w.add_bool("test.flag", true);
+  w.add_i32s("test.arr", {1, 2, 3});
+  w.add_raw("test.nested", ValueType::ARRAY, nested_payload(2));
+  w.add_u8("zz.last", 0);
+  w.add_tensor("ta.weight", TensorType::F32, {8, 2}, random_bytes(64, 1));
+  w.add_tensor("tb.weight", TensorType::Q8_0, {32, 2}, random_bytes(68, 2));
+  return Image{w.serialize()};
+}
+
+struct Malformed {
+  const char* what;
+  std::function<void(Image&)> mutate;
+  std::vector<std::string_view> expect;  // substrings of the message
+};
+
+TEST(GgufMalformed, BaseImageIsValid) {
+  Image img = base_image();
+  File f = File::parse(img.bytes.data(), img.bytes.size(), "m.gguf");
+  EXPECT_EQ(f.tensors().size(), 2u);
+  EXPECT_EQ(f.get_int("test.k2"), 2);
+}
+
+TEST(GgufMalformed, EachMutationNamesItsField) {
+  constexpr uint64_t kHuge = uint64_t{1} << 60;
+  const std::vector<Malformed> cases = {
+      {"magic", [](Image& m) { m.bytes[0] = 'X'; }, {"header.magic", "expected \"GGUF\""}},
+      {"legacy magic",
+       [](Image& m) { std::memcpy(m.bytes.data(), "GGJT", 4); },
+       {"header.magic", "pre-GGUF"}},
+      {"version 1",
+       [](Image& m) { m.set<uint32_t>(4, 1); },
+       {"header.version", "version 1 is not supported"}},
+      {"version 4", [](Image& m) { m.set<uint32_t>(4, 4); }, {"header.version", "found 4"}},
+      {"big-endian",
+       [](Image& m) { m.set<uint32_t>(4, 0x03000000); },
+       {"header.version", "big-endian"}},
+      {"tensor count huge",
+       [&](Image& m) { m.set<uint64_t>(8, kHuge); },
+       {"header.tensor_count", "1152921504606846976 tensors"}},
+      {"kv count huge",
+       [&](Image& m) { m.set<uint64_t>(16, kHuge); },
+       {"header.metadata_kv_count"}},
+      {"kv count one more",
+       [](Image& m) { m.set<uint64_t>(16, m.get<uint64_t>(16) + 1); },
+       // The first tensor info is read as a key/value pair; the info count then runs short.
+       {"tensor[0].name", "past the end of the file"}},
+      {"key length huge",
+       [&](Image& m) { m.set<uint64_t>(24, kHuge); },
+       {"metadata[0].key", "string length 1152921504606846976", "past the end"}},
+      {"empty key",
+       [](Image& m) { m.set<uint64_t>(m.find_string("test.k1"), 0); },
+       {"metadata[2].key", "non-empty"}},
+      {"duplicate key",
+       [](Image& m) { m.bytes[m.find_string("test.k2") + 8 + 6] = '1'; },
+       {"metadata 'test.k1'", "unique keys", "entries 2 and 3"}},
+      {"value type 13",
+       [](Image& m) { m.set<uint32_t>(m.key_type("test.k1"), 13); },
+       {"metadata 'test.k1'.type", "value type 0..12, found 13"}},
+      {"string value length",
+       [&](Image& m) { m.set<uint64_t>(m.key_value("general.architecture"), kHuge); },
+       {"metadata 'general.architecture'", "string length", "past the end"}},
+      {"bool value 2",
+       [](Image& m) { m.bytes[m.key_value("test.flag")] = 2; },
+       {"metadata 'test.flag'", "bool (0 or 1), found 2"}},
+      {"array element type",
+       [](Image& m) { m.set<uint32_t>(m.key_value("test.arr"), 99); },
+       {"metadata 'test.arr'.element_type", "found 99"}},
+      {"array count huge",
+       [&](Image& m) { m.set<uint64_t>(m.key_value("test.arr") + 4, kHuge); },
+       {"metadata 'test.arr'.count", "1152921504606846976 INT32", "only"}},
+      {"array count 2^64-1",
+       [&](Image& m) { m.set<uint64_t>(m.key_value("test.arr") + 4, ~uint64_t{0}); },
+       {"metadata 'test.arr'.count", "more than 2^64"}},
+      {"nested count huge",
+       [&](Image& m) { m.set<uint64_t>(m.key_value("test.nested") + 12 + 4, kHuge); },
+       {"metadata 'test.nested'[0].count"}},
+      {"nested inner type",
+       [](Image& m) { m.set<uint32_t>(m.key_value("test.nested") + 12, 77); },
+       {"metadata 'test.nested'[0].element_type", "found 77"}},
+      {"alignment not a power of two",
+       [](Image& m) { m.set<uint32_t>(m.key_value("general.alignment"), 48); },
+       {"metadata 'general.alignment'", "power of two, found 48"}},
+      {"alignment zero",
+       [](Image& m) { m.set<uint32_t>(m.key_value("general.alignment"), 0); },
+       {"metadata 'general.alignment'", "power of two, found 0"}},
+      {"alignment type",
+       [](Image& m) {
+         m.set<uint32_t>(m.key_type("general.alignment"), static_cast<uint32_t>(ValueType::INT32));
+       },
+       {"metadata 'general.alignment'", "UINT32, found INT32"}},
+      {"alignment 128 misaligns offsets",
+       [](Image& m) { m.set<uint32_t>(m.key_value("general.alignment"), 128); },
+       {"tensor 'tb.weight'.offset", "multiple of the alignment 128, found 64"}},
+      {"tensor name length",
+       [&](Image& m) { m.set<uint64_t>(m.tensor_field("ta.weight") - 17, kHuge); },
+       {"tensor[0].name", "past the end"}},
+      {"duplicate tensor name",
+       [](Image& m) { m.bytes[m.tensor_field("tb.weight") - 8] = 'a'; },
+       {"tensor 'ta.weight'.name", "unique tensor names", "tensors 0 and 1"}},
+      {"n_dims 5",
+       [](Image& m) { m.set<uint32_t>(m.tensor_field("ta.weight"), 5); },
+       {"tensor 'ta.weight'.n_dims", "1 to 4 dimensions, found 5"}},
+      {"n_dims 0",
+       [](Image& m) { m.set<uint32_t>(m.tensor_field("ta.weight"), 0); },
+       {"tensor 'ta.weight'.n_dims", "found 0"}},
+      {"dim zero",
+       [](Image& m) { m.set<uint64_t>(m.tensor_dims("ta.weight", 1), 0); },
+       {"tensor 'ta.weight'.dims[1]", ">= 1, found 0"}},
+      {"dim negative",
+       [](Image& m) { m.set<int64_t>(m.tensor_dims("ta.weight", 0), -8); },
+       {"tensor 'ta.weight'.dims[0]", ">= 1, found -8"}},
+      {"element count overflow",
+       [](Image& m) {
+         m.set<int64_t>(m.tensor_dims("ta.weight", 0), int64_t{1} << 40);
+         m.set<int64_t>(m.tensor_dims("ta.weight", 1), int64_t{1} << 40);
+       },
+       {"tensor 'ta.weight'", "element count that fits in int64"}},
+      {"byte size overflow",
+       [](Image& m) {
+         m.set<int64_t>(m.tensor_dims("ta.weight", 0), int64_t{1} << 31);
+         m.set<int64_t>(m.tensor_dims("ta.weight", 1), int64_t{1} << 31);
+       },
+       {"tensor 'ta.weight'", "byte size that fits in int64"}},
+      {"huge but representable tensor",
+       [](Image& m) { m.set<int64_t>(m.tensor_dims("ta.weight", 1), int64_t{1} << 40); },
+       {"tensor 'ta.weight'.offset", "past the end of the data section"}},
+      {"unsupported type",
+       [](Image& m) { m.set<uint32_t>(m.tensor_type("ta.weight"), 12); },
+       {"tensor 'ta.weight'.type", "ggml type 12 (Q4_K) is not supported"}},
+      {"type out of range",
+       [](Image& m) { m.set<uint32_t>(m.tensor_type("ta.weight"), 1000); },
+       {"tensor 'ta.weight'.type", "ggml type 1000 (unknown)"}},
+      {"inner dim not a block multiple",
+       [](Image& m) {
+         m.set<int64_t>(m.tensor_dims("tb.weight", 0), 16);
+         m.set<int64_t>(m.tensor_dims("tb.weight", 1), 4);
+       },
+       {"tensor 'tb.weight'", "dims[0]", "multiple of the Q8_0 block size 32, found 16"}},
+      {"offset not aligned",
+       [](Image& m) { m.set<uint64_t>(m.tensor_offset("tb.weight"), 65); },
+       {"tensor 'tb.weight'.offset", "multiple of the alignment 32, found 65"}},
+      {"offset past the end",
+       [](Image& m) { m.set<uint64_t>(m.tensor_offset("tb.weight"), 1 << 20); },
+       {"tensor 'tb.weight'.offset", "1048576 + 68 bytes is past the end"}},
+      {"offset near 2^64",
+       [](Image& m) { m.set<uint64_t>(m.tensor_offset("tb.weight"), ~uint64_t{31}); },
+       {"tensor 'tb.weight'.offset", "past the end"}},
+      {"overlap",
+       [](Image& m) { m.set<uint64_t>(m.tensor_offset("tb.weight"), 32); },
+       {"tensor 'tb.weight'.offset", "overlap tensor 'ta.weight' at [0, 64)"}},
+      {"same offset",
+       [](Image& m) { m.set<uint64_t>(m.tensor_offset("ta.weight"), 64); },
+       {".offset", "overlap"}},
+      {"data section missing",
+       [](Image& m) { m.bytes.resize(m.tensor_offset("tb.weight") + 8); },
+       {"data section", "file ends at"}},
+      {"last tensor truncated",
+       [](Image& m) { m.bytes.resize(m.bytes.size() - 40); },
+       {"tensor 'tb.weight'.offset", "64 + 68 bytes is past the end"}},
+  };
+  for (const Malformed& c : cases) {
+    SCOPED_TRACE(c.what);
+    Image img = base_image();
+    c.mutate(img);
+    try {
+      File::parse(img.bytes.data(), img.bytes.size(), "bad.gguf");
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind("bad.gguf: ", 0), 0u) << msg;
+      for (std::string_view p : c.expect) {
+        EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
+      }
+    }
+  }
+}
+
+TEST(GgufMalformed, NestingDeeperThanTheLimitIsRejected) {
+  Writer w;
+  w.add_raw("deep", ValueType::ARRAY, nested_payload(40));
+  const std::vector<uint8_t> img = w.serialize();
+  expect_error([&] { File::parse(img.data(), img.size(), "deep.gguf"); },
+               {"deep.gguf: metadata 'deep'", "nested at most"});
+}
+
+TEST(GgufMalformed, EveryTruncationIsAnErrorNamingTheFile) {
+  const Image img = base_image();
+  const File whole = File::parse(img.bytes.data(), img.bytes.size(), "whole.gguf");
+  // The last tensor's trailing padding is not needed: a file may end right after its data.
+  const TensorInfo& last = whole.tensors().back();
+  const size_t needed = whole.data_offset() + last.offset + last.n_bytes;
+  ASSERT_LT(needed, img.bytes.size());
+  size_t last_field = 0;
+  for (size_t n = 0; n < img.bytes.size(); ++n) {
+    try {
+      File::parse(img.bytes.data(), n, "cut.gguf");
+      EXPECT_GE(n, needed) << "prefix of " << n << " bytes accepted";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      ASSERT_EQ(msg.rfind("cut.gguf: ", 0), 0u) << msg;
+      if (n == 2) {
+        EXPECT_NE(msg.find("header.magic"), std::string::npos) << msg;
+      }
+      if (n == 6) {
+        EXPECT_NE(msg.find("header.version"), std::string::npos) << msg;
+      }
+      if (n == 12) {
+        EXPECT_NE(msg.find("header.tensor_count"), std::string::npos) << msg;
+      }
+      if (n == 20) {
+        EXPECT_NE(msg.find("header.metadata_kv_count"), std::string::npos) << msg;
+      }
+      last_field = n;
+    }
+  }
+  EXPECT_EQ(last_field, needed - 1);
+}
+
+TEST(GgufMalformed, ByteFlipsNeverCrash) {
+  // Every header byte set to a few hostile values: parse or gguf::Error, nothing else.
+  const Image base = base_image();
+  File ok = File::parse(base.bytes.data(), base.bytes.size(), "x");
+  const size_t header_end = ok.data_offset();
+  int errors = 0;
+  for (size_t pos = 0; pos < header_end; ++pos) {
+    for (uint8_t v : {uint8_t{0x00}, uint8_t{0x01}, uint8_t{0x7f}, uint8_t{0xff}}) {
+      std::vector<uint8_t> b = base.bytes;
+      b[pos] = v;
+      try {
+        File::parse(b.data(), b.size(), "flip.gguf");
+      } catch (const Error&) {
+        ++errors;
+      }
+    }
+  }
+  EXPECT_GT(errors, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared model files.
+
+std::string shared(const std::string& rel) {
+  return std::string(FAIRKV_SHARED_DIR) + "/" + rel;
+}
+
+TEST(GgufShared, Stories260K) {
+  const std::string path = shared("models/stories260K.gguf");
+  if (!fs::exists(path)) GTEST_SKIP() << path << " is absent";
+  File f = File::open(path);
+  EXPECT_EQ(f.version(), 3u);
+  EXPECT_EQ(f.get_string("general.architecture"), "llama");
+  EXPECT_EQ(f.get_int("llama.block_count"), 5);
+  EXPECT_EQ(f.get_int("llama.embedding_length"), 64);
+  EXPECT_EQ(f.get_int("llama.attention.head_count"), 8);
+  EXPECT_EQ(f.get_int("llama.attention.head_count_kv"), 4);
+  EXPECT_EQ(f.get_int("llama.feed_forward_length"), 172);
+  EXPECT_EQ(f.get_int("llama.rope.dimension_count"), 8);
+  EXPECT_FLOAT_EQ(f.get_float("llama.attention.layer_norm_rms_epsilon"), 1e-5f);
+  EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "llama");
+  const auto& tokens = f.get_strings("tokenizer.ggml.tokens");
+  ASSERT_EQ(tokens.size(), 512u);
+  EXPECT_EQ(tokens[0], "<unk>");
+  EXPECT_EQ(tokens[1], "<s>");
+  EXPECT_EQ(tokens[2], "</s>");
+  EXPECT_EQ(tokens[3 + 0x41], "<0x41>");
+  EXPECT_EQ(f.get_numbers("tokenizer.ggml.scores").size(), 512u);
+  EXPECT_EQ(f.get_numbers("tokenizer.ggml.token_type")[3], 6.0);  // byte token
+  EXPECT_EQ(f.get_int("tokenizer.ggml.bos_token_id"), 1);
+  EXPECT_EQ(f.get_int("tokenizer.ggml.eos_token_id"), 2);
+  // 5 layers x 9 tensors + embedding, final norm, output.
+  EXPECT_EQ(f.tensors().size(), 5u * 9u + 3u);
+  uint64_t end = 0;
+  for (const TensorInfo& t : f.tensors()) {
+    EXPECT_EQ(t.type, TensorType::F32) << t.name;
+    end = std::max(end, t.offset + t.n_bytes);
+  }
+  EXPECT_EQ(f.data_offset() + end, f.file_size());  // the data section is exactly the tensors
+  const TensorInfo* emb = f.find_tensor("token_embd.weight");
+  const TensorInfo* out = f.find_tensor("output.weight");
+  ASSERT_TRUE(emb && out);
+  EXPECT_EQ(emb->dims, (std::vector<int64_t>{64, 512}));
+  EXPECT_EQ(f.find_tensor("blk.4.ffn_down.weight")->dims, (std::vector<int64_t>{172, 64}));
+  EXPECT_EQ(f.find_tensor("blk.0.attn_k.weight")->dims, (std::vector<int64_t>{64, 32}));
+  // The output projection is tied to the embedding (README): the same bytes.
+  ASSERT_EQ(emb->n_bytes, out->n_bytes);
+  EXPECT_EQ(std::memcmp(f.data(*emb), f.data(*out), emb->n_bytes), 0);
+  // Trained weights: finite and of a sane scale.
+  const float* w = reinterpret_cast<const float*>(f.data(*emb));
+  double sq = 0;
+  for (int64_t k = 0; k < emb->n_elements; ++k) {
+    ASSERT_TRUE(std::isfinite(w[k]));
+    sq += double(w[k]) * w[k];
+  }
+  const double rms = std::sqrt(sq / emb->n_elements);
+  EXPECT_GT(rms, 0.01);
+  EXPECT_LT(rms, 10.0);
+}
+
+// Checks that a llama/qwen2-shaped file's tensors agree with its hyper-parameters.
+void check_llama_shapes(const File& f) {
+  const std::string arch = f.get_string("general.architecture");
+  const int64_t n_layer = f.get_int(arch + ".block_count");
+  const int64_t n_embd = f.get_int(arch + ".embedding_length");
+  const int64_t n_head = f.get_int(arch + ".attention.head_count");
+  const int64_t n_kv = f.find_int(arch + ".attention.head_count_kv").value_or(n_head);
+  const int64_t n_ff = f.get_int(arch + ".feed_forward_length");
+  const int64_t hd = f.find_int(arch + ".attention.key_length").value_or(n_embd / n_head);
+  const int64_t n_vocab = static_cast<int64_t>(f.get_strings("tokenizer.ggml.tokens").size());
+  auto dims = [&](const std::string& name) {
+    const TensorInfo* t = f.find_tensor(name);
+    if (!t) throw std::runtime_error(f.path() + ": missing " + name);
+    return t->dims;
+  };
+  using D = std::vector<int64_t>;
+  EXPECT_EQ(dims("token_embd.weight"), (D{n_embd, n_vocab}));
+  EXPECT_EQ(dims("output_norm.weight"), (D{n_embd}));
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    EXPECT_EQ(dims(p + "attn_norm.weight"), (D{n_embd}));
+    EXPECT_EQ(dims(p + "attn_q.weight"), (D{n_embd, n_head * hd}));
+    EXPECT_EQ(dims(p + "attn_k.weight"), (D{n_embd, n_kv * hd}));
+    EXPECT_EQ(dims(p + "attn_v.weight"), (D{n_embd, n_kv * hd}));
+    EXPECT_EQ(dims(p + "attn_output.weight"), (D{n_head * hd, n_embd}));
+    EXPECT_EQ(dims(p + "ffn_gate.weight"), (D{n_embd, n_ff}));
+    EXPECT_EQ(dims(p + "ffn_up.weight"), (D{n_embd, n_ff}));
+    EXPECT_EQ(dims(p + "ffn_down.weight"), (D{n_ff, n_embd}));
+    EXPECT_EQ(f.find_tensor(p + "attn_norm.weight")->type, TensorType::F32);
+  }
+}
+
+TEST(GgufShared, SyntheticModelsAndVocabularies) {
+  const std::string dir = shared("models/synthetic");
+  if (!fs::is_directory(dir)) GTEST_SKIP() << dir << " is absent";
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() != ".gguf") continue;
+    SCOPED_TRACE(e.path().string());
+    File f = File::open(e.path().string());
+    check_llama_shapes(f);
+    // The weight type in the name is the type of the projections.
+    const std::string stem = e.path().stem().string();
+    const std::string suffix = stem.substr(stem.rfind('-') + 1);
+    EXPECT_EQ(f.find_tensor("blk.0.attn_q.weight")->type, tensor_type_from_name(suffix).value());
+    ++n;
+  }
+  EXPECT_GE(n, 1);
+  const std::string vocab = shared("vocab");
+  if (!fs::is_directory(vocab)) return;
+  for (const auto& e : fs::directory_iterator(vocab)) {
+    if (e.path().extension() != ".gguf") continue;
+    SCOPED_TRACE(e.path().string());
+    File f = File::open(e.path().string());  // vocabulary only: no tensors
+    EXPECT_TRUE(f.tensors().empty());
+    EXPECT_GT(f.get_strings("tokenizer.ggml.tokens").size(), 30000u);
+  }
+}
+
+}  // namespace
+}  // namespace fairkv::gguf
