@@ -1,0 +1,280 @@
+// fair-copy and split: the planners that add replicas to balanced.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "placement/planner_util.h"
+#include "placement/planners.h"
+#include "placement/rebalance.h"
+
+namespace fairkv::placement {
+
+namespace {
+
+// Water-filling: parts p_i >= 0 with sum p_i = amount that minimise max(base_i + p_i).
+std::vector<double> water_fill(std::span<const double> base, double amount) {
+  const size_t m = base.size();
+  std::vector<size_t> order(m);
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return base[a] < base[b]; });
+  double sum = 0, level = 0;
+  for (size_t k = 0; k < m; ++k) {
+    sum += base[order[k]];
+    level = (amount + sum) / double(k + 1);
+    if (k + 1 == m || level <= base[order[k + 1]]) break;
+  }
+  std::vector<double> p(m);
+  for (size_t i = 0; i < m; ++i) p[i] = std::max(0.0, level - base[i]);
+  return p;
+}
+
+// Whole sequences: n_i >= 1 with sum n_i = batch minimising max(base_i + n_i * a), a > 0. The
+// greedy that gives each next sequence to the lightest replica is optimal for identical items;
+// the water level gives all but the last few of them at once.
+std::vector<int> divide_batch(std::span<const double> base, int batch, double a) {
+  const size_t m = base.size();
+  std::vector<int> n(m, 1);
+  std::vector<double> b(m);
+  for (size_t i = 0; i < m; ++i) b[i] = base[i] + a;
+  int left = batch - int(m);
+  const auto p = water_fill(b, double(left) * a);
+  for (size_t i = 0; i < m; ++i) {
+    const int k = std::min(left, int(std::floor(p[i] / a)));
+    n[i] += k;
+    left -= k;
+  }
+  while (left-- > 0) {
+    size_t pick = 0;
+    for (size_t i = 1; i < m; ++i)
+      if (base[i] + (n[i] + 1) * a < base[pick] + (n[pick] + 1) * a) pick = i;
+    ++n[pick];
+  }
+  return n;
+}
+
+// balanced, or, when tp cannot place the heads (more devices than KV heads that vLLM's rule does
+// not allow), every unit whole on its own device.
+LayerPlan baseline(std::span<const double> tokens, const CostModel& cost, int devices,
+                   int64_t node_limit) {
+  const int heads = int(tokens.size());
+  if (devices > heads && (devices % heads != 0 || cost.group % (devices / heads) != 0)) {
+    std::vector<int> dev(static_cast<size_t>(heads), 0);
+    std::iota(dev.begin(), dev.end(), 0);
+    return {to_layer(whole_holdings(dev), devices, ShareKind::Whole), false};
+  }
+  return balanced_layer(tokens, cost, devices, node_limit);
+}
+
+// The device of every unit before replication: balanced's when every device can get a unit;
+// with more devices than units, unit h on device h and the rest left to replicas.
+std::vector<int> base_devices(const LayerPlan& balanced, int kv_heads, int devices) {
+  std::vector<int> dev(static_cast<size_t>(kv_heads), 0);
+  if (devices > kv_heads) {
+    std::iota(dev.begin(), dev.end(), 0);
+    return dev;
+  }
+  for (int d = 0; d < devices; ++d)
+    for (const Share& s : balanced.layer.devices[size_t(d)]) dev[size_t(s.head)] = d;
+  return dev;
+}
+
+bool holds(const std::vector<Holding>& parts, int device) {
+  return std::any_of(parts.begin(), parts.end(),
+                     [&](const Holding& x) { return x.device == device; });
+}
+
+int heaviest(std::span<const double> loads) {
+  return int(std::max_element(loads.begin(), loads.end()) - loads.begin());
+}
+
+// Sets the parts of every unit to the exact min-max shares for its holders, dropping empty parts.
+void rebalance_holdings(Holdings& h, std::span<const double> tokens, const CostModel& cost,
+                        int devices) {
+  RebalanceProblem prob;
+  prob.base.assign(size_t(devices), 0.0);
+  for (size_t u = 0; u < h.size(); ++u) {
+    prob.load.push_back(tokens[u]);
+    prob.holders.emplace_back();
+    for (const Holding& x : h[u]) {
+      prob.holders.back().push_back(x.device);
+      prob.base[size_t(x.device)] += cost.unit_weight_load();
+    }
+  }
+  const auto r = rebalance(prob);
+  for (size_t u = 0; u < h.size(); ++u) {
+    std::vector<Holding> kept;
+    double sum = 0;
+    for (size_t i = 0; i < h[u].size(); ++i)
+      if (r.share[u][i] > 1e-12) {
+        kept.push_back({h[u][i].device, r.share[u][i]});
+        sum += r.share[u][i];
+      }
+    for (Holding& x : kept) x.part /= sum;
+    h[u] = std::move(kept);
+  }
+}
+
+// Adds up to `replicas` replicas one at a time, each the (unit on the heaviest device, other
+// device) pair whose best division lowers the layer most. batch > 0: parts are whole sequences
+// (fair-copy); batch == 0: continuous token parts, re-optimised exactly after every step (split).
+Holdings add_replicas_greedily(Holdings h, std::span<const double> tokens, const CostModel& cost,
+                               int devices, int replicas, int batch) {
+  const double tol = load_tolerance(tokens, cost);
+  const double w = cost.unit_weight_load();
+  for (int step = 0; step < replicas; ++step) {
+    const auto loads = holding_loads(h, tokens, cost, devices);
+    const int top = heaviest(loads);
+    Score best = score(loads, tol);
+    int best_u = -1, best_d = -1;
+    std::vector<double> best_parts;
+    for (size_t u = 0; u < h.size(); ++u) {
+      if (!holds(h[u], top) || tokens[u] <= 0) continue;
+      const size_t m = h[u].size() + 1;
+      if (batch > 0 && size_t(batch) < m) continue;  // every replica needs a sequence
+      for (int d = 0; d < devices; ++d) {
+        if (holds(h[u], d)) continue;
+        std::vector<double> base(m);
+        for (size_t i = 0; i + 1 < m; ++i)
+          base[i] = loads[size_t(h[u][i].device)] - h[u][i].part * tokens[u];
+        base[m - 1] = loads[size_t(d)] + w;
+        std::vector<double> parts(m);
+        if (batch > 0) {
+          const auto n = divide_batch(base, batch, tokens[u] / batch);
+          for (size_t i = 0; i < m; ++i) parts[i] = double(n[i]) / batch;
+        } else {
+          parts = water_fill(base, tokens[u]);
+          for (double& p : parts) p /= tokens[u];
+          if (parts[m - 1] <= 1e-12) continue;  // the new replica would get nothing
+        }
+        auto next = loads;
+        for (size_t i = 0; i < m; ++i) {
+          const int dev = i + 1 < m ? h[u][i].device : d;
+          next[size_t(dev)] = base[i] + parts[i] * tokens[u];
+        }
+        const Score s = score(next, tol);
+        if (better(s, best, tol)) {
+          best = s;
+          best_u = int(u);
+          best_d = d;
+          best_parts = parts;
+        }
+      }
+    }
+    if (best_u < 0) break;  // no replica lowers the layer
+    auto& parts = h[size_t(best_u)];
+    parts.push_back({best_d, 0.0});
+    for (size_t i = 0; i < parts.size(); ++i) parts[i].part = best_parts[i];
+    if (batch == 0) rebalance_holdings(h, tokens, cost, devices);
+  }
+  return h;
+}
+
+// McNaughton's wrap-around with weight reads: devices in turn take units (heaviest first) up to
+// target T; the unit that crosses T is cut and its rest starts the next device, which then also
+// reads its weights. Returns false when T is too small for the devices.
+bool wrap_fill(std::span<const int> order, std::span<const double> tokens, double w, int devices,
+               double target, double tol, Holdings* out) {
+  Holdings h(tokens.size());
+  int d = 0;
+  double used = 0;
+  for (int u : order) {
+    double rest = tokens[size_t(u)];
+    for (;;) {
+      const double room = target - used - w;
+      if (room >= rest - tol && room >= -tol) {
+        h[size_t(u)].push_back({d, rest});
+        used += rest + w;
+        break;
+      }
+      if (room > tol) {  // cut: the rest starts the next device
+        h[size_t(u)].push_back({d, room});
+        rest -= room;
+      }
+      if (++d == devices) return false;
+      used = 0;
+    }
+  }
+  for (size_t u = 0; u < h.size(); ++u)
+    for (Holding& x : h[u]) x.part = tokens[u] > 0 ? x.part / tokens[u] : 1.0 / h[u].size();
+  if (out) *out = std::move(h);
+  return true;
+}
+
+Holdings wrap_around(std::span<const double> tokens, const CostModel& cost, int devices) {
+  const double w = cost.unit_weight_load();
+  const double tol = load_tolerance(tokens, cost);
+  std::vector<int> order(tokens.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return tokens[size_t(a)] > tokens[size_t(b)]; });
+  double lo = lower_bound(tokens, cost, devices), hi = 0;
+  for (double t : tokens) hi += t + w;  // one device can take everything
+  hi = std::max(hi, lo);
+  if (!wrap_fill(order, tokens, w, devices, lo, tol, nullptr)) {
+    for (int i = 0; i < 200 && hi - lo > tol; ++i) {
+      const double mid = 0.5 * (lo + hi);
+      (wrap_fill(order, tokens, w, devices, mid, tol, nullptr) ? hi : lo) = mid;
+    }
+    lo = hi;
+  }
+  Holdings h;
+  wrap_fill(order, tokens, w, devices, lo, tol, &h);
+  rebalance_holdings(h, tokens, cost, devices);
+  return h;
+}
+
+// The better of balanced and the candidates, in order; ties keep the earlier one. Proven: the
+// result reaches the lower bound, or there were no candidates and balanced was proven.
+LayerPlan pick(const LayerPlan& balanced, std::span<const LayerPlacement> candidates,
+               std::span<const double> tokens, const CostModel& cost, int devices) {
+  const double tol = load_tolerance(tokens, cost);
+  LayerPlan best = balanced;
+  double best_max = max_device_load(best.layer, tokens, cost, devices);
+  for (const auto& c : candidates) {
+    const double m = max_device_load(c, tokens, cost, devices);
+    if (m < best_max - tol) {
+      best.layer = c;
+      best_max = m;
+    }
+  }
+  best.proven = (candidates.empty() && balanced.proven) ||
+                best_max <= lower_bound(tokens, cost, devices) * (1 + 1e-12);
+  return best;
+}
+
+}  // namespace
+
+LayerPlan fair_copy_layer(std::span<const double> tokens, const CostModel& cost, int devices,
+                          int replicas, int64_t node_limit) {
+  const LayerPlan bal = baseline(tokens, cost, devices, node_limit);
+  std::vector<LayerPlacement> cands;
+  if (replicas > 0 && cost.batch > 1) {
+    const auto dev = base_devices(bal, int(tokens.size()), devices);
+    cands.push_back(to_layer(
+        add_replicas_greedily(whole_holdings(dev), tokens, cost, devices, replicas, cost.batch),
+        devices, ShareKind::Batch));
+  }
+  return pick(bal, cands, tokens, cost, devices);
+}
+
+LayerPlacement wrap_around_layer(std::span<const double> tokens, const CostModel& cost,
+                                 int devices) {
+  return to_layer(wrap_around(tokens, cost, devices), devices, ShareKind::Tokens);
+}
+
+LayerPlan split_layer(std::span<const double> tokens, const CostModel& cost, int devices,
+                      int replicas, int64_t node_limit) {
+  const LayerPlan bal = baseline(tokens, cost, devices, node_limit);
+  std::vector<LayerPlacement> cands;
+  if (replicas > 0) {
+    const auto dev = base_devices(bal, int(tokens.size()), devices);
+    cands.push_back(
+        to_layer(add_replicas_greedily(whole_holdings(dev), tokens, cost, devices, replicas, 0),
+                 devices, ShareKind::Tokens));
+  }
+  if (replicas >= devices - 1) cands.push_back(wrap_around_layer(tokens, cost, devices));
+  return pick(bal, cands, tokens, cost, devices);
+}
+
+}  // namespace fairkv::placement
