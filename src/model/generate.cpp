@@ -56,4 +56,27 @@ GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
   return res;
 }
 
+std::vector<float> teacher_force(const Model& m, kernels::ThreadPool& pool,
+                                 const std::vector<int32_t>& prompt,
+                                 const std::vector<int32_t>& forced, const GenerateOptions& opt,
+                                 size_t* kv_bytes_after_prefill) {
+  const ModelConfig& c = m.config;
+  if (prompt.empty()) throw std::invalid_argument("the prompt has no tokens");
+  Forward fwd(c, m.weights, pool);
+  kv::SequenceCache cache(c.n_layers, c.n_kv_heads, c.head_dim, opt.kv_type);
+  const size_t V = size_t(c.n_vocab);
+  BatchItem item{&cache, prompt, false};
+  const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);
+  if (opt.after_prefill) opt.after_prefill(cache);
+  if (kv_bytes_after_prefill) *kv_bytes_after_prefill = cache.bytes();
+  std::vector<float> rows(logits->begin(), logits->end());
+  rows.reserve(V * (forced.size() + 1));
+  for (size_t i = 0; i < forced.size(); ++i) {
+    BatchItem step{&cache, {&forced[i], 1}, false};
+    logits = &fwd.run({&step, 1});
+    rows.insert(rows.end(), logits->begin(), logits->end());
+  }
+  return rows;
+}
+
 }  // namespace fairkv::model

@@ -37,4 +37,12 @@ GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
                         const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                         const std::function<void(int32_t)>& on_token = {});
 
+// Teacher forcing: prefills the prompt (opt.after_prefill runs as in generate), then feeds the
+// `forced` tokens one by one. Returns 1 + forced.size() logits rows: the prompt's last row, then
+// one row after each forced token. opt.n_predict and opt.sampler are not used.
+std::vector<float> teacher_force(const Model& m, kernels::ThreadPool& pool,
+                                 const std::vector<int32_t>& prompt,
+                                 const std::vector<int32_t>& forced, const GenerateOptions& opt,
+                                 size_t* kv_bytes_after_prefill = nullptr);
+
 }  // namespace fairkv::model
