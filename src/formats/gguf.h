@@ -191,7 +191,6 @@ class Writer {
   };
   std::vector<PendingTensor> tensors_;
   uint64_t alignment_ = 32;
-  bool alignment_set_ = false;
   std::function<void(uint64_t, uint64_t)> progress_;
 };
 

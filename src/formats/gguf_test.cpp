@@ -11,6 +11,7 @@
 #include <random>
 
 #include "formats/gguf.h"
+#include "formats/gguf_test_util.h"
 
 namespace fairkv::gguf {
 namespace {
@@ -691,37 +692,7 @@ TEST(GgufShared, Stories260K) {
   EXPECT_LT(rms, 10.0);
 }
 
-// Checks that a llama/qwen2-shaped file's tensors agree with its hyper-parameters.
-void check_llama_shapes(const File& f) {
-  const std::string arch = f.get_string("general.architecture");
-  const int64_t n_layer = f.get_int(arch + ".block_count");
-  const int64_t n_embd = f.get_int(arch + ".embedding_length");
-  const int64_t n_head = f.get_int(arch + ".attention.head_count");
-  const int64_t n_kv = f.find_int(arch + ".attention.head_count_kv").value_or(n_head);
-  const int64_t n_ff = f.get_int(arch + ".feed_forward_length");
-  const int64_t hd = f.find_int(arch + ".attention.key_length").value_or(n_embd / n_head);
-  const int64_t n_vocab = static_cast<int64_t>(f.get_strings("tokenizer.ggml.tokens").size());
-  auto dims = [&](const std::string& name) {
-    const TensorInfo* t = f.find_tensor(name);
-    if (!t) throw std::runtime_error(f.path() + ": missing " + name);
-    return t->dims;
-  };
-  using D = std::vector<int64_t>;
-  EXPECT_EQ(dims("token_embd.weight"), (D{n_embd, n_vocab}));
-  EXPECT_EQ(dims("output_norm.weight"), (D{n_embd}));
-  for (int64_t l = 0; l < n_layer; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    EXPECT_EQ(dims(p + "attn_norm.weight"), (D{n_embd}));
-    EXPECT_EQ(dims(p + "attn_q.weight"), (D{n_embd, n_head * hd}));
-    EXPECT_EQ(dims(p + "attn_k.weight"), (D{n_embd, n_kv * hd}));
-    EXPECT_EQ(dims(p + "attn_v.weight"), (D{n_embd, n_kv * hd}));
-    EXPECT_EQ(dims(p + "attn_output.weight"), (D{n_head * hd, n_embd}));
-    EXPECT_EQ(dims(p + "ffn_gate.weight"), (D{n_embd, n_ff}));
-    EXPECT_EQ(dims(p + "ffn_up.weight"), (D{n_embd, n_ff}));
-    EXPECT_EQ(dims(p + "ffn_down.weight"), (D{n_ff, n_embd}));
-    EXPECT_EQ(f.find_tensor(p + "attn_norm.weight")->type, TensorType::F32);
-  }
-}
+using testing_util::check_llama_shapes;
 
 TEST(GgufShared, SyntheticModelsAndVocabularies) {
   const std::string dir = shared("models/synthetic");

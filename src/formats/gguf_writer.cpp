@@ -78,6 +78,17 @@ void put_scalar(std::vector<uint8_t>& b, ValueType t, int64_t i, uint64_t u, dou
   }
 }
 
+// Padding, written in pieces so that a large alignment costs no memory.
+template <class Sink>
+void write_zeros(Sink& sink, uint64_t n) {
+  static const uint8_t zeros[4096] = {};
+  while (n > 0) {
+    const size_t k = static_cast<size_t>(std::min<uint64_t>(n, sizeof zeros));
+    sink.write(zeros, k);
+    n -= k;
+  }
+}
+
 struct VectorSink {
   std::vector<uint8_t>& out;
   void write(const uint8_t* p, size_t n) { out.insert(out.end(), p, p + n); }
@@ -318,10 +329,9 @@ void Writer::emit(Sink& sink) const {
     offset += pad_to(t.n_bytes, alignment_);
     total += t.n_bytes;
   }
-  head.resize(pad_to(head.size(), alignment_), 0);
   sink.write(head.data(), head.size());
+  write_zeros(sink, pad_to(head.size(), alignment_) - head.size());
 
-  const std::vector<uint8_t> zeros(alignment_, 0);
   uint64_t done = 0;
   for (const PendingTensor& t : tensors_) {
     if (!t.fill) {
@@ -344,7 +354,7 @@ void Writer::emit(Sink& sink) const {
         if (progress_) progress_(done, total);
       }
     }
-    sink.write(zeros.data(), pad_to(t.n_bytes, alignment_) - t.n_bytes);
+    write_zeros(sink, pad_to(t.n_bytes, alignment_) - t.n_bytes);
   }
 }
 
