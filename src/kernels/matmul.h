@@ -22,11 +22,32 @@ struct WeightMatrix {
   const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * stride(); }
 };
 
+// What happens to the activations x before the products.
+//  Float32: x is used as is; y equals the product of the dequantized weights with x up to float32
+//    summation order (relative error ~1e-6 of sum |W||x|).
+//  LikeGgml: x is first rounded the way llama.cpp's CPU backend rounds it for this weight type:
+//    F16 -> fp16, BF16 -> bf16, Q8_0 and Q4_0 -> Q8_0 blocks (F32: unchanged). Results then match
+//    llama.cpp's up to summation order (this is what reproduces its greedy ids on BF16 / Q8_0
+//    models) and differ from Float32's by about the rounding: ~1e-3 relative for F16 / BF16,
+//    ~1e-2 for the Q8_0 blocks. It is also faster where the CPU has the instructions: BF16 uses
+//    AVX512-BF16 dot products and Q8_0 / Q4_0 use AVX512-VNNI int8 dot products.
+enum class Activations { Float32, LikeGgml };
+const char* activations_name(Activations a);
+
 // y[t * w.rows + r] = sum_c W[r][c] * x[t * w.cols + c] for t in [0, n_tokens).
-// Multi-threaded over rows (decode) or over row and token tiles (prefill).
-void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
+// Multi-threaded over rows (decode) or over row and token tiles (prefill). x and y must not
+// overlap. Throws std::invalid_argument on a malformed matrix (cols not whole blocks, stride
+// shorter than a row, null data with rows > 0).
+void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
+            Activations act = Activations::Float32);
 // Scalar reference: dequantize each row, accumulate in double.
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y);
+// x rounded as matmul(..., LikeGgml) rounds it for weights of type t, back in float32:
+// matmul_ref(w, round_activations(t, x)) is the exact result that LikeGgml approximates.
+void round_activations(DType t, const float* x, int64_t n_tokens, int64_t cols, float* out);
+// The instruction set the kernels were compiled for ("avx512", "avx2" or "scalar"), with
+// "+bf16" / "+vnni" when those fast paths are in.
+const char* kernels_isa();
 
 // Dot product of one weight row (n elements of type t) with float32 x.
 float dot_row(DType t, const void* w_row, const float* x, int64_t n);

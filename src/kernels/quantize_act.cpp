@@ -1,0 +1,70 @@
+// Activation rounding as llama.cpp's CPU backend does it before each product (matmul's
+// Activations::LikeGgml): fp16 for F16 weights, bf16 for BF16, Q8_0 blocks for Q8_0 and Q4_0.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/matmul_kernels.h"
+#include "kernels/simd.h"
+
+namespace fairkv::kernels {
+
+namespace detail {
+
+void quantize_act_q8_0(const float* x, BlockQ8_0* out, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+#if defined(FAIRKV_AVX512)
+    const __m512 v0 = _mm512_loadu_ps(x);
+    const __m512 v1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+#else
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+#endif
+    out[b].d = fp32_to_fp16(amax / 127.0f);
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+#if defined(FAIRKV_AVX512)
+    // cvtps_epi32 rounds half to even under the default MXCSR, as ggml's _mm256_round_ps does.
+    const __m512 m = _mm512_set1_ps(id);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs),
+                     _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, m))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16),
+                     _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, m))));
+#else
+    for (int j = 0; j < kQK; ++j) out[b].qs[j] = int8_t(std::nearbyint(x[j] * id));
+#endif
+  }
+}
+
+}  // namespace detail
+
+void round_activations(DType t, const float* x, int64_t n_tokens, int64_t cols, float* out) {
+  const int64_t n = n_tokens * cols;
+  switch (t) {
+    case DType::F32:
+      std::memcpy(out, x, size_t(n) * sizeof(float));
+      return;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) out[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
+      return;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
+      return;
+    case DType::Q8_0:
+    case DType::Q4_0: {
+      if (cols % kQK != 0) {
+        throw std::invalid_argument("round_activations: " + std::to_string(cols) +
+                                    " columns is not a whole number of Q8_0 blocks");
+      }
+      std::vector<BlockQ8_0> q(size_t(cols / kQK));
+      for (int64_t tok = 0; tok < n_tokens; ++tok) {
+        detail::quantize_act_q8_0(x + tok * cols, q.data(), cols);
+        dequantize_row(DType::Q8_0, q.data(), out + tok * cols, cols);
+      }
+      return;
+    }
+  }
+}
+
+}  // namespace fairkv::kernels

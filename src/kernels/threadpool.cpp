@@ -1,0 +1,140 @@
+// Persistent worker threads with a low-latency fork/join.
+//
+// Decode calls parallel_for about ten times per layer per token, each for some tens of
+// microseconds of work, so waking sleeping threads through the kernel every time would cost as
+// much as the work. Workers therefore spin on a generation counter for a short while after each
+// job (long enough to cover the gap between two matmuls of one layer) and only then sleep on it
+// with a futex (std::atomic::wait). The caller runs chunk 0 itself and spins on the done count.
+#include "kernels/threadpool.h"
+
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace fairkv::kernels {
+
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// About 50-100 us of pause instructions: covers the host-side gaps between kernels of one
+// layer, yet gives the core back quickly when the engine is idle or the machine oversubscribed.
+constexpr int kSpinIters = 1 << 14;
+
+}  // namespace
+
+struct ThreadPool::Impl {
+  int n_threads = 1;
+  std::vector<std::thread> workers;
+
+  // Job description, written by the caller before bumping `generation`.
+  const std::function<void(int64_t, int64_t, int)>* fn = nullptr;
+  int64_t n = 0;
+
+  alignas(64) std::atomic<uint32_t> generation{0};
+  alignas(64) std::atomic<int> pending{0};  // workers that have not finished the current job
+  alignas(64) std::atomic<bool> stop{false};
+
+  std::mutex error_mutex;
+  std::exception_ptr error;  // the first exception a worker's chunk threw, rethrown by the caller
+
+  void run_chunk(int thread) {
+    const int64_t begin = n * thread / n_threads;
+    const int64_t end = n * (thread + 1) / n_threads;
+    if (begin >= end) return;
+    try {
+      (*fn)(begin, end, thread);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  }
+
+  void worker_loop(int thread) {
+    uint32_t seen = 0;
+    for (;;) {
+      uint32_t g = generation.load(std::memory_order_acquire);
+      for (int i = 0; g == seen && i < kSpinIters; ++i) {
+        cpu_relax();
+        g = generation.load(std::memory_order_acquire);
+      }
+      while (g == seen) {
+        generation.wait(seen, std::memory_order_acquire);
+        g = generation.load(std::memory_order_acquire);
+      }
+      seen = g;
+      if (stop.load(std::memory_order_acquire)) return;
+      run_chunk(thread);
+      if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) pending.notify_one();
+    }
+  }
+};
+
+ThreadPool::ThreadPool(int n_threads) : impl_(std::make_unique<Impl>()) {
+  if (n_threads < 1) {
+    throw std::invalid_argument("ThreadPool: thread count must be at least 1, got " +
+                                std::to_string(n_threads));
+  }
+  impl_->n_threads = n_threads;
+  impl_->workers.reserve(size_t(n_threads - 1));
+  for (int t = 1; t < n_threads; ++t) {
+    impl_->workers.emplace_back([impl = impl_.get(), t] { impl->worker_loop(t); });
+  }
+}
+
+ThreadPool::~ThreadPool() {
+  impl_->stop.store(true, std::memory_order_release);
+  impl_->generation.fetch_add(1, std::memory_order_acq_rel);
+  impl_->generation.notify_all();
+  for (auto& w : impl_->workers) w.join();
+}
+
+int ThreadPool::size() const {
+  return impl_->n_threads;
+}
+
+void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
+  Impl& p = *impl_;
+  if (n <= 0) return;
+  if (p.n_threads == 1 || n == 1) {
+    fn(0, n, 0);
+    return;
+  }
+  p.fn = &fn;
+  p.n = n;
+  p.pending.store(p.n_threads - 1, std::memory_order_relaxed);
+  p.generation.fetch_add(1, std::memory_order_acq_rel);
+  // notify_all is a futex syscall only when some worker sleeps (libstdc++ counts waiters).
+  p.generation.notify_all();
+  p.run_chunk(0);
+  int left = p.pending.load(std::memory_order_acquire);
+  for (int i = 0; left != 0 && i < kSpinIters; ++i) {
+    cpu_relax();
+    left = p.pending.load(std::memory_order_acquire);
+  }
+  while (left != 0) {
+    p.pending.wait(left, std::memory_order_acquire);
+    left = p.pending.load(std::memory_order_acquire);
+  }
+  if (p.error) {
+    std::exception_ptr e;
+    std::swap(e, p.error);
+    std::rethrow_exception(e);
+  }
+}
+
+}  // namespace fairkv::kernels
