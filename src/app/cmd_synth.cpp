@@ -1,0 +1,96 @@
+// `fairkv synth`: write a GGUF with random weights of a real model's shape (llama.cpp loads it),
+// one chunk of one tensor in memory at a time, with progress on stderr.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "app/commands.h"
+#include "formats/gguf.h"
+#include "formats/gguf_synth.h"
+#include "kernels/types.h"
+
+namespace fairkv::app {
+
+namespace {
+
+struct SynthArgs {
+  std::string out, shape, type = "f16";
+  int64_t layers = 0;
+  uint64_t seed = 0;
+};
+
+kernels::DType dtype_of(gguf::TensorType t) {
+  switch (t) {
+    case gguf::TensorType::F32:
+      return kernels::DType::F32;
+    case gguf::TensorType::F16:
+      return kernels::DType::F16;
+    case gguf::TensorType::BF16:
+      return kernels::DType::BF16;
+    case gguf::TensorType::Q8_0:
+      return kernels::DType::Q8_0;
+    case gguf::TensorType::Q4_0:
+      return kernels::DType::Q4_0;
+  }
+  throw UsageError("unsupported tensor type");
+}
+
+std::string gib(double bytes) {
+  return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024 * 1024));
+}
+
+void synth(const SynthArgs& a) {
+  const gguf::SynthShape& shape = gguf::synth_shape(a.shape);
+  const auto type = gguf::tensor_type_from_name(a.type);
+  if (!type) throw UsageError("--type: expected f32, f16, bf16, q8_0 or q4_0, got " + a.type);
+  if (a.layers < 0) throw UsageError("--layers: expected a number of layers >= 1");
+  gguf::SynthOptions opts;
+  opts.type = *type;
+  opts.n_layer = a.layers;
+  opts.seed = a.seed;
+  gguf::Writer w = gguf::synth_llama(
+      shape, opts, [](gguf::TensorType t, const float* src, uint8_t* dst, int64_t n) {
+        kernels::quantize_row(dtype_of(t), src, dst, n);
+      });
+
+  const int64_t n_layer = a.layers > 0 ? a.layers : shape.n_layer;
+  std::fprintf(stderr, "synth: %s, %lld layers, %s weights, %.3f B parameters -> %s\n",
+               shape.name.c_str(), static_cast<long long>(n_layer), gguf::tensor_type_name(*type),
+               double(gguf::synth_param_count(shape, opts)) / 1e9, a.out.c_str());
+  const auto start = std::chrono::steady_clock::now();
+  auto last = start;
+  w.set_progress([&](uint64_t done, uint64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (done < total && now - last < std::chrono::milliseconds(500)) return;
+    last = now;
+    std::fprintf(stderr, "\rsynth: %s of %s (%3.0f%%)", gib(double(done)).c_str(),
+                 gib(double(total)).c_str(), total ? 100.0 * double(done) / double(total) : 100.0);
+    std::fflush(stderr);
+  });
+  w.write(a.out);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "\nsynth: wrote %s in %.1f s\n", a.out.c_str(), s);
+}
+
+}  // namespace
+
+void add_synth_command(CLI::App& app) {
+  auto a = std::make_shared<SynthArgs>();
+  std::string names;
+  for (const gguf::SynthShape& s : gguf::synth_shapes())
+    names += (names.empty() ? "" : ", ") + s.name;
+  CLI::App* cmd = app.add_subcommand(
+      "synth", "Write a GGUF with random weights of a real model's shape (loadable by llama.cpp)");
+  cmd->add_option("-o,--output", a->out, "Output GGUF file")->required();
+  cmd->add_option("--shape", a->shape, "Model shape: " + names)->required();
+  cmd->add_option("--type", a->type, "Weight type: f32, f16, bf16, q8_0 or q4_0 (norms stay f32)")
+      ->capture_default_str();
+  cmd->add_option("--layers", a->layers, "Number of layers (default: the shape's own)");
+  cmd->add_option("--seed", a->seed, "Random seed of the weights")->capture_default_str();
+  cmd->callback([a] { synth(*a); });
+}
+
+}  // namespace fairkv::app
