@@ -2,7 +2,13 @@
 //
 // Every check that can fail on a malformed file throws gguf::Error whose message names the file,
 // the field and what was expected ("model.gguf: tensor 'blk.0.attn_q.weight': offset 123 + 4096
-// bytes is past the end of the file (2048 bytes)"). Nothing is read before it is bounds-checked.
+// bytes is past the end of the file (2048 bytes)"). Nothing is read before it is bounds-checked,
+// and no count is trusted before it is checked against the bytes left (a string length or array
+// count of 2^60 fails without allocating). Accepted: versions 2 and 3, little-endian; keys
+// unique; general.alignment a UINT32 power of two (default 32); tensors of 1-4 dims >= 1 whose
+// element count and byte size fit in int64, of type F32, F16, BF16, Q8_0 or Q4_0 with the inner
+// dimension a multiple of the block, names unique, data aligned, inside the file and not
+// overlapping. Arrays of arrays are checked and skipped (nesting at most 8 deep).
 #pragma once
 
 #include <cstdint>
@@ -21,21 +27,12 @@ struct Error : std::runtime_error {
 };
 
 // Metadata value types, numbered as in the GGUF specification.
+// clang-format off
 enum class ValueType : uint32_t {
-  UINT8 = 0,
-  INT8 = 1,
-  UINT16 = 2,
-  INT16 = 3,
-  UINT32 = 4,
-  INT32 = 5,
-  FLOAT32 = 6,
-  BOOL = 7,
-  STRING = 8,
-  ARRAY = 9,
-  UINT64 = 10,
-  INT64 = 11,
-  FLOAT64 = 12,
+  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
+  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
 };
+// clang-format on
 const char* value_type_name(ValueType t);
 
 // Tensor element types, numbered as ggml numbers them. Only these are accepted.
