@@ -16,7 +16,7 @@ namespace {
 
 // Below this many tokens the dot-product kernels win: packing activations and converting weight
 // tiles only pays off once a weight tile is reused by a full panel of tokens.
-constexpr int64_t kGemmMinTokens = 8;
+constexpr int64_t kGemmMinTokens = 16;
 
 void check_matrix(const WeightMatrix& w, int64_t n_tokens) {
   const std::string what = std::string("matmul: ") + dtype_name(w.type) + " matrix " +

@@ -209,8 +209,21 @@ TEST(Matmul, EmptyAndMalformedInputs) {
   EXPECT_EQ(y, std::vector<float>(4, 0.0f));
 }
 
-TEST(Matmul, ReportsItsInstructionSet) {
-  EXPECT_NE(std::string(kernels_isa()), "");
+TEST(Matmul, ReportsTheInstructionSetItWasBuiltFor) {
+  const std::string isa = kernels_isa();
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+  EXPECT_EQ(isa.substr(0, 6), "avx512");
+#if defined(__AVX512BF16__)
+  EXPECT_NE(isa.find("+bf16"), std::string::npos);
+#endif
+#if defined(__AVX512VNNI__)
+  EXPECT_NE(isa.find("+vnni"), std::string::npos);
+#endif
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  EXPECT_EQ(isa, "avx2");
+#else
+  EXPECT_EQ(isa, "scalar");
+#endif
 }
 
 }  // namespace

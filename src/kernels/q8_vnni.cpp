@@ -22,7 +22,13 @@ namespace fairkv::kernels::detail {
 namespace {
 
 constexpr int64_t kFewTokens = 8;
-constexpr int kGemvRows = 4;
+// Rows per few-token tile: eight memory streams for one token (a core needs about that many to
+// reach its share of the bandwidth), four when more tokens multiply the accumulators.
+template <int NT>
+constexpr int gemv_rows_per_tile() {
+  return NT == 1 ? 8 : 4;
+}
+constexpr int64_t kPrefetchBytes = 256;  // ahead of each row's loads
 constexpr int kRows = 6;  // gemm tile: 6 rows x 32 tokens (12 int + 12 float accumulators)
 constexpr int kNv = 2;
 constexpr int kPanel = kNv * 16;
@@ -61,11 +67,13 @@ float half(uint16_t h) {
   return _cvtsh_ss(h);
 }
 
-// The 32 weights of a Q4_0 block as bytes 0..15 in element order (low nibbles, then high).
+// The 32 weights of a Q4_0 block as bytes 0..15 in element order (low nibbles, then high): the
+// 16 bytes in both halves, the upper half shifted down a nibble, both masked.
 __m256i unpack_q4(const uint8_t* qs) {
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
-  return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+  const __m256i b =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+  return _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0)),
+                          _mm256_set1_epi8(0x0f));
 }
 
 // --- few tokens
@@ -93,7 +101,7 @@ void gemv_tile(const WeightMatrix& w, int64_t r0, const uint8_t* xq, int64_t xst
     FAIRKV_UNROLL
     for (int r = 0; r < R; ++r) {
       __m256i isum[NT];
-      float dw;
+      uint16_t dw;
       if constexpr (T == DType::Q8_0) {
         const auto* blk = reinterpret_cast<const BlockQ8_0*>(base + r * stride) + b;
         const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs));
@@ -102,7 +110,7 @@ void gemv_tile(const WeightMatrix& w, int64_t r0, const uint8_t* xq, int64_t xst
         for (int t = 0; t < NT; ++t) {
           isum[t] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aq, _mm256_sign_epi8(xv[t], q));
         }
-        dw = half(blk->d);
+        dw = blk->d;
       } else {
         const auto* blk = reinterpret_cast<const BlockQ4_0*>(base + r * stride) + b;
         const __m256i u = unpack_q4(blk->qs);
@@ -112,12 +120,18 @@ void gemv_tile(const WeightMatrix& w, int64_t r0, const uint8_t* xq, int64_t xst
           const int32_t s = reinterpret_cast<const int32_t*>(xq + t * xstride + L.s_off)[b];
           isum[t] = _mm256_dpbusd_epi32(_mm256_set1_epi32(-s), u, xv[t]);
         }
-        dw = half(blk->d);
+        dw = blk->d;
       }
+      if (b % 2 == 0) {
+        constexpr int64_t kBlockBytes = T == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+        __builtin_prefetch(base + r * stride + b * kBlockBytes + kPrefetchBytes);
+      }
+      // d_w in all lanes straight from fp16 (broadcast + convert), times d_x.
+      const __m256 dwv = _mm256_cvtph_ps(_mm_set1_epi16(short(dw)));
       FAIRKV_UNROLL
       for (int t = 0; t < NT; ++t) {
-        acc[r][t] =
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(dw * dx[t]), acc[r][t]);
+        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]),
+                                    _mm256_mul_ps(dwv, _mm256_set1_ps(dx[t])), acc[r][t]);
       }
     }
   }
@@ -137,10 +151,9 @@ void gemv_tile(const WeightMatrix& w, int64_t r0, const uint8_t* xq, int64_t xst
 template <DType T, int NT>
 void gemv_rows(const WeightMatrix& w, const uint8_t* xq, int64_t xstride, float* y, int64_t r_begin,
                int64_t r_end) {
+  constexpr int R = gemv_rows_per_tile<NT>();
   int64_t r = r_begin;
-  for (; r + kGemvRows <= r_end; r += kGemvRows) {
-    gemv_tile<T, kGemvRows, NT>(w, r, xq, xstride, y);
-  }
+  for (; r + R <= r_end; r += R) gemv_tile<T, R, NT>(w, r, xq, xstride, y);
   for (; r < r_end; ++r) gemv_tile<T, 1, NT>(w, r, xq, xstride, y);
 }
 

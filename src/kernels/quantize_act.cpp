@@ -45,9 +45,17 @@ void round_activations(DType t, const float* x, int64_t n_tokens, int64_t cols, 
     case DType::F32:
       std::memcpy(out, x, size_t(n) * sizeof(float));
       return;
-    case DType::F16:
-      for (int64_t i = 0; i < n; ++i) out[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
+    case DType::F16: {
+      int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+      for (; i + 8 <= n; i += 8) {  // round trip through the conversion instructions
+        const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+      }
+#endif
+      for (; i < n; ++i) out[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
       return;
+    }
     case DType::BF16:
       for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
       return;
