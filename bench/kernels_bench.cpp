@@ -6,10 +6,13 @@
 // Decode runs rotate over enough copies of the matrix to exceed the last-level cache, as a whole
 // model does (2.2 GB of weights per token), so bytes/s is DRAM bandwidth and not L3's.
 //
-// Run: build-*/bench/kernels_bench --benchmark_filter=... (names: matmul/<type>/<rows>x<cols>/
-// tok<n>/thr<t>/<activations>, stream/thr<t>, pool/thr<t>).
+// Run: build-*/bench/kernels_bench --benchmark_filter=... (names: stream/thr<t>/pages<2M|4K>,
+// pool/thr<t>, tinyllama/<type>/<decode|prefill128>/thr<t>/<activations> (all 155 projections of
+// the model, tok/s), matmul/<type>/<rows>x<cols>/tok<n>/thr<t>/<activations>).
 #include <benchmark/benchmark.h>
+#include <sys/mman.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -89,27 +92,44 @@ void bm_matmul(benchmark::State& state, DType t, int64_t rows, int64_t cols, int
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// The machine's streaming-read bandwidth: each thread sums its part of a 1 GiB array.
-void bm_stream(benchmark::State& state, int threads) {
-  static std::vector<float> a(size_t(1) << 28, 1.0f);
+// The machine's streaming-read bandwidth: each thread sums its part of a 1 GiB array, backed by
+// 2 MiB pages or by 4 KiB pages (what an mmap of the model file gets: the hardware prefetchers
+// stop at every 4 KiB page boundary, which costs some bandwidth).
+struct Buffer {
+  float* data = nullptr;
+  size_t n = 0;
+  Buffer(size_t count, bool huge) : n(count) {
+    const size_t bytes = n * sizeof(float);
+    data = static_cast<float*>(std::aligned_alloc(size_t(2) << 20, bytes));
+    if (!data) throw std::bad_alloc();
+    madvise(data, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    for (size_t i = 0; i < n; ++i) data[i] = 1.0f;
+  }
+  ~Buffer() { std::free(data); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+};
+
+void bm_stream(benchmark::State& state, int threads, bool huge) {
+  Buffer a(size_t(1) << 28, huge);
   ThreadPool& p = pool(threads);
   std::vector<double> partial(static_cast<size_t>(threads));
   for (auto _ : state) {
-    p.parallel_for(int64_t(a.size()), [&](int64_t b, int64_t e, int th) {
-      // Eight independent sums so that the adds are not the limit.
-      float s[8] = {};
+    p.parallel_for(int64_t(a.n), [&](int64_t b, int64_t e, int th) {
+      // Sixteen independent sums (vectorised by the compiler) so that the adds are not the limit.
+      float s[16] = {};
       int64_t i = b;
-      for (; i + 8 <= e; i += 8) {
-        for (int j = 0; j < 8; ++j) s[j] += a[size_t(i + j)];
+      for (; i + 16 <= e; i += 16) {
+        for (int j = 0; j < 16; ++j) s[j] += a.data[i + j];
       }
-      for (; i < e; ++i) s[0] += a[size_t(i)];
+      for (; i < e; ++i) s[0] += a.data[i];
       double sum = 0;
       for (float v : s) sum += v;
       partial[size_t(th)] = sum;
     });
     benchmark::DoNotOptimize(partial.data());
   }
-  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(a.size() * sizeof(float)));
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(a.n * sizeof(float)));
 }
 
 // Fork/join latency of an empty parallel_for: the fixed cost per matmul in decode.
@@ -126,17 +146,83 @@ struct Shape {
   int64_t rows, cols;
 };
 
+// Every projection of TinyLlama-1.1B (22 layers of q, k, v, o, gate, up, down, then the output
+// matrix), each in its own memory as in a loaded model: 2.2 GB at F16. Random contents (one
+// matrix per shape, copied), since speed does not depend on the values.
+struct Model {
+  DType type{};
+  std::vector<std::vector<uint8_t>> mats;
+  std::vector<Shape> shapes;
+  size_t bytes = 0;
+};
+
+const Model& tinyllama(DType t) {
+  static Model m;
+  if (!m.mats.empty() && m.type == t) return m;
+  m = Model{};
+  m.type = t;
+  const Shape layer[] = {{2048, 2048}, {256, 2048},  {256, 2048}, {2048, 2048},
+                         {5632, 2048}, {5632, 2048}, {2048, 5632}};
+  for (int l = 0; l < 22; ++l) m.shapes.insert(m.shapes.end(), std::begin(layer), std::end(layer));
+  m.shapes.push_back({32000, 2048});
+  for (const Shape& s : m.shapes) {
+    const Weights& w = weights(t, s.rows, s.cols, false);
+    m.mats.push_back(w.copies.front());
+    m.bytes += w.bytes;
+  }
+  return m;
+}
+
+// One token (decode) or a batch of prompt tokens (prefill) through every projection: the matmul
+// part of a forward pass, as tokens/s.
+void bm_model(benchmark::State& state, DType t, int64_t n_tokens, int threads, Activations act) {
+  const Model& m = tinyllama(t);
+  std::vector<float> x(size_t(n_tokens * 32000)), y(size_t(n_tokens * 32000));
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (float& v : x) v = dist(rng);
+  ThreadPool& p = pool(threads);
+  for (auto _ : state) {
+    for (size_t i = 0; i < m.mats.size(); ++i) {
+      const WeightMatrix w{t, m.shapes[i].rows, m.shapes[i].cols, m.mats[i].data(), 0};
+      matmul(w, x.data(), n_tokens, y.data(), p, act);
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(m.bytes));
+  state.counters["tok/s"] =
+      benchmark::Counter(double(n_tokens), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void register_all() {
   // TinyLlama-1.1B: q/o 2048x2048, k/v 256x2048, gate/up 5632x2048, down 2048x5632, output
   // 32000x2048.
   const Shape shapes[] = {{2048, 2048}, {256, 2048}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
   const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
   for (int th : {1, 2}) {
-    benchmark::RegisterBenchmark(("stream/thr" + std::to_string(th)).c_str(), bm_stream, th)
-        ->UseRealTime()
-        ->Unit(benchmark::kMillisecond);
+    for (bool huge : {true, false}) {
+      const std::string name = "stream/thr" + std::to_string(th) + (huge ? "/pages2M" : "/pages4K");
+      benchmark::RegisterBenchmark(name.c_str(), bm_stream, th, huge)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    }
     benchmark::RegisterBenchmark(("pool/thr" + std::to_string(th)).c_str(), bm_pool, th)
         ->UseRealTime();
+  }
+  for (DType t : {DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
+    for (int64_t n : {int64_t(1), int64_t(128)}) {
+      for (int th : {1, 2}) {
+        for (Activations act : {Activations::Float32, Activations::LikeGgml}) {
+          const std::string name = std::string("tinyllama/") + dtype_name(t) +
+                                   (n == 1 ? "/decode" : "/prefill128") + "/thr" +
+                                   std::to_string(th) + "/" + activations_name(act);
+          benchmark::RegisterBenchmark(name.c_str(), bm_model, t, n, th, act)
+              ->UseRealTime()
+              ->Unit(benchmark::kMillisecond);
+        }
+      }
+    }
   }
   for (DType t : types) {
     for (const Shape& s : shapes) {

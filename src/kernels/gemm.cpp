@@ -3,9 +3,9 @@
 // The shape is GotoBLAS's: tokens run along the vector lanes, so a micro-kernel step loads
 // kNv vectors of activations (kPanel tokens at one column k) and, for each of kRows weight rows,
 // broadcasts one float32 weight and does kNv FMAs. kRows x kNv accumulators stay in registers
-// for a whole block of kKc columns, there is no horizontal reduction, and the broadcast is an
-// FMA memory operand. Weights are converted to float32 once per (row tile, column block) into a
-// small buffer and reused by every panel of tokens, so fp16 / bf16 / Q8_0 / Q4_0 all run at the
+// for a whole block of kKc columns, there is no horizontal reduction, and the broadcast is a
+// plain load (no shuffle). Weights are converted to float32 once per (row tile, column block) into
+// a small buffer and reused by every panel of tokens, so fp16 / bf16 / Q8_0 / Q4_0 all run at the
 // float32 FMA rate. Activations are packed once per call into panels [k][kPanel tokens].
 #include <algorithm>
 #include <vector>

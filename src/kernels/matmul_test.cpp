@@ -10,6 +10,7 @@
 // which a single wrong term (size ~ sum|w x| / cols) or a missed block would exceed by far.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -176,6 +177,35 @@ TEST(Matmul, LikeGgmlRoundsActivationsToTheWeightGrid) {
     matmul(p.w(), xr.data(), 2, b.data(), pool, Activations::Float32);
     for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4f * (1 + std::fabs(b[i])));
   }
+}
+
+TEST(Matmul, Q8ActivationRoundingIsGgmlsX86Rule) {
+  // llama.cpp's AVX quantize_row_q8_0: d = amax / 127 stored as fp16, q = round-half-even(x *
+  // (127 / amax)); the value used is q * fp16(d). With amax = 127, x * id = x exactly, so the
+  // ties 2.5 and -3.5 show the rounding rule (the reference quantizer would give 3 and -4).
+  std::vector<float> x(64, 0.0f), out(64);
+  x[0] = 127.0f;
+  x[1] = 2.5f;
+  x[2] = -3.5f;
+  x[3] = 0.5f;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  for (int i = 32; i < 64; ++i) x[size_t(i)] = dist(rng);
+  round_activations(DType::Q8_0, x.data(), 1, 64, out.data());
+  EXPECT_EQ(out[1], 2.0f);
+  EXPECT_EQ(out[2], -4.0f);
+  EXPECT_EQ(out[3], 0.0f);
+  EXPECT_EQ(out[0], 127.0f);
+  float amax = 0.0f;
+  for (int i = 32; i < 64; ++i) amax = std::max(amax, std::fabs(x[size_t(i)]));
+  const float d = fp16_to_fp32(fp32_to_fp16(amax / 127.0f));
+  for (int i = 32; i < 64; ++i) {
+    const float q = std::nearbyint(x[size_t(i)] * (127.0f / amax));
+    EXPECT_EQ(out[size_t(i)], q * d) << i;
+  }
+  std::vector<float> o2(64);
+  round_activations(DType::Q4_0, x.data(), 1, 64, o2.data());  // Q4_0 also pairs with Q8_0 blocks
+  EXPECT_EQ(out, o2);
 }
 
 TEST(Matmul, DotRowMatchesReference) {
