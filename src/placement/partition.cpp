@@ -1,6 +1,8 @@
 #include "placement/partition.h"
 
 #include <algorithm>
+#include <bit>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 
@@ -76,6 +78,8 @@ class BranchAndBound {
  private:
   // Sum of the r lightest items not yet placed (they are the last r of the sorted list).
   double smallest(int r) const { return suffix_[x_.size() - size_t(r)]; }
+  // Sum of the r heaviest items from item k on (the first r of them).
+  double largest(size_t k, int r) const { return suffix_[k] - suffix_[k + size_t(r)]; }
 
   void dfs(size_t k) {
     const size_t n = x_.size();
@@ -109,10 +113,14 @@ class BranchAndBound {
       if (nl >= best_ - tol_) break;  // later bins are heavier still
       loads_[b] = nl;
       --left_[b];
-      double bound = 0;
-      for (size_t c = 0; c < loads_.size(); ++c)
+      // Each bin must still take its lightest possible companions, and the bins together must
+      // absorb what is left although each can take at most its heaviest possible ones.
+      double bound = 0, room = 0;
+      for (size_t c = 0; c < loads_.size(); ++c) {
         bound = std::max(bound, loads_[c] + (left_[c] > 0 ? smallest(left_[c]) : 0.0));
-      if (bound < best_ - tol_) {
+        room += std::min(best_ - tol_ - loads_[c], largest(k + 1, left_[c]));
+      }
+      if (bound < best_ - tol_ && room >= suffix_[k + 1] - tol_) {
         cur_[k] = int(b);
         dfs(k + 1);
       }
@@ -134,6 +142,96 @@ class BranchAndBound {
   bool aborted_ = false;
   double tol_ = 0;
   double lower_ = 0;
+};
+
+// Exact by dynamic programming over the set S of items still to place (n <= 16): bins are filled
+// in order, bin j taking count[j] items, and g(S) = min over T in S with |T| = count[j] of
+// max(sum T, g(S \ T)). When all bins left have the same size, the lightest-numbered item of S
+// may be put in bin j without loss, which divides the choices by |S| / count[j].
+class SubsetSearch {
+ public:
+  SubsetSearch(std::span<const double> load, std::span<const int> count) : n_(int(load.size())) {
+    for (int c : count)
+      if (c > 0) count_.push_back(c);
+    const uint32_t full = 1u << n_;
+    sum_.assign(full, 0.0);
+    for (uint32_t m = 1; m < full; ++m) {
+      const int low = std::countr_zero(m);
+      sum_[m] = sum_[m & (m - 1)] + load[size_t(low)];
+    }
+    memo_.assign(full, -1.0);
+    choice_.assign(full, 0);
+    // same_[j]: bins j.. all have the same size.
+    same_.assign(count_.size() + 1, true);
+    for (size_t j = count_.size(); j-- > 1;) same_[j - 1] = same_[j] && count_[j - 1] == count_[j];
+  }
+
+  // Bin of every item (bins numbered as in `count`, skipping none: empty bins get nothing).
+  std::vector<int> solve(std::span<const int> count, double* max_load) {
+    const uint32_t all = (1u << n_) - 1;
+    *max_load = g(all, 0);
+    std::vector<int> bin(size_t(n_), -1);
+    std::vector<int> bin_ids;
+    for (size_t b = 0; b < count.size(); ++b)
+      if (count[b] > 0) bin_ids.push_back(int(b));
+    uint32_t rest = all;
+    for (size_t j = 0; rest != 0; ++j) {
+      const uint32_t t = choice_[rest];
+      for (int i = 0; i < n_; ++i)
+        if (t >> i & 1) bin[size_t(i)] = bin_ids[j];
+      rest &= ~t;
+    }
+    return bin;
+  }
+
+ private:
+  double g(uint32_t s, size_t j) {
+    if (s == 0) return 0;
+    if (memo_[s] >= 0) return memo_[s];
+    int elems[32];
+    int r = 0;
+    for (uint32_t m = s; m != 0; m &= m - 1) elems[r++] = std::countr_zero(m);
+    const int c = count_[j];
+    // With equal bins left, fix the first item in this bin and choose its c - 1 companions.
+    const bool fix_first = same_[j];
+    const int k = fix_first ? c - 1 : c;
+    const int* pool = fix_first ? elems + 1 : elems;
+    const int pool_size = fix_first ? r - 1 : r;
+    const uint32_t fixed = fix_first ? 1u << elems[0] : 0u;
+    double best = std::numeric_limits<double>::infinity();
+    uint32_t pick = 0;
+    auto visit = [&](uint32_t comb) {
+      uint32_t t = fixed;
+      for (uint32_t m = comb; m != 0; m &= m - 1) t |= 1u << pool[std::countr_zero(m)];
+      const double here = sum_[t];
+      if (here >= best) return;
+      const double v = std::max(here, g(s & ~t, j + 1));
+      if (v < best) {
+        best = v;
+        pick = t;
+      }
+    };
+    if (k == 0) {
+      visit(0);
+    } else {
+      // Gosper's hack: every k-of-pool_size combination in increasing order.
+      for (uint32_t comb = (1u << k) - 1; comb < (1u << pool_size);) {
+        visit(comb);
+        const uint32_t low = comb & (~comb + 1);
+        const uint32_t ripple = comb + low;
+        comb = (((ripple ^ comb) >> 2) / low) | ripple;
+      }
+    }
+    memo_[s] = best;
+    choice_[s] = pick;
+    return best;
+  }
+
+  int n_;
+  std::vector<int> count_;
+  std::vector<double> sum_, memo_;
+  std::vector<uint32_t> choice_;
+  std::vector<bool> same_;
 };
 
 }  // namespace
@@ -220,6 +318,17 @@ PartitionResult partition_balanced(std::span<const double> load, std::span<const
   if (bb.best() < r.max_load) {
     r.max_load = bb.best();
     for (size_t i = 0; i < order.size(); ++i) r.bin[size_t(order[i])] = bb.best_bins()[i];
+  }
+  if (!r.proven && load.size() <= size_t(kSubsetSearchItems)) {
+    // The search ran out of nodes on a small instance: settle it over subsets.
+    SubsetSearch dp(load, count);
+    double m = 0;
+    auto bins_dp = dp.solve(count, &m);
+    if (m < r.max_load - 1e-12 * r.max_load) {
+      r.bin = std::move(bins_dp);
+      r.max_load = max_bin_load(load, r.bin, bins);
+    }
+    r.proven = true;
   }
   return r;
 }

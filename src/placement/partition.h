@@ -16,11 +16,16 @@ struct PartitionResult {
   int64_t nodes = 0;     // search nodes visited
 };
 
+// Instances up to this many items are always solved exactly: when branch and bound runs out of
+// nodes, a dynamic program over subsets of items settles them (2^n states).
+constexpr int kSubsetSearchItems = 16;
+
 // Exact branch and bound (items by decreasing load; each bin's bound counts the smallest items it
 // must still take; bins in the same state are tried once), started from the better of `initial`
 // (if given, e.g. tp's layout) and a longest-first greedy improved by swaps, so that a result is
 // always available. Stops after node_limit nodes: the result is then the best found, with
-// proven = false. Ties keep the earlier candidate, so `initial` wins when it is optimal.
+// proven = false, except up to kSubsetSearchItems items, which the subset program finishes.
+// Ties keep the earlier candidate, so `initial` wins when it is optimal.
 PartitionResult partition_balanced(std::span<const double> load, std::span<const int> count,
                                    int64_t node_limit, std::span<const int> initial = {});
 

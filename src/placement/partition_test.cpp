@@ -63,6 +63,28 @@ TEST(Partition, ExactAtSixteenUnits) {
     }
 }
 
+TEST(Partition, SubsetProgramMatchesBruteForce) {
+  // A node budget of 1 leaves every instance to the subset program.
+  std::mt19937_64 rng(13);
+  for (int n = 1; n <= 12; ++n)
+    for (int bins = 1; bins <= std::min(n, 6); ++bins)
+      for (int trial = 0; trial < 3; ++trial) {
+        const auto load = random_loads(rng, n, 0.7, 100.0);
+        const auto count = tp_counts(n, bins);
+        const auto r = partition_balanced(load, count, 1);
+        EXPECT_TRUE(r.proven);
+        EXPECT_EQ(bin_sizes(r.bin, bins), count);
+        EXPECT_TRUE(near(r.max_load, brute_force_partition(load, count), 1e-9))
+            << n << " items, " << bins << " bins";
+      }
+  // Bins of unequal sizes in any order, and empty bins.
+  const std::vector<double> load{7, 6, 5, 4, 3, 2, 1};
+  const std::vector<int> count{1, 0, 4, 2};
+  const auto r = partition_balanced(load, count, 1);
+  EXPECT_EQ(bin_sizes(r.bin, 4), count);
+  EXPECT_DOUBLE_EQ(r.max_load, brute_force_partition(load, count));
+}
+
 TEST(Partition, KeepsInitialWhenItIsOptimal) {
   const std::vector<double> load{5, 5, 5, 5, 5, 5};
   const std::vector<int> count{3, 3};

@@ -1,5 +1,6 @@
 // Planning a whole model: every layer, then the memory check.
 #include <algorithm>
+#include <numeric>
 
 #include <fmt/format.h>
 
@@ -9,6 +10,37 @@ namespace fairkv::placement {
 
 namespace {
 
+// Devices are interchangeable within a layer, so each layer's devices are relabelled: its fullest
+// device goes where the layers before left the most room. A layer's loads do not change, but
+// without this the heaviest part of every layer would tend to land on the same device (the
+// planners break ties by device order) and that device would run out of memory first.
+void spread_memory(LayerPlacement& layer, std::span<const double> tokens, const CostModel& cost,
+                   int devices, std::vector<double>& held) {
+  const auto weights = layer_weight_bytes(layer, cost, devices);
+  std::vector<double> bytes(static_cast<size_t>(devices), 0.0);
+  for (int d = 0; d < devices; ++d) {
+    bytes[size_t(d)] = weights[size_t(d)];
+    for (const Share& s : layer.devices[size_t(d)])
+      bytes[size_t(d)] +=
+          (s.kind == ShareKind::Query ? 1.0 : s.share) * tokens[size_t(s.head)] * cost.load_bytes();
+  }
+  std::vector<int> fullest(static_cast<size_t>(devices)), emptiest(static_cast<size_t>(devices));
+  std::iota(fullest.begin(), fullest.end(), 0);
+  std::iota(emptiest.begin(), emptiest.end(), 0);
+  std::stable_sort(fullest.begin(), fullest.end(),
+                   [&](int a, int b) { return bytes[size_t(a)] > bytes[size_t(b)]; });
+  std::stable_sort(emptiest.begin(), emptiest.end(),
+                   [&](int a, int b) { return held[size_t(a)] < held[size_t(b)]; });
+  LayerPlacement out;
+  out.devices.resize(static_cast<size_t>(devices));
+  for (int i = 0; i < devices; ++i) {
+    out.devices[size_t(emptiest[size_t(i)])] = std::move(layer.devices[size_t(fullest[size_t(i)])]);
+    held[size_t(emptiest[size_t(i)])] += bytes[size_t(fullest[size_t(i)])];
+  }
+  normalize(out);
+  layer = std::move(out);
+}
+
 Placement plan_with(const Profile& profile, const CostModel& cost, const PlanOptions& o,
                     int replicas) {
   Placement p;
@@ -16,6 +48,7 @@ Placement plan_with(const Profile& profile, const CostModel& cost, const PlanOpt
   p.devices = o.devices;
   p.kv_heads = profile.kv_heads;
   p.batch = cost.batch;
+  std::vector<double> held(static_cast<size_t>(o.devices), 0.0);
   for (int l = 0; l < profile.layers; ++l) {
     const auto& t = profile.tokens[size_t(l)];
     LayerPlan lp;
@@ -33,6 +66,7 @@ Placement plan_with(const Profile& profile, const CostModel& cost, const PlanOpt
         lp = split_layer(t, cost, o.devices, replicas, o.node_limit);
         break;
     }
+    if (o.planner != PlannerKind::Tp) spread_memory(lp.layer, t, cost, o.devices, held);
     p.layers.push_back(std::move(lp.layer));
     p.proven.push_back(lp.proven);
   }

@@ -201,7 +201,54 @@ bool wrap_fill(std::span<const int> order, std::span<const double> tokens, doubl
   return true;
 }
 
-Holdings wrap_around(std::span<const double> tokens, const CostModel& cost, int devices) {
+// Best fit with splitting, for weight reads: units (heaviest first) go whole to the device with
+// the least room that still takes them; a unit that fits nowhere is cut over the devices with the
+// most room, each part paying the weight read. Next-fit (wrap_fill) cuts at every device
+// boundary; this cuts only units that do not fit, which matters when weights are expensive.
+bool best_fit_fill(std::span<const int> order, std::span<const double> tokens, double w,
+                   int devices, double target, double tol, Holdings* out) {
+  Holdings h(tokens.size());
+  std::vector<double> used(static_cast<size_t>(devices), 0.0);
+  for (int u : order) {
+    double rest = tokens[size_t(u)];
+    int fit = -1;
+    for (int d = 0; d < devices; ++d) {
+      const double room = target - used[size_t(d)] - w;
+      if (room >= rest - tol && (fit < 0 || room < target - used[size_t(fit)] - w)) fit = d;
+    }
+    if (fit >= 0) {
+      h[size_t(u)].push_back({fit, rest});
+      used[size_t(fit)] += rest + w;
+      continue;
+    }
+    while (rest > tol) {
+      int roomiest = 0;
+      for (int d = 1; d < devices; ++d)
+        if (used[size_t(d)] < used[size_t(roomiest)]) roomiest = d;
+      const double room = target - used[size_t(roomiest)] - w;
+      if (room <= tol) return false;
+      const double piece = std::min(room, rest);
+      h[size_t(u)].push_back({roomiest, piece});
+      used[size_t(roomiest)] += piece + w;
+      rest -= piece;
+    }
+  }
+  for (size_t u = 0; u < h.size(); ++u) {
+    double sum = 0;
+    for (const Holding& x : h[u]) sum += x.part;
+    for (Holding& x : h[u]) x.part = sum > 0 ? x.part / sum : 1.0 / double(h[u].size());
+  }
+  if (out) *out = std::move(h);
+  return true;
+}
+
+using Fill = bool (*)(std::span<const int>, std::span<const double>, double, int, double, double,
+                      Holdings*);
+
+// The smallest target that `fill` reaches (bisection from the lower bound), its holders, and the
+// exact shares for them.
+Holdings fill_to_smallest_target(Fill fill, std::span<const double> tokens, const CostModel& cost,
+                                 int devices) {
   const double w = cost.unit_weight_load();
   const double tol = load_tolerance(tokens, cost);
   std::vector<int> order(tokens.size());
@@ -211,17 +258,21 @@ Holdings wrap_around(std::span<const double> tokens, const CostModel& cost, int 
   double lo = lower_bound(tokens, cost, devices), hi = 0;
   for (double t : tokens) hi += t + w;  // one device can take everything
   hi = std::max(hi, lo);
-  if (!wrap_fill(order, tokens, w, devices, lo, tol, nullptr)) {
+  if (!fill(order, tokens, w, devices, lo, tol, nullptr)) {
     for (int i = 0; i < 200 && hi - lo > tol; ++i) {
       const double mid = 0.5 * (lo + hi);
-      (wrap_fill(order, tokens, w, devices, mid, tol, nullptr) ? hi : lo) = mid;
+      (fill(order, tokens, w, devices, mid, tol, nullptr) ? hi : lo) = mid;
     }
     lo = hi;
   }
   Holdings h;
-  wrap_fill(order, tokens, w, devices, lo, tol, &h);
+  fill(order, tokens, w, devices, lo, tol, &h);
   rebalance_holdings(h, tokens, cost, devices);
   return h;
+}
+
+Holdings wrap_around(std::span<const double> tokens, const CostModel& cost, int devices) {
+  return fill_to_smallest_target(wrap_fill, tokens, cost, devices);
 }
 
 // The better of balanced and the candidates, in order; ties keep the earlier one. Proven: the
@@ -274,6 +325,18 @@ LayerPlan split_layer(std::span<const double> tokens, const CostModel& cost, int
                  devices, ShareKind::Tokens));
   }
   if (replicas >= devices - 1) cands.push_back(wrap_around_layer(tokens, cost, devices));
+  if (replicas > 0 && cost.unit_weight_load() > 0) {
+    auto h = fill_to_smallest_target(best_fit_fill, tokens, cost, devices);
+    if (holding_replicas(h) <= replicas) cands.push_back(to_layer(h, devices, ShareKind::Tokens));
+  }
+  if (replicas > 0 && cost.batch > 1) {
+    // fair-copy's replicas with exact token shares: split is never worse than fair-copy.
+    const auto dev = base_devices(bal, int(tokens.size()), devices);
+    auto h =
+        add_replicas_greedily(whole_holdings(dev), tokens, cost, devices, replicas, cost.batch);
+    rebalance_holdings(h, tokens, cost, devices);
+    cands.push_back(to_layer(h, devices, ShareKind::Tokens));
+  }
   return pick(bal, cands, tokens, cost, devices);
 }
 

@@ -13,12 +13,16 @@
 //              the replica whose best division of the batch (whole sequences, at least one per
 //              replica) lowers the layer the most; stop when no replica helps. B = 1 cannot divide
 //              a batch, so it is balanced.
-//   split      token slices: with K >= R-1, McNaughton's wrap-around fills devices in turn up to a
-//              target T and cuts the unit that crosses it, so at most R-1 units get one extra part;
-//              T is the smallest target the fill reaches, and the exact rebalance (rebalance.h)
-//              then sets the shares for those holders. Without weight reads this is the lower
-//              bound itself. With K < R-1 (and also as a second candidate) replicas are added
-//              greedily as in fair-copy, with continuous shares.
+//   split      token slices, exact shares: for every candidate set of holders, rebalance()
+//              (rebalance.h) sets the shares that minimise the layer's maximum. Candidates:
+//              McNaughton's wrap-around (K >= R-1): devices in turn take units, heaviest first, up
+//              to a target T, and the unit crossing T is cut, so at most R-1 units get one extra
+//              part; T is the smallest target the fill reaches. Without weight reads this is the
+//              lower bound itself. With weight reads every part pays its unit's weights, so cutting
+//              at every device boundary costs; best fit with splitting (cut only units that fit
+//              nowhere) is a second candidate, fair-copy's greedy replicas (continuous shares) a
+//              third, and fair-copy's own replicas with exact shares a fourth (so split is never
+//              worse than fair-copy).
 // fair-copy and split return the best of their candidates and balanced, so they never do worse
 // than balanced; ties keep the plan with fewer replicas.
 #pragma once
@@ -61,9 +65,9 @@ LayerPlacement wrap_around_layer(std::span<const double> tokens, const CostModel
 struct PlanOptions {
   PlannerKind planner = PlannerKind::Tp;
   int devices = 1;
-  int replicas = -1;            // extra replicas per layer (fair-copy, split); -1: devices - 1
-  double device_memory = 0;     // bytes per device; 0: no limit
-  int64_t node_limit = 200000;  // balanced's search nodes per layer
+  int replicas = -1;           // extra replicas per layer (fair-copy, split); -1: devices - 1
+  double device_memory = 0;    // bytes per device; 0: no limit
+  int64_t node_limit = 20000;  // balanced: branch-and-bound nodes per layer (see partition.h)
 };
 
 // A plan does not fit the devices' memory; the message says which device needs what.
@@ -71,8 +75,9 @@ struct DoesNotFit : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Plans every layer of the profile. With a memory limit, fair-copy and split give up replicas
-// (K, K-1, ..., 0) until the plan fits; a plan that cannot fit throws DoesNotFit.
+// Plans every layer of the profile. Devices are relabelled per layer (except for tp) so that the
+// layers' heaviest devices differ, which spreads memory. With a memory limit, fair-copy and split
+// give up replicas (K, K-1, ..., 0) until the plan fits; a plan that cannot fit throws DoesNotFit.
 Placement plan(const Profile& profile, const CostModel& cost, const PlanOptions& options);
 
 }  // namespace fairkv::placement
