@@ -155,8 +155,9 @@ void print_layers(const pl::Placement& p, const pl::Profile& prof, const pl::Cos
     const auto w = pl::layer_weight_bytes(p.layers[l], cost, p.devices);
     std::string row = fmt::format("{:>5} |", l);
     for (double x : loads) row += fmt::format(" {:>9.1f}", x);
-    row += fmt::format(" | {:>8.4f} | {:>11.1f} | {:>8} |", p.max_load[l] / p.lower_bound[l],
-                       p.lower_bound[l], p.replicas[l]);
+    const std::string ratio =
+        p.lower_bound[l] > 0 ? fmt::format("{:.4f}", p.max_load[l] / p.lower_bound[l]) : "-";
+    row += fmt::format(" | {:>8} | {:>11.1f} | {:>8} |", ratio, p.lower_bound[l], p.replicas[l]);
     for (double x : w) row += " " + format_bytes(x);
     if (p.planner == "balanced" && !p.proven[l]) row += "  (best found, not proven optimal)";
     std::puts(row.c_str());

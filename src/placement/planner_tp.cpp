@@ -68,7 +68,15 @@ LayerPlacement tp_layer(int kv_heads, int devices, int group) {
 LayerPlan balanced_layer(std::span<const double> tokens, const CostModel& cost, int devices,
                          int64_t node_limit) {
   const int heads = int(tokens.size());
-  if (devices >= heads) return {tp_layer(heads, devices, cost.group), true};
+  if (devices >= heads) {
+    // One unit (or one query slice) per device: nothing to permute, so this is tp's layout.
+    try {
+      return {tp_layer(heads, devices, cost.group), true};
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(
+          fmt::format("balanced keeps tp's layout when devices >= KV heads, and {}", e.what()));
+    }
+  }
   const auto counts = tp_counts(heads, devices);
   std::vector<double> load(tokens.size());
   for (size_t u = 0; u < load.size(); ++u) load[u] = tokens[u] + cost.unit_weight_load();
