@@ -602,8 +602,10 @@ void File::Impl::parse() {
                        n_kv, c.left()));
   }
 
-  // Metadata.
-  kvs.reserve(n_kv);
+  // Metadata. The counts were checked against the bytes left, but a KeyValue is ~20 times its
+  // smallest encoding: reserve no more than a sane model needs and let the vector grow.
+  constexpr uint64_t kReserveCap = 1 << 16;
+  kvs.reserve(std::min(n_kv, kReserveCap));
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key(c.read_string([k] { return fmt::format("metadata[{}].key", k); }));
     if (key.empty()) {
@@ -638,7 +640,13 @@ void File::Impl::parse() {
   }
 
   // Tensor infos.
-  tensors.reserve(n_tensors);
+  if (n_tensors > c.left() / kMinTensorInfo) {
+    c.fail(at("header.tensor_count"),
+           fmt::format("{} tensors need at least 24 bytes of tensor info each, but only {} bytes "
+                       "are left after the metadata",
+                       n_tensors, c.left()));
+  }
+  tensors.reserve(std::min(n_tensors, kReserveCap));
   for (uint64_t k = 0; k < n_tensors; ++k) {
     TensorInfo t;
     t.name = std::string(c.read_string([k] { return fmt::format("tensor[{}].name", k); }));
