@@ -115,8 +115,10 @@ TEST(Stories, F16CacheStaysClose) {
   kernels::ThreadPool pool(2);
   const auto rows = forced_logits(*m, c, pool, kv::KvType::F16);
   ASSERT_EQ(rows.size(), c.logits.size());
-  // An f16 cache rounds keys and values to 11 significant bits.
-  EXPECT_LT(max_diff(rows, c.logits).first, 2e-2);
+  // An f16 cache rounds keys and values to 11 significant bits (relative error 2^-11 each); over
+  // 5 layers that stays within a few 1e-3 of the largest logit, far below a change of argmax.
+  const auto [d, mx] = max_diff(rows, c.logits);
+  EXPECT_LT(d / mx, 5e-3) << "max |diff| " << d << ", max |logit| " << mx;
 }
 
 struct SyntheticCase {
@@ -165,8 +167,10 @@ TEST(Synthetic, Q8_0MatchesLlamaCppRows) {
   kernels::ThreadPool pool(2);
   const Case ref = read_case(dir, "logits.f32");
   const auto rows = forced_logits(*m, ref, pool);
+  // Both we and llama.cpp round activations to Q8_0 blocks, each within 1.4e-2 (relative) of the
+  // exact rows; the two roundings differ in detail, so the bound between them is the sum.
   const auto [d, mx] = max_diff(rows, ref.logits);
-  EXPECT_LT(d / mx, 1.4e-2);
+  EXPECT_LT(d / mx, 2.8e-2);
 }
 
 TEST(Model, NotAGgufFileIsAClearError) {
