@@ -38,8 +38,15 @@ kernels::DType dtype_of(gguf::TensorType t) {
   throw UsageError("unsupported tensor type");
 }
 
-std::string gib(double bytes) {
-  return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024 * 1024));
+std::string size_str(double b) {
+  if (b >= 1024.0 * 1024 * 1024) return fmt::format("{:.2f} GiB", b / (1024.0 * 1024 * 1024));
+  return fmt::format("{:.1f} MiB", b / (1024.0 * 1024));
+}
+
+std::string count_str(int64_t n) {
+  if (n >= 1000000000) return fmt::format("{:.3f} B", double(n) / 1e9);
+  if (n >= 1000000) return fmt::format("{:.1f} M", double(n) / 1e6);
+  return fmt::format("{:.1f} K", double(n) / 1e3);
 }
 
 void synth(const SynthArgs& a) {
@@ -57,17 +64,18 @@ void synth(const SynthArgs& a) {
       });
 
   const int64_t n_layer = a.layers > 0 ? a.layers : shape.n_layer;
-  std::fprintf(stderr, "synth: %s, %lld layers, %s weights, %.3f B parameters -> %s\n",
+  std::fprintf(stderr, "synth: %s, %lld layers, %s weights, %s parameters -> %s\n",
                shape.name.c_str(), static_cast<long long>(n_layer), gguf::tensor_type_name(*type),
-               double(gguf::synth_param_count(shape, opts)) / 1e9, a.out.c_str());
+               count_str(gguf::synth_param_count(shape, opts)).c_str(), a.out.c_str());
   const auto start = std::chrono::steady_clock::now();
   auto last = start;
   w.set_progress([&](uint64_t done, uint64_t total) {
     const auto now = std::chrono::steady_clock::now();
     if (done < total && now - last < std::chrono::milliseconds(500)) return;
     last = now;
-    std::fprintf(stderr, "\rsynth: %s of %s (%3.0f%%)", gib(double(done)).c_str(),
-                 gib(double(total)).c_str(), total ? 100.0 * double(done) / double(total) : 100.0);
+    std::fprintf(stderr, "\rsynth: %s of %s (%3.0f%%)", size_str(double(done)).c_str(),
+                 size_str(double(total)).c_str(),
+                 total ? 100.0 * double(done) / double(total) : 100.0);
     std::fflush(stderr);
   });
   w.write(a.out);

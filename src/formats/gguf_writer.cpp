@@ -372,7 +372,7 @@ void Writer::write(const std::string& path) const {
   const bool special = ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode);
   const std::string tmp = special ? path : path + ".partial";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(fmt::format("{}: open for writing: {}", tmp, std::strerror(errno)));
+  if (!f) throw Error(fmt::format("{}: open for writing: {}", path, std::strerror(errno)));
   std::vector<char> buffer(size_t{1} << 20);
   std::setvbuf(f, buffer.data(), _IOFBF, buffer.size());
   try {
