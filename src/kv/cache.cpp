@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "kernels/types.h"
 
@@ -15,32 +16,33 @@ size_t kv_type_bytes(KvType t) {
 }
 
 namespace {
-void encode_rows(KvType t, const float* src, int64_t n, uint8_t* dst) {
-  if (t == KvType::F32) {
-    std::memcpy(dst, src, size_t(n) * 4);
-    return;
-  }
-  auto* h = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) h[i] = kernels::fp32_to_fp16(src[i]);
+
+kernels::DType dtype_of(KvType t) {
+  return t == KvType::F16 ? kernels::DType::F16 : kernels::DType::F32;
 }
-void decode_row(KvType t, const uint8_t* src, int64_t n, float* dst) {
-  if (t == KvType::F32) {
-    std::memcpy(dst, src, size_t(n) * 4);
-    return;
-  }
-  const auto* h = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = kernels::fp16_to_fp32(h[i]);
+
+// Room for `rows` more rows of `row` bytes; grows by a quarter (at least 16 rows) so that a decode
+// append copies the store only O(log n) times in all, and a prefill append allocates exactly.
+void make_room(std::vector<uint8_t>& a, size_t row, size_t rows) {
+  const size_t need = a.size() + rows * row;
+  if (need <= a.capacity()) return;
+  const size_t grown = a.empty() ? need : a.capacity() + a.capacity() / 4 + 16 * row;
+  a.reserve(std::max(need, grown));
 }
+
 }  // namespace
 
 void HeadStore::append(const float* k, const float* v, int64_t n) {
+  if (n < 0) throw std::invalid_argument("HeadStore::append: negative row count");
+  if (n == 0) return;
   const size_t row = size_t(head_dim_) * kv_type_bytes(type_);
   const size_t old = size_t(len_) * row;
-  // std::vector grows geometrically: appends are amortised O(n), never a copy per token.
+  make_room(k_, row, size_t(n));
+  make_room(v_, row, size_t(n));
   k_.resize(old + size_t(n) * row);
   v_.resize(old + size_t(n) * row);
-  encode_rows(type_, k, n * head_dim_, k_.data() + old);
-  encode_rows(type_, v, n * head_dim_, v_.data() + old);
+  kernels::quantize_row(dtype_of(type_), k, k_.data() + old, n * head_dim_);
+  kernels::quantize_row(dtype_of(type_), v, v_.data() + old, n * head_dim_);
   len_ += n;
 }
 
@@ -50,38 +52,36 @@ void HeadStore::keep(std::span<const int64_t> indices) {
   for (size_t j = 0; j < indices.size(); ++j) {
     const int64_t i = indices[j];
     if (i <= prev || i >= len_)
-      throw std::invalid_argument("HeadStore::keep: indices must be increasing and < size()");
+      throw std::invalid_argument("HeadStore::keep: index " + std::to_string(i) + " at position " +
+                                  std::to_string(j) + ": indices must be increasing and below " +
+                                  std::to_string(len_));
     prev = i;
-    // j <= i, so moving rows down in order never overwrites a row still to be read.
-    if (size_t(i) != j) {
-      std::memmove(k_.data() + j * row, k_.data() + size_t(i) * row, row);
-      std::memmove(v_.data() + j * row, v_.data() + size_t(i) * row, row);
-    }
   }
+  // Gather the kept rows into exactly-sized arrays: the memory held must equal the tokens kept.
+  std::vector<uint8_t> k(indices.size() * row), v(indices.size() * row);
+  for (size_t j = 0; j < indices.size(); ++j) {
+    std::memcpy(k.data() + j * row, k_.data() + size_t(indices[j]) * row, row);
+    std::memcpy(v.data() + j * row, v_.data() + size_t(indices[j]) * row, row);
+  }
+  k_.swap(k);
+  v_.swap(v);
   len_ = int64_t(indices.size());
-  k_.resize(size_t(len_) * row);
-  v_.resize(size_t(len_) * row);
-  // Release what was dropped: the memory held must equal the tokens kept.
-  k_.shrink_to_fit();
-  v_.shrink_to_fit();
 }
 
 void HeadStore::clear() {
   len_ = 0;
-  k_.clear();
-  v_.clear();
-  k_.shrink_to_fit();
-  v_.shrink_to_fit();
+  std::vector<uint8_t>().swap(k_);
+  std::vector<uint8_t>().swap(v_);
 }
 
 void HeadStore::k_row(int64_t i, float* out) const {
   const size_t row = size_t(head_dim_) * kv_type_bytes(type_);
-  decode_row(type_, k_.data() + size_t(i) * row, head_dim_, out);
+  kernels::dequantize_row(dtype_of(type_), k_.data() + size_t(i) * row, out, head_dim_);
 }
 
 void HeadStore::v_row(int64_t i, float* out) const {
   const size_t row = size_t(head_dim_) * kv_type_bytes(type_);
-  decode_row(type_, v_.data() + size_t(i) * row, head_dim_, out);
+  kernels::dequantize_row(dtype_of(type_), v_.data() + size_t(i) * row, out, head_dim_);
 }
 
 SequenceCache::SequenceCache(int n_layers, int n_kv_heads, int64_t head_dim, KvType type)

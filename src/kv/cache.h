@@ -33,6 +33,10 @@ class HeadStore {
   const void* v_data() const { return v_.data(); }
   // Bytes of the kept tokens (K and V), the figure FAIRKV.md's load counts.
   size_t bytes() const { return size_t(len_) * 2 * head_dim_ * kv_type_bytes(type_); }
+  // Bytes allocated: equal to bytes() after construction, a prefill append or keep(); decode
+  // appends grow the arrays by a quarter at a time (amortised O(1) per token, never a copy per
+  // token), so that it stays within 1.25 x bytes() plus 16 rows.
+  size_t capacity_bytes() const { return k_.capacity() + v_.capacity(); }
   void k_row(int64_t i, float* out) const;  // row i of K as float32
   void v_row(int64_t i, float* out) const;
 

@@ -1,0 +1,38 @@
+// Log-sum-exp merge of partial attention over disjoint token slices (split-K, flash-decoding).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kv/attention.h"
+
+namespace fairkv::kv {
+
+void merge_partials(int n_parts, const float* const* outs, const float* const* lses, int64_t n_rows,
+                    int64_t head_dim, float* out, float* lse) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  std::vector<double> acc(static_cast<size_t>(head_dim));
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float mx = kNegInf;
+    for (int p = 0; p < n_parts; ++p) mx = std::max(mx, lses[p][r]);
+    float* o = out + r * head_dim;
+    if (mx == kNegInf) {  // no slice saw a token
+      std::fill(o, o + head_dim, 0.0f);
+      if (lse) lse[r] = kNegInf;
+      continue;
+    }
+    double total = 0;
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int p = 0; p < n_parts; ++p) {
+      if (lses[p][r] == kNegInf) continue;
+      const double w = std::exp(double(lses[p][r]) - double(mx));
+      total += w;
+      const float* src = outs[p] + r * head_dim;
+      for (int64_t i = 0; i < head_dim; ++i) acc[size_t(i)] += w * double(src[i]);
+    }
+    for (int64_t i = 0; i < head_dim; ++i) o[i] = float(acc[size_t(i)] / total);
+    if (lse) lse[r] = mx + float(std::log(total));
+  }
+}
+
+}  // namespace fairkv::kv

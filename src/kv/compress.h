@@ -1,0 +1,219 @@
+// Compression of a prompt's KV cache after prefill: which tokens every (layer, KV head) keeps.
+//
+// A pure function layer, independent of the model. Its input is, for every (layer, KV head), the
+// softmax probabilities of the observation window (the last W prompt tokens) over the n prompt
+// tokens, for each query head of the GQA group: group x W x n floats, query head first, rows
+// masked causally (zero past each row's own token). That is what kv::attend's `probs` output
+// gives and what model::WindowObserver hands over. Its output is, per (layer, KV head), the
+// sorted indices of the tokens to keep, ready for HeadStore::keep.
+//
+// The work is split in two so that a long prompt never needs all layers' probabilities at once:
+// score_head() reduces one head's window to what the policies need (n floats and two numbers) as
+// soon as the layer has run; select_tokens() then allocates budgets and picks tokens once every
+// layer is scored. compress() chains the two for callers (tests) that hold the whole tensor.
+//
+// Budget convention (as ../shared/golden/README.md): the budget is the average number of tokens
+// kept per KV head, the observation window included. Score-based policies always keep the window
+// and choose budget - W more tokens among the n - W before it; a prompt of at most `budget`
+// tokens is kept whole. Ties between equal scores go to the more recent token, then to the lower
+// head index, so that every selection is deterministic.
+//
+// Policies (papers; the defaults follow them and every hyper-parameter can be set):
+//   full        keep everything.
+//   streaming   StreamingLLM (Xiao et al., arXiv 2309.17453): `sinks` first tokens + the most
+//               recent budget - sinks.
+//   snapkv      SnapKV (Li et al., arXiv 2404.14469): window attention averaged over the window's
+//               queries, combined over the GQA group, pooled (avg, kernel 5); top budget - W per
+//               head, the same for every head.
+//   pyramidkv   PyramidKV (Cai et al., arXiv 2406.02069): SnapKV scores; per-layer budgets fall
+//               linearly from layer 0 to L-1 between max and min = (budget - W) / beta, beta = 20,
+//               averaging budget - W (the max is clipped to the prompt, the min raised to match).
+//   adakv       Ada-KV (Feng et al., arXiv 2407.11550): scores as SnapKV but max-pooled with
+//               kernel 7; one top-k over the scores of all heads of a layer (H x (budget - W)
+//               tokens), after the safeguard that first gives every head its own top
+//               floor(alpha x (budget - W)) tokens, alpha = 0.2. alpha = 1 is SnapKV's split.
+//   headkv      HeadKV (Fu et al., arXiv 2410.19258): static per-head budgets from a head
+//               importance file: every head gets (budget - W)(1 - 1/beta) and a pool of
+//               L x H x (budget - W) / beta is shared in proportion to importance (beta = 1.01);
+//               tokens chosen per head by SnapKV scores (max pool 7, as its reference runs).
+//   cake        CAKE (Qin et al., ICLR 2025, arXiv 2503.12491): layer budgets proportional to the
+//               preference H_l^(1/tau1) x V_l^(1/tau2), H_l the entropy of the layer's window
+//               attention over the prefix and V_l the summed variance over the window's queries
+//               (tau1 = tau2 = 1); tokens chosen by mean + gamma x variance (gamma = 200),
+//               avg-pooled with kernel 5, uniform over the heads of a layer.
+//   defensivekv DefensiveKV (Feng et al., arXiv 2510.13334, "Taming the Fragility of KV Cache
+//               Eviction"): defensive aggregation: every window row is avg-pooled (kernel 5) and
+//               rescaled to keep its mass, the score of a token is its worst case (max) over the
+//               window's rows and the group's query heads, raised to at least the head's mean
+//               score (prior-risk correction); budgets by one top-k over all heads of a layer as
+//               Ada-KV (alpha = 0: its reference has no floor). The value-norm re-weighting it
+//               borrows from CriticalKV needs W_o and V and is not part of this function.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "kv/cache.h"
+
+namespace fairkv::kv {
+
+enum class Policy { Full, Streaming, SnapKV, PyramidKV, AdaKV, HeadKV, Cake, DefensiveKV };
+enum class Pooling { None, Avg, Max };
+enum class GqaCombine { Mean, Max };
+
+const char* policy_name(Policy p);
+// Every policy name in the order above ("full", "streaming", ...).
+std::span<const std::string_view> policy_names();
+// Throws std::invalid_argument naming `option` and the valid names when the name is unknown.
+Policy parse_policy(std::string_view name, std::string_view option = "--kv-policy");
+Pooling parse_pooling(std::string_view name, std::string_view option = "--kv-pooling");
+GqaCombine parse_gqa_combine(std::string_view name, std::string_view option = "--kv-gqa");
+const char* pooling_name(Pooling p);
+const char* gqa_combine_name(GqaCombine g);
+
+// Per-head importance for HeadKV: importance[layer * kv_heads + head] >= 0, not all zero.
+// File format (JSON): {"layers": L, "kv_heads": H, "importance": [[h0, h1, ...], ...]} with L rows
+// of H numbers. (HeadKV's own files score query heads; average them over each GQA group.)
+struct HeadImportance {
+  int layers = 0, kv_heads = 0;
+  std::vector<double> importance;
+};
+// Throws std::runtime_error naming the file and the field on any malformed input.
+HeadImportance read_head_importance(const std::string& path);
+
+struct CompressionConfig {
+  Policy policy = Policy::Full;
+  // Size: budget (average tokens per KV head, window included) or ratio (the share of the
+  // prompt's tokens kept per head on average, in (0, 1]); exactly one of them for compressing
+  // policies.
+  int64_t budget = 0;
+  double ratio = 0;
+  int64_t window = 32;  // observation window W, always kept
+  // Unset fields take the policy's default (see the table above) in resolve().
+  std::optional<int> pool_kernel;  // odd, >= 1
+  std::optional<Pooling> pooling;
+  std::optional<double> alpha;  // Ada-KV / DefensiveKV safeguard, in [0, 1]
+  double pyramid_beta = 20;     // > 1
+  GqaCombine gqa = GqaCombine::Mean;
+  int64_t sinks = 4;        // streaming
+  std::string headkv_file;  // importance file; or fill head_importance directly
+  std::optional<HeadImportance> head_importance;
+  double headkv_beta = 1.01;  // > 1
+  double cake_tau1 = 1, cake_tau2 = 1, cake_gamma = 200;
+
+  // Checks every field and fills the policy defaults (pool kernel, pooling, alpha; reads the
+  // HeadKV file). Throws std::invalid_argument whose message names the command-line option,
+  // e.g. "--kv-budget: expected a positive integer, got -3".
+  void resolve();
+  int resolved_pool_kernel() const;
+  Pooling resolved_pooling() const;
+  double resolved_alpha() const;
+  // Whether the policy reads the window's attention (full and streaming do not, so a caller can
+  // skip collecting it).
+  bool needs_scores() const;
+  // Kept tokens per head on average for a prompt of n tokens, window included (>= 1).
+  int64_t budget_for(int64_t n_prompt) const;
+  std::string describe() const;  // one line, for logs and JSON
+};
+
+// The command-line options of a CompressionConfig, for an app to register as string options:
+// set() parses the text strictly and throws std::invalid_argument naming the flag, e.g.
+// "--kv-budget: expected a positive integer, got '-3'". resolve() does the cross-field checks.
+struct CompressionOption {
+  const char* flag;  // "--kv-budget"
+  const char* help;
+  std::function<void(CompressionConfig&, const std::string&)> set;
+};
+const std::vector<CompressionOption>& compression_options();
+
+// What the policies need from one (layer, KV head) after the window has been reduced.
+struct HeadScores {
+  // One score per prefix token (the n - W tokens before the window), pooled and GQA-combined.
+  std::vector<float> score;
+  // CAKE's terms, summed over the group's query heads: entropy of the window rows over the
+  // prefix, and the variance over the window's rows summed over the prefix tokens.
+  double entropy = 0, variance = 0;
+};
+
+// Reduces one head's window. probs: group x window x n, as described at the top of this file.
+HeadScores score_head(const CompressionConfig& c, const float* probs, int group, int64_t window,
+                      int64_t n);
+
+// All heads of one prompt: heads[layer * n_kv_heads + head]. `window` is the window the scores
+// were taken over (min(W, n)).
+struct PromptScores {
+  int n_layers = 0, n_kv_heads = 0;
+  int64_t n_prompt = 0, window = 0;
+  std::vector<HeadScores> heads;
+};
+
+// Kept token indices, sorted, per (layer, KV head): [layer * n_kv_heads + head].
+using Selection = std::vector<std::vector<int64_t>>;
+
+// Policies that need no scores (full, streaming) accept a PromptScores with empty heads.
+Selection select_tokens(const CompressionConfig& c, const PromptScores& s);
+
+// One call over the whole tensor: probs is [layer][kv head][group][window][n] floats.
+Selection compress(const CompressionConfig& c, const float* probs, int n_layers, int n_kv_heads,
+                   int group, int64_t window, int64_t n);
+
+// Applies a selection to a sequence's stores (HeadStore::keep on every head).
+void apply_selection(const Selection& sel, SequenceCache& cache);
+
+// Collects score_head() results during a prefill, one (layer, head) at a time: observe() may be
+// called from several threads at once for different heads.
+class ScoreCollector {
+ public:
+  ScoreCollector(const CompressionConfig& c, int n_layers, int n_kv_heads);
+  void observe(int layer, int kv_head, const float* probs, int group, int64_t window, int64_t n);
+  // Selection for a prompt of n tokens; every head must have been observed unless the policy
+  // needs no scores.
+  Selection select(int64_t n_prompt) const;
+
+ private:
+  CompressionConfig c_;
+  PromptScores s_;
+};
+
+// ---- Building blocks, public for tests (compress_scores.cpp, compress_budget.cpp) ----
+
+// 1-D pooling with stride 1 and padding kernel/2, as torch's avg_pool1d (zeros padded, divided by
+// the kernel) and max_pool1d (padding ignored).
+std::vector<float> pool1d(std::span<const float> x, Pooling p, int kernel);
+// Indices of the k largest values, ties to the larger index; returned sorted by index.
+std::vector<int64_t> top_k(std::span<const float> score, int64_t k);
+// Splits `total` integer units over items in proportion to `weight` (>= 0), none above its cap:
+// exact total (if the caps allow), largest remainders first, excess of capped items handed on.
+std::vector<int64_t> distribute(int64_t total, std::span<const double> weight,
+                                std::span<const int64_t> cap);
+// PyramidKV's per-layer choice budgets (tokens chosen outside the window), averaging `avg`.
+std::vector<int64_t> pyramid_budgets(int64_t avg, int n_layers, int64_t available, double beta);
+// Ada-KV's layer-wide choice: scores[h] of every head (same length), `avg` chosen per head on
+// average, every head first gets its top floor(alpha * avg). Returns the chosen prefix indices
+// per head, sorted.
+std::vector<std::vector<int64_t>> adakv_choose(std::span<const std::vector<float>> scores,
+                                               int64_t avg, double alpha);
+// HeadKV's static per-head choice budgets for all layers x heads.
+std::vector<int64_t> headkv_budgets(const HeadImportance& imp, int64_t avg, int64_t available,
+                                    double beta);
+// CAKE's per-layer choice budgets from the per-layer preference scores.
+std::vector<int64_t> cake_budgets(std::span<const double> preference, int64_t avg,
+                                  int64_t available);
+
+// ---- Statistics (--kv-stats-out) ----
+
+// {"layers": L, "kv_heads": H, "kv_type": "f32", "kv_bytes": <bytes of all kept tokens>,
+//  "sequences": [{"prompt_tokens": N, "kv_bytes": b, "kept": [[...H...], ...L rows...]}]}
+// `kept` is every head's current length: call it right after compression for the prompt's.
+// Callers may add fields (the policy's describe(), timings) to the returned object.
+nlohmann::json stats_json(std::span<const SequenceCache* const> caches,
+                          std::span<const int64_t> prompt_tokens);
+
+}  // namespace fairkv::kv

@@ -1,0 +1,170 @@
+// Window score aggregation: from one head's observation-window probabilities to one score per
+// prefix token (SnapKV / Ada-KV / CAKE / DefensiveKV), plus pooling and top-k.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "kv/compress.h"
+
+namespace fairkv::kv {
+
+std::vector<float> pool1d(std::span<const float> x, Pooling p, int kernel) {
+  const int64_t n = int64_t(x.size()), r = kernel / 2;
+  if (p == Pooling::None || kernel <= 1) return {x.begin(), x.end()};
+  std::vector<float> y(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t lo = std::max<int64_t>(0, j - r), hi = std::min<int64_t>(n, j + r + 1);
+    if (p == Pooling::Max) {
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t i = lo; i < hi; ++i) m = std::max(m, x[size_t(i)]);
+      y[size_t(j)] = m;
+    } else {
+      // torch's avg_pool1d counts the zero padding: the border averages over the full kernel.
+      double s = 0;
+      for (int64_t i = lo; i < hi; ++i) s += x[size_t(i)];
+      y[size_t(j)] = float(s / kernel);
+    }
+  }
+  return y;
+}
+
+namespace {
+
+// NaN never wins: a strict weak order needs it below everything.
+float rank_key(float x) {
+  return std::isnan(x) ? -std::numeric_limits<float>::infinity() : x;
+}
+
+}  // namespace
+
+std::vector<int64_t> top_k(std::span<const float> score, int64_t k) {
+  const int64_t n = int64_t(score.size());
+  k = std::clamp<int64_t>(k, 0, n);
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  if (k < n) {
+    // Larger score first; among equals the more recent (larger index) token.
+    auto before = [&](int64_t a, int64_t b) {
+      const float sa = rank_key(score[size_t(a)]), sb = rank_key(score[size_t(b)]);
+      return sa != sb ? sa > sb : a > b;
+    };
+    std::nth_element(idx.begin(), idx.begin() + k, idx.end(), before);
+    idx.resize(size_t(k));
+  }
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+namespace {
+
+// Combines per-query-head rows (group x P) into one row.
+std::vector<float> combine_group(const std::vector<std::vector<double>>& rows, GqaCombine how) {
+  const size_t P = rows.empty() ? 0 : rows[0].size();
+  std::vector<float> out(P);
+  for (size_t j = 0; j < P; ++j) {
+    double v = how == GqaCombine::Max ? -std::numeric_limits<double>::infinity() : 0.0;
+    for (const auto& r : rows) v = how == GqaCombine::Max ? std::max(v, r[j]) : v + r[j];
+    out[j] = float(how == GqaCombine::Max ? v : v / double(rows.size()));
+  }
+  return out;
+}
+
+// SnapKV / Ada-KV: mean over the window's rows, per query head (Ada-KV's calcul_attn_sore).
+std::vector<std::vector<double>> window_means(const float* probs, int group, int64_t W, int64_t n,
+                                              int64_t P) {
+  std::vector<std::vector<double>> rows(size_t(group), std::vector<double>(size_t(P), 0.0));
+  for (int g = 0; g < group; ++g)
+    for (int64_t i = 0; i < W; ++i) {
+      const float* p = probs + (int64_t(g) * W + i) * n;
+      for (int64_t j = 0; j < P; ++j) rows[size_t(g)][size_t(j)] += p[j];
+    }
+  for (auto& r : rows)
+    for (double& v : r) v /= double(W);
+  return rows;
+}
+
+HeadScores cake_scores(const CompressionConfig& c, const float* probs, int group, int64_t W,
+                       int64_t n, int64_t P) {
+  HeadScores h;
+  std::vector<std::vector<double>> indicator(static_cast<size_t>(group),
+                                             std::vector<double>(static_cast<size_t>(P)));
+  for (int g = 0; g < group; ++g) {
+    for (int64_t j = 0; j < P; ++j) {
+      double s = 0, s2 = 0;
+      for (int64_t i = 0; i < W; ++i) {
+        const double a = probs[(int64_t(g) * W + i) * n + j];
+        s += a;
+        s2 += a * a;
+        // Spatial dispersion: the entropy of the window's attention over the prefix (CAKE's
+        // calculate_entropy, with its 1e-10 guard).
+        h.entropy -= a * std::log(a + 1e-10);
+      }
+      const double mean = s / double(W);
+      // Temporal shift: variance over the window's queries, unbiased as torch.var.
+      const double var = W > 1 ? std::max(0.0, (s2 - s * mean) / double(W - 1)) : 0.0;
+      h.variance += var;
+      indicator[size_t(g)][size_t(j)] = mean + c.cake_gamma * var;
+    }
+  }
+  h.score = pool1d(combine_group(indicator, c.gqa), c.resolved_pooling(), c.resolved_pool_kernel());
+  return h;
+}
+
+// DefensiveKV's defensive aggregation (EfficientDefensiveKVPress.score): pool every window row
+// and give it back its mass, take the worst case over rows and query heads, and lift scores below
+// the head's mean to that mean.
+HeadScores defensive_scores(const CompressionConfig& c, const float* probs, int group, int64_t W,
+                            int64_t n, int64_t P) {
+  HeadScores h;
+  std::vector<float> worst(size_t(P), 0.0f);
+  const Pooling pool = c.resolved_pooling();
+  const int kernel = c.resolved_pool_kernel();
+  for (int g = 0; g < group; ++g)
+    for (int64_t i = 0; i < W; ++i) {
+      const float* p = probs + (int64_t(g) * W + i) * n;
+      const std::vector<float> pooled = pool1d(std::span<const float>(p, size_t(P)), pool, kernel);
+      double mass = 0, pooled_mass = 0;
+      for (int64_t j = 0; j < P; ++j) {
+        mass += p[j];
+        pooled_mass += pooled[size_t(j)];
+      }
+      const double scale = pooled_mass > 0 ? mass / pooled_mass : 0.0;
+      for (int64_t j = 0; j < P; ++j)
+        worst[size_t(j)] = std::max(worst[size_t(j)], float(pooled[size_t(j)] * scale));
+    }
+  double mean = 0;
+  for (float v : worst) mean += v;
+  mean /= double(std::max<int64_t>(P, 1));
+  h.score.resize(size_t(P));
+  for (int64_t j = 0; j < P; ++j) h.score[size_t(j)] = std::max(worst[size_t(j)], float(mean));
+  return h;
+}
+
+}  // namespace
+
+HeadScores score_head(const CompressionConfig& c, const float* probs, int group, int64_t window,
+                      int64_t n) {
+  if (group < 1 || window < 0 || window > n)
+    throw std::invalid_argument("score_head: group " + std::to_string(group) + ", window " +
+                                std::to_string(window) + ", n " + std::to_string(n) +
+                                ": expected group >= 1 and 0 <= window <= n");
+  const int64_t P = n - window;
+  if (!c.needs_scores() || P == 0 || window == 0) return {};
+  switch (c.policy) {
+    case Policy::Cake:
+      return cake_scores(c, probs, group, window, n, P);
+    case Policy::DefensiveKV:
+      return defensive_scores(c, probs, group, window, n, P);
+    default: {
+      HeadScores h;
+      h.score = pool1d(combine_group(window_means(probs, group, window, n, P), c.gqa),
+                       c.resolved_pooling(), c.resolved_pool_kernel());
+      return h;
+    }
+  }
+}
+
+}  // namespace fairkv::kv
