@@ -1,0 +1,320 @@
+#include "kv/attention.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/threadpool.h"
+
+namespace fairkv::kv {
+namespace {
+
+size_t sz(int64_t x) {
+  return static_cast<size_t>(x);
+}
+
+std::vector<float> randn(int64_t n, std::mt19937& rng, float sigma = 1.0f) {
+  std::normal_distribution<float> dist(0.0f, sigma);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = dist(rng);
+  return x;
+}
+
+HeadStore random_store(int64_t len, int64_t d, KvType t, std::mt19937& rng) {
+  HeadStore s(d, t);
+  const auto k = randn(len * d, rng), v = randn(len * d, rng);
+  s.append(k.data(), v.data(), len);
+  return s;
+}
+
+// Relative-to-scale closeness: outputs are convex combinations of V rows (|v| ~ 1).
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, float tol,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isinf(want[i])) {
+      ASSERT_EQ(got[i], want[i]) << what << " at " << i;
+      continue;
+    }
+    ASSERT_NEAR(got[i], want[i], tol * (1.0f + std::fabs(want[i]))) << what << " at " << i;
+  }
+}
+
+struct Shape {
+  int group;
+  int64_t head_dim, len;
+};
+
+class AttendVsRef : public ::testing::TestWithParam<std::tuple<KvType, int, int64_t>> {};
+
+// Decode: one token after it was appended sees the whole store.
+TEST_P(AttendVsRef, DecodeMatchesReference) {
+  const auto [type, group, d] = GetParam();
+  std::mt19937 rng(uint32_t(group * 1000 + d));
+  for (int64_t len : {1, 5, 16, 31, 33, 64, 100, 257}) {
+    const HeadStore s = random_store(len, d, type, rng);
+    const auto q = randn(group * d, rng);
+    std::vector<float> o(sz(group * d)), o_ref(o.size()), lse(sz(group)), lse_ref(lse.size());
+    AttentionArgs a;
+    a.store = &s;
+    a.q = q.data();
+    a.group = group;
+    a.scale = 1.0f / std::sqrt(float(d));
+    a.visible = len - 1;
+    a.out = o.data();
+    a.lse = lse.data();
+    attend(a);
+    a.out = o_ref.data();
+    a.lse = lse_ref.data();
+    attend_ref(a);
+    const std::string what = "len " + std::to_string(len);
+    expect_close(o, o_ref, 2e-5f, what + " out");
+    expect_close(lse, lse_ref, 2e-6f, what + " lse");
+  }
+}
+
+// Prefill of n tokens appended to m cached rows: token t sees rows [0, m + t]. The last
+// probs_tokens tokens report their probabilities.
+TEST_P(AttendVsRef, PrefillIsCausalAndReportsWindowProbabilities) {
+  const auto [type, group, d] = GetParam();
+  std::mt19937 rng(uint32_t(group * 7 + d));
+  for (auto [m, n] : {std::pair<int64_t, int64_t>{0, 1}, {0, 37}, {19, 21}, {64, 5}}) {
+    const HeadStore s = random_store(m + n, d, type, rng);
+    const auto q = randn(n * group * d, rng);
+    const int64_t W = std::min<int64_t>(n, 6);
+    std::vector<float> o(sz(n * group * d)), o_ref(o.size()), lse(sz(n * group)),
+        lse_ref(lse.size()), p(sz(W * group * (m + n)), -1.0f), p_ref(p.size(), -2.0f);
+    AttentionArgs a;
+    a.store = &s;
+    a.q = q.data();
+    a.n_tokens = n;
+    a.group = group;
+    a.scale = 0.7f / std::sqrt(float(d));
+    a.visible = m;
+    a.probs_tokens = W;
+    a.out = o.data();
+    a.lse = lse.data();
+    a.probs = p.data();
+    attend(a);
+    a.out = o_ref.data();
+    a.lse = lse_ref.data();
+    a.probs = p_ref.data();
+    attend_ref(a);
+    const std::string what = "m " + std::to_string(m) + " n " + std::to_string(n);
+    expect_close(o, o_ref, 2e-5f, what + " out");
+    expect_close(lse, lse_ref, 2e-6f, what + " lse");
+    expect_close(p, p_ref, 2e-5f, what + " probs");
+    // Causality, checked on the reference itself: zero past each token, rows sum to one.
+    for (int64_t w = 0; w < W; ++w)
+      for (int g = 0; g < group; ++g) {
+        const int64_t t = n - W + w;
+        const float* row = &p_ref[sz((w * group + g) * (m + n))];
+        double sum = 0;
+        for (int64_t j = 0; j < m + n; ++j) {
+          if (j > m + t) {
+            ASSERT_EQ(row[j], 0.0f);
+          }
+          sum += row[j];
+        }
+        ASSERT_NEAR(sum, 1.0, 1e-5);
+      }
+  }
+}
+
+// A slice [begin, end) of the store, with its log-sum-exp; slices merge into the whole.
+TEST_P(AttendVsRef, SlicesMergeIntoTheWhole) {
+  const auto [type, group, d] = GetParam();
+  std::mt19937 rng(uint32_t(group * 31 + d));
+  const int64_t len = 203;
+  const HeadStore s = random_store(len, d, type, rng);
+  const auto q = randn(group * d, rng);
+  const std::vector<int64_t> cuts = {0, 1, 50, 50, 130, len};  // one empty slice
+  const int parts = int(cuts.size()) - 1;
+  std::vector<std::vector<float>> outs(sz(parts)), lses(sz(parts));
+  for (int i = 0; i < parts; ++i) {
+    outs[sz(i)].resize(sz(group * d));
+    lses[sz(i)].resize(sz(group));
+    std::vector<float> o_ref(sz(group * d)), lse_ref(sz(group));
+    AttentionArgs a;
+    a.store = &s;
+    a.q = q.data();
+    a.group = group;
+    a.scale = 1.0f / std::sqrt(float(d));
+    a.visible = len - 1;
+    a.begin = cuts[sz(i)];
+    a.end = cuts[sz(i) + 1];
+    a.out = outs[sz(i)].data();
+    a.lse = lses[sz(i)].data();
+    attend(a);
+    a.out = o_ref.data();
+    a.lse = lse_ref.data();
+    attend_ref(a);
+    expect_close(outs[sz(i)], o_ref, 2e-5f, "slice " + std::to_string(i));
+    expect_close(lses[sz(i)], lse_ref, 2e-6f, "slice lse " + std::to_string(i));
+    if (cuts[sz(i)] == cuts[sz(i) + 1]) {
+      for (float x : lses[sz(i)]) EXPECT_EQ(x, -std::numeric_limits<float>::infinity());
+    }
+  }
+  std::vector<const float*> po, pl;
+  for (int i = 0; i < parts; ++i) {
+    po.push_back(outs[sz(i)].data());
+    pl.push_back(lses[sz(i)].data());
+  }
+  std::vector<float> merged(sz(group * d)), merged_lse(sz(group));
+  merge_partials(parts, po.data(), pl.data(), group, d, merged.data(), merged_lse.data());
+  std::vector<float> whole(sz(group * d)), whole_lse(sz(group));
+  AttentionArgs a;
+  a.store = &s;
+  a.q = q.data();
+  a.group = group;
+  a.scale = 1.0f / std::sqrt(float(d));
+  a.visible = len - 1;
+  a.out = whole.data();
+  a.lse = whole_lse.data();
+  attend_ref(a);
+  expect_close(merged, whole, 2e-5f, "merged");
+  expect_close(merged_lse, whole_lse, 2e-6f, "merged lse");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttendVsRef,
+                         ::testing::Combine(::testing::Values(KvType::F32, KvType::F16),
+                                            ::testing::Values(1, 2, 3, 4, 8),
+                                            ::testing::Values(int64_t(8), int64_t(16), int64_t(32),
+                                                              int64_t(64), int64_t(128),
+                                                              int64_t(40))),
+                         [](const auto& info) {
+                           return std::string(kv_type_name(std::get<0>(info.param))) + "_g" +
+                                  std::to_string(std::get<1>(info.param)) + "_d" +
+                                  std::to_string(std::get<2>(info.param));
+                         });
+
+// More query rows than one pass holds (tokens x group > 16) and a group beyond 16.
+TEST(Attend, ManyRowsSpanSeveralPasses) {
+  std::mt19937 rng(5);
+  for (int group : {16, 20}) {
+    const int64_t d = 32, m = 10, n = 3;
+    const HeadStore s = random_store(m + n, d, KvType::F16, rng);
+    const auto q = randn(n * group * d, rng);
+    std::vector<float> o(sz(n * group * d)), o_ref(o.size());
+    AttentionArgs a;
+    a.store = &s;
+    a.q = q.data();
+    a.n_tokens = n;
+    a.group = group;
+    a.scale = 0.2f;
+    a.visible = m;
+    a.out = o.data();
+    attend(a);
+    a.out = o_ref.data();
+    attend_ref(a);
+    expect_close(o, o_ref, 2e-5f, "group " + std::to_string(group));
+  }
+}
+
+// Large scores: the online softmax must rescale without overflow.
+TEST(Attend, LargeScoresStayFinite) {
+  std::mt19937 rng(6);
+  const int64_t d = 64, len = 300;
+  HeadStore s(d, KvType::F32);
+  auto k = randn(len * d, rng, 4.0f), v = randn(len * d, rng);
+  s.append(k.data(), v.data(), len);
+  const auto q = randn(2 * d, rng, 4.0f);
+  std::vector<float> o(sz(2 * d)), o_ref(o.size()), lse(2), lse_ref(2);
+  AttentionArgs a;
+  a.store = &s;
+  a.q = q.data();
+  a.group = 2;
+  a.scale = 1.0f;  // scores in the hundreds
+  a.visible = len - 1;
+  a.out = o.data();
+  a.lse = lse.data();
+  attend(a);
+  a.out = o_ref.data();
+  a.lse = lse_ref.data();
+  attend_ref(a);
+  expect_close(o, o_ref, 1e-4f, "out");
+  expect_close(lse, lse_ref, 1e-5f, "lse");
+}
+
+// A batch of sequences of different lengths against a dense padded tensor with a mask, computed
+// here independently of both kernels.
+TEST(AttendBatch, RaggedBatchEqualsDenseMaskedReference) {
+  std::mt19937 rng(7);
+  const int group = 4;
+  const int64_t d = 32;
+  const std::vector<int64_t> lens = {1, 17, 64, 5, 200, 33};
+  const int64_t B = int64_t(lens.size()), Lmax = 200;
+  // Dense K, V: B x Lmax x d, padded with garbage that the mask must hide.
+  const auto K = randn(B * Lmax * d, rng), V = randn(B * Lmax * d, rng);
+  std::vector<HeadStore> stores;
+  for (int64_t b = 0; b < B; ++b) {
+    stores.emplace_back(d, KvType::F32);
+    stores.back().append(&K[sz(b * Lmax * d)], &V[sz(b * Lmax * d)], lens[sz(b)]);
+  }
+  const auto Q = randn(B * group * d, rng);
+  std::vector<float> out(sz(B * group * d));
+  std::vector<AttentionArgs> calls(sz(B));
+  for (int64_t b = 0; b < B; ++b) {
+    AttentionArgs& a = calls[sz(b)];
+    a.store = &stores[sz(b)];
+    a.q = &Q[sz(b * group * d)];
+    a.group = group;
+    a.scale = 1.0f / std::sqrt(float(d));
+    a.visible = lens[sz(b)] - 1;
+    a.out = &out[sz(b * group * d)];
+  }
+  kernels::ThreadPool pool(2);
+  attend_batch(calls, pool);
+  for (int64_t b = 0; b < B; ++b)
+    for (int g = 0; g < group; ++g) {
+      const float* q = &Q[sz((b * group + g) * d)];
+      std::vector<double> sc(sz(Lmax));
+      double mx = -1e300;
+      for (int64_t j = 0; j < Lmax; ++j) {
+        double x = 0;
+        for (int64_t i = 0; i < d; ++i) x += double(q[i]) * K[sz((b * Lmax + j) * d + i)];
+        sc[sz(j)] = j < lens[sz(b)] ? x / std::sqrt(double(d)) : -INFINITY;  // the mask
+        mx = std::max(mx, sc[sz(j)]);
+      }
+      double sum = 0;
+      for (double& x : sc) sum += x = std::exp(x - mx);
+      for (int64_t i = 0; i < d; ++i) {
+        double o = 0;
+        for (int64_t j = 0; j < Lmax; ++j) o += sc[sz(j)] / sum * V[sz((b * Lmax + j) * d + i)];
+        ASSERT_NEAR(out[sz((b * group + g) * d + i)], o, 2e-5 * (1 + std::fabs(o)))
+            << "sequence " << b << " head " << g << " dim " << i;
+      }
+    }
+}
+
+// Long decode calls fewer than the threads are cut into slices and merged.
+TEST(AttendBatch, SlicedDecodeEqualsSingleCall) {
+  std::mt19937 rng(8);
+  const int group = 8;
+  const int64_t d = 64, len = 10000;
+  const HeadStore s = random_store(len, d, KvType::F16, rng);
+  const auto q = randn(group * d, rng);
+  std::vector<float> o(sz(group * d)), lse(sz(group)), o1(o.size()), lse1(lse.size());
+  AttentionArgs a;
+  a.store = &s;
+  a.q = q.data();
+  a.group = group;
+  a.scale = 1.0f / std::sqrt(float(d));
+  a.visible = len - 1;
+  a.out = o.data();
+  a.lse = lse.data();
+  kernels::ThreadPool pool(2);
+  attend_batch(std::span<const AttentionArgs>(&a, 1), pool);
+  a.out = o1.data();
+  a.lse = lse1.data();
+  attend(a);
+  expect_close(o, o1, 1e-5f, "out");
+  expect_close(lse, lse1, 1e-6f, "lse");
+}
+
+}  // namespace
+}  // namespace fairkv::kv
