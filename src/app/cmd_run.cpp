@@ -8,16 +8,21 @@
 #include <fmt/format.h>
 
 #include "app/commands.h"
+#include "app/kv_options.h"
 #include "kernels/threadpool.h"
 #include "model/generate.h"
 #include "model/model.h"
+#include "model/prefill_compression.h"
+
+#include <nlohmann/json.hpp>
 
 namespace fairkv::app {
 
 namespace {
 
 struct RunArgs {
-  std::string model, prompt, prompt_file, logits_out, kv_type = "f32";
+  std::string model, prompt, prompt_file, logits_out;
+  KvOptions kv;
   int n_predict = 64;
   int threads = 0;
   int64_t ctx_size = 0;
@@ -53,10 +58,26 @@ void run(const RunArgs& a) {
   opt.ctx_size = a.ctx_size;
   opt.sampler = a.sampler;
   opt.keep_logits = !a.logits_out.empty();
-  if (a.kv_type == "f16")
-    opt.kv_type = kv::KvType::F16;
-  else if (a.kv_type != "f32")
-    throw UsageError("--kv-type: expected f32 or f16, got " + a.kv_type);
+  opt.kv_type = a.kv.kv_type();
+  std::unique_ptr<model::PrefillCompression> comp;
+  const kv::CompressionConfig kc = a.kv.config();
+  if (kc.policy != kv::Policy::Full || !a.kv.stats_out.empty()) {
+    comp = model::make_prefill_compression(kc, *m);
+    comp->attach(opt);
+  }
+  if (!a.kv.stats_out.empty()) {
+    // Statistics of the prompt's cache right after compression.
+    opt.after_prefill = [compress = opt.after_prefill, &a, &kc](kv::SequenceCache& cache) {
+      if (compress) compress(cache);
+      const kv::SequenceCache* caches[] = {&cache};
+      const int64_t prompt_tokens[] = {cache.n_past};
+      nlohmann::json j = kv::stats_json(caches, prompt_tokens);
+      j["policy"] = kc.describe();
+      std::ofstream out(a.kv.stats_out);
+      if (!out) throw std::runtime_error(a.kv.stats_out + ": cannot write (--kv-stats-out)");
+      out << j.dump(2) << "\n";
+    };
+  }
 
   const auto res = model::generate(*m, pool, prompt, opt, [&](int32_t tok) {
     if (m->tokenizer.is_eog(tok)) return;
@@ -93,8 +114,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--top-p", a->sampler.top_p, "Top-p (1: off)")->capture_default_str();
   cmd->add_option("--min-p", a->sampler.min_p, "Min-p (0: off)")->capture_default_str();
   cmd->add_option("-s,--seed", a->sampler.seed, "Random seed")->capture_default_str();
-  cmd->add_option("--kv-type", a->kv_type, "KV cache element type: f32 or f16")
-      ->capture_default_str();
+  add_kv_options(*cmd, a->kv);
   cmd->add_option("--logits-out", a->logits_out,
                   "Write float32 logits rows over prompt ++ continuation to FILE");
   cmd->add_flag("--no-bos", a->no_bos, "Do not add a BOS token");

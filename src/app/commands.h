@@ -14,7 +14,10 @@ struct UsageError : std::runtime_error {
 
 void add_run_command(CLI::App& app);      // generate text (cmd_run.cpp)
 void add_inspect_command(CLI::App& app);  // describe a GGUF file (cmd_inspect.cpp)
-void add_synth_command(CLI::App& app);    // write a random-weight GGUF of a real shape (cmd_synth.cpp)
-void add_plan_command(CLI::App& app);     // place units on devices (cmd_plan.cpp)
+void add_synth_command(
+    CLI::App& app);                    // write a random-weight GGUF of a real shape (cmd_synth.cpp)
+void add_plan_command(CLI::App& app);  // place units on devices (cmd_plan.cpp)
+void add_eval_command(CLI::App& app);  // fidelity of KV compression (cmd_eval.cpp)
+void add_profile_command(CLI::App& app);  // measure a load profile (cmd_profile.cpp)
 
 }  // namespace fairkv::app

@@ -5,8 +5,9 @@
 #include "app/commands.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"fairkv: Llama-family inference with per-head compressed KV caches, balanced "
-               "across devices"};
+  CLI::App app{
+      "fairkv: Llama-family inference with per-head compressed KV caches, balanced "
+      "across devices"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "fairkv 0.1");
   // COMMANDS: one line per subcommand (keep this marker; helpers add lines below it).
@@ -14,6 +15,8 @@ int main(int argc, char** argv) {
   fairkv::app::add_inspect_command(app);
   fairkv::app::add_synth_command(app);
   fairkv::app::add_plan_command(app);
+  fairkv::app::add_eval_command(app);
+  fairkv::app::add_profile_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,36 @@
+// Wires a kv compression policy into generation: the prefill's observation window is scored
+// head by head as each layer runs, and the prompt's cache is compressed right after the prefill.
+#pragma once
+
+#include <memory>
+
+#include "kv/compress.h"
+#include "model/generate.h"
+#include "model/model.h"
+
+namespace fairkv::model {
+
+class PrefillCompression {
+ public:
+  // config must be resolved (CompressionConfig::resolve()).
+  PrefillCompression(const kv::CompressionConfig& config, const ModelConfig& model);
+  // Sets opt.prefill_observer and opt.after_prefill; this object must outlive the generation.
+  // Each prefill starts a fresh collection, so one object serves many prompts in turn.
+  void attach(GenerateOptions& opt);
+  const kv::CompressionConfig& config() const { return config_; }
+  // Kept tokens per (layer, KV head) after the last compression.
+  const kv::Selection& last_selection() const { return last_; }
+
+ private:
+  kv::CompressionConfig config_;
+  const ModelConfig& model_;
+  std::unique_ptr<kv::ScoreCollector> collector_;
+  WindowObserver observer_;
+  kv::Selection last_;
+};
+
+// Convenience for commands: a resolved config for (policy, budget) over base options.
+std::unique_ptr<PrefillCompression> make_prefill_compression(const kv::CompressionConfig& config,
+                                                             const Model& m);
+
+}  // namespace fairkv::model
