@@ -186,19 +186,21 @@ const std::vector<CompressionOption>& compression_options() {
        [](CompressionConfig& c, const std::string& v) { c.policy = parse_policy(v); }},
       {"--kv-budget", "Tokens kept per KV head on average, observation window included",
        [](CompressionConfig& c, const std::string& v) {
-         c.budget = parse_int("--kv-budget", v, "a positive integer");
-         if (c.budget <= 0) bad("--kv-budget", "expected a positive integer, got " + v);
+         const int64_t b = parse_int("--kv-budget", v, "a positive integer");
+         if (b <= 0) bad("--kv-budget", "expected a positive integer, got " + v);
+         c.budget = b;
        }},
       {"--kv-ratio", "Share of the prompt's tokens kept per KV head on average, in (0, 1]",
        [](CompressionConfig& c, const std::string& v) {
-         c.ratio = parse_double("--kv-ratio", v, "a number in (0, 1]");
-         if (!(c.ratio > 0 && c.ratio <= 1))
-           bad("--kv-ratio", "expected a number in (0, 1], got " + v);
+         const double r = parse_double("--kv-ratio", v, "a number in (0, 1]");
+         if (!(r > 0 && r <= 1)) bad("--kv-ratio", "expected a number in (0, 1], got " + v);
+         c.ratio = r;
        }},
       {"--kv-window", "Observation window: the last W prompt tokens, always kept (32)",
        [](CompressionConfig& c, const std::string& v) {
-         c.window = parse_int("--kv-window", v, "a positive integer");
-         if (c.window <= 0) bad("--kv-window", "expected a positive integer, got " + v);
+         const int64_t w = parse_int("--kv-window", v, "a positive integer");
+         if (w <= 0) bad("--kv-window", "expected a positive integer, got " + v);
+         c.window = w;
        }},
       {"--kv-pool-kernel", "Pooling kernel over token scores (Ada-KV, HeadKV 7; others 5)",
        [](CompressionConfig& c, const std::string& v) {
@@ -211,37 +213,49 @@ const std::vector<CompressionOption>& compression_options() {
        [](CompressionConfig& c, const std::string& v) { c.pooling = parse_pooling(v); }},
       {"--kv-alpha", "Ada-KV safeguard: every head keeps at least alpha x the average (0.2)",
        [](CompressionConfig& c, const std::string& v) {
-         c.alpha = parse_double("--kv-alpha", v, "a number in [0, 1]");
-         if (!(*c.alpha >= 0 && *c.alpha <= 1))
-           bad("--kv-alpha", "expected a number in [0, 1], got " + v);
+         const double a = parse_double("--kv-alpha", v, "a number in [0, 1]");
+         if (!(a >= 0 && a <= 1)) bad("--kv-alpha", "expected a number in [0, 1], got " + v);
+         c.alpha = a;
        }},
       {"--kv-pyramid-beta", "PyramidKV: the last layer keeps 1/beta of the average (20)",
        [](CompressionConfig& c, const std::string& v) {
-         c.pyramid_beta = parse_double("--kv-pyramid-beta", v, "a number >= 1");
+         const double b = parse_double("--kv-pyramid-beta", v, "a number >= 1");
+         if (!(b >= 1)) bad("--kv-pyramid-beta", "expected a number >= 1, got " + v);
+         c.pyramid_beta = b;
        }},
       {"--kv-gqa", "Combine scores over a GQA group's query heads: mean, max",
        [](CompressionConfig& c, const std::string& v) { c.gqa = parse_gqa_combine(v); }},
       {"--kv-sinks", "Streaming: attention-sink tokens kept at the start (4)",
        [](CompressionConfig& c, const std::string& v) {
-         c.sinks = parse_int("--kv-sinks", v, "a non-negative integer");
+         const int64_t k = parse_int("--kv-sinks", v, "a non-negative integer");
+         if (k < 0) bad("--kv-sinks", "expected a non-negative integer, got " + v);
+         c.sinks = k;
        }},
       {"--kv-head-importance", "HeadKV head-importance JSON {layers, kv_heads, importance}",
        [](CompressionConfig& c, const std::string& v) { c.headkv_file = v; }},
       {"--kv-headkv-beta", "HeadKV: share of the budget pooled by importance is 1/beta (1.01)",
        [](CompressionConfig& c, const std::string& v) {
-         c.headkv_beta = parse_double("--kv-headkv-beta", v, "a number >= 1");
+         const double b = parse_double("--kv-headkv-beta", v, "a number >= 1");
+         if (!(b >= 1)) bad("--kv-headkv-beta", "expected a number >= 1, got " + v);
+         c.headkv_beta = b;
        }},
       {"--kv-cake-tau1", "CAKE: temperature of the entropy term (1)",
        [](CompressionConfig& c, const std::string& v) {
-         c.cake_tau1 = parse_double("--kv-cake-tau1", v, "a positive number");
+         const double t = parse_double("--kv-cake-tau1", v, "a positive number");
+         if (!(t > 0)) bad("--kv-cake-tau1", "expected a positive number, got " + v);
+         c.cake_tau1 = t;
        }},
       {"--kv-cake-tau2", "CAKE: temperature of the variance term (1)",
        [](CompressionConfig& c, const std::string& v) {
-         c.cake_tau2 = parse_double("--kv-cake-tau2", v, "a positive number");
+         const double t = parse_double("--kv-cake-tau2", v, "a positive number");
+         if (!(t > 0)) bad("--kv-cake-tau2", "expected a positive number, got " + v);
+         c.cake_tau2 = t;
        }},
       {"--kv-cake-gamma", "CAKE: weight of the variance in the eviction indicator (200)",
        [](CompressionConfig& c, const std::string& v) {
-         c.cake_gamma = parse_double("--kv-cake-gamma", v, "a non-negative number");
+         const double g = parse_double("--kv-cake-gamma", v, "a non-negative number");
+         if (!(g >= 0)) bad("--kv-cake-gamma", "expected a non-negative number, got " + v);
+         c.cake_gamma = g;
        }},
   };
   return opts;
