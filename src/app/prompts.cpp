@@ -53,10 +53,17 @@ std::vector<Prompt> read_prompts(const std::string& path) {
   std::vector<Prompt> out;
   if (fs::is_directory(p)) {
     std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(p))
+    // Prompt files in the folder, or a prompt.txt in each subfolder (the golden cases' layout).
+    for (const auto& e : fs::directory_iterator(p)) {
       if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
+      if (e.is_directory() && fs::is_regular_file(e.path() / "prompt.txt"))
+        files.push_back(e.path() / "prompt.txt");
+    }
     std::sort(files.begin(), files.end());
-    for (const auto& f : files) out.push_back({f.filename().string(), read_file(f), std::nullopt});
+    for (const auto& f : files)
+      out.push_back({f.filename() == "prompt.txt" ? f.parent_path().filename().string()
+                                                  : f.filename().string(),
+                     read_file(f), std::nullopt});
   } else if (!fs::exists(p)) {
     throw std::runtime_error(path + ": no such file or folder (--prompts)");
   } else if (p.extension() == ".jsonl") {
