@@ -65,10 +65,20 @@ void run(const RunArgs& a) {
     comp = model::make_prefill_compression(kc, *m);
     comp->attach(opt);
   }
-  if (!a.kv.stats_out.empty()) {
-    // Statistics of the prompt's cache right after compression.
+  if (comp) {
+    // Statistics of the prompt's cache right after compression: a summary on stderr, the
+    // per-head lengths as JSON with --kv-stats-out.
     opt.after_prefill = [compress = opt.after_prefill, &a, &kc](kv::SequenceCache& cache) {
       if (compress) compress(cache);
+      std::fprintf(stderr, "kv: %s: %lld prompt tokens, %zu bytes held; kept per head:\n",
+                   kc.describe().c_str(), static_cast<long long>(cache.n_past), cache.bytes());
+      for (int l = 0; l < cache.n_layers(); ++l) {
+        std::string row;
+        for (int h = 0; h < cache.n_kv_heads(); ++h)
+          row += fmt::format(" {}", cache.head(l, h).size());
+        std::fprintf(stderr, "kv:   layer %d:%s\n", l, row.c_str());
+      }
+      if (a.kv.stats_out.empty()) return;
       const kv::SequenceCache* caches[] = {&cache};
       const int64_t prompt_tokens[] = {cache.n_past};
       nlohmann::json j = kv::stats_json(caches, prompt_tokens);
