@@ -1,0 +1,78 @@
+// Collectives between the ranks of a multi-device decode. Every rank holds its shard of the model
+// (its units, FAIRKV.md) and the ranks meet at an all-reduce after every attention block and every
+// MLP, so the all-reduce is on the decode critical path twice per layer per token.
+//
+// Backends: "threads" (comm_threads.h: R ranks as threads of one process, deterministic sums) and
+// "mpi" (comm_mpi.h: one process per rank under mpirun; built when CMake finds MPI).
+//
+// Contract shared by the backends: every rank calls the same collectives in the same order with
+// the same sizes (and the same root). A rank that fails ends the whole job with a message naming
+// it; no rank is left waiting forever.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace fairkv::runtime {
+
+// Thrown by a collective that can never complete: another rank failed or aborted, a rank returned
+// while the others still called collectives, or the ranks called different collectives.
+class CommError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // data[i] = sum over ranks of data[i], on every rank. Threads: summed in rank order 0..R-1, so
+  // the result is bit-identical across runs and equals a serial loop over the ranks. MPI: the
+  // order is MPI's choice (the algorithm depends on size and rank count); at 2 ranks it does not
+  // matter (float addition commutes), above 2 results may differ from threads in the last bits.
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+
+  // recv[r * bytes_per_rank, (r + 1) * bytes_per_rank) = rank r's send, on every rank. recv holds
+  // size() * bytes_per_rank bytes. send may be recv + rank() * bytes_per_rank (in place);
+  // otherwise it must not overlap recv.
+  virtual void all_gather(const void* send, size_t bytes_per_rank, void* recv) = 0;
+
+  // data = root's data, on every rank.
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+
+  virtual void barrier() = 0;
+
+  // Ends the whole job with `why` in the message every rank sees (threads: the other ranks'
+  // collectives throw CommError and this call throws too; mpi: printed to stderr, then
+  // MPI_Abort). Never returns.
+  [[noreturn]] virtual void abort(const std::string& why) = 0;
+
+  // "threads" or "mpi".
+  virtual std::string name() const = 0;
+};
+
+// Whether this build has the MPI backend (CMake found MPI and FAIRKV_MPI is ON).
+bool mpi_built();
+
+// One communicator of the given kind for this process:
+// - "threads": a group of one rank (R > 1 thread ranks need run_ranks or ThreadGroup).
+// - "mpi": this process's rank in MPI_COMM_WORLD. Throws std::runtime_error when MPI was not
+//   built, or when the process was not started by mpirun.
+// Any other kind: std::invalid_argument naming the kinds.
+std::unique_ptr<Communicator> make_communicator(const std::string& kind);
+
+// Runs fn as every rank of a job and returns when the job is done.
+// - "threads": `ranks` threads of this process (run_ranks); an exception from one rank stops the
+//   others and the first is rethrown here.
+// - "mpi": this process is one rank of the job mpirun started; `ranks` must equal its size (0:
+//   take it). An exception from fn prints "fairkv: rank <r> failed: <what>" to stderr and ends the
+//   whole job with MPI_Abort (exit code 1).
+void run_job(const std::string& kind, int ranks, const std::function<void(Communicator&)>& fn);
+
+}  // namespace fairkv::runtime
