@@ -24,7 +24,7 @@ constexpr int kNv = 2;
 constexpr int kPanel = kNv * 16;
 constexpr int64_t kKc = 256;  // columns per block (even)
 constexpr int64_t kTilesPerBlock = 8;
-constexpr int kGemvRows = 4;
+constexpr int kGemvRows = 1;  // one row at a time: one sequential stream (see gemv.cpp)
 
 int64_t padded_cols(int64_t cols) {
   return (cols + 31) / 32 * 32;

@@ -121,6 +121,15 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
       return;
     }
 #endif
+    if (w.type == DType::F16 && n_tokens < kGemmMinTokens) {
+      // Decode keeps x as fp16: half the activation loads per weight byte.
+      thread_local std::vector<uint16_t> xh_v;
+      uint16_t* xh = scratch(xh_v, size_t(n_tokens * w.cols));
+      quantize_row(DType::F16, x, xh, n_tokens * w.cols);
+      split_rows(pool, w.rows, detail::kGemvRows,
+                 [&](int64_t rb, int64_t re) { detail::gemv_f16_x16(w, xh, n_tokens, y, rb, re); });
+      return;
+    }
     // No dedicated instructions for this type: round x to the type's grid, then float32 kernels
     // (the same numbers up to summation order).
     thread_local std::vector<float> rounded;

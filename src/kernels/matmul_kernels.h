@@ -16,6 +16,9 @@ inline constexpr int64_t kGemvTokens = 4;
 inline constexpr int64_t kGemvRows = 8;  // split points should be multiples of this
 void gemv(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
           int64_t r_end);
+// The same for F16 weights with fp16 activations (LikeGgml): xh is n_tokens x w.cols fp16.
+void gemv_f16_x16(const WeightMatrix& w, const uint16_t* xh, int64_t n_tokens, float* y,
+                  int64_t r_begin, int64_t r_end);
 
 // --- gemm.cpp: packed, register-blocked kernels for many tokens, float32 activations.
 // Activations are packed once per call into panels of kGemmPanel tokens ([k][token] inside a

@@ -14,8 +14,14 @@ using simd::V;
 
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
   // The sum of squares in double, as ggml does: at n = 8192 a float sum would lose ~1e-4.
-  double ss = 0.0;
-  for (int64_t i = 0; i < n; ++i) ss += double(x[i] * x[i]);
+  // Four partial sums so that the adds do not wait on each other.
+  double s4[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    for (int u = 0; u < 4; ++u) s4[u] += double(x[j + u] * x[j + u]);
+  }
+  for (; j < n; ++j) s4[0] += double(x[j] * x[j]);
+  const double ss = (s4[0] + s4[1]) + (s4[2] + s4[3]);
   const float scale = 1.0f / std::sqrt(float(ss / double(n)) + eps);
   const V vs = simd::set1(scale);
   int64_t i = 0;

@@ -15,6 +15,7 @@
 #if defined(FAIRKV_HAVE_VNNI_KERNELS)
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace fairkv::kernels::detail {
@@ -22,13 +23,6 @@ namespace fairkv::kernels::detail {
 namespace {
 
 constexpr int64_t kFewTokens = 8;
-// Rows per few-token tile: eight memory streams for one token (a core needs about that many to
-// reach its share of the bandwidth), four when more tokens multiply the accumulators.
-template <int NT>
-constexpr int gemv_rows_per_tile() {
-  return NT == 1 ? 8 : 4;
-}
-constexpr int64_t kPrefetchBytes = 256;  // ahead of each row's loads
 constexpr int kRows = 6;  // gemm tile: 6 rows x 32 tokens (12 int + 12 float accumulators)
 constexpr int kNv = 2;
 constexpr int kPanel = kNv * 16;
@@ -40,15 +34,17 @@ int64_t round_up(int64_t v, int64_t m) {
   return (v + m - 1) / m * m;
 }
 
-// Few-token layout, per token: qs[cols] int8 | d[nb] float | sum[nb] int32, padded to 64 bytes.
+// Few-token layout, per token: qs[cols] int8 | dx[nb][8] float | nsum[nb][8] int32, padded to
+// 64 bytes. dx and nsum (= -sum of the block's q) are repeated over the 8 int32 lanes that a
+// block's products land in, so one 512-bit load serves two blocks.
 struct TokenLayout {
   int64_t nb, qs_off, d_off, s_off, bytes;
   explicit TokenLayout(int64_t cols)
       : nb(cols / kQK),
         qs_off(0),
         d_off(round_up(cols, 64)),
-        s_off(d_off + 4 * nb),
-        bytes(round_up(s_off + 4 * nb, 64)) {}
+        s_off(d_off + 32 * nb),
+        bytes(round_up(s_off + 32 * nb, 64)) {}
 };
 
 // Panel layout, per panel of kPanel tokens: qs[cols/4][kPanel][4] int8 | d[nb][kPanel] float |
@@ -78,83 +74,91 @@ __m256i unpack_q4(const uint8_t* qs) {
 
 // --- few tokens
 
-template <DType T, int R, int NT>
-void gemv_tile(const WeightMatrix& w, int64_t r0, const uint8_t* xq, int64_t xstride, float* y) {
-  const TokenLayout L(w.cols);
-  const size_t stride = w.stride();
-  const uint8_t* base = w.row(r0);
-  __m256 acc[R][NT];
-  FAIRKV_UNROLL
-  for (auto& a : acc) {
-    FAIRKV_UNROLL
-    for (auto& v : a) v = _mm256_setzero_ps();
+// The 32 weights of blocks b and b+1 of a row as unsigned bytes, low block in the low half:
+// Q8_0 offset by +128 (w ^ 0x80), Q4_0 nibbles (0..15) in element order.
+template <DType T>
+__m512i load_pair(const uint8_t* row, int64_t b) {
+  if constexpr (T == DType::Q8_0) {
+    const auto* blk = reinterpret_cast<const BlockQ8_0*>(row) + b;
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[0].qs));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[1].qs));
+    return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                            _mm512_set1_epi8(char(0x80)));
+  } else {
+    const auto* blk = reinterpret_cast<const BlockQ4_0*>(row) + b;
+    const __m256i lo =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[0].qs)));
+    const __m256i hi =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[1].qs)));
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    return _mm512_and_si512(_mm512_srlv_epi64(both, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)),
+                            _mm512_set1_epi8(0x0f));
   }
-  for (int64_t b = 0; b < L.nb; ++b) {
-    __m256i xv[NT];
-    float dx[NT];
+}
+
+// The fp16 scales of blocks b and b+1, each over 8 lanes, as float32.
+template <class Block>
+__m512 load_scale_pair(const Block* blk) {
+  const uint32_t both = uint32_t(blk[0].d) | (uint32_t(blk[1].d) << 16);
+  const __m256i idx = _mm256_set_epi16(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_cvtph_ps(_mm256_permutexvar_epi16(idx, _mm256_set1_epi32(int(both))));
+}
+
+// Dot products of one row with NT tokens, two blocks per step: each int32 lane holds four
+// products of one block, the accumulator starts at -offset * sum(x) / 8 per lane (offset 128 for
+// Q8_0's +128, 8 for Q4_0's nibbles), then one FMA applies d_w * d_x. An odd last block goes
+// through the same code with the upper half masked to zero.
+template <DType T, int NT>
+void gemv_row(const uint8_t* row, int64_t cols, const uint8_t* xq, int64_t xstride, float* y,
+              int64_t y_stride) {
+  using Block = std::conditional_t<T == DType::Q8_0, BlockQ8_0, BlockQ4_0>;
+  constexpr int kShift = T == DType::Q8_0 ? 4 : 0;  // nsum * 16 = -128 * sum / 8 lanes
+  const TokenLayout L(cols);
+  const auto* blocks = reinterpret_cast<const Block*>(row);
+  __m512 acc[NT];
+  FAIRKV_UNROLL
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  auto step = [&](int64_t b, __m512i u, __m512 dw, __mmask16 m) {
     FAIRKV_UNROLL
     for (int t = 0; t < NT; ++t) {
       const uint8_t* xt = xq + t * xstride;
-      xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + L.qs_off + b * kQK));
-      dx[t] = reinterpret_cast<const float*>(xt + L.d_off)[b];
+      const __m512i xv = _mm512_maskz_loadu_epi32(m, xt + L.qs_off + b * kQK);
+      const __m512i init =
+          _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, xt + L.s_off + b * 32), kShift);
+      const __m512 dx = _mm512_maskz_loadu_ps(m, xt + L.d_off + b * 32);
+      const __m512i isum = _mm512_dpbusd_epi32(init, u, xv);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, dx), acc[t]);
     }
-    FAIRKV_UNROLL
-    for (int r = 0; r < R; ++r) {
-      __m256i isum[NT];
-      uint16_t dw;
-      if constexpr (T == DType::Q8_0) {
-        const auto* blk = reinterpret_cast<const BlockQ8_0*>(base + r * stride) + b;
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs));
-        const __m256i aq = _mm256_abs_epi8(q);
-        FAIRKV_UNROLL
-        for (int t = 0; t < NT; ++t) {
-          isum[t] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aq, _mm256_sign_epi8(xv[t], q));
-        }
-        dw = blk->d;
-      } else {
-        const auto* blk = reinterpret_cast<const BlockQ4_0*>(base + r * stride) + b;
-        const __m256i u = unpack_q4(blk->qs);
-        FAIRKV_UNROLL
-        for (int t = 0; t < NT; ++t) {
-          // Each of the 8 lanes starts at -sum(x): together -8 * sum(x), the nibbles' offset.
-          const int32_t s = reinterpret_cast<const int32_t*>(xq + t * xstride + L.s_off)[b];
-          isum[t] = _mm256_dpbusd_epi32(_mm256_set1_epi32(-s), u, xv[t]);
-        }
-        dw = blk->d;
-      }
-      if (b % 2 == 0) {
-        constexpr int64_t kBlockBytes = T == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-        __builtin_prefetch(base + r * stride + b * kBlockBytes + kPrefetchBytes);
-      }
-      // d_w in all lanes straight from fp16 (broadcast + convert), times d_x.
-      const __m256 dwv = _mm256_cvtph_ps(_mm_set1_epi16(short(dw)));
-      FAIRKV_UNROLL
-      for (int t = 0; t < NT; ++t) {
-        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]),
-                                    _mm256_mul_ps(dwv, _mm256_set1_ps(dx[t])), acc[r][t]);
-      }
+  };
+  int64_t b = 0;
+  for (; b + 2 <= L.nb; b += 2) {
+    step(b, load_pair<T>(row, b), load_scale_pair(blocks + b), __mmask16(0xffff));
+  }
+  if (b < L.nb) {  // the last block alone: never read past the row
+    __m512i u;
+    if constexpr (T == DType::Q8_0) {
+      u = _mm512_castsi256_si512(
+          _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blocks[b].qs)),
+                           _mm256_set1_epi8(char(0x80))));
+    } else {
+      u = _mm512_castsi256_si512(unpack_q4(blocks[b].qs));
     }
+    const __m512 dw = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_set1_epi16(short(blocks[b].d))));
+    step(b, u, dw, __mmask16(0x00ff));
   }
   FAIRKV_UNROLL
-  for (int r = 0; r < R; ++r) {
-    FAIRKV_UNROLL
-    for (int t = 0; t < NT; ++t) {
-      const __m128 lo = _mm256_castps256_ps128(acc[r][t]);
-      __m128 s = _mm_add_ps(lo, _mm256_extractf128_ps(acc[r][t], 1));
-      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-      s = _mm_add_ss(s, _mm_movehdup_ps(s));
-      y[t * w.rows + r0 + r] = _mm_cvtss_f32(s);
-    }
-  }
+  for (int t = 0; t < NT; ++t) y[t * y_stride] = _mm512_reduce_add_ps(acc[t]);
 }
 
 template <DType T, int NT>
 void gemv_rows(const WeightMatrix& w, const uint8_t* xq, int64_t xstride, float* y, int64_t r_begin,
                int64_t r_end) {
-  constexpr int R = gemv_rows_per_tile<NT>();
-  int64_t r = r_begin;
-  for (; r + R <= r_end; r += R) gemv_tile<T, R, NT>(w, r, xq, xstride, y);
-  for (; r < r_end; ++r) gemv_tile<T, 1, NT>(w, r, xq, xstride, y);
+  // One row at a time, so that a thread's rows are one sequential stream (see gemv.cpp).
+  const size_t stride = w.stride();
+  const uint8_t* row = w.row(r_begin);
+  for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
+    gemv_row<T, NT>(row, w.cols, xq, xstride, y + r, w.rows);
+  }
 }
 
 template <DType T>
@@ -324,7 +328,7 @@ void gemm(const WeightMatrix& w, const uint8_t* xp, int64_t n_tokens, float* y, 
   }
 }
 
-// Quantizes token t's row into blocks and returns them with their scales and sums.
+// One token's row as Q8_0 blocks, rounded as llama.cpp rounds activations.
 void quantize_token(const float* x, int64_t cols, std::vector<BlockQ8_0>& blocks) {
   blocks.resize(size_t(cols / kQK));
   quantize_act_q8_0(x, blocks.data(), cols);
@@ -361,8 +365,12 @@ void q8_pack(const float* x, int64_t n_tokens, int64_t cols, uint8_t* out, int64
       quantize_token(x + t * cols, cols, blocks);
       for (int64_t b = 0; b < L.nb; ++b) {
         std::memcpy(dst + L.qs_off + b * kQK, blocks[size_t(b)].qs, kQK);
-        reinterpret_cast<float*>(dst + L.d_off)[b] = half(blocks[size_t(b)].d);
-        reinterpret_cast<int32_t*>(dst + L.s_off)[b] = block_sum(blocks[size_t(b)]);
+        const float d = half(blocks[size_t(b)].d);
+        const int32_t nsum = -block_sum(blocks[size_t(b)]);
+        for (int l = 0; l < 8; ++l) {
+          reinterpret_cast<float*>(dst + L.d_off)[b * 8 + l] = d;
+          reinterpret_cast<int32_t*>(dst + L.s_off)[b * 8 + l] = nsum;
+        }
       }
     }
     return;
