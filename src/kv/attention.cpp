@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -25,7 +26,7 @@ namespace simd = kernels::simd;
 constexpr int kLanes = simd::kLanes;
 constexpr int kMaxRows = 16;    // query rows per pass: their PV accumulators stay in registers
 constexpr int kSub = 16;        // keys scored together (one transposed reduction on AVX-512)
-constexpr int64_t kBlock = 32;  // keys per online-softmax step; a block of V stays in L1
+constexpr int64_t kBlock = 64;  // keys per online-softmax step
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t round_up(int64_t x, int64_t m) {
@@ -37,13 +38,16 @@ struct Scratch {
   std::vector<float> s;  // kMaxRows x kBlock scores, then probabilities
 };
 
-// Keys [r0, r0 + n) of K or V as float32 rows of stride dp (a multiple of kLanes, zero padded):
-// an f32 store whose rows are whole vectors is read in place.
+// Keys [r0, r0 + n) of K or V as float32 rows of stride dp (a multiple of kLanes, zero padded),
+// at least min_rows rows (rows past n are zero): an f32 store whose rows are whole vectors is read
+// in place when it has the rows.
 const float* block_rows(const HeadStore& st, const void* base, int64_t r0, int64_t n, int64_t dp,
-                        std::vector<float>& buf) {
+                        std::vector<float>& buf, int64_t min_rows = 0) {
   const int64_t d = st.head_dim();
-  if (st.type() == KvType::F32 && dp == d) return static_cast<const float*>(base) + r0 * d;
-  buf.resize(size_t(n * dp));
+  if (st.type() == KvType::F32 && dp == d && n >= min_rows)
+    return static_cast<const float*>(base) + r0 * d;
+  const int64_t rows = std::max(n, min_rows);
+  buf.resize(size_t(rows * dp));
   for (int64_t j = 0; j < n; ++j) {
     float* dst = buf.data() + j * dp;
     if (st.type() == KvType::F32) {
@@ -56,6 +60,7 @@ const float* block_rows(const HeadStore& st, const void* base, int64_t r0, int64
     }
     std::fill(dst + d, dst + dp, 0.0f);
   }
+  std::fill(buf.data() + n * dp, buf.data() + rows * dp, 0.0f);
   return buf.data();
 }
 
@@ -65,15 +70,18 @@ const float* block_rows(const HeadStore& st, const void* base, int64_t r0, int64
 // 15 adds and 30 shuffles instead of 16 full horizontal reductions.
 inline __m512 reduce16(const __m512* v) {
   __m512 w[8], z[4], u[2];
+  FAIRKV_UNROLL
   for (int i = 0; i < 8; ++i) {
     const __m512 a = v[2 * i], b = v[2 * i + 1];
     w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
   }
+  FAIRKV_UNROLL
   for (int i = 0; i < 4; ++i) {
     const __m512 a = w[2 * i], b = w[2 * i + 1];
     z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
   }
+  FAIRKV_UNROLL
   for (int i = 0; i < 2; ++i) {
     const __m512 a = z[2 * i], b = z[2 * i + 1];
     u[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
@@ -84,26 +92,39 @@ inline __m512 reduce16(const __m512* v) {
 }
 #endif
 
-// s[j] = q . K[j] * scale for the n <= kSub keys of K (rows of stride dp).
-inline void score_sub(const float* q, const float* K, int64_t dp, int n, float scale, float* s) {
+#if defined(FAIRKV_AVX512)
+// 16 keys' elements [c, c + 16) of a row of K as float32 (converted from f16 in registers).
+template <class T>
+inline __m512 load16(const T* p) {
+  if constexpr (std::is_same_v<T, uint16_t>)
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  else
+    return _mm512_loadu_ps(p);
+}
+#endif
+
+// s[j] = q . K[j] * scale for the kSub keys of K (rows of stride dp; all kSub rows readable,
+// the caller ignores scores past its keys). DP > 0 fixes dp at compile time, so that every row is
+// a constant offset from one base register. T: the rows' element type (float or f16 bits).
+template <int DP, class T>
+inline void score_sub(const float* q, const T* K, int64_t dp_runtime, float scale, float* s) {
+  const int64_t dp = DP > 0 ? DP : dp_runtime;
 #if defined(FAIRKV_AVX512)
   static_assert(kSub == 16 && kLanes == 16);
-  const float* rows[16];
-  for (int slot = 0; slot < 16; ++slot) {
-    const int key = 4 * (slot % 4) + slot / 4;
-    rows[slot] = K + std::min(key, n - 1) * dp;  // keys past n repeat a valid row, unused
-  }
   __m512 acc[16];
   FAIRKV_UNROLL
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t c = 0; c < dp; c += 16) {
     const __m512 qv = _mm512_loadu_ps(q + c);
+    // Slot i holds key 4 (i % 4) + i / 4, the order reduce16 returns to 0..15.
     FAIRKV_UNROLL
-    for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows[i] + c), acc[i]);
+    for (int i = 0; i < 16; ++i)
+      acc[i] = _mm512_fmadd_ps(qv, load16(K + (4 * (i % 4) + i / 4) * dp + c), acc[i]);
   }
   _mm512_storeu_ps(s, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
 #else
-  for (int j = 0; j < n; ++j) {
+  static_assert(std::is_same_v<T, float>, "the portable path reads float32 rows");
+  for (int j = 0; j < kSub; ++j) {
     simd::V acc0 = simd::zero(), acc1 = simd::zero();
     const float* k = K + j * dp;
     int64_t c = 0;
@@ -117,6 +138,71 @@ inline void score_sub(const float* q, const float* K, int64_t dp, int n, float s
 #endif
 }
 
+#if defined(FAIRKV_AVX512)
+// Scores of 4 query rows x 4 keys at once: every loaded vector of q or K serves four products
+// (half a load per FMA instead of one, which the per-row kernel is bound by). Row i's four
+// scores go to s[i][0..3].
+template <int DP, class T>
+inline void score_4x4(const float* const* q, const T* K, int64_t dp_runtime, float scale,
+                      float* const* s) {
+  const int64_t dp = DP > 0 ? DP : dp_runtime;
+  __m512 acc[16];
+  FAIRKV_UNROLL
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  const float *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
+  for (int64_t c = 0; c < dp; c += 16) {
+    const __m512 qv[4] = {_mm512_loadu_ps(q0 + c), _mm512_loadu_ps(q1 + c), _mm512_loadu_ps(q2 + c),
+                          _mm512_loadu_ps(q3 + c)};
+    FAIRKV_UNROLL
+    for (int kk = 0; kk < 4; ++kk) {
+      __m512 k = load16(K + kk * dp + c);
+      // Keep k in a register: GCC would otherwise fold the load into each of the four FMAs,
+      // back to one load per FMA.
+      asm("" : "+v"(k));
+      // Slot 4 kk + rr: reduce16 puts it at lane 4 rr + kk.
+      FAIRKV_UNROLL
+      for (int rr = 0; rr < 4; ++rr)
+        acc[4 * kk + rr] = _mm512_fmadd_ps(qv[rr], k, acc[4 * kk + rr]);
+    }
+  }
+  const __m512 v = _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale));
+  _mm_storeu_ps(s[0], _mm512_extractf32x4_ps(v, 0));
+  _mm_storeu_ps(s[1], _mm512_extractf32x4_ps(v, 1));
+  _mm_storeu_ps(s[2], _mm512_extractf32x4_ps(v, 2));
+  _mm_storeu_ps(s[3], _mm512_extractf32x4_ps(v, 3));
+}
+#endif
+
+// The score kernels for one element type, with dp fixed at compile time where it is common.
+template <class T>
+struct ScoreKernels {
+  void (*sub)(const float*, const T*, int64_t, float, float*) = nullptr;
+#if defined(FAIRKV_AVX512)
+  void (*tile)(const float* const*, const T*, int64_t, float, float* const*) = nullptr;
+#endif
+  template <int DP>
+  static ScoreKernels make() {
+    ScoreKernels k;
+    k.sub = &score_sub<DP, T>;
+#if defined(FAIRKV_AVX512)
+    k.tile = &score_4x4<DP, T>;
+#endif
+    return k;
+  }
+  static ScoreKernels for_dp(int64_t dp) {
+    switch (dp) {
+      case 64:
+        return make<64>();
+      case 128:
+        return make<128>();
+      case 256:
+        return make<256>();
+      default:
+        return make<0>();
+    }
+  }
+};
+
 // The query rows of one pass: row i is token t(i), query head g(i).
 struct Pass {
   int n = 0;
@@ -126,18 +212,35 @@ struct Pass {
   float m[kMaxRows], l[kMaxRows];
 };
 
+// Reads one byte of every cache line of the rows [r0, r0 + n) of K and V, in address order.
+// The kernels walk a block column-wise (one vector of every row at a time), which the hardware
+// prefetchers do not follow; a sequential sweep first lets them stream the block in, and then
+// the kernels run from cache. (Measured on the development machine: software prefetches of whole
+// blocks were slower than this, as each occupies an L1 miss buffer.)
+void touch_rows(const HeadStore& st, int64_t r0, int64_t n, size_t row_bytes) {
+  const char* k = static_cast<const char*>(st.k_data()) + size_t(r0) * row_bytes;
+  const char* v = static_cast<const char*>(st.v_data()) + size_t(r0) * row_bytes;
+  const size_t bytes = size_t(n) * row_bytes;
+  int sum = 0;
+  for (size_t off = 0; off < bytes; off += 64) sum += k[off];
+  for (size_t off = 0; off < bytes; off += 64) sum += v[off];
+  asm volatile("" ::"r"(sum));
+}
+
 // o[r] = o[r] * corr[r] + sum_j prob[r][j] V[j] for the NR rows of a pass, one vector of
-// head_dim at a time: each value vector is loaded once for all rows, whose accumulators stay in
-// registers (NR is a template argument so that the compiler unrolls over the rows).
-template <int NR>
-void pv_block(Pass& p, const float* V, int64_t nb, int64_t dp, const float* prob,
+// head_dim at a time: each value vector is loaded (and converted, for f16) once for all rows,
+// whose accumulators stay in registers (NR is a template argument so that the compiler unrolls
+// over the rows). V rows have `stride` elements.
+template <int NR, bool F16>
+void pv_block(Pass& p, const void* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
               const float* corr) {
   for (int64_t c = 0; c < dp; c += kLanes) {
     simd::V acc[NR];
     FAIRKV_UNROLL
     for (int r = 0; r < NR; ++r) acc[r] = simd::mul(simd::load(p.o[r] + c), simd::set1(corr[r]));
     for (int64_t j = 0; j < nb; ++j) {
-      const simd::V v = simd::load(V + j * dp + c);
+      const simd::V v = F16 ? simd::load_f16(static_cast<const uint16_t*>(V) + j * stride + c)
+                            : simd::load(static_cast<const float*>(V) + j * stride + c);
       FAIRKV_UNROLL
       for (int r = 0; r < NR; ++r) acc[r] = simd::fma(simd::set1(prob[r * kBlock + j]), v, acc[r]);
     }
@@ -146,17 +249,68 @@ void pv_block(Pass& p, const float* V, int64_t nb, int64_t dp, const float* prob
   }
 }
 
-template <int... N>
-void pv_dispatch_impl(std::integer_sequence<int, N...>, Pass& p, const float* V, int64_t nb,
-                      int64_t dp, const float* prob, const float* corr) {
-  using Fn = void (*)(Pass&, const float*, int64_t, int64_t, const float*, const float*);
-  static constexpr Fn table[] = {&pv_block<N + 1>...};
-  table[p.n - 1](p, V, nb, dp, prob, corr);
+template <bool F16, int... N>
+void pv_dispatch_impl(std::integer_sequence<int, N...>, Pass& p, const void* V, int64_t stride,
+                      int64_t nb, int64_t dp, const float* prob, const float* corr) {
+  using Fn = void (*)(Pass&, const void*, int64_t, int64_t, int64_t, const float*, const float*);
+  static constexpr Fn table[] = {&pv_block<N + 1, F16>...};
+  table[p.n - 1](p, V, stride, nb, dp, prob, corr);
 }
 
-void pv_dispatch(Pass& p, const float* V, int64_t nb, int64_t dp, const float* prob,
-                 const float* corr) {
-  pv_dispatch_impl(std::make_integer_sequence<int, kMaxRows>{}, p, V, nb, dp, prob, corr);
+// Values of keys [r0, r0 + nb): read in place when rows are whole vectors (f16 converted on the
+// fly), else through a float32 copy.
+void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const float* prob,
+        const float* corr, Scratch& w) {
+  const int64_t d = st.head_dim();
+  constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
+  if (dp == d && st.type() == KvType::F16) {
+    pv_dispatch_impl<true>(rows, p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp,
+                           prob, corr);
+  } else {
+    const float* V = block_rows(st, st.v_data(), r0, nb, dp, w.vbuf);
+    pv_dispatch_impl<false>(rows, p, V, dp, nb, dp, prob, corr);
+  }
+}
+
+// Advances row r's online softmax over the block's scores s[0, nb), of which [0, visible) are
+// real: s becomes the probabilities relative to the new maximum (zero past `visible`), and the
+// return value is the factor that rescales what was accumulated before.
+float softmax_step(float* s, int64_t visible, int64_t nb, float& m, float& l) {
+  const int64_t nv = (visible + kLanes - 1) / kLanes;
+  for (int64_t j = visible; j < nv * kLanes; ++j) s[j] = kNegInf;
+  simd::V vmax = simd::set1(m);
+  for (int64_t v = 0; v < nv; ++v) vmax = simd::max(vmax, simd::load(s + v * kLanes));
+  const float bm = simd::reduce_max(vmax);
+  const simd::V vbm = simd::set1(bm);
+  for (int64_t v = 0; v < nv; ++v)
+    simd::store(s + v * kLanes, simd::exp(simd::sub(simd::load(s + v * kLanes), vbm)));
+  std::fill(s + visible, s + std::max(nb, nv * kLanes), 0.0f);  // exactly zero, not exp(-huge)
+  simd::V sum = simd::zero();
+  for (int64_t v = 0; v < nv; ++v) sum = simd::add(sum, simd::load(s + v * kLanes));
+  const float corr = std::exp(m - bm);  // 0 on the first block (m = -inf)
+  l = l * corr + simd::reduce(sum);
+  m = bm;
+  return corr;
+}
+
+// Scores of every row of the pass against kSub keys starting at key k0 (rows of K of stride
+// dp); row r's go to s[r * kBlock ...]. Rows four at a time where the tile kernel exists.
+template <class T>
+void score_rows(const Pass& p, const ScoreKernels<T>& f, const T* K, int64_t dp, int64_t k0,
+                float scale, float* s) {
+  int r = 0;
+#if defined(FAIRKV_AVX512)
+  for (; r + 4 <= p.n; r += 4) {
+    if (std::max({p.lim[r], p.lim[r + 1], p.lim[r + 2], p.lim[r + 3]}) <= k0) continue;
+    for (int64_t kk = 0; kk < kSub; kk += 4) {
+      float* out[4];
+      for (int i = 0; i < 4; ++i) out[i] = s + (r + i) * kBlock + kk;
+      f.tile(p.q + r, K + kk * dp, dp, scale, out);
+    }
+  }
+#endif
+  for (; r < p.n; ++r)
+    if (p.lim[r] > k0) f.sub(p.q[r], K, dp, scale, s + r * kBlock);
 }
 
 void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t dp, Scratch& w) {
@@ -164,40 +318,44 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
   w.s.resize(size_t(kMaxRows * kBlock));
   float corr[kMaxRows];
+  const size_t row_bytes = size_t(st.head_dim()) * kv_type_bytes(st.type());
+  const auto f32 = ScoreKernels<float>::for_dp(dp);
+#if defined(FAIRKV_AVX512)
+  const auto f16 = ScoreKernels<uint16_t>::for_dp(dp);
+  // Whole sub-blocks of a store whose rows are whole vectors are scored in place.
+  const bool in_place = dp == st.head_dim();
+#endif
   for (int64_t r0 = begin; r0 < hi; r0 += kBlock) {
     const int64_t nb = std::min(kBlock, hi - r0);
-    const float* K = block_rows(st, st.k_data(), r0, nb, dp, w.kbuf);
+    touch_rows(st, r0, nb, row_bytes);
+    // Scores, kSub keys at a time: their rows are shared by every query row.
+    for (int64_t j0 = 0; j0 < nb; j0 += kSub) {
+      const int64_t ns = std::min<int64_t>(kSub, nb - j0);
+#if defined(FAIRKV_AVX512)
+      if (in_place && ns == kSub) {
+        if (st.type() == KvType::F16)
+          score_rows(p, f16, static_cast<const uint16_t*>(st.k_data()) + (r0 + j0) * dp, dp,
+                     r0 + j0, scale, &w.s[size_t(j0)]);
+        else
+          score_rows(p, f32, static_cast<const float*>(st.k_data()) + (r0 + j0) * dp, dp, r0 + j0,
+                     scale, &w.s[size_t(j0)]);
+        continue;
+      }
+#endif
+      score_rows(p, f32, block_rows(st, st.k_data(), r0 + j0, ns, dp, w.kbuf, kSub), dp, r0 + j0,
+                 scale, &w.s[size_t(j0)]);
+    }
     for (int r = 0; r < p.n; ++r) {
       float* s = &w.s[size_t(r * kBlock)];
       const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
       if (visible == 0) {
         corr[r] = 1.0f;
         std::fill(s, s + nb, 0.0f);
-        continue;
+      } else {
+        corr[r] = softmax_step(s, visible, nb, p.m[r], p.l[r]);
       }
-      for (int64_t j0 = 0; j0 < visible; j0 += kSub)
-        score_sub(p.q[r], K + j0 * dp, dp, int(std::min<int64_t>(kSub, visible - j0)), scale,
-                  s + j0);
-      float bm = p.m[r];
-      for (int64_t j = 0; j < visible; ++j) bm = std::max(bm, s[j]);
-      // Online softmax: rescale what was accumulated to the new maximum.
-      corr[r] = std::exp(p.m[r] - bm);  // 0 on the first block (m = -inf)
-      int64_t j = 0;
-      simd::V sum = simd::zero();
-      const simd::V vbm = simd::set1(bm);
-      for (; j + kLanes <= visible; j += kLanes) {
-        const simd::V e = simd::exp(simd::sub(simd::load(s + j), vbm));
-        simd::store(s + j, e);
-        sum = simd::add(sum, e);
-      }
-      float tail = 0;
-      for (; j < visible; ++j) tail += s[j] = std::exp(s[j] - bm);
-      std::fill(s + visible, s + nb, 0.0f);
-      p.l[r] = p.l[r] * corr[r] + simd::reduce(sum) + tail;
-      p.m[r] = bm;
     }
-    const float* V = block_rows(st, st.v_data(), r0, nb, dp, w.vbuf);
-    pv_dispatch(p, V, nb, dp, w.s.data(), corr);
+    pv(st, p, r0, nb, dp, w.s.data(), corr, w);
   }
 }
 
@@ -206,15 +364,12 @@ void write_probs(const HeadStore& st, const float* q, int64_t begin, int64_t lim
                  float scale, int64_t dp, Scratch& w, float* out) {
   const int64_t len = st.size();
   std::fill(out, out + len, 0.0f);
+  const auto f32 = ScoreKernels<float>::for_dp(dp);
   float s[kSub];
-  for (int64_t r0 = begin; r0 < lim; r0 += kBlock) {
-    const int64_t nb = std::min(kBlock, lim - r0);
-    const float* K = block_rows(st, st.k_data(), r0, nb, dp, w.kbuf);
-    for (int64_t j0 = 0; j0 < nb; j0 += kSub) {
-      const int n = int(std::min<int64_t>(kSub, nb - j0));
-      score_sub(q, K + j0 * dp, dp, n, scale, s);
-      for (int j = 0; j < n; ++j) out[r0 + j0 + j] = std::exp(s[j] - lse);
-    }
+  for (int64_t r0 = begin; r0 < lim; r0 += kSub) {
+    const int64_t n = std::min<int64_t>(kSub, lim - r0);
+    f32.sub(q, block_rows(st, st.k_data(), r0, n, dp, w.kbuf, kSub), dp, scale, s);
+    for (int64_t j = 0; j < n; ++j) out[r0 + j] = std::exp(s[j] - lse);
   }
 }
 
