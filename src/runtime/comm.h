@@ -11,18 +11,29 @@
 #pragma once
 
 #include <cstddef>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace fairkv::runtime {
 
-// Thrown by a collective that can never complete: another rank failed or aborted, a rank returned
-// while the others still called collectives, or the ranks called different collectives.
+// Thrown by a collective that can never complete (another rank failed or aborted, a rank returned
+// while the others still called collectives, the ranks called different collectives), and by
+// run_ranks for the first rank that failed: what() is "rank <r> failed: <message>", rank() names
+// that rank (-1 when unknown) and cause() holds the exception it threw (null for a collective).
 class CommError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit CommError(const std::string& what, int rank = -1, std::exception_ptr cause = nullptr)
+      : std::runtime_error(what), rank_(rank), cause_(std::move(cause)) {}
+  int rank() const { return rank_; }
+  const std::exception_ptr& cause() const { return cause_; }
+
+ private:
+  int rank_;
+  std::exception_ptr cause_;
 };
 
 class Communicator {
@@ -60,12 +71,22 @@ class Communicator {
 // Whether this build has the MPI backend (CMake found MPI and FAIRKV_MPI is ON).
 bool mpi_built();
 
+// Whether an MPI launcher started this process (Open MPI's OMPI_COMM_WORLD_SIZE, or PMI_SIZE,
+// PMI_RANK, PMIX_RANK in the environment).
+bool launched_by_mpirun();
+
 // One communicator of the given kind for this process:
 // - "threads": a group of one rank (R > 1 thread ranks need run_ranks or ThreadGroup).
 // - "mpi": this process's rank in MPI_COMM_WORLD. Throws std::runtime_error when MPI was not
 //   built, or when the process was not started by mpirun.
 // Any other kind: std::invalid_argument naming the kinds.
 std::unique_ptr<Communicator> make_communicator(const std::string& kind);
+
+// Runs fn(communicator) on `ranks` threads of this process (rank 0 on the calling thread) and
+// returns when all are done. When a rank throws, the collectives of the others throw CommError
+// instead of waiting, and once every rank has stopped, run_ranks throws CommError("rank <r> failed:
+// <what>") for the first rank that failed, with its exception as cause(). ranks >= 1.
+void run_ranks(int ranks, const std::function<void(Communicator&)>& fn);
 
 // Runs fn as every rank of a job and returns when the job is done.
 // - "threads": `ranks` threads of this process (run_ranks); an exception from one rank stops the

@@ -1,0 +1,32 @@
+// The MPI backend: one process per rank, the ranks of MPI_COMM_WORLD. Compiled only when CMake
+// finds MPI (FAIRKV_HAVE_MPI); make_communicator("mpi") and run_job("mpi", ...) in comm.h are the
+// portable entry points.
+//
+// Failure handling: MPI errors come back as CommError (MPI_ERRORS_RETURN), so a failing rank can
+// print its message before ending the job. Ending the job is MPI_Abort on MPI_COMM_WORLD, which
+// makes mpirun kill every rank. A rank that dies without MPI_Abort (a signal, SIGKILL included,
+// or exit without MPI_Finalize) also makes Open MPI's mpirun kill the others and exit non-zero:
+// no rank waits in a collective for a peer that is gone.
+//
+// Reduction order: MPI_Allreduce chooses its algorithm (and so its summation order) by message
+// size and rank count. At 2 ranks any order gives the same bits (float addition commutes); above 2
+// results may differ from the threads backend's rank-order sum in the last bits.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "runtime/comm.h"
+
+namespace fairkv::runtime {
+
+// This process's rank of MPI_COMM_WORLD. Initialises MPI (MPI_THREAD_SERIALIZED: any thread may
+// call, one at a time) unless it is already initialised; when it initialised MPI, the last such
+// communicator's destruction calls MPI_Finalize. Throws std::runtime_error when the process was
+// not started by mpirun, or MPI was finalised already (MPI starts once per process).
+std::unique_ptr<Communicator> make_mpi_communicator();
+
+// Prints "fairkv: <message>" to stderr and ends the whole job (MPI_Abort, exit code 1).
+[[noreturn]] void mpi_abort_job(const std::string& message);
+
+}  // namespace fairkv::runtime
