@@ -1,6 +1,7 @@
-#include "runtime/rank_forward.h"
+#include "runtime/placed_forward.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -50,13 +51,13 @@ bool is_tail(const placement::Share& s) {
 
 }  // namespace
 
-RankSequence::RankSequence(const model::ModelConfig& c, kv::KvType type)
+PlacedSequence::PlacedSequence(const model::ModelConfig& c, kv::KvType type)
     : cache(c.n_layers, c.n_kv_heads, c.head_dim, type),
       slice_begin(size_t(c.n_layers) * size_t(c.n_kv_heads), 0) {}
 
-RankForward::RankForward(const model::ModelConfig& c, const model::Weights& w,
-                         const placement::Placement& p, Communicator& comm,
-                         kernels::ThreadPool& pool)
+PlacedForward::PlacedForward(const model::ModelConfig& c, const model::Weights& w,
+                             const placement::Placement& p, Communicator& comm,
+                             kernels::ThreadPool& pool)
     : c_(c), w_(w), p_(p), comm_(comm), pool_(pool) {
   if (p.devices != comm.size())
     throw std::invalid_argument("placement: " + std::to_string(p.devices) + " devices, but " +
@@ -92,7 +93,7 @@ RankForward::RankForward(const model::ModelConfig& c, const model::Weights& w,
   }
 }
 
-void RankForward::attention(std::span<RankItem> batch, int layer) {
+void PlacedForward::attention(std::span<PlacedItem> batch, int layer) {
   const auto& L = w_.layers[size_t(layer)];
   const int64_t G = c_.group(), hd = c_.head_dim, E = c_.n_embd, H = c_.n_kv_heads;
   const int64_t B = int64_t(batch.size()), rows = row0_.back();
@@ -139,7 +140,7 @@ void RankForward::attention(std::span<RankItem> batch, int layer) {
     pt.out.assign(size_t(n * pt.nq * hd), 0.0f);
     lse.resize(size_t(n * pt.nq));
     for (int64_t i = pt.sb; i < pt.se; ++i) {
-      RankSequence& seq = *batch[size_t(i)].seq;
+      PlacedSequence& seq = *batch[size_t(i)].seq;
       const int64_t past = seq.cache.n_past, t0 = row0_[size_t(i)] - r0;
       const int64_t nt = row0_[size_t(i) + 1] - row0_[size_t(i)];
       for (int64_t t = 0; t < nt; ++t) {
@@ -221,7 +222,7 @@ void RankForward::attention(std::span<RankItem> batch, int layer) {
   }
 }
 
-const std::vector<float>& RankForward::run(std::span<RankItem> batch) {
+const std::vector<float>& PlacedForward::run(std::span<PlacedItem> batch) {
   const int64_t E = c_.n_embd, nf = ff_end_ - ff_begin_;
   row0_.assign(batch.size() + 1, 0);
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -243,6 +244,7 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch) {
                               &x_[size_t((row0_[i] + int64_t(t)) * E)], E);
     }
   for (int l = 0; l < c_.n_layers; ++l) {
+    const auto t0 = std::chrono::steady_clock::now();
     const auto& L = w_.layers[size_t(l)];
     for (int64_t r = 0; r < rows; ++r)
       kernels::rmsnorm(&xn_[size_t(r * E)], &x_[size_t(r * E)], L.attn_norm, E, c_.norm_eps);
@@ -257,6 +259,9 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch) {
     kernels::matmul(down_[size_t(l)], ff_gate_.data(), rows, y_.data(), pool_);
     comm_.all_reduce_sum(y_.data(), y_.size());
     kernels::add(x_.data(), y_.data(), rows * E);
+    if (layer_ms_)
+      (*layer_ms_)[size_t(l)] +=
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   }
   for (size_t i = 0; i < batch.size(); ++i)
     batch[i].seq->cache.n_past += int64_t(batch[i].tokens.size());

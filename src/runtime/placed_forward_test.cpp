@@ -1,6 +1,6 @@
 // A placement changes where work runs, never what is computed: greedy outputs of R in-process
 // ranks executing every planner's placement equal the single-device engine's.
-#include "runtime/rank_forward.h"
+#include "runtime/placed_forward.h"
 
 #include <gtest/gtest.h>
 
@@ -62,11 +62,11 @@ std::vector<std::vector<int32_t>> sharded(const model::Model& m, const placement
   std::mutex mu;
   run_ranks(p.devices, [&](Communicator& comm) {
     kernels::ThreadPool pool(1);
-    RankForward fwd(m.config, m.weights, p, comm, pool);
-    std::vector<RankSequence> seqs;
+    PlacedForward fwd(m.config, m.weights, p, comm, pool);
+    std::vector<PlacedSequence> seqs;
     for (size_t i = 0; i < prompts.size(); ++i) seqs.emplace_back(m.config, kv::KvType::F32);
     std::vector<std::vector<int32_t>> out(prompts.size());
-    std::vector<RankItem> items;
+    std::vector<PlacedItem> items;
     for (size_t i = 0; i < prompts.size(); ++i) items.push_back({&seqs[i], prompts[i]});
     const size_t V = size_t(m.config.n_vocab);
     for (int step = 0; step < n; ++step) {
@@ -138,15 +138,15 @@ const std::vector<std::string> kPrompts = {
     "Once upon a time", "Tom and his dog went to the park to play with a big red ball", "Lily",
     "The sun was hot and the children wanted to swim in the lake near the old house"};
 
-TEST(RankForward, Stories260KEveryPlannerEqualsSingleDevice) {
+TEST(PlacedForward, Stories260KEveryPlannerEqualsSingleDevice) {
   check_model(kShared / "models/stories260K.gguf", kPrompts);
 }
 
-TEST(RankForward, SyntheticGqaEveryPlannerEqualsSingleDevice) {
+TEST(PlacedForward, SyntheticGqaEveryPlannerEqualsSingleDevice) {
   check_model(kShared / "models/synthetic/llama-gqa4-f32.gguf", kPrompts);
 }
 
-TEST(RankForward, PlacementOfAnotherShapeIsRejected) {
+TEST(PlacedForward, PlacementOfAnotherShapeIsRejected) {
   const fs::path path = kShared / "models/stories260K.gguf";
   if (!fs::exists(path)) GTEST_SKIP() << "no shared data at " << kShared;
   const auto m = model::Model::load(path.string());
@@ -159,39 +159,9 @@ TEST(RankForward, PlacementOfAnotherShapeIsRejected) {
   EXPECT_THROW(run_ranks(2,
                          [&](Communicator& comm) {
                            kernels::ThreadPool pool(1);
-                           RankForward fwd(m->config, m->weights, p, comm, pool);
+                           PlacedForward fwd(m->config, m->weights, p, comm, pool);
                          }),
                std::runtime_error);
-}
-
-TEST(Comm, AllReduceIsTheRankOrderSumOnEveryRank) {
-  for (int R = 1; R <= 5; ++R) {
-    std::vector<std::vector<float>> got(static_cast<size_t>(R));
-    run_ranks(R, [&](Communicator& comm) {
-      std::vector<float> v(37);
-      for (size_t i = 0; i < v.size(); ++i) v[i] = 0.1f * float(comm.rank() + 1) + 1e-7f * float(i);
-      comm.all_reduce_sum(v.data(), v.size());
-      got[size_t(comm.rank())] = v;
-    });
-    for (size_t i = 0; i < 37; ++i) {
-      float want = 0;
-      for (int r = 0; r < R; ++r) want += 0.1f * float(r + 1) + 1e-7f * float(i);
-      for (int r = 0; r < R; ++r) EXPECT_EQ(got[size_t(r)][i], want);
-    }
-  }
-}
-
-TEST(Comm, AFailingRankEndsTheJobWithItsMessage) {
-  try {
-    run_ranks(3, [](Communicator& comm) {
-      if (comm.rank() == 1) throw std::runtime_error("cannot load the shard");
-      std::vector<float> v(4, 1.0f);
-      for (int i = 0; i < 100; ++i) comm.all_reduce_sum(v.data(), v.size());
-    });
-    FAIL() << "the failure was not reported";
-  } catch (const std::runtime_error& e) {
-    EXPECT_STREQ(e.what(), "rank 1 failed: cannot load the shard");
-  }
 }
 
 }  // namespace
