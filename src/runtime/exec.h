@@ -1,0 +1,57 @@
+// Greedy generation of a batch of prompts under a placement: every rank runs its RankForward,
+// the prompts are prefilled together, the token slices are dealt out (after rebalancing, when
+// asked), then the batch decodes step by step. Sequences of different lengths share every step.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "kernels/threadpool.h"
+#include "kv/cache.h"
+#include "model/model.h"
+#include "placement/placement.h"
+#include "runtime/comm.h"
+#include "runtime/rank_forward.h"
+
+namespace fairkv::runtime {
+
+struct ExecOptions {
+  int n_predict = 16;  // per sequence; a sequence also stops after an end-of-generation token
+  kv::KvType kv_type = kv::KvType::F32;
+  bool rebalance = false;  // recompute shares from the kept lengths after the prefill
+  bool keep_logits = false;
+  int threads = 1;  // per rank, for execute_threads
+  // Runs on every rank after the prefill, before rebalancing and redistribution: each unit's
+  // rows then sit whole on one rank (token slices on their tail), where compression can run.
+  std::function<void(Communicator&, RankForward&, std::span<RankSequence* const>)> after_prefill;
+};
+
+struct ExecResult {
+  std::vector<std::vector<int32_t>> outputs;  // per prompt
+  // keep_logits: per prompt, the logits row each output token was chosen from.
+  std::vector<std::vector<float>> logits;
+  placement::Placement placement;    // the shares used while decoding (rebalanced or not)
+  std::vector<size_t> weight_bytes;  // per rank: its shard's slices
+  std::vector<size_t> kv_bytes;      // per rank: its caches after the last step
+  double prefill_ms = 0, decode_ms = 0;
+  int64_t decode_steps = 0;
+};
+
+// The shares rebalance_layer gives every layer for the mean kept lengths (tokens per sequence).
+placement::Placement rebalanced(const placement::Placement& p, const model::ModelConfig& c,
+                                const std::vector<std::vector<int64_t>>& lengths,
+                                kernels::DType weight_type, kv::KvType kv_type);
+
+// One rank's part: every rank calls it with the same arguments and gets the same outputs.
+ExecResult execute(Communicator& comm, const model::Model& m, const placement::Placement& p,
+                   const std::vector<std::vector<int32_t>>& prompts, const ExecOptions& opt,
+                   kernels::ThreadPool& pool);
+
+// All p.devices ranks as threads of this process (opt.threads pool threads each).
+ExecResult execute_threads(const model::Model& m, const placement::Placement& p,
+                           const std::vector<std::vector<int32_t>>& prompts,
+                           const ExecOptions& opt);
+
+}  // namespace fairkv::runtime

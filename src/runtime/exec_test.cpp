@@ -1,0 +1,167 @@
+// A placement changes where work runs, never what is computed: greedy outputs and logits of the
+// sharded runtime (threads backend) equal the single-device engine's, for every planner, device
+// count and batch size, on a real model and on a synthetic GQA model.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <string>
+
+#include "model/forward.h"
+#include "model/model.h"
+#include "model/sampler.h"
+#include "placement/planners.h"
+#include "runtime/exec.h"
+
+namespace fairkv::runtime {
+namespace {
+
+namespace pl = placement;
+
+std::string shared_path(const std::string& rel) {
+  return std::string(FAIRKV_SHARED_DIR) + "/" + rel;
+}
+
+struct Reference {
+  std::vector<int32_t> output;
+  std::vector<float> logits;  // the row each output token was chosen from
+};
+
+// Single-device greedy generation with the plain engine, one sequence at a time.
+Reference reference(const model::Model& m, const std::vector<int32_t>& prompt, int n_predict) {
+  kernels::ThreadPool pool(1);
+  model::Forward fwd(m.config, m.weights, pool);
+  kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim,
+                          kv::KvType::F32);
+  Reference r;
+  model::BatchItem item{&cache, prompt, false};
+  const std::vector<float>* logits = &fwd.run({&item, 1});
+  while (true) {
+    const int32_t tok = model::argmax(*logits);
+    r.output.push_back(tok);
+    r.logits.insert(r.logits.end(), logits->begin(), logits->end());
+    if (m.tokenizer.is_eog(tok) || int(r.output.size()) >= n_predict) break;
+    model::BatchItem step{&cache, {&r.output.back(), 1}, false};
+    logits = &fwd.run({&step, 1});
+  }
+  return r;
+}
+
+// A profile where one unit per layer is heavy, so that fair-copy and split replicate it.
+pl::Profile skewed_profile(const model::ModelConfig& c) {
+  pl::Profile p;
+  p.model = "test";
+  p.layers = c.n_layers;
+  p.kv_heads = c.n_kv_heads;
+  p.query_heads = c.n_heads;
+  p.head_dim = c.head_dim;
+  p.embd = c.n_embd;
+  p.ffn = c.n_ff;
+  p.tokens.assign(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads), 40.0));
+  for (int l = 0; l < c.n_layers; ++l) {
+    p.tokens[size_t(l)][size_t(l % c.n_kv_heads)] = 1000.0;
+    p.tokens[size_t(l)][size_t((l + 1) % c.n_kv_heads)] = 300.0;
+  }
+  return p;
+}
+
+pl::Placement make_placement(const model::ModelConfig& c, const std::string& planner, int devices,
+                             int batch) {
+  const pl::Profile prof = skewed_profile(c);
+  const pl::CostModel cost = pl::cost_model_for(prof, batch, "none", "f32");
+  pl::PlanOptions o;
+  o.planner = pl::planner_from_name(planner);
+  o.devices = devices;
+  return pl::plan(prof, cost, o);
+}
+
+std::vector<std::vector<int32_t>> prompts(const model::ModelConfig& c, int batch) {
+  std::mt19937 rng(7);
+  const int lengths[] = {11, 4, 17, 7};
+  std::vector<std::vector<int32_t>> out;
+  for (int i = 0; i < batch; ++i) {
+    std::uniform_int_distribution<int32_t> tok(3, c.n_vocab - 1);
+    std::vector<int32_t> p(size_t(lengths[i % 4]));
+    for (int32_t& t : p) t = tok(rng);
+    out.push_back(p);
+  }
+  return out;
+}
+
+// max |a - b| / max |b| over a row: logits agree to float summation order.
+double rel_diff(std::span<const float> a, std::span<const float> b) {
+  double d = 0, scale = 1e-6;
+  for (size_t i = 0; i < b.size(); ++i) {
+    d = std::max(d, double(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, double(std::fabs(b[i])));
+  }
+  return d / scale;
+}
+
+struct Counts {
+  std::map<pl::ShareKind, int> kinds;
+};
+
+void count_kinds(const pl::Placement& p, Counts& counts) {
+  for (const auto& layer : p.layers)
+    for (const auto& dev : layer.devices)
+      for (const pl::Share& s : dev) counts.kinds[s.kind]++;
+}
+
+void check_model(const std::string& path, bool rebalance) {
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  const auto m = model::Model::load(path);
+  const model::ModelConfig& c = m->config;
+  const int n_predict = 6;
+  Counts counts;
+  for (int batch : {1, 4}) {
+    const auto ps = prompts(c, batch);
+    std::vector<Reference> refs;
+    for (const auto& p : ps) refs.push_back(reference(*m, p, n_predict));
+    for (const std::string planner : {"tp", "balanced", "fair-copy", "split"})
+      for (int R = 1; R <= 4; ++R) {
+        if (R > c.n_kv_heads && (R % c.n_kv_heads != 0 || c.group() % (R / c.n_kv_heads) != 0))
+          continue;  // tp cannot replicate KV heads unevenly
+        SCOPED_TRACE(planner + " R=" + std::to_string(R) + " batch=" + std::to_string(batch));
+        const pl::Placement p = make_placement(c, planner, R, batch);
+        count_kinds(p, counts);
+        ExecOptions o;
+        o.n_predict = n_predict;
+        o.keep_logits = true;
+        o.rebalance = rebalance;
+        const ExecResult res = execute_threads(*m, p, ps, o);
+        ASSERT_EQ(res.weight_bytes.size(), size_t(R));
+        for (size_t i = 0; i < ps.size(); ++i) {
+          EXPECT_EQ(res.outputs[i], refs[i].output) << "prompt " << i;
+          ASSERT_EQ(res.logits[i].size(), refs[i].logits.size());
+          const size_t V = size_t(c.n_vocab);
+          for (size_t row = 0; row * V < refs[i].logits.size(); ++row)
+            EXPECT_LT(
+                rel_diff({res.logits[i].data() + row * V, V}, {refs[i].logits.data() + row * V, V}),
+                1e-4)
+                << "prompt " << i << " step " << row;
+        }
+      }
+  }
+  // The test must have exercised replicas of both kinds, not only whole units.
+  EXPECT_GT(counts.kinds[pl::ShareKind::Batch] + (rebalance ? 1 : 0), 0);
+  EXPECT_GT(counts.kinds[pl::ShareKind::Tokens], 0);
+}
+
+TEST(Exec, Stories260KEqualsSingleDevice) {
+  check_model(shared_path("models/stories260K.gguf"), false);
+}
+
+TEST(Exec, SyntheticGqaEqualsSingleDevice) {
+  check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), false);
+}
+
+TEST(Exec, RebalancedSharesEqualSingleDevice) {
+  check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), true);
+}
+
+}  // namespace
+}  // namespace fairkv::runtime

@@ -1,0 +1,458 @@
+#include "runtime/rank_forward.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+#include "kv/attention.h"
+
+namespace fairkv::runtime {
+
+using placement::ShareKind;
+
+RankSequence::RankSequence(const model::ModelConfig& c, kv::KvType type, int slot)
+    : cache(c.n_layers, c.n_kv_heads, c.head_dim, type), slot(slot) {}
+
+void SegmentTimes::clear(int layers) {
+  attention_ms.assign(size_t(layers), 0.0);
+  mlp_ms.assign(size_t(layers), 0.0);
+  collective_ms = 0;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// [layer][head] -> the unit's parts in device order.
+std::vector<std::vector<std::vector<UnitPart>>> unit_parts(const placement::Placement& p) {
+  std::vector<std::vector<std::vector<UnitPart>>> parts(p.layers.size());
+  for (size_t l = 0; l < p.layers.size(); ++l) {
+    parts[l].resize(size_t(p.kv_heads));
+    for (int d = 0; d < p.devices; ++d)
+      for (const placement::Share& s : p.layers[l].devices[size_t(d)])
+        parts[l][size_t(s.head)].push_back({d, s});
+  }
+  return parts;
+}
+
+const UnitPart* part_of(const std::vector<UnitPart>& parts, int device) {
+  for (const UnitPart& u : parts)
+    if (u.device == device) return &u;
+  return nullptr;
+}
+
+// The device that serves batch slot `slot` of a unit split by sequences.
+int batch_owner(const std::vector<UnitPart>& parts, int slot, int n_slots) {
+  const double x = (slot + 0.5) / n_slots;
+  int owner = parts.front().device;
+  for (const UnitPart& u : parts)
+    if (u.share.offset <= x) owner = u.device;
+  return owner;
+}
+
+// What a rank does for one unit and one sequence.
+struct Role {
+  bool serve = false;   // computes attention over its rows
+  bool append = false;  // stores the new tokens' keys and values
+};
+
+Role role_of(const std::vector<UnitPart>& parts, int rank, int slot, int n_slots) {
+  const UnitPart* mine = part_of(parts, rank);
+  if (!mine) return {};
+  switch (mine->share.kind) {
+    case ShareKind::Whole:
+    case ShareKind::Query:
+      return {true, true};
+    case ShareKind::Batch: {
+      const bool own = batch_owner(parts, slot, n_slots) == rank;
+      return {own, own};
+    }
+    case ShareKind::Tokens:
+      return {true, parts.back().device == rank};
+  }
+  return {};
+}
+
+void add_bias(float* y, const std::vector<float>& b, int64_t rows) {
+  if (b.empty()) return;
+  const int64_t dim = int64_t(b.size());
+  for (int64_t r = 0; r < rows; ++r) kernels::add(y + r * dim, b.data(), dim);
+}
+
+struct UnitScratch {
+  std::vector<float> q, k, v, out, lse;
+};
+
+}  // namespace
+
+RankForward::RankForward(const model::ModelConfig& c, const model::Weights& full,
+                         const ShardedWeights& shard, const placement::Placement& p,
+                         Communicator& comm, kernels::ThreadPool& pool)
+    : c_(c), full_(full), shard_(shard), comm_(comm), pool_(pool) {
+  if (p.devices != comm.size())
+    throw std::invalid_argument(
+        fmt::format("placement '{}' is for {} devices, the job has {} ranks", p.planner, p.devices,
+                    comm.size()));
+  if (shard.rank != comm.rank() || shard.ranks != comm.size())
+    throw std::invalid_argument(fmt::format("shard of rank {} of {} used by rank {} of {}",
+                                            shard.rank, shard.ranks, comm.rank(), comm.size()));
+  if (int(p.layers.size()) != c.n_layers || p.kv_heads != c.n_kv_heads)
+    throw std::invalid_argument(fmt::format(
+        "placement '{}' is for {} layers and {} KV heads; the model has {} layers and {} KV heads",
+        p.planner, p.layers.size(), p.kv_heads, c.n_layers, c.n_kv_heads));
+  set_placement(p);
+}
+
+void RankForward::set_placement(const placement::Placement& p) {
+  const auto held = held_units(p, comm_.rank(), c_.group());
+  for (int l = 0; l < c_.n_layers; ++l)
+    for (const HeldUnit& u : held[size_t(l)]) {
+      const HeldUnit* w = shard_.layers[size_t(l)].find(u.head);
+      if (!w || w->q0 != u.q0 || w->q1 != u.q1)
+        throw std::invalid_argument(fmt::format(
+            "placement '{}' gives rank {} unit (layer {}, head {}) whose weights it does not hold",
+            p.planner, comm_.rank(), l, u.head));
+    }
+  p_ = p;
+  build_parts();
+}
+
+void RankForward::build_parts() {
+  parts_ = unit_parts(p_);
+  split_heads_.assign(size_t(c_.n_layers), {});
+  for (int l = 0; l < c_.n_layers; ++l)
+    for (int h = 0; h < c_.n_kv_heads; ++h) {
+      const auto& parts = parts_[size_t(l)][size_t(h)];
+      if (parts.empty())
+        throw std::invalid_argument(
+            fmt::format("placement '{}': unit (layer {}, head {}) is "
+                        "served by no device",
+                        p_.planner, l, h));
+      if (std::any_of(parts.begin(), parts.end(),
+                      [](const UnitPart& u) { return u.share.kind == ShareKind::Tokens; }))
+        split_heads_[size_t(l)].push_back(h);
+    }
+}
+
+void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots) {
+  const ShardLayer& S = shard_.layers[size_t(layer)];
+  const int64_t hd = c_.head_dim, group = c_.group();
+  const int64_t nq = S.wq.rows, nkv = S.wk.rows;
+  const int64_t rows = row0_.back();
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const auto& splits = split_heads_[size_t(layer)];
+  const int64_t n_split = int64_t(splits.size());
+  const int rank = comm_.rank();
+  std::fill(att_.begin(), att_.end(), 0.0f);
+  lse_.assign(size_t(n_split * rows * group), kNegInf);
+  const int64_t n_units = int64_t(S.units.size());
+  const int64_t n_tasks = int64_t(batch.size()) * n_units;
+  static thread_local UnitScratch s;
+  pool_.parallel_for(n_tasks, [&](int64_t begin, int64_t end, int) {
+    for (int64_t task = begin; task < end; ++task) {
+      const size_t item = size_t(task / n_units);
+      const HeldUnit& u = S.units[size_t(task % n_units)];
+      const auto& parts = parts_[size_t(layer)][size_t(u.head)];
+      RankItem& it = batch[item];
+      const Role role = role_of(parts, rank, it.seq->slot, n_slots);
+      if (!role.serve) continue;
+      const int64_t n = int64_t(it.tokens.size());
+      const int64_t row0 = row0_[item];
+      const int64_t qh = u.q1 - u.q0;
+      kv::HeadStore& store = it.seq->cache.head(layer, u.head);
+      s.q.resize(size_t(n * u.q_rows));
+      s.out.assign(size_t(n * u.q_rows), 0.0f);
+      s.lse.assign(size_t(n * qh), kNegInf);
+      for (int64_t t = 0; t < n; ++t)
+        std::copy_n(&q_[(row0 + t) * nq + u.q_row], u.q_rows, &s.q[t * u.q_rows]);
+      const int64_t before = store.size();
+      if (role.append) {
+        s.k.resize(size_t(n * hd));
+        s.v.resize(size_t(n * hd));
+        for (int64_t t = 0; t < n; ++t) {
+          std::copy_n(&k_[(row0 + t) * nkv + u.kv_row], hd, &s.k[t * hd]);
+          std::copy_n(&v_[(row0 + t) * nkv + u.kv_row], hd, &s.v[t * hd]);
+        }
+        store.append(s.k.data(), s.v.data(), n);
+      }
+      if (store.size() > 0) {
+        kv::AttentionArgs a;
+        a.store = &store;
+        a.q = s.q.data();
+        a.n_tokens = n;
+        a.group = int(qh);
+        a.scale = scale;
+        // A part that did not append holds only rows older than every new token.
+        a.visible = role.append ? before : store.size();
+        a.out = s.out.data();
+        a.lse = s.lse.data();
+        kv::attend(a);
+      }
+      for (int64_t t = 0; t < n; ++t)
+        std::copy_n(&s.out[t * u.q_rows], u.q_rows, &att_[(row0 + t) * nq + u.q_row]);
+      const auto at = std::find(splits.begin(), splits.end(), u.head);
+      if (at != splits.end()) {
+        const int64_t si = at - splits.begin();
+        for (int64_t t = 0; t < n; ++t)
+          std::copy_n(&s.lse[t * qh], qh, &lse_[(si * rows + row0 + t) * group]);
+      }
+    }
+  });
+  if (n_split == 0) return;
+  // Token slices: each part's output is exact for its rows; scaled by exp(lse_r - L), with L the
+  // log-sum-exp over parts, the parts' Wo products sum to the attention over all rows.
+  const int R = comm_.size();
+  const size_t per_rank = lse_.size();
+  lse_all_.resize(per_rank * size_t(R));
+  const auto t0 = Clock::now();
+  comm_.all_gather(lse_.data(), per_rank * sizeof(float), lse_all_.data());
+  if (timing) timing->collective_ms += ms_between(t0, Clock::now());
+  for (int64_t si = 0; si < n_split; ++si) {
+    const HeldUnit* u = S.find(splits[size_t(si)]);
+    if (!u) continue;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < group; ++g) {
+        const size_t idx = size_t((si * rows + r) * group + g);
+        const float mine = lse_[idx];
+        float* out = &att_[r * nq + u->q_row + g * hd];
+        if (mine == kNegInf) {
+          std::fill_n(out, hd, 0.0f);
+          continue;
+        }
+        float m = kNegInf;
+        for (int q = 0; q < R; ++q) m = std::max(m, lse_all_[size_t(q) * per_rank + idx]);
+        double sum = 0;
+        for (int q = 0; q < R; ++q)
+          sum += std::exp(double(lse_all_[size_t(q) * per_rank + idx] - m));
+        const float w = float(std::exp(double(mine - m)) / sum);
+        for (int64_t e = 0; e < hd; ++e) out[e] *= w;
+      }
+  }
+}
+
+const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slots) {
+  const int64_t E = c_.n_embd;
+  row0_.assign(batch.size() + 1, 0);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i].tokens.empty()) throw std::invalid_argument("forward: a batch item has no tokens");
+    if (batch[i].seq->slot < 0 || batch[i].seq->slot >= n_slots)
+      throw std::invalid_argument(
+          fmt::format("forward: slot {} outside the batch of {}", batch[i].seq->slot, n_slots));
+    row0_[i + 1] = row0_[i] + int64_t(batch[i].tokens.size());
+  }
+  const int64_t rows = row0_.back();
+  x_.resize(size_t(rows * E));
+  xn_.resize(size_t(rows * E));
+  y_.resize(size_t(rows * E));
+
+  const size_t emb_row = full_.tok_embd.stride();
+  for (size_t i = 0; i < batch.size(); ++i)
+    for (size_t t = 0; t < batch[i].tokens.size(); ++t) {
+      const int32_t tok = batch[i].tokens[t];
+      if (tok < 0 || tok >= c_.n_vocab)
+        throw std::out_of_range(
+            fmt::format("forward: token id {} outside the vocabulary of {}", tok, c_.n_vocab));
+      kernels::dequantize_row(full_.tok_embd.type,
+                              static_cast<const uint8_t*>(full_.tok_embd.data) + tok * emb_row,
+                              &x_[(row0_[i] + int64_t(t)) * E], E);
+    }
+
+  auto reduce_into_x = [&](bool any) {
+    if (!any) std::fill(y_.begin(), y_.end(), 0.0f);
+    const auto t0 = Clock::now();
+    comm_.all_reduce_sum(y_.data(), size_t(rows * E));
+    if (timing) timing->collective_ms += ms_between(t0, Clock::now());
+    kernels::add(x_.data(), y_.data(), rows * E);
+  };
+
+  for (int l = 0; l < c_.n_layers; ++l) {
+    const ShardLayer& S = shard_.layers[size_t(l)];
+    auto t0 = Clock::now();
+    const int64_t nq = S.wq.rows, nkv = S.wk.rows;
+    q_.resize(size_t(rows * nq));
+    k_.resize(size_t(rows * nkv));
+    v_.resize(size_t(rows * nkv));
+    att_.resize(size_t(rows * nq));
+    const bool has_units = !S.units.empty();
+    if (has_units) {
+      for (int64_t r = 0; r < rows; ++r)
+        kernels::rmsnorm(&xn_[r * E], &x_[r * E], S.attn_norm, E, c_.norm_eps);
+      kernels::matmul(S.wq, xn_.data(), rows, q_.data(), pool_);
+      kernels::matmul(S.wk, xn_.data(), rows, k_.data(), pool_);
+      kernels::matmul(S.wv, xn_.data(), rows, v_.data(), pool_);
+      add_bias(q_.data(), S.bq, rows);
+      add_bias(k_.data(), S.bk, rows);
+      add_bias(v_.data(), S.bv, rows);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const int64_t pos0 = batch[i].seq->cache.n_past;
+        for (int64_t t = 0; t < int64_t(batch[i].tokens.size()); ++t) {
+          const int64_t r = row0_[i] + t;
+          for (int64_t j = 0; j < nq / c_.head_dim; ++j)
+            kernels::rope(&q_[r * nq + j * c_.head_dim], c_.head_dim, pos0 + t, c_.rope_base,
+                          c_.rope_style);
+          for (int64_t j = 0; j < nkv / c_.head_dim; ++j)
+            kernels::rope(&k_[r * nkv + j * c_.head_dim], c_.head_dim, pos0 + t, c_.rope_base,
+                          c_.rope_style);
+        }
+      }
+    }
+    // Every rank takes part in the layer's collectives, with or without units.
+    attention(batch, l, n_slots);
+    if (has_units) kernels::matmul(S.wo, att_.data(), rows, y_.data(), pool_);
+    if (timing) timing->attention_ms[size_t(l)] += ms_between(t0, Clock::now());
+    reduce_into_x(has_units);
+
+    t0 = Clock::now();
+    const int64_t nf = S.gate.rows;
+    if (nf > 0) {
+      ff_gate_.resize(size_t(rows * nf));
+      ff_up_.resize(size_t(rows * nf));
+      for (int64_t r = 0; r < rows; ++r)
+        kernels::rmsnorm(&xn_[r * E], &x_[r * E], S.ffn_norm, E, c_.norm_eps);
+      kernels::matmul(S.gate, xn_.data(), rows, ff_gate_.data(), pool_);
+      kernels::matmul(S.up, xn_.data(), rows, ff_up_.data(), pool_);
+      kernels::silu_mul(ff_gate_.data(), ff_up_.data(), rows * nf);
+      kernels::matmul(S.down, ff_gate_.data(), rows, y_.data(), pool_);
+    }
+    if (timing) timing->mlp_ms[size_t(l)] += ms_between(t0, Clock::now());
+    reduce_into_x(nf > 0);
+  }
+  for (RankItem& it : batch) it.seq->cache.n_past += int64_t(it.tokens.size());
+
+  // Every rank computes the same logits from the same replicated rows: no broadcast needed.
+  const int64_t n_out = int64_t(batch.size());
+  rows_out_.resize(size_t(n_out * E));
+  for (int64_t i = 0; i < n_out; ++i)
+    kernels::rmsnorm(&rows_out_[i * E], &x_[(row0_[size_t(i) + 1] - 1) * E], full_.output_norm, E,
+                     c_.norm_eps);
+  logits_.resize(size_t(n_out) * size_t(c_.n_vocab));
+  kernels::matmul(full_.output, rows_out_.data(), n_out, logits_.data(), pool_);
+  return logits_;
+}
+
+namespace {
+
+// Every rank's cached length of every unit of every sequence: [rank][(s * L + l) * H + h].
+std::vector<int64_t> gather_lengths(Communicator& comm, std::span<RankSequence* const> seqs, int L,
+                                    int H) {
+  const size_t n = seqs.size() * size_t(L) * size_t(H);
+  std::vector<int64_t> mine(n), all(n * size_t(comm.size()));
+  for (size_t s = 0; s < seqs.size(); ++s)
+    for (int l = 0; l < L; ++l)
+      for (int h = 0; h < H; ++h)
+        mine[(s * size_t(L) + size_t(l)) * size_t(H) + size_t(h)] =
+            seqs[s]->cache.head(l, h).size();
+  comm.all_gather(mine.data(), n * sizeof(int64_t), all.data());
+  return all;
+}
+
+// Ranks whose rows count for a unit: a query slice's holders keep copies, so only the first.
+bool counts(const std::vector<UnitPart>& parts, int rank) {
+  const UnitPart* p = part_of(parts, rank);
+  if (!p) return true;  // holds nothing of it, or leftovers from an older placement
+  return p->share.kind != ShareKind::Query || &parts.front() == p;
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> RankForward::unit_lengths(std::span<RankSequence* const> seqs) {
+  const int L = c_.n_layers, H = c_.n_kv_heads, R = comm_.size();
+  const auto all = gather_lengths(comm_, seqs, L, H);
+  const size_t n = seqs.size() * size_t(L) * size_t(H);
+  std::vector<std::vector<int64_t>> out(seqs.size(), std::vector<int64_t>(size_t(L * H), 0));
+  for (size_t s = 0; s < seqs.size(); ++s)
+    for (int l = 0; l < L; ++l)
+      for (int h = 0; h < H; ++h)
+        for (int r = 0; r < R; ++r)
+          if (counts(parts_[size_t(l)][size_t(h)], r))
+            out[s][size_t(l * H + h)] +=
+                all[size_t(r) * n + (s * size_t(L) + size_t(l)) * size_t(H) + size_t(h)];
+  return out;
+}
+
+void RankForward::redistribute(std::span<RankSequence* const> seqs, int n_slots,
+                               const placement::Placement& old) {
+  const int L = c_.n_layers, H = c_.n_kv_heads, R = comm_.size(), rank = comm_.rank();
+  const int64_t hd = c_.head_dim;
+  const auto old_parts = unit_parts(old);
+  const auto all = gather_lengths(comm_, seqs, L, H);
+  const size_t n = seqs.size() * size_t(L) * size_t(H);
+  std::vector<float> send, recv, keys, vals;
+  for (int l = 0; l < L; ++l)
+    for (int h = 0; h < H; ++h) {
+      const auto& was = old_parts[size_t(l)][size_t(h)];
+      const auto& now = parts_[size_t(l)][size_t(h)];
+      const bool same = was.size() == now.size() &&
+                        std::equal(was.begin(), was.end(), now.begin(), [](auto& a, auto& b) {
+                          return a.device == b.device && a.share.kind == b.share.kind &&
+                                 a.share.share == b.share.share && a.share.offset == b.share.offset;
+                        });
+      // Rows only move for units with several parts (or whose holder changed); a token-split
+      // unit right after prefill holds all rows on its tail and needs its slices dealt out.
+      if (same && (now.size() == 1 || now.front().share.kind != ShareKind::Tokens)) continue;
+      for (size_t s = 0; s < seqs.size(); ++s) {
+        const size_t at = (s * size_t(L) + size_t(l)) * size_t(H) + size_t(h);
+        int64_t longest = 0, total = 0;
+        for (int r = 0; r < R; ++r) {
+          const int64_t len = all[size_t(r) * n + at];
+          longest = std::max(longest, len);
+          if (counts(was, r)) total += len;
+        }
+        if (longest == 0) continue;
+        kv::HeadStore& store = seqs[s]->cache.head(l, h);
+        const size_t block = size_t(longest * 2 * hd);
+        send.assign(block, 0.0f);
+        for (int64_t i = 0; i < store.size(); ++i) {
+          store.k_row(i, &send[size_t(i * hd)]);
+          store.v_row(i, &send[size_t((longest + i) * hd)]);
+        }
+        recv.resize(block * size_t(R));
+        comm_.all_gather(send.data(), block * sizeof(float), recv.data());
+        // The unit's rows in order: the old parts follow device order.
+        keys.clear();
+        vals.clear();
+        for (int r = 0; r < R; ++r) {
+          if (!counts(was, r)) continue;
+          const int64_t len = all[size_t(r) * n + at];
+          const float* src = &recv[size_t(r) * block];
+          keys.insert(keys.end(), src, src + len * hd);
+          vals.insert(vals.end(), src + longest * hd, src + (longest + len) * hd);
+        }
+        int64_t b = 0, e = 0;
+        if (const UnitPart* mine = part_of(now, rank)) {
+          switch (mine->share.kind) {
+            case ShareKind::Whole:
+            case ShareKind::Query:
+              e = total;
+              break;
+            case ShareKind::Batch:
+              if (batch_owner(now, seqs[s]->slot, n_slots) == rank) e = total;
+              break;
+            case ShareKind::Tokens:
+              // A part ends where the next begins, so the slices tile the rows exactly.
+              b = std::llround(mine->share.offset * double(total));
+              e = (&now.back() == mine) ? total
+                                        : std::llround((mine + 1)->share.offset * double(total));
+              b = std::clamp<int64_t>(b, 0, total);
+              e = std::clamp<int64_t>(e, b, total);
+              break;
+          }
+        }
+        store.clear();
+        if (e > b) store.append(&keys[size_t(b * hd)], &vals[size_t(b * hd)], e - b);
+      }
+    }
+}
+
+}  // namespace fairkv::runtime

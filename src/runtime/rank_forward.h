@@ -1,0 +1,106 @@
+// One rank's part of a tensor-parallel forward pass that executes a placement.
+//
+// Per layer a rank serves the shares the placement gives it: whole units, batch slices (some of
+// the sequences: Fair-Copying), token slices (part of every sequence's cached tokens, merged across
+// ranks by log-sum-exp) and query slices (tp's replication when devices outnumber KV heads). The
+// attention and MLP partial outputs meet in an all-reduce, as in standard tensor parallelism, so
+// the replicated activations stay identical on every rank and greedy outputs equal the
+// single-device engine's up to float summation order.
+//
+// Rules that every rank applies the same way, so no extra messages are needed:
+//  - batch slice: the sequence in slot i of n is served by the part whose [offset, offset+share)
+//    holds (i + 0.5) / n, during prefill and decode alike;
+//  - token slice: new rows (prompt and decode tokens) are appended by the unit's last part in
+//    device order (its tail); redistribute() then gives every part its slice of the rows;
+//  - query slice: every holder keeps the unit's whole KV and attends its query heads.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "kernels/threadpool.h"
+#include "kv/cache.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "placement/placement.h"
+#include "runtime/comm.h"
+#include "runtime/shard.h"
+
+namespace fairkv::runtime {
+
+// A sequence's cache on one rank: the stores of the units it serves (the others stay empty).
+struct RankSequence {
+  RankSequence(const model::ModelConfig& c, kv::KvType type, int slot);
+  kv::SequenceCache cache;
+  int slot = 0;  // the sequence's index in the batch, which decides batch-slice ownership
+};
+
+struct RankItem {
+  RankSequence* seq = nullptr;
+  std::span<const int32_t> tokens;
+};
+
+// The parts of one unit in one layer, in device order.
+struct UnitPart {
+  int device = 0;
+  placement::Share share;
+};
+
+// Time spent between collectives, per layer: what the emulated bench compares across ranks.
+struct SegmentTimes {
+  std::vector<double> attention_ms, mlp_ms;  // per layer, summed over runs
+  double collective_ms = 0;                  // inside the communicator
+  void clear(int layers);
+};
+
+class RankForward {
+ public:
+  // `full` provides the replicated tensors (embeddings, output norm, output matrix); `shard` the
+  // rank's slices, made for the same placement's holders. Throws std::invalid_argument when the
+  // placement does not match the model or the communicator.
+  RankForward(const model::ModelConfig& c, const model::Weights& full, const ShardedWeights& shard,
+              const placement::Placement& p, Communicator& comm, kernels::ThreadPool& pool);
+
+  // Runs the batch (the same items in the same order on every rank; n_slots sequences in all)
+  // and returns the logits of each item's last token, item by item, identical on every rank.
+  const std::vector<float>& run(std::span<RankItem> batch, int n_slots);
+
+  // New shares for the same holders (rebalancing); the caches must be redistributed after.
+  void set_placement(const placement::Placement& p);
+  const placement::Placement& placement() const { return p_; }
+
+  // Moves cached rows so that every unit's rows sit where the current placement wants them,
+  // given that they sit as `old` placed them. A collective: every rank calls it with the same
+  // sequences (same slots) in the same order.
+  void redistribute(std::span<RankSequence* const> seqs, int n_slots,
+                    const placement::Placement& old);
+
+  // Current cached lengths of every unit of every sequence, summed over ranks: [seq][l * H + h].
+  // A collective.
+  std::vector<std::vector<int64_t>> unit_lengths(std::span<RankSequence* const> seqs);
+
+  // When set, run() adds the time of each layer's segments between collectives.
+  SegmentTimes* timing = nullptr;
+
+  const ShardedWeights& shard() const { return shard_; }
+
+ private:
+  void build_parts();
+  void attention(std::span<RankItem> batch, int layer, int n_slots);
+
+  const model::ModelConfig& c_;
+  const model::Weights& full_;
+  const ShardedWeights& shard_;
+  placement::Placement p_;
+  Communicator& comm_;
+  kernels::ThreadPool& pool_;
+  std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]
+  std::vector<std::vector<int>> split_heads_;              // [layer]: heads with token slices
+  std::vector<int64_t> row0_;
+  std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,
+      rows_out_;
+};
+
+}  // namespace fairkv::runtime
