@@ -11,8 +11,9 @@
 namespace fairkv::kv {
 
 void attend_ref(const AttentionArgs& a) {
-  if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0)
-    throw std::invalid_argument("attend_ref: store, q and out are required, group >= 1");
+  if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
+    throw std::invalid_argument(
+        "attend_ref: store, q and out are required, group >= 1, begin >= 0");
   const HeadStore& s = *a.store;
   const int64_t d = s.head_dim(), G = a.group, len = s.size();
   const int64_t end = std::min<int64_t>(a.end, len);

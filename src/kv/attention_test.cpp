@@ -318,3 +318,29 @@ TEST(AttendBatch, SlicedDecodeEqualsSingleCall) {
 
 }  // namespace
 }  // namespace fairkv::kv
+
+namespace fairkv::kv {
+namespace {
+
+TEST(Attend, RejectsMissingBuffersAndNegativeBegin) {
+  std::mt19937 rng(9);
+  const HeadStore s = random_store(4, 8, KvType::F32, rng);
+  std::vector<float> q(8), o(8);
+  AttentionArgs a;
+  a.store = &s;
+  a.q = q.data();
+  a.out = o.data();
+  a.visible = 3;
+  a.begin = -1;
+  EXPECT_THROW(attend(a), std::invalid_argument);
+  EXPECT_THROW(attend_ref(a), std::invalid_argument);
+  a.begin = 0;
+  a.out = nullptr;
+  EXPECT_THROW(attend(a), std::invalid_argument);
+  a.out = o.data();
+  a.group = 0;
+  EXPECT_THROW(attend(a), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace fairkv::kv
