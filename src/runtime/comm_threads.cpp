@@ -230,7 +230,7 @@ class ThreadComm final : public Communicator {
     const int R = s_.n;
     char* out = static_cast<char*>(recv);
     if (R == 1) {
-      if (send != recv) std::memcpy(recv, send, bytes_per_rank);
+      if (bytes_per_rank > 0 && send != recv) std::memcpy(recv, send, bytes_per_rank);
       return;
     }
     const uint32_t gen = s_.publish(rank_, {send, recv, bytes_per_rank, Op::kAllGather, 0});
@@ -240,7 +240,9 @@ class ThreadComm final : public Communicator {
     const auto& slots = s_.slots[gen & 1];
     for (int r = 0; r < R; ++r) {
       char* dst = out + size_t(r) * bytes_per_rank;
-      if (slots[size_t(r)].src != dst) std::memcpy(dst, slots[size_t(r)].src, bytes_per_rank);
+      if (bytes_per_rank > 0 && slots[size_t(r)].src != dst) {
+        std::memcpy(dst, slots[size_t(r)].src, bytes_per_rank);
+      }
     }
     s_.arrive_and_wait(rank_, (gen + 1) & kGenMask, false);
   }
@@ -256,7 +258,7 @@ class ThreadComm final : public Communicator {
     s_.arrive_and_wait(rank_, gen, true);
     s_.check_same(gen);
     const void* src = s_.slots[gen & 1][size_t(root)].src;
-    if (rank_ != root && src != data) std::memcpy(data, src, bytes);
+    if (bytes > 0 && rank_ != root && src != data) std::memcpy(data, src, bytes);
     s_.arrive_and_wait(rank_, (gen + 1) & kGenMask, false);
   }
 
