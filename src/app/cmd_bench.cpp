@@ -1,4 +1,5 @@
 // `fairkv bench`: one decode workload under several placements, side by side in one run.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -11,7 +12,7 @@
 #include "app/svg_plot.h"
 #include "model/model.h"
 #include "placement/profile.h"
-#include "runtime/side_by_side.h"
+#include "runtime/exec_bench.h"
 
 namespace fairkv::app {
 
@@ -21,7 +22,8 @@ struct BenchArgs {
   std::string profile, model, json_out, svg_out, placements = "tp,balanced,fair-copy,split",
                                                  devices = "4";
   int batch = 8, steps = 3, layers = 0, threads = 0;
-  int64_t ffn = 1024;
+  int64_t ffn = 0;
+  bool no_wall = false;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -38,23 +40,92 @@ std::vector<std::string> split_list(const std::string& s) {
 
 void progress_bar(int done, int total, const std::string& what) {
   const int width = 30, fill = total > 0 ? done * width / total : width;
-  fmt::print(stderr, "\r[{}{}] {:3}% {:<40}", std::string(size_t(fill), '#'),
+  fmt::print(stderr, "\r[{}{}] {:3}% {:<48.48}", std::string(size_t(fill), '#'),
              std::string(size_t(width - fill), '.'), total > 0 ? 100 * done / total : 100, what);
   if (done == total) fmt::print(stderr, "\n");
   std::fflush(stderr);
+}
+
+double mib(size_t b) {
+  return double(b) / double(1 << 20);
+}
+
+void print_table(const std::vector<runtime::BenchRow>& rows, bool wall) {
+  fmt::print("{:<10} {:>11} {:>9} {:>10} {:>9} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10}\n",
+             "placement", "emul. ms", "tok/s", "bound ms", "vs tp", "imbal.", "plan imb.",
+             "replicas", "KV MiB", "wall ms", "wall vs tp");
+  for (const auto& r : rows)
+    fmt::print(
+        "{:<10} {:>11.2f} {:>9.1f} {:>10.2f} {:>8.3f}x {:>8.3f} {:>9.3f} {:>9} {:>8.1f} {:>10} "
+        "{:>10}\n",
+        r.planner, r.step_ms_emulated, r.tok_s_emulated, r.lower_bound_ms, r.speedup_vs_tp,
+        r.imbalance, r.planned_imbalance, r.replicas, mib(r.max_kv_bytes),
+        wall ? fmt::format("{:.2f}", r.step_ms_wall) : std::string("-"),
+        wall ? fmt::format("{:.3f}x", r.speedup_wall_vs_tp) : std::string("-"));
+}
+
+nlohmann::json row_json(const runtime::BenchRow& r, bool wall) {
+  return {{"planner", r.planner},
+          {"devices", r.devices},
+          {"batch", r.batch},
+          {"step_ms_emulated", r.step_ms_emulated},
+          {"step_ms_wall", wall ? nlohmann::json(r.step_ms_wall) : nlohmann::json()},
+          {"lower_bound_ms", r.lower_bound_ms},
+          {"collective_ms", r.collective_ms},
+          {"imbalance", r.imbalance},
+          {"planned_imbalance", r.planned_imbalance},
+          {"tok_s_emulated", r.tok_s_emulated},
+          {"tok_s_wall", wall ? nlohmann::json(r.tok_s_wall) : nlohmann::json()},
+          {"speedup_vs_tp", r.speedup_vs_tp},
+          {"speedup_wall_vs_tp", wall ? nlohmann::json(r.speedup_wall_vs_tp) : nlohmann::json()},
+          {"max_kv_bytes", r.max_kv_bytes},
+          {"max_weight_bytes", r.max_weight_bytes},
+          {"replicas", r.replicas},
+          {"layer_rank_ms", r.layer_rank_ms}};
+}
+
+// Per layer: the slowest, mean and fastest device of tp and of the fastest placement.
+std::string chart(const std::vector<runtime::BenchRow>& rows) {
+  const runtime::BenchRow* tp = nullptr;
+  const runtime::BenchRow* best = nullptr;
+  for (const auto& r : rows) {
+    if (r.planner == "tp") tp = &r;
+    if (!best || r.step_ms_emulated < best->step_ms_emulated) best = &r;
+  }
+  std::vector<Series> series;
+  for (const auto* r : {tp, best}) {
+    if (!r || (r == best && best == tp && !series.empty())) continue;
+    Series hi{r->planner + ": slowest device", {}}, mean{r->planner + ": mean", {}},
+        lo{r->planner + ": fastest device", {}};
+    for (size_t l = 0; l < r->layer_rank_ms.size(); ++l) {
+      const auto& v = r->layer_rank_ms[l];
+      double s = 0;
+      for (double x : v) s += x;
+      hi.points.push_back({double(l), *std::max_element(v.begin(), v.end())});
+      mean.points.push_back({double(l), s / double(v.size())});
+      lo.points.push_back({double(l), *std::min_element(v.begin(), v.end())});
+    }
+    series.push_back(hi);
+    series.push_back(mean);
+    series.push_back(lo);
+  }
+  return svg_line_chart(fmt::format("Attention time per device and layer, R = {}: tp vs {}",
+                                    rows.front().devices, best->planner),
+                        "layer", "ms per decode step (emulated)", series);
 }
 
 void run(const BenchArgs& a) {
   placement::Profile prof = placement::read_profile(a.profile);
   if (a.layers > 0) {
     if (a.layers > prof.layers)
-      throw UsageError(fmt::format("--layers: the profile has only {} layers", prof.layers));
+      throw UsageError(fmt::format("--layers {}: the profile {} has only {} layers", a.layers,
+                                   a.profile, prof.layers));
     prof.layers = a.layers;
     prof.tokens.resize(size_t(a.layers));
     prof.samples.clear();
   }
   std::unique_ptr<model::Model> m;
-  runtime::SyntheticModel synth;
+  runtime::RandomModel synth;
   const model::ModelConfig* c;
   const model::Weights* w;
   if (!a.model.empty()) {
@@ -62,92 +133,62 @@ void run(const BenchArgs& a) {
     c = &m->config;
     w = &m->weights;
   } else {
+    const int64_t ffn = a.ffn > 0 ? a.ffn : prof.ffn > 0 ? prof.ffn : 4 * prof.embedding();
     fmt::print(stderr,
-               "bench: random F16 weights of the profile's shape ({} layers, {} / {} heads, "
-               "head size {}, ffn {})\n",
-               prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, a.ffn);
-    synth = runtime::synthetic_model(prof, a.ffn);
+               "bench: random F16 weights of the profile's shape ({} layers, {} query / {} KV "
+               "heads, head size {}, embd {}, ffn {})\n",
+               prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, prof.embedding(), ffn);
+    synth = runtime::random_model(prof, ffn);
     c = &synth.config;
     w = &synth.weights;
   }
   const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
   nlohmann::json records = nlohmann::json::array();
-  std::vector<runtime::BenchResult> all;
   for (const auto& d : split_list(a.devices)) {
-    runtime::BenchOptions o;
-    o.devices = std::stoi(d);
-    o.batch = a.batch;
-    o.steps = a.steps;
-    o.threads = a.threads > 0 ? a.threads : cores;
-    o.wall = o.devices <= cores;
-    o.placements = split_list(a.placements);
-    fmt::print(stderr, "bench: R = {}, batch {}, {} layers\n", o.devices, o.batch, c->n_layers);
-    auto res = runtime::run_bench(*c, *w, prof, o, progress_bar);
-    fmt::print("\nR = {} devices, batch {}, {} decode steps per placement ({})\n", o.devices,
-               o.batch, o.steps, prof.source.empty() ? a.profile : prof.source);
-    fmt::print("{:<10} {:>12} {:>10} {:>12} {:>10} {:>12} {:>9} {:>10} {:>12}\n", "placement",
-               "emulated ms", "tok/s", "bound ms", "imbalance", "max KV MiB", "replicas", "vs tp",
-               o.wall ? "wall ms" : "wall (R>cores)");
-    for (const auto& r : res) {
-      fmt::print(
-          "{:<10} {:>12.2f} {:>10.1f} {:>12.2f} {:>10.3f} {:>12.1f} {:>9} {:>9.3f}x {:>12}\n",
-          r.planner, r.step_ms_emulated, r.tok_s_emulated, r.lower_bound_ms, r.imbalance,
-          double(r.max_kv_bytes) / (1 << 20), r.replicas, r.speedup_vs_tp,
-          o.wall ? fmt::format("{:.2f}", r.step_ms_wall) : std::string("-"));
-      records.push_back(
-          {{"planner", r.planner},
-           {"devices", r.devices},
-           {"batch", o.batch},
-           {"step_ms_emulated", r.step_ms_emulated},
-           {"step_ms_wall", o.wall ? nlohmann::json(r.step_ms_wall) : nlohmann::json()},
-           {"lower_bound_ms", r.lower_bound_ms},
-           {"allreduce_ms", r.allreduce_ms},
-           {"imbalance", r.imbalance},
-           {"tok_s_emulated", r.tok_s_emulated},
-           {"max_kv_bytes", r.max_kv_bytes},
-           {"replicas", r.replicas},
-           {"speedup_vs_tp", r.speedup_vs_tp},
-           {"layer_rank_ms", r.layer_rank_ms}});
-      all.push_back(r);
+    runtime::BenchSpec s;
+    try {
+      s.devices = std::stoi(d);
+    } catch (const std::exception&) {
+      throw UsageError(fmt::format("--devices: expected comma-separated counts, got '{}'", d));
     }
+    s.batch = a.batch;
+    s.steps = a.steps;
+    s.threads = a.threads > 0 ? a.threads : cores;
+    s.wall = !a.no_wall && s.devices <= cores;
+    s.planners = split_list(a.placements);
+    fmt::print(stderr, "bench: R = {}, batch {}, {} layers, {} threads\n", s.devices, s.batch,
+               c->n_layers, s.threads);
+    const auto rows = runtime::bench_placements(*c, *w, prof, s, progress_bar);
+    fmt::print("\nR = {} devices, batch {}, {} timed decode steps per placement; lengths: {}\n",
+               s.devices, s.batch, s.steps, prof.source.empty() ? a.profile : prof.source);
+    print_table(rows, s.wall);
     fmt::print(
-        "emulated: each rank timed alone on the whole machine, per layer; step = sum over "
-        "layers of the slowest rank + 2 all-reduces ({:.3f} ms each, measured)\n",
-        res.empty() ? 0.0 : res[0].allreduce_ms);
+        "emulated: each rank's step timed alone on the whole machine ({} threads); step = sum "
+        "over layers of the slowest rank + the collectives measured among {} threads ({:.3f} "
+        "ms/step). bound: every layer at tp's mean rank time.\n",
+        s.threads, s.devices, rows.empty() ? 0.0 : rows[0].collective_ms);
+    fmt::print("wall: {}\n",
+               s.wall ? fmt::format("{} ranks as threads in parallel, {} threads each", s.devices,
+                                    std::max(1, s.threads / s.devices))
+                      : fmt::format("not run (R = {} > {} cores, or --no-wall)", s.devices, cores));
+    for (const auto& r : rows) records.push_back(row_json(r, s.wall));
+    if (!a.svg_out.empty() && !rows.empty()) {
+      std::string path = a.svg_out;
+      if (split_list(a.devices).size() > 1) {
+        const size_t dot = path.rfind('.');
+        path = path.substr(0, dot) + fmt::format("-R{}", s.devices) +
+               (dot == std::string::npos ? "" : path.substr(dot));
+      }
+      std::ofstream out(path);
+      if (!out) throw std::runtime_error(path + ": cannot write (--svg)");
+      out << chart(rows);
+      fmt::print("chart: {}\n", path);
+    }
   }
   if (!a.json_out.empty()) {
     std::ofstream out(a.json_out);
     if (!out) throw std::runtime_error(a.json_out + ": cannot write (--json)");
     out << records.dump(2) << "\n";
-  }
-  if (!a.svg_out.empty() && !all.empty()) {
-    // Per-layer slowest and mean rank time of tp against the fastest placement (last R run).
-    const int R = all.back().devices;
-    const runtime::BenchResult* tp = nullptr;
-    const runtime::BenchResult* best = nullptr;
-    for (const auto& r : all)
-      if (r.devices == R) {
-        if (r.planner == "tp") tp = &r;
-        if (!best || r.step_ms_emulated < best->step_ms_emulated) best = &r;
-      }
-    std::vector<Series> series;
-    for (const auto* r : {tp, best}) {
-      if (!r) continue;
-      Series mx{r->planner + " slowest device", {}}, mean{r->planner + " mean", {}};
-      for (size_t l = 0; l < r->layer_rank_ms.size(); ++l) {
-        double m1 = 0, s = 0;
-        for (double x : r->layer_rank_ms[l]) m1 = std::max(m1, x), s += x / R;
-        mx.points.push_back({double(l), m1});
-        mean.points.push_back({double(l), s});
-      }
-      series.push_back(mx);
-      series.push_back(mean);
-    }
-    std::ofstream out(a.svg_out);
-    if (!out) throw std::runtime_error(a.svg_out + ": cannot write (--svg)");
-    out << svg_line_chart(
-        fmt::format("Per-layer device time, R = {}: tp vs {}", R, best ? best->planner : "-"),
-        "layer", "ms per decode step (emulated)", series);
   }
 }
 
@@ -156,21 +197,22 @@ void run(const BenchArgs& a) {
 void add_bench_command(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand("bench", "Decode one workload under several placements");
-  cmd->add_option("--profile", a->profile, "Load profile (cache lengths per unit)")->required();
+  cmd->add_option("--profile", a->profile, "Load profile: cached tokens per unit")->required();
   cmd->add_option("-m,--model", a->model, "GGUF of the profile's shape (default: random weights)");
   cmd->add_option("-R,--devices", a->devices, "Device counts, comma-separated")
       ->capture_default_str();
   cmd->add_option("-b,--batch", a->batch, "Sequences decoded together")->capture_default_str();
-  cmd->add_option("--placements", a->placements, "Planners to compare")->capture_default_str();
+  cmd->add_option("--placements", a->placements, "Planners to compare, comma-separated")
+      ->capture_default_str();
   cmd->add_option("--steps", a->steps, "Timed decode steps per placement")->capture_default_str();
   cmd->add_option("--layers", a->layers, "Use the profile's first N layers");
   cmd->add_option("--ffn", a->ffn,
-                  "Feed-forward size of the random-weight model (the MLP is split evenly by "
-                  "every placement)")
-      ->capture_default_str();
-  cmd->add_option("-t,--threads", a->threads, "Threads for the emulated timing (default: all)");
-  cmd->add_option("--json", a->json_out, "Write the results as JSON");
-  cmd->add_option("--svg", a->svg_out, "Write a chart of per-layer device time, tp vs best");
+                  "Feed-forward size of the random-weight model (default: the profile's, else "
+                  "4 x embd)");
+  cmd->add_option("-t,--threads", a->threads, "Threads of the machine (default: all cores)");
+  cmd->add_flag("--no-wall", a->no_wall, "Skip the wall-clock timing");
+  cmd->add_option("--json", a->json_out, "Write the results as JSON (a list, one per placement)");
+  cmd->add_option("--svg", a->svg_out, "Write a chart of per-device time per layer, tp vs best");
   cmd->callback([a] { run(*a); });
 }
 

@@ -364,7 +364,42 @@ bool counts(const std::vector<UnitPart>& parts, int rank) {
   return p->share.kind != ShareKind::Query || &parts.front() == p;
 }
 
+// The rows a device keeps of a unit's `total` rows; see rows_held.
+std::pair<int64_t, int64_t> rows_kept(const std::vector<UnitPart>& now, int rank, int slot,
+                                      int n_slots, int64_t total) {
+  const UnitPart* mine = part_of(now, rank);
+  if (!mine) return {0, 0};
+  switch (mine->share.kind) {
+    case ShareKind::Whole:
+    case ShareKind::Query:
+      return {0, total};
+    case ShareKind::Batch:
+      return batch_owner(now, slot, n_slots) == rank ? std::pair<int64_t, int64_t>{0, total}
+                                                     : std::pair<int64_t, int64_t>{0, 0};
+    case ShareKind::Tokens: {
+      // A part ends where the next begins, so the slices tile the rows exactly.
+      int64_t b = std::llround(mine->share.offset * double(total));
+      int64_t e =
+          (&now.back() == mine) ? total : std::llround((mine + 1)->share.offset * double(total));
+      b = std::clamp<int64_t>(b, 0, total);
+      e = std::clamp<int64_t>(e, b, total);
+      return {b, e};
+    }
+  }
+  return {0, 0};
+}
+
 }  // namespace
+
+std::pair<int64_t, int64_t> rows_held(const placement::Placement& p, int layer, int head,
+                                      int device, int slot, int n_slots, int64_t total) {
+  std::vector<UnitPart> parts;
+  for (int d = 0; d < p.devices; ++d)
+    for (const placement::Share& s : p.layers[size_t(layer)].devices[size_t(d)])
+      if (s.head == head) parts.push_back({d, s});
+  if (parts.empty()) return {0, 0};
+  return rows_kept(parts, device, slot, n_slots, total);
+}
 
 std::vector<std::vector<int64_t>> RankForward::unit_lengths(std::span<RankSequence* const> seqs) {
   const int L = c_.n_layers, H = c_.n_kv_heads, R = comm_.size();
@@ -429,26 +464,7 @@ void RankForward::redistribute(std::span<RankSequence* const> seqs, int n_slots,
           keys.insert(keys.end(), src, src + len * hd);
           vals.insert(vals.end(), src + longest * hd, src + (longest + len) * hd);
         }
-        int64_t b = 0, e = 0;
-        if (const UnitPart* mine = part_of(now, rank)) {
-          switch (mine->share.kind) {
-            case ShareKind::Whole:
-            case ShareKind::Query:
-              e = total;
-              break;
-            case ShareKind::Batch:
-              if (batch_owner(now, seqs[s]->slot, n_slots) == rank) e = total;
-              break;
-            case ShareKind::Tokens:
-              // A part ends where the next begins, so the slices tile the rows exactly.
-              b = std::llround(mine->share.offset * double(total));
-              e = (&now.back() == mine) ? total
-                                        : std::llround((mine + 1)->share.offset * double(total));
-              b = std::clamp<int64_t>(b, 0, total);
-              e = std::clamp<int64_t>(e, b, total);
-              break;
-          }
-        }
+        const auto [b, e] = rows_kept(now, rank, seqs[s]->slot, n_slots, total);
         store.clear();
         if (e > b) store.append(&keys[size_t(b * hd)], &vals[size_t(b * hd)], e - b);
       }

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "kernels/threadpool.h"
@@ -47,6 +48,11 @@ struct UnitPart {
   int device = 0;
   placement::Share share;
 };
+
+// The rows [first, second) of a unit's `total` cached rows of the sequence in `slot` that
+// `device` keeps under placement p (the rule redistribute() applies); {0, 0} when none.
+std::pair<int64_t, int64_t> rows_held(const placement::Placement& p, int layer, int head,
+                                      int device, int slot, int n_slots, int64_t total);
 
 // Time spent between collectives, per layer: what the emulated bench compares across ranks.
 struct SegmentTimes {

@@ -1,0 +1,352 @@
+#include "runtime/exec_bench.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+
+#include "kernels/threadpool.h"
+#include "kernels/types.h"
+#include "placement/cost.h"
+#include "placement/planners.h"
+#include "runtime/comm.h"
+#include "runtime/rank_forward.h"
+#include "runtime/shard.h"
+
+namespace fairkv::runtime {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// Rank r of R whose collectives cost nothing: the emulated mode times a rank's own work alone.
+// Results are not the model's (nothing is summed), which timing does not need.
+class SoloComm : public Communicator {
+ public:
+  SoloComm(int rank, int size) : rank_(rank), size_(size) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return "solo (emulated)"; }
+  void all_reduce_sum(float*, size_t) override {}
+  void all_gather(const void* send, size_t bytes, void* recv) override {
+    for (int r = 0; r < size_; ++r)
+      std::memcpy(static_cast<char*>(recv) + size_t(r) * bytes, send, bytes);
+  }
+  void broadcast(void*, size_t, int) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(const std::string& why) override { throw std::runtime_error(why); }
+
+ private:
+  int rank_, size_;
+};
+
+// xorshift: cache contents only need to be finite, and gigabytes must fill quickly.
+struct Noise {
+  uint64_t state;
+  float next(float amplitude) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    return float(int32_t(state >> 40) - (1 << 23)) * (amplitude / float(1 << 23));
+  }
+};
+
+int64_t rounded(double x) {
+  return std::max<int64_t>(0, std::llround(x));
+}
+
+// Rank `rank`'s caches as after a prefill of the profile's lengths and redistribution.
+std::vector<std::unique_ptr<RankSequence>> fill_caches(const model::ModelConfig& c,
+                                                       const placement::Placement& p,
+                                                       const placement::Profile& prof, int rank,
+                                                       int batch, kv::KvType type) {
+  std::vector<std::unique_ptr<RankSequence>> seqs;
+  int64_t n_past = 1;
+  for (const auto& row : prof.tokens)
+    for (double t : row) n_past = std::max(n_past, rounded(t));
+  Noise noise{0x9E3779B97F4A7C15ull + uint64_t(rank)};
+  std::vector<float> k, v;
+  for (int b = 0; b < batch; ++b) {
+    seqs.push_back(std::make_unique<RankSequence>(c, type, b));
+    seqs.back()->cache.n_past = n_past;
+    for (int l = 0; l < c.n_layers; ++l)
+      for (const placement::Share& s : p.layers[size_t(l)].devices[size_t(rank)]) {
+        const int64_t total = rounded(prof.tokens[size_t(l)][size_t(s.head)]);
+        const auto [r0, r1] = rows_held(p, l, s.head, rank, b, batch, total);
+        const int64_t n = (r1 - r0) * c.head_dim;
+        k.resize(size_t(n));
+        v.resize(size_t(n));
+        for (float& x : k) x = noise.next(1.0f);
+        for (float& x : v) x = noise.next(1.0f);
+        seqs.back()->cache.head(l, s.head).append(k.data(), v.data(), r1 - r0);
+      }
+  }
+  return seqs;
+}
+
+std::vector<RankItem> decode_items(std::vector<std::unique_ptr<RankSequence>>& seqs,
+                                   std::vector<int32_t>& tokens) {
+  std::vector<RankItem> items;
+  tokens.assign(seqs.size(), 1);
+  for (size_t i = 0; i < seqs.size(); ++i) items.push_back({seqs[i].get(), {&tokens[i], 1}});
+  return items;
+}
+
+// Measured cost of one decode step's collectives among R threads: two all-reduces of batch x
+// embd floats per layer, plus one small all-gather per layer with token slices.
+double collectives_ms(int R, int batch, const model::ModelConfig& c, int gathers,
+                      size_t lse_bytes) {
+  if (R == 1) return 0.0;
+  const int reps = 20;
+  double ms = 0;
+  std::mutex mu;
+  run_ranks(R, [&](Communicator& comm) {
+    std::vector<float> x(size_t(batch) * size_t(c.n_embd), 1.0f);
+    std::vector<uint8_t> send(lse_bytes), recv(lse_bytes * size_t(R));
+    comm.barrier();
+    const auto t0 = Clock::now();
+    for (int i = 0; i < reps; ++i) {
+      for (int l = 0; l < c.n_layers; ++l) {
+        comm.all_reduce_sum(x.data(), x.size());
+        comm.all_reduce_sum(x.data(), x.size());
+      }
+      for (int g = 0; g < gathers; ++g) comm.all_gather(send.data(), send.size(), recv.data());
+    }
+    comm.barrier();
+    if (comm.rank() == 0) {
+      std::lock_guard lock(mu);
+      ms = ms_between(t0, Clock::now()) / reps;
+    }
+  });
+  return ms;
+}
+
+size_t kv_bytes(const std::vector<std::unique_ptr<RankSequence>>& seqs) {
+  size_t b = 0;
+  for (const auto& s : seqs) b += s->cache.bytes();
+  return b;
+}
+
+}  // namespace
+
+RandomModel random_model(const placement::Profile& p, int64_t ffn, int vocab, uint64_t seed) {
+  RandomModel m;
+  model::ModelConfig& c = m.config;
+  c.arch = "llama";
+  c.name = p.model + " (random weights)";
+  c.n_layers = p.layers;
+  c.n_kv_heads = p.kv_heads;
+  c.n_heads = p.query_heads;
+  c.head_dim = p.head_dim;
+  c.n_embd = int(p.embedding());
+  c.n_ff = int(ffn);
+  c.n_vocab = vocab;
+  c.n_ctx_train = 1 << 20;
+  Noise noise{seed * 0x9E3779B97F4A7C15ull + 1};
+  auto matrix = [&](int64_t rows, int64_t cols) {
+    m.buffers.emplace_back(size_t(rows * cols));
+    for (uint16_t& x : m.buffers.back()) x = kernels::fp32_to_fp16(noise.next(0.0346f));
+    return kernels::WeightMatrix{kernels::DType::F16, rows, cols, m.buffers.back().data(), 0};
+  };
+  auto ones = [&](int64_t n) {
+    m.buffers.emplace_back(size_t(n * 2));  // float32 ones kept in a uint16 buffer
+    float* f = reinterpret_cast<float*>(m.buffers.back().data());
+    std::fill(f, f + n, 1.0f);
+    return static_cast<const float*>(f);
+  };
+  m.weights.tok_embd = matrix(c.n_vocab, c.n_embd);
+  m.weights.output = m.weights.tok_embd;
+  m.weights.output_norm = ones(c.n_embd);
+  for (int l = 0; l < c.n_layers; ++l) {
+    model::LayerWeights L;
+    L.attn_norm = ones(c.n_embd);
+    L.ffn_norm = ones(c.n_embd);
+    L.wq = matrix(c.q_dim(), c.n_embd);
+    L.wk = matrix(c.kv_dim(), c.n_embd);
+    L.wv = matrix(c.kv_dim(), c.n_embd);
+    L.wo = matrix(c.n_embd, c.q_dim());
+    L.w_gate = matrix(c.n_ff, c.n_embd);
+    L.w_up = matrix(c.n_ff, c.n_embd);
+    L.w_down = matrix(c.n_embd, c.n_ff);
+    m.weights.layers.push_back(L);
+  }
+  return m;
+}
+
+std::vector<BenchRow> bench_placements(
+    const model::ModelConfig& c, const model::Weights& w, const placement::Profile& prof,
+    const BenchSpec& spec, const std::function<void(int, int, const std::string&)>& progress) {
+  if (prof.layers != c.n_layers || prof.kv_heads != c.n_kv_heads || prof.query_heads != c.n_heads ||
+      prof.head_dim != c.head_dim)
+    throw std::invalid_argument(fmt::format(
+        "profile '{}' is for {} layers, {} / {} heads, head size {}; the model has {} layers, "
+        "{} / {} heads, head size {}",
+        prof.model, prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, c.n_layers,
+        c.n_heads, c.n_kv_heads, c.head_dim));
+  const int R = spec.devices, B = spec.batch, L = c.n_layers;
+  if (R < 1 || B < 1 || spec.steps < 1)
+    throw std::invalid_argument("bench: devices, batch and steps must be at least 1");
+  const kernels::DType wt = w.layers[0].wq.type;
+  const std::string wname = wt == kernels::DType::F32    ? "f32"
+                            : wt == kernels::DType::Q8_0 ? "q8_0"
+                            : wt == kernels::DType::Q4_0 ? "q4_0"
+                            : wt == kernels::DType::BF16 ? "bf16"
+                                                         : "f16";
+  const placement::CostModel cost =
+      placement::cost_model_for(prof, B, wname, spec.kv_type == kv::KvType::F16 ? "f16" : "f32");
+  const int total = int(spec.planners.size()) * (R + (spec.wall ? 1 : 0));
+  int done = 0;
+  auto tick = [&](const std::string& what) {
+    if (progress) progress(done, total, what);
+  };
+
+  std::vector<BenchRow> rows;
+  for (const std::string& name : spec.planners) {
+    placement::PlanOptions o;
+    o.planner = placement::planner_from_name(name);
+    o.devices = R;
+    BenchRow row;
+    row.planner = name;
+    row.devices = R;
+    row.batch = B;
+    row.placement = placement::plan(prof, cost, o);
+    const placement::Placement& p = row.placement;
+    for (size_t l = 0; l < p.layers.size(); ++l) {
+      row.replicas += p.replicas[l];
+      row.planned_imbalance +=
+          p.lower_bound[l] > 0 ? p.max_load[l] / p.lower_bound[l] / double(L) : 1.0 / double(L);
+    }
+
+    // Emulated: one rank at a time, all threads, segment times per layer.
+    std::vector<std::vector<double>> att(static_cast<size_t>(R)), mlp(static_cast<size_t>(R));
+    std::vector<double> other(size_t(R), 0.0);
+    {
+      kernels::ThreadPool pool(std::max(1, spec.threads));
+      for (int r = 0; r < R; ++r) {
+        tick(fmt::format("{} rank {}/{} (emulated)", name, r + 1, R));
+        SoloComm comm(r, R);
+        const ShardedWeights shard = shard_weights(c, w, p, r);
+        auto seqs = fill_caches(c, p, prof, r, B, spec.kv_type);
+        row.max_kv_bytes = std::max(row.max_kv_bytes, kv_bytes(seqs));
+        row.max_weight_bytes = std::max(row.max_weight_bytes, shard.bytes);
+        RankForward fwd(c, w, shard, p, comm, pool);
+        std::vector<int32_t> tokens;
+        auto items = decode_items(seqs, tokens);
+        fwd.run(items, B);  // warm-up: pages touched, buffers sized
+        // Each segment's fastest run over the steps: the machine is shared, and noise only
+        // ever adds time.
+        att[size_t(r)].assign(size_t(L), 1e300);
+        mlp[size_t(r)].assign(size_t(L), 1e300);
+        double whole = 1e300, seg = 0;
+        SegmentTimes t;
+        fwd.timing = &t;
+        for (int s = 0; s < spec.steps; ++s) {
+          t.clear(L);
+          const auto t0 = Clock::now();
+          fwd.run(items, B);
+          whole = std::min(whole, ms_between(t0, Clock::now()));
+          for (int l = 0; l < L; ++l) {
+            att[size_t(r)][size_t(l)] =
+                std::min(att[size_t(r)][size_t(l)], t.attention_ms[size_t(l)]);
+            mlp[size_t(r)][size_t(l)] = std::min(mlp[size_t(r)][size_t(l)], t.mlp_ms[size_t(l)]);
+          }
+        }
+        for (int l = 0; l < L; ++l) seg += att[size_t(r)][size_t(l)] + mlp[size_t(r)][size_t(l)];
+        other[size_t(r)] = std::max(0.0, whole - seg);  // embedding, logits
+        ++done;
+      }
+    }
+    int gathers = 0;
+    size_t lse_bytes = 0;
+    for (int l = 0; l < L; ++l) {
+      int splits = 0;
+      for (int h = 0; h < c.n_kv_heads; ++h) {
+        bool split = false;
+        for (const auto& dev : p.layers[size_t(l)].devices)
+          for (const auto& s : dev)
+            split = split || (s.head == h && s.kind == placement::ShareKind::Tokens);
+        splits += split ? 1 : 0;
+      }
+      if (splits > 0) {
+        ++gathers;
+        lse_bytes = std::max(lse_bytes, size_t(splits) * size_t(B) * size_t(c.group()) * 4);
+      }
+    }
+    row.collective_ms = collectives_ms(R, B, c, gathers, lse_bytes);
+    row.layer_rank_ms.assign(size_t(L), std::vector<double>(size_t(R), 0.0));
+    double step = row.collective_ms + *std::max_element(other.begin(), other.end());
+    for (int l = 0; l < L; ++l) {
+      double amax = 0, asum = 0, mmax = 0;
+      for (int r = 0; r < R; ++r) {
+        const double a = att[size_t(r)][size_t(l)];
+        row.layer_rank_ms[size_t(l)][size_t(r)] = a;
+        amax = std::max(amax, a);
+        asum += a;
+        mmax = std::max(mmax, mlp[size_t(r)][size_t(l)]);
+      }
+      step += amax + mmax;
+      row.imbalance += (asum > 0 ? amax / (asum / R) : 1.0) / L;
+    }
+    row.step_ms_emulated = step;
+    row.tok_s_emulated = 1000.0 * B / step;
+    // Perfect balance: every layer at its mean rank time (the MLP is split evenly anyway).
+    double bound = row.collective_ms + *std::max_element(other.begin(), other.end());
+    for (int l = 0; l < L; ++l) {
+      double asum = 0, mmax = 0;
+      for (int r = 0; r < R; ++r) {
+        asum += att[size_t(r)][size_t(l)];
+        mmax = std::max(mmax, mlp[size_t(r)][size_t(l)]);
+      }
+      bound += asum / R + mmax;
+    }
+    row.lower_bound_ms = bound;
+
+    if (spec.wall) {
+      tick(fmt::format("{}: {} ranks in parallel (wall)", name, R));
+      std::mutex mu;
+      const int per_rank = std::max(1, spec.threads / R);
+      run_ranks(R, [&](Communicator& comm) {
+        kernels::ThreadPool pool(per_rank);
+        const ShardedWeights shard = shard_weights(c, w, p, comm.rank());
+        auto seqs = fill_caches(c, p, prof, comm.rank(), B, spec.kv_type);
+        RankForward fwd(c, w, shard, p, comm, pool);
+        std::vector<int32_t> tokens;
+        auto items = decode_items(seqs, tokens);
+        fwd.run(items, B);
+        comm.barrier();
+        const auto t0 = Clock::now();
+        for (int s = 0; s < spec.steps; ++s) fwd.run(items, B);
+        comm.barrier();
+        if (comm.rank() == 0) {
+          std::lock_guard lock(mu);
+          row.step_ms_wall = ms_between(t0, Clock::now()) / spec.steps;
+        }
+      });
+      row.tok_s_wall = 1000.0 * B / row.step_ms_wall;
+      ++done;
+    }
+    rows.push_back(std::move(row));
+  }
+  if (progress) progress(total, total, "done");
+
+  // tp's mean rank time per layer reads every unit once: the bound every placement is held to.
+  const BenchRow* tp = nullptr;
+  for (const BenchRow& r : rows)
+    if (r.planner == "tp") tp = &r;
+  for (BenchRow& r : rows) {
+    if (tp && tp != &r) r.lower_bound_ms = std::min(r.lower_bound_ms, tp->lower_bound_ms);
+    if (tp) {
+      r.speedup_vs_tp = tp->step_ms_emulated / r.step_ms_emulated;
+      if (spec.wall && r.step_ms_wall > 0) r.speedup_wall_vs_tp = tp->step_ms_wall / r.step_ms_wall;
+    }
+  }
+  return rows;
+}
+
+}  // namespace fairkv::runtime

@@ -1,0 +1,70 @@
+// `fairkv bench`'s engine: one decode workload under several placements, side by side.
+//
+// Cache lengths come from a profile: every rank's stores are filled with random keys and values
+// for the rows it would hold after a prefill of those lengths (its share of each unit), so long
+// contexts are benchable without running a prefill. Two timings per placement, both reported:
+//  - wall: the R ranks run truly in parallel as threads; honest only while R <= cores;
+//  - emulated: each rank's decode step runs alone on the whole machine and the time of each
+//    layer's segments between collectives is measured; the step is the sum over layers of the
+//    slowest rank, plus the measured cost of the collectives: what R separate devices would see.
+//    lower_bound_ms is the same sum with every layer perfectly balanced: tp's mean rank time
+//    (every unit read once, no replicas) in place of the slowest rank.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kv/cache.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "placement/placement.h"
+#include "placement/profile.h"
+
+namespace fairkv::runtime {
+
+// Random F16 weights of a profile's shape held in memory (small vocabulary): the model the bench
+// runs when given only a profile. Values are uniform with the 0.02 standard deviation of an
+// initialised transformer, so activations stay finite.
+struct RandomModel {
+  model::ModelConfig config;
+  model::Weights weights;
+  std::vector<std::vector<uint16_t>> buffers;
+};
+RandomModel random_model(const placement::Profile& p, int64_t ffn, int vocab = 256,
+                         uint64_t seed = 1);
+
+struct BenchSpec {
+  int devices = 4;
+  int batch = 8;
+  int steps = 3;    // timed decode steps per placement after a warm-up; emulated keeps the fastest
+  int threads = 1;  // threads of the whole machine (emulated: all for one rank; wall: split)
+  bool wall = true;
+  std::vector<std::string> planners = {"tp", "balanced", "fair-copy", "split"};
+  kv::KvType kv_type = kv::KvType::F16;
+};
+
+struct BenchRow {
+  std::string planner;
+  int devices = 0, batch = 0;
+  double step_ms_emulated = 0, step_ms_wall = 0, lower_bound_ms = 0;
+  double collective_ms = 0;      // per step, inside the emulated step time
+  double imbalance = 0;          // measured: max / mean rank attention time per layer, averaged
+  double planned_imbalance = 0;  // the cost model's max / lower bound per layer, averaged
+  double tok_s_emulated = 0, tok_s_wall = 0;
+  double speedup_vs_tp = 0, speedup_wall_vs_tp = 0;
+  size_t max_kv_bytes = 0, max_weight_bytes = 0;   // the fullest rank's
+  int replicas = 0;                                // over all layers
+  std::vector<std::vector<double>> layer_rank_ms;  // [layer][rank] attention segment, emulated
+  placement::Placement placement;
+};
+
+// Bench every planner of spec.planners on the model with the profile's lengths. progress(done,
+// total, what) is called as work advances. Throws std::invalid_argument when the profile's shape
+// is not the model's.
+std::vector<BenchRow> bench_placements(
+    const model::ModelConfig& c, const model::Weights& w, const placement::Profile& profile,
+    const BenchSpec& spec, const std::function<void(int, int, const std::string&)>& progress = {});
+
+}  // namespace fairkv::runtime
