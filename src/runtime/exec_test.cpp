@@ -123,10 +123,15 @@ void check_model(const std::string& path, bool rebalance) {
     for (const auto& p : ps) refs.push_back(reference(*m, p, n_predict));
     for (const std::string planner : {"tp", "balanced", "fair-copy", "split"})
       for (int R = 1; R <= 4; ++R) {
-        if (R > c.n_kv_heads && (R % c.n_kv_heads != 0 || c.group() % (R / c.n_kv_heads) != 0))
-          continue;  // tp cannot replicate KV heads unevenly
         SCOPED_TRACE(planner + " R=" + std::to_string(R) + " batch=" + std::to_string(batch));
-        const pl::Placement p = make_placement(c, planner, R, batch);
+        pl::Placement p;
+        try {
+          p = make_placement(c, planner, R, batch);
+        } catch (const std::invalid_argument&) {
+          // tp (and balanced, which is tp there) cannot replicate KV heads unevenly.
+          ASSERT_TRUE(R > c.n_kv_heads && R % c.n_kv_heads != 0) << "the planner refused";
+          continue;
+        }
         count_kinds(p, counts);
         ExecOptions o;
         o.n_predict = n_predict;
@@ -149,6 +154,9 @@ void check_model(const std::string& path, bool rebalance) {
   // The test must have exercised replicas of both kinds, not only whole units.
   EXPECT_GT(counts.kinds[pl::ShareKind::Batch] + (rebalance ? 1 : 0), 0);
   EXPECT_GT(counts.kinds[pl::ShareKind::Tokens], 0);
+  if (c.n_kv_heads < 4) {
+    EXPECT_GT(counts.kinds[pl::ShareKind::Query], 0);  // tp at R > H
+  }
 }
 
 TEST(Exec, Stories260KEqualsSingleDevice) {
@@ -157,6 +165,11 @@ TEST(Exec, Stories260KEqualsSingleDevice) {
 
 TEST(Exec, SyntheticGqaEqualsSingleDevice) {
   check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), false);
+}
+
+// Quantized weights: Wo and down columns are copied as whole Q8_0 blocks.
+TEST(Exec, SyntheticGqaQ8EqualsSingleDevice) {
+  check_model(shared_path("models/synthetic/llama-gqa4-q8_0.gguf"), false);
 }
 
 TEST(Exec, RebalancedSharesEqualSingleDevice) {

@@ -1,0 +1,94 @@
+// The bench's building blocks: the rows every device keeps tile each unit's rows, and a small
+// bench run reports consistent figures for every planner.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "placement/planners.h"
+#include "runtime/exec_bench.h"
+#include "runtime/rank_forward.h"
+
+namespace fairkv::runtime {
+namespace {
+
+namespace pl = placement;
+
+pl::Profile small_profile() {
+  pl::Profile p;
+  p.model = "small";
+  p.layers = 2;
+  p.kv_heads = 4;
+  p.query_heads = 8;
+  p.head_dim = 32;
+  p.embd = 256;
+  p.ffn = 256;
+  p.tokens = {{9000, 40, 60, 30}, {50, 7000, 4000, 20}};
+  return p;
+}
+
+TEST(ExecBench, RowsHeldTileEveryUnit) {
+  const pl::Profile prof = small_profile();
+  for (auto kind : {pl::PlannerKind::Tp, pl::PlannerKind::FairCopy, pl::PlannerKind::Split})
+    for (int R : {2, 3}) {
+      pl::PlanOptions o;
+      o.planner = kind;
+      o.devices = R;
+      const int B = 4;
+      const pl::Placement p = pl::plan(prof, pl::cost_model_for(prof, B, "none", "f16"), o);
+      for (int l = 0; l < prof.layers; ++l)
+        for (int h = 0; h < prof.kv_heads; ++h)
+          for (int slot = 0; slot < B; ++slot) {
+            const int64_t total = 101;
+            std::vector<int> seen(size_t(total), 0);
+            for (int d = 0; d < R; ++d) {
+              const auto [b, e] = rows_held(p, l, h, d, slot, B, total);
+              for (int64_t i = b; i < e; ++i) seen[size_t(i)]++;
+            }
+            for (int64_t i = 0; i < total; ++i)
+              ASSERT_EQ(seen[size_t(i)], 1) << "layer " << l << " head " << h << " row " << i;
+          }
+    }
+}
+
+TEST(ExecBench, ReportsEveryPlanner) {
+  const pl::Profile prof = small_profile();
+  const RandomModel m = random_model(prof, 256);
+  BenchSpec s;
+  s.devices = 2;
+  s.batch = 2;
+  s.steps = 1;
+  s.threads = 1;
+  int calls = 0, last_done = -1;
+  const auto rows = bench_placements(m.config, m.weights, prof, s, [&](int done, int total, auto&) {
+    EXPECT_GE(done, last_done);
+    EXPECT_LE(done, total);
+    last_done = done;
+    ++calls;
+  });
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_GT(calls, 8);
+  EXPECT_EQ(rows[0].planner, "tp");
+  EXPECT_DOUBLE_EQ(rows[0].speedup_vs_tp, 1.0);
+  for (const auto& r : rows) {
+    SCOPED_TRACE(r.planner);
+    EXPECT_GT(r.step_ms_emulated, 0);
+    EXPECT_GT(r.step_ms_wall, 0);
+    EXPECT_LE(r.lower_bound_ms, r.step_ms_emulated * (1 + 1e-9));
+    EXPECT_GE(r.imbalance, 1.0);
+    EXPECT_EQ(r.layer_rank_ms.size(), 2u);
+    EXPECT_GT(r.max_kv_bytes, 0u);
+  }
+  // The KV of the fullest device: tp holds the heavy units wherever they fall; split cuts them.
+  EXPECT_LT(rows[3].max_kv_bytes, rows[0].max_kv_bytes);
+  EXPECT_GT(rows[3].replicas, 0);
+}
+
+TEST(ExecBench, RejectsAProfileOfAnotherShape) {
+  pl::Profile prof = small_profile();
+  const RandomModel m = random_model(prof, 256);
+  prof.head_dim = 64;
+  EXPECT_THROW(bench_placements(m.config, m.weights, prof, BenchSpec{}), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace fairkv::runtime
