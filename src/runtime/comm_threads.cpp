@@ -36,12 +36,21 @@ constexpr uint32_t kLeftBit = 1u << 30;
 constexpr uint32_t kGenMask = kLeftBit - 1;
 constexpr uint32_t kBrokenBits = kFailedBit | kLeftBit;
 
-// Pauses before yielding, yields before sleeping. The gap between two all-reduces of a layer is
-// tens of microseconds on a loaded rank, so a waiter that spins that long wakes without a system
-// call; the yields let an oversubscribed machine (more ranks than cores) run the rank everybody
-// waits for before the waiter goes to sleep.
-constexpr int kSpinIters = 1 << 11;
-constexpr int kYieldIters = 64;
+// Pauses, then yields, then sleeps on the futex. A pause is ~60 ns on Zen 3, so the spin covers
+// ~15 us: most arrivals of the other ranks at a barrier (their load imbalance in the layer); the
+// yields (~1 us each on an idle core) cover the longer gaps while letting a rank that shares this
+// core run. Longer pause spins cost a shared machine dearly: a spinner that holds the core of a
+// descheduled rank makes every barrier wait for its whole spin (measured: ~100 us per all-reduce
+// with 2048 pauses on 2 loaded cores). With more ranks than cores, pausing only keeps the rank
+// everybody waits for off its core (R=4 on 2 cores: ~100 us against ~20 us per all-reduce), so
+// such a group yields at once.
+constexpr int kSpinIters = 256;
+constexpr int kYieldIters = 128;
+
+int spin_iters_for(int ranks) {
+  const unsigned cores = std::thread::hardware_concurrency();
+  return cores == 0 || unsigned(ranks) <= cores ? kSpinIters : 0;
+}
 
 enum class Op : uint32_t { kBarrier, kAllReduce, kAllGather, kBroadcast };
 
@@ -88,11 +97,12 @@ class ThreadComm;
 }  // namespace
 
 struct ThreadGroup::State {
-  explicit State(int n) : n(n) {
+  explicit State(int n) : n(n), spin_iters(spin_iters_for(n)) {
     for (auto& s : slots) s.resize(size_t(n));
   }
 
   const int n;
+  const int spin_iters;
   // Slots by barrier generation parity: a rank that has left barrier g publishes for g + 1 into
   // the other half while slower ranks still read what was published for g.
   std::vector<Slot> slots[2];
@@ -150,9 +160,9 @@ struct ThreadGroup::State {
       // Completion first: a rank may leave right after the last barrier it joined.
       if ((w & kGenMask) != gen) return;
       if (may_break && (w & kBrokenBits)) throw_broken(w, rank);
-      if (i < kSpinIters) {
+      if (i < spin_iters) {
         cpu_relax();
-      } else if (i < kSpinIters + kYieldIters) {
+      } else if (i < spin_iters + kYieldIters) {
         std::this_thread::yield();
       } else {
         word.wait(w, std::memory_order_acquire);
