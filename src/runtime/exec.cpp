@@ -9,6 +9,7 @@
 
 #include "model/sampler.h"
 #include "placement/rebalance.h"
+#include "runtime/exec_compress.h"
 #include "runtime/shard.h"
 
 namespace fairkv::runtime {
@@ -72,7 +73,19 @@ ExecResult execute(Communicator& comm, const model::Model& m, const placement::P
   auto t0 = Clock::now();
   std::vector<RankItem> items;
   for (int i = 0; i < n; ++i) items.push_back({ptrs[size_t(i)], prompts[size_t(i)]});
-  const std::vector<float>* logits = &fwd.run(items, n);
+  std::unique_ptr<RankCompression> comp;
+  if (opt.compression) {
+    kv::CompressionConfig cc = *opt.compression;
+    cc.resolve();
+    comp = std::make_unique<RankCompression>(cc, c, size_t(n));
+  }
+  const std::vector<float>* logits = &fwd.run(items, n, comp ? comp->observer() : nullptr);
+  if (comp) {
+    std::vector<int64_t> lengths;
+    for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
+    comp->apply(comm, ptrs, lengths);
+    for (int i = 0; i < n; ++i) res.selections.push_back(comp->selection(size_t(i)));
+  }
   if (opt.after_prefill) opt.after_prefill(comm, fwd, ptrs);
   if (opt.rebalance) {
     const auto lengths = fwd.unit_lengths(ptrs);

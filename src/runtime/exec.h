@@ -10,6 +10,7 @@
 
 #include "kernels/threadpool.h"
 #include "kv/cache.h"
+#include "kv/compress.h"
 #include "model/model.h"
 #include "placement/placement.h"
 #include "runtime/comm.h"
@@ -23,7 +24,11 @@ struct ExecOptions {
   bool rebalance = false;  // recompute shares from the kept lengths after the prefill
   bool keep_logits = false;
   int threads = 1;  // per rank, for execute_threads
-  // Runs on every rank after the prefill, before rebalancing and redistribution: each unit's
+  // Compression of the prompts' caches (resolved here), run by the ranks that own each unit; the
+  // selection equals the single-device one. Null: keep every token.
+  const kv::CompressionConfig* compression = nullptr;
+  // Runs on every rank after the prefill and compression, before rebalancing and redistribution:
+  // each unit's
   // rows then sit whole on one rank (token slices on their tail), where compression can run.
   std::function<void(Communicator&, RankForward&, std::span<RankSequence* const>)> after_prefill;
 };
@@ -32,9 +37,10 @@ struct ExecResult {
   std::vector<std::vector<int32_t>> outputs;  // per prompt
   // keep_logits: per prompt, the logits row each output token was chosen from.
   std::vector<std::vector<float>> logits;
-  placement::Placement placement;    // the shares used while decoding (rebalanced or not)
-  std::vector<size_t> weight_bytes;  // per rank: its shard's slices
-  std::vector<size_t> kv_bytes;      // per rank: its caches after the last step
+  placement::Placement placement;         // the shares used while decoding (rebalanced or not)
+  std::vector<kv::Selection> selections;  // compression: kept rows per prompt
+  std::vector<size_t> weight_bytes;       // per rank: its shard's slices
+  std::vector<size_t> kv_bytes;           // per rank: its caches after the last step
   double prefill_ms = 0, decode_ms = 0;
   int64_t decode_steps = 0;
 };

@@ -12,6 +12,7 @@
 
 #include "model/forward.h"
 #include "model/model.h"
+#include "model/prefill_compression.h"
 #include "model/sampler.h"
 #include "placement/planners.h"
 #include "runtime/exec.h"
@@ -28,17 +29,27 @@ std::string shared_path(const std::string& rel) {
 struct Reference {
   std::vector<int32_t> output;
   std::vector<float> logits;  // the row each output token was chosen from
+  size_t kept = 0;            // cache bytes after the prefill (and compression)
 };
 
 // Single-device greedy generation with the plain engine, one sequence at a time.
-Reference reference(const model::Model& m, const std::vector<int32_t>& prompt, int n_predict) {
+Reference reference(const model::Model& m, const std::vector<int32_t>& prompt, int n_predict,
+                    const kv::CompressionConfig* comp) {
+  model::GenerateOptions opt;
+  std::unique_ptr<model::PrefillCompression> pc;
+  if (comp) {
+    pc = model::make_prefill_compression(*comp, m);
+    pc->attach(opt);
+  }
   kernels::ThreadPool pool(1);
   model::Forward fwd(m.config, m.weights, pool);
   kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim,
                           kv::KvType::F32);
   Reference r;
   model::BatchItem item{&cache, prompt, false};
-  const std::vector<float>* logits = &fwd.run({&item, 1});
+  const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);
+  if (opt.after_prefill) opt.after_prefill(cache);
+  r.kept = cache.bytes();
   while (true) {
     const int32_t tok = model::argmax(*logits);
     r.output.push_back(tok);
@@ -78,13 +89,14 @@ pl::Placement make_placement(const model::ModelConfig& c, const std::string& pla
   return pl::plan(prof, cost, o);
 }
 
-std::vector<std::vector<int32_t>> prompts(const model::ModelConfig& c, int batch) {
+std::vector<std::vector<int32_t>> prompts(const model::ModelConfig& c, int batch, bool longer) {
   std::mt19937 rng(7);
   const int lengths[] = {11, 4, 17, 7};
+  const int long_lengths[] = {61, 40, 83, 52};
   std::vector<std::vector<int32_t>> out;
   for (int i = 0; i < batch; ++i) {
     std::uniform_int_distribution<int32_t> tok(3, c.n_vocab - 1);
-    std::vector<int32_t> p(size_t(lengths[i % 4]));
+    std::vector<int32_t> p(size_t(longer ? long_lengths[i % 4] : lengths[i % 4]));
     for (int32_t& t : p) t = tok(rng);
     out.push_back(p);
   }
@@ -111,16 +123,22 @@ void count_kinds(const pl::Placement& p, Counts& counts) {
       for (const pl::Share& s : dev) counts.kinds[s.kind]++;
 }
 
-void check_model(const std::string& path, bool rebalance) {
+void check_model(const std::string& path, bool rebalance,
+                 const kv::CompressionConfig* comp = nullptr) {
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
   const auto m = model::Model::load(path);
   const model::ModelConfig& c = m->config;
   const int n_predict = 6;
   Counts counts;
   for (int batch : {1, 4}) {
-    const auto ps = prompts(c, batch);
+    const auto ps = prompts(c, batch, comp != nullptr);
     std::vector<Reference> refs;
-    for (const auto& p : ps) refs.push_back(reference(*m, p, n_predict));
+    for (const auto& p : ps) refs.push_back(reference(*m, p, n_predict, comp));
+    if (comp) {  // the compression must have dropped tokens, else the test proves nothing
+      const size_t all =
+          ps[0].size() * 2 * size_t(c.head_dim) * 4 * size_t(c.n_layers) * size_t(c.n_kv_heads);
+      ASSERT_LT(refs[0].kept, all / 2);
+    }
     for (const std::string planner : {"tp", "balanced", "fair-copy", "split"})
       for (int R = 1; R <= 4; ++R) {
         SCOPED_TRACE(planner + " R=" + std::to_string(R) + " batch=" + std::to_string(batch));
@@ -137,6 +155,7 @@ void check_model(const std::string& path, bool rebalance) {
         o.n_predict = n_predict;
         o.keep_logits = true;
         o.rebalance = rebalance;
+        o.compression = comp;
         const ExecResult res = execute_threads(*m, p, ps, o);
         ASSERT_EQ(res.weight_bytes.size(), size_t(R));
         for (size_t i = 0; i < ps.size(); ++i) {
@@ -170,6 +189,25 @@ TEST(Exec, SyntheticGqaEqualsSingleDevice) {
 // Quantized weights: Wo and down columns are copied as whole Q8_0 blocks.
 TEST(Exec, SyntheticGqaQ8EqualsSingleDevice) {
   check_model(shared_path("models/synthetic/llama-gqa4-q8_0.gguf"), false);
+}
+
+kv::CompressionConfig adakv() {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::AdaKV;
+  c.budget = 16;
+  c.window = 8;
+  return c;
+}
+
+// Ada-KV's layer-wide top-k over heads held by different ranks (and by query slices under tp).
+TEST(Exec, AdaKvStories260KEqualsSingleDevice) {
+  const auto c = adakv();
+  check_model(shared_path("models/stories260K.gguf"), false, &c);
+}
+
+TEST(Exec, AdaKvSyntheticGqaEqualsSingleDevice) {
+  const auto c = adakv();
+  check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), true, &c);
 }
 
 TEST(Exec, RebalancedSharesEqualSingleDevice) {

@@ -91,7 +91,7 @@ void add_bias(float* y, const std::vector<float>& b, int64_t rows) {
 }
 
 struct UnitScratch {
-  std::vector<float> q, k, v, out, lse;
+  std::vector<float> q, k, v, out, lse, probs, by_head;
 };
 
 }  // namespace
@@ -145,7 +145,8 @@ void RankForward::build_parts() {
     }
 }
 
-void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots) {
+void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
+                            const RankWindowObserver* observer) {
   const ShardLayer& S = shard_.layers[size_t(layer)];
   const int64_t hd = c_.head_dim, group = c_.group();
   const int64_t nq = S.wq.rows, nkv = S.wk.rows;
@@ -197,7 +198,24 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots) {
         a.visible = role.append ? before : store.size();
         a.out = s.out.data();
         a.lse = s.lse.data();
+        // The prompt's rows all sit on the rank that appended them: it observes the window.
+        const bool observe = observer && observer->observe && role.append && n > 1;
+        if (observe) {
+          a.probs_tokens = std::min(observer->window, n);
+          s.probs.assign(size_t(a.probs_tokens * qh * store.size()), 0.0f);
+          a.probs = s.probs.data();
+        }
         kv::attend(a);
+        if (observe) {
+          // attend writes token-major (window x heads x n); observers want head-major.
+          const int64_t w = a.probs_tokens, len = store.size();
+          s.by_head.resize(size_t(qh * w * len));
+          for (int64_t t = 0; t < w; ++t)
+            for (int64_t g = 0; g < qh; ++g)
+              std::copy_n(&s.probs[size_t((t * qh + g) * len)], len,
+                          &s.by_head[size_t((g * w + t) * len)]);
+          observer->observe(item, layer, u.head, u.q0, u.q1, s.by_head.data(), w, len);
+        }
       }
       for (int64_t t = 0; t < n; ++t)
         std::copy_n(&s.out[t * u.q_rows], u.q_rows, &att_[(row0 + t) * nq + u.q_row]);
@@ -241,7 +259,8 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots) {
   }
 }
 
-const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slots) {
+const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slots,
+                                           const RankWindowObserver* observer) {
   const int64_t E = c_.n_embd;
   row0_.assign(batch.size() + 1, 0);
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -308,7 +327,7 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
       }
     }
     // Every rank takes part in the layer's collectives, with or without units.
-    attention(batch, l, n_slots);
+    attention(batch, l, n_slots, observer);
     if (has_units) kernels::matmul(S.wo, att_.data(), rows, y_.data(), pool_);
     if (timing) timing->attention_ms[size_t(l)] += ms_between(t0, Clock::now());
     reduce_into_x(has_units);

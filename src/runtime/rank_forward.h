@@ -54,6 +54,17 @@ struct UnitPart {
 std::pair<int64_t, int64_t> rows_held(const placement::Placement& p, int layer, int head,
                                       int device, int slot, int n_slots, int64_t total);
 
+// Sees a prefill's observation window on the rank that stores each unit's prompt rows: for
+// sequence item `item` of the batch, unit (layer, kv_head), the softmax probabilities of the last
+// `window` tokens over the unit's n rows, for the query heads [q0, q1) of the group this rank
+// serves: (q1 - q0) x window x n floats, query head first (model::WindowObserver's layout).
+struct RankWindowObserver {
+  int64_t window = 32;
+  std::function<void(size_t item, int layer, int kv_head, int q0, int q1, const float* probs,
+                     int64_t window, int64_t n)>
+      observe;
+};
+
 // Time spent between collectives, per layer: what the emulated bench compares across ranks.
 struct SegmentTimes {
   std::vector<double> attention_ms, mlp_ms;  // per layer, summed over runs
@@ -71,7 +82,8 @@ class RankForward {
 
   // Runs the batch (the same items in the same order on every rank; n_slots sequences in all)
   // and returns the logits of each item's last token, item by item, identical on every rank.
-  const std::vector<float>& run(std::span<RankItem> batch, int n_slots);
+  const std::vector<float>& run(std::span<RankItem> batch, int n_slots,
+                                const RankWindowObserver* observer = nullptr);
 
   // New shares for the same holders (rebalancing); the caches must be redistributed after.
   void set_placement(const placement::Placement& p);
@@ -94,7 +106,8 @@ class RankForward {
 
  private:
   void build_parts();
-  void attention(std::span<RankItem> batch, int layer, int n_slots);
+  void attention(std::span<RankItem> batch, int layer, int n_slots,
+                 const RankWindowObserver* observer);
 
   const model::ModelConfig& c_;
   const model::Weights& full_;

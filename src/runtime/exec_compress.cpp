@@ -1,0 +1,127 @@
+#include "runtime/exec_compress.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace fairkv::runtime {
+
+RankCompression::RankCompression(const kv::CompressionConfig& config, const model::ModelConfig& c,
+                                 size_t n_items)
+    : config_(config),
+      c_(c),
+      scores_(n_items),
+      scored_(n_items),
+      slices_(n_items),
+      selections_(n_items) {
+  const size_t units = size_t(c.n_layers) * size_t(c.n_kv_heads);
+  for (size_t i = 0; i < n_items; ++i) {
+    scores_[i].resize(units);
+    scored_[i].assign(units, 0);
+  }
+  observer_.window = config_.window;
+  observer_.observe = [this](size_t item, int layer, int head, int q0, int q1, const float* probs,
+                             int64_t window, int64_t n) {
+    const size_t u = size_t(layer) * size_t(c_.n_kv_heads) + size_t(head);
+    if (q0 == 0 && q1 == c_.group()) {
+      kv::HeadScores s = kv::score_head(config_, probs, q1 - q0, window, n);
+      std::lock_guard lock(mu_);
+      scores_[item][u] = std::move(s);
+      scored_[item][u] = 1;
+      return;
+    }
+    Slice s{layer, head, q0, q1, window, n, {}};
+    s.probs.assign(probs, probs + int64_t(q1 - q0) * window * n);
+    std::lock_guard lock(mu_);
+    slices_[item].push_back(std::move(s));
+  };
+}
+
+const RankWindowObserver* RankCompression::observer() const {
+  return config_.needs_scores() ? &observer_ : nullptr;
+}
+
+void RankCompression::apply(Communicator& comm, std::span<RankSequence* const> items,
+                            std::span<const int64_t> n_prompt) {
+  if (items.size() != scores_.size() || n_prompt.size() != items.size())
+    throw std::invalid_argument("RankCompression::apply: one sequence and length per item");
+  const int L = c_.n_layers, H = c_.n_kv_heads, group = c_.group();
+  const size_t units = size_t(L) * size_t(H);
+  for (size_t i = 0; i < items.size(); ++i) {
+    kv::PromptScores ps;
+    ps.n_layers = L;
+    ps.n_kv_heads = H;
+    ps.n_prompt = n_prompt[i];
+    ps.window = std::min(config_.window, n_prompt[i]);
+    if (config_.needs_scores()) {
+      // Query slices: the holders' heads summed into the whole group (zeros elsewhere), then
+      // scored by the first holder, which is the one that owns the unit's scores below.
+      std::vector<int> sliced(units, 0);
+      for (const Slice& s : slices_[i]) sliced[size_t(s.layer * H + s.head)] = 1;
+      std::vector<float> any(units);
+      for (size_t u = 0; u < units; ++u) any[u] = float(sliced[u]);
+      comm.all_reduce_sum(any.data(), units);
+      const int64_t w = ps.window, n = n_prompt[i];
+      for (size_t u = 0; u < units; ++u) {
+        if (any[u] == 0.0f) continue;
+        std::vector<float> probs(size_t(group * w * n), 0.0f);
+        int lowest = group;
+        for (const Slice& s : slices_[i])
+          if (size_t(s.layer * H + s.head) == u) {
+            std::copy(s.probs.begin(), s.probs.end(), probs.begin() + s.q0 * w * n);
+            lowest = s.q0;
+          }
+        comm.all_reduce_sum(probs.data(), probs.size());
+        // The holder of the group's first query heads scores it.
+        if (lowest == 0) {
+          scores_[i][u] = kv::score_head(config_, probs.data(), group, w, n);
+          scored_[i][u] = 1;
+        }
+      }
+      // Every head's scores from the rank that scored it: lengths first, then the values.
+      std::vector<float> len(units, 0.0f);
+      for (size_t u = 0; u < units; ++u)
+        if (scored_[i][u]) len[u] = float(scores_[i][u].score.size());
+      comm.all_reduce_sum(len.data(), units);
+      std::vector<size_t> at(units + 1, 0);
+      for (size_t u = 0; u < units; ++u) at[u + 1] = at[u] + size_t(len[u]);
+      std::vector<float> flat(at.back(), 0.0f);
+      std::vector<double> terms(2 * units, 0.0), all_terms(2 * units * size_t(comm.size()));
+      for (size_t u = 0; u < units; ++u) {
+        if (!scored_[i][u]) continue;
+        const kv::HeadScores& h = scores_[i][u];
+        std::copy(h.score.begin(), h.score.end(), flat.begin() + std::ptrdiff_t(at[u]));
+        terms[2 * u] = h.entropy;
+        terms[2 * u + 1] = h.variance;
+      }
+      // Adding zeros changes no bit, so the sum is the scoring rank's value everywhere.
+      comm.all_reduce_sum(flat.data(), flat.size());
+      comm.all_gather(terms.data(), terms.size() * sizeof(double), all_terms.data());
+      ps.heads.resize(units);
+      for (size_t u = 0; u < units; ++u) {
+        kv::HeadScores& h = ps.heads[u];
+        h.score.assign(flat.begin() + std::ptrdiff_t(at[u]),
+                       flat.begin() + std::ptrdiff_t(at[u + 1]));
+        for (int r = 0; r < comm.size(); ++r) {
+          h.entropy += all_terms[size_t(r) * 2 * units + 2 * u];
+          h.variance += all_terms[size_t(r) * 2 * units + 2 * u + 1];
+        }
+      }
+    }
+    selections_[i] = kv::select_tokens(config_, ps);
+    // Keep the selected rows of every store holding the prompt here.
+    for (int l = 0; l < L; ++l)
+      for (int h = 0; h < H; ++h) {
+        kv::HeadStore& st = items[i]->cache.head(l, h);
+        if (st.size() == 0) continue;
+        if (st.size() != n_prompt[i])
+          throw std::logic_error(
+              fmt::format("compression: unit (layer {}, head {}) holds {} of the prompt's {} rows",
+                          l, h, st.size(), n_prompt[i]));
+        st.keep(selections_[i][size_t(l * H + h)]);
+      }
+  }
+}
+
+}  // namespace fairkv::runtime

@@ -1,0 +1,54 @@
+// KV compression when a unit's heads sit on other ranks than its neighbours.
+//
+// Compression runs on the ranks that own each unit: during the prefill every rank scores the
+// units whose prompt rows it stores (from its own window probabilities). Policies that choose
+// across heads (Ada-KV's layer-wide top-k, PyramidKV's and CAKE's budgets) then need every head's
+// scores: they are summed over ranks (each head's come from exactly one rank, so the sum is the
+// value itself, bit for bit), every rank runs the same selection, and each rank keeps the
+// selected rows of the stores it holds. A unit split by query heads (tp's replication) first
+// assembles its group's probabilities from the holders. The result equals the single-device
+// compression exactly.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "kv/compress.h"
+#include "model/config.h"
+#include "runtime/comm.h"
+#include "runtime/rank_forward.h"
+
+namespace fairkv::runtime {
+
+class RankCompression {
+ public:
+  // config must be resolved (CompressionConfig::resolve()); n_items: sequences of the prefill.
+  RankCompression(const kv::CompressionConfig& config, const model::ModelConfig& c, size_t n_items);
+  // Pass to RankForward::run for the prefill (null when the policy reads no attention).
+  const RankWindowObserver* observer() const;
+  // After the prefill, on every rank (a collective): selects and keeps the rows. items[i] is the
+  // sequence of the prefill's item i, n_prompt[i] its prompt length.
+  void apply(Communicator& comm, std::span<RankSequence* const> items,
+             std::span<const int64_t> n_prompt);
+  // The selection of item i, [layer * kv_heads + head] (the same on every rank).
+  const kv::Selection& selection(size_t i) const { return selections_[i]; }
+
+ private:
+  struct Slice {
+    int layer, head, q0, q1;
+    int64_t window, n;
+    std::vector<float> probs;
+  };
+  kv::CompressionConfig config_;
+  const model::ModelConfig& c_;
+  RankWindowObserver observer_;
+  std::mutex mu_;
+  std::vector<std::vector<kv::HeadScores>> scores_;  // [item][layer * H + head]
+  std::vector<std::vector<char>> scored_;            // [item][layer * H + head]: scored here
+  std::vector<std::vector<Slice>> slices_;           // [item]: query slices, scored after merging
+  std::vector<kv::Selection> selections_;
+};
+
+}  // namespace fairkv::runtime
