@@ -6,7 +6,14 @@
 // print its message before ending the job. Ending the job is MPI_Abort on MPI_COMM_WORLD, which
 // makes mpirun kill every rank. A rank that dies without MPI_Abort (a signal, SIGKILL included,
 // or exit without MPI_Finalize) also makes Open MPI's mpirun kill the others and exit non-zero:
-// no rank waits in a collective for a peer that is gone.
+// no rank waits in a collective for a peer that is gone. Not detected (MPI cannot time out a
+// collective): a rank that returns normally while the others still call collectives; it waits in
+// MPI_Finalize and they in their collective, until mpirun's --timeout ends the job. The threads
+// backend reports that case as an error.
+//
+// Open MPI 4.1 here needs no MCA settings, in a container or as root (with
+// OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1): the default shared-memory transport
+// (vader, with its single-copy mechanism) passes the collective checks.
 //
 // Reduction order: MPI_Allreduce chooses its algorithm (and so its summation order) by message
 // size and rank count. At 2 ranks any order gives the same bits (float addition commutes); above 2
