@@ -66,6 +66,7 @@ ExecResult execute(Communicator& comm, const model::Model& m, const placement::P
     ptrs.push_back(seqs.back().get());
   }
   ExecResult res;
+  res.rank = comm.rank();
   res.outputs.resize(size_t(n));
   res.logits.resize(size_t(n));
   const size_t V = size_t(c.n_vocab);
@@ -145,6 +146,18 @@ ExecResult execute_threads(const model::Model& m, const placement::Placement& p,
       std::lock_guard lock(mu);
       out = std::move(r);
     }
+  });
+  return out;
+}
+
+ExecResult execute_job(const std::string& comm_kind, const model::Model& m,
+                       const placement::Placement& p,
+                       const std::vector<std::vector<int32_t>>& prompts, const ExecOptions& opt) {
+  if (comm_kind == "threads") return execute_threads(m, p, prompts, opt);
+  ExecResult out;
+  run_job(comm_kind, p.devices, [&](Communicator& comm) {
+    kernels::ThreadPool pool(std::max(1, opt.threads));
+    out = execute(comm, m, p, prompts, opt, pool);
   });
   return out;
 }

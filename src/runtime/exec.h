@@ -43,6 +43,7 @@ struct ExecResult {
   std::vector<size_t> kv_bytes;           // per rank: its caches after the last step
   double prefill_ms = 0, decode_ms = 0;
   int64_t decode_steps = 0;
+  int rank = 0;  // the rank that returned this result (mpi: this process's)
 };
 
 // The shares rebalance_layer gives every layer for the mean kept lengths (tokens per sequence).
@@ -59,5 +60,12 @@ ExecResult execute(Communicator& comm, const model::Model& m, const placement::P
 ExecResult execute_threads(const model::Model& m, const placement::Placement& p,
                            const std::vector<std::vector<int32_t>>& prompts,
                            const ExecOptions& opt);
+
+// The job as comm_kind runs it: "threads" (all ranks in this process, as execute_threads) or
+// "mpi" (this process is one rank of the job mpirun started, which must have p.devices ranks;
+// a failing rank ends the whole job). Every rank returns the same outputs.
+ExecResult execute_job(const std::string& comm_kind, const model::Model& m,
+                       const placement::Placement& p,
+                       const std::vector<std::vector<int32_t>>& prompts, const ExecOptions& opt);
 
 }  // namespace fairkv::runtime
