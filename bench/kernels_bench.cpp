@@ -7,8 +7,8 @@
 // model does (2.2 GB of weights per token), so bytes/s is DRAM bandwidth and not L3's.
 //
 // Run: build-*/bench/kernels_bench --benchmark_filter=... (names: stream/thr<t>/pages<2M|4K>,
-// pool/thr<t>, tinyllama/<type>/<decode|prefill128>/thr<t>/<activations> (all 155 projections of
-// the model, tok/s), matmul/<type>/<rows>x<cols>/tok<n>/thr<t>/<activations>).
+// pool/thr<t>, tinyllama/<type>/<decode|prefill128>/pages<2M|4K>/thr<t>/<activations> (all 155
+// projections of the model, tok/s), matmul/<type>/<rows>x<cols>/tok<n>/thr<t>/<activations>).
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
@@ -147,44 +147,57 @@ struct Shape {
 };
 
 // Every projection of TinyLlama-1.1B (22 layers of q, k, v, o, gate, up, down, then the output
-// matrix), each in its own memory as in a loaded model: 2.2 GB at F16. Random contents (one
-// matrix per shape, copied), since speed does not depend on the values.
+// matrix) laid out back to back in one buffer, as in a GGUF file: 2.2 GB at F16. Random contents
+// (one matrix per shape, copied), since speed does not depend on the values. Backed by 2 MiB
+// pages (a loader that reads the file into anonymous memory) or 4 KiB pages (as an mmap of the
+// file gets), which changes the bandwidth a core reaches.
 struct Model {
   DType type{};
-  std::vector<std::vector<uint8_t>> mats;
+  bool huge = false;
+  Buffer* buf = nullptr;
+  std::vector<size_t> offsets;
   std::vector<Shape> shapes;
   size_t bytes = 0;
 };
 
-const Model& tinyllama(DType t) {
+const Model& tinyllama(DType t, bool huge) {
   static Model m;
-  if (!m.mats.empty() && m.type == t) return m;
+  if (m.buf && m.type == t && m.huge == huge) return m;
+  delete m.buf;
   m = Model{};
   m.type = t;
+  m.huge = huge;
   const Shape layer[] = {{2048, 2048}, {256, 2048},  {256, 2048}, {2048, 2048},
                          {5632, 2048}, {5632, 2048}, {2048, 5632}};
   for (int l = 0; l < 22; ++l) m.shapes.insert(m.shapes.end(), std::begin(layer), std::end(layer));
   m.shapes.push_back({32000, 2048});
   for (const Shape& s : m.shapes) {
-    const Weights& w = weights(t, s.rows, s.cols, false);
-    m.mats.push_back(w.copies.front());
-    m.bytes += w.bytes;
+    m.offsets.push_back(m.bytes);
+    m.bytes += row_bytes(t, s.cols) * size_t(s.rows);
+  }
+  m.buf = new Buffer((m.bytes + 3) / 4, huge);
+  auto* base = reinterpret_cast<uint8_t*>(m.buf->data);
+  for (size_t i = 0; i < m.shapes.size(); ++i) {
+    const Weights& w = weights(t, m.shapes[i].rows, m.shapes[i].cols, false);
+    std::memcpy(base + m.offsets[i], w.copies.front().data(), w.bytes);
   }
   return m;
 }
 
 // One token (decode) or a batch of prompt tokens (prefill) through every projection: the matmul
 // part of a forward pass, as tokens/s.
-void bm_model(benchmark::State& state, DType t, int64_t n_tokens, int threads, Activations act) {
-  const Model& m = tinyllama(t);
+void bm_model(benchmark::State& state, DType t, bool huge, int64_t n_tokens, int threads,
+              Activations act) {
+  const Model& m = tinyllama(t, huge);
+  const auto* base = reinterpret_cast<const uint8_t*>(m.buf->data);
   std::vector<float> x(size_t(n_tokens * 32000)), y(size_t(n_tokens * 32000));
   std::mt19937 rng(7);
   std::normal_distribution<float> dist(0.0f, 1.0f);
   for (float& v : x) v = dist(rng);
   ThreadPool& p = pool(threads);
   for (auto _ : state) {
-    for (size_t i = 0; i < m.mats.size(); ++i) {
-      const WeightMatrix w{t, m.shapes[i].rows, m.shapes[i].cols, m.mats[i].data(), 0};
+    for (size_t i = 0; i < m.shapes.size(); ++i) {
+      const WeightMatrix w{t, m.shapes[i].rows, m.shapes[i].cols, base + m.offsets[i], 0};
       matmul(w, x.data(), n_tokens, y.data(), p, act);
     }
     benchmark::DoNotOptimize(y.data());
@@ -211,15 +224,19 @@ void register_all() {
         ->UseRealTime();
   }
   for (DType t : {DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
-    for (int64_t n : {int64_t(1), int64_t(128)}) {
-      for (int th : {1, 2}) {
-        for (Activations act : {Activations::Float32, Activations::LikeGgml}) {
-          const std::string name = std::string("tinyllama/") + dtype_name(t) +
-                                   (n == 1 ? "/decode" : "/prefill128") + "/thr" +
-                                   std::to_string(th) + "/" + activations_name(act);
-          benchmark::RegisterBenchmark(name.c_str(), bm_model, t, n, th, act)
-              ->UseRealTime()
-              ->Unit(benchmark::kMillisecond);
+    for (bool huge : {false, true}) {
+      for (int64_t n : {int64_t(1), int64_t(128)}) {
+        if (n > 1 && !huge) continue;  // prefill is compute-bound: pages do not matter
+        for (int th : {1, 2}) {
+          for (Activations act : {Activations::Float32, Activations::LikeGgml}) {
+            const std::string name = std::string("tinyllama/") + dtype_name(t) +
+                                     (n == 1 ? "/decode" : "/prefill128") +
+                                     (huge ? "/pages2M" : "/pages4K") + "/thr" +
+                                     std::to_string(th) + "/" + activations_name(act);
+            benchmark::RegisterBenchmark(name.c_str(), bm_model, t, huge, n, th, act)
+                ->UseRealTime()
+                ->Unit(benchmark::kMillisecond);
+          }
         }
       }
     }

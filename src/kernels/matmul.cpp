@@ -46,19 +46,28 @@ T* scratch(std::vector<T>& v, size_t n) {
   return v.data();
 }
 
-// Runs fn(r_begin, r_end) over the rows split in whole tiles of `tile` rows.
+// Runs fn(r_begin, r_end) over the rows in chunks of whole tiles handed out on demand
+// (ThreadPool::parallel_for_dynamic): at least ~4 chunks per thread, so that a thread slowed by
+// another process on its core does not hold the others up, and at most kMaxChunkBytes of
+// weights, so that each chunk is one long sequential read.
+constexpr int64_t kMaxChunkBytes = int64_t(1) << 20;
+
 template <class Fn>
-void split_rows(ThreadPool& pool, int64_t rows, int64_t tile, const Fn& fn) {
+void for_row_chunks(ThreadPool& pool, const WeightMatrix& w, int64_t tile, const Fn& fn) {
+  const int64_t rows = w.rows;
   const int64_t n_tiles = (rows + tile - 1) / tile;
-  pool.parallel_for(n_tiles,
-                    [&](int64_t b, int64_t e, int) { fn(b * tile, std::min(e * tile, rows)); });
+  const int64_t by_count = (n_tiles + 4 * pool.size() - 1) / (4 * pool.size());
+  const int64_t by_bytes = std::max<int64_t>(1, kMaxChunkBytes / (tile * int64_t(w.stride())));
+  const int64_t grain = std::max<int64_t>(1, std::min(by_count, by_bytes));
+  pool.parallel_for_dynamic(
+      n_tiles, grain, [&](int64_t b, int64_t e, int) { fn(b * tile, std::min(e * tile, rows)); });
 }
 
 void matmul_f32_activations(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y,
                             ThreadPool& pool) {
   if (n_tokens < kGemmMinTokens) {
-    split_rows(pool, w.rows, detail::kGemvRows,
-               [&](int64_t rb, int64_t re) { detail::gemv(w, x, n_tokens, y, rb, re); });
+    for_row_chunks(pool, w, detail::kGemvRows,
+                   [&](int64_t rb, int64_t re) { detail::gemv(w, x, n_tokens, y, rb, re); });
     return;
   }
   thread_local std::vector<float> packed;
@@ -66,8 +75,8 @@ void matmul_f32_activations(const WeightMatrix& w, const float* x, int64_t n_tok
   pool.parallel_for(detail::gemm_panels(n_tokens), [&](int64_t b, int64_t e, int) {
     detail::gemm_pack(x, n_tokens, w.cols, xp, b, e);
   });
-  split_rows(pool, w.rows, detail::gemm_row_tile(),
-             [&](int64_t rb, int64_t re) { detail::gemm(w, xp, n_tokens, y, rb, re); });
+  for_row_chunks(pool, w, detail::gemm_row_tile(),
+                 [&](int64_t rb, int64_t re) { detail::gemm(w, xp, n_tokens, y, rb, re); });
 }
 
 }  // namespace
@@ -104,8 +113,9 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
       pool.parallel_for(detail::bf16_panels(n_tokens), [&](int64_t b, int64_t e, int) {
         detail::bf16_pack(x, n_tokens, w.cols, xp, b, e);
       });
-      split_rows(pool, w.rows, detail::bf16_row_tile(),
-                 [&](int64_t rb, int64_t re) { detail::bf16_matmul(w, xp, n_tokens, y, rb, re); });
+      for_row_chunks(pool, w, detail::bf16_row_tile(), [&](int64_t rb, int64_t re) {
+        detail::bf16_matmul(w, xp, n_tokens, y, rb, re);
+      });
       return;
     }
 #endif
@@ -116,8 +126,9 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
       pool.parallel_for(detail::q8_panels(n_tokens), [&](int64_t b, int64_t e, int) {
         detail::q8_pack(x, n_tokens, w.cols, xp, b, e);
       });
-      split_rows(pool, w.rows, detail::q8_row_tile(),
-                 [&](int64_t rb, int64_t re) { detail::q8_matmul(w, xp, n_tokens, y, rb, re); });
+      for_row_chunks(pool, w, detail::q8_row_tile(), [&](int64_t rb, int64_t re) {
+        detail::q8_matmul(w, xp, n_tokens, y, rb, re);
+      });
       return;
     }
 #endif
@@ -126,8 +137,9 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
       thread_local std::vector<uint16_t> xh_v;
       uint16_t* xh = scratch(xh_v, size_t(n_tokens * w.cols));
       quantize_row(DType::F16, x, xh, n_tokens * w.cols);
-      split_rows(pool, w.rows, detail::kGemvRows,
-                 [&](int64_t rb, int64_t re) { detail::gemv_f16_x16(w, xh, n_tokens, y, rb, re); });
+      for_row_chunks(pool, w, detail::kGemvRows, [&](int64_t rb, int64_t re) {
+        detail::gemv_f16_x16(w, xh, n_tokens, y, rb, re);
+      });
       return;
     }
     // No dedicated instructions for this type: round x to the type's grid, then float32 kernels

@@ -7,6 +7,7 @@
 // with a futex (std::atomic::wait). The caller runs chunk 0 itself and spins on the done count.
 #include "kernels/threadpool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <mutex>
@@ -45,6 +46,8 @@ struct ThreadPool::Impl {
   // Job description, written by the caller before bumping `generation`.
   const std::function<void(int64_t, int64_t, int)>* fn = nullptr;
   int64_t n = 0;
+  int64_t grain = 0;  // 0: one static chunk per thread; else chunks of grain handed out on demand
+  alignas(64) std::atomic<int64_t> next_chunk{0};
 
   alignas(64) std::atomic<uint32_t> generation{0};
   alignas(64) std::atomic<int> pending{0};  // workers that have not finished the current job
@@ -54,11 +57,16 @@ struct ThreadPool::Impl {
   std::exception_ptr error;  // the first exception a worker's chunk threw, rethrown by the caller
 
   void run_chunk(int thread) {
-    const int64_t begin = n * thread / n_threads;
-    const int64_t end = n * (thread + 1) / n_threads;
-    if (begin >= end) return;
     try {
-      (*fn)(begin, end, thread);
+      if (grain == 0) {
+        const int64_t begin = n * thread / n_threads;
+        const int64_t end = n * (thread + 1) / n_threads;
+        if (begin < end) (*fn)(begin, end, thread);
+        return;
+      }
+      for (int64_t c = thread; c * grain < n; c = next_chunk.fetch_add(1)) {
+        (*fn)(c * grain, std::min(n, (c + 1) * grain), thread);
+      }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
@@ -109,14 +117,30 @@ int ThreadPool::size() const {
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
+  run(n, 0, fn);
+}
+
+void ThreadPool::parallel_for_dynamic(int64_t n, int64_t grain,
+                                      const std::function<void(int64_t, int64_t, int)>& fn) {
+  if (grain < 1) {
+    throw std::invalid_argument("parallel_for_dynamic: grain must be at least 1, got " +
+                                std::to_string(grain));
+  }
+  run(n, grain, fn);
+}
+
+void ThreadPool::run(int64_t n, int64_t grain,
+                     const std::function<void(int64_t, int64_t, int)>& fn) {
   Impl& p = *impl_;
   if (n <= 0) return;
-  if (p.n_threads == 1 || n == 1) {
+  if (p.n_threads == 1 || n == 1 || (grain > 0 && grain >= n)) {
     fn(0, n, 0);
     return;
   }
   p.fn = &fn;
   p.n = n;
+  p.grain = grain;
+  p.next_chunk.store(p.n_threads, std::memory_order_relaxed);
   p.pending.store(p.n_threads - 1, std::memory_order_relaxed);
   p.generation.fetch_add(1, std::memory_order_acq_rel);
   // notify_all is a futex syscall only when some worker sleeps (libstdc++ counts waiters).

@@ -72,6 +72,43 @@ TEST(ThreadPool, ExceptionInAChunkReachesTheCaller) {
   EXPECT_EQ(sum.load(), 435);
 }
 
+TEST(ThreadPool, DynamicChunksCoverEveryIndexExactlyOnce) {
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {0, 1, 2, 7, 64, 1000, 4097}) {
+      for (int64_t grain : {1, 3, 16, 5000}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        std::atomic<int> bad_chunk{0};
+        pool.parallel_for_dynamic(n, grain, [&](int64_t b, int64_t e, int t) {
+          // Whole chunks of `grain` on the grid, the last one possibly short.
+          if (b % grain != 0 || (e - b != grain && e != n) || t < 0 || t >= threads) ++bad_chunk;
+          for (int64_t i = b; i < e; ++i) hits[size_t(i)].fetch_add(1);
+        });
+        EXPECT_EQ(bad_chunk.load(), 0);
+        for (int64_t i = 0; i < n; ++i) {
+          ASSERT_EQ(hits[size_t(i)].load(), 1) << threads << " " << n << " " << grain << " " << i;
+        }
+      }
+    }
+    EXPECT_THROW(pool.parallel_for_dynamic(10, 0, [](int64_t, int64_t, int) {}),
+                 std::invalid_argument);
+  }
+}
+
+TEST(ThreadPool, DynamicChunksRethrow) {
+  ThreadPool pool(2);
+  EXPECT_THROW(pool.parallel_for_dynamic(100, 7,
+                                         [&](int64_t b, int64_t, int) {
+                                           if (b == 49) throw std::runtime_error("chunk failed");
+                                         }),
+               std::runtime_error);
+  std::atomic<int64_t> sum{0};
+  pool.parallel_for_dynamic(100, 7, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) sum += i;
+  });
+  EXPECT_EQ(sum.load(), 4950);
+}
+
 TEST(ThreadPool, RejectsZeroThreads) {
   EXPECT_THROW(ThreadPool(0), std::invalid_argument);
 }
