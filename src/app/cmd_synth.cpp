@@ -11,6 +11,7 @@
 #include "formats/gguf.h"
 #include "formats/gguf_synth.h"
 #include "kernels/types.h"
+#include "model/weights.h"
 
 namespace fairkv::app {
 
@@ -21,22 +22,6 @@ struct SynthArgs {
   int64_t layers = 0;
   uint64_t seed = 0;
 };
-
-kernels::DType dtype_of(gguf::TensorType t) {
-  switch (t) {
-    case gguf::TensorType::F32:
-      return kernels::DType::F32;
-    case gguf::TensorType::F16:
-      return kernels::DType::F16;
-    case gguf::TensorType::BF16:
-      return kernels::DType::BF16;
-    case gguf::TensorType::Q8_0:
-      return kernels::DType::Q8_0;
-    case gguf::TensorType::Q4_0:
-      return kernels::DType::Q4_0;
-  }
-  throw UsageError("unsupported tensor type");
-}
 
 std::string size_str(double b) {
   if (b >= 1024.0 * 1024 * 1024) return fmt::format("{:.2f} GiB", b / (1024.0 * 1024 * 1024));
@@ -60,7 +45,7 @@ void synth(const SynthArgs& a) {
   opts.seed = a.seed;
   gguf::Writer w = gguf::synth_llama(
       shape, opts, [](gguf::TensorType t, const float* src, uint8_t* dst, int64_t n) {
-        kernels::quantize_row(dtype_of(t), src, dst, n);
+        kernels::quantize_row(model::dtype_of(t), src, dst, n);
       });
 
   const int64_t n_layer = a.layers > 0 ? a.layers : shape.n_layer;
