@@ -223,43 +223,59 @@ std::vector<BenchRow> bench_placements(
           p.lower_bound[l] > 0 ? p.max_load[l] / p.lower_bound[l] / double(L) : 1.0 / double(L);
     }
 
-    // Emulated: one rank at a time, all threads, segment times per layer.
+    // Emulated: one rank at a time on all threads, segment times per layer. The ranks take
+    // turns step by step (round robin) so that a burst of load on a shared machine hits all of
+    // them alike, and each segment keeps its fastest time: noise only ever adds time.
     std::vector<std::vector<double>> att(static_cast<size_t>(R)), mlp(static_cast<size_t>(R));
-    std::vector<double> other(size_t(R), 0.0);
+    std::vector<double> whole(size_t(R), 1e300), other(size_t(R), 0.0);
     {
       kernels::ThreadPool pool(std::max(1, spec.threads));
-      for (int r = 0; r < R; ++r) {
-        tick(fmt::format("{} rank {}/{} (emulated)", name, r + 1, R));
-        SoloComm comm(r, R);
-        const ShardedWeights shard = shard_weights(c, w, p, r);
-        auto seqs = fill_caches(c, p, prof, r, B, spec.kv_type);
-        row.max_kv_bytes = std::max(row.max_kv_bytes, kv_bytes(seqs));
-        row.max_weight_bytes = std::max(row.max_weight_bytes, shard.bytes);
-        RankForward fwd(c, w, shard, p, comm, pool);
+      struct Rank {
+        std::unique_ptr<SoloComm> comm;
+        std::unique_ptr<ShardedWeights> shard;
+        std::vector<std::unique_ptr<RankSequence>> seqs;
+        std::unique_ptr<RankForward> fwd;
         std::vector<int32_t> tokens;
-        auto items = decode_items(seqs, tokens);
-        fwd.run(items, B);  // warm-up: pages touched, buffers sized
-        // Each segment's fastest run over the steps: the machine is shared, and noise only
-        // ever adds time.
+        std::vector<RankItem> items;
+        SegmentTimes t;
+      };
+      std::vector<Rank> ranks(static_cast<size_t>(R));
+      for (int r = 0; r < R; ++r) {
+        tick(fmt::format("{}: rank {}/{} loads (emulated)", name, r + 1, R));
+        Rank& k = ranks[size_t(r)];
+        k.comm = std::make_unique<SoloComm>(r, R);
+        k.shard = std::make_unique<ShardedWeights>(shard_weights(c, w, p, r));
+        k.seqs = fill_caches(c, p, prof, r, B, spec.kv_type);
+        row.max_kv_bytes = std::max(row.max_kv_bytes, kv_bytes(k.seqs));
+        row.max_weight_bytes = std::max(row.max_weight_bytes, k.shard->bytes);
+        k.fwd = std::make_unique<RankForward>(c, w, *k.shard, p, *k.comm, pool);
+        k.items = decode_items(k.seqs, k.tokens);
+        k.fwd->run(k.items, B);  // warm-up: pages touched, buffers sized
+        k.fwd->timing = &k.t;
         att[size_t(r)].assign(size_t(L), 1e300);
         mlp[size_t(r)].assign(size_t(L), 1e300);
-        double whole = 1e300, seg = 0;
-        SegmentTimes t;
-        fwd.timing = &t;
-        for (int s = 0; s < spec.steps; ++s) {
-          t.clear(L);
+      }
+      done += R / 2;
+      for (int s = 0; s < spec.steps; ++s) {
+        tick(fmt::format("{}: step {}/{} of every rank (emulated)", name, s + 1, spec.steps));
+        for (int r = 0; r < R; ++r) {
+          Rank& k = ranks[size_t(r)];
+          k.t.clear(L);
           const auto t0 = Clock::now();
-          fwd.run(items, B);
-          whole = std::min(whole, ms_between(t0, Clock::now()));
+          k.fwd->run(k.items, B);
+          whole[size_t(r)] = std::min(whole[size_t(r)], ms_between(t0, Clock::now()));
           for (int l = 0; l < L; ++l) {
             att[size_t(r)][size_t(l)] =
-                std::min(att[size_t(r)][size_t(l)], t.attention_ms[size_t(l)]);
-            mlp[size_t(r)][size_t(l)] = std::min(mlp[size_t(r)][size_t(l)], t.mlp_ms[size_t(l)]);
+                std::min(att[size_t(r)][size_t(l)], k.t.attention_ms[size_t(l)]);
+            mlp[size_t(r)][size_t(l)] = std::min(mlp[size_t(r)][size_t(l)], k.t.mlp_ms[size_t(l)]);
           }
         }
+      }
+      done += R - R / 2;
+      for (int r = 0; r < R; ++r) {
+        double seg = 0;
         for (int l = 0; l < L; ++l) seg += att[size_t(r)][size_t(l)] + mlp[size_t(r)][size_t(l)];
-        other[size_t(r)] = std::max(0.0, whole - seg);  // embedding, logits
-        ++done;
+        other[size_t(r)] = std::max(0.0, whole[size_t(r)] - seg);  // embedding, logits
       }
     }
     int gathers = 0;
