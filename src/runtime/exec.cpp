@@ -8,6 +8,8 @@
 #include <stdexcept>
 
 #include "model/sampler.h"
+#include "placement/planners.h"
+#include "placement/profile.h"
 #include "placement/rebalance.h"
 #include "runtime/exec_compress.h"
 #include "runtime/shard.h"
@@ -24,6 +26,51 @@ double dtype_bytes(kernels::DType t) {
   return double(kernels::row_bytes(t, kernels::block_size(t))) / double(kernels::block_size(t));
 }
 }  // namespace
+
+placement::Placement resolve_placement(const std::string& what, const std::string& profile_path,
+                                       const model::ModelConfig& c, int devices, int batch) {
+  placement::Placement p;
+  std::string where = what;
+  if (what == "tp" || what == "balanced" || what == "fair-copy" || what == "split") {
+    placement::Profile prof;
+    if (!profile_path.empty()) {
+      prof = placement::read_profile(profile_path);
+      where = profile_path;
+    } else {
+      prof.model = c.name;
+      prof.layers = c.n_layers;
+      prof.kv_heads = c.n_kv_heads;
+      prof.query_heads = c.n_heads;
+      prof.head_dim = c.head_dim;
+      prof.embd = c.n_embd;
+      prof.ffn = c.n_ff;
+      prof.tokens.assign(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads), 1.0));
+      prof.source = "uniform (no --profile)";
+    }
+    if (prof.layers != c.n_layers || prof.kv_heads != c.n_kv_heads ||
+        prof.query_heads != c.n_heads || prof.head_dim != c.head_dim)
+      throw std::invalid_argument(fmt::format(
+          "{}: the profile is for {} layers, {} / {} heads, head size {}; the model has {} "
+          "layers, {} / {} heads, head size {}",
+          where, prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, c.n_layers, c.n_heads,
+          c.n_kv_heads, c.head_dim));
+    placement::PlanOptions o;
+    o.planner = placement::planner_from_name(what);
+    o.devices = devices;
+    p = placement::plan(prof, placement::cost_model_for(prof, batch), o);
+  } else {
+    p = placement::read_placement(what);
+  }
+  if (int(p.layers.size()) != c.n_layers || p.kv_heads != c.n_kv_heads)
+    throw std::invalid_argument(
+        fmt::format("{}: the placement is for {} layers and {} KV heads; the model has {} layers "
+                    "and {} KV heads",
+                    where, p.layers.size(), p.kv_heads, c.n_layers, c.n_kv_heads));
+  if (devices > 0 && p.devices != devices)
+    throw std::invalid_argument(
+        fmt::format("{}: the placement is for {} devices, not {}", where, p.devices, devices));
+  return p;
+}
 
 placement::Placement rebalanced(const placement::Placement& p, const model::ModelConfig& c,
                                 const std::vector<std::vector<int64_t>>& lengths,

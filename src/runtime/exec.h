@@ -46,6 +46,13 @@ struct ExecResult {
   int rank = 0;  // the rank that returned this result (mpi: this process's)
 };
 
+// The placement `what` names for the model: a planner name (tp, balanced, fair-copy, split),
+// planned on the fly from the profile at profile_path (when empty: every unit equally long, so
+// only tp's layout matters), or the path of a `fairkv plan --json` file. Throws
+// std::invalid_argument naming the file and what does not match the model or the devices.
+placement::Placement resolve_placement(const std::string& what, const std::string& profile_path,
+                                       const model::ModelConfig& c, int devices, int batch);
+
 // The shares rebalance_layer gives every layer for the mean kept lengths (tokens per sequence).
 placement::Placement rebalanced(const placement::Placement& p, const model::ModelConfig& c,
                                 const std::vector<std::vector<int64_t>>& lengths,

@@ -216,3 +216,41 @@ TEST(Exec, RebalancedSharesEqualSingleDevice) {
 
 }  // namespace
 }  // namespace fairkv::runtime
+
+namespace fairkv::runtime {
+namespace {
+
+TEST(Exec, ResolvesPlannerNamesAndPlacementFiles) {
+  const std::string path = std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  const auto m = model::Model::load(path);
+  const model::ModelConfig& c = m->config;
+  const placement::Placement tp = resolve_placement("tp", "", c, 2, 1);
+  EXPECT_EQ(tp.devices, 2);
+  ASSERT_EQ(int(tp.layers.size()), c.n_layers);
+  EXPECT_EQ(tp.layers[0].devices[0].size(), size_t(c.n_kv_heads / 2));
+  // A plan written as JSON reads back as the same placement.
+  const std::string file = ::testing::TempDir() + "/exec_test_placement.json";
+  placement::Placement split = make_placement(c, "split", 3, 2);
+  placement::write_placement(split, file);
+  const placement::Placement back = resolve_placement(file, "", c, 3, 2);
+  ASSERT_EQ(back.layers.size(), split.layers.size());
+  for (size_t l = 0; l < back.layers.size(); ++l)
+    for (int d = 0; d < 3; ++d) {
+      ASSERT_EQ(back.layers[l].devices[size_t(d)].size(),
+                split.layers[l].devices[size_t(d)].size());
+      for (size_t i = 0; i < back.layers[l].devices[size_t(d)].size(); ++i) {
+        EXPECT_EQ(back.layers[l].devices[size_t(d)][i].head,
+                  split.layers[l].devices[size_t(d)][i].head);
+        EXPECT_NEAR(back.layers[l].devices[size_t(d)][i].share,
+                    split.layers[l].devices[size_t(d)][i].share, 1e-12);
+      }
+    }
+  EXPECT_THROW(resolve_placement(file, "", c, 2, 2), std::invalid_argument);  // 3 devices
+  EXPECT_THROW(resolve_placement(
+                   "tp", FAIRKV_SOURCE_DIR "/data/profiles/retrieval-4L-adakv-64.json", c, 2, 1),
+               std::invalid_argument);  // another model's profile
+}
+
+}  // namespace
+}  // namespace fairkv::runtime
