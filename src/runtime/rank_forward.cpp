@@ -90,10 +90,6 @@ void add_bias(float* y, const std::vector<float>& b, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) kernels::add(y + r * dim, b.data(), dim);
 }
 
-struct UnitScratch {
-  std::vector<float> q, k, v, out, lse, probs, by_head;
-};
-
 }  // namespace
 
 RankForward::RankForward(const model::ModelConfig& c, const model::Weights& full,
@@ -159,13 +155,19 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
   lse_.assign(size_t(n_split * rows * group), kNegInf);
   const int64_t n_units = int64_t(S.units.size());
   const int64_t n_tasks = int64_t(batch.size()) * n_units;
-  static thread_local UnitScratch s;
+  if (int64_t(tasks_.size()) < n_tasks) tasks_.resize(size_t(n_tasks));
+  // Phase 1: each (sequence, unit) gathers its queries and appends its new keys and values.
+  // Decode attention then runs as one batch over the pool (attend_batch cuts long single-token
+  // calls into token slices when there are fewer calls than threads); a prefill that is observed
+  // attends in place, since the observer needs the window's probabilities.
   pool_.parallel_for(n_tasks, [&](int64_t begin, int64_t end, int) {
     for (int64_t task = begin; task < end; ++task) {
       const size_t item = size_t(task / n_units);
       const HeldUnit& u = S.units[size_t(task % n_units)];
       const auto& parts = parts_[size_t(layer)][size_t(u.head)];
       RankItem& it = batch[item];
+      Task& s = tasks_[size_t(task)];
+      s.active = false;
       const Role role = role_of(parts, rank, it.seq->slot, n_slots);
       if (!role.serve) continue;
       const int64_t n = int64_t(it.tokens.size());
@@ -187,36 +189,56 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
         }
         store.append(s.k.data(), s.v.data(), n);
       }
-      if (store.size() > 0) {
-        kv::AttentionArgs a;
-        a.store = &store;
-        a.q = s.q.data();
-        a.n_tokens = n;
-        a.group = int(qh);
-        a.scale = scale;
-        // A part that did not append holds only rows older than every new token.
-        a.visible = role.append ? before : store.size();
-        a.out = s.out.data();
-        a.lse = s.lse.data();
-        // The prompt's rows all sit on the rank that appended them: it observes the window.
-        const bool observe = observer && observer->observe && role.append && n > 1;
-        if (observe) {
-          a.probs_tokens = std::min(observer->window, n);
-          s.probs.assign(size_t(a.probs_tokens * qh * store.size()), 0.0f);
-          a.probs = s.probs.data();
-        }
-        kv::attend(a);
-        if (observe) {
-          // attend writes token-major (window x heads x n); observers want head-major.
-          const int64_t w = a.probs_tokens, len = store.size();
-          s.by_head.resize(size_t(qh * w * len));
-          for (int64_t t = 0; t < w; ++t)
-            for (int64_t g = 0; g < qh; ++g)
-              std::copy_n(&s.probs[size_t((t * qh + g) * len)], len,
-                          &s.by_head[size_t((g * w + t) * len)]);
-          observer->observe(item, layer, u.head, u.q0, u.q1, s.by_head.data(), w, len);
-        }
+      s.served = true;
+      s.active = store.size() > 0;
+      if (!s.active) continue;  // holds no rows yet: output 0, lse -inf
+      kv::AttentionArgs& a = s.args;
+      a = kv::AttentionArgs{};
+      a.store = &store;
+      a.q = s.q.data();
+      a.n_tokens = n;
+      a.group = int(qh);
+      a.scale = scale;
+      // A part that did not append holds only rows older than every new token.
+      a.visible = role.append ? before : store.size();
+      a.out = s.out.data();
+      a.lse = s.lse.data();
+      // The prompt's rows all sit on the rank that appended them: it observes the window.
+      const bool observe = observer && observer->observe && role.append && n > 1;
+      if (!observer) continue;
+      s.active = false;  // attended here
+      if (observe) {
+        a.probs_tokens = std::min(observer->window, n);
+        s.probs.assign(size_t(a.probs_tokens * qh * store.size()), 0.0f);
+        a.probs = s.probs.data();
       }
+      kv::attend(a);
+      if (observe) {
+        // attend writes token-major (window x heads x n); observers want head-major.
+        const int64_t w = a.probs_tokens, len = store.size();
+        s.by_head.resize(size_t(qh * w * len));
+        for (int64_t t = 0; t < w; ++t)
+          for (int64_t g = 0; g < qh; ++g)
+            std::copy_n(&s.probs[size_t((t * qh + g) * len)], len,
+                        &s.by_head[size_t((g * w + t) * len)]);
+        observer->observe(item, layer, u.head, u.q0, u.q1, s.by_head.data(), w, len);
+      }
+    }
+  });
+  calls_.clear();
+  for (int64_t task = 0; task < n_tasks; ++task)
+    if (tasks_[size_t(task)].active) calls_.push_back(tasks_[size_t(task)].args);
+  if (!calls_.empty()) kv::attend_batch(calls_, pool_);
+  // Phase 3: outputs (and log-sum-exps of token slices) into the layer's rows.
+  pool_.parallel_for(n_tasks, [&](int64_t begin, int64_t end, int) {
+    for (int64_t task = begin; task < end; ++task) {
+      Task& s = tasks_[size_t(task)];
+      if (!s.served) continue;
+      s.served = false;
+      const size_t item = size_t(task / n_units);
+      const HeldUnit& u = S.units[size_t(task % n_units)];
+      const int64_t n = int64_t(batch[item].tokens.size()), row0 = row0_[item];
+      const int64_t qh = u.q1 - u.q0;
       for (int64_t t = 0; t < n; ++t)
         std::copy_n(&s.out[t * u.q_rows], u.q_rows, &att_[(row0 + t) * nq + u.q_row]);
       const auto at = std::find(splits.begin(), splits.end(), u.head);

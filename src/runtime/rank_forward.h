@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels/threadpool.h"
+#include "kv/attention.h"
 #include "kv/cache.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -117,6 +118,14 @@ class RankForward {
   kernels::ThreadPool& pool_;
   std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]
   std::vector<std::vector<int>> split_heads_;              // [layer]: heads with token slices
+  // Per (sequence, unit) of a layer: its gathered queries, outputs and attention call.
+  struct Task {
+    std::vector<float> q, k, v, out, lse, probs, by_head;
+    kv::AttentionArgs args;
+    bool served = false, active = false;
+  };
+  std::vector<Task> tasks_;
+  std::vector<kv::AttentionArgs> calls_;
   std::vector<int64_t> row0_;
   std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,
       rows_out_;
