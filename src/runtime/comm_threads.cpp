@@ -36,20 +36,22 @@ constexpr uint32_t kLeftBit = 1u << 30;
 constexpr uint32_t kGenMask = kLeftBit - 1;
 constexpr uint32_t kBrokenBits = kFailedBit | kLeftBit;
 
-// Pauses, then yields, then sleeps on the futex. A pause is ~60 ns on Zen 3, so the spin covers
-// ~15 us: most arrivals of the other ranks at a barrier (their load imbalance in the layer); the
-// yields (~1 us each on an idle core) cover the longer gaps while letting a rank that shares this
-// core run. Longer pause spins cost a shared machine dearly: a spinner that holds the core of a
-// descheduled rank makes every barrier wait for its whole spin (measured: ~100 us per all-reduce
-// with 2048 pauses on 2 loaded cores). With more ranks than cores, pausing only keeps the rank
-// everybody waits for off its core (R=4 on 2 cores: ~100 us against ~20 us per all-reduce), so
-// such a group yields at once.
-constexpr int kSpinIters = 256;
+// Pauses, then yields, then sleeps on the futex. The pause spin has an adaptive length per rank,
+// like an adaptive mutex: doubled (up to ~60 us; a pause is ~60 ns on Zen 3) while the barrier
+// completes during the spin, halved (down to ~1 us) when it does not. On dedicated cores the
+// spin covers the other ranks' arrivals (their load imbalance in the layer) and a barrier costs a
+// fraction of a microsecond. When the rank everybody waits for shares this rank's core (a loaded
+// machine), spinning only keeps it off that core: a fixed 15 us spin made every barrier cost
+// 15 us there (measured on 2 shared cores), the adaptive one backs off to the yields, which let
+// that rank run. With more ranks than cores that is always the case, so such a group never spins.
+constexpr int kSpinMin = 16;
+constexpr int kSpinStart = 256;
+constexpr int kSpinMax = 1024;
 constexpr int kYieldIters = 128;
 
-int spin_iters_for(int ranks) {
+int max_spin_for(int ranks) {
   const unsigned cores = std::thread::hardware_concurrency();
-  return cores == 0 || unsigned(ranks) <= cores ? kSpinIters : 0;
+  return cores == 0 || unsigned(ranks) <= cores ? kSpinMax : 0;
 }
 
 enum class Op : uint32_t { kBarrier, kAllReduce, kAllGather, kBroadcast };
@@ -97,12 +99,12 @@ class ThreadComm;
 }  // namespace
 
 struct ThreadGroup::State {
-  explicit State(int n) : n(n), spin_iters(spin_iters_for(n)) {
+  explicit State(int n) : n(n), max_spin(max_spin_for(n)) {
     for (auto& s : slots) s.resize(size_t(n));
   }
 
   const int n;
-  const int spin_iters;
+  const int max_spin;
   // Slots by barrier generation parity: a rank that has left barrier g publishes for g + 1 into
   // the other half while slower ranks still read what was published for g.
   std::vector<Slot> slots[2];
@@ -140,8 +142,9 @@ struct ThreadGroup::State {
 
   // Barrier number `gen`. may_break: throw when the group breaks instead of waiting. The second
   // barrier of a collective passes false: every rank is then past the first one and will arrive,
-  // and none may leave early while the others still read or write its buffers.
-  void arrive_and_wait(int rank, uint32_t gen, bool may_break) {
+  // and none may leave early while the others still read or write its buffers. spin: the calling
+  // rank's adaptive pause count.
+  void arrive_and_wait(int rank, uint32_t gen, bool may_break, int& spin) {
     if (may_break) {
       const uint32_t w = word.load(std::memory_order_acquire);
       if (w & kBrokenBits) throw_broken(w, rank);
@@ -158,11 +161,15 @@ struct ThreadGroup::State {
     for (int i = 0;; ++i) {
       const uint32_t w = word.load(std::memory_order_acquire);
       // Completion first: a rank may leave right after the last barrier it joined.
-      if ((w & kGenMask) != gen) return;
+      if ((w & kGenMask) != gen) {
+        spin = i < spin ? std::min(max_spin, 2 * spin)
+                        : std::max(std::min(kSpinMin, max_spin), spin / 2);
+        return;
+      }
       if (may_break && (w & kBrokenBits)) throw_broken(w, rank);
-      if (i < spin_iters) {
+      if (i < spin) {
         cpu_relax();
-      } else if (i < spin_iters + kYieldIters) {
+      } else if (i < spin + kYieldIters) {
         std::this_thread::yield();
       } else {
         word.wait(w, std::memory_order_acquire);
@@ -195,7 +202,8 @@ namespace {
 
 class ThreadComm final : public Communicator {
  public:
-  ThreadComm(ThreadGroup::State& s, int rank) : s_(s), rank_(rank) {}
+  ThreadComm(ThreadGroup::State& s, int rank)
+      : s_(s), rank_(rank), spin_(std::min(kSpinStart, s.max_spin)) {}
 
   int rank() const override { return rank_; }
   int size() const override { return s_.n; }
@@ -204,7 +212,7 @@ class ThreadComm final : public Communicator {
   void barrier() override {
     if (s_.n == 1) return;
     const uint32_t gen = s_.publish(rank_, {nullptr, nullptr, 0, Op::kBarrier, 0});
-    s_.arrive_and_wait(rank_, gen, true);
+    s_.arrive_and_wait(rank_, gen, true, spin_);
     s_.check_same(gen);
   }
 
@@ -212,7 +220,7 @@ class ThreadComm final : public Communicator {
     const int R = s_.n;
     if (R == 1) return;
     const uint32_t gen = s_.publish(rank_, {data, data, n, Op::kAllReduce, 0});
-    s_.arrive_and_wait(rank_, gen, true);
+    s_.arrive_and_wait(rank_, gen, true, spin_);
     s_.check_same(gen);
     // This rank's slice, in whole cache lines so that no two ranks write one line.
     const size_t chunk = ((n + size_t(R) - 1) / size_t(R) + 15) / 16 * 16;
@@ -233,7 +241,7 @@ class ThreadComm final : public Communicator {
         std::memcpy(static_cast<float*>(slots[size_t(r)].dst) + i0, acc, m * sizeof(float));
       }
     }
-    s_.arrive_and_wait(rank_, (gen + 1) & kGenMask, false);
+    s_.arrive_and_wait(rank_, (gen + 1) & kGenMask, false, spin_);
   }
 
   void all_gather(const void* send, size_t bytes_per_rank, void* recv) override {
@@ -244,7 +252,7 @@ class ThreadComm final : public Communicator {
       return;
     }
     const uint32_t gen = s_.publish(rank_, {send, recv, bytes_per_rank, Op::kAllGather, 0});
-    s_.arrive_and_wait(rank_, gen, true);
+    s_.arrive_and_wait(rank_, gen, true, spin_);
     s_.check_same(gen);
     // Each rank pulls into its own recv: it writes only memory it owns.
     const auto& slots = s_.slots[gen & 1];
@@ -254,7 +262,7 @@ class ThreadComm final : public Communicator {
         std::memcpy(dst, slots[size_t(r)].src, bytes_per_rank);
       }
     }
-    s_.arrive_and_wait(rank_, (gen + 1) & kGenMask, false);
+    s_.arrive_and_wait(rank_, (gen + 1) & kGenMask, false, spin_);
   }
 
   void broadcast(void* data, size_t bytes, int root) override {
@@ -265,11 +273,11 @@ class ThreadComm final : public Communicator {
     }
     if (R == 1) return;
     const uint32_t gen = s_.publish(rank_, {data, data, bytes, Op::kBroadcast, root});
-    s_.arrive_and_wait(rank_, gen, true);
+    s_.arrive_and_wait(rank_, gen, true, spin_);
     s_.check_same(gen);
     const void* src = s_.slots[gen & 1][size_t(root)].src;
     if (bytes > 0 && rank_ != root && src != data) std::memcpy(data, src, bytes);
-    s_.arrive_and_wait(rank_, (gen + 1) & kGenMask, false);
+    s_.arrive_and_wait(rank_, (gen + 1) & kGenMask, false, spin_);
   }
 
   [[noreturn]] void abort(const std::string& why) override {
@@ -281,6 +289,7 @@ class ThreadComm final : public Communicator {
  private:
   ThreadGroup::State& s_;
   const int rank_;
+  int spin_;  // pauses before yielding, adapted by every barrier this rank waits in
 };
 
 }  // namespace
