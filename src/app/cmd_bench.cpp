@@ -21,7 +21,7 @@ namespace {
 struct BenchArgs {
   std::string profile, model, json_out, svg_out, placements = "tp,balanced,fair-copy,split",
                                                  devices = "4";
-  int batch = 8, steps = 3, layers = 0, threads = 0;
+  int batch = 8, steps = 3, rounds = 2, layers = 0, threads = 0;
   int64_t ffn = 0;
   bool no_wall = false;
 };
@@ -153,14 +153,17 @@ void run(const BenchArgs& a) {
     }
     s.batch = a.batch;
     s.steps = a.steps;
+    s.rounds = a.rounds;
     s.threads = a.threads > 0 ? a.threads : cores;
     s.wall = !a.no_wall && s.devices <= cores;
     s.planners = split_list(a.placements);
     fmt::print(stderr, "bench: R = {}, batch {}, {} layers, {} threads\n", s.devices, s.batch,
                c->n_layers, s.threads);
     const auto rows = runtime::bench_placements(*c, *w, prof, s, progress_bar);
-    fmt::print("\nR = {} devices, batch {}, {} timed decode steps per placement; lengths: {}\n",
-               s.devices, s.batch, s.steps, prof.source.empty() ? a.profile : prof.source);
+    fmt::print(
+        "\nR = {} devices, batch {}, {} timed decode steps per placement x {} rounds; lengths: "
+        "{}\n",
+        s.devices, s.batch, s.steps, s.rounds, prof.source.empty() ? a.profile : prof.source);
     print_table(rows, s.wall);
     fmt::print(
         "emulated: each rank's step timed alone on the whole machine ({} threads); step = sum "
@@ -205,6 +208,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--placements", a->placements, "Planners to compare, comma-separated")
       ->capture_default_str();
   cmd->add_option("--steps", a->steps, "Timed decode steps per placement")->capture_default_str();
+  cmd->add_option("--rounds", a->rounds,
+                  "Emulated timing: measure every placement this many times, in turn (the fastest "
+                  "segment times count)")
+      ->capture_default_str();
   cmd->add_option("--layers", a->layers, "Use the profile's first N layers");
   cmd->add_option("--ffn", a->ffn,
                   "Feed-forward size of the random-weight model (default: the profile's, else "

@@ -200,7 +200,8 @@ std::vector<BenchRow> bench_placements(
                                                          : "f16";
   const placement::CostModel cost =
       placement::cost_model_for(prof, B, wname, spec.kv_type == kv::KvType::F16 ? "f16" : "f32");
-  const int total = int(spec.planners.size()) * (R + (spec.wall ? 1 : 0));
+  const int P = int(spec.planners.size()), rounds = std::max(1, spec.rounds);
+  const int total = P * (rounds * R + (spec.wall ? 1 : 0));
   int done = 0;
   auto tick = [&](const std::string& what) {
     if (progress) progress(done, total, what);
@@ -222,14 +223,32 @@ std::vector<BenchRow> bench_placements(
       row.planned_imbalance +=
           p.lower_bound[l] > 0 ? p.max_load[l] / p.lower_bound[l] / double(L) : 1.0 / double(L);
     }
+    rows.push_back(std::move(row));
+  }
 
-    // Emulated: one rank at a time on all threads, segment times per layer. The ranks take
-    // turns step by step (round robin) so that a burst of load on a shared machine hits all of
-    // them alike, and each segment keeps its fastest time: noise only ever adds time.
-    std::vector<std::vector<double>> att(static_cast<size_t>(R)), mlp(static_cast<size_t>(R));
-    std::vector<double> whole(size_t(R), 1e300), other(size_t(R), 0.0);
-    {
-      kernels::ThreadPool pool(std::max(1, spec.threads));
+  // Emulated: one rank at a time on all threads, segment times per layer. The placements are
+  // measured in turn, `rounds` times over, and within a placement the ranks take turns step by
+  // step, so that load from elsewhere on a shared machine hits all of them alike; each segment
+  // keeps its fastest time, since noise only ever adds time.
+  struct Emulated {
+    std::vector<std::vector<double>> att, mlp;  // [rank][layer]
+    std::vector<double> whole;                  // [rank]
+  };
+  std::vector<Emulated> em(static_cast<size_t>(P));
+  for (Emulated& e : em) {
+    e.att.assign(size_t(R), std::vector<double>(size_t(L), 1e300));
+    e.mlp.assign(size_t(R), std::vector<double>(size_t(L), 1e300));
+    e.whole.assign(size_t(R), 1e300);
+  }
+  kernels::ThreadPool pool(std::max(1, spec.threads));
+  for (int round = 0; round < rounds; ++round)
+    for (int i = 0; i < P; ++i) {
+      BenchRow& row = rows[size_t(i)];
+      const placement::Placement& p = row.placement;
+      Emulated& e = em[size_t(i)];
+      const std::string what = rounds > 1
+                                   ? fmt::format("{} (round {}/{})", row.planner, round + 1, rounds)
+                                   : row.planner;
       struct Rank {
         std::unique_ptr<SoloComm> comm;
         std::unique_ptr<ShardedWeights> shard;
@@ -241,7 +260,7 @@ std::vector<BenchRow> bench_placements(
       };
       std::vector<Rank> ranks(static_cast<size_t>(R));
       for (int r = 0; r < R; ++r) {
-        tick(fmt::format("{}: rank {}/{} loads (emulated)", name, r + 1, R));
+        tick(fmt::format("{}: rank {}/{} loads (emulated)", what, r + 1, R));
         Rank& k = ranks[size_t(r)];
         k.comm = std::make_unique<SoloComm>(r, R);
         k.shard = std::make_unique<ShardedWeights>(shard_weights(c, w, p, r));
@@ -252,31 +271,36 @@ std::vector<BenchRow> bench_placements(
         k.items = decode_items(k.seqs, k.tokens);
         k.fwd->run(k.items, B);  // warm-up: pages touched, buffers sized
         k.fwd->timing = &k.t;
-        att[size_t(r)].assign(size_t(L), 1e300);
-        mlp[size_t(r)].assign(size_t(L), 1e300);
       }
       done += R / 2;
       for (int s = 0; s < spec.steps; ++s) {
-        tick(fmt::format("{}: step {}/{} of every rank (emulated)", name, s + 1, spec.steps));
+        tick(fmt::format("{}: step {}/{} of every rank (emulated)", what, s + 1, spec.steps));
         for (int r = 0; r < R; ++r) {
           Rank& k = ranks[size_t(r)];
           k.t.clear(L);
           const auto t0 = Clock::now();
           k.fwd->run(k.items, B);
-          whole[size_t(r)] = std::min(whole[size_t(r)], ms_between(t0, Clock::now()));
+          e.whole[size_t(r)] = std::min(e.whole[size_t(r)], ms_between(t0, Clock::now()));
           for (int l = 0; l < L; ++l) {
-            att[size_t(r)][size_t(l)] =
-                std::min(att[size_t(r)][size_t(l)], k.t.attention_ms[size_t(l)]);
-            mlp[size_t(r)][size_t(l)] = std::min(mlp[size_t(r)][size_t(l)], k.t.mlp_ms[size_t(l)]);
+            double& a = e.att[size_t(r)][size_t(l)];
+            double& m = e.mlp[size_t(r)][size_t(l)];
+            a = std::min(a, k.t.attention_ms[size_t(l)]);
+            m = std::min(m, k.t.mlp_ms[size_t(l)]);
           }
         }
       }
       done += R - R / 2;
-      for (int r = 0; r < R; ++r) {
-        double seg = 0;
-        for (int l = 0; l < L; ++l) seg += att[size_t(r)][size_t(l)] + mlp[size_t(r)][size_t(l)];
-        other[size_t(r)] = std::max(0.0, whole[size_t(r)] - seg);  // embedding, logits
-      }
+    }
+
+  for (int i = 0; i < P; ++i) {
+    BenchRow& row = rows[size_t(i)];
+    const placement::Placement& p = row.placement;
+    const Emulated& e = em[size_t(i)];
+    std::vector<double> other(size_t(R), 0.0);
+    for (int r = 0; r < R; ++r) {
+      double seg = 0;
+      for (int l = 0; l < L; ++l) seg += e.att[size_t(r)][size_t(l)] + e.mlp[size_t(r)][size_t(l)];
+      other[size_t(r)] = std::max(0.0, e.whole[size_t(r)] - seg);  // embedding, logits
     }
     int gathers = 0;
     size_t lse_bytes = 0;
@@ -285,8 +309,8 @@ std::vector<BenchRow> bench_placements(
       for (int h = 0; h < c.n_kv_heads; ++h) {
         bool split = false;
         for (const auto& dev : p.layers[size_t(l)].devices)
-          for (const auto& s : dev)
-            split = split || (s.head == h && s.kind == placement::ShareKind::Tokens);
+          for (const auto& sh : dev)
+            split = split || (sh.head == h && sh.kind == placement::ShareKind::Tokens);
         splits += split ? 1 : 0;
       }
       if (splits > 0) {
@@ -296,58 +320,53 @@ std::vector<BenchRow> bench_placements(
     }
     row.collective_ms = collectives_ms(R, B, c, gathers, lse_bytes);
     row.layer_rank_ms.assign(size_t(L), std::vector<double>(size_t(R), 0.0));
-    double step = row.collective_ms + *std::max_element(other.begin(), other.end());
+    const double fixed = row.collective_ms + *std::max_element(other.begin(), other.end());
+    double step = fixed, bound = fixed;
     for (int l = 0; l < L; ++l) {
       double amax = 0, asum = 0, mmax = 0;
       for (int r = 0; r < R; ++r) {
-        const double a = att[size_t(r)][size_t(l)];
+        const double a = e.att[size_t(r)][size_t(l)];
         row.layer_rank_ms[size_t(l)][size_t(r)] = a;
         amax = std::max(amax, a);
         asum += a;
-        mmax = std::max(mmax, mlp[size_t(r)][size_t(l)]);
+        mmax = std::max(mmax, e.mlp[size_t(r)][size_t(l)]);
       }
       step += amax + mmax;
+      // Perfect balance: the layer's attention at its mean rank time (the MLP is even anyway).
+      bound += asum / R + mmax;
       row.imbalance += (asum > 0 ? amax / (asum / R) : 1.0) / L;
     }
     row.step_ms_emulated = step;
     row.tok_s_emulated = 1000.0 * B / step;
-    // Perfect balance: every layer at its mean rank time (the MLP is split evenly anyway).
-    double bound = row.collective_ms + *std::max_element(other.begin(), other.end());
-    for (int l = 0; l < L; ++l) {
-      double asum = 0, mmax = 0;
-      for (int r = 0; r < R; ++r) {
-        asum += att[size_t(r)][size_t(l)];
-        mmax = std::max(mmax, mlp[size_t(r)][size_t(l)]);
-      }
-      bound += asum / R + mmax;
-    }
     row.lower_bound_ms = bound;
 
     if (spec.wall) {
-      tick(fmt::format("{}: {} ranks in parallel (wall)", name, R));
+      tick(fmt::format("{}: {} ranks in parallel (wall)", row.planner, R));
       std::mutex mu;
       const int per_rank = std::max(1, spec.threads / R);
+      row.step_ms_wall = 1e300;
       run_ranks(R, [&](Communicator& comm) {
-        kernels::ThreadPool pool(per_rank);
+        kernels::ThreadPool rank_pool(per_rank);
         const ShardedWeights shard = shard_weights(c, w, p, comm.rank());
         auto seqs = fill_caches(c, p, prof, comm.rank(), B, spec.kv_type);
-        RankForward fwd(c, w, shard, p, comm, pool);
+        RankForward fwd(c, w, shard, p, comm, rank_pool);
         std::vector<int32_t> tokens;
         auto items = decode_items(seqs, tokens);
         fwd.run(items, B);
-        comm.barrier();
-        const auto t0 = Clock::now();
-        for (int s = 0; s < spec.steps; ++s) fwd.run(items, B);
-        comm.barrier();
-        if (comm.rank() == 0) {
-          std::lock_guard lock(mu);
-          row.step_ms_wall = ms_between(t0, Clock::now()) / spec.steps;
+        for (int s = 0; s < spec.steps; ++s) {
+          comm.barrier();
+          const auto t0 = Clock::now();
+          fwd.run(items, B);
+          comm.barrier();
+          if (comm.rank() == 0) {
+            std::lock_guard lock(mu);
+            row.step_ms_wall = std::min(row.step_ms_wall, ms_between(t0, Clock::now()));
+          }
         }
       });
       row.tok_s_wall = 1000.0 * B / row.step_ms_wall;
       ++done;
     }
-    rows.push_back(std::move(row));
   }
   if (progress) progress(total, total, "done");
 

@@ -3,12 +3,14 @@
 // Cache lengths come from a profile: every rank's stores are filled with random keys and values
 // for the rows it would hold after a prefill of those lengths (its share of each unit), so long
 // contexts are benchable without running a prefill. Two timings per placement, both reported:
-//  - wall: the R ranks run truly in parallel as threads; honest only while R <= cores;
+//  - wall: the R ranks run truly in parallel as threads (the fastest step); honest only while
+//    R <= cores;
 //  - emulated: each rank's decode step runs alone on the whole machine and the time of each
-//    layer's segments between collectives is measured; the step is the sum over layers of the
-//    slowest rank, plus the measured cost of the collectives: what R separate devices would see.
-//    lower_bound_ms is the same sum with every layer perfectly balanced: tp's mean rank time
-//    (every unit read once, no replicas) in place of the slowest rank.
+//    layer's segments between collectives is measured (the fastest over steps and rounds); the step
+//    is the sum over layers of the slowest rank, plus the measured cost of the collectives: what R
+//    separate devices would see. lower_bound_ms is the same sum with every layer perfectly
+//    balanced: tp's mean rank time (every unit read once, no replicas) in place of the slowest
+//    rank.
 #pragma once
 
 #include <cstdint>
@@ -38,7 +40,8 @@ RandomModel random_model(const placement::Profile& p, int64_t ffn, int vocab = 2
 struct BenchSpec {
   int devices = 4;
   int batch = 8;
-  int steps = 3;    // timed decode steps per placement after a warm-up; emulated keeps the fastest
+  int steps = 3;    // timed decode steps per placement (and round), after a warm-up
+  int rounds = 2;   // emulated: every placement measured this many times, in turn
   int threads = 1;  // threads of the whole machine (emulated: all for one rank; wall: split)
   bool wall = true;
   std::vector<std::string> planners = {"tp", "balanced", "fair-copy", "split"};
