@@ -6,7 +6,8 @@
 //   mpirun -np 2 [--oversubscribe] comm_bench     MPI backend (rank 0 reports; fixed iteration
 //                                                 counts, so that every rank runs the same loop)
 //
-// Time is wall time per collective on rank 0, from its call to its return.
+// Time is wall time per collective on rank 0, from its call to its return. Under Open MPI, add
+// `--mca btl_vader_single_copy_mechanism none` for the faster small-message path (comm_mpi.h).
 #include <benchmark/benchmark.h>
 
 #include <cstdio>

@@ -13,7 +13,10 @@
 //
 // Open MPI 4.1 here needs no MCA settings, in a container or as root (with
 // OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1): the default shared-memory transport
-// (vader, with its single-copy mechanism) passes the collective checks.
+// (vader, with its single-copy mechanism) passes the collective checks. For decode-size
+// all-reduces, `--mca btl_vader_single_copy_mechanism none` (copy through the shared segment
+// instead of a process_vm_readv per message) halved the latency here: 8192 floats at 2 ranks,
+// median 6.7 us against 11 us.
 //
 // Reduction order: MPI_Allreduce chooses its algorithm (and so its summation order) by message
 // size and rank count. At 2 ranks any order gives the same bits (float addition commutes); above 2
