@@ -46,19 +46,18 @@ T* scratch(std::vector<T>& v, size_t n) {
   return v.data();
 }
 
-// Runs fn(r_begin, r_end) over the rows in chunks of whole tiles handed out on demand
-// (ThreadPool::parallel_for_dynamic): at least ~4 chunks per thread, so that a thread slowed by
-// another process on its core does not hold the others up, and at most kMaxChunkBytes of
-// weights, so that each chunk is one long sequential read.
-constexpr int64_t kMaxChunkBytes = int64_t(1) << 20;
+// Runs fn(r_begin, r_end) over the rows in chunks of whole tiles, each thread sweeping its own
+// contiguous share (one sequential read of the weights, what the prefetchers follow best) and
+// stealing chunks from the others' when it is done early (ThreadPool::parallel_for_dynamic):
+// a thread slowed by another process on its core then does not hold the others up. Chunks of
+// about kChunkBytes of weights keep the stealing fine-grained.
+constexpr int64_t kChunkBytes = int64_t(64) << 10;
 
 template <class Fn>
 void for_row_chunks(ThreadPool& pool, const WeightMatrix& w, int64_t tile, const Fn& fn) {
   const int64_t rows = w.rows;
   const int64_t n_tiles = (rows + tile - 1) / tile;
-  const int64_t by_count = (n_tiles + 4 * pool.size() - 1) / (4 * pool.size());
-  const int64_t by_bytes = std::max<int64_t>(1, kMaxChunkBytes / (tile * int64_t(w.stride())));
-  const int64_t grain = std::max<int64_t>(1, std::min(by_count, by_bytes));
+  const int64_t grain = std::max<int64_t>(1, kChunkBytes / (tile * int64_t(w.stride())));
   pool.parallel_for_dynamic(
       n_tiles, grain, [&](int64_t b, int64_t e, int) { fn(b * tile, std::min(e * tile, rows)); });
 }

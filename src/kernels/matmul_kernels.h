@@ -13,7 +13,9 @@ namespace fairkv::kernels::detail {
 // --- gemv.cpp: dot-product kernels for a few tokens, float32 activations, any weight type.
 // Reads the weights once per group of up to kGemvTokens tokens: the decode path.
 inline constexpr int64_t kGemvTokens = 4;
-inline constexpr int64_t kGemvRows = 8;  // split points should be multiples of this
+// Rows per work unit when splitting decode over threads (the kernels go one row at a time; 8 rows
+// keep each thread's outputs on whole cache lines).
+inline constexpr int64_t kGemvRows = 8;
 void gemv(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
           int64_t r_end);
 // The same for F16 weights with fp16 activations (LikeGgml): xh is n_tokens x w.cols fp16.
@@ -21,8 +23,8 @@ void gemv_f16_x16(const WeightMatrix& w, const uint16_t* xh, int64_t n_tokens, f
                   int64_t r_begin, int64_t r_end);
 
 // --- gemm.cpp: packed, register-blocked kernels for many tokens, float32 activations.
-// Activations are packed once per call into panels of kGemmPanel tokens ([k][token] inside a
-// panel, zero-padded); weights are converted to float32 a tile of rows at a time.
+// Activations are packed once per call into panels of tokens ([k][token] inside a panel,
+// zero-padded); weights are converted to float32 a tile of rows at a time.
 int64_t gemm_row_tile();  // rows per tile; split points should be multiples
 size_t gemm_packed_floats(int64_t n_tokens, int64_t cols);
 // Packs the panels [p_begin, p_end) of x (n_tokens x cols) into out.

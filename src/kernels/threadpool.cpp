@@ -46,8 +46,31 @@ struct ThreadPool::Impl {
   // Job description, written by the caller before bumping `generation`.
   const std::function<void(int64_t, int64_t, int)>* fn = nullptr;
   int64_t n = 0;
-  int64_t grain = 0;  // 0: one static chunk per thread; else chunks of grain handed out on demand
-  alignas(64) std::atomic<int64_t> next_chunk{0};
+  int64_t grain = 0;  // 0: one static chunk per thread; else chunks of grain, with stealing
+
+  // parallel_for_dynamic: each thread's share of the chunks as [begin, end) packed in one word
+  // (begin in the low half), so that the owner taking from the front and a thief taking from
+  // the back agree through a single compare-and-swap.
+  struct alignas(64) Share {
+    std::atomic<uint64_t> range{0};
+  };
+  std::unique_ptr<Share[]> shares;
+  static uint64_t pack(uint64_t b, uint64_t e) { return b | (e << 32); }
+
+  // Takes chunk `front ? begin : end - 1` of share s; false when the share is empty.
+  bool take(int s, bool front, int64_t& chunk) {
+    std::atomic<uint64_t>& r = shares[size_t(s)].range;
+    uint64_t v = r.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t b = v & 0xffffffffu, e = v >> 32;
+      if (b >= e) return false;
+      const uint64_t nv = front ? pack(b + 1, e) : pack(b, e - 1);
+      if (r.compare_exchange_weak(v, nv, std::memory_order_relaxed)) {
+        chunk = int64_t(front ? b : e - 1);
+        return true;
+      }
+    }
+  }
 
   alignas(64) std::atomic<uint32_t> generation{0};
   alignas(64) std::atomic<int> pending{0};  // workers that have not finished the current job
@@ -64,8 +87,12 @@ struct ThreadPool::Impl {
         if (begin < end) (*fn)(begin, end, thread);
         return;
       }
-      for (int64_t c = thread; c * grain < n; c = next_chunk.fetch_add(1)) {
-        (*fn)(c * grain, std::min(n, (c + 1) * grain), thread);
+      // Own share front to back (one sequential sweep), then the others' from their backs.
+      int64_t c = 0;
+      while (take(thread, true, c)) (*fn)(c * grain, std::min(n, (c + 1) * grain), thread);
+      for (int k = 1; k < n_threads; ++k) {
+        const int victim = (thread + k) % n_threads;
+        while (take(victim, false, c)) (*fn)(c * grain, std::min(n, (c + 1) * grain), thread);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
@@ -99,6 +126,7 @@ ThreadPool::ThreadPool(int n_threads) : impl_(std::make_unique<Impl>()) {
                                 std::to_string(n_threads));
   }
   impl_->n_threads = n_threads;
+  impl_->shares = std::make_unique<Impl::Share[]>(size_t(n_threads));
   impl_->workers.reserve(size_t(n_threads - 1));
   for (int t = 1; t < n_threads; ++t) {
     impl_->workers.emplace_back([impl = impl_.get(), t] { impl->worker_loop(t); });
@@ -140,7 +168,17 @@ void ThreadPool::run(int64_t n, int64_t grain,
   p.fn = &fn;
   p.n = n;
   p.grain = grain;
-  p.next_chunk.store(p.n_threads, std::memory_order_relaxed);
+  if (grain > 0) {
+    const int64_t n_chunks = (n + grain - 1) / grain;
+    if (n_chunks > int64_t(0xffffffffu)) {
+      throw std::invalid_argument("parallel_for_dynamic: more than 2^32 chunks");
+    }
+    for (int t = 0; t < p.n_threads; ++t) {
+      p.shares[size_t(t)].range.store(Impl::pack(uint64_t(n_chunks * t / p.n_threads),
+                                                 uint64_t(n_chunks * (t + 1) / p.n_threads)),
+                                      std::memory_order_relaxed);
+    }
+  }
   p.pending.store(p.n_threads - 1, std::memory_order_relaxed);
   p.generation.fetch_add(1, std::memory_order_acq_rel);
   // notify_all is a futex syscall only when some worker sleeps (libstdc++ counts waiters).

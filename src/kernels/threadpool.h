@@ -21,10 +21,10 @@ class ThreadPool {
   // reentrant: fn must not call parallel_for on the same pool. Workers spin ~0.2 ms after a job
   // before sleeping, so back-to-back calls (decode) start in well under a microsecond.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
-  // The same over chunks of `grain` indices handed out on demand: thread t starts with chunk t,
-  // then each thread takes the next unclaimed chunk when it finishes one. Neighbouring threads
-  // work on neighbouring chunks, and a thread slowed down (another process on its core) simply
-  // takes fewer chunks instead of holding everyone up.
+  // The same over chunks of `grain` indices with work stealing: thread t owns the t-th
+  // contiguous share of the chunks and runs it front to back (the same sweep as parallel_for);
+  // a thread that finishes early takes chunks from the back of the others' shares. A thread
+  // slowed down (another process on its core) then no longer holds everyone up.
   void parallel_for_dynamic(int64_t n, int64_t grain,
                             const std::function<void(int64_t, int64_t, int)>& fn);
 
