@@ -23,9 +23,10 @@ struct Symbol {
   int32_t prev, next;
 };
 
+// 16 bytes: long words keep large heaps, whose cost is cache misses.
 struct Bigram {
   int32_t rank;
-  int32_t left, right;
+  int32_t left;    // the right symbol is left's next
   uint32_t len;    // left.len + right.len when it was found; stale once either grew
   int32_t result;  // key of the merged symbol
 };
@@ -73,7 +74,7 @@ void encode_word(const TokenizerState& s, std::string_view word, Work& w,
     if (L.key < 0 || R.key < 0) return;
     const PairTable::Value* v = s.merges.find(L.key, R.key);
     if (!v) return;
-    heap.push_back({v->rank, l, r, L.len + R.len, v->result});
+    heap.push_back({v->rank, l, L.len + R.len, v->result});
     std::push_heap(heap.begin(), heap.end(), LaterBigram{});
   };
   for (int32_t i = 1; i < n_syms; ++i) try_pair(i - 1, i);
@@ -82,10 +83,11 @@ void encode_word(const TokenizerState& s, std::string_view word, Work& w,
     const Bigram b = heap.back();
     heap.pop_back();
     Symbol& L = syms[size_t(b.left)];
-    Symbol& R = syms[size_t(b.right)];
-    // Symbols only grow, and only by absorbing their right neighbour, so unchanged lengths mean
-    // the pair is still adjacent and still these two texts.
-    if (L.len == 0 || R.len == 0 || L.len + R.len != b.len) continue;
+    // Symbols only grow, and only by absorbing their right neighbour: the pair is still these
+    // two texts exactly when left is alive and left + its next have the lengths they had.
+    if (L.len == 0 || L.next < 0) continue;
+    Symbol& R = syms[size_t(L.next)];
+    if (L.len + R.len != b.len) continue;
     L.len += R.len;
     L.key = b.result;
     R.len = 0;

@@ -19,7 +19,7 @@ struct Symbol {
 
 struct Bigram {
   float score;
-  int32_t left, right;
+  int32_t left;  // the right symbol is left's next
   uint32_t len;  // left.len + right.len when it was found; stale once either grew
 };
 
@@ -52,7 +52,7 @@ void spm_encode(const TokenizerState& s, std::string_view text, std::vector<int3
     const Symbol &L = syms[size_t(l)], &R = syms[size_t(r)];
     const int32_t id = s.tokens.find(text.substr(L.start, L.len + R.len));
     if (id < 0) return;
-    heap.push_back({s.scores[size_t(id)], l, r, L.len + R.len});
+    heap.push_back({s.scores[size_t(id)], l, L.len + R.len});
     std::push_heap(heap.begin(), heap.end(), WorseBigram{});
   };
   for (int32_t i = 1; i < int32_t(syms.size()); ++i) try_pair(i - 1, i);
@@ -61,8 +61,11 @@ void spm_encode(const TokenizerState& s, std::string_view text, std::vector<int3
     const Bigram b = heap.back();
     heap.pop_back();
     Symbol& L = syms[size_t(b.left)];
-    Symbol& R = syms[size_t(b.right)];
-    if (L.len == 0 || R.len == 0 || L.len + R.len != b.len) continue;  // stale
+    // Symbols only grow, and only by absorbing their right neighbour: the pair is unchanged
+    // exactly when left is alive and left + its next have the lengths they had.
+    if (L.len == 0 || L.next < 0) continue;
+    Symbol& R = syms[size_t(L.next)];
+    if (L.len + R.len != b.len) continue;
     L.len += R.len;
     R.len = 0;
     L.next = R.next;
