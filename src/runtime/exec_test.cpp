@@ -254,3 +254,58 @@ TEST(Exec, ResolvesPlannerNamesAndPlacementFiles) {
 
 }  // namespace
 }  // namespace fairkv::runtime
+
+namespace fairkv::runtime {
+namespace {
+
+// A rank that fails mid-job (here after the prefill, while the others go on to their
+// collectives) ends the whole job with its message instead of leaving the others waiting.
+TEST(Exec, AFailingRankEndsTheJob) {
+  const std::string path = std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  const auto m = model::Model::load(path);
+  const placement::Placement p = make_placement(m->config, "split", 3, 2);
+  ExecOptions o;
+  o.n_predict = 4;
+  o.after_prefill = [](Communicator& comm, RankForward&, std::span<RankSequence* const>) {
+    if (comm.rank() == 1) throw std::runtime_error("injected failure");
+  };
+  try {
+    execute_threads(*m, p, prompts(m->config, 2, false), o);
+    FAIL() << "the job did not fail";
+  } catch (const CommError& e) {
+    EXPECT_EQ(e.rank(), 1);
+    EXPECT_NE(std::string(e.what()).find("injected failure"), std::string::npos) << e.what();
+  }
+}
+
+// Rebalancing after an Ada-KV prefill moves shares: the decode placement differs from the plan
+// (so the equality tests above do exercise rebalanced shares).
+TEST(Exec, RebalancingMovesShares) {
+  const std::string path = std::string(FAIRKV_SHARED_DIR) + "/models/synthetic/llama-gqa4-f32.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  const auto m = model::Model::load(path);
+  const placement::Placement p = make_placement(m->config, "split", 3, 4);
+  const auto c = adakv();
+  ExecOptions o;
+  o.n_predict = 2;
+  o.rebalance = true;
+  o.compression = &c;
+  const ExecResult r = execute_threads(*m, p, prompts(m->config, 4, true), o);
+  int moved = 0;
+  for (size_t l = 0; l < p.layers.size(); ++l)
+    for (size_t d = 0; d < p.layers[l].devices.size(); ++d) {
+      const auto& a = p.layers[l].devices[d];
+      const auto& b = r.placement.layers[l].devices[d];
+      if (a.size() != b.size()) {
+        ++moved;
+        continue;
+      }
+      for (size_t i = 0; i < a.size(); ++i)
+        if (a[i].head != b[i].head || std::fabs(a[i].share - b[i].share) > 1e-9) ++moved;
+    }
+  EXPECT_GT(moved, 0);
+}
+
+}  // namespace
+}  // namespace fairkv::runtime
