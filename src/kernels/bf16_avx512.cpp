@@ -24,7 +24,6 @@ constexpr int kNv = 2;
 constexpr int kPanel = kNv * 16;
 constexpr int64_t kKc = 256;  // columns per block (even)
 constexpr int64_t kTilesPerBlock = 8;
-constexpr int kGemvRows = 1;  // one row at a time: one sequential stream (see gemv.cpp)
 
 int64_t padded_cols(int64_t cols) {
   return (cols + 31) / 32 * 32;
@@ -40,56 +39,59 @@ __m256i to_bf16(__m512 v) {
 
 // --- few tokens
 
-template <int R, int NT>
-void gemv_tile(const WeightMatrix& w, int64_t r0, const uint16_t* xb, int64_t xstride, float* y) {
-  const int64_t cols = w.cols;
-  const size_t stride = w.stride();
-  const uint8_t* base = w.row(r0);
-  __m512 acc[R][NT];
+// One row (a thread's rows are then one sequential stream, see gemv.cpp) against NT tokens, U
+// independent accumulators per token to cover vdpbf16ps's latency.
+template <int NT, int U>
+void gemv_row(const uint16_t* row, int64_t cols, const uint16_t* xb, int64_t xstride, float* y,
+              int64_t y_stride) {
+  __m512 acc[NT][U];
   FAIRKV_UNROLL
   for (auto& a : acc) {
     FAIRKV_UNROLL
     for (auto& v : a) v = _mm512_setzero_ps();
   }
   const int64_t kfull = cols - cols % 32;
-  for (int64_t k = 0; k < kfull; k += 32) {
-    __m512bh xv[NT];
+  int64_t k = 0;
+  for (; k + 32 * U <= kfull; k += 32 * U) {
     FAIRKV_UNROLL
-    for (int t = 0; t < NT; ++t) xv[t] = __m512bh(_mm512_loadu_si512(xb + t * xstride + k));
-    FAIRKV_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const auto* row = reinterpret_cast<const uint16_t*>(base + r * stride);
-      const __m512bh wv = __m512bh(_mm512_loadu_si512(row + k));
+    for (int u = 0; u < U; ++u) {
+      const __m512bh wv = __m512bh(_mm512_loadu_si512(row + k + 32 * u));
       FAIRKV_UNROLL
-      for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv, xv[t]);
+      for (int t = 0; t < NT; ++t) {
+        const __m512bh xv = __m512bh(_mm512_loadu_si512(xb + t * xstride + k + 32 * u));
+        acc[t][u] = _mm512_dpbf16_ps(acc[t][u], wv, xv);
+      }
     }
   }
-  if (kfull < cols) {  // the activations are zero-padded; the weights must not be over-read
-    const __mmask32 m = _cvtu32_mask32((1u << (cols - kfull)) - 1);
-    __m512bh xv[NT];
+  for (; k < cols; k += 32) {  // whole vectors, then the tail (x is zero-padded; the weights
+                               // must not be over-read)
+    const int64_t left = cols - k;
+    const __mmask32 m = left >= 32 ? __mmask32(0xffffffffu) : _cvtu32_mask32((1u << left) - 1);
+    const __m512bh wv = __m512bh(_mm512_maskz_loadu_epi16(m, row + k));
     FAIRKV_UNROLL
-    for (int t = 0; t < NT; ++t) xv[t] = __m512bh(_mm512_loadu_si512(xb + t * xstride + kfull));
-    FAIRKV_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const auto* row = reinterpret_cast<const uint16_t*>(base + r * stride);
-      const __m512bh wv = __m512bh(_mm512_maskz_loadu_epi16(m, row + kfull));
-      FAIRKV_UNROLL
-      for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv, xv[t]);
+    for (int t = 0; t < NT; ++t) {
+      const __m512bh xv = __m512bh(_mm512_loadu_si512(xb + t * xstride + k));
+      acc[t][0] = _mm512_dpbf16_ps(acc[t][0], wv, xv);
     }
   }
   FAIRKV_UNROLL
-  for (int r = 0; r < R; ++r) {
+  for (int t = 0; t < NT; ++t) {
+    __m512 sum = acc[t][0];
     FAIRKV_UNROLL
-    for (int t = 0; t < NT; ++t) y[t * w.rows + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[t][u]);
+    y[t * y_stride] = _mm512_reduce_add_ps(sum);
   }
 }
 
 template <int NT>
 void gemv_rows(const WeightMatrix& w, const uint16_t* xb, int64_t xstride, float* y,
                int64_t r_begin, int64_t r_end) {
-  int64_t r = r_begin;
-  for (; r + kGemvRows <= r_end; r += kGemvRows) gemv_tile<kGemvRows, NT>(w, r, xb, xstride, y);
-  for (; r < r_end; ++r) gemv_tile<1, NT>(w, r, xb, xstride, y);
+  const size_t stride = w.stride();
+  const uint8_t* row = w.row(r_begin);
+  for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
+    gemv_row<NT, NT == 1 ? 4 : 1>(reinterpret_cast<const uint16_t*>(row), w.cols, xb, xstride,
+                                  y + r, w.rows);
+  }
 }
 
 void gemv(const WeightMatrix& w, const uint16_t* xb, int64_t n_tokens, float* y, int64_t r_begin,
