@@ -9,12 +9,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "app/commands.h"
+#include "app/engine_options.h"
 #include "app/kv_options.h"
 #include "app/prompts.h"
 #include "app/svg_plot.h"
@@ -30,7 +30,7 @@ struct EvalArgs {
   std::string model, prompts, policies = "full,streaming,snapkv,pyramidkv,adakv",
                               budgets = "20%,40%,60%", json_out, svg_out;
   int n_predict = 32;
-  int threads = 0;
+  EngineOptions engine;
   KvOptions kv;
 };
 
@@ -77,15 +77,13 @@ struct Cell {
 };
 
 void run(const EvalArgs& a) {
-  const auto m = model::Model::load(a.model);
+  const auto m = model::Model::load(a.model, a.engine.load(a.model));
   const auto prompts = read_prompts(a.prompts);
   const auto policies = split_list(a.policies);
   const auto budgets = parse_budgets(a.budgets);
   if (policies.empty()) throw UsageError("--policies: expected at least one policy");
   if (a.n_predict < 1) throw UsageError("-n: expected at least 1 token");
-  const int threads =
-      a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
-  kernels::ThreadPool pool(threads);
+  kernels::ThreadPool pool(a.engine.n_threads());
   const int64_t V = m->config.n_vocab;
   const kv::CompressionConfig base = a.kv.config();
 
@@ -99,6 +97,7 @@ void run(const EvalArgs& a) {
     full.n_predict = a.n_predict;
     full.sampler.temp = 0;
     full.kv_type = a.kv.kv_type();
+    full.activations = a.engine.act();
     const auto ref = model::generate(*m, pool, ids, full);
     std::vector<int32_t> forced = ref.output;
     if (!forced.empty() && m->tokenizer.is_eog(forced.back())) forced.pop_back();
@@ -201,7 +200,7 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("-n,--n-predict", a->n_predict, "Continuation tokens scored per prompt")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  add_engine_options(*cmd, a->engine);
   cmd->add_option("--json", a->json_out, "Write the records as JSON");
   cmd->add_option("--svg", a->svg_out, "Write a plot of top-1 agreement against budget");
   add_kv_options(*cmd, a->kv, /*with_policy=*/false);

@@ -5,11 +5,11 @@
 // planner balances before serving.
 #include <cstdio>
 #include <memory>
-#include <thread>
 
 #include <fmt/format.h>
 
 #include "app/commands.h"
+#include "app/engine_options.h"
 #include "app/kv_options.h"
 #include "app/prompts.h"
 #include "model/generate.h"
@@ -22,17 +22,15 @@ namespace {
 
 struct ProfileArgs {
   std::string model, prompts, out;
-  int threads = 0;
+  EngineOptions engine;
   KvOptions kv;
 };
 
 void run(const ProfileArgs& a) {
-  const auto m = model::Model::load(a.model);
+  const auto m = model::Model::load(a.model, a.engine.load(a.model));
   const auto prompts = read_prompts(a.prompts);
   const kv::CompressionConfig kc = a.kv.config();
-  const int threads =
-      a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
-  kernels::ThreadPool pool(threads);
+  kernels::ThreadPool pool(a.engine.n_threads());
   auto comp = model::make_prefill_compression(kc, *m);
   const auto& c = m->config;
   std::vector<placement::UnitTable> samples;
@@ -43,6 +41,7 @@ void run(const ProfileArgs& a) {
     model::GenerateOptions opt;
     opt.n_predict = 0;
     opt.kv_type = a.kv.kv_type();
+    opt.activations = a.engine.act();
     placement::UnitTable kept(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads)));
     comp->attach(opt);
     opt.after_prefill = [compress = opt.after_prefill, &kept, &c](kv::SequenceCache& cache) {
@@ -89,7 +88,7 @@ void add_profile_command(CLI::App& app) {
                   "Text file (one prompt per line), folder of .txt, or .jsonl")
       ->required();
   cmd->add_option("-o,--output", a->out, "Profile JSON to write")->required();
-  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  add_engine_options(*cmd, a->engine);
   add_kv_options(*cmd, a->kv);
   cmd->callback([a] { run(*a); });
 }

@@ -3,11 +3,11 @@
 #include <fstream>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include <fmt/format.h>
 
 #include "app/commands.h"
+#include "app/engine_options.h"
 #include "app/kv_options.h"
 #include "kernels/threadpool.h"
 #include "model/generate.h"
@@ -23,8 +23,8 @@ namespace {
 struct RunArgs {
   std::string model, prompt, prompt_file, logits_out;
   KvOptions kv;
+  EngineOptions engine;
   int n_predict = 64;
-  int threads = 0;
   int64_t ctx_size = 0;
   model::SamplerConfig sampler;
   bool no_bos = false;
@@ -47,10 +47,8 @@ void run(const RunArgs& a) {
     text.assign(std::istreambuf_iterator<char>(in), {});
   }
   if (a.n_predict < 0) throw UsageError("-n: expected a number of tokens >= 0");
-  const auto m = model::Model::load(a.model);
-  const int threads =
-      a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
-  kernels::ThreadPool pool(threads);
+  const auto m = model::Model::load(a.model, a.engine.load(a.model));
+  kernels::ThreadPool pool(a.engine.n_threads());
 
   const auto prompt = m->tokenizer.encode(text, m->tokenizer.add_bos() && !a.no_bos);
   model::GenerateOptions opt;
@@ -59,6 +57,7 @@ void run(const RunArgs& a) {
   opt.sampler = a.sampler;
   opt.keep_logits = !a.logits_out.empty();
   opt.kv_type = a.kv.kv_type();
+  opt.activations = a.engine.act();
   std::unique_ptr<model::PrefillCompression> comp;
   const kv::CompressionConfig kc = a.kv.config();
   if (kc.policy != kv::Policy::Full || !a.kv.stats_out.empty()) {
@@ -116,7 +115,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("-p,--prompt", a->prompt, "Prompt text");
   cmd->add_option("-f,--file", a->prompt_file, "Read the prompt from a file");
   cmd->add_option("-n,--n-predict", a->n_predict, "Tokens to generate")->capture_default_str();
-  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  add_engine_options(*cmd, a->engine);
   cmd->add_option("-c,--ctx-size", a->ctx_size, "Context size in tokens (0: prompt + n)")
       ->capture_default_str();
   cmd->add_option("--temp", a->sampler.temp, "Temperature (0: greedy)")->capture_default_str();

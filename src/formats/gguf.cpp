@@ -745,7 +745,38 @@ File::File(File&&) noexcept = default;
 File& File::operator=(File&&) noexcept = default;
 File::~File() = default;
 
-File File::open(const std::string& path) {
+namespace {
+
+// The whole file in anonymous memory (huge pages advised); fd is left open for the caller.
+void* read_into_memory(int fd, size_t size, const std::string& path) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    throw Error(fmt::format("{}: allocating {} bytes to read the file into: {}", path, size,
+                            std::strerror(errno)));
+#ifdef MADV_HUGEPAGE
+  madvise(p, size, MADV_HUGEPAGE);  // advice only: without THP the read still works
+#endif
+  auto* dst = static_cast<uint8_t*>(p);
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n =
+        ::pread(fd, dst + done, std::min<size_t>(size - done, size_t(1) << 30), off_t(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = n < 0 ? errno : 0;
+      munmap(p, size);
+      throw Error(fmt::format("{}: read at byte {} of {}: {}", path, done, size,
+                              e ? std::strerror(e) : "unexpected end of file"));
+    }
+    done += size_t(n);
+  }
+  mprotect(p, size, PROT_READ);  // weights are read-only from here on, as with the mapping
+  return p;
+}
+
+}  // namespace
+
+File File::open(const std::string& path, Load load) {
   File f;
   f.impl_->path = path;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -762,11 +793,21 @@ File File::open(const std::string& path) {
   }
   const size_t size = static_cast<size_t>(st.st_size);
   if (size > 0) {
-    void* p = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const int e = errno;
-      ::close(fd);
-      throw Error(fmt::format("{}: mmap of {} bytes: {}", path, size, std::strerror(e)));
+    void* p = nullptr;
+    if (load == Load::Read) {
+      try {
+        p = read_into_memory(fd, size, path);
+      } catch (...) {
+        ::close(fd);
+        throw;
+      }
+    } else {
+      p = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        const int e = errno;
+        ::close(fd);
+        throw Error(fmt::format("{}: mmap of {} bytes: {}", path, size, std::strerror(e)));
+      }
     }
     f.impl_->map = p;
     f.impl_->map_size = size;

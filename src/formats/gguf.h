@@ -86,10 +86,16 @@ struct TensorInfo {
   uint64_t n_bytes = 0;
 };
 
+// How open() brings the bytes in.
+//  Map: mmap of the file (shared page cache, starts at once, pages fault in on first use).
+//  Read: read into private anonymous memory advised to use transparent huge pages: costs the
+//    read up front, but decode then streams the weights with far fewer TLB misses.
+enum class Load { Map, Read };
+
 class File {
  public:
-  // Maps and parses the file; throws gguf::Error on any malformation.
-  static File open(const std::string& path);
+  // Maps (or reads) and parses the file; throws gguf::Error on any malformation.
+  static File open(const std::string& path, Load load = Load::Map);
   // Parses an in-memory image (used by the fuzzer and tests); `name` is used in messages.
   static File parse(const uint8_t* data, size_t size, const std::string& name);
 

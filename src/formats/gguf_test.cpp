@@ -312,6 +312,11 @@ TEST(GgufRoundTrip, StreamedRowsMatchBytesAndFileMatchesImage) {
   File f = File::open(path.string());
   EXPECT_EQ(f.file_size(), img.size());
   EXPECT_EQ(std::memcmp(f.data(*f.find_tensor("w")), bytes.data(), n), 0);
+  // Read into memory instead of mapped: the same metadata and bytes.
+  File r = File::open(path.string(), Load::Read);
+  EXPECT_EQ(r.file_size(), img.size());
+  EXPECT_EQ(r.get_string("k"), "v");
+  EXPECT_EQ(std::memcmp(r.data(*r.find_tensor("w")), bytes.data(), n), 0);
   fs::remove(path);
 }
 
@@ -339,6 +344,7 @@ TEST(GgufRead, Version2IsAcceptedAndFileErrorsNameThePath) {
   EXPECT_EQ(File::parse(img.data(), img.size(), "v2.gguf").version(), 2u);
   expect_error([] { File::open("/nonexistent/model.gguf"); }, {"/nonexistent/model.gguf: open"});
   expect_error([] { File::open("/tmp"); }, {"/tmp: open", "regular file"});
+  expect_error([] { File::open("/tmp", Load::Read); }, {"/tmp: open", "regular file"});
   const fs::path empty = fs::path(testing::TempDir()) / "gguf_test_empty.gguf";
   std::ofstream(empty).close();
   expect_error([&] { File::open(empty.string()); }, {"gguf_test_empty.gguf: header.magic"});

@@ -122,9 +122,13 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
     if (w.type == DType::Q8_0 || w.type == DType::Q4_0) {
       thread_local std::vector<uint8_t> packed;
       uint8_t* xp = scratch(packed, detail::q8_packed_bytes(n_tokens, w.cols));
-      pool.parallel_for(detail::q8_panels(n_tokens), [&](int64_t b, int64_t e, int) {
-        detail::q8_pack(x, n_tokens, w.cols, xp, b, e);
-      });
+      // Decode rows quantize in microseconds: on this thread, without a dispatch.
+      if (n_tokens < kGemmMinTokens)
+        detail::q8_pack(x, n_tokens, w.cols, xp, 0, detail::q8_panels(n_tokens));
+      else
+        pool.parallel_for(detail::q8_panels(n_tokens), [&](int64_t b, int64_t e, int) {
+          detail::q8_pack(x, n_tokens, w.cols, xp, b, e);
+        });
       for_row_chunks(pool, w, detail::q8_row_tile(), [&](int64_t rb, int64_t re) {
         detail::q8_matmul(w, xp, n_tokens, y, rb, re);
       });

@@ -23,6 +23,7 @@ namespace fairkv::kernels::detail {
 namespace {
 
 constexpr int64_t kFewTokens = 8;
+constexpr int kPrefetchBytes = 4096;
 constexpr int kRows = 6;  // gemm tile: 6 rows x 32 tokens (12 int + 12 float accumulators)
 constexpr int kNv = 2;
 constexpr int kPanel = kNv * 16;
@@ -132,6 +133,9 @@ void gemv_row(const uint8_t* row, int64_t cols, const uint8_t* xq, int64_t xstri
   };
   int64_t b = 0;
   for (; b + 2 <= L.nb; b += 2) {
+    // The prefetchers stop at 4 KiB page boundaries (mapped files have no huge pages): ask for
+    // the bytes ~1 KiB ahead, which may lie in the next row or page.
+    _mm_prefetch(reinterpret_cast<const char*>(blocks + b) + kPrefetchBytes, _MM_HINT_T0);
     step(b, load_pair<T>(row, b), load_scale_pair(blocks + b), __mmask16(0xffff));
   }
   if (b < L.nb) {  // the last block alone: never read past the row

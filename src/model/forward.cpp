@@ -12,8 +12,9 @@ namespace fairkv::model {
 
 using kernels::WeightMatrix;
 
-Forward::Forward(const ModelConfig& config, const Weights& weights, kernels::ThreadPool& pool)
-    : c_(config), w_(weights), pool_(pool) {}
+Forward::Forward(const ModelConfig& config, const Weights& weights, kernels::ThreadPool& pool,
+                 kernels::Activations act)
+    : c_(config), w_(weights), pool_(pool), act_(act) {}
 
 namespace {
 
@@ -122,9 +123,9 @@ const std::vector<float>& Forward::run(std::span<BatchItem> batch, const WindowO
     // Attention block.
     for (int64_t r = 0; r < rows; ++r)
       kernels::rmsnorm(&xn_[r * E], &x_[r * E], L.attn_norm, E, c_.norm_eps);
-    kernels::matmul(L.wq, xn_.data(), rows, q_.data(), pool_);
-    kernels::matmul(L.wk, xn_.data(), rows, k_.data(), pool_);
-    kernels::matmul(L.wv, xn_.data(), rows, v_.data(), pool_);
+    kernels::matmul(L.wq, xn_.data(), rows, q_.data(), pool_, act_);
+    kernels::matmul(L.wk, xn_.data(), rows, k_.data(), pool_, act_);
+    kernels::matmul(L.wv, xn_.data(), rows, v_.data(), pool_, act_);
     add_bias(q_.data(), L.bq, rows, qd);
     add_bias(k_.data(), L.bk, rows, kvd);
     add_bias(v_.data(), L.bv, rows, kvd);
@@ -141,15 +142,15 @@ const std::vector<float>& Forward::run(std::span<BatchItem> batch, const WindowO
       }
     }
     attention(batch, l, observer);
-    kernels::matmul(L.wo, att_.data(), rows, xn_.data(), pool_);
+    kernels::matmul(L.wo, att_.data(), rows, xn_.data(), pool_, act_);
     kernels::add(x_.data(), xn_.data(), rows * E);
     // MLP block (SwiGLU).
     for (int64_t r = 0; r < rows; ++r)
       kernels::rmsnorm(&xn_[r * E], &x_[r * E], L.ffn_norm, E, c_.norm_eps);
-    kernels::matmul(L.w_gate, xn_.data(), rows, ff_gate_.data(), pool_);
-    kernels::matmul(L.w_up, xn_.data(), rows, ff_up_.data(), pool_);
+    kernels::matmul(L.w_gate, xn_.data(), rows, ff_gate_.data(), pool_, act_);
+    kernels::matmul(L.w_up, xn_.data(), rows, ff_up_.data(), pool_, act_);
     kernels::silu_mul(ff_gate_.data(), ff_up_.data(), rows * ff);
-    kernels::matmul(L.w_down, ff_gate_.data(), rows, xn_.data(), pool_);
+    kernels::matmul(L.w_down, ff_gate_.data(), rows, xn_.data(), pool_, act_);
     kernels::add(x_.data(), xn_.data(), rows * E);
   }
   for (size_t i = 0; i < batch.size(); ++i)
@@ -164,7 +165,7 @@ const std::vector<float>& Forward::run(std::span<BatchItem> batch, const WindowO
       kernels::rmsnorm(&rows_out_[o * E], &x_[r * E], w_.output_norm, E, c_.norm_eps);
   }
   logits_.resize(size_t(n_out) * size_t(c_.n_vocab));
-  kernels::matmul(w_.output, rows_out_.data(), n_out, logits_.data(), pool_);
+  kernels::matmul(w_.output, rows_out_.data(), n_out, logits_.data(), pool_, act_);
   return logits_;
 }
 

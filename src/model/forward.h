@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/matmul.h"
 #include "kernels/threadpool.h"
 #include "kv/cache.h"
 #include "model/config.h"
@@ -36,7 +37,10 @@ struct WindowObserver {
 
 class Forward {
  public:
-  Forward(const ModelConfig& config, const Weights& weights, kernels::ThreadPool& pool);
+  // act: how the linear layers treat their inputs (kernels/matmul.h). Float32 is exact against
+  // the dequantized weights; LikeGgml rounds activations as llama.cpp does and is faster.
+  Forward(const ModelConfig& config, const Weights& weights, kernels::ThreadPool& pool,
+          kernels::Activations act = kernels::Activations::Float32);
 
   // Runs the batch and returns the logits rows, item by item: n_tokens rows for an item with
   // all_logits, else one. Each row has config.n_vocab floats.
@@ -51,6 +55,7 @@ class Forward {
   const ModelConfig& c_;
   const Weights& w_;
   kernels::ThreadPool& pool_;
+  kernels::Activations act_;
   // Activations, rows = all tokens of the batch.
   std::vector<float> x_, xn_, q_, k_, v_, att_, ff_gate_, ff_up_, logits_, rows_out_;
   std::vector<int64_t> row_of_item_;  // first row of each item

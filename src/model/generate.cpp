@@ -21,7 +21,7 @@ GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
   if (int64_t(prompt.size()) > ctx)
     throw std::invalid_argument("the prompt has " + std::to_string(prompt.size()) +
                                 " tokens, more than --ctx-size " + std::to_string(ctx));
-  Forward fwd(c, m.weights, pool);
+  Forward fwd(c, m.weights, pool, opt.activations);
   kv::SequenceCache cache(c.n_layers, c.n_kv_heads, c.head_dim, opt.kv_type);
   GenerateResult res;
   const size_t V = size_t(c.n_vocab);
@@ -62,7 +62,7 @@ std::vector<float> teacher_force(const Model& m, kernels::ThreadPool& pool,
                                  size_t* kv_bytes_after_prefill) {
   const ModelConfig& c = m.config;
   if (prompt.empty()) throw std::invalid_argument("the prompt has no tokens");
-  Forward fwd(c, m.weights, pool);
+  Forward fwd(c, m.weights, pool, opt.activations);
   kv::SequenceCache cache(c.n_layers, c.n_kv_heads, c.head_dim, opt.kv_type);
   const size_t V = size_t(c.n_vocab);
   BatchItem item{&cache, prompt, false};

@@ -18,6 +18,7 @@ struct GenerateOptions {
   int64_t ctx_size = 0;  // 0: prompt + n_predict
   SamplerConfig sampler;
   kv::KvType kv_type = kv::KvType::F32;
+  kernels::Activations activations = kernels::Activations::Float32;  // see Forward
   bool keep_logits = false;  // collect one logits row per token of prompt ++ continuation
   // Runs after the prompt's prefill, before the first decode step: where the prompt's cache is
   // compressed. The observer sees the prefill's observation window.

@@ -54,8 +54,9 @@ Case read_case(const fs::path& dir, const std::string& logits_file) {
 // continuation token. Returns one row per token of prompt ++ continuation (no row after a final
 // EOS), as the golden files lay them out.
 std::vector<float> forced_logits(const Model& m, const Case& c, kernels::ThreadPool& pool,
-                                 kv::KvType kv_type = kv::KvType::F32) {
-  Forward fwd(m.config, m.weights, pool);
+                                 kv::KvType kv_type = kv::KvType::F32,
+                                 kernels::Activations act = kernels::Activations::Float32) {
+  Forward fwd(m.config, m.weights, pool, act);
   kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim, kv_type);
   BatchItem prefill{&cache, c.prompt, true};
   std::vector<float> rows = fwd.run({&prefill, 1});
@@ -124,6 +125,7 @@ TEST(Stories, F16CacheStaysClose) {
 struct SyntheticCase {
   std::string name;
   double exact_bound;  // relative to max |logit|, against logits.exact.f32
+  double ggml_bound;   // the same, LikeGgml activations against llama.cpp's logits.f32
 };
 
 class Synthetic : public ::testing::TestWithParam<SyntheticCase> {};
@@ -144,20 +146,53 @@ TEST_P(Synthetic, TeacherForcedLogitsMatchReference) {
 
 // Float32 activations against the exact rows: 1e-4 relative (golden README). Q8_0's matmul
 // quantizes activations to 8 bits as llama.cpp does, so it is held to llama.cpp's own distance
-// from the exact rows (1.4e-2).
+// from the exact rows (1.4e-2). LikeGgml against llama.cpp: measured 8.7e-7 (F32), 4.9e-4 (F16),
+// 2.9e-3 (BF16), 1.1e-2 (Q8_0), 8.1e-5 (head 128), 6.7e-7 (qwen2); bounds about twice that,
+// Q8_0 at llama.cpp's own distance from the exact rows.
 INSTANTIATE_TEST_SUITE_P(Golden, Synthetic,
-                         ::testing::Values(SyntheticCase{"llama-gqa4-f32", 1e-4},
-                                           SyntheticCase{"llama-gqa4-f16", 1e-4},
-                                           SyntheticCase{"llama-gqa4-bf16", 1e-4},
-                                           SyntheticCase{"llama-gqa4-q8_0", 1.4e-2},
-                                           SyntheticCase{"llama3-hd128-f16", 1e-4},
-                                           SyntheticCase{"qwen2-bias-f32", 1e-4}),
+                         ::testing::Values(SyntheticCase{"llama-gqa4-f32", 1e-4, 1e-5},
+                                           SyntheticCase{"llama-gqa4-f16", 1e-4, 1e-3},
+                                           SyntheticCase{"llama-gqa4-bf16", 1e-4, 6e-3},
+                                           SyntheticCase{"llama-gqa4-q8_0", 1.4e-2, 1.4e-2},
+                                           SyntheticCase{"llama3-hd128-f16", 1e-4, 2e-4},
+                                           SyntheticCase{"qwen2-bias-f32", 1e-4, 1e-5}),
                          [](const auto& info) {
                            std::string n = info.param.name;
                            for (char& ch : n)
                              if (ch == '-') ch = '_';
                            return n;
                          });
+
+// The llama.cpp-like mode (fairkv run's default) against llama.cpp's own rows: the same
+// roundings of the activations, so the distance is summation order plus the rare block whose
+// rounding flips, far below the distance of either from the exact rows.
+TEST_P(Synthetic, LikeGgmlActivationsMatchLlamaCppRows) {
+  const auto& p = GetParam();
+  const fs::path model = kShared / "models/synthetic" / (p.name + ".gguf");
+  const fs::path dir = kShared / "golden/synthetic" / p.name;
+  if (!fs::exists(model) || !fs::exists(dir)) GTEST_SKIP() << "no shared data at " << kShared;
+  const auto m = Model::load(model.string(), gguf::Load::Read);
+  kernels::ThreadPool pool(2);
+  const Case ref = read_case(dir, "logits.f32");
+  const auto rows = forced_logits(*m, ref, pool, kv::KvType::F32, kernels::Activations::LikeGgml);
+  ASSERT_EQ(rows.size(), ref.logits.size());
+  const auto [d, mx] = max_diff(rows, ref.logits);
+  const size_t V = size_t(m->config.n_vocab);
+  int same_argmax = 0;
+  const int n_rows = int(rows.size() / V);
+  for (int r = 0; r < n_rows; ++r) {
+    auto first = rows.begin() + std::ptrdiff_t(r * V);
+    auto rfirst = ref.logits.begin() + std::ptrdiff_t(r * V);
+    same_argmax += std::max_element(first, first + std::ptrdiff_t(V)) - first ==
+                   std::max_element(rfirst, rfirst + std::ptrdiff_t(V)) - rfirst;
+  }
+  std::printf("%s: like-ggml vs llama.cpp: max |diff| / max |logit| = %.3g, argmax %d/%d\n",
+              p.name.c_str(), d / mx, same_argmax, n_rows);
+  EXPECT_LT(d / mx, p.ggml_bound) << "max |diff| " << d << ", max |logit| " << mx;
+  // Where exact arithmetic picks another token than llama.cpp (BF16, Q8_0: 1 row in 84), the
+  // same rounding picks llama.cpp's: greedy ids are reproducible in this mode.
+  EXPECT_EQ(same_argmax, n_rows);
+}
 
 TEST(Synthetic, Q8_0MatchesLlamaCppRows) {
   const fs::path model = kShared / "models/synthetic/llama-gqa4-q8_0.gguf";

@@ -2,8 +2,8 @@
 
 namespace fairkv::model {
 
-std::unique_ptr<Model> Model::load(const std::string& path) {
-  gguf::File f = gguf::File::open(path);
+std::unique_ptr<Model> Model::load(const std::string& path, gguf::Load load) {
+  gguf::File f = gguf::File::open(path, load);
   ModelConfig c = read_config(f);
   Weights w = bind_weights(f, c);
   Tokenizer t = Tokenizer::from_gguf(f);

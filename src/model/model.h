@@ -17,8 +17,9 @@ struct Model {
   Weights weights;
   Tokenizer tokenizer;
 
-  // Maps and validates the file; throws gguf::Error naming the file and the field.
-  static std::unique_ptr<Model> load(const std::string& path);
+  // Maps (or reads, see gguf::Load) and validates the file; throws gguf::Error naming the file
+  // and the field.
+  static std::unique_ptr<Model> load(const std::string& path, gguf::Load load = gguf::Load::Map);
 };
 
 }  // namespace fairkv::model
