@@ -9,7 +9,9 @@
 // Weights are read once per step for the whole batch, so in tokens per sequence they shrink as the
 // batch grows. Every device that serves any share of a unit reads all of the unit's weights, except
 // for a query slice (tp with more devices than KV heads), which reads Wk and Wv and its part of Wq
-// and Wo. Weight type "none" leaves weights out: only the KV cache counts.
+// and Wo, and a token slice other than the unit's last (its tail): the tail projects the queries
+// for all slices (they travel in a small all-reduce) and applies Wo to their merged output, so the
+// other slices read only their KV. Weight type "none" leaves weights out: only the KV counts.
 #pragma once
 
 #include <cstdint>

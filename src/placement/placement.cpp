@@ -14,10 +14,13 @@ namespace {
 
 constexpr double kShareTolerance = 1e-9;
 
-// The load a device reads for one share of a unit with t tokens per sequence.
-double share_load(const Share& s, double t, const CostModel& cost) {
+// The load a device reads for one share of a unit with t tokens per sequence. `tail`: the share
+// is its unit's last part in device order; a token slice that is not reads only its KV (its
+// queries arrive from the tail, which alone projects and applies Wo).
+double share_load(const Share& s, double t, const CostModel& cost, bool tail) {
   if (s.kind == ShareKind::Query)
     return t + cost.kv_weight_load() + s.share * cost.qo_weight_load();
+  if (s.kind == ShareKind::Tokens && !tail) return s.share * t;
   return s.share * t + cost.unit_weight_load();
 }
 
@@ -56,8 +59,10 @@ const char* share_kind_name(ShareKind k) {
 std::vector<double> device_loads(const LayerPlacement& layer, std::span<const double> tokens,
                                  const CostModel& cost, int devices) {
   std::vector<double> load(size_t(devices), 0.0);
+  const auto tail = tail_devices(layer, int(tokens.size()));
   for (size_t d = 0; d < layer.devices.size() && d < load.size(); ++d)
-    for (const Share& s : layer.devices[d]) load[d] += share_load(s, tokens[size_t(s.head)], cost);
+    for (const Share& s : layer.devices[d])
+      load[d] += share_load(s, tokens[size_t(s.head)], cost, tail[size_t(s.head)] == int(d));
   return load;
 }
 
@@ -71,6 +76,14 @@ double lower_bound(std::span<const double> tokens, const CostModel& cost, int de
   double sum = 0;
   for (double t : tokens) sum += t + cost.unit_weight_load();
   return sum / double(devices);
+}
+
+std::vector<int> tail_devices(const LayerPlacement& layer, int kv_heads) {
+  std::vector<int> tail(size_t(kv_heads), -1);
+  for (size_t d = 0; d < layer.devices.size(); ++d)
+    for (const Share& s : layer.devices[d])
+      if (s.head >= 0 && s.head < kv_heads) tail[size_t(s.head)] = int(d);
+  return tail;
 }
 
 int replica_count(const LayerPlacement& layer, int kv_heads) {
@@ -101,6 +114,7 @@ void check_layer(const LayerPlacement& layer, int kv_heads, int devices, const s
   std::vector<double> total(size_t(kv_heads), 0.0);
   std::vector<int> parts(size_t(kv_heads), 0);
   std::vector<int> kinds(size_t(kv_heads), -1);
+  std::vector<std::pair<int, int>> empty_parts;  // (head, device)
   for (int d = 0; d < devices; ++d) {
     std::vector<bool> seen(size_t(kv_heads), false);
     for (const Share& s : layer.devices[size_t(d)]) {
@@ -110,8 +124,12 @@ void check_layer(const LayerPlacement& layer, int kv_heads, int devices, const s
             fmt::format("{}: out of range (the model has {} KV heads)", at, kv_heads));
       if (seen[size_t(s.head)]) throw FormatError(at + ": listed twice on the device");
       seen[size_t(s.head)] = true;
-      if (!(s.share > 0) || s.share > 1 + kShareTolerance)
+      // A token slice may be empty only as its unit's tail (checked below): it still projects
+      // the queries and appends the new rows.
+      const bool empty_ok = s.kind == ShareKind::Tokens && s.share == 0;
+      if (!(s.share > 0 || empty_ok) || s.share > 1 + kShareTolerance)
         throw FormatError(fmt::format("{}: share {} is not in (0, 1]", at, s.share));
+      if (s.share == 0) empty_parts.push_back({s.head, d});
       if (s.kind == ShareKind::Whole && std::abs(s.share - 1) > kShareTolerance)
         throw FormatError(fmt::format("{}: a whole share must be 1, got {}", at, s.share));
       const int k = int(s.kind);
@@ -132,6 +150,12 @@ void check_layer(const LayerPlacement& layer, int kv_heads, int devices, const s
       throw FormatError(
           fmt::format("{}: head {}: a whole unit on {} devices", where, h, parts[size_t(h)]));
   }
+  const auto tail = tail_devices(layer, kv_heads);
+  for (const auto& [h, d] : empty_parts)
+    if (tail[size_t(h)] != d)
+      throw FormatError(
+          fmt::format("{}: device {}: head {}: an empty token slice must be the unit's last part",
+                      where, d, h));
 }
 
 void summarize(Placement& p, const UnitTable& tokens, const CostModel& cost) {

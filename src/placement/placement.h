@@ -7,10 +7,12 @@
 //    "max_load": [per layer], "lower_bound": [per layer], "replicas": [per layer]}
 // Loads are in the profile's unit, tokens per sequence, with weight reads converted (cost.h).
 // Kinds: "whole" (share 1), "batch" (a slice of the sequences), "tokens" (a slice of every
-// sequence's cached tokens, merged by log-sum-exp), "query" (a slice of the unit's query heads over
-// the whole KV, what tp does with more devices than KV heads; the KV is then duplicated).
-// The parts of a unit are contiguous and follow device order: the part on a device covers
-// [offset, offset + share) of the unit's sequences (batch), tokens (tokens) or query heads (query).
+// sequence's cached tokens, merged by log-sum-exp; only the last slice in device order, the tail,
+// reads the unit's weights, and it alone may have share 0), "query" (a slice of the unit's query
+// heads over the whole KV, what tp does with more devices than KV heads; the KV is then
+// duplicated). The parts of a unit are contiguous and follow device order: the part on a device
+// covers [offset, offset + share) of the unit's sequences (batch), tokens (tokens) or query heads
+// (query).
 #pragma once
 
 #include <span>
@@ -60,6 +62,10 @@ double max_device_load(const LayerPlacement& layer, std::span<const double> toke
 // The mean device load when every unit is read once: a lower bound for any placement.
 double lower_bound(std::span<const double> tokens, const CostModel& cost, int devices);
 int replica_count(const LayerPlacement& layer, int kv_heads);
+// Per unit, the last device in device order that serves it (-1: none). For token slices that
+// device is the unit's tail: it appends the new rows, projects the queries for every part and
+// applies Wo; the other slices hold only KV.
+std::vector<int> tail_devices(const LayerPlacement& layer, int kv_heads);
 
 // Sorts each device's list by head and lays every unit's parts out in device order (offsets).
 void normalize(LayerPlacement& layer);

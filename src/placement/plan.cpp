@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "placement/planners.h"
+#include "placement/rebalance.h"
 
 namespace fairkv::placement {
 
@@ -34,10 +35,29 @@ void spread_memory(LayerPlacement& layer, std::span<const double> tokens, const 
   LayerPlacement out;
   out.devices.resize(static_cast<size_t>(devices));
   for (int i = 0; i < devices; ++i) {
-    out.devices[size_t(emptiest[size_t(i)])] = std::move(layer.devices[size_t(fullest[size_t(i)])]);
+    out.devices[size_t(emptiest[size_t(i)])] = layer.devices[size_t(fullest[size_t(i)])];
     held[size_t(emptiest[size_t(i)])] += bytes[size_t(fullest[size_t(i)])];
   }
   normalize(out);
+  // Relabelling moves token slices' tails (the last part in device order reads the weights):
+  // re-divide the shares for the new order and keep it only when the layer gets no heavier.
+  const bool slices = std::any_of(layer.devices.begin(), layer.devices.end(), [](const auto& d) {
+    return std::any_of(d.begin(), d.end(),
+                       [](const Share& s) { return s.kind == ShareKind::Tokens; });
+  });
+  if (slices) {
+    LayerPlacement moved = rebalance_layer(out, tokens, cost, devices);
+    const double before = max_device_load(layer, tokens, cost, devices);
+    if (max_device_load(moved, tokens, cost, devices) > before * (1 + 1e-12)) {
+      // keep the planner's labels: undo the bookkeeping of this layer's bytes
+      for (int i = 0; i < devices; ++i) {
+        held[size_t(emptiest[size_t(i)])] -= bytes[size_t(fullest[size_t(i)])];
+        held[size_t(i)] += bytes[size_t(i)];
+      }
+      return;
+    }
+    out = std::move(moved);
+  }
   layer = std::move(out);
 }
 

@@ -1,6 +1,7 @@
 // fair-copy and split: the planners that add replicas to balanced.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "placement/planner_util.h"
@@ -88,30 +89,21 @@ int heaviest(std::span<const double> loads) {
   return int(std::max_element(loads.begin(), loads.end()) - loads.begin());
 }
 
-// Sets the parts of every unit to the exact min-max shares for its holders, dropping empty parts.
+// Sets the parts of every unit to the exact min-max shares for its holders as token slices
+// (only the tail reads the weights), dropping empty parts but the tail's. Parts end in device
+// order.
 void rebalance_holdings(Holdings& h, std::span<const double> tokens, const CostModel& cost,
                         int devices) {
   RebalanceProblem prob;
   prob.base.assign(size_t(devices), 0.0);
-  for (size_t u = 0; u < h.size(); ++u) {
-    prob.load.push_back(tokens[u]);
-    prob.holders.emplace_back();
-    for (const Holding& x : h[u]) {
-      prob.holders.back().push_back(x.device);
-      prob.base[size_t(x.device)] += cost.unit_weight_load();
-    }
-  }
+  std::vector<std::vector<int>> holders(h.size());
+  for (size_t u = 0; u < h.size(); ++u)
+    for (const Holding& x : h[u]) holders[u].push_back(x.device);
+  add_token_slice_units(prob, tokens, std::move(holders), cost.unit_weight_load());
   const auto r = rebalance(prob);
   for (size_t u = 0; u < h.size(); ++u) {
-    std::vector<Holding> kept;
-    double sum = 0;
-    for (size_t i = 0; i < h[u].size(); ++i)
-      if (r.share[u][i] > 1e-12) {
-        kept.push_back({h[u][i].device, r.share[u][i]});
-        sum += r.share[u][i];
-      }
-    for (Holding& x : kept) x.part /= sum;
-    h[u] = std::move(kept);
+    h[u].clear();
+    for (const auto& [d, x] : token_slice_parts(prob, r, u)) h[u].push_back({d, x});
   }
 }
 
@@ -122,8 +114,9 @@ Holdings add_replicas_greedily(Holdings h, std::span<const double> tokens, const
                                int devices, int replicas, int batch) {
   const double tol = load_tolerance(tokens, cost);
   const double w = cost.unit_weight_load();
+  const bool slices = batch == 0;
   for (int step = 0; step < replicas; ++step) {
-    const auto loads = holding_loads(h, tokens, cost, devices);
+    const auto loads = holding_loads(h, tokens, cost, devices, slices);
     const int top = heaviest(loads);
     Score best = score(loads, tol);
     int best_u = -1, best_d = -1;
@@ -134,10 +127,18 @@ Holdings add_replicas_greedily(Holdings h, std::span<const double> tokens, const
       if (batch > 0 && size_t(batch) < m) continue;  // every replica needs a sequence
       for (int d = 0; d < devices; ++d) {
         if (holds(h[u], d)) continue;
+        // Batch parts each read the weights; of token slices only the tail (last device) does,
+        // so a replica after the current tail takes the weight read over from it.
+        int old_tail = -1;
+        for (const Holding& x : h[u]) old_tail = std::max(old_tail, x.device);
+        const int new_tail = std::max(old_tail, d);
         std::vector<double> base(m);
-        for (size_t i = 0; i + 1 < m; ++i)
-          base[i] = loads[size_t(h[u][i].device)] - h[u][i].part * tokens[u];
-        base[m - 1] = loads[size_t(d)] + w;
+        for (size_t i = 0; i + 1 < m; ++i) {
+          const int dev = h[u][i].device;
+          base[i] = loads[size_t(dev)] - h[u][i].part * tokens[u];
+          if (slices) base[i] += (dev == new_tail ? w : 0.0) - (dev == old_tail ? w : 0.0);
+        }
+        base[m - 1] = loads[size_t(d)] + (!slices || d == new_tail ? w : 0.0);
         std::vector<double> parts(m);
         if (batch > 0) {
           const auto n = divide_batch(base, batch, tokens[u] / batch);
@@ -171,28 +172,42 @@ Holdings add_replicas_greedily(Holdings h, std::span<const double> tokens, const
 }
 
 // McNaughton's wrap-around with weight reads: devices in turn take units (heaviest first) up to
-// target T; the unit that crosses T is cut and its rest starts the next device, which then also
-// reads its weights. Returns false when T is too small for the devices.
+// target T; the unit that crosses T is cut and its rest goes on to the next device. Only the last
+// piece of a unit (its tail) reads the unit's weights, so a cut costs nothing and every device
+// fills to T exactly: at T = the lower bound this is optimal. When a unit's tokens fit but not its
+// weight read, and `spare` replicas are left beyond the at most devices - 1 cuts, its tokens stay
+// here and an empty tail on the next device takes the weight read, so this device goes on filling
+// (else the device ends below T and the tail moves on). Returns false when T is too small.
 bool wrap_fill(std::span<const int> order, std::span<const double> tokens, double w, int devices,
-               double target, double tol, Holdings* out) {
+               double target, double tol, int spare, Holdings* out) {
   Holdings h(tokens.size());
+  std::vector<double> owed(static_cast<size_t>(devices), 0.0);  // empty tails' weight reads
   int d = 0;
   double used = 0;
   for (int u : order) {
     double rest = tokens[size_t(u)];
     for (;;) {
-      const double room = target - used - w;
-      if (room >= rest - tol && room >= -tol) {
+      if (used + rest + w <= target + tol) {  // the rest fits with the weight read: the tail
         h[size_t(u)].push_back({d, rest});
         used += rest + w;
         break;
       }
-      if (room > tol) {  // cut: the rest starts the next device
-        h[size_t(u)].push_back({d, room});
-        rest -= room;
+      const double room = target - used;
+      if (room >= rest - tol && rest > tol && d + 1 < devices && spare > 0) {
+        --spare;
+        h[size_t(u)].push_back({d, rest});
+        h[size_t(u)].push_back({d + 1, 0.0});
+        owed[size_t(d + 1)] += w;
+        used += rest;
+        break;
+      }
+      const double piece = std::min(room, rest);
+      if (piece > tol) {  // a KV-only piece fills this device
+        h[size_t(u)].push_back({d, piece});
+        rest -= piece;
       }
       if (++d == devices) return false;
-      used = 0;
+      used = owed[size_t(d)];
     }
   }
   for (size_t u = 0; u < h.size(); ++u)
@@ -242,8 +257,8 @@ bool best_fit_fill(std::span<const int> order, std::span<const double> tokens, d
   return true;
 }
 
-using Fill = bool (*)(std::span<const int>, std::span<const double>, double, int, double, double,
-                      Holdings*);
+using Fill = std::function<bool(std::span<const int>, std::span<const double>, double, int, double,
+                                double, Holdings*)>;
 
 // The smallest target that `fill` reaches (bisection from the lower bound), its holders, and the
 // exact shares for them.
@@ -271,8 +286,14 @@ Holdings fill_to_smallest_target(Fill fill, std::span<const double> tokens, cons
   return h;
 }
 
-Holdings wrap_around(std::span<const double> tokens, const CostModel& cost, int devices) {
-  return fill_to_smallest_target(wrap_fill, tokens, cost, devices);
+// spare: replicas the fill may add beyond its devices - 1 cuts.
+Holdings wrap_around(std::span<const double> tokens, const CostModel& cost, int devices,
+                     int spare = 0) {
+  return fill_to_smallest_target(
+      [spare](std::span<const int> order, std::span<const double> t, double w, int r, double target,
+              double tol,
+              Holdings* out) { return wrap_fill(order, t, w, r, target, tol, spare, out); },
+      tokens, cost, devices);
 }
 
 // The better of balanced and the candidates, in order; ties keep the earlier one. Proven: the
@@ -324,7 +345,16 @@ LayerPlan split_layer(std::span<const double> tokens, const CostModel& cost, int
         to_layer(add_replicas_greedily(whole_holdings(dev), tokens, cost, devices, replicas, 0),
                  devices, ShareKind::Tokens));
   }
-  if (replicas >= devices - 1) cands.push_back(wrap_around_layer(tokens, cost, devices));
+  if (replicas >= devices - 1) {
+    cands.push_back(wrap_around_layer(tokens, cost, devices));
+    // Empty tails that keep every device full, within the replica budget: the cuts the fill
+    // does not need are spare.
+    for (int spare = 1; spare <= replicas; ++spare) {
+      const auto h = wrap_around(tokens, cost, devices, spare);
+      if (holding_replicas(h) > replicas) break;
+      cands.push_back(to_layer(h, devices, ShareKind::Tokens));
+    }
+  }
   if (replicas > 0 && cost.unit_weight_load() > 0) {
     auto h = fill_to_smallest_target(best_fit_fill, tokens, cost, devices);
     if (holding_replicas(h) <= replicas) cands.push_back(to_layer(h, devices, ShareKind::Tokens));

@@ -11,11 +11,16 @@ Holdings whole_holdings(std::span<const int> device_of_unit) {
 }
 
 std::vector<double> holding_loads(const Holdings& h, std::span<const double> tokens,
-                                  const CostModel& cost, int devices) {
+                                  const CostModel& cost, int devices, bool token_slices) {
   std::vector<double> load(size_t(devices), 0.0);
-  for (size_t u = 0; u < h.size(); ++u)
-    for (const Holding& x : h[u])
-      load[size_t(x.device)] += x.part * tokens[u] + cost.unit_weight_load();
+  for (size_t u = 0; u < h.size(); ++u) {
+    int tail = -1;
+    for (const Holding& x : h[u]) tail = std::max(tail, x.device);
+    for (const Holding& x : h[u]) {
+      const bool reads_weights = !token_slices || h[u].size() == 1 || x.device == tail;
+      load[size_t(x.device)] += x.part * tokens[u] + (reads_weights ? cost.unit_weight_load() : 0);
+    }
+  }
   return load;
 }
 

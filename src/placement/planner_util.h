@@ -18,9 +18,10 @@ using Holdings = std::vector<std::vector<Holding>>;  // [unit]
 
 // Every unit whole on the given device.
 Holdings whole_holdings(std::span<const int> device_of_unit);
-// Device loads of a holding (each part reads its unit's weights).
+// Device loads of a holding: each part reads its unit's weights, or with token_slices only the
+// part on the unit's last device (its tail, cost.h).
 std::vector<double> holding_loads(const Holdings& h, std::span<const double> tokens,
-                                  const CostModel& cost, int devices);
+                                  const CostModel& cost, int devices, bool token_slices = false);
 int holding_replicas(const Holdings& h);
 // The layer with kind `split_kind` for units in several parts (whole otherwise), normalized.
 LayerPlacement to_layer(const Holdings& h, int devices, ShareKind split_kind);

@@ -222,13 +222,41 @@ RebalanceResult rebalance(const RebalanceProblem& p) {
   return r;
 }
 
+void add_token_slice_units(RebalanceProblem& prob, std::span<const double> tokens,
+                           std::vector<std::vector<int>> holders, double w) {
+  for (size_t u = 0; u < holders.size(); ++u) {
+    auto& hs = holders[u];
+    std::sort(hs.begin(), hs.end());
+    if (!hs.empty() && hs.back() >= 0 && size_t(hs.back()) < prob.base.size())
+      prob.base[size_t(hs.back())] += w;
+    prob.load.push_back(tokens[u]);
+    prob.holders.push_back(std::move(hs));
+  }
+}
+
+std::vector<std::pair<int, double>> token_slice_parts(const RebalanceProblem& prob,
+                                                      const RebalanceResult& r, size_t u) {
+  const auto& hs = prob.holders[u];
+  const auto& sh = r.share[u];
+  std::vector<std::pair<int, double>> parts;
+  double kept = 0;
+  for (size_t i = 0; i < hs.size(); ++i) {
+    const bool tail = i + 1 == hs.size();
+    if (sh[i] <= 1e-12 && !tail) continue;  // too small to matter
+    const double x = sh[i] <= 1e-12 ? 0.0 : sh[i];
+    parts.emplace_back(hs[i], x);
+    kept += x;
+  }
+  for (auto& [d, x] : parts) x = kept > 0 ? x / kept : 1.0 / double(parts.size());
+  return parts;
+}
+
 LayerPlacement rebalance_layer(const LayerPlacement& layer, std::span<const double> tokens,
                                const CostModel& cost, int devices) {
   const int units = int(tokens.size());
   RebalanceProblem prob;
-  prob.load.assign(size_t(units), 0.0);
-  prob.holders.resize(size_t(units));
   prob.base.assign(size_t(devices), 0.0);
+  std::vector<std::vector<int>> holders(static_cast<size_t>(units));
   std::vector<bool> fixed(size_t(units), false);
   LayerPlacement out;
   out.devices.resize(size_t(devices));
@@ -241,39 +269,37 @@ LayerPlacement rebalance_layer(const LayerPlacement& layer, std::span<const doub
             tokens[size_t(s.head)] + cost.kv_weight_load() + s.share * cost.qo_weight_load();
         out.devices[size_t(d)].push_back(s);
       } else {
-        prob.holders[size_t(s.head)].push_back(d);
-        prob.base[size_t(d)] += cost.unit_weight_load();
+        holders[size_t(s.head)].push_back(d);
       }
     }
+  std::vector<double> load(size_t(units), 0.0);
   for (int u = 0; u < units; ++u) {
     if (fixed[size_t(u)]) {
-      prob.holders[size_t(u)] = {0};  // nothing to divide: a placeholder with no load
+      holders[size_t(u)] = {0};  // nothing to divide: a placeholder with no load
       continue;
     }
-    if (prob.holders[size_t(u)].empty())
+    if (holders[size_t(u)].empty())
       throw std::invalid_argument(fmt::format("rebalance_layer: head {} has no device", u));
-    prob.load[size_t(u)] = tokens[size_t(u)];
+    load[size_t(u)] = tokens[size_t(u)];
+  }
+  // Fixed units' placeholders carry no load and no weights (their reads are in base already).
+  for (int u = 0; u < units; ++u) {
+    auto& hs = holders[size_t(u)];
+    std::sort(hs.begin(), hs.end());
+    if (!fixed[size_t(u)]) prob.base[size_t(hs.back())] += cost.unit_weight_load();  // the tail
+    prob.load.push_back(load[size_t(u)]);
+    prob.holders.push_back(hs);
   }
   const auto r = rebalance(prob);
   for (int u = 0; u < units; ++u) {
     if (fixed[size_t(u)]) continue;
-    const auto& hs = prob.holders[size_t(u)];
-    const auto& sh = r.share[size_t(u)];
-    // Drop parts too small to matter, then renormalise so that the shares sum to 1.
-    double kept = 0;
-    int parts = 0;
-    for (double x : sh)
-      if (x > 1e-12) {
-        kept += x;
-        ++parts;
-      }
-    for (size_t i = 0; i < hs.size(); ++i) {
-      if (sh[i] <= 1e-12) continue;
+    const auto parts = token_slice_parts(prob, r, size_t(u));
+    for (const auto& [d, x] : parts) {
       Share s;
       s.head = u;
-      s.share = parts == 1 ? 1.0 : sh[i] / kept;
-      s.kind = parts == 1 ? ShareKind::Whole : ShareKind::Tokens;
-      out.devices[size_t(hs[i])].push_back(s);
+      s.share = parts.size() == 1 ? 1.0 : x;
+      s.kind = parts.size() == 1 ? ShareKind::Whole : ShareKind::Tokens;
+      out.devices[size_t(d)].push_back(s);
     }
   }
   normalize(out);

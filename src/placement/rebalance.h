@@ -16,6 +16,7 @@
 #pragma once
 
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "placement/cost.h"
@@ -43,10 +44,21 @@ RebalanceResult rebalance(const RebalanceProblem& problem);
 // The Hall ratio of one device set (a lower bound on the optimum for any set).
 double hall_ratio(const RebalanceProblem& problem, std::span<const int> devices);
 
+// Token slices of units among fixed holders: sorts each unit's holders by device and adds the
+// unit's weight read (w, in loads) to the base of its last holder, the tail (cost.h). base must
+// have one entry per device.
+void add_token_slice_units(RebalanceProblem& prob, std::span<const double> tokens,
+                           std::vector<std::vector<int>> holders, double w);
+// The parts of unit u in a solved problem built by add_token_slice_units: (device, share) in
+// device order, without empty parts except the tail, which stays even when empty (it projects
+// and appends for the others). Shares renormalised to sum to 1.
+std::vector<std::pair<int, double>> token_slice_parts(const RebalanceProblem& prob,
+                                                      const RebalanceResult& r, size_t u);
+
 // Recomputes a layer's shares from actual unit loads `tokens` (tokens per sequence, the mean over
 // the batch), keeping which devices hold which units. Units split among holders become token
 // slices (they work at any batch size); query slices (tp replication) are left as they are.
-// Holders whose optimal part is empty are dropped from the unit.
+// Holders whose optimal part is empty are dropped from the unit, except its tail.
 LayerPlacement rebalance_layer(const LayerPlacement& layer, std::span<const double> tokens,
                                const CostModel& cost, int devices);
 

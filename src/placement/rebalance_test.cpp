@@ -129,8 +129,11 @@ TEST(Rebalance, LayerKeepsHoldersAndReachesOptimum) {
   check_layer(out, 3, 3, "rebalanced");
   const auto loads = device_loads(out, actual, cost, 3);
   const double w = cost.unit_weight_load();
-  // Devices 0 and 1 share 320 tokens and both read two units' weights; device 2 is fixed.
-  EXPECT_NEAR(std::max(loads[0], loads[1]), 160 + 2 * w, 1e-9);
+  // Devices 0 and 1 share 320 tokens; device 1, the tail of both units, reads their weights
+  // (2w), so device 0 takes w more tokens: both end at 160 + w. Device 2 is fixed.
+  EXPECT_NEAR(loads[0], 160 + w, 1e-9);
+  EXPECT_NEAR(loads[1], 160 + w, 1e-9);
+  EXPECT_EQ(tail_devices(out, 3), (std::vector<int>{1, 1, 2}));
   EXPECT_NEAR(loads[2], 100 + w, 1e-9);
   for (int d = 0; d < 2; ++d)
     for (const Share& s : out.devices[size_t(d)]) EXPECT_LE(s.head, 1);

@@ -100,15 +100,19 @@ std::vector<RankItem> decode_items(std::vector<std::unique_ptr<RankSequence>>& s
 
 // Measured cost of one decode step's collectives among R threads: two all-reduces of batch x
 // embd floats per layer, plus one small all-gather per layer with token slices.
-double collectives_ms(int R, int batch, const model::ModelConfig& c, int gathers,
-                      size_t lse_bytes) {
+// The collectives of one decode step: two all-reduces of the activations per layer, and per
+// layer with token slices the queries' all-reduce (q_floats) and the all-gather of the slices'
+// outputs with their log-sum-exps (gather_bytes per rank).
+double collectives_ms(int R, int batch, const model::ModelConfig& c, int gathers, size_t q_floats,
+                      size_t gather_bytes) {
   if (R == 1) return 0.0;
   const int reps = 20;
   double ms = 0;
   std::mutex mu;
   run_ranks(R, [&](Communicator& comm) {
     std::vector<float> x(size_t(batch) * size_t(c.n_embd), 1.0f);
-    std::vector<uint8_t> send(lse_bytes), recv(lse_bytes * size_t(R));
+    std::vector<uint8_t> send(gather_bytes), recv(gather_bytes * size_t(R));
+    std::vector<float> q(q_floats, 1.0f);
     comm.barrier();
     const auto t0 = Clock::now();
     for (int i = 0; i < reps; ++i) {
@@ -116,7 +120,10 @@ double collectives_ms(int R, int batch, const model::ModelConfig& c, int gathers
         comm.all_reduce_sum(x.data(), x.size());
         comm.all_reduce_sum(x.data(), x.size());
       }
-      for (int g = 0; g < gathers; ++g) comm.all_gather(send.data(), send.size(), recv.data());
+      for (int g = 0; g < gathers; ++g) {
+        comm.all_reduce_sum(q.data(), q.size());
+        comm.all_gather(send.data(), send.size(), recv.data());
+      }
     }
     comm.barrier();
     if (comm.rank() == 0) {
@@ -303,7 +310,7 @@ std::vector<BenchRow> bench_placements(
       other[size_t(r)] = std::max(0.0, e.whole[size_t(r)] - seg);  // embedding, logits
     }
     int gathers = 0;
-    size_t lse_bytes = 0;
+    size_t q_floats = 0, gather_bytes = 0;
     for (int l = 0; l < L; ++l) {
       int splits = 0;
       for (int h = 0; h < c.n_kv_heads; ++h) {
@@ -315,10 +322,12 @@ std::vector<BenchRow> bench_placements(
       }
       if (splits > 0) {
         ++gathers;
-        lse_bytes = std::max(lse_bytes, size_t(splits) * size_t(B) * size_t(c.group()) * 4);
+        const size_t heads = size_t(splits) * size_t(B) * size_t(c.group());
+        q_floats = std::max(q_floats, heads * size_t(c.head_dim));
+        gather_bytes = std::max(gather_bytes, heads * size_t(c.head_dim + 1) * 4);
       }
     }
-    row.collective_ms = collectives_ms(R, B, c, gathers, lse_bytes);
+    row.collective_ms = collectives_ms(R, B, c, gathers, q_floats, gather_bytes);
     row.layer_rank_ms.assign(size_t(L), std::vector<double>(size_t(R), 0.0));
     const double fixed = row.collective_ms + *std::max_element(other.begin(), other.end());
     double step = fixed, bound = fixed;

@@ -139,6 +139,117 @@ void RankForward::build_parts() {
                       [](const UnitPart& u) { return u.share.kind == ShareKind::Tokens; }))
         split_heads_[size_t(l)].push_back(h);
     }
+  const int rank = comm_.rank();
+  projects_.assign(size_t(c_.n_layers), {});
+  runs_.assign(size_t(c_.n_layers), {});
+  for (int l = 0; l < c_.n_layers; ++l) {
+    const auto& units = shard_.layers[size_t(l)].units;
+    auto& projects = projects_[size_t(l)];
+    projects.assign(units.size(), 0);
+    for (size_t i = 0; i < units.size(); ++i) {
+      const auto& parts = parts_[size_t(l)][size_t(units[i].head)];
+      const UnitPart* mine = part_of(parts, rank);
+      projects[i] = mine && (mine->share.kind != ShareKind::Tokens || parts.back().device == rank);
+    }
+    for (size_t i = 0; i < units.size();) {
+      if (!projects[i]) {
+        ++i;
+        continue;
+      }
+      size_t j = i;
+      while (j < units.size() && projects[j]) ++j;
+      runs_[size_t(l)].push_back({int(i), int(j)});
+      i = j;
+    }
+  }
+}
+
+namespace {
+
+// The rows [r0, r1) of m as a matrix of their own.
+kernels::WeightMatrix row_block(const kernels::WeightMatrix& m, int64_t r0, int64_t r1) {
+  kernels::WeightMatrix b = m;
+  b.data = m.row(r0);
+  b.rows = r1 - r0;
+  b.row_stride = m.stride();
+  return b;
+}
+
+// The columns [c0, c1) of m as a matrix of their own, when they start on a block boundary.
+bool column_block(const kernels::WeightMatrix& m, int64_t c0, int64_t c1,
+                  kernels::WeightMatrix* b) {
+  const int64_t blk = kernels::block_size(m.type);
+  if (c0 % blk != 0 || (c1 - c0) % blk != 0) return false;
+  *b = m;
+  b->data = static_cast<const uint8_t*>(m.data) + kernels::row_bytes(m.type, c0);
+  b->cols = c1 - c0;
+  b->row_stride = m.stride();
+  return true;
+}
+
+}  // namespace
+
+// q, k, v of the units this rank projects (all of its units unless some are KV-only slices).
+void RankForward::project(const ShardLayer& S, int layer, int64_t rows) {
+  const auto& runs = runs_[size_t(layer)];
+  const bool all = runs.size() == 1 && runs[0].first == 0 && runs[0].second == int(S.units.size());
+  if (all) {
+    kernels::matmul(S.wq, xn_.data(), rows, q_.data(), pool_);
+    kernels::matmul(S.wk, xn_.data(), rows, k_.data(), pool_);
+    kernels::matmul(S.wv, xn_.data(), rows, v_.data(), pool_);
+    return;
+  }
+  std::fill(q_.begin(), q_.end(), 0.0f);
+  std::fill(k_.begin(), k_.end(), 0.0f);
+  std::fill(v_.begin(), v_.end(), 0.0f);
+  const int64_t hd = c_.head_dim;
+  for (const auto& [i, j] : runs) {
+    const HeldUnit& a = S.units[size_t(i)];
+    const HeldUnit& b = S.units[size_t(j - 1)];
+    auto run = [&](const kernels::WeightMatrix& w, int64_t r0, int64_t r1, std::vector<float>& y) {
+      const int64_t n = r1 - r0;
+      tmp_.resize(size_t(rows * n));
+      kernels::matmul(row_block(w, r0, r1), xn_.data(), rows, tmp_.data(), pool_);
+      for (int64_t t = 0; t < rows; ++t)
+        std::copy_n(&tmp_[size_t(t * n)], n, &y[size_t(t * w.rows + r0)]);
+    };
+    run(S.wq, a.q_row, b.q_row + b.q_rows, q_);
+    run(S.wk, a.kv_row, b.kv_row + hd, k_);
+    run(S.wv, a.kv_row, b.kv_row + hd, v_);
+  }
+}
+
+// y = Wo att over the units this rank projects (a KV-only slice's columns are not read).
+void RankForward::apply_wo(const ShardLayer& S, int layer, int64_t rows) {
+  const auto& runs = runs_[size_t(layer)];
+  const bool all = runs.size() == 1 && runs[0].first == 0 && runs[0].second == int(S.units.size());
+  const int64_t E = S.wo.rows, nq = S.wq.rows;
+  std::vector<kernels::WeightMatrix> blocks;
+  std::vector<std::pair<int64_t, int64_t>> cols;
+  bool aligned = !all;
+  for (const auto& [i, j] : runs) {
+    const int64_t c0 = S.units[size_t(i)].q_row;
+    const int64_t c1 = S.units[size_t(j - 1)].q_row + S.units[size_t(j - 1)].q_rows;
+    kernels::WeightMatrix b;
+    aligned = aligned && column_block(S.wo, c0, c1, &b);
+    blocks.push_back(b);
+    cols.push_back({c0, c1});
+  }
+  if (!aligned) {  // the whole Wo: KV-only columns of att_ are zero, so they add nothing
+    kernels::matmul(S.wo, att_.data(), rows, y_.data(), pool_);
+    return;
+  }
+  std::fill(y_.begin(), y_.end(), 0.0f);
+  std::vector<float> x;
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    const auto [c0, c1] = cols[k];
+    x.resize(size_t(rows * (c1 - c0)));
+    for (int64_t t = 0; t < rows; ++t)
+      std::copy_n(&att_[size_t(t * nq + c0)], c1 - c0, &x[size_t(t * (c1 - c0))]);
+    tmp_.resize(size_t(rows * E));
+    kernels::matmul(blocks[k], x.data(), rows, tmp_.data(), pool_);
+    kernels::add(y_.data(), tmp_.data(), rows * E);
+  }
 }
 
 void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
@@ -152,6 +263,33 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
   const int64_t n_split = int64_t(splits.size());
   const int rank = comm_.rank();
   std::fill(att_.begin(), att_.end(), 0.0f);
+  // Token slices' queries: the tail projected them; the other slices receive them.
+  auto is_tail = [&](int head) {
+    return parts_[size_t(layer)][size_t(head)].back().device == rank;
+  };
+  auto kv_only = [&](int head) {
+    const UnitPart* mine = part_of(parts_[size_t(layer)][size_t(head)], rank);
+    return mine && !is_tail(head);
+  };
+  if (n_split > 0) {
+    const int64_t qrow = group * hd;  // a token slice serves the whole group
+    qx_.assign(size_t(n_split * rows * qrow), 0.0f);
+    for (int64_t si = 0; si < n_split; ++si) {
+      const HeldUnit* u = S.find(splits[size_t(si)]);
+      if (!u || !is_tail(u->head)) continue;
+      for (int64_t r = 0; r < rows; ++r)
+        std::copy_n(&q_[r * nq + u->q_row], qrow, &qx_[size_t((si * rows + r) * qrow)]);
+    }
+    const auto t0 = Clock::now();
+    comm_.all_reduce_sum(qx_.data(), qx_.size());
+    if (timing) timing->collective_ms += ms_between(t0, Clock::now());
+    for (int64_t si = 0; si < n_split; ++si) {
+      const HeldUnit* u = S.find(splits[size_t(si)]);
+      if (!u || !kv_only(u->head)) continue;
+      for (int64_t r = 0; r < rows; ++r)
+        std::copy_n(&qx_[size_t((si * rows + r) * qrow)], qrow, &q_[r * nq + u->q_row]);
+    }
+  }
   lse_.assign(size_t(n_split * rows * group), kNegInf);
   const int64_t n_units = int64_t(S.units.size());
   const int64_t n_tasks = int64_t(batch.size()) * n_units;
@@ -250,33 +388,48 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
     }
   });
   if (n_split == 0) return;
-  // Token slices: each part's output is exact for its rows; scaled by exp(lse_r - L), with L the
-  // log-sum-exp over parts, the parts' Wo products sum to the attention over all rows.
+  // Token slices: each part's output is exact for its rows. Every part sends its outputs and
+  // log-sum-exps; the tail merges them, weighting part r by exp(lse_r - L) with L the
+  // log-sum-exp over parts, which is the attention over all rows, and alone applies Wo to it.
   const int R = comm_.size();
-  const size_t per_rank = lse_.size();
+  const int64_t rec = hd + 1;  // per (split unit, row, query head): lse, then the output
+  const size_t per_rank = size_t(n_split * rows * group * rec);
   lse_all_.resize(per_rank * size_t(R));
+  tmp_.assign(per_rank, 0.0f);
+  for (int64_t si = 0; si < n_split; ++si) {
+    const HeldUnit* u = S.find(splits[size_t(si)]);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < group; ++g) {
+        float* dst = &tmp_[size_t(((si * rows + r) * group + g) * rec)];
+        dst[0] = lse_[size_t((si * rows + r) * group + g)];
+        if (u && dst[0] != kNegInf) std::copy_n(&att_[r * nq + u->q_row + g * hd], hd, dst + 1);
+      }
+  }
   const auto t0 = Clock::now();
-  comm_.all_gather(lse_.data(), per_rank * sizeof(float), lse_all_.data());
+  comm_.all_gather(tmp_.data(), per_rank * sizeof(float), lse_all_.data());
   if (timing) timing->collective_ms += ms_between(t0, Clock::now());
   for (int64_t si = 0; si < n_split; ++si) {
     const HeldUnit* u = S.find(splits[size_t(si)]);
     if (!u) continue;
+    const bool tail = is_tail(u->head);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t g = 0; g < group; ++g) {
-        const size_t idx = size_t((si * rows + r) * group + g);
-        const float mine = lse_[idx];
         float* out = &att_[r * nq + u->q_row + g * hd];
-        if (mine == kNegInf) {
-          std::fill_n(out, hd, 0.0f);
-          continue;
-        }
+        std::fill_n(out, hd, 0.0f);
+        if (!tail) continue;  // the tail applies Wo to the merged output
+        const size_t at = size_t(((si * rows + r) * group + g) * rec);
         float m = kNegInf;
-        for (int q = 0; q < R; ++q) m = std::max(m, lse_all_[size_t(q) * per_rank + idx]);
+        for (int q = 0; q < R; ++q) m = std::max(m, lse_all_[size_t(q) * per_rank + at]);
+        if (m == kNegInf) continue;  // no part holds a row yet
         double sum = 0;
         for (int q = 0; q < R; ++q)
-          sum += std::exp(double(lse_all_[size_t(q) * per_rank + idx] - m));
-        const float w = float(std::exp(double(mine - m)) / sum);
-        for (int64_t e = 0; e < hd; ++e) out[e] *= w;
+          sum += std::exp(double(lse_all_[size_t(q) * per_rank + at] - m));
+        for (int q = 0; q < R; ++q) {
+          const float* part = &lse_all_[size_t(q) * per_rank + at];
+          if (part[0] == kNegInf) continue;
+          const float w = float(std::exp(double(part[0] - m)) / sum);
+          for (int64_t e = 0; e < hd; ++e) out[e] += w * part[1 + e];
+        }
       }
   }
 }
@@ -326,12 +479,11 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
     v_.resize(size_t(rows * nkv));
     att_.resize(size_t(rows * nq));
     const bool has_units = !S.units.empty();
+    const bool projects = !runs_[size_t(l)].empty();
     if (has_units) {
       for (int64_t r = 0; r < rows; ++r)
         kernels::rmsnorm(&xn_[r * E], &x_[r * E], S.attn_norm, E, c_.norm_eps);
-      kernels::matmul(S.wq, xn_.data(), rows, q_.data(), pool_);
-      kernels::matmul(S.wk, xn_.data(), rows, k_.data(), pool_);
-      kernels::matmul(S.wv, xn_.data(), rows, v_.data(), pool_);
+      project(S, l, rows);
       add_bias(q_.data(), S.bq, rows);
       add_bias(k_.data(), S.bk, rows);
       add_bias(v_.data(), S.bv, rows);
@@ -350,9 +502,9 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
     }
     // Every rank takes part in the layer's collectives, with or without units.
     attention(batch, l, n_slots, observer);
-    if (has_units) kernels::matmul(S.wo, att_.data(), rows, y_.data(), pool_);
+    if (projects) apply_wo(S, l, rows);
     if (timing) timing->attention_ms[size_t(l)] += ms_between(t0, Clock::now());
-    reduce_into_x(has_units);
+    reduce_into_x(projects);
 
     t0 = Clock::now();
     const int64_t nf = S.gate.rows;

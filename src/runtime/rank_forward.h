@@ -11,7 +11,10 @@
 //  - batch slice: the sequence in slot i of n is served by the part whose [offset, offset+share)
 //    holds (i + 0.5) / n, during prefill and decode alike;
 //  - token slice: new rows (prompt and decode tokens) are appended by the unit's last part in
-//    device order (its tail); redistribute() then gives every part its slice of the rows;
+//    device order (its tail); redistribute() then gives every part its slice of the rows. The
+//    tail alone reads the unit's weights: it projects the queries, which reach the other parts in
+//    an all-reduce, and applies Wo to the parts' outputs merged by log-sum-exp, which reach it in
+//    an all-gather. The other parts read only their KV (placement/cost.h counts it so);
 //  - query slice: every holder keeps the unit's whole KV and attends its query heads.
 #pragma once
 
@@ -118,6 +121,12 @@ class RankForward {
   kernels::ThreadPool& pool_;
   std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]
   std::vector<std::vector<int>> split_heads_;              // [layer]: heads with token slices
+  // [layer][index in the shard's units]: this rank projects the unit and applies its Wo: it
+  // serves it, and not as a token slice other than the tail (a unit whose weights it holds but
+  // does not serve after rebalancing is left out too).
+  std::vector<std::vector<char>> projects_;
+  // [layer]: the runs [first, last) of consecutive units of the shard that this rank projects.
+  std::vector<std::vector<std::pair<int, int>>> runs_;
   // Per (sequence, unit) of a layer: its gathered queries, outputs and attention call.
   struct Task {
     std::vector<float> q, k, v, out, lse, probs, by_head;
@@ -127,8 +136,10 @@ class RankForward {
   std::vector<Task> tasks_;
   std::vector<kv::AttentionArgs> calls_;
   std::vector<int64_t> row0_;
+  void project(const ShardLayer& S, int layer, int64_t rows);
+  void apply_wo(const ShardLayer& S, int layer, int64_t rows);
   std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,
-      rows_out_;
+      rows_out_, qx_, tmp_;
 };
 
 }  // namespace fairkv::runtime
