@@ -24,6 +24,7 @@ struct BenchArgs {
   int batch = 8, steps = 3, rounds = 2, layers = 0, threads = 0;
   int64_t ffn = 0;
   bool no_wall = false;
+  bool no_calibrate = false;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -72,6 +73,7 @@ nlohmann::json row_json(const runtime::BenchRow& r, bool wall) {
           {"step_ms_wall", wall ? nlohmann::json(r.step_ms_wall) : nlohmann::json()},
           {"lower_bound_ms", r.lower_bound_ms},
           {"collective_ms", r.collective_ms},
+          {"kv_time_factor", r.kv_time_factor},
           {"imbalance", r.imbalance},
           {"planned_imbalance", r.planned_imbalance},
           {"tok_s_emulated", r.tok_s_emulated},
@@ -156,6 +158,7 @@ void run(const BenchArgs& a) {
     s.rounds = a.rounds;
     s.threads = a.threads > 0 ? a.threads : cores;
     s.wall = !a.no_wall && s.devices <= cores;
+    s.calibrate = !a.no_calibrate;
     s.planners = split_list(a.placements);
     fmt::print(stderr, "bench: R = {}, batch {}, {} layers, {} threads\n", s.devices, s.batch,
                c->n_layers, s.threads);
@@ -170,6 +173,11 @@ void run(const BenchArgs& a) {
         "over layers of the slowest rank + the collectives measured among {} threads ({:.3f} "
         "ms/step). bound: every layer at tp's mean rank time.\n",
         s.threads, s.devices, rows.empty() ? 0.0 : rows[0].collective_ms);
+    if (s.calibrate && !rows.empty())
+      fmt::print(
+          "plans: a KV byte of attention measured at {:.2f}x the time of a weight byte of a "
+          "projection on this machine; the planners balanced time (--no-calibrate: bytes)\n",
+          rows[0].kv_time_factor);
     fmt::print("wall: {}\n",
                s.wall ? fmt::format("{} ranks as threads in parallel, {} threads each", s.devices,
                                     std::max(1, s.threads / s.devices))
@@ -218,6 +226,9 @@ void add_bench_command(CLI::App& app) {
                   "4 x embd)");
   cmd->add_option("-t,--threads", a->threads, "Threads of the machine (default: all cores)");
   cmd->add_flag("--no-wall", a->no_wall, "Skip the wall-clock timing");
+  cmd->add_flag("--no-calibrate", a->no_calibrate,
+                "Plan with loads in bytes (FAIRKV.md's model) instead of measuring how much "
+                "slower attention is per byte than a projection on this machine");
   cmd->add_option("--json", a->json_out, "Write the results as JSON (a list, one per placement)");
   cmd->add_option("--svg", a->svg_out, "Write a chart of per-device time per layer, tp vs best");
   cmd->callback([a] { run(*a); });

@@ -10,8 +10,10 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "kernels/matmul.h"
 #include "kernels/threadpool.h"
 #include "kernels/types.h"
+#include "kv/attention.h"
 #include "placement/cost.h"
 #include "placement/planners.h"
 #include "runtime/comm.h"
@@ -186,6 +188,45 @@ RandomModel random_model(const placement::Profile& p, int64_t ffn, int vocab, ui
   return m;
 }
 
+// Seconds per KV byte of decode attention (batch sequences over one unit of `tokens` rows) over
+// seconds per weight byte of a projection (Wq of layer 0 applied to the batch), best of 5 each.
+double measure_kv_time_factor(const model::ModelConfig& c, const model::Weights& w, int batch,
+                              kv::KvType kt, kernels::ThreadPool& pool, int64_t tokens = 16384) {
+  const int64_t hd = c.head_dim, group = c.group();
+  Noise noise{0x9e3779b97f4a7c15ull};
+  std::vector<float> rows(size_t(tokens * hd));
+  for (float& x : rows) x = noise.next(1.0f);
+  // One store per sequence, as decode reads them: together far larger than the caches.
+  std::vector<kv::HeadStore> stores(static_cast<size_t>(batch), kv::HeadStore(hd, kt));
+  for (auto& st : stores) st.append(rows.data(), rows.data(), tokens);
+  std::vector<float> q(size_t(group * hd)), out(size_t(batch * group * hd));
+  for (float& x : q) x = noise.next(1.0f);
+  std::vector<kv::AttentionArgs> calls(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    kv::AttentionArgs& a = calls[size_t(b)];
+    a.store = &stores[size_t(b)];
+    a.q = q.data();
+    a.group = int(group);
+    a.scale = 1.0f / std::sqrt(float(hd));
+    a.visible = tokens - 1;
+    a.out = &out[size_t(b * group * hd)];
+  }
+  const kernels::WeightMatrix& wq = w.layers[0].wq;
+  std::vector<float> x(size_t(batch * c.n_embd), 0.01f), y(size_t(batch * wq.rows));
+  double kv_ms = 1e300, w_ms = 1e300;
+  for (int rep = 0; rep < 5; ++rep) {
+    auto t0 = Clock::now();
+    kv::attend_batch(calls, pool);
+    kv_ms = std::min(kv_ms, ms_between(t0, Clock::now()));
+    t0 = Clock::now();
+    kernels::matmul(wq, x.data(), batch, y.data(), pool);
+    w_ms = std::min(w_ms, ms_between(t0, Clock::now()));
+  }
+  const double kv_bytes = double(batch) * double(stores[0].bytes());
+  const double w_bytes = double(wq.rows) * double(wq.stride());
+  return (kv_ms / kv_bytes) / (w_ms / w_bytes);
+}
+
 std::vector<BenchRow> bench_placements(
     const model::ModelConfig& c, const model::Weights& w, const placement::Profile& prof,
     const BenchSpec& spec, const std::function<void(int, int, const std::string&)>& progress) {
@@ -205,8 +246,15 @@ std::vector<BenchRow> bench_placements(
                             : wt == kernels::DType::Q4_0 ? "q4_0"
                             : wt == kernels::DType::BF16 ? "bf16"
                                                          : "f16";
-  const placement::CostModel cost =
+  placement::CostModel cost =
       placement::cost_model_for(prof, B, wname, spec.kv_type == kv::KvType::F16 ? "f16" : "f32");
+  double kv_factor = 1;
+  if (spec.calibrate) {
+    if (progress) progress(0, 1, "calibrating: attention vs projection time per byte");
+    kernels::ThreadPool pool(std::max(1, spec.threads));
+    kv_factor = measure_kv_time_factor(c, w, B, spec.kv_type, pool);
+    cost.weight_bytes /= kv_factor;  // loads in time: a weight byte costs 1/factor KV bytes
+  }
   const int P = int(spec.planners.size()), rounds = std::max(1, spec.rounds);
   const int total = P * (rounds * R + (spec.wall ? 1 : 0));
   int done = 0;
@@ -224,6 +272,7 @@ std::vector<BenchRow> bench_placements(
     row.devices = R;
     row.batch = B;
     row.placement = placement::plan(prof, cost, o);
+    row.kv_time_factor = kv_factor;
     const placement::Placement& p = row.placement;
     for (size_t l = 0; l < p.layers.size(); ++l) {
       row.replicas += p.replicas[l];

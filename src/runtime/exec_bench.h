@@ -46,6 +46,7 @@ struct BenchSpec {
   bool wall = true;
   std::vector<std::string> planners = {"tp", "balanced", "fair-copy", "split"};
   kv::KvType kv_type = kv::KvType::F16;
+  bool calibrate = true;  // measure kv_time_factor (else 1: loads are bytes, FAIRKV.md's model)
 };
 
 struct BenchRow {
@@ -60,6 +61,10 @@ struct BenchRow {
   size_t max_kv_bytes = 0, max_weight_bytes = 0;   // the fullest rank's
   int replicas = 0;                                // over all layers
   std::vector<std::vector<double>> layer_rank_ms;  // [layer][rank] attention segment, emulated
+  // Time per KV byte of decode attention over time per weight byte of the projections, measured
+  // before planning; the planners' loads weigh weight reads by 1 / kv_time_factor so that they
+  // balance time, not bytes (on CPUs grouped attention is compute-bound, slower per byte).
+  double kv_time_factor = 1;
   placement::Placement placement;
 };
 
