@@ -141,8 +141,20 @@ void gemv_type(const WeightMatrix& w, const XT* x, int64_t n_tokens, float* y, i
       case 3:
         gemv_rows<T, XT, 3>(w, xt, yt, r_begin, r_end);
         break;
-      default:
+      case 4:
         gemv_rows<T, XT, 4>(w, xt, yt, r_begin, r_end);
+        break;
+      case 5:
+        gemv_rows<T, XT, 5>(w, xt, yt, r_begin, r_end);
+        break;
+      case 6:
+        gemv_rows<T, XT, 6>(w, xt, yt, r_begin, r_end);
+        break;
+      case 7:
+        gemv_rows<T, XT, 7>(w, xt, yt, r_begin, r_end);
+        break;
+      default:
+        gemv_rows<T, XT, 8>(w, xt, yt, r_begin, r_end);
         break;
     }
   }
@@ -152,7 +164,7 @@ void gemv_type(const WeightMatrix& w, const XT* x, int64_t n_tokens, float* y, i
 
 void gemv(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
           int64_t r_end) {
-  static_assert(kGemvTokens == 4, "gemv_type's switch covers 1..4 tokens");
+  static_assert(kGemvTokens == 8, "gemv_type's switch covers 1..8 tokens");
   switch (w.type) {
     case DType::F32:
       return gemv_type<DType::F32, float>(w, x, n_tokens, y, r_begin, r_end);

@@ -12,7 +12,7 @@ namespace fairkv::kernels::detail {
 
 // --- gemv.cpp: dot-product kernels for a few tokens, float32 activations, any weight type.
 // Reads the weights once per group of up to kGemvTokens tokens: the decode path.
-inline constexpr int64_t kGemvTokens = 4;
+inline constexpr int64_t kGemvTokens = 8;
 // Rows per work unit when splitting decode over threads (the kernels go one row at a time; 8 rows
 // keep each thread's outputs on whole cache lines).
 inline constexpr int64_t kGemvRows = 8;
