@@ -104,7 +104,7 @@ ExecResult execute(Communicator& comm, const model::Model& m, const placement::P
   for (size_t i = 0; i < prompts.size(); ++i)
     if (prompts[i].empty()) throw std::invalid_argument(fmt::format("prompt {} has no tokens", i));
   const ShardedWeights shard = shard_weights(c, m.weights, p, comm.rank());
-  RankForward fwd(c, m.weights, shard, p, comm, pool);
+  RankForward fwd(c, m.weights, shard, p, comm, pool, opt.activations);
   const int n = int(prompts.size());
   std::vector<std::unique_ptr<RankSequence>> seqs;
   std::vector<RankSequence*> ptrs;

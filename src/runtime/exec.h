@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/matmul.h"
 #include "kernels/threadpool.h"
 #include "kv/cache.h"
 #include "kv/compress.h"
@@ -24,6 +25,7 @@ struct ExecOptions {
   bool rebalance = false;  // recompute shares from the kept lengths after the prefill
   bool keep_logits = false;
   int threads = 1;  // per rank, for execute_threads
+  kernels::Activations activations = kernels::Activations::Float32;  // see model::Forward
   // Compression of the prompts' caches (resolved here), run by the ranks that own each unit; the
   // selection equals the single-device one. Null: keep every token.
   const kv::CompressionConfig* compression = nullptr;

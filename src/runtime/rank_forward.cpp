@@ -94,8 +94,8 @@ void add_bias(float* y, const std::vector<float>& b, int64_t rows) {
 
 RankForward::RankForward(const model::ModelConfig& c, const model::Weights& full,
                          const ShardedWeights& shard, const placement::Placement& p,
-                         Communicator& comm, kernels::ThreadPool& pool)
-    : c_(c), full_(full), shard_(shard), comm_(comm), pool_(pool) {
+                         Communicator& comm, kernels::ThreadPool& pool, kernels::Activations act)
+    : c_(c), full_(full), shard_(shard), comm_(comm), pool_(pool), act_(act) {
   if (p.devices != comm.size())
     throw std::invalid_argument(
         fmt::format("placement '{}' is for {} devices, the job has {} ranks", p.planner, p.devices,
@@ -194,9 +194,9 @@ void RankForward::project(const ShardLayer& S, int layer, int64_t rows) {
   const auto& runs = runs_[size_t(layer)];
   const bool all = runs.size() == 1 && runs[0].first == 0 && runs[0].second == int(S.units.size());
   if (all) {
-    kernels::matmul(S.wq, xn_.data(), rows, q_.data(), pool_);
-    kernels::matmul(S.wk, xn_.data(), rows, k_.data(), pool_);
-    kernels::matmul(S.wv, xn_.data(), rows, v_.data(), pool_);
+    kernels::matmul(S.wq, xn_.data(), rows, q_.data(), pool_, act_);
+    kernels::matmul(S.wk, xn_.data(), rows, k_.data(), pool_, act_);
+    kernels::matmul(S.wv, xn_.data(), rows, v_.data(), pool_, act_);
     return;
   }
   std::fill(q_.begin(), q_.end(), 0.0f);
@@ -209,7 +209,7 @@ void RankForward::project(const ShardLayer& S, int layer, int64_t rows) {
     auto run = [&](const kernels::WeightMatrix& w, int64_t r0, int64_t r1, std::vector<float>& y) {
       const int64_t n = r1 - r0;
       tmp_.resize(size_t(rows * n));
-      kernels::matmul(row_block(w, r0, r1), xn_.data(), rows, tmp_.data(), pool_);
+      kernels::matmul(row_block(w, r0, r1), xn_.data(), rows, tmp_.data(), pool_, act_);
       for (int64_t t = 0; t < rows; ++t)
         std::copy_n(&tmp_[size_t(t * n)], n, &y[size_t(t * w.rows + r0)]);
     };
@@ -236,7 +236,7 @@ void RankForward::apply_wo(const ShardLayer& S, int layer, int64_t rows) {
     cols.push_back({c0, c1});
   }
   if (!aligned) {  // the whole Wo: KV-only columns of att_ are zero, so they add nothing
-    kernels::matmul(S.wo, att_.data(), rows, y_.data(), pool_);
+    kernels::matmul(S.wo, att_.data(), rows, y_.data(), pool_, act_);
     return;
   }
   std::fill(y_.begin(), y_.end(), 0.0f);
@@ -247,7 +247,7 @@ void RankForward::apply_wo(const ShardLayer& S, int layer, int64_t rows) {
     for (int64_t t = 0; t < rows; ++t)
       std::copy_n(&att_[size_t(t * nq + c0)], c1 - c0, &x[size_t(t * (c1 - c0))]);
     tmp_.resize(size_t(rows * E));
-    kernels::matmul(blocks[k], x.data(), rows, tmp_.data(), pool_);
+    kernels::matmul(blocks[k], x.data(), rows, tmp_.data(), pool_, act_);
     kernels::add(y_.data(), tmp_.data(), rows * E);
   }
 }
@@ -513,10 +513,10 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
       ff_up_.resize(size_t(rows * nf));
       for (int64_t r = 0; r < rows; ++r)
         kernels::rmsnorm(&xn_[r * E], &x_[r * E], S.ffn_norm, E, c_.norm_eps);
-      kernels::matmul(S.gate, xn_.data(), rows, ff_gate_.data(), pool_);
-      kernels::matmul(S.up, xn_.data(), rows, ff_up_.data(), pool_);
+      kernels::matmul(S.gate, xn_.data(), rows, ff_gate_.data(), pool_, act_);
+      kernels::matmul(S.up, xn_.data(), rows, ff_up_.data(), pool_, act_);
       kernels::silu_mul(ff_gate_.data(), ff_up_.data(), rows * nf);
-      kernels::matmul(S.down, ff_gate_.data(), rows, y_.data(), pool_);
+      kernels::matmul(S.down, ff_gate_.data(), rows, y_.data(), pool_, act_);
     }
     if (timing) timing->mlp_ms[size_t(l)] += ms_between(t0, Clock::now());
     reduce_into_x(nf > 0);
@@ -530,7 +530,7 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
     kernels::rmsnorm(&rows_out_[i * E], &x_[(row0_[size_t(i) + 1] - 1) * E], full_.output_norm, E,
                      c_.norm_eps);
   logits_.resize(size_t(n_out) * size_t(c_.n_vocab));
-  kernels::matmul(full_.output, rows_out_.data(), n_out, logits_.data(), pool_);
+  kernels::matmul(full_.output, rows_out_.data(), n_out, logits_.data(), pool_, act_);
   return logits_;
 }
 

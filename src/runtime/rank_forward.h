@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/matmul.h"
 #include "kernels/threadpool.h"
 #include "kv/attention.h"
 #include "kv/cache.h"
@@ -81,8 +82,10 @@ class RankForward {
   // `full` provides the replicated tensors (embeddings, output norm, output matrix); `shard` the
   // rank's slices, made for the same placement's holders. Throws std::invalid_argument when the
   // placement does not match the model or the communicator.
+  // act: the linear layers' activation mode (kernels/matmul.h), as model::Forward takes it.
   RankForward(const model::ModelConfig& c, const model::Weights& full, const ShardedWeights& shard,
-              const placement::Placement& p, Communicator& comm, kernels::ThreadPool& pool);
+              const placement::Placement& p, Communicator& comm, kernels::ThreadPool& pool,
+              kernels::Activations act = kernels::Activations::Float32);
 
   // Runs the batch (the same items in the same order on every rank; n_slots sequences in all)
   // and returns the logits of each item's last token, item by item, identical on every rank.
@@ -119,6 +122,7 @@ class RankForward {
   placement::Placement p_;
   Communicator& comm_;
   kernels::ThreadPool& pool_;
+  kernels::Activations act_;
   std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]
   std::vector<std::vector<int>> split_heads_;              // [layer]: heads with token slices
   // [layer][index in the shard's units]: this rank projects the unit and applies its Wo: it
