@@ -11,6 +11,7 @@
 #include "app/commands.h"
 #include "app/svg_plot.h"
 #include "model/model.h"
+#include "placement/placement.h"
 #include "placement/profile.h"
 #include "runtime/exec_bench.h"
 
@@ -83,7 +84,8 @@ nlohmann::json row_json(const runtime::BenchRow& r, bool wall) {
           {"max_kv_bytes", r.max_kv_bytes},
           {"max_weight_bytes", r.max_weight_bytes},
           {"replicas", r.replicas},
-          {"layer_rank_ms", r.layer_rank_ms}};
+          {"layer_rank_ms", r.layer_rank_ms},
+          {"placement", placement::placement_to_json(r.placement)}};
 }
 
 // Per layer: the slowest, mean and fastest device of tp and of the fastest placement.
