@@ -9,6 +9,8 @@
 #include "app/commands.h"
 #include "app/engine_options.h"
 #include "app/kv_options.h"
+#include "app/prompts.h"
+#include "app/run_devices.h"
 #include "kernels/threadpool.h"
 #include "model/generate.h"
 #include "model/model.h"
@@ -24,6 +26,8 @@ struct RunArgs {
   std::string model, prompt, prompt_file, logits_out;
   KvOptions kv;
   EngineOptions engine;
+  DeviceOptions dev;
+  bool temp_given = false;
   int n_predict = 64;
   int64_t ctx_size = 0;
   model::SamplerConfig sampler;
@@ -37,7 +41,44 @@ void write_logits(const std::string& path, const std::vector<float>& rows) {
   if (!out) throw std::runtime_error(path + ": write failed (--logits-out)");
 }
 
+void run_devices(const RunArgs& a) {
+  DeviceRun r;
+  r.model = a.model;
+  if (!a.dev.batch_file.empty()) {
+    if (!a.prompt.empty() || !a.prompt_file.empty())
+      throw UsageError("give the prompts with either --batch-file or -p / -f, not both");
+    for (const Prompt& p : read_prompts(a.dev.batch_file)) r.prompts.push_back(p.text);
+  } else {
+    if (a.prompt.empty() == a.prompt_file.empty())
+      throw UsageError("give the prompt with exactly one of -p TEXT, -f FILE or --batch-file");
+    std::string text = a.prompt;
+    if (!a.prompt_file.empty()) {
+      std::ifstream in(a.prompt_file, std::ios::binary);
+      if (!in) throw UsageError(a.prompt_file + ": cannot read the prompt file (-f)");
+      text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    r.prompts.push_back(text);
+  }
+  if (a.sampler.temp > 0) {
+    if (a.temp_given)
+      throw UsageError("--devices: decoding on devices is greedy only for now; use --temp 0");
+    r.greedy_note = true;
+  }
+  if (a.n_predict < 0) throw UsageError("-n: expected a number of tokens >= 0");
+  if (!a.logits_out.empty()) throw UsageError("--logits-out: single device only");
+  r.add_bos = !a.no_bos;
+  r.n_predict = a.n_predict;
+  r.threads = a.engine.n_threads();
+  r.kv_type = a.kv.kv_type();
+  r.activations = a.engine.act();
+  const kv::CompressionConfig kc = a.kv.config();
+  if (kc.policy != kv::Policy::Full) r.compression = &kc;
+  r.dev = a.dev;
+  run_on_devices(r);
+}
+
 void run(const RunArgs& a) {
+  if (a.dev.wanted()) return run_devices(a);
   if (a.prompt.empty() == a.prompt_file.empty())
     throw UsageError("give the prompt with exactly one of -p TEXT or -f FILE");
   std::string text = a.prompt;
@@ -118,7 +159,8 @@ void add_run_command(CLI::App& app) {
   add_engine_options(*cmd, a->engine);
   cmd->add_option("-c,--ctx-size", a->ctx_size, "Context size in tokens (0: prompt + n)")
       ->capture_default_str();
-  cmd->add_option("--temp", a->sampler.temp, "Temperature (0: greedy)")->capture_default_str();
+  auto* temp =
+      cmd->add_option("--temp", a->sampler.temp, "Temperature (0: greedy)")->capture_default_str();
   cmd->add_option("--top-k", a->sampler.top_k, "Top-k (0: off)")->capture_default_str();
   cmd->add_option("--top-p", a->sampler.top_p, "Top-p (1: off)")->capture_default_str();
   cmd->add_option("--min-p", a->sampler.min_p, "Min-p (0: off)")->capture_default_str();
@@ -127,7 +169,11 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--logits-out", a->logits_out,
                   "Write float32 logits rows over prompt ++ continuation to FILE");
   cmd->add_flag("--no-bos", a->no_bos, "Do not add a BOS token");
-  cmd->callback([a] { run(*a); });
+  add_device_options(*cmd, a->dev);
+  cmd->callback([a, temp] {
+    a->temp_given = temp->count() > 0;
+    run(*a);
+  });
 }
 
 }  // namespace fairkv::app

@@ -1,0 +1,87 @@
+#include "app/run_devices.h"
+
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "app/commands.h"
+#include "model/model.h"
+#include "runtime/exec.h"
+
+namespace fairkv::app {
+
+void add_device_options(CLI::App& cmd, DeviceOptions& o) {
+  cmd.add_option("--devices", o.devices, "Devices (ranks) that share the model: tensor parallel")
+      ->capture_default_str();
+  cmd.add_option("--placement", o.placement,
+                 "With --devices: tp, balanced, fair-copy, split, or a `fairkv plan --json` file")
+      ->capture_default_str();
+  cmd.add_option("--profile", o.profile,
+                 "With --devices: per-unit loads (JSON) the planner places by (default: equal)");
+  cmd.add_option("--comm", o.comm,
+                 "With --devices: threads (ranks in this process) or mpi (one rank per process "
+                 "under mpirun -np R)")
+      ->capture_default_str();
+  cmd.add_flag("--rebalance", o.rebalance,
+               "With --devices: re-divide shares by the kept lengths after the prefill");
+  cmd.add_option("--batch-file", o.batch_file,
+                 "Decode a batch of prompts together on the devices: one per line (or a .jsonl "
+                 "file / folder, as eval reads them)");
+}
+
+void run_on_devices(const DeviceRun& run) {
+  const DeviceOptions& d = run.dev;
+  if (d.devices < 1) throw UsageError("--devices: expected at least 1");
+  if (d.comm != "threads" && d.comm != "mpi")
+    throw UsageError("--comm: expected threads or mpi, got '" + d.comm + "'");
+  if (run.prompts.empty()) throw UsageError("no prompts to run");
+  // Ranks copy only their slices out of the mapping: no rank reads the whole file.
+  const auto m = model::Model::load(run.model, gguf::Load::Map);
+  std::vector<std::vector<int32_t>> prompts;
+  for (const std::string& text : run.prompts) {
+    prompts.push_back(m->tokenizer.encode(text, run.add_bos && m->tokenizer.add_bos()));
+    if (prompts.back().empty())
+      throw UsageError(fmt::format("prompt {} has no tokens", prompts.size() - 1));
+  }
+  const placement::Placement p =
+      runtime::resolve_placement(d.placement, d.profile, m->config, d.devices, int(prompts.size()));
+  if (run.greedy_note) std::fprintf(stderr, "note: decoding on devices is greedy (--temp 0)\n");
+  runtime::ExecOptions o;
+  o.n_predict = run.n_predict;
+  o.kv_type = run.kv_type;
+  o.rebalance = d.rebalance;
+  o.compression = run.compression;
+  o.activations = run.activations;
+  // Threads: the ranks share this machine's cores; MPI: each process has its own.
+  o.threads = d.comm == "threads" ? std::max(1, run.threads / d.devices) : std::max(1, run.threads);
+  const runtime::ExecResult res = runtime::execute_job(d.comm, *m, p, prompts, o);
+  if (res.rank != 0) return;
+
+  for (size_t i = 0; i < res.outputs.size(); ++i) {
+    if (res.outputs.size() > 1) std::printf("%s[%zu] %s", i ? "\n" : "", i, run.prompts[i].c_str());
+    for (int32_t tok : res.outputs[i])
+      if (!m->tokenizer.is_eog(tok)) std::fputs(m->tokenizer.decode_token(tok).c_str(), stdout);
+    std::fputc('\n', stdout);
+  }
+  std::fflush(stdout);
+  int64_t prompt_tokens = 0, decoded = 0;
+  for (const auto& pr : prompts) prompt_tokens += int64_t(pr.size());
+  for (const auto& out : res.outputs) decoded += std::max<int64_t>(0, int64_t(out.size()) - 1);
+  auto rate = [](int64_t n, double ms) { return ms > 0 ? 1000.0 * double(n) / ms : 0.0; };
+  int replicas = 0;
+  for (const auto& layer : res.placement.layers)
+    replicas += placement::replica_count(layer, res.placement.kv_heads);
+  std::fprintf(stderr, "devices: %d (%s), placement %s, %d replicas over %zu layers%s\n", d.devices,
+               d.comm.c_str(), res.placement.planner.c_str(), replicas, res.placement.layers.size(),
+               d.rebalance ? ", rebalanced after the prefill" : "");
+  for (size_t r = 0; r < res.weight_bytes.size(); ++r)
+    std::fprintf(stderr, "rank %zu: weights %.2f MiB, KV cache %.2f MiB\n", r,
+                 double(res.weight_bytes[r]) / (1 << 20), double(res.kv_bytes[r]) / (1 << 20));
+  std::fprintf(stderr, "prefill: %lld tokens, %.2f ms, %.2f tok/s\n",
+               static_cast<long long>(prompt_tokens), res.prefill_ms,
+               rate(prompt_tokens, res.prefill_ms));
+  std::fprintf(stderr, "decode: %lld tokens, %.2f ms, %.2f tok/s\n",
+               static_cast<long long>(decoded), res.decode_ms, rate(decoded, res.decode_ms));
+}
+
+}  // namespace fairkv::app

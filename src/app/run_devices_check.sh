@@ -1,0 +1,98 @@
+#!/bin/sh
+# ctest driver for `fairkv run --devices`: compares what R ranks print with the single-device
+# greedy continuation of the same prompt and compression.
+# Usage: run_devices_check.sh threads|batch|errors|mpi FAIRKV MODEL PROFILE [MPIEXEC ARGS...]
+set -u
+mode=$1 fairkv=$2 model=$3 profile=$4
+shift 4
+[ -f "$model" ] || { echo "skipped: $model is absent"; exit 77; }
+err=$(mktemp)
+trap 'rm -f "$err"' EXIT
+fail=0
+prompt="Once upon a time, there was a little girl named Lily. She loved to play outside in the \
+park with her friends. One day, she saw a big red ball under a tree. She ran to the ball and \
+picked it up. Her mom said it was time to go home, but Lily wanted to play more."
+kv="--kv-policy adakv --kv-budget 48"
+
+# expect NAME EXPECTED COMMAND...: the command's stdout must be EXPECTED.
+expect() {
+  name=$1 want=$2
+  shift 2
+  got=$("$@" 2>"$err")
+  rc=$?
+  if [ $rc -ne 0 ] || [ "$got" != "$want" ]; then
+    echo "FAILED: $name (exit $rc)"
+    echo "  expected: $want"
+    echo "  got:      $got"
+    sed 's/^/  stderr: /' "$err"
+    fail=1
+  else
+    echo "ok: $name"
+  fi
+}
+
+single() { "$fairkv" run -m "$model" -p "$1" -n 24 --temp 0 $kv 2>/dev/null; }
+
+case $mode in
+  threads)
+    ref=$(single "$prompt") || exit 1
+    for planner in tp balanced fair-copy split; do
+      for R in 2 3 4; do
+        expect "$planner R=$R" "$ref" "$fairkv" run -m "$model" -p "$prompt" -n 24 --temp 0 $kv \
+          --devices $R --placement $planner --profile "$profile"
+        expect "$planner R=$R rebalanced" "$ref" "$fairkv" run -m "$model" -p "$prompt" -n 24 \
+          --temp 0 $kv --devices $R --placement $planner --profile "$profile" --rebalance
+      done
+    done
+    ;;
+  batch)
+    batch=$(mktemp)
+    trap 'rm -f "$err" "$batch"' EXIT
+    printf '%s\n' "$prompt" "The little dog ran to the park and saw a big red ball." \
+      "Lily and Tom were friends. One day they went to the park and" >"$batch"
+    want="" i=0
+    while IFS= read -r line; do
+      cont=$(single "$line") || exit 1
+      [ $i -gt 0 ] && want="$want
+
+"
+      want="$want[$i] $line$cont"
+      i=$((i + 1))
+    done <"$batch"
+    for planner in fair-copy split; do
+      expect "batch of 3, $planner R=3" "$want" "$fairkv" run -m "$model" --batch-file "$batch" \
+        -n 24 --temp 0 $kv --devices 3 --placement $planner --profile "$profile" --rebalance
+    done
+    ;;
+  errors)
+    # Bad input ends with a message naming the option and a non-zero exit, never a hang.
+    # word:arguments, the message must contain the word.
+    for case in "--devices:--devices 0" "nosuch:--devices 2 --placement nosuch" \
+      "--comm:--devices 2 --comm carrier-pigeon" "--temp:--devices 2 --temp 0.7" \
+      "no-such-file:--devices 2 --placement split --profile no-such-file.json"; do
+      word=${case%%:*} args=${case#*:}
+      if "$fairkv" run -m "$model" -p "$prompt" -n 4 $args >/dev/null 2>"$err"; then
+        echo "FAILED: $args was accepted"
+        fail=1
+      elif ! grep -q -- "$word" "$err"; then
+        echo "FAILED: $args: the message does not name $word:"
+        cat "$err"
+        fail=1
+      else
+        echo "ok: $args: $(cat "$err")"
+      fi
+    done
+    ;;
+  mpi)
+    ref=$(single "$prompt") || exit 1
+    for planner in tp split; do
+      expect "mpi $planner" "$ref" "$@" "$fairkv" run -m "$model" -p "$prompt" -n 24 --temp 0 \
+        $kv --devices 2 --comm mpi --placement $planner --profile "$profile" --rebalance
+    done
+    ;;
+  *)
+    echo "unknown mode $mode"
+    exit 2
+    ;;
+esac
+exit $fail
