@@ -1,6 +1,7 @@
 #include "app/run_devices.h"
 
 #include <cstdio>
+#include <filesystem>
 
 #include <fmt/format.h>
 
@@ -35,6 +36,11 @@ void run_on_devices(const DeviceRun& run) {
   if (d.comm != "threads" && d.comm != "mpi")
     throw UsageError("--comm: expected threads or mpi, got '" + d.comm + "'");
   if (run.prompts.empty()) throw UsageError("no prompts to run");
+  const bool planner = d.placement == "tp" || d.placement == "balanced" ||
+                       d.placement == "fair-copy" || d.placement == "split";
+  if (!planner && !std::filesystem::exists(d.placement))
+    throw UsageError("--placement: '" + d.placement +
+                     "' is neither a planner (tp, balanced, fair-copy, split) nor a file");
   // Ranks copy only their slices out of the mapping: no rank reads the whole file.
   const auto m = model::Model::load(run.model, gguf::Load::Map);
   std::vector<std::vector<int32_t>> prompts;
