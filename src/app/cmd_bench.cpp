@@ -26,6 +26,7 @@ struct BenchArgs {
   int64_t ffn = 0;
   bool no_wall = false;
   bool no_calibrate = false;
+  int replicas = -1;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -161,6 +162,7 @@ void run(const BenchArgs& a) {
     s.threads = a.threads > 0 ? a.threads : cores;
     s.wall = !a.no_wall && s.devices <= cores;
     s.calibrate = !a.no_calibrate;
+    s.replicas = a.replicas;
     s.planners = split_list(a.placements);
     fmt::print(stderr, "bench: R = {}, batch {}, {} layers, {} threads\n", s.devices, s.batch,
                c->n_layers, s.threads);
@@ -228,6 +230,8 @@ void add_bench_command(CLI::App& app) {
                   "4 x embd)");
   cmd->add_option("-t,--threads", a->threads, "Threads of the machine (default: all cores)");
   cmd->add_flag("--no-wall", a->no_wall, "Skip the wall-clock timing");
+  cmd->add_option("--replicas", a->replicas,
+                  "Extra replicas per layer for fair-copy and split (default: devices - 1)");
   cmd->add_flag("--no-calibrate", a->no_calibrate,
                 "Plan with loads in bytes (FAIRKV.md's model) instead of measuring how much "
                 "slower attention is per byte than a projection on this machine");

@@ -267,6 +267,7 @@ std::vector<BenchRow> bench_placements(
     placement::PlanOptions o;
     o.planner = placement::planner_from_name(name);
     o.devices = R;
+    o.replicas = spec.replicas;
     BenchRow row;
     row.planner = name;
     row.devices = R;

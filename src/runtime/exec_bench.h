@@ -46,7 +46,9 @@ struct BenchSpec {
   bool wall = true;
   std::vector<std::string> planners = {"tp", "balanced", "fair-copy", "split"};
   kv::KvType kv_type = kv::KvType::F16;
-  bool calibrate = true;  // measure kv_time_factor (else 1: loads are bytes, FAIRKV.md's model)
+  bool calibrate = true;
+  int replicas = -1;  // extra replicas per layer for fair-copy and split (-1: devices - 1)  //
+                      // measure kv_time_factor (else 1: loads are bytes, FAIRKV.md's model)
 };
 
 struct BenchRow {
