@@ -140,6 +140,26 @@ void RankForward::build_parts() {
         split_heads_[size_t(l)].push_back(h);
     }
   const int rank = comm_.rank();
+  views_.assign(size_t(c_.n_layers), {});
+  kv_only_cols_.assign(size_t(c_.n_layers), 0);
+  for (int l = 0; l < c_.n_layers; ++l) {
+    const ShardLayer& S = shard_.layers[size_t(l)];
+    auto& views = views_[size_t(l)];
+    for (const HeldUnit& u : S.units)
+      views.push_back({u.head, u.q0, u.q1, u.q_rows, u.q_row, u.kv_row, true});
+    for (int h = 0; h < c_.n_kv_heads; ++h) {
+      const UnitPart* mine = part_of(parts_[size_t(l)][size_t(h)], rank);
+      if (!mine || S.find(h)) continue;
+      // Served without weights: a token slice that is not the tail (held_units leaves it out).
+      if (mine->share.kind != ShareKind::Tokens ||
+          parts_[size_t(l)][size_t(h)].back().device == rank)
+        throw std::logic_error(
+            fmt::format("rank {} serves unit (layer {}, head {}) without its weights", rank, l, h));
+      const int64_t qr = c_.group() * c_.head_dim;
+      views.push_back({h, 0, c_.group(), qr, kv_only_cols_[size_t(l)], -1, false});
+      kv_only_cols_[size_t(l)] += qr;
+    }
+  }
   projects_.assign(size_t(c_.n_layers), {});
   runs_.assign(size_t(c_.n_layers), {});
   for (int l = 0; l < c_.n_layers; ++l) {
@@ -262,36 +282,48 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
   const auto& splits = split_heads_[size_t(layer)];
   const int64_t n_split = int64_t(splits.size());
   const int rank = comm_.rank();
+  const auto& views = views_[size_t(layer)];
+  const int64_t nk = kv_only_cols_[size_t(layer)];
   std::fill(att_.begin(), att_.end(), 0.0f);
-  // Token slices' queries: the tail projected them; the other slices receive them.
+  qk_.assign(size_t(rows * nk), 0.0f);
+  attk_.assign(size_t(rows * nk), 0.0f);
+  // A unit's queries and outputs of row r, wherever the view keeps them.
+  auto q_at = [&](const UnitView& u, int64_t r) {
+    return u.held ? &q_[r * nq + u.q_col] : &qk_[r * nk + u.q_col];
+  };
+  auto att_at = [&](const UnitView& u, int64_t r) {
+    return u.held ? &att_[r * nq + u.q_col] : &attk_[r * nk + u.q_col];
+  };
+  auto view_of = [&](int head) -> const UnitView* {
+    for (const UnitView& u : views)
+      if (u.head == head) return &u;
+    return nullptr;
+  };
   auto is_tail = [&](int head) {
     return parts_[size_t(layer)][size_t(head)].back().device == rank;
   };
-  auto kv_only = [&](int head) {
-    const UnitPart* mine = part_of(parts_[size_t(layer)][size_t(head)], rank);
-    return mine && !is_tail(head);
-  };
+  // Token slices' queries: the tail projected them; the other slices receive them.
   if (n_split > 0) {
     const int64_t qrow = group * hd;  // a token slice serves the whole group
     qx_.assign(size_t(n_split * rows * qrow), 0.0f);
     for (int64_t si = 0; si < n_split; ++si) {
-      const HeldUnit* u = S.find(splits[size_t(si)]);
+      const UnitView* u = view_of(splits[size_t(si)]);
       if (!u || !is_tail(u->head)) continue;
       for (int64_t r = 0; r < rows; ++r)
-        std::copy_n(&q_[r * nq + u->q_row], qrow, &qx_[size_t((si * rows + r) * qrow)]);
+        std::copy_n(q_at(*u, r), qrow, &qx_[size_t((si * rows + r) * qrow)]);
     }
     const auto t0 = Clock::now();
     comm_.all_reduce_sum(qx_.data(), qx_.size());
     if (timing) timing->collective_ms += ms_between(t0, Clock::now());
     for (int64_t si = 0; si < n_split; ++si) {
-      const HeldUnit* u = S.find(splits[size_t(si)]);
-      if (!u || !kv_only(u->head)) continue;
+      const UnitView* u = view_of(splits[size_t(si)]);
+      if (!u || is_tail(u->head)) continue;
       for (int64_t r = 0; r < rows; ++r)
-        std::copy_n(&qx_[size_t((si * rows + r) * qrow)], qrow, &q_[r * nq + u->q_row]);
+        std::copy_n(&qx_[size_t((si * rows + r) * qrow)], qrow, q_at(*u, r));
     }
   }
   lse_.assign(size_t(n_split * rows * group), kNegInf);
-  const int64_t n_units = int64_t(S.units.size());
+  const int64_t n_units = int64_t(views.size());
   const int64_t n_tasks = int64_t(batch.size()) * n_units;
   if (int64_t(tasks_.size()) < n_tasks) tasks_.resize(size_t(n_tasks));
   // Phase 1: each (sequence, unit) gathers its queries and appends its new keys and values.
@@ -301,7 +333,7 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
   pool_.parallel_for(n_tasks, [&](int64_t begin, int64_t end, int) {
     for (int64_t task = begin; task < end; ++task) {
       const size_t item = size_t(task / n_units);
-      const HeldUnit& u = S.units[size_t(task % n_units)];
+      const UnitView& u = views[size_t(task % n_units)];
       const auto& parts = parts_[size_t(layer)][size_t(u.head)];
       RankItem& it = batch[item];
       Task& s = tasks_[size_t(task)];
@@ -315,10 +347,9 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
       s.q.resize(size_t(n * u.q_rows));
       s.out.assign(size_t(n * u.q_rows), 0.0f);
       s.lse.assign(size_t(n * qh), kNegInf);
-      for (int64_t t = 0; t < n; ++t)
-        std::copy_n(&q_[(row0 + t) * nq + u.q_row], u.q_rows, &s.q[t * u.q_rows]);
+      for (int64_t t = 0; t < n; ++t) std::copy_n(q_at(u, row0 + t), u.q_rows, &s.q[t * u.q_rows]);
       const int64_t before = store.size();
-      if (role.append) {
+      if (role.append) {  // never a KV-only view: appending is the tail's (or a whole unit's)
         s.k.resize(size_t(n * hd));
         s.v.resize(size_t(n * hd));
         for (int64_t t = 0; t < n; ++t) {
@@ -374,11 +405,11 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
       if (!s.served) continue;
       s.served = false;
       const size_t item = size_t(task / n_units);
-      const HeldUnit& u = S.units[size_t(task % n_units)];
+      const UnitView& u = views[size_t(task % n_units)];
       const int64_t n = int64_t(batch[item].tokens.size()), row0 = row0_[item];
       const int64_t qh = u.q1 - u.q0;
       for (int64_t t = 0; t < n; ++t)
-        std::copy_n(&s.out[t * u.q_rows], u.q_rows, &att_[(row0 + t) * nq + u.q_row]);
+        std::copy_n(&s.out[t * u.q_rows], u.q_rows, att_at(u, row0 + t));
       const auto at = std::find(splits.begin(), splits.end(), u.head);
       if (at != splits.end()) {
         const int64_t si = at - splits.begin();
@@ -397,24 +428,24 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
   lse_all_.resize(per_rank * size_t(R));
   tmp_.assign(per_rank, 0.0f);
   for (int64_t si = 0; si < n_split; ++si) {
-    const HeldUnit* u = S.find(splits[size_t(si)]);
+    const UnitView* u = view_of(splits[size_t(si)]);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t g = 0; g < group; ++g) {
         float* dst = &tmp_[size_t(((si * rows + r) * group + g) * rec)];
         dst[0] = lse_[size_t((si * rows + r) * group + g)];
-        if (u && dst[0] != kNegInf) std::copy_n(&att_[r * nq + u->q_row + g * hd], hd, dst + 1);
+        if (u && dst[0] != kNegInf) std::copy_n(att_at(*u, r) + g * hd, hd, dst + 1);
       }
   }
   const auto t0 = Clock::now();
   comm_.all_gather(tmp_.data(), per_rank * sizeof(float), lse_all_.data());
   if (timing) timing->collective_ms += ms_between(t0, Clock::now());
   for (int64_t si = 0; si < n_split; ++si) {
-    const HeldUnit* u = S.find(splits[size_t(si)]);
-    if (!u) continue;
+    const UnitView* u = view_of(splits[size_t(si)]);
+    if (!u || !u->held) continue;  // KV-only slices' outputs went to the tail
     const bool tail = is_tail(u->head);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t g = 0; g < group; ++g) {
-        float* out = &att_[r * nq + u->q_row + g * hd];
+        float* out = att_at(*u, r) + g * hd;
         std::fill_n(out, hd, 0.0f);
         if (!tail) continue;  // the tail applies Wo to the merged output
         const size_t at = size_t(((si * rows + r) * group + g) * rec);

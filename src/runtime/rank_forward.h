@@ -125,6 +125,15 @@ class RankForward {
   kernels::Activations act_;
   std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]
   std::vector<std::vector<int>> split_heads_;              // [layer]: heads with token slices
+  // A unit this rank serves in a layer. Held units' queries and outputs sit in q_ / att_ at
+  // column q_col (the shard's packing); KV-only token slices (no weights held) in qk_ / attk_.
+  struct UnitView {
+    int head = 0, q0 = 0, q1 = 0;
+    int64_t q_rows = 0, q_col = 0, kv_row = -1;
+    bool held = true;
+  };
+  std::vector<std::vector<UnitView>> views_;  // [layer], held units first
+  std::vector<int64_t> kv_only_cols_;         // [layer]: columns of qk_ / attk_
   // [layer][index in the shard's units]: this rank projects the unit and applies its Wo: it
   // serves it, and not as a token slice other than the tail (a unit whose weights it holds but
   // does not serve after rebalancing is left out too).
@@ -143,7 +152,7 @@ class RankForward {
   void project(const ShardLayer& S, int layer, int64_t rows);
   void apply_wo(const ShardLayer& S, int layer, int64_t rows);
   std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,
-      rows_out_, qx_, tmp_;
+      rows_out_, qx_, tmp_, qk_, attk_;
 };
 
 }  // namespace fairkv::runtime

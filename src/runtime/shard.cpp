@@ -23,7 +23,11 @@ const HeldUnit* ShardLayer::find(int head) const {
 std::vector<std::vector<HeldUnit>> held_units(const placement::Placement& p, int rank, int group) {
   std::vector<std::vector<HeldUnit>> out(p.layers.size());
   for (size_t l = 0; l < p.layers.size(); ++l) {
+    const auto tail = placement::tail_devices(p.layers[l], p.kv_heads);
     for (const placement::Share& s : p.layers[l].devices[size_t(rank)]) {
+      // A token slice other than the tail reads no weights (rank_forward.h): none to hold. Tails
+      // never move (rebalancing keeps them), so it never needs them later either.
+      if (s.kind == placement::ShareKind::Tokens && tail[size_t(s.head)] != rank) continue;
       HeldUnit u;
       u.head = s.head;
       if (s.kind == placement::ShareKind::Query) {

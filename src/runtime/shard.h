@@ -50,7 +50,8 @@ struct ShardedWeights {
 };
 
 // The units rank `rank` holds in each layer with its query range, from the placement (shares
-// do not matter: rebalancing changes them without moving weights).
+// do not matter: rebalancing changes them without moving weights). A token slice that is not its
+// unit's tail holds no weights: the tail projects for it.
 std::vector<std::vector<HeldUnit>> held_units(const placement::Placement& p, int rank, int group);
 
 // The MLP rows [f0, f1) of rank r out of R: even parts, boundaries rounded to `align`.
