@@ -9,6 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include "app/commands.h"
+#include "app/kv_options.h"
+#include "app/measure_profile.h"
+#include "app/prompts.h"
 #include "app/svg_plot.h"
 #include "model/model.h"
 #include "placement/placement.h"
@@ -20,13 +23,14 @@ namespace fairkv::app {
 namespace {
 
 struct BenchArgs {
-  std::string profile, model, json_out, svg_out, placements = "tp,balanced,fair-copy,split",
-                                                 devices = "4";
+  std::string profile, prompts, model, json_out, svg_out,
+      placements = "tp,balanced,fair-copy,split", devices = "4";
   int batch = 8, steps = 3, rounds = 2, layers = 0, threads = 0;
   int64_t ffn = 0;
   bool no_wall = false;
   bool no_calibrate = false;
   int replicas = -1;
+  KvOptions kv;  // --prompts: the compression whose kept lengths are benched
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -120,7 +124,22 @@ std::string chart(const std::vector<runtime::BenchRow>& rows) {
 }
 
 void run(const BenchArgs& a) {
-  placement::Profile prof = placement::read_profile(a.profile);
+  if (a.profile.empty() == a.prompts.empty())
+    throw UsageError("give the lengths with exactly one of --profile FILE or --prompts FILE");
+  if (!a.prompts.empty() && a.model.empty())
+    throw UsageError("--prompts: the lengths come from prefills of a model: give -m MODEL");
+  std::unique_ptr<model::Model> m;
+  if (!a.model.empty()) m = model::Model::load(a.model);
+  placement::Profile prof;
+  if (!a.prompts.empty()) {
+    // Real prefills and compression, as `fairkv run` would do them, give the lengths.
+    kernels::ThreadPool pool(
+        a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency())));
+    prof = measure_profile(*m, read_prompts(a.prompts), a.kv.config(), a.kv.kv_type(),
+                           kernels::Activations::Float32, pool, a.prompts);
+  } else {
+    prof = placement::read_profile(a.profile);
+  }
   if (a.layers > 0) {
     if (a.layers > prof.layers)
       throw UsageError(fmt::format("--layers {}: the profile {} has only {} layers", a.layers,
@@ -129,12 +148,10 @@ void run(const BenchArgs& a) {
     prof.tokens.resize(size_t(a.layers));
     prof.samples.clear();
   }
-  std::unique_ptr<model::Model> m;
   runtime::RandomModel synth;
   const model::ModelConfig* c;
   const model::Weights* w;
-  if (!a.model.empty()) {
-    m = model::Model::load(a.model);
+  if (m) {
     c = &m->config;
     w = &m->weights;
   } else {
@@ -212,7 +229,11 @@ void run(const BenchArgs& a) {
 void add_bench_command(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand("bench", "Decode one workload under several placements");
-  cmd->add_option("--profile", a->profile, "Load profile: cached tokens per unit")->required();
+  cmd->add_option("--profile", a->profile, "Load profile: cached tokens per unit");
+  cmd->add_option("--prompts", a->prompts,
+                  "Instead of --profile: prefill these prompts on -m MODEL and compress them "
+                  "(--kv-policy ...): the kept lengths are the profile");
+  add_kv_options(*cmd, a->kv);
   cmd->add_option("-m,--model", a->model, "GGUF of the profile's shape (default: random weights)");
   cmd->add_option("-R,--devices", a->devices, "Device counts, comma-separated")
       ->capture_default_str();

@@ -11,9 +11,8 @@
 #include "app/commands.h"
 #include "app/engine_options.h"
 #include "app/kv_options.h"
+#include "app/measure_profile.h"
 #include "app/prompts.h"
-#include "model/generate.h"
-#include "model/prefill_compression.h"
 #include "placement/profile.h"
 
 namespace fairkv::app {
@@ -31,40 +30,9 @@ void run(const ProfileArgs& a) {
   const auto prompts = read_prompts(a.prompts);
   const kv::CompressionConfig kc = a.kv.config();
   kernels::ThreadPool pool(a.engine.n_threads());
-  auto comp = model::make_prefill_compression(kc, *m);
   const auto& c = m->config;
-  std::vector<placement::UnitTable> samples;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    const auto ids = m->tokenizer.encode(prompts[i].text, m->tokenizer.add_bos());
-    fmt::print(stderr, "\rprofile: prompt {}/{} ({} tokens)    ", i + 1, prompts.size(),
-               ids.size());
-    model::GenerateOptions opt;
-    opt.n_predict = 0;
-    opt.kv_type = a.kv.kv_type();
-    opt.activations = a.engine.act();
-    placement::UnitTable kept(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads)));
-    comp->attach(opt);
-    opt.after_prefill = [compress = opt.after_prefill, &kept, &c](kv::SequenceCache& cache) {
-      compress(cache);
-      for (int l = 0; l < c.n_layers; ++l)
-        for (int h = 0; h < c.n_kv_heads; ++h)
-          kept[size_t(l)][size_t(h)] = double(cache.head(l, h).size());
-    };
-    model::generate(*m, pool, ids, opt);
-    samples.push_back(std::move(kept));
-  }
-  fmt::print(stderr, "\n");
-  placement::Profile shape;
-  shape.model = c.name;
-  shape.layers = c.n_layers;
-  shape.kv_heads = c.n_kv_heads;
-  shape.query_heads = c.n_heads;
-  shape.head_dim = c.head_dim;
-  shape.embd = c.n_embd;
-  shape.ffn = c.n_ff;
-  shape.source = fmt::format("fairkv profile: {} over {} prompts of {}", kc.describe(),
-                             prompts.size(), a.prompts);
-  const placement::Profile p = placement::profile_from_samples(shape, std::move(samples));
+  const placement::Profile p =
+      measure_profile(*m, prompts, kc, a.kv.kv_type(), a.engine.act(), pool, a.prompts);
   placement::write_profile(p, a.out);
   // Spread of the per-head lengths, per layer: what the planner has to balance.
   fmt::print("{:>6} {:>10} {:>10} {:>10}\n", "layer", "mean", "max", "max/mean");
