@@ -188,43 +188,60 @@ RandomModel random_model(const placement::Profile& p, int64_t ffn, int vocab, ui
   return m;
 }
 
-// Seconds per KV byte of decode attention (batch sequences over one unit of `tokens` rows) over
-// seconds per weight byte of a projection (Wq of layer 0 applied to the batch), best of 5 each.
-double measure_kv_time_factor(const model::ModelConfig& c, const model::Weights& w, int batch,
-                              kv::KvType kt, kernels::ThreadPool& pool, int64_t tokens = 16384) {
-  const int64_t hd = c.head_dim, group = c.group();
-  Noise noise{0x9e3779b97f4a7c15ull};
-  std::vector<float> rows(size_t(tokens * hd));
-  for (float& x : rows) x = noise.next(1.0f);
-  // One store per sequence, as decode reads them: together far larger than the caches.
-  std::vector<kv::HeadStore> stores(static_cast<size_t>(batch), kv::HeadStore(hd, kt));
-  for (auto& st : stores) st.append(rows.data(), rows.data(), tokens);
-  std::vector<float> q(size_t(group * hd)), out(size_t(batch * group * hd));
-  for (float& x : q) x = noise.next(1.0f);
-  std::vector<kv::AttentionArgs> calls(static_cast<size_t>(batch));
-  for (int b = 0; b < batch; ++b) {
-    kv::AttentionArgs& a = calls[size_t(b)];
-    a.store = &stores[size_t(b)];
-    a.q = q.data();
-    a.group = int(group);
-    a.scale = 1.0f / std::sqrt(float(hd));
-    a.visible = tokens - 1;
-    a.out = &out[size_t(b * group * hd)];
+// How much slower a token of KV is to attend than a token-load of weights is to project, in the
+// bench's own decode steps: tp's layout is planned in bytes and every rank's attention segment
+// timed alone (the fastest of `steps`), and the segments are fitted as a * KV load + b * weight
+// load (least squares, no intercept: a rank's fixed costs go with its weights, which every rank
+// of tp has). Returns a / b, the factor by which the planners scale weight loads so that they
+// balance time. Measured in situ, since isolated kernels stream at other rates than a rank's
+// packed products.
+double measure_kv_time_factor(const model::ModelConfig& c, const model::Weights& w,
+                              const placement::Profile& prof, const placement::CostModel& bytes,
+                              int devices, int batch, kv::KvType kt, int steps,
+                              kernels::ThreadPool& pool) {
+  placement::PlanOptions o;
+  o.planner = placement::PlannerKind::Tp;
+  o.devices = devices;
+  const placement::Placement p = placement::plan(prof, bytes, o);
+  const int L = c.n_layers;
+  double kk = 0, kw = 0, ww = 0, ky = 0, wy = 0;
+  for (int r = 0; r < devices; ++r) {
+    SoloComm comm(r, devices);
+    const ShardedWeights shard = shard_weights(c, w, p, r);
+    auto seqs = fill_caches(c, p, prof, r, batch, kt);
+    RankForward fwd(c, w, shard, p, comm, pool);
+    std::vector<int32_t> tokens;
+    auto items = decode_items(seqs, tokens);
+    fwd.run(items, batch);  // warm-up
+    std::vector<double> best(size_t(L), 1e300);
+    SegmentTimes t;
+    fwd.timing = &t;
+    for (int s = 0; s < steps; ++s) {
+      t.clear(L);
+      fwd.run(items, batch);
+      for (int l = 0; l < L; ++l)
+        best[size_t(l)] = std::min(best[size_t(l)], t.attention_ms[size_t(l)]);
+    }
+    for (int l = 0; l < L; ++l) {
+      double kv = 0, wl = 0;
+      for (const placement::Share& sh : p.layers[size_t(l)].devices[size_t(r)]) {
+        const double t_u = prof.tokens[size_t(l)][size_t(sh.head)];
+        if (sh.kind == placement::ShareKind::Query) {
+          kv += t_u;
+          wl += bytes.kv_weight_load() + sh.share * bytes.qo_weight_load();
+        } else {
+          kv += sh.share * t_u;
+          wl += bytes.unit_weight_load();
+        }
+      }
+      const double y = best[size_t(l)];
+      kk += kv * kv, kw += kv * wl, ww += wl * wl, ky += kv * y, wy += wl * y;
+    }
   }
-  const kernels::WeightMatrix& wq = w.layers[0].wq;
-  std::vector<float> x(size_t(batch * c.n_embd), 0.01f), y(size_t(batch * wq.rows));
-  double kv_ms = 1e300, w_ms = 1e300;
-  for (int rep = 0; rep < 5; ++rep) {
-    auto t0 = Clock::now();
-    kv::attend_batch(calls, pool);
-    kv_ms = std::min(kv_ms, ms_between(t0, Clock::now()));
-    t0 = Clock::now();
-    kernels::matmul(wq, x.data(), batch, y.data(), pool);
-    w_ms = std::min(w_ms, ms_between(t0, Clock::now()));
-  }
-  const double kv_bytes = double(batch) * double(stores[0].bytes());
-  const double w_bytes = double(wq.rows) * double(wq.stride());
-  return (kv_ms / kv_bytes) / (w_ms / w_bytes);
+  const double det = kk * ww - kw * kw;
+  if (!(det > 0)) return 1.0;  // no spread in the loads: keep bytes
+  const double a = (ky * ww - wy * kw) / det, b = (wy * kk - ky * kw) / det;
+  return a > 0 && b > 0 ? a / b : 1.0;
 }
 
 std::vector<BenchRow> bench_placements(
@@ -250,9 +267,10 @@ std::vector<BenchRow> bench_placements(
       placement::cost_model_for(prof, B, wname, spec.kv_type == kv::KvType::F16 ? "f16" : "f32");
   double kv_factor = 1;
   if (spec.calibrate) {
-    if (progress) progress(0, 1, "calibrating: attention vs projection time per byte");
+    if (progress) progress(0, 1, "calibrating: tp's ranks timed to weigh KV against weights");
     kernels::ThreadPool pool(std::max(1, spec.threads));
-    kv_factor = measure_kv_time_factor(c, w, B, spec.kv_type, pool);
+    kv_factor =
+        measure_kv_time_factor(c, w, prof, cost, R, B, spec.kv_type, std::max(2, spec.steps), pool);
     cost.weight_bytes /= kv_factor;  // loads in time: a weight byte costs 1/factor KV bytes
   }
   const int P = int(spec.planners.size()), rounds = std::max(1, spec.rounds);
