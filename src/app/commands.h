@@ -18,7 +18,8 @@ void add_synth_command(
     CLI::App& app);                    // write a random-weight GGUF of a real shape (cmd_synth.cpp)
 void add_plan_command(CLI::App& app);  // place units on devices (cmd_plan.cpp)
 void add_eval_command(CLI::App& app);  // fidelity of KV compression (cmd_eval.cpp)
-void add_profile_command(CLI::App& app);  // measure a load profile (cmd_profile.cpp)
-void add_bench_command(CLI::App& app);    // placements side by side (cmd_bench.cpp)
+void add_profile_command(CLI::App& app);     // measure a load profile (cmd_profile.cpp)
+void add_bench_command(CLI::App& app);       // placements side by side (cmd_bench.cpp)
+void add_importance_command(CLI::App& app);  // HeadKV head importance (cmd_importance.cpp)
 
 }  // namespace fairkv::app

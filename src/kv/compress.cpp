@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 #include <stdexcept>
 
@@ -154,6 +155,10 @@ void CompressionConfig::resolve() {
     bad("--kv-cake-tau2", "expected a positive number, got " + fmt_double(cake_tau2));
   if (!(cake_gamma >= 0) || !std::isfinite(cake_gamma))
     bad("--kv-cake-gamma", "expected a non-negative number, got " + fmt_double(cake_gamma));
+  if (!(critical_mass > 0 && critical_mass <= 1))
+    bad("--kv-critical-mass", "expected a number in (0, 1], got " + fmt_double(critical_mass));
+  if (critical_share && !(*critical_share >= 0 && *critical_share <= 1))
+    bad("--kv-critical-share", "expected a number in [0, 1], got " + fmt_double(*critical_share));
   if (policy == Policy::HeadKV && !head_importance) {
     if (headkv_file.empty())
       bad("--kv-head-importance", "the headkv policy needs a head-importance file");
@@ -170,6 +175,10 @@ std::string CompressionConfig::describe() const {
        std::to_string(resolved_pool_kernel()) + " gqa=" + gqa_combine_name(gqa);
   if (policy == Policy::AdaKV || policy == Policy::DefensiveKV)
     s += " alpha=" + fmt_double(resolved_alpha());
+  if (policy == Policy::DefensiveKV)
+    s += !critical        ? std::string(" critical=off")
+         : critical_share ? " critical-share=" + fmt_double(*critical_share)
+                          : " critical-mass=" + fmt_double(critical_mass);
   if (policy == Policy::PyramidKV) s += " beta=" + fmt_double(pyramid_beta);
   if (policy == Policy::HeadKV) s += " beta=" + fmt_double(headkv_beta);
   if (policy == Policy::Cake)
@@ -256,6 +265,37 @@ const std::vector<CompressionOption>& compression_options() {
          const double g = parse_double("--kv-cake-gamma", v, "a non-negative number");
          if (!(g >= 0)) bad("--kv-cake-gamma", "expected a non-negative number, got " + v);
          c.cake_gamma = g;
+       }},
+      {"--kv-critical",
+       "DefensiveKV: CriticalKV's value-norm stage, on or off (on, as DefensiveKV's reference)",
+       [](CompressionConfig& c, const std::string& v) {
+         if (v == "on" || v == "1" || v == "true")
+           c.critical = true;
+         else if (v == "off" || v == "0" || v == "false")
+           c.critical = false;
+         else
+           bad("--kv-critical", "expected on or off, got '" + v + "'");
+       }},
+      {"--kv-critical-mass",
+       "DefensiveKV with --kv-critical-share mass: stage 1 keeps the top tokens holding this share "
+       "of the window's attention (0.9)",
+       [](CompressionConfig& c, const std::string& v) {
+         const double m = parse_double("--kv-critical-mass", v, "a number in (0, 1]");
+         if (!(m > 0 && m <= 1)) bad("--kv-critical-mass", "expected a number in (0, 1], got " + v);
+         c.critical_mass = m;
+       }},
+      {"--kv-critical-share",
+       "DefensiveKV: CriticalKV's fixed split, the share of each head's budget chosen by "
+       "attention x value norm (0.5, as kvpress), or 'mass' for stage 1 by --kv-critical-mass",
+       [](CompressionConfig& c, const std::string& v) {
+         if (v == "mass") {
+           c.critical_share.reset();
+           return;
+         }
+         const double m = parse_double("--kv-critical-share", v, "a number in [0, 1] or mass");
+         if (!(m >= 0 && m <= 1))
+           bad("--kv-critical-share", "expected a number in [0, 1], got " + v);
+         c.critical_share = m;
        }},
   };
   return opts;
@@ -384,8 +424,18 @@ Selection select_tokens(const CompressionConfig& c, const PromptScores& s) {
       break;
   }
 
+  // DefensiveKV's CriticalKV stage runs when every head has its value norms.
+  const bool critical = c.policy == Policy::DefensiveKV && c.critical &&
+                        std::all_of(s.heads.begin(), s.heads.end(), [&](const HeadScores& h) {
+                          return int64_t(h.value_norm.size()) >= P;
+                        });
   for (int l = 0; l < L; ++l) {
-    if (c.policy == Policy::AdaKV || c.policy == Policy::DefensiveKV) {
+    if (critical) {
+      std::vector<const HeadScores*> layer(static_cast<size_t>(H));
+      for (int h = 0; h < H; ++h) layer[size_t(h)] = &s.heads[size_t(l) * H + h];
+      auto chosen = critical_choose(c, layer, avg);
+      for (int h = 0; h < H; ++h) sel[size_t(l) * H + h] = std::move(chosen[size_t(h)]);
+    } else if (c.policy == Policy::AdaKV || c.policy == Policy::DefensiveKV) {
       std::vector<std::vector<float>> layer(static_cast<size_t>(H));
       for (int h = 0; h < H; ++h) layer[size_t(h)] = s.heads[size_t(l) * H + h].score;
       auto chosen = adakv_choose(layer, avg, c.resolved_alpha());
@@ -441,6 +491,21 @@ void ScoreCollector::observe(int layer, int kv_head, const float* probs, int gro
     throw std::invalid_argument("ScoreCollector::observe: no head (" + std::to_string(layer) +
                                 ", " + std::to_string(kv_head) + ")");
   s_.heads[size_t(layer) * s_.n_kv_heads + kv_head] = score_head(c_, probs, group, window, n);
+}
+
+bool ScoreCollector::needs_value_norms() const {
+  return c_.policy == Policy::DefensiveKV && c_.critical;
+}
+
+void ScoreCollector::set_value_norms(int layer, int kv_head, std::vector<float> norms) {
+  if (!needs_value_norms()) return;
+  if (layer < 0 || layer >= s_.n_layers || kv_head < 0 || kv_head >= s_.n_kv_heads)
+    throw std::invalid_argument("ScoreCollector::set_value_norms: no head (" +
+                                std::to_string(layer) + ", " + std::to_string(kv_head) + ")");
+  auto& h = s_.heads[size_t(layer) * s_.n_kv_heads + kv_head];
+  // Only the prefix tokens (before the window) are scored.
+  if (norms.size() > h.score.size()) norms.resize(h.score.size());
+  h.value_norm = std::move(norms);
 }
 
 Selection ScoreCollector::select(int64_t n_prompt) const {

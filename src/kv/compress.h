@@ -46,8 +46,22 @@
 //               rescaled to keep its mass, the score of a token is its worst case (max) over the
 //               window's rows and the group's query heads, raised to at least the head's mean
 //               score (prior-risk correction); budgets by one top-k over all heads of a layer as
-//               Ada-KV (alpha = 0: its reference has no floor). The value-norm re-weighting it
-//               borrows from CriticalKV needs W_o and V and is not part of this function.
+//               Ada-KV (alpha = 0: its reference has no floor). Then, as its reference
+//               (EfficientDefensiveKVPress.vwl1norm, "following CriticalKV"), the value-norm stage
+//               of CriticalKV (Feng et al., arXiv 2502.03805), on by default (--kv-critical):
+//               every score is re-weighted by the token's projected value norm N_j = mean over
+//               the group's query heads q of ||W_o^q v_j||_1, normalised over the layer's heads
+//               per token (N_hj / sum_h' N_h'j, as the reference). By default CriticalKV's fixed
+//               split (--kv-critical-share 0.5): each head's attention-only budget (the
+//               layer-wide top-k of the scores) keeps its top (1 - S) by attention, the layer-wide
+//               top-k of the re-weighted scores the rest. --kv-critical-share mass instead lets
+//               stage 1 keep per head the fewest highest-attention prefix tokens that with the
+//               window hold critical_mass (0.9) of the window's attention (capped at budget - W),
+//               and the layer-wide top-k of the re-weighted scores pick the rest (on the pass-key
+//               set it keeps far fewer answers: 2/5/9 of 24 against 19/24/23). The norms come with
+//               the cache
+//               (projected_value_norms); callers that give none (empty HeadScores::value_norm,
+//               e.g. compress() on a bare tensor) get the attention-only selection.
 #pragma once
 
 #include <cstdint>
@@ -56,6 +70,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -107,6 +122,12 @@ struct CompressionConfig {
   std::optional<HeadImportance> head_importance;
   double headkv_beta = 1.01;  // > 1
   double cake_tau1 = 1, cake_tau2 = 1, cake_gamma = 200;
+  // DefensiveKV's CriticalKV stage (see the table above).
+  bool critical = true;
+  double critical_mass = 0.9;  // in (0, 1]
+  // In [0, 1]; unset: stage 1 by critical_mass. Default 0.5: on the pass-key set the mass rule
+  // kept 2/5/9 of 24 at budgets 48/64/96 against 19/24/23 with the fixed split.
+  std::optional<double> critical_share = 0.5;
 
   // Checks every field and fills the policy defaults (pool kernel, pooling, alpha; reads the
   // HeadKV file). Throws std::invalid_argument whose message names the command-line option,
@@ -140,6 +161,13 @@ struct HeadScores {
   // CAKE's terms, summed over the group's query heads: entropy of the window rows over the
   // prefix, and the variance over the window's rows summed over the prefix tokens.
   double entropy = 0, variance = 0;
+  // DefensiveKV's CriticalKV stage: the mean attention of the window's rows over the group's
+  // query heads per prefix token (unpooled), and the window's attention on itself (1 - the
+  // prefix's share). value_norm: one projected value norm per prefix token, filled after the
+  // prefill (projected_value_norms); empty means attention-only.
+  std::vector<float> attention;
+  double window_mass = 0;
+  std::vector<float> value_norm;
 };
 
 // Reduces one head's window. probs: group x window x n, as described at the top of this file.
@@ -173,6 +201,11 @@ class ScoreCollector {
  public:
   ScoreCollector(const CompressionConfig& c, int n_layers, int n_kv_heads);
   void observe(int layer, int kv_head, const float* probs, int group, int64_t window, int64_t n);
+  // Whether select() uses value norms (DefensiveKV with its CriticalKV stage): then call
+  // set_value_norms() for every head first, with one norm per cached token (the first n - W
+  // are used).
+  bool needs_value_norms() const;
+  void set_value_norms(int layer, int kv_head, std::vector<float> norms);
   // Selection for a prompt of n tokens; every head must have been observed unless the policy
   // needs no scores.
   Selection select(int64_t n_prompt) const;
@@ -206,6 +239,51 @@ std::vector<int64_t> headkv_budgets(const HeadImportance& imp, int64_t avg, int6
 // CAKE's per-layer choice budgets from the per-layer preference scores.
 std::vector<int64_t> cake_budgets(std::span<const double> preference, int64_t avg,
                                   int64_t available);
+
+// CriticalKV's projected value norms of one layer: for every KV head h and cached token j, the
+// mean over the group's query heads q = h * group + g of ||W_o^q v_hj||_1, where W_o^q is the
+// embd x head_dim block of the output projection that reads query head q (columns q * head_dim
+// onwards). wo_row(r, out) writes row r (of embd rows) of W_o as n_heads * head_dim floats.
+// Returns [kv head][token].
+std::vector<std::vector<float>> projected_value_norms(
+    const SequenceCache& cache, int layer, int group, int64_t embd,
+    const std::function<void(int64_t row, float* out)>& wo_row);
+
+// DefensiveKV's CriticalKV selection for one layer (used by select_tokens): heads' scores,
+// attention, window mass and value norms (all of the same length), `avg` chosen per head on
+// average. Returns the chosen prefix indices per head, sorted.
+std::vector<std::vector<int64_t>> critical_choose(const CompressionConfig& c,
+                                                  std::span<const HeadScores* const> heads,
+                                                  int64_t avg);
+
+// ---- HeadKV head importance from retrieval (fairkv importance) ----
+
+// How a step scores a head: Mass (HeadKV's retrieval-reasoning score) sums the attention on the
+// needle positions that hold the generated token; Retrieval (Wu et al.) counts 1 when the head's
+// most attended position is such a position.
+enum class ImportanceScore { Mass, Retrieval };
+ImportanceScore parse_importance_score(std::string_view name, std::string_view option = "--score");
+
+// Where an answer's tokens sit in a prompt: the last occurrence of the longest run answer[k..]
+// (k as small as possible, at least one token) inside prompt. Returns [begin, end) or nullopt.
+std::optional<std::pair<int64_t, int64_t>> find_answer_span(std::span<const int32_t> prompt,
+                                                            std::span<const int32_t> answer);
+
+// One (layer, KV head) of one teacher-forced prompt: probs is group x rows x n (the observer's
+// layout), row r being the query that generates targets[r]; tokens are the n cached tokens and
+// [span_begin, span_end) the needle. Adds each query head's score summed over the rows to
+// out[g] (group entries).
+void accumulate_retrieval_scores(const float* probs, int group, int64_t rows, int64_t n,
+                                 std::span<const int32_t> tokens, std::span<const int32_t> targets,
+                                 int64_t span_begin, int64_t span_end, ImportanceScore how,
+                                 double* out);
+
+// Query-head scores [layer][kv head][group] to KV-head importance: the mean over each GQA group,
+// normalised to sum 1 (all zero: equal importance).
+HeadImportance importance_from_scores(std::span<const double> query_scores, int layers,
+                                      int kv_heads, int group);
+// The file format that read_head_importance() reads; extra fields may be added by callers.
+nlohmann::json head_importance_json(const HeadImportance& imp);
 
 // ---- Statistics (--kv-stats-out) ----
 

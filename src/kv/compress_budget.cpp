@@ -154,6 +154,71 @@ std::vector<std::vector<int64_t>> adakv_choose(std::span<const std::vector<float
   return chosen;
 }
 
+std::vector<std::vector<int64_t>> critical_choose(const CompressionConfig& c,
+                                                  std::span<const HeadScores* const> heads,
+                                                  int64_t avg) {
+  const size_t H = heads.size();
+  if (H == 0) return {};
+  const size_t P = heads[0]->score.size();
+  for (const HeadScores* h : heads)
+    if (h->score.size() != P || h->value_norm.size() < P ||
+        (!c.critical_share && h->attention.size() != P))
+      throw std::invalid_argument(
+          "critical_choose: every head needs scores, value norms and attention for " +
+          std::to_string(P) + " prefix tokens");
+  avg = std::clamp<int64_t>(avg, 0, int64_t(P));
+  // Stage 1: tokens kept by attention alone.
+  std::vector<std::vector<int64_t>> first(H);
+  if (c.critical_share) {
+    // CriticalKV (kvpress CriticalAdaKVPress): each head's attention-only budget, of which the
+    // top (1 - share) by score.
+    std::vector<std::vector<float>> sc(H);
+    for (size_t h = 0; h < H; ++h) sc[h] = heads[h]->score;
+    const auto base = adakv_choose(sc, avg, c.resolved_alpha());
+    for (size_t h = 0; h < H; ++h) {
+      const int64_t k =
+          int64_t(std::floor((1 - *c.critical_share) * double(base[h].size()) + 1e-9));
+      first[h] = top_k(heads[h]->score, k);
+    }
+  } else {
+    // DefensiveKV's reference: the top tokens by mean attention until, with the window's own
+    // share, they reach critical_mass of the window's attention (the token that reaches it is
+    // not taken, as its argmax of the cumulative sum), at most avg.
+    for (size_t h = 0; h < H; ++h) {
+      const double target = c.critical_mass - heads[h]->window_mass;
+      std::vector<int64_t> by_att(P);
+      std::iota(by_att.begin(), by_att.end(), int64_t(0));
+      const auto& a = heads[h]->attention;
+      std::stable_sort(by_att.begin(), by_att.end(), [&](int64_t x, int64_t y) {
+        return a[size_t(x)] != a[size_t(y)] ? a[size_t(x)] > a[size_t(y)] : x > y;
+      });
+      int64_t count = 0;
+      double sum = 0;
+      while (count < int64_t(P) && sum + double(a[size_t(by_att[size_t(count)])]) < target)
+        sum += double(a[size_t(by_att[size_t(count++)])]);
+      if (target <= 0) count = 0;
+      by_att.resize(size_t(std::min(count, avg)));
+      std::sort(by_att.begin(), by_att.end());
+      first[h] = std::move(by_att);
+    }
+  }
+  // Stage 2: scores re-weighted by the value norms, normalised over the layer's heads per token;
+  // the stage-1 tokens rank above everything; then Ada-KV's layer-wide top-k.
+  std::vector<std::vector<float>> combined(H, std::vector<float>(P));
+  for (size_t j = 0; j < P; ++j) {
+    double denom = 0;
+    for (size_t h = 0; h < H; ++h) denom += std::max(0.0f, heads[h]->value_norm[j]);
+    for (size_t h = 0; h < H; ++h) {
+      const double w =
+          denom > 0 ? std::max(0.0f, heads[h]->value_norm[j]) / denom : 1.0 / double(H);
+      combined[h][j] = float(double(heads[h]->score[j]) * w);
+    }
+  }
+  for (size_t h = 0; h < H; ++h)
+    for (int64_t j : first[h]) combined[h][size_t(j)] = std::numeric_limits<float>::infinity();
+  return adakv_choose(combined, avg, c.resolved_alpha());
+}
+
 std::vector<int64_t> headkv_budgets(const HeadImportance& imp, int64_t avg, int64_t available,
                                     double beta) {
   const size_t N = imp.importance.size();

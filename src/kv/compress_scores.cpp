@@ -140,6 +140,14 @@ HeadScores defensive_scores(const CompressionConfig& c, const float* probs, int 
   mean /= double(std::max<int64_t>(P, 1));
   h.score.resize(size_t(P));
   for (int64_t j = 0; j < P; ++j) h.score[size_t(j)] = std::max(worst[size_t(j)], float(mean));
+  if (c.critical) {
+    // CriticalKV's stage 1 ranks by the plain mean attention of the window's rows.
+    const auto rows = window_means(probs, group, W, n, P);
+    h.attention = combine_group(rows, GqaCombine::Mean);
+    double prefix = 0;
+    for (float v : h.attention) prefix += v;
+    h.window_mass = std::clamp(1.0 - prefix, 0.0, 1.0);
+  }
   return h;
 }
 
@@ -165,6 +173,49 @@ HeadScores score_head(const CompressionConfig& c, const float* probs, int group,
       return h;
     }
   }
+}
+
+std::vector<std::vector<float>> projected_value_norms(
+    const SequenceCache& cache, int layer, int group, int64_t embd,
+    const std::function<void(int64_t row, float* out)>& wo_row) {
+  const int H = cache.n_kv_heads();
+  if (group < 1 || layer < 0 || layer >= cache.n_layers())
+    throw std::invalid_argument("projected_value_norms: layer " + std::to_string(layer) +
+                                ", group " + std::to_string(group));
+  const int64_t hd = cache.head(layer, 0).head_dim(), q_dim = int64_t(H) * group * hd;
+  // Values of every head as float32: [head][token][hd].
+  std::vector<std::vector<float>> v(static_cast<size_t>(H));
+  for (int h = 0; h < H; ++h) {
+    const HeadStore& st = cache.head(layer, h);
+    v[size_t(h)].resize(size_t(st.size() * hd));
+    for (int64_t j = 0; j < st.size(); ++j) st.v_row(j, v[size_t(h)].data() + j * hd);
+  }
+  // Row by row of W_o (one row dequantized at a time): |(W_o^q v_j)_r| for every head and token.
+  std::vector<std::vector<double>> acc(static_cast<size_t>(H));
+  for (int h = 0; h < H; ++h) acc[size_t(h)].assign(size_t(cache.head(layer, h).size()), 0.0);
+  std::vector<float> row(static_cast<size_t>(q_dim));
+  for (int64_t r = 0; r < embd; ++r) {
+    wo_row(r, row.data());
+    for (int h = 0; h < H; ++h) {
+      const int64_t len = cache.head(layer, h).size();
+      for (int g = 0; g < group; ++g) {
+        const float* w = row.data() + (int64_t(h) * group + g) * hd;
+        for (int64_t j = 0; j < len; ++j) {
+          const float* x = v[size_t(h)].data() + j * hd;
+          float d = 0;
+          for (int64_t k = 0; k < hd; ++k) d += w[k] * x[k];
+          acc[size_t(h)][size_t(j)] += std::fabs(double(d));
+        }
+      }
+    }
+  }
+  std::vector<std::vector<float>> out(static_cast<size_t>(H));
+  for (int h = 0; h < H; ++h) {
+    out[size_t(h)].resize(acc[size_t(h)].size());
+    for (size_t j = 0; j < acc[size_t(h)].size(); ++j)
+      out[size_t(h)][j] = float(acc[size_t(h)][j] / double(group));
+  }
+  return out;
 }
 
 }  // namespace fairkv::kv

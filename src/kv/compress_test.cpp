@@ -662,5 +662,111 @@ TEST(SelectTokens, RejectsScoresOfTheWrongShape) {
   EXPECT_THROW(select_tokens(c, s), std::invalid_argument);  // one head too short
 }
 
+// ---- CriticalKV stage of DefensiveKV, and HeadKV importance from retrieval ----
+
+// The top-k indices of a table of scores over all its cells (distinct values).
+std::set<std::pair<size_t, int64_t>> top_cells(const std::vector<std::vector<float>>& v, size_t k) {
+  std::vector<std::pair<float, std::pair<size_t, int64_t>>> all;
+  for (size_t h = 0; h < v.size(); ++h)
+    for (size_t j = 0; j < v[h].size(); ++j) all.push_back({v[h][j], {h, int64_t(j)}});
+  std::sort(all.begin(), all.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  std::set<std::pair<size_t, int64_t>> out;
+  for (size_t i = 0; i < k && i < all.size(); ++i) out.insert(all[i].second);
+  return out;
+}
+
+TEST(CriticalKv, FixedSplitEqualsBruteForce) {
+  // Two heads, six prefix tokens, 3 kept per head on average, no floor (alpha 0): stage 1 keeps
+  // half of each head's attention-only share by score, stage 2 the rest by score x normalised
+  // value norm, both as one layer-wide top-k.
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(0.01f, 1.0f);
+  for (int trial = 0; trial < 20; ++trial) {
+    HeadScores a, b;
+    for (HeadScores* h : {&a, &b}) {
+      for (int j = 0; j < 6; ++j) {
+        h->score.push_back(u(rng));
+        h->value_norm.push_back(u(rng));
+      }
+    }
+    CompressionConfig c;
+    c.policy = Policy::DefensiveKV;
+    c.alpha = 0.0;
+    c.critical = true;
+    c.critical_share = 0.5;
+    const HeadScores* heads[] = {&a, &b};
+    const auto got = critical_choose(c, heads, 3);
+    // Reference.
+    const std::vector<std::vector<float>> sc = {a.score, b.score};
+    std::vector<size_t> base(2, 0);
+    for (const auto& [h, j] : top_cells(sc, 6)) ++base[h];
+    std::vector<std::vector<float>> comb(2, std::vector<float>(6));
+    for (size_t h = 0; h < 2; ++h) {
+      std::vector<int64_t> order(6);
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(),
+                [&](int64_t x, int64_t y) { return sc[h][size_t(x)] > sc[h][size_t(y)]; });
+      for (int j = 0; j < 6; ++j) {
+        const float vn = heads[h]->value_norm[size_t(j)];
+        comb[h][size_t(j)] =
+            sc[h][size_t(j)] * vn / (a.value_norm[size_t(j)] + b.value_norm[size_t(j)]);
+      }
+      for (size_t k = 0; k < base[h] / 2; ++k) comb[h][size_t(order[k])] = 1e30f;
+    }
+    std::vector<Idx> want(2);
+    for (const auto& [h, j] : top_cells(comb, 6)) want[h].push_back(j);
+    for (auto& w : want) std::sort(w.begin(), w.end());
+    EXPECT_EQ(got, want) << "trial " << trial;
+  }
+}
+
+TEST(HeadImportance, AnswerSpanIsTheLastLongestOccurrence) {
+  const std::vector<int32_t> prompt = {1, 2, 3, 4, 5, 2, 3, 9};
+  EXPECT_EQ(find_answer_span(prompt, std::vector<int32_t>{2, 3}),
+            std::make_pair(int64_t(5), int64_t(7)));
+  // A leading token that the prompt tokenizes differently is dropped.
+  EXPECT_EQ(find_answer_span(prompt, std::vector<int32_t>{7, 3, 4}),
+            std::make_pair(int64_t(2), int64_t(4)));
+  EXPECT_FALSE(find_answer_span(prompt, std::vector<int32_t>{42}).has_value());
+}
+
+TEST(HeadImportance, ScoresRewardAttentionOnTheNeedle) {
+  // Two query heads, two rows generating tokens 12 then 13, the needle [1, 4) = {11, 12, 13}.
+  const std::vector<int32_t> tokens = {10, 11, 12, 13, 14}, targets = {12, 13};
+  // probs: group x rows x n. Head 0 looks at the needle's matching tokens (0.6, then 0.3 with
+  // 0.5 elsewhere); head 1 looks only outside the needle.
+  const std::vector<float> probs = {0.1f, 0.1f, 0.6f, 0.1f, 0.1f, 0.5f, 0.1f, 0.0f, 0.3f, 0.1f,
+                                    0.7f, 0.0f, 0.0f, 0.0f, 0.3f, 0.2f, 0.0f, 0.0f, 0.0f, 0.8f};
+  double mass[2] = {0, 0}, hits[2] = {0, 0};
+  accumulate_retrieval_scores(probs.data(), 2, 2, 5, tokens, targets, 1, 4, ImportanceScore::Mass,
+                              mass);
+  accumulate_retrieval_scores(probs.data(), 2, 2, 5, tokens, targets, 1, 4,
+                              ImportanceScore::Retrieval, hits);
+  EXPECT_NEAR(mass[0], 0.9, 1e-6);
+  EXPECT_EQ(mass[1], 0.0);
+  EXPECT_EQ(hits[0], 1.0);  // row 0's top is the needle's 12; row 1's top is outside
+  EXPECT_EQ(hits[1], 0.0);
+  EXPECT_THROW(accumulate_retrieval_scores(probs.data(), 2, 2, 5, tokens, targets, 3, 9,
+                                           ImportanceScore::Mass, mass),
+               std::invalid_argument);
+
+  // Query heads to KV heads (group 2): the mean over the group, normalised to sum 1; the file
+  // format round-trips through read_head_importance.
+  const std::vector<double> q = {1.0, 3.0, 0.5,
+                                 1.5};  // layer 0: KV head 0 {1, 3}, head 1 {.5, 1.5}
+  const HeadImportance imp = importance_from_scores(q, 1, 2, 2);
+  ASSERT_EQ(imp.importance.size(), 2u);
+  EXPECT_NEAR(imp.importance[0], 2.0 / 3, 1e-12);  // means 2 and 1
+  EXPECT_NEAR(imp.importance[1], 1.0 / 3, 1e-12);
+  const std::string path = testing::TempDir() + "/importance_roundtrip.json";
+  std::ofstream(path) << head_importance_json(imp).dump();
+  const HeadImportance back = read_head_importance(path);
+  EXPECT_EQ(back.layers, 1);
+  EXPECT_EQ(back.kv_heads, 2);
+  ASSERT_EQ(back.importance.size(), 2u);
+  EXPECT_NEAR(back.importance[0], 2.0 / 3, 1e-12);
+  std::remove(path.c_str());
+}
+
 }  // namespace
 }  // namespace fairkv::kv

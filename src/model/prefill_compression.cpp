@@ -1,10 +1,12 @@
 #include "model/prefill_compression.h"
 
+#include "kernels/types.h"
+
 namespace fairkv::model {
 
 PrefillCompression::PrefillCompression(const kv::CompressionConfig& config,
-                                       const ModelConfig& model)
-    : config_(config), model_(model) {
+                                       const ModelConfig& model, const Weights* weights)
+    : config_(config), model_(model), weights_(weights) {
   observer_.window = config_.window;
   observer_.observe = [this](size_t, int layer, int kv_head, const float* probs, int group,
                              int64_t window, int64_t n) {
@@ -17,6 +19,19 @@ void PrefillCompression::attach(GenerateOptions& opt) {
   // Full and streaming keep by position: the window's attention need not be collected.
   opt.prefill_observer = config_.needs_scores() ? &observer_ : nullptr;
   opt.after_prefill = [this](kv::SequenceCache& cache) {
+    if (weights_ && collector_->needs_value_norms()) {
+      // CriticalKV's projected value norms, from the prompt's values and W_o.
+      const int group = model_.n_heads / model_.n_kv_heads;
+      for (int l = 0; l < model_.n_layers; ++l) {
+        const kernels::WeightMatrix& wo = weights_->layers[size_t(l)].wo;
+        auto norms =
+            kv::projected_value_norms(cache, l, group, wo.rows, [&wo](int64_t r, float* out) {
+              kernels::dequantize_row(wo.type, wo.row(r), out, wo.cols);
+            });
+        for (int h = 0; h < model_.n_kv_heads; ++h)
+          collector_->set_value_norms(l, h, std::move(norms[size_t(h)]));
+      }
+    }
     last_ = collector_->select(cache.n_past);
     kv::apply_selection(last_, cache);
     collector_ = std::make_unique<kv::ScoreCollector>(config_, model_.n_layers, model_.n_kv_heads);
@@ -27,7 +42,7 @@ std::unique_ptr<PrefillCompression> make_prefill_compression(const kv::Compressi
                                                              const Model& m) {
   kv::CompressionConfig c = config;
   c.resolve();
-  return std::make_unique<PrefillCompression>(c, m.config);
+  return std::make_unique<PrefillCompression>(c, m.config, &m.weights);
 }
 
 }  // namespace fairkv::model

@@ -12,8 +12,11 @@ namespace fairkv::model {
 
 class PrefillCompression {
  public:
-  // config must be resolved (CompressionConfig::resolve()).
-  PrefillCompression(const kv::CompressionConfig& config, const ModelConfig& model);
+  // config must be resolved (CompressionConfig::resolve()). weights: the output projections
+  // that DefensiveKV's CriticalKV stage reads (kv::projected_value_norms); without them that
+  // stage is skipped (attention-only selection).
+  PrefillCompression(const kv::CompressionConfig& config, const ModelConfig& model,
+                     const Weights* weights = nullptr);
   // Sets opt.prefill_observer and opt.after_prefill; this object must outlive the generation.
   // Each prefill starts a fresh collection, so one object serves many prompts in turn.
   void attach(GenerateOptions& opt);
@@ -24,6 +27,7 @@ class PrefillCompression {
  private:
   kv::CompressionConfig config_;
   const ModelConfig& model_;
+  const Weights* weights_ = nullptr;
   std::unique_ptr<kv::ScoreCollector> collector_;
   WindowObserver observer_;
   kv::Selection last_;
