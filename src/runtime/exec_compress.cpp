@@ -15,6 +15,12 @@ RankCompression::RankCompression(const kv::CompressionConfig& config, const mode
       scored_(n_items),
       slices_(n_items),
       selections_(n_items) {
+  // CriticalKV's value norms need every head's W_o columns and values on one rank; not done
+  // across ranks yet, and an attention-only selection would silently differ from one device's.
+  if (config.policy == kv::Policy::DefensiveKV && config.critical)
+    throw std::invalid_argument(
+        "--kv-policy defensivekv on devices: CriticalKV's value-norm stage runs on one device "
+        "only for now; add --kv-critical off");
   const size_t units = size_t(c.n_layers) * size_t(c.n_kv_heads);
   for (size_t i = 0; i < n_items; ++i) {
     scores_[i].resize(units);
