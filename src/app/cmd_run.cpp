@@ -41,6 +41,16 @@ void write_logits(const std::string& path, const std::vector<float>& rows) {
   if (!out) throw std::runtime_error(path + ": write failed (--logits-out)");
 }
 
+// The prompt of -p or -f.
+std::string prompt_text(const RunArgs& a) {
+  if (a.prompt.empty() == a.prompt_file.empty())
+    throw UsageError("give the prompt with exactly one of -p TEXT or -f FILE");
+  if (a.prompt_file.empty()) return a.prompt;
+  std::ifstream in(a.prompt_file, std::ios::binary);
+  if (!in) throw UsageError(a.prompt_file + ": cannot read the prompt file (-f)");
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
 void run_devices(const RunArgs& a) {
   DeviceRun r;
   r.model = a.model;
@@ -49,15 +59,7 @@ void run_devices(const RunArgs& a) {
       throw UsageError("give the prompts with either --batch-file or -p / -f, not both");
     for (const Prompt& p : read_prompts(a.dev.batch_file)) r.prompts.push_back(p.text);
   } else {
-    if (a.prompt.empty() == a.prompt_file.empty())
-      throw UsageError("give the prompt with exactly one of -p TEXT, -f FILE or --batch-file");
-    std::string text = a.prompt;
-    if (!a.prompt_file.empty()) {
-      std::ifstream in(a.prompt_file, std::ios::binary);
-      if (!in) throw UsageError(a.prompt_file + ": cannot read the prompt file (-f)");
-      text.assign(std::istreambuf_iterator<char>(in), {});
-    }
-    r.prompts.push_back(text);
+    r.prompts.push_back(prompt_text(a));
   }
   if (a.sampler.temp > 0) {
     if (a.temp_given)
@@ -79,14 +81,7 @@ void run_devices(const RunArgs& a) {
 
 void run(const RunArgs& a) {
   if (a.dev.wanted()) return run_devices(a);
-  if (a.prompt.empty() == a.prompt_file.empty())
-    throw UsageError("give the prompt with exactly one of -p TEXT or -f FILE");
-  std::string text = a.prompt;
-  if (!a.prompt_file.empty()) {
-    std::ifstream in(a.prompt_file, std::ios::binary);
-    if (!in) throw UsageError(a.prompt_file + ": cannot read the prompt file (-f)");
-    text.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  const std::string text = prompt_text(a);
   if (a.n_predict < 0) throw UsageError("-n: expected a number of tokens >= 0");
   const auto m = model::Model::load(a.model, a.engine.load(a.model));
   kernels::ThreadPool pool(a.engine.n_threads());

@@ -4,6 +4,7 @@
 
 #include "model/generate.h"
 #include "model/prefill_compression.h"
+#include "runtime/exec.h"
 
 namespace fairkv::app {
 
@@ -34,14 +35,7 @@ placement::Profile measure_profile(const model::Model& m, const std::vector<Prom
     samples.push_back(std::move(kept));
   }
   fmt::print(stderr, "\n");
-  placement::Profile shape;
-  shape.model = c.name;
-  shape.layers = c.n_layers;
-  shape.kv_heads = c.n_kv_heads;
-  shape.query_heads = c.n_heads;
-  shape.head_dim = c.head_dim;
-  shape.embd = c.n_embd;
-  shape.ffn = c.n_ff;
+  placement::Profile shape = runtime::model_profile(c);
   shape.source = fmt::format("fairkv profile: {} over {} prompts of {}", kc.describe(),
                              prompts.size(), source);
   return placement::profile_from_samples(shape, std::move(samples));

@@ -27,6 +27,19 @@ double dtype_bytes(kernels::DType t) {
 }
 }  // namespace
 
+placement::Profile model_profile(const model::ModelConfig& c, double tokens) {
+  placement::Profile p;
+  p.model = c.name;
+  p.layers = c.n_layers;
+  p.kv_heads = c.n_kv_heads;
+  p.query_heads = c.n_heads;
+  p.head_dim = c.head_dim;
+  p.embd = c.n_embd;
+  p.ffn = c.n_ff;
+  p.tokens.assign(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads), tokens));
+  return p;
+}
+
 placement::Placement resolve_placement(const std::string& what, const std::string& profile_path,
                                        const model::ModelConfig& c, int devices, int batch) {
   placement::Placement p;
@@ -37,14 +50,7 @@ placement::Placement resolve_placement(const std::string& what, const std::strin
       prof = placement::read_profile(profile_path);
       where = profile_path;
     } else {
-      prof.model = c.name;
-      prof.layers = c.n_layers;
-      prof.kv_heads = c.n_kv_heads;
-      prof.query_heads = c.n_heads;
-      prof.head_dim = c.head_dim;
-      prof.embd = c.n_embd;
-      prof.ffn = c.n_ff;
-      prof.tokens.assign(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads), 1.0));
+      prof = model_profile(c);
       prof.source = "uniform (no --profile)";
     }
     if (prof.layers != c.n_layers || prof.kv_heads != c.n_kv_heads ||

@@ -14,6 +14,7 @@
 #include "kv/compress.h"
 #include "model/model.h"
 #include "placement/placement.h"
+#include "placement/profile.h"
 #include "runtime/comm.h"
 #include "runtime/rank_forward.h"
 
@@ -47,6 +48,9 @@ struct ExecResult {
   int64_t decode_steps = 0;
   int rank = 0;  // the rank that returned this result (mpi: this process's)
 };
+
+// A profile with the model's shape (layers, heads, sizes) and every unit at `tokens`.
+placement::Profile model_profile(const model::ModelConfig& c, double tokens = 1.0);
 
 // The placement `what` names for the model: a planner name (tp, balanced, fair-copy, split),
 // planned on the fly from the profile at profile_path (when empty: every unit equally long, so

@@ -64,15 +64,7 @@ Reference reference(const model::Model& m, const std::vector<int32_t>& prompt, i
 
 // A profile where one unit per layer is heavy, so that fair-copy and split replicate it.
 pl::Profile skewed_profile(const model::ModelConfig& c) {
-  pl::Profile p;
-  p.model = "test";
-  p.layers = c.n_layers;
-  p.kv_heads = c.n_kv_heads;
-  p.query_heads = c.n_heads;
-  p.head_dim = c.head_dim;
-  p.embd = c.n_embd;
-  p.ffn = c.n_ff;
-  p.tokens.assign(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads), 40.0));
+  pl::Profile p = model_profile(c, 40.0);
   for (int l = 0; l < c.n_layers; ++l) {
     p.tokens[size_t(l)][size_t(l % c.n_kv_heads)] = 1000.0;
     p.tokens[size_t(l)][size_t((l + 1) % c.n_kv_heads)] = 300.0;
