@@ -181,8 +181,15 @@ std::vector<double> max_loads(const Placement& p, const UnitTable& tokens, const
 std::vector<double> layer_weight_bytes(const LayerPlacement& layer, const CostModel& cost,
                                        int devices) {
   std::vector<double> w(size_t(devices), 0.0);
+  int heads = 0;
+  for (const auto& dev : layer.devices)
+    for (const Share& s : dev) heads = std::max(heads, s.head + 1);
+  const auto tail = tail_devices(layer, heads);
   for (size_t d = 0; d < layer.devices.size() && d < w.size(); ++d)
-    for (const Share& s : layer.devices[d]) w[d] += share_weight_bytes(s, cost);
+    for (const Share& s : layer.devices[d])
+      // A token slice other than the tail holds no weights (the tail projects for it).
+      if (s.kind != ShareKind::Tokens || tail[size_t(s.head)] == int(d))
+        w[d] += share_weight_bytes(s, cost);
   return w;
 }
 

@@ -105,7 +105,11 @@ int over_limit(const std::vector<DeviceMemory>& mem, double limit) {
 
 Placement plan(const Profile& profile, const CostModel& cost, const PlanOptions& o) {
   if (o.devices < 1) throw std::invalid_argument("plan: need at least one device");
-  const int k = o.replicas < 0 ? o.devices - 1 : o.replicas;
+  // Default budget: R - 1 batch replicas for fair-copy (each reads and holds the unit's weights);
+  // twice that for split, whose extra token slices cost neither weight reads nor weight memory.
+  const int k = o.replicas >= 0                   ? o.replicas
+                : o.planner == PlannerKind::Split ? 2 * (o.devices - 1)
+                                                  : o.devices - 1;
   const bool replicating = o.planner == PlannerKind::FairCopy || o.planner == PlannerKind::Split;
   for (int r = k;; --r) {
     Placement p = plan_with(profile, cost, o, r);

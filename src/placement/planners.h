@@ -65,7 +65,8 @@ LayerPlacement wrap_around_layer(std::span<const double> tokens, const CostModel
 struct PlanOptions {
   PlannerKind planner = PlannerKind::Tp;
   int devices = 1;
-  int replicas = -1;           // extra replicas per layer (fair-copy, split); -1: devices - 1
+  int replicas =
+      -1;  // extra replicas per layer; -1: devices - 1 (fair-copy), 2 (devices - 1) (split)
   double device_memory = 0;    // bytes per device; 0: no limit
   int64_t node_limit = 20000;  // balanced: branch-and-bound nodes per layer (see partition.h)
 };

@@ -246,7 +246,8 @@ TEST(Plan, EveryPlannerCoversEveryUnitAndIsDeterministic) {
         for (size_t l = 0; l < a.layers.size(); ++l) {
           EXPECT_GE(a.max_load[l], a.lower_bound[l] * (1 - 1e-12));
           if (kind != PlannerKind::Tp) {
-            EXPECT_LE(a.replicas[l], std::max(devices - 1, devices - kv_heads));
+            const int budget = kind == PlannerKind::Split ? 2 * (devices - 1) : devices - 1;
+            EXPECT_LE(a.replicas[l], std::max(budget, devices - kv_heads));
           }
         }
       }
