@@ -189,59 +189,74 @@ RandomModel random_model(const placement::Profile& p, int64_t ffn, int vocab, ui
 }
 
 // How much slower a token of KV is to attend than a token-load of weights is to project, in the
-// bench's own decode steps: tp's layout is planned in bytes and every rank's attention segment
-// timed alone (the fastest of `steps`), and the segments are fitted as a * KV load + b * weight
-// load (least squares, no intercept: a rank's fixed costs go with its weights, which every rank
-// of tp has). Returns a / b, the factor by which the planners scale weight loads so that they
+// bench's own decode steps: tp's layout (planned in bytes), then a split layout, have every rank's
+// attention segment timed alone (the fastest of `steps`), and the segments are fitted as
+// a * KV load + b * weight load (least squares, no intercept: a rank's fixed costs go with its
+// weights). Returns a / b, the factor by which the planners scale weight loads so that they
 // balance time. Measured in situ, since isolated kernels stream at other rates than a rank's
 // packed products.
 double measure_kv_time_factor(const model::ModelConfig& c, const model::Weights& w,
                               const placement::Profile& prof, const placement::CostModel& bytes,
-                              int devices, int batch, kv::KvType kt, int steps,
+                              int devices, int batch, kv::KvType kt, int steps, int replicas,
                               kernels::ThreadPool& pool) {
+  const int L = c.n_layers;
+  double kk = 0, kw = 0, ww = 0, ky = 0, wy = 0;
+  // Adds every rank-layer segment of placement p to the least-squares sums.
+  auto time_placement = [&](const placement::Placement& p) {
+    for (int r = 0; r < devices; ++r) {
+      SoloComm comm(r, devices);
+      const ShardedWeights shard = shard_weights(c, w, p, r);
+      auto seqs = fill_caches(c, p, prof, r, batch, kt);
+      RankForward fwd(c, w, shard, p, comm, pool);
+      std::vector<int32_t> tokens;
+      auto items = decode_items(seqs, tokens);
+      fwd.run(items, batch);  // warm-up
+      std::vector<double> best(size_t(L), 1e300);
+      SegmentTimes t;
+      fwd.timing = &t;
+      for (int s = 0; s < steps; ++s) {
+        t.clear(L);
+        fwd.run(items, batch);
+        for (int l = 0; l < L; ++l)
+          best[size_t(l)] = std::min(best[size_t(l)], t.attention_ms[size_t(l)]);
+      }
+      for (int l = 0; l < L; ++l) {
+        const auto tail = placement::tail_devices(p.layers[size_t(l)], p.kv_heads);
+        double kv = 0, wl = 0;
+        for (const placement::Share& sh : p.layers[size_t(l)].devices[size_t(r)]) {
+          const double t_u = prof.tokens[size_t(l)][size_t(sh.head)];
+          if (sh.kind == placement::ShareKind::Query) {
+            kv += t_u;
+            wl += bytes.kv_weight_load() + sh.share * bytes.qo_weight_load();
+          } else {
+            kv += sh.share * t_u;
+            if (sh.kind != placement::ShareKind::Tokens || tail[size_t(sh.head)] == r)
+              wl += bytes.unit_weight_load();
+          }
+        }
+        const double y = best[size_t(l)];
+        kk += kv * kv, kw += kv * wl, ww += wl * wl, ky += kv * y, wy += wl * y;
+      }
+    }
+  };
+  auto factor = [&] {
+    const double det = kk * ww - kw * kw;
+    if (!(det > 0)) return 1.0;  // no spread in the loads: keep bytes
+    const double a = (ky * ww - wy * kw) / det, b = (wy * kk - ky * kw) / det;
+    return a > 0 && b > 0 ? a / b : 1.0;
+  };
   placement::PlanOptions o;
   o.planner = placement::PlannerKind::Tp;
   o.devices = devices;
-  const placement::Placement p = placement::plan(prof, bytes, o);
-  const int L = c.n_layers;
-  double kk = 0, kw = 0, ww = 0, ky = 0, wy = 0;
-  for (int r = 0; r < devices; ++r) {
-    SoloComm comm(r, devices);
-    const ShardedWeights shard = shard_weights(c, w, p, r);
-    auto seqs = fill_caches(c, p, prof, r, batch, kt);
-    RankForward fwd(c, w, shard, p, comm, pool);
-    std::vector<int32_t> tokens;
-    auto items = decode_items(seqs, tokens);
-    fwd.run(items, batch);  // warm-up
-    std::vector<double> best(size_t(L), 1e300);
-    SegmentTimes t;
-    fwd.timing = &t;
-    for (int s = 0; s < steps; ++s) {
-      t.clear(L);
-      fwd.run(items, batch);
-      for (int l = 0; l < L; ++l)
-        best[size_t(l)] = std::min(best[size_t(l)], t.attention_ms[size_t(l)]);
-    }
-    for (int l = 0; l < L; ++l) {
-      double kv = 0, wl = 0;
-      for (const placement::Share& sh : p.layers[size_t(l)].devices[size_t(r)]) {
-        const double t_u = prof.tokens[size_t(l)][size_t(sh.head)];
-        if (sh.kind == placement::ShareKind::Query) {
-          kv += t_u;
-          wl += bytes.kv_weight_load() + sh.share * bytes.qo_weight_load();
-        } else {
-          kv += sh.share * t_u;
-          wl += bytes.unit_weight_load();
-        }
-      }
-      const double y = best[size_t(l)];
-      kk += kv * kv, kw += kv * wl, ww += wl * wl, ky += kv * y, wy += wl * y;
-    }
-  }
-  const double det = kk * ww - kw * kw;
-  if (!(det > 0)) return 1.0;  // no spread in the loads: keep bytes
-  const double a = (ky * ww - wy * kw) / det, b = (wy * kk - ky * kw) / det;
-  return a > 0 && b > 0 ? a / b : 1.0;
+  time_placement(placement::plan(prof, bytes, o));
+  // A split plan, made with tp's factor, adds ranks whose weight reads differ from their KV: the
+  // fit over both tells the two apart better than tp alone, whose ranks all read as many weights.
+  placement::CostModel scaled = bytes;
+  scaled.weight_bytes /= factor();
+  o.planner = placement::PlannerKind::Split;
+  o.replicas = replicas;
+  time_placement(placement::plan(prof, scaled, o));
+  return factor();
 }
 
 std::vector<BenchRow> bench_placements(
@@ -269,8 +284,8 @@ std::vector<BenchRow> bench_placements(
   if (spec.calibrate) {
     if (progress) progress(0, 1, "calibrating: tp's ranks timed to weigh KV against weights");
     kernels::ThreadPool pool(std::max(1, spec.threads));
-    kv_factor =
-        measure_kv_time_factor(c, w, prof, cost, R, B, spec.kv_type, std::max(2, spec.steps), pool);
+    kv_factor = measure_kv_time_factor(c, w, prof, cost, R, B, spec.kv_type,
+                                       std::max(2, spec.steps), spec.replicas, pool);
     cost.weight_bytes /= kv_factor;  // loads in time: a weight byte costs 1/factor KV bytes
   }
   const int P = int(spec.planners.size()), rounds = std::max(1, spec.rounds);
