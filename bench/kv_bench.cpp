@@ -7,8 +7,10 @@
 // than the last-level cache together, so the read comes from DRAM.
 //
 // Run: build-*/bench/kv_bench [--benchmark_filter=...]. Names: stream/thr<t>,
-// decode/<f32|f16>/g<group>/<uniform|ragged>/thr<t>. The counter of_stream is the attention's
-// bytes/s over the streaming read's with the same thread count (1.0 = at the bandwidth).
+// decode/<f32|f16>/g<group>/<uniform|ragged>/thr<t>. Counters of a decode run: GB/s (K and V
+// bytes read per second), stream_GB/s (the streaming read with the same threads, measured just
+// before and after that run) and of_stream, their ratio (1.0 = at the bandwidth). Other
+// processes sharing the machine move both; compare ratios, over --benchmark_repetitions=5.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -39,38 +41,90 @@ kernels::ThreadPool& pool(int n) {
   return *p;
 }
 
-std::map<int, double>& stream_rate() {  // bytes/s of the streaming read, by thread count
-  static std::map<int, double> r;
-  return r;
+// The streaming read: each thread sums its part of a 512 MiB buffer, allocated as the stores are
+// (on huge pages, kv/store_memory.h), with vector loads into independent accumulators, so that
+// only the memory limits it.
+using StreamBuffer = std::vector<float, kv::StoreAllocator<float>>;
+StreamBuffer& stream_buffer() {
+  static StreamBuffer buf(size_t(128) << 20, 1.0f);
+  return buf;
 }
 
-// Each thread sums its part of a 512 MiB buffer (allocated as the stores are) with vector loads
-// into independent accumulators, so that only the memory limits it.
-void bm_stream(benchmark::State& state, int threads) {
+// One read of the whole buffer on `threads` threads; returns its bytes.
+double stream_pass(int threads) {
   namespace simd = kernels::simd;
-  std::vector<float> buf(size_t(128) << 20, 1.0f);
-  kernels::ThreadPool& p = pool(threads);
+  const StreamBuffer& buf = stream_buffer();
   std::vector<float> partial(size_t(threads) * 16);
+  pool(threads).parallel_for(int64_t(buf.size()) / 64, [&](int64_t b, int64_t e, int th) {
+    simd::V s0 = simd::zero(), s1 = simd::zero(), s2 = simd::zero(), s3 = simd::zero();
+    for (int64_t i = b * 64; i < e * 64; i += 4 * simd::kLanes) {
+      s0 = simd::add(s0, simd::load(&buf[size_t(i)]));
+      s1 = simd::add(s1, simd::load(&buf[size_t(i + simd::kLanes)]));
+      s2 = simd::add(s2, simd::load(&buf[size_t(i + 2 * simd::kLanes)]));
+      s3 = simd::add(s3, simd::load(&buf[size_t(i + 3 * simd::kLanes)]));
+    }
+    partial[size_t(th) * 16] = simd::reduce(simd::add(simd::add(s0, s1), simd::add(s2, s3)));
+  });
+  benchmark::DoNotOptimize(partial.data());
+  return double(buf.size() * sizeof(float));
+}
+
+// Bytes/s of `passes` streaming reads, timed together.
+double stream_rate(int threads, int passes) {
+  double bytes = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state) {
-    p.parallel_for(int64_t(buf.size()) / 64, [&](int64_t b, int64_t e, int th) {
-      simd::V s0 = simd::zero(), s1 = simd::zero(), s2 = simd::zero(), s3 = simd::zero();
-      for (int64_t i = b * 64; i < e * 64; i += 4 * simd::kLanes) {
-        s0 = simd::add(s0, simd::load(&buf[size_t(i)]));
-        s1 = simd::add(s1, simd::load(&buf[size_t(i + simd::kLanes)]));
-        s2 = simd::add(s2, simd::load(&buf[size_t(i + 2 * simd::kLanes)]));
-        s3 = simd::add(s3, simd::load(&buf[size_t(i + 3 * simd::kLanes)]));
-      }
-      partial[size_t(th) * 16] = simd::reduce(simd::add(simd::add(s0, s1), simd::add(s2, s3)));
-    });
-    benchmark::DoNotOptimize(partial.data());
-  }
-  const double bytes = double(buf.size() * sizeof(float));
+  for (int i = 0; i < passes; ++i) bytes += stream_pass(threads);
+  const std::chrono::duration<double> wall = std::chrono::steady_clock::now() - t0;
+  return bytes / wall.count();
+}
+
+void bm_stream(benchmark::State& state, int threads) {
+  stream_pass(threads);  // first touch of the buffer
+  double bytes = 0;
+  for (auto _ : state) bytes = stream_pass(threads);
   state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(bytes));
   state.counters["GB/s"] =
       benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  const std::chrono::duration<double> wall = std::chrono::steady_clock::now() - t0;
-  stream_rate()[threads] = bytes * double(state.iterations()) / wall.count();
+}
+
+// The machine's vector FMA rate on `threads` threads (multiply-adds per second, one per lane):
+// twelve independent accumulator chains per thread, enough to cover the FMA latency.
+double fma_rate(int threads) {
+  static std::map<int, double> measured;
+  if (auto it = measured.find(threads); it != measured.end()) return it->second;
+  namespace simd = kernels::simd;
+  constexpr int kChains = 12;
+  constexpr int64_t kSteps = int64_t(1) << 22;  // per thread, ~50 ms
+  std::vector<float> sink(size_t(threads) * 16);
+  double best = 0;
+  for (int round = 0; round < 3; ++round) {
+    const auto t0 = std::chrono::steady_clock::now();
+    pool(threads).parallel_for(threads, [&](int64_t, int64_t, int th) {
+      const simd::V a = simd::set1(0.999f), b = simd::set1(1e-3f);
+      simd::V c0 = simd::set1(0), c1 = simd::set1(1), c2 = simd::set1(2), c3 = simd::set1(3),
+              c4 = simd::set1(4), c5 = simd::set1(5), c6 = simd::set1(6), c7 = simd::set1(7),
+              c8 = simd::set1(8), c9 = simd::set1(9), c10 = simd::set1(10), c11 = simd::set1(11);
+      for (int64_t i = 0; i < kSteps; ++i) {  // spelled out so that the chains stay in registers
+        c0 = simd::fma(c0, a, b), c1 = simd::fma(c1, a, b), c2 = simd::fma(c2, a, b);
+        c3 = simd::fma(c3, a, b), c4 = simd::fma(c4, a, b), c5 = simd::fma(c5, a, b);
+        c6 = simd::fma(c6, a, b), c7 = simd::fma(c7, a, b), c8 = simd::fma(c8, a, b);
+        c9 = simd::fma(c9, a, b), c10 = simd::fma(c10, a, b), c11 = simd::fma(c11, a, b);
+      }
+      const simd::V s = simd::add(simd::add(simd::add(simd::add(c0, c1), simd::add(c2, c3)),
+                                            simd::add(simd::add(c4, c5), simd::add(c6, c7))),
+                                  simd::add(simd::add(c8, c9), simd::add(c10, c11)));
+      sink[size_t(th) * 16] = simd::reduce(s);
+    });
+    const std::chrono::duration<double> wall = std::chrono::steady_clock::now() - t0;
+    benchmark::DoNotOptimize(sink.data());
+    best = std::max(best, double(threads) * kSteps * kChains * simd::kLanes / wall.count());
+  }
+  return measured[threads] = best;
+}
+
+void bm_fma(benchmark::State& state, int threads) {
+  for (auto _ : state) state.SetIterationTime(1.0);
+  state.counters["GFMA/s"] = fma_rate(threads) / 1e9;
 }
 
 struct Layer {
@@ -120,30 +174,45 @@ void bm_decode(benchmark::State& state, kv::KvType t, int group, bool ragged, in
     a.out = &out[size_t(h * group * kHeadDim)];
   }
   kernels::ThreadPool& p = pool(threads);
+  // The streaming read is measured right before and after the attention (two passes each, the
+  // same threads), so that the ratio compares runs under the same load from other processes.
+  const double before = stream_rate(threads, 2);
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     kv::attend_batch(calls, p);
     benchmark::DoNotOptimize(out.data());
   }
+  const std::chrono::duration<double> wall = std::chrono::steady_clock::now() - t0;
+  const double stream = 0.5 * (before + stream_rate(threads, 2));
   state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(l.bytes));
   state.counters["GB/s"] =
       benchmark::Counter(double(l.bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  const std::chrono::duration<double> wall = std::chrono::steady_clock::now() - t0;
   const double rate = double(l.bytes) * double(state.iterations()) / wall.count();
-  if (auto it = stream_rate().find(threads); it != stream_rate().end())
-    state.counters["of_stream"] = rate / it->second;
+  state.counters["stream_GB/s"] = stream / 1e9;
+  state.counters["of_stream"] = rate / stream;
   state.counters["MB"] = double(l.bytes) / 1e6;
+  // The roofline: a key costs group x head_dim FMAs for its score and as many for its value,
+  // for 2 x head_dim elements read, so the arithmetic alone caps the read at fma_rate / (FMAs
+  // per byte); the bound is the lower of that and the streaming read.
+  const double fmas_per_byte = double(group) / double(kv::kv_type_bytes(t));
+  const double compute = fma_rate(threads) / fmas_per_byte;
+  state.counters["roofline_GB/s"] = std::min(stream, compute) / 1e9;
+  state.counters["of_roofline"] = rate / std::min(stream, compute);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
-  // Registered first so that the attention runs can compare against it.
+  // The plain streaming read on its own (each attention run also measures it beside itself).
   for (int th : {1, 2})
     benchmark::RegisterBenchmark(("stream/thr" + std::to_string(th)).c_str(), bm_stream, th)
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
+  for (int th : {1, 2})
+    benchmark::RegisterBenchmark(("fma/thr" + std::to_string(th)).c_str(), bm_fma, th)
+        ->UseManualTime()
+        ->Iterations(1);
   for (kv::KvType t : {kv::KvType::F32, kv::KvType::F16})
     for (bool ragged : {false, true})
       for (int group : {8, 4, 1})

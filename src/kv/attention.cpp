@@ -1,12 +1,18 @@
 // Fast attention over one head store: up to kMaxRows query rows (tokens x GQA heads) share every
 // block of keys and values, so a decode step streams the store once for the whole group.
 //
-// Per block of kBlock keys: the block is swept once in address order (for the hardware
-// prefetchers); the keys are scored against every query row, four rows x four keys at a time
-// (AVX-512) so that each loaded vector serves four FMAs, f16 converted in registers; the rows'
-// online softmax advances; the values are accumulated for all rows together, one vector of
-// head_dim at a time with the probabilities broadcast from memory. Rows whose head_dim is not a
-// whole number of vectors, and partial blocks, go through a zero-padded float32 copy.
+// Per block of kBlock keys: the rows are swept in address order beforehand (for the hardware
+// prefetchers, about kTouchBytes at a time); the keys are scored against every query row, four
+// rows x four keys at a time (AVX-512) with every operand in a register so that each loaded
+// vector serves four FMAs, f16 converted in registers; the rows' online softmax advances once per
+// block; the values are accumulated for up to eight rows x two vectors of head_dim at a time
+// (each value vector loaded and converted once per eight rows, each probability broadcast once
+// per two vectors). Rows whose head_dim is not a whole number of vectors, and partial blocks of
+// keys for the scores, go through a zero-padded float32 copy.
+//
+// With f16 and a group of 8 one core is bound by the arithmetic plus the sweep, which do not
+// overlap: 2 x 1024 FMAs per key for 512 bytes of K and V; on the development machine (Zen 4,
+// one 512-bit FMA per cycle) the kernels reach about 70% of that peak from cache.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -29,6 +35,9 @@ constexpr int kLanes = simd::kLanes;
 constexpr int kMaxRows = 16;    // query rows per pass: their PV accumulators stay in registers
 constexpr int kSub = 16;        // keys scored together (one transposed reduction on AVX-512)
 constexpr int64_t kBlock = 64;  // keys per online-softmax step
+constexpr int kPvRows = 8;      // query rows per value tile (8 x 2 vectors)
+// Rows of K and V (together about this many bytes) that touch_rows brings in at once.
+constexpr size_t kTouchBytes = size_t(256) << 10;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t round_up(int64_t x, int64_t m) {
@@ -153,8 +162,10 @@ inline void score_4x4(const float* const* q, const T* K, int64_t dp_runtime, flo
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   const float *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
   for (int64_t c = 0; c < dp; c += 16) {
-    const __m512 qv[4] = {_mm512_loadu_ps(q0 + c), _mm512_loadu_ps(q1 + c), _mm512_loadu_ps(q2 + c),
-                          _mm512_loadu_ps(q3 + c)};
+    __m512 qv[4] = {_mm512_loadu_ps(q0 + c), _mm512_loadu_ps(q1 + c), _mm512_loadu_ps(q2 + c),
+                    _mm512_loadu_ps(q3 + c)};
+    // Likewise the queries: every operand of the 16 FMAs in a register, 8 loads in all.
+    asm("" : "+v"(qv[0]), "+v"(qv[1]), "+v"(qv[2]), "+v"(qv[3]));
     FAIRKV_UNROLL
     for (int kk = 0; kk < 4; ++kk) {
       __m512 k = load16(K + kk * dp + c);
@@ -216,9 +227,13 @@ struct Pass {
 
 // Reads one byte of every cache line of the rows [r0, r0 + n) of K and V, in address order.
 // The kernels walk a block column-wise (one vector of every row at a time), which the hardware
-// prefetchers do not follow; a sequential sweep first lets them stream the block in, and then
-// the kernels run from cache. (Measured on the development machine: software prefetches of whole
-// blocks were slower than this, as each occupies an L1 miss buffer.)
+// prefetchers do not follow; a sequential sweep first lets them stream the rows in (about
+// kTouchBytes at a time, which stays in L2), and then the kernels run from cache.
+// Measured on the development machine (Zen 4, 4 KiB pages): software prefetches ahead of the
+// arithmetic (16 to 1024 rows, t0, t1, t2 or nta, every line or only the first lines of each
+// page, with or without this sweep) and demand touches of rows ahead interleaved with it were
+// all no faster or slower than this sweep (likely: each occupies one of the few L1 miss buffers,
+// and the hardware prefetchers stop at page boundaries). Sweeps of ~256 KiB beat per-block ones.
 void touch_rows(const HeadStore& st, int64_t r0, int64_t n, size_t row_bytes) {
   const char* k = static_cast<const char*>(st.k_data()) + size_t(r0) * row_bytes;
   const char* v = static_cast<const char*>(st.v_data()) + size_t(r0) * row_bytes;
@@ -228,6 +243,86 @@ void touch_rows(const HeadStore& st, int64_t r0, int64_t n, size_t row_bytes) {
   for (size_t off = 0; off < bytes; off += 64) sum += v[off];
   asm volatile("" ::"r"(sum));
 }
+
+#if defined(FAIRKV_AVX512)
+// o[r][c0, c0 + 16 CW) = o * corr[r] + sum_j prob[r][j] V[j][c0, c0 + 16 CW) for NR rows: each
+// value vector loaded (and converted, for f16) serves NR FMAs and each broadcast probability
+// CW, with the NR x CW accumulators in registers for the whole block.
+template <int NR, int CW, class T>
+inline void pv_tile(float* const* o, int64_t c0, const T* V, int64_t stride, int64_t nb,
+                    const float* prob, const float* corr) {
+  __m512 acc[NR][CW];
+  FAIRKV_UNROLL
+  for (int r = 0; r < NR; ++r) {
+    const __m512 cr = _mm512_set1_ps(corr[r]);
+    FAIRKV_UNROLL
+    for (int c = 0; c < CW; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + c0 + 16 * c), cr);
+  }
+  for (int64_t j = 0; j < nb; ++j) {
+    const T* vr = V + j * stride + c0;
+    __m512 v[CW];
+    FAIRKV_UNROLL
+    for (int c = 0; c < CW; ++c) v[c] = load16(vr + 16 * c);
+    FAIRKV_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      __m512 pr = _mm512_set1_ps(prob[r * kBlock + j]);
+      if constexpr (CW > 1) asm("" : "+v"(pr));  // one broadcast, not one per FMA
+      FAIRKV_UNROLL
+      for (int c = 0; c < CW; ++c) acc[r][c] = _mm512_fmadd_ps(pr, v[c], acc[r][c]);
+    }
+  }
+  FAIRKV_UNROLL
+  for (int r = 0; r < NR; ++r) {
+    FAIRKV_UNROLL
+    for (int c = 0; c < CW; ++c) _mm512_storeu_ps(o[r] + c0 + 16 * c, acc[r][c]);
+  }
+}
+
+// pv_tile over the whole of head_dim (dp a multiple of 16) for NR rows.
+template <int NR, int CW, class T>
+void pv_rows(float* const* o, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
+             const float* corr) {
+  int64_t c0 = 0;
+  for (; c0 + 16 * CW <= dp; c0 += 16 * CW) pv_tile<NR, CW>(o, c0, V, stride, nb, prob, corr);
+  for (; c0 < dp; c0 += 16) pv_tile<NR, 1>(o, c0, V, stride, nb, prob, corr);
+}
+
+// The values of a block for every row of the pass, rows in tiles of up to kPvRows.
+template <class T>
+void pv_fast(Pass& p, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
+             const float* corr) {
+  for (int r = 0; r < p.n;) {
+    float* const* o = p.o + r;
+    const float* pr = prob + r * kBlock;
+    const float* cr = corr + r;
+    switch (std::min(p.n - r, kPvRows)) {
+      case 8:
+        pv_rows<8, 2>(o, V, stride, nb, dp, pr, cr);
+        r += 8;
+        break;
+      case 7:
+      case 6:
+      case 5:
+      case 4:
+        pv_rows<4, 4>(o, V, stride, nb, dp, pr, cr);
+        r += 4;
+        break;
+      case 3:
+        pv_rows<3, 4>(o, V, stride, nb, dp, pr, cr);
+        r += 3;
+        break;
+      case 2:
+        pv_rows<2, 8>(o, V, stride, nb, dp, pr, cr);
+        r += 2;
+        break;
+      default:
+        pv_rows<1, 8>(o, V, stride, nb, dp, pr, cr);
+        r += 1;
+        break;
+    }
+  }
+}
+#endif
 
 // o[r] = o[r] * corr[r] + sum_j prob[r][j] V[j] for the NR rows of a pass, one vector of
 // head_dim at a time: each value vector is loaded (and converted, for f16) once for all rows,
@@ -265,6 +360,15 @@ void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const 
         const float* corr, Scratch& w) {
   const int64_t d = st.head_dim();
   constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
+#if defined(FAIRKV_AVX512)
+  if (dp == d) {
+    if (st.type() == KvType::F16)
+      pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr);
+    else
+      pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr);
+    return;
+  }
+#endif
   if (dp == d && st.type() == KvType::F16) {
     pv_dispatch_impl<true>(rows, p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp,
                            prob, corr);
@@ -321,6 +425,9 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
   w.s.resize(size_t(kMaxRows * kBlock));
   float corr[kMaxRows];
   const size_t row_bytes = size_t(st.head_dim()) * kv_type_bytes(st.type());
+  // Whole blocks per sweep of touch_rows.
+  const int64_t touch_rows_n =
+      std::max<int64_t>(1, int64_t(kTouchBytes / (2 * row_bytes * size_t(kBlock)))) * kBlock;
   const auto f32 = ScoreKernels<float>::for_dp(dp);
 #if defined(FAIRKV_AVX512)
   const auto f16 = ScoreKernels<uint16_t>::for_dp(dp);
@@ -329,7 +436,8 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
 #endif
   for (int64_t r0 = begin; r0 < hi; r0 += kBlock) {
     const int64_t nb = std::min(kBlock, hi - r0);
-    touch_rows(st, r0, nb, row_bytes);
+    if ((r0 - begin) % touch_rows_n == 0)
+      touch_rows(st, r0, std::min(touch_rows_n, hi - r0), row_bytes);
     // Scores, kSub keys at a time: their rows are shared by every query row.
     for (int64_t j0 = 0; j0 < nb; j0 += kSub) {
       const int64_t ns = std::min<int64_t>(kSub, nb - j0);
@@ -444,6 +552,18 @@ void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& poo
                        slices == 1 ? a.end : lo + (hi - lo) * (s + 1) / slices});
   }
   first_task[size_t(n)] = int64_t(tasks.size());
+  // Longest first (keys times query rows, plus a few rows' worth for the read), so that ragged
+  // lengths end together instead of one long call starting last.
+  std::vector<int64_t> order(tasks.size());
+  std::vector<double> cost(tasks.size());
+  for (size_t k = 0; k < tasks.size(); ++k) {
+    const AttentionArgs& a = calls[size_t(tasks[k].call)];
+    const int64_t hi = std::min<int64_t>({tasks[k].end, a.store->size(), a.visible + a.n_tokens});
+    cost[k] = double(std::max<int64_t>(0, hi - tasks[k].begin)) * double(a.n_tokens * a.group + 4);
+    order[k] = int64_t(k);
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t x, int64_t y) { return cost[size_t(x)] > cost[size_t(y)]; });
   // Partial outputs of sliced calls: group x head_dim and group floats per task.
   std::vector<std::vector<float>> part_out(tasks.size()), part_lse(tasks.size());
   auto sliced = [&](int64_t call) {
@@ -451,7 +571,8 @@ void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& poo
   };
   std::atomic<int64_t> next{0};
   pool.parallel_for(T, [&](int64_t, int64_t, int) {
-    for (int64_t k; (k = next.fetch_add(1)) < int64_t(tasks.size());) {
+    for (int64_t i; (i = next.fetch_add(1)) < int64_t(tasks.size());) {
+      const int64_t k = order[size_t(i)];
       const Task& t = tasks[size_t(k)];
       AttentionArgs a = calls[size_t(t.call)];
       if (sliced(t.call)) {

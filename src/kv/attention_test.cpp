@@ -2,10 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/threadpool.h"
@@ -192,6 +194,58 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttendVsRef,
                                   std::to_string(std::get<2>(info.param));
                          });
 
+// Long decode over many blocks and several touch sweeps, whole and as an unaligned slice
+// [begin, end): lengths are not multiples of the block, head sizes 64 and 128.
+TEST(Attend, LongDecodeMatchesReference) {
+  std::mt19937 rng(11);
+  for (KvType type : {KvType::F16, KvType::F32})
+    for (int64_t d : {int64_t(64), int64_t(128)}) {
+      const int64_t len = 2377;
+      const HeadStore s = random_store(len, d, type, rng);
+      for (int group : {1, 4, 8})
+        for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, INT64_MAX}, {37, 2001}}) {
+          const auto q = randn(group * d, rng);
+          std::vector<float> o(sz(group * d)), o_ref(o.size()), lse(sz(group)), lse_ref(lse.size());
+          AttentionArgs a;
+          a.store = &s;
+          a.q = q.data();
+          a.group = group;
+          a.scale = 1.0f / std::sqrt(float(d));
+          a.visible = len - 1;
+          a.begin = begin;
+          a.end = end;
+          a.out = o.data();
+          a.lse = lse.data();
+          attend(a);
+          a.out = o_ref.data();
+          a.lse = lse_ref.data();
+          attend_ref(a);
+          const std::string what = std::string(kv_type_name(type)) + " d" + std::to_string(d) +
+                                   " g" + std::to_string(group) + " begin " + std::to_string(begin);
+          expect_close(o, o_ref, 2e-5f, what + " out");
+          expect_close(lse, lse_ref, 2e-6f, what + " lse");
+        }
+    }
+}
+
+// An empty store: no keys, so zero outputs and lse = -inf, as the reference.
+TEST(Attend, EmptyStoreGivesZeroAndMinusInfinity) {
+  for (KvType type : {KvType::F16, KvType::F32}) {
+    const HeadStore s(128, type);
+    std::vector<float> q(8 * 128, 1.0f), o(q.size(), 7.0f), lse(8, 7.0f);
+    AttentionArgs a;
+    a.store = &s;
+    a.q = q.data();
+    a.group = 8;
+    a.visible = -1;
+    a.out = o.data();
+    a.lse = lse.data();
+    attend(a);
+    for (float x : o) EXPECT_EQ(x, 0.0f);
+    for (float x : lse) EXPECT_EQ(x, -std::numeric_limits<float>::infinity());
+  }
+}
+
 // More query rows than one pass holds (tokens x group > 16) and a group beyond 16.
 TEST(Attend, ManyRowsSpanSeveralPasses) {
   std::mt19937 rng(5);
@@ -289,6 +343,47 @@ TEST(AttendBatch, RaggedBatchEqualsDenseMaskedReference) {
             << "sequence " << b << " head " << g << " dim " << i;
       }
     }
+}
+
+// Ragged decode calls, taken longest first by the pool, equal single calls.
+TEST(AttendBatch, RaggedDecodeBatchEqualsSingleCalls) {
+  std::mt19937 rng(12);
+  const int group = 8;
+  const int64_t d = 128;
+  const std::vector<int64_t> lens = {300, 5000, 1, 0, 2500, 77, 4100};
+  std::vector<HeadStore> stores;
+  for (int64_t len : lens) stores.push_back(random_store(len, d, KvType::F16, rng));
+  const int64_t B = int64_t(lens.size());
+  const auto Q = randn(B * group * d, rng);
+  std::vector<float> out(sz(B * group * d)), lse(sz(B * group));
+  std::vector<AttentionArgs> calls(sz(B));
+  for (int64_t b = 0; b < B; ++b) {
+    AttentionArgs& a = calls[sz(b)];
+    a.store = &stores[sz(b)];
+    a.q = &Q[sz(b * group * d)];
+    a.group = group;
+    a.scale = 1.0f / std::sqrt(float(d));
+    a.visible = lens[sz(b)] - 1;
+    a.out = &out[sz(b * group * d)];
+    a.lse = &lse[sz(b * group)];
+  }
+  for (int threads : {1, 2, 3}) {
+    kernels::ThreadPool pool(threads);
+    std::fill(out.begin(), out.end(), 0.0f);
+    attend_batch(calls, pool);
+    for (int64_t b = 0; b < B; ++b) {
+      AttentionArgs a = calls[sz(b)];
+      std::vector<float> o1(sz(group * d)), l1(sz(group));
+      a.out = o1.data();
+      a.lse = l1.data();
+      attend(a);
+      const std::vector<float> got(out.begin() + b * group * d, out.begin() + (b + 1) * group * d);
+      const std::vector<float> got_lse(lse.begin() + b * group, lse.begin() + (b + 1) * group);
+      const std::string what = std::to_string(threads) + " threads, call " + std::to_string(b);
+      expect_close(got, o1, 1e-5f, what);
+      expect_close(got_lse, l1, 1e-6f, what + " lse");
+    }
+  }
 }
 
 // Long decode calls fewer than the threads are cut into slices and merged.

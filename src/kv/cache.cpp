@@ -23,7 +23,7 @@ kernels::DType dtype_of(KvType t) {
 
 // Room for `rows` more rows of `row` bytes; grows by a quarter (at least 16 rows) so that a decode
 // append copies the store only O(log n) times in all, and a prefill append allocates exactly.
-void make_room(std::vector<uint8_t>& a, size_t row, size_t rows) {
+void make_room(StoreBytes& a, size_t row, size_t rows) {
   const size_t need = a.size() + rows * row;
   if (need <= a.capacity()) return;
   const size_t grown = a.empty() ? need : a.capacity() + a.capacity() / 4 + 16 * row;
@@ -58,7 +58,7 @@ void HeadStore::keep(std::span<const int64_t> indices) {
     prev = i;
   }
   // Gather the kept rows into exactly-sized arrays: the memory held must equal the tokens kept.
-  std::vector<uint8_t> k(indices.size() * row), v(indices.size() * row);
+  StoreBytes k(indices.size() * row), v(indices.size() * row);
   for (size_t j = 0; j < indices.size(); ++j) {
     std::memcpy(k.data() + j * row, k_.data() + size_t(indices[j]) * row, row);
     std::memcpy(v.data() + j * row, v_.data() + size_t(indices[j]) * row, row);
@@ -70,8 +70,8 @@ void HeadStore::keep(std::span<const int64_t> indices) {
 
 void HeadStore::clear() {
   len_ = 0;
-  std::vector<uint8_t>().swap(k_);
-  std::vector<uint8_t>().swap(v_);
+  StoreBytes().swap(k_);
+  StoreBytes().swap(v_);
 }
 
 void HeadStore::k_row(int64_t i, float* out) const {

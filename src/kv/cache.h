@@ -9,6 +9,8 @@
 #include <span>
 #include <vector>
 
+#include "kv/store_memory.h"
+
 namespace fairkv::kv {
 
 enum class KvType { F32, F16 };
@@ -44,7 +46,7 @@ class HeadStore {
   int64_t head_dim_ = 0;
   KvType type_ = KvType::F32;
   int64_t len_ = 0;
-  std::vector<uint8_t> k_, v_;
+  StoreBytes k_, v_;  // large ones on huge pages (store_memory.h)
 };
 
 // The stores of one sequence: [layer][kv head]. A model that serves a subset of heads (a shard)

@@ -95,6 +95,33 @@ TEST_P(HeadStoreTest, KeepRejectsUnsortedOrOutOfRangeIndices) {
   EXPECT_EQ(s.bytes(), 0u);
 }
 
+// A store past kHugeThreshold lives on a 2 MiB boundary (so that transparent huge pages can back
+// it), grows, compresses and frees like a small one, and still holds exactly its rows.
+TEST(HeadStore, LargeStoreIsHugePageAlignedAndExact) {
+  const int64_t d = 128, n = 5000;  // 2.4 MiB of f32 keys
+  HeadStore s(d, KvType::F32);
+  const auto k = random_rows(n, d, 5), v = random_rows(n, d, 6);
+  s.append(k.data(), v.data(), n);
+  ASSERT_GE(s.bytes() / 2, kHugeThreshold);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(s.k_data()) % (uintptr_t(2) << 20), 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(s.v_data()) % (uintptr_t(2) << 20), 0u);
+  EXPECT_EQ(s.capacity_bytes(), s.bytes());
+  s.append(k.data(), v.data(), 1);  // grows by a quarter: a copy into a new mapping
+  std::vector<float> row(sz(d));
+  s.k_row(n, row.data());
+  for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], k[sz(j)]);
+  s.v_row(n - 1, row.data());
+  for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], v[sz((n - 1) * d + j)]);
+  std::vector<int64_t> keep;  // every third row, back below the threshold
+  for (int64_t i = 0; i <= n; i += 3) keep.push_back(i);
+  s.keep(keep);
+  EXPECT_EQ(s.capacity_bytes(), s.bytes());
+  s.k_row(int64_t(keep.size()) - 1, row.data());
+  for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], k[sz(keep.back() * d + j)]);
+  s.clear();
+  EXPECT_EQ(s.capacity_bytes(), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, HeadStoreTest, ::testing::Values(KvType::F32, KvType::F16),
                          [](const auto& info) { return std::string(kv_type_name(info.param)); });
 
