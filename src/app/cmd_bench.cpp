@@ -58,15 +58,15 @@ double mib(size_t b) {
 }
 
 void print_table(const std::vector<runtime::BenchRow>& rows, bool wall) {
-  fmt::print("{:<10} {:>11} {:>9} {:>10} {:>9} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10}\n",
-             "placement", "emul. ms", "tok/s", "bound ms", "vs tp", "imbal.", "plan imb.",
-             "replicas", "KV MiB", "wall ms", "wall vs tp");
+  fmt::print("{:<10} {:>11} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10}\n",
+             "placement", "emul. ms", "tok/s", "bound ms", "ideal ms", "vs tp", "imbal.",
+             "plan imb.", "replicas", "KV MiB", "wall ms", "wall vs tp");
   for (const auto& r : rows)
     fmt::print(
-        "{:<10} {:>11.2f} {:>9.1f} {:>10.2f} {:>8.3f}x {:>8.3f} {:>9.3f} {:>9} {:>8.1f} {:>10} "
-        "{:>10}\n",
-        r.planner, r.step_ms_emulated, r.tok_s_emulated, r.lower_bound_ms, r.speedup_vs_tp,
-        r.imbalance, r.planned_imbalance, r.replicas, mib(r.max_kv_bytes),
+        "{:<10} {:>11.2f} {:>9.1f} {:>10.2f} {:>9.2f} {:>8.3f}x {:>8.3f} {:>9.3f} {:>9} {:>8.1f} "
+        "{:>10} {:>10}\n",
+        r.planner, r.step_ms_emulated, r.tok_s_emulated, r.lower_bound_ms, r.ideal_ms,
+        r.speedup_vs_tp, r.imbalance, r.planned_imbalance, r.replicas, mib(r.max_kv_bytes),
         wall ? fmt::format("{:.2f}", r.step_ms_wall) : std::string("-"),
         wall ? fmt::format("{:.3f}x", r.speedup_wall_vs_tp) : std::string("-"));
 }
@@ -78,6 +78,7 @@ nlohmann::json row_json(const runtime::BenchRow& r, bool wall) {
           {"step_ms_emulated", r.step_ms_emulated},
           {"step_ms_wall", wall ? nlohmann::json(r.step_ms_wall) : nlohmann::json()},
           {"lower_bound_ms", r.lower_bound_ms},
+          {"ideal_ms", r.ideal_ms},
           {"collective_ms", r.collective_ms},
           {"kv_time_factor", r.kv_time_factor},
           {"imbalance", r.imbalance},
@@ -192,7 +193,8 @@ void run(const BenchArgs& a) {
     fmt::print(
         "emulated: each rank's step timed alone on the whole machine ({} threads); step = sum "
         "over layers of the slowest rank + the collectives measured among {} threads ({:.3f} "
-        "ms/step). bound: every layer at tp's mean rank time.\n",
+        "ms/step). bound: the same with every layer at its mean rank time; ideal: every layer "
+        "at tp's mean rank time (no replicas, no extra collectives).\n",
         s.threads, s.devices, rows.empty() ? 0.0 : rows[0].collective_ms);
     if (s.calibrate && !rows.empty())
       fmt::print(

@@ -257,6 +257,53 @@ bool best_fit_fill(std::span<const int> order, std::span<const double> tokens, d
   return true;
 }
 
+// Tails first, for expensive weight reads: every device gets an even number of tail slots (the
+// extras on the last devices), so that its room for KV is T - slots x w; the units' tokens then
+// wrap around the devices in `order`, and each unit's tail goes to the first free slot on or after
+// the device where its tokens end (an empty tail when that is a later device). A unit ending
+// early needs an early slot, so smallest-first orders suit it: wrap_fill instead puts the weight
+// read wherever a unit happens to end, and with w near T / 2 two tails can land on one device
+// while another has none. Returns false when T is too small or a unit finds no slot.
+bool tail_slot_fill(std::span<const int> order, std::span<const double> tokens, double w,
+                    int devices, double target, double tol, Holdings* out) {
+  const int units = int(order.size());
+  std::vector<int> slots(size_t(devices), units / devices);
+  for (int d = devices - units % devices; d < devices; ++d) ++slots[size_t(d)];
+  std::vector<double> room(static_cast<size_t>(devices));
+  for (int d = 0; d < devices; ++d) {
+    room[size_t(d)] = target - slots[size_t(d)] * w;
+    if (room[size_t(d)] < -tol) return false;
+  }
+  Holdings h(tokens.size());
+  std::vector<int> last(tokens.size(), 0);  // the device where each unit's tokens end
+  int d = 0;
+  for (int u : order) {
+    double rest = tokens[size_t(u)];
+    for (;;) {
+      const double piece = std::min(std::max(0.0, room[size_t(d)]), rest);
+      if (piece > tol || h[size_t(u)].empty()) {
+        h[size_t(u)].push_back({d, piece});
+        room[size_t(d)] -= piece;
+        rest -= piece;
+      }
+      if (rest <= tol) break;
+      if (++d == devices) return false;
+    }
+    last[size_t(u)] = h[size_t(u)].back().device;
+  }
+  for (int u : order) {  // tokens end in non-decreasing device order: first free slot suffices
+    int t = last[size_t(u)];
+    while (t < devices && slots[size_t(t)] == 0) ++t;
+    if (t == devices) return false;
+    --slots[size_t(t)];
+    if (t != last[size_t(u)]) h[size_t(u)].push_back({t, 0.0});
+  }
+  for (size_t u = 0; u < h.size(); ++u)
+    for (Holding& x : h[u]) x.part = tokens[u] > 0 ? x.part / tokens[u] : 1.0 / h[u].size();
+  if (out) *out = std::move(h);
+  return true;
+}
+
 using Fill = std::function<bool(std::span<const int>, std::span<const double>, double, int, double,
                                 double, Holdings*)>;
 
@@ -358,6 +405,18 @@ LayerPlan split_layer(std::span<const double> tokens, const CostModel& cost, int
   if (replicas > 0 && cost.unit_weight_load() > 0) {
     auto h = fill_to_smallest_target(best_fit_fill, tokens, cost, devices);
     if (holding_replicas(h) <= replicas) cands.push_back(to_layer(h, devices, ShareKind::Tokens));
+    // Tails first, smallest units first (and heaviest first, the order it is given).
+    for (bool smallest_first : {true, false}) {
+      h = fill_to_smallest_target(
+          [smallest_first](std::span<const int> order, std::span<const double> t, double w, int r,
+                           double target, double tol, Holdings* out) {
+            std::vector<int> o(order.begin(), order.end());
+            if (smallest_first) std::reverse(o.begin(), o.end());
+            return tail_slot_fill(o, t, w, r, target, tol, out);
+          },
+          tokens, cost, devices);
+      if (holding_replicas(h) <= replicas) cands.push_back(to_layer(h, devices, ShareKind::Tokens));
+    }
   }
   if (replicas > 0 && cost.batch > 1) {
     // fair-copy's replicas with exact token shares: split is never worse than fair-copy.

@@ -100,20 +100,18 @@ std::vector<RankItem> decode_items(std::vector<std::unique_ptr<RankSequence>>& s
   return items;
 }
 
-// Measured cost of one decode step's collectives among R threads: two all-reduces of batch x
-// embd floats per layer, plus one small all-gather per layer with token slices.
 // The collectives of one decode step: two all-reduces of the activations per layer, and per
-// layer with token slices the queries' all-reduce (q_floats) and the all-gather of the slices'
-// outputs with their log-sum-exps (gather_bytes per rank).
+// layer with token slices the queries' all-reduce (q_floats), the all-gather of the slices'
+// log-sum-exps (lse_bytes per rank) and the all-reduce of their weighted outputs (q_floats).
 double collectives_ms(int R, int batch, const model::ModelConfig& c, int gathers, size_t q_floats,
-                      size_t gather_bytes) {
+                      size_t lse_bytes) {
   if (R == 1) return 0.0;
   const int reps = 20;
   double ms = 0;
   std::mutex mu;
   run_ranks(R, [&](Communicator& comm) {
     std::vector<float> x(size_t(batch) * size_t(c.n_embd), 1.0f);
-    std::vector<uint8_t> send(gather_bytes), recv(gather_bytes * size_t(R));
+    std::vector<uint8_t> send(lse_bytes), recv(lse_bytes * size_t(R));
     std::vector<float> q(q_floats, 1.0f);
     comm.barrier();
     const auto t0 = Clock::now();
@@ -125,6 +123,7 @@ double collectives_ms(int R, int batch, const model::ModelConfig& c, int gathers
       for (int g = 0; g < gathers; ++g) {
         comm.all_reduce_sum(q.data(), q.size());
         comm.all_gather(send.data(), send.size(), recv.data());
+        comm.all_reduce_sum(q.data(), q.size());
       }
     }
     comm.barrier();
@@ -393,7 +392,7 @@ std::vector<BenchRow> bench_placements(
       other[size_t(r)] = std::max(0.0, e.whole[size_t(r)] - seg);  // embedding, logits
     }
     int gathers = 0;
-    size_t q_floats = 0, gather_bytes = 0;
+    size_t q_floats = 0, lse_bytes = 0;
     for (int l = 0; l < L; ++l) {
       int splits = 0;
       for (int h = 0; h < c.n_kv_heads; ++h) {
@@ -407,10 +406,10 @@ std::vector<BenchRow> bench_placements(
         ++gathers;
         const size_t heads = size_t(splits) * size_t(B) * size_t(c.group());
         q_floats = std::max(q_floats, heads * size_t(c.head_dim));
-        gather_bytes = std::max(gather_bytes, heads * size_t(c.head_dim + 1) * 4);
+        lse_bytes = std::max(lse_bytes, heads * sizeof(float));
       }
     }
-    row.collective_ms = collectives_ms(R, B, c, gathers, q_floats, gather_bytes);
+    row.collective_ms = collectives_ms(R, B, c, gathers, q_floats, lse_bytes);
     row.layer_rank_ms.assign(size_t(L), std::vector<double>(size_t(R), 0.0));
     const double fixed = row.collective_ms + *std::max_element(other.begin(), other.end());
     double step = fixed, bound = fixed;
@@ -431,6 +430,7 @@ std::vector<BenchRow> bench_placements(
     row.step_ms_emulated = step;
     row.tok_s_emulated = 1000.0 * B / step;
     row.lower_bound_ms = bound;
+    row.ideal_ms = bound;
 
     if (spec.wall) {
       tick(fmt::format("{}: {} ranks in parallel (wall)", row.planner, R));
@@ -462,12 +462,12 @@ std::vector<BenchRow> bench_placements(
   }
   if (progress) progress(total, total, "done");
 
-  // tp's mean rank time per layer reads every unit once: the bound every placement is held to.
+  // tp's mean rank time per layer reads every unit once: the ideal every placement is held to.
   const BenchRow* tp = nullptr;
   for (const BenchRow& r : rows)
     if (r.planner == "tp") tp = &r;
   for (BenchRow& r : rows) {
-    if (tp && tp != &r) r.lower_bound_ms = std::min(r.lower_bound_ms, tp->lower_bound_ms);
+    if (tp && tp != &r) r.ideal_ms = std::min(r.ideal_ms, tp->ideal_ms);
     if (tp) {
       r.speedup_vs_tp = tp->step_ms_emulated / r.step_ms_emulated;
       if (spec.wall && r.step_ms_wall > 0) r.speedup_wall_vs_tp = tp->step_ms_wall / r.step_ms_wall;

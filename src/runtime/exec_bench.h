@@ -9,8 +9,10 @@
 //    layer's segments between collectives is measured (the fastest over steps and rounds); the step
 //    is the sum over layers of the slowest rank, plus the measured cost of the collectives: what R
 //    separate devices would see. lower_bound_ms is the same sum with every layer perfectly
-//    balanced: tp's mean rank time (every unit read once, no replicas) in place of the slowest
-//    rank.
+//    balanced: the placement's own mean rank time in place of the slowest rank (its own
+//    collectives and extra work kept). ideal_ms is stricter: every layer at tp's mean rank time
+//    (each unit read once, no replicas, no extra collectives), the least any placement could
+//    reach on these devices.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +56,7 @@ struct BenchSpec {
 struct BenchRow {
   std::string planner;
   int devices = 0, batch = 0;
-  double step_ms_emulated = 0, step_ms_wall = 0, lower_bound_ms = 0;
+  double step_ms_emulated = 0, step_ms_wall = 0, lower_bound_ms = 0, ideal_ms = 0;
   double collective_ms = 0;      // per step, inside the emulated step time
   double imbalance = 0;          // measured: max / mean rank attention time per layer, averaged
   double planned_imbalance = 0;  // the cost model's max / lower bound per layer, averaged

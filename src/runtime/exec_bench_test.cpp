@@ -69,11 +69,21 @@ TEST(ExecBench, ReportsEveryPlanner) {
   EXPECT_GT(calls, 8);
   EXPECT_EQ(rows[0].planner, "tp");
   EXPECT_DOUBLE_EQ(rows[0].speedup_vs_tp, 1.0);
+  EXPECT_DOUBLE_EQ(rows[0].ideal_ms, rows[0].lower_bound_ms);  // tp's bound is the ideal
   for (const auto& r : rows) {
     SCOPED_TRACE(r.planner);
     EXPECT_GT(r.step_ms_emulated, 0);
     EXPECT_GT(r.step_ms_wall, 0);
     EXPECT_LE(r.lower_bound_ms, r.step_ms_emulated * (1 + 1e-9));
+    EXPECT_LE(r.ideal_ms, r.lower_bound_ms * (1 + 1e-9));
+    // The step and its bound differ by exactly each layer's slowest rank over its mean.
+    double excess = 0;
+    for (const auto& layer : r.layer_rank_ms) {
+      double mx = 0, sum = 0;
+      for (double t : layer) mx = std::max(mx, t), sum += t;
+      excess += mx - sum / double(layer.size());
+    }
+    EXPECT_NEAR(r.step_ms_emulated - r.lower_bound_ms, excess, 1e-9 * r.step_ms_emulated);
     EXPECT_GE(r.imbalance, 1.0);
     EXPECT_EQ(r.layer_rank_ms.size(), 2u);
     EXPECT_GT(r.max_kv_bytes, 0u);

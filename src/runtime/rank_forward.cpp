@@ -419,49 +419,47 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
     }
   });
   if (n_split == 0) return;
-  // Token slices: each part's output is exact for its rows. Every part sends its outputs and
-  // log-sum-exps; the tail merges them, weighting part r by exp(lse_r - L) with L the
-  // log-sum-exp over parts, which is the attention over all rows, and alone applies Wo to it.
+  // Token slices: each part's output is exact for its rows. The parts' log-sum-exps are gathered
+  // (one float per split unit, row and query head), so that every rank knows L, the log-sum-exp
+  // over parts; each part scales its output by exp(lse_r - L) and one all-reduce sums them into
+  // the attention over all rows, to which the tail alone applies Wo. (Gathering the outputs
+  // instead moves R times the bytes.)
   const int R = comm_.size();
-  const int64_t rec = hd + 1;  // per (split unit, row, query head): lse, then the output
-  const size_t per_rank = size_t(n_split * rows * group * rec);
-  lse_all_.resize(per_rank * size_t(R));
-  tmp_.assign(per_rank, 0.0f);
+  const size_t n_lse = size_t(n_split * rows * group);
+  lse_all_.resize(n_lse * size_t(R));
+  auto t0 = Clock::now();
+  comm_.all_gather(lse_.data(), n_lse * sizeof(float), lse_all_.data());
+  if (timing) timing->collective_ms += ms_between(t0, Clock::now());
+  const int64_t qrow = group * hd;
+  tmp_.assign(size_t(n_split * rows * qrow), 0.0f);
   for (int64_t si = 0; si < n_split; ++si) {
     const UnitView* u = view_of(splits[size_t(si)]);
+    if (!u) continue;
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t g = 0; g < group; ++g) {
-        float* dst = &tmp_[size_t(((si * rows + r) * group + g) * rec)];
-        dst[0] = lse_[size_t((si * rows + r) * group + g)];
-        if (u && dst[0] != kNegInf) std::copy_n(att_at(*u, r) + g * hd, hd, dst + 1);
+        const size_t at = size_t((si * rows + r) * group + g);
+        float* out = att_at(*u, r) + g * hd;
+        const float mine = lse_[at];
+        if (mine != kNegInf) {
+          float m = kNegInf;
+          for (int q = 0; q < R; ++q) m = std::max(m, lse_all_[size_t(q) * n_lse + at]);
+          double sum = 0;
+          for (int q = 0; q < R; ++q) sum += std::exp(double(lse_all_[size_t(q) * n_lse + at] - m));
+          const float w = float(std::exp(double(mine - m)) / sum);
+          float* dst = &tmp_[at * size_t(hd)];
+          for (int64_t e = 0; e < hd; ++e) dst[e] = w * out[e];
+        }
+        if (u->held) std::fill_n(out, hd, 0.0f);
       }
   }
-  const auto t0 = Clock::now();
-  comm_.all_gather(tmp_.data(), per_rank * sizeof(float), lse_all_.data());
+  t0 = Clock::now();
+  comm_.all_reduce_sum(tmp_.data(), tmp_.size());
   if (timing) timing->collective_ms += ms_between(t0, Clock::now());
   for (int64_t si = 0; si < n_split; ++si) {
     const UnitView* u = view_of(splits[size_t(si)]);
-    if (!u || !u->held) continue;  // KV-only slices' outputs went to the tail
-    const bool tail = is_tail(u->head);
+    if (!u || !u->held || !is_tail(u->head)) continue;  // the tail applies Wo to the merged output
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t g = 0; g < group; ++g) {
-        float* out = att_at(*u, r) + g * hd;
-        std::fill_n(out, hd, 0.0f);
-        if (!tail) continue;  // the tail applies Wo to the merged output
-        const size_t at = size_t(((si * rows + r) * group + g) * rec);
-        float m = kNegInf;
-        for (int q = 0; q < R; ++q) m = std::max(m, lse_all_[size_t(q) * per_rank + at]);
-        if (m == kNegInf) continue;  // no part holds a row yet
-        double sum = 0;
-        for (int q = 0; q < R; ++q)
-          sum += std::exp(double(lse_all_[size_t(q) * per_rank + at] - m));
-        for (int q = 0; q < R; ++q) {
-          const float* part = &lse_all_[size_t(q) * per_rank + at];
-          if (part[0] == kNegInf) continue;
-          const float w = float(std::exp(double(part[0] - m)) / sum);
-          for (int64_t e = 0; e < hd; ++e) out[e] += w * part[1 + e];
-        }
-      }
+      std::copy_n(&tmp_[size_t((si * rows + r) * qrow)], qrow, att_at(*u, r));
   }
 }
 
