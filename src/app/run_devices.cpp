@@ -25,7 +25,7 @@ void add_device_options(CLI::App& cmd, DeviceOptions& o) {
       ->capture_default_str();
   cmd.add_flag("--rebalance", o.rebalance,
                "With --devices: re-divide shares by the kept lengths after the prefill");
-  cmd.add_option("--batch-file", o.batch_file,
+  cmd.add_option("--batch-file,--batch", o.batch_file,
                  "Decode a batch of prompts together on the devices: one per line (or a .jsonl "
                  "file / folder, as eval reads them)");
 }
