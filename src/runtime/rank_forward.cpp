@@ -552,14 +552,34 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
   }
   for (RankItem& it : batch) it.seq->cache.n_past += int64_t(it.tokens.size());
 
-  // Every rank computes the same logits from the same replicated rows: no broadcast needed.
-  const int64_t n_out = int64_t(batch.size());
+  // Every rank holds the same final rows; each computes the logits of its vocabulary slice and
+  // the slices are all-gathered (blocks of ceil(V / R) per rank, the last ones padded).
+  const int64_t n_out = int64_t(batch.size()), V = c_.n_vocab;
   rows_out_.resize(size_t(n_out * E));
   for (int64_t i = 0; i < n_out; ++i)
     kernels::rmsnorm(&rows_out_[i * E], &x_[(row0_[size_t(i) + 1] - 1) * E], full_.output_norm, E,
                      c_.norm_eps);
-  logits_.resize(size_t(n_out) * size_t(c_.n_vocab));
-  kernels::matmul(full_.output, rows_out_.data(), n_out, logits_.data(), pool_, act_);
+  const int R = comm_.size();
+  const int64_t block = (V + R - 1) / R, nv = shard_.vocab_end - shard_.vocab_begin;
+  tmp_.assign(size_t(n_out * block), 0.0f);
+  if (nv > 0) {
+    logits_.resize(size_t(n_out * nv));
+    kernels::matmul(shard_.output, rows_out_.data(), n_out, logits_.data(), pool_, act_);
+    for (int64_t i = 0; i < n_out; ++i)
+      std::copy_n(&logits_[size_t(i * nv)], nv, &tmp_[size_t(i * block)]);
+  }
+  gathered_.resize(size_t(R) * tmp_.size());
+  const auto t0 = Clock::now();
+  comm_.all_gather(tmp_.data(), tmp_.size() * sizeof(float), gathered_.data());
+  if (timing) timing->collective_ms += ms_between(t0, Clock::now());
+  logits_.resize(size_t(n_out * V));
+  for (int q = 0; q < R; ++q) {
+    int64_t v0 = 0, v1 = 0;
+    vocab_range(V, q, R, &v0, &v1);
+    for (int64_t i = 0; i < n_out; ++i)
+      std::copy_n(&gathered_[size_t(q) * tmp_.size() + size_t(i * block)], v1 - v0,
+                  &logits_[size_t(i * V + v0)]);
+  }
   return logits_;
 }
 

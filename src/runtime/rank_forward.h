@@ -152,7 +152,7 @@ class RankForward {
   void project(const ShardLayer& S, int layer, int64_t rows);
   void apply_wo(const ShardLayer& S, int layer, int64_t rows);
   std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,
-      rows_out_, qx_, tmp_, qk_, attk_;
+      rows_out_, qx_, tmp_, qk_, attk_, gathered_;
 };
 
 }  // namespace fairkv::runtime

@@ -54,6 +54,12 @@ void mlp_range(int64_t ff, int rank, int ranks, int64_t align, int64_t* f0, int6
   *f1 = blocks * (rank + 1) / ranks * a;
 }
 
+void vocab_range(int64_t vocab, int rank, int ranks, int64_t* v0, int64_t* v1) {
+  const int64_t block = (vocab + ranks - 1) / ranks;
+  *v0 = std::min(vocab, block * rank);
+  *v1 = std::min(vocab, *v0 + block);
+}
+
 namespace {
 
 // Copies rows [r0, r0 + n) of m into dst (same type); returns bytes copied.
@@ -186,6 +192,8 @@ ShardedWeights shard_weights(const model::ModelConfig& c, const model::Weights& 
     S.up = b.pack_rows(L.w_up, {{f0, nf}});
     S.down = b.pack_cols(L.w_down, {{f0, nf}}, fmt::format("blk.{}.ffn_down", l));
   }
+  vocab_range(w.output.rows, rank, p.devices, &s.vocab_begin, &s.vocab_end);
+  s.output = b.pack_rows(w.output, {{s.vocab_begin, s.vocab_end - s.vocab_begin}});
   return s;
 }
 

@@ -6,8 +6,10 @@
 // of head h and the matching Wo columns; the units of a layer are packed side by side so that the
 // rank's attention is one product per matrix. The MLP is split as standard TP splits it: gate and
 // up rows [f0, f1), down columns [f0, f1), with f0, f1 on quantization block boundaries when ff
-// allows it. Embeddings, norms and the output matrix stay views of the mapping, shared by all
-// ranks. Only the slices' pages of a mapped file are read.
+// allows it. The output matrix is split by vocabulary as vLLM's ParallelLMHead splits it: rank r
+// holds rows [v0, v1), ceil(vocab / R) of them (the last rank fewer), and the ranks all-gather
+// their logits. Embeddings and norms stay views of the mapping, shared by all ranks (a lookup
+// reads only the rows of the tokens). Only the slices' pages of a mapped file are read.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +46,8 @@ struct ShardedWeights {
   int rank = 0, ranks = 1;
   int64_t ff_begin = 0, ff_end = 0;
   std::vector<ShardLayer> layers;
+  kernels::WeightMatrix output;  // rows [vocab_begin, vocab_end) of the output matrix
+  int64_t vocab_begin = 0, vocab_end = 0;
   size_t bytes = 0;                // bytes of the slices this rank holds (its own copies)
   std::vector<std::string> notes;  // slices stored in another type than the file's, and why
   std::vector<std::vector<uint8_t>> owned;
@@ -53,6 +57,10 @@ struct ShardedWeights {
 // do not matter: rebalancing changes them without moving weights). A token slice that is not its
 // unit's tail holds no weights: the tail projects for it.
 std::vector<std::vector<HeldUnit>> held_units(const placement::Placement& p, int rank, int group);
+
+// The output rows [v0, v1) of rank r out of R: ceil(vocab / R) each, the last ones fewer (or
+// none), so that every rank's logits fit one all-gather block of that size.
+void vocab_range(int64_t vocab, int rank, int ranks, int64_t* v0, int64_t* v1);
 
 // The MLP rows [f0, f1) of rank r out of R: even parts, boundaries rounded to `align`.
 void mlp_range(int64_t ff, int rank, int ranks, int64_t align, int64_t* f0, int64_t* f1);

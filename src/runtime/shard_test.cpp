@@ -88,6 +88,18 @@ TEST(Shard, SlicesAreTheUnitsRowsAndColumns) {
     }
   }
   EXPECT_EQ(ff_covered, c.n_ff);
+  // The output matrix by vocabulary: the ranks' slices are its rows, in order.
+  int64_t v_covered = 0;
+  for (int r = 0; r < R; ++r) {
+    const ShardedWeights s = shard_weights(c, m->weights, p, r);
+    EXPECT_EQ(s.vocab_begin, v_covered);
+    v_covered = s.vocab_end;
+    ASSERT_EQ(s.output.rows, s.vocab_end - s.vocab_begin);
+    const size_t rb = kernels::row_bytes(m->weights.output.type, c.n_embd);
+    for (int64_t i = 0; i < s.output.rows; ++i)
+      ASSERT_EQ(std::memcmp(s.output.row(i), m->weights.output.row(s.vocab_begin + i), rb), 0);
+  }
+  EXPECT_EQ(v_covered, c.n_vocab);
   // The heavy units are cut into token slices, but only each unit's tail holds its weights: every
   // unit is held exactly once.
   int replicas = 0;
@@ -111,6 +123,23 @@ TEST(Shard, MlpRangesTileAndAlign) {
         at = f1;
       }
       EXPECT_EQ(at, ff);
+    }
+}
+
+TEST(Shard, VocabRangesTileInEqualBlocks) {
+  for (int64_t vocab : {1, 5, 512, 32000, 128256})
+    for (int R = 1; R <= 8; ++R) {
+      const int64_t block = (vocab + R - 1) / R;
+      int64_t at = 0;
+      for (int r = 0; r < R; ++r) {
+        int64_t v0, v1;
+        vocab_range(vocab, r, R, &v0, &v1);
+        EXPECT_EQ(v0, at);
+        EXPECT_LE(v1 - v0, block);  // every slice fits the all-gather's block
+        EXPECT_EQ(v1 - v0, std::min(block, vocab - v0));
+        at = v1;
+      }
+      EXPECT_EQ(at, vocab);
     }
 }
 
