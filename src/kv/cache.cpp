@@ -46,6 +46,13 @@ void HeadStore::append(const float* k, const float* v, int64_t n) {
   len_ += n;
 }
 
+void HeadStore::reserve(int64_t rows) {
+  if (rows < 0) throw std::invalid_argument("HeadStore::reserve: negative row count");
+  const size_t bytes = size_t(rows) * size_t(head_dim_) * kv_type_bytes(type_);
+  k_.reserve(bytes);
+  v_.reserve(bytes);
+}
+
 void HeadStore::keep(std::span<const int64_t> indices) {
   const size_t row = size_t(head_dim_) * kv_type_bytes(type_);
   int64_t prev = -1;

@@ -27,6 +27,8 @@ class HeadStore {
   KvType type() const { return type_; }
   // Appends n rows (float32 in, converted to the store's type). Amortised O(n).
   void append(const float* k, const float* v, int64_t n);
+  // Room for `rows` rows in all, allocated exactly, so that appends up to that size copy nothing.
+  void reserve(int64_t rows);
   // Keeps only the rows at the given strictly increasing indices, in order; frees the rest.
   void keep(std::span<const int64_t> indices);
   void clear();

@@ -95,6 +95,24 @@ TEST_P(HeadStoreTest, KeepRejectsUnsortedOrOutOfRangeIndices) {
   EXPECT_EQ(s.bytes(), 0u);
 }
 
+// Appends up to a reserved size neither move the rows nor leave slack.
+TEST(HeadStore, ReservedAppendsStayInPlaceAndExact) {
+  const int64_t d = 16;
+  HeadStore s(d, KvType::F16);
+  s.reserve(100);
+  const auto k = random_rows(100, d, 7), v = random_rows(100, d, 8);
+  s.append(k.data(), v.data(), 1);
+  const void* where = s.k_data();
+  for (int64_t i = 1; i < 100; i += 33) s.append(k.data() + i * d, v.data() + i * d, 33);
+  EXPECT_EQ(s.size(), 100);
+  EXPECT_EQ(s.k_data(), where);
+  EXPECT_EQ(s.capacity_bytes(), s.bytes());
+  std::vector<float> row(sz(d));
+  s.v_row(99, row.data());
+  for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], as_stored(KvType::F16, v[sz(99 * d + j)]));
+  EXPECT_THROW(s.reserve(-1), std::invalid_argument);
+}
+
 // A store past kHugeThreshold lives on a 2 MiB boundary (so that transparent huge pages can back
 // it), grows, compresses and frees like a small one, and still holds exactly its rows.
 TEST(HeadStore, LargeStoreIsHugePageAlignedAndExact) {

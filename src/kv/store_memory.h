@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <utility>
 #include <vector>
 
 namespace fairkv::kv {
@@ -29,6 +30,16 @@ struct StoreAllocator {
   template <class U>
   StoreAllocator(const StoreAllocator<U>&) noexcept {}
   T* allocate(size_t n) { return static_cast<T*>(store_allocate(n * sizeof(T))); }
+  // resize() default-initialises: appended rows are written right after, and zeroing them first
+  // would touch every new page twice.
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
   void deallocate(T* p, size_t n) noexcept { store_deallocate(p, n * sizeof(T)); }
   friend bool operator==(const StoreAllocator&, const StoreAllocator&) { return true; }
 };
