@@ -294,6 +294,26 @@ TEST(Attend, LargeScoresStayFinite) {
   expect_close(lse, lse_ref, 1e-5f, "lse");
 }
 
+// One decode call per store (its last row is the new token's), store b with queries
+// Q[b * group * d ...) and outputs into out (and lse, when given) at the same offsets.
+std::vector<AttentionArgs> decode_calls(const std::vector<HeadStore>& stores,
+                                        const std::vector<float>& Q, int group,
+                                        std::vector<float>& out, std::vector<float>* lse) {
+  std::vector<AttentionArgs> calls(stores.size());
+  for (size_t b = 0; b < stores.size(); ++b) {
+    const int64_t d = stores[b].head_dim();
+    AttentionArgs& a = calls[b];
+    a.store = &stores[b];
+    a.q = &Q[b * sz(group * d)];
+    a.group = group;
+    a.scale = 1.0f / std::sqrt(float(d));
+    a.visible = stores[b].size() - 1;
+    a.out = &out[b * sz(group * d)];
+    if (lse) a.lse = &(*lse)[b * sz(group)];
+  }
+  return calls;
+}
+
 // A batch of sequences of different lengths against a dense padded tensor with a mask, computed
 // here independently of both kernels.
 TEST(AttendBatch, RaggedBatchEqualsDenseMaskedReference) {
@@ -311,16 +331,7 @@ TEST(AttendBatch, RaggedBatchEqualsDenseMaskedReference) {
   }
   const auto Q = randn(B * group * d, rng);
   std::vector<float> out(sz(B * group * d));
-  std::vector<AttentionArgs> calls(sz(B));
-  for (int64_t b = 0; b < B; ++b) {
-    AttentionArgs& a = calls[sz(b)];
-    a.store = &stores[sz(b)];
-    a.q = &Q[sz(b * group * d)];
-    a.group = group;
-    a.scale = 1.0f / std::sqrt(float(d));
-    a.visible = lens[sz(b)] - 1;
-    a.out = &out[sz(b * group * d)];
-  }
+  const auto calls = decode_calls(stores, Q, group, out, nullptr);
   kernels::ThreadPool pool(2);
   attend_batch(calls, pool);
   for (int64_t b = 0; b < B; ++b)
@@ -356,17 +367,7 @@ TEST(AttendBatch, RaggedDecodeBatchEqualsSingleCalls) {
   const int64_t B = int64_t(lens.size());
   const auto Q = randn(B * group * d, rng);
   std::vector<float> out(sz(B * group * d)), lse(sz(B * group));
-  std::vector<AttentionArgs> calls(sz(B));
-  for (int64_t b = 0; b < B; ++b) {
-    AttentionArgs& a = calls[sz(b)];
-    a.store = &stores[sz(b)];
-    a.q = &Q[sz(b * group * d)];
-    a.group = group;
-    a.scale = 1.0f / std::sqrt(float(d));
-    a.visible = lens[sz(b)] - 1;
-    a.out = &out[sz(b * group * d)];
-    a.lse = &lse[sz(b * group)];
-  }
+  const auto calls = decode_calls(stores, Q, group, out, &lse);
   for (int threads : {1, 2, 3}) {
     kernels::ThreadPool pool(threads);
     std::fill(out.begin(), out.end(), 0.0f);
