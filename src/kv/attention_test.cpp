@@ -53,29 +53,37 @@ struct Shape {
 
 class AttendVsRef : public ::testing::TestWithParam<std::tuple<KvType, int, int64_t>> {};
 
+// A decode step of `group` query rows q over rows [begin, end) of s equals the reference.
+void expect_decode_matches_reference(const HeadStore& s, const std::vector<float>& q, int group,
+                                     int64_t begin, int64_t end, const std::string& what) {
+  const int64_t d = s.head_dim();
+  std::vector<float> o(sz(group * d)), o_ref(o.size()), lse(sz(group)), lse_ref(lse.size());
+  AttentionArgs a;
+  a.store = &s;
+  a.q = q.data();
+  a.group = group;
+  a.scale = 1.0f / std::sqrt(float(d));
+  a.visible = s.size() - 1;
+  a.begin = begin;
+  a.end = end;
+  a.out = o.data();
+  a.lse = lse.data();
+  attend(a);
+  a.out = o_ref.data();
+  a.lse = lse_ref.data();
+  attend_ref(a);
+  expect_close(o, o_ref, 2e-5f, what + " out");
+  expect_close(lse, lse_ref, 2e-6f, what + " lse");
+}
+
 // Decode: one token after it was appended sees the whole store.
 TEST_P(AttendVsRef, DecodeMatchesReference) {
   const auto [type, group, d] = GetParam();
   std::mt19937 rng(uint32_t(group * 1000 + d));
   for (int64_t len : {1, 5, 16, 31, 33, 64, 100, 257}) {
     const HeadStore s = random_store(len, d, type, rng);
-    const auto q = randn(group * d, rng);
-    std::vector<float> o(sz(group * d)), o_ref(o.size()), lse(sz(group)), lse_ref(lse.size());
-    AttentionArgs a;
-    a.store = &s;
-    a.q = q.data();
-    a.group = group;
-    a.scale = 1.0f / std::sqrt(float(d));
-    a.visible = len - 1;
-    a.out = o.data();
-    a.lse = lse.data();
-    attend(a);
-    a.out = o_ref.data();
-    a.lse = lse_ref.data();
-    attend_ref(a);
-    const std::string what = "len " + std::to_string(len);
-    expect_close(o, o_ref, 2e-5f, what + " out");
-    expect_close(lse, lse_ref, 2e-6f, what + " lse");
+    expect_decode_matches_reference(s, randn(group * d, rng), group, 0, INT64_MAX,
+                                    "len " + std::to_string(len));
   }
 }
 
@@ -204,26 +212,10 @@ TEST(Attend, LongDecodeMatchesReference) {
       const HeadStore s = random_store(len, d, type, rng);
       for (int group : {1, 4, 8})
         for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, INT64_MAX}, {37, 2001}}) {
-          const auto q = randn(group * d, rng);
-          std::vector<float> o(sz(group * d)), o_ref(o.size()), lse(sz(group)), lse_ref(lse.size());
-          AttentionArgs a;
-          a.store = &s;
-          a.q = q.data();
-          a.group = group;
-          a.scale = 1.0f / std::sqrt(float(d));
-          a.visible = len - 1;
-          a.begin = begin;
-          a.end = end;
-          a.out = o.data();
-          a.lse = lse.data();
-          attend(a);
-          a.out = o_ref.data();
-          a.lse = lse_ref.data();
-          attend_ref(a);
-          const std::string what = std::string(kv_type_name(type)) + " d" + std::to_string(d) +
-                                   " g" + std::to_string(group) + " begin " + std::to_string(begin);
-          expect_close(o, o_ref, 2e-5f, what + " out");
-          expect_close(lse, lse_ref, 2e-6f, what + " lse");
+          expect_decode_matches_reference(s, randn(group * d, rng), group, begin, end,
+                                          std::string(kv_type_name(type)) + " d" +
+                                              std::to_string(d) + " g" + std::to_string(group) +
+                                              " begin " + std::to_string(begin));
         }
     }
 }
