@@ -308,6 +308,20 @@ void pv_rows(float* const* o, const T* V, int64_t stride, int64_t nb, int64_t dp
 template <class T>
 void pv_fast(Pass& p, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
              const float* corr) {
+  if constexpr (std::is_same_v<T, float>) {
+    // float32 values need no conversion, so reading each value row again for every pair of rows
+    // (from L1) costs little, while whole rows in address order stream better than 4 x 4 tiles
+    // walking the block column by column (kv_bench, 2 threads: f32 group 4 0.54-0.73 -> 0.80-0.87
+    // of the streaming read). Eight rows keep their 8 x 2 tiles (pairs were 5% slower on one
+    // thread), and f16 rows would be converted once per pair, which costs more than order gains.
+    if (dp % 128 == 0 && p.n <= 4) {
+      int r = 0;
+      for (; r + 2 <= p.n; r += 2)
+        pv_rows<2, 8>(p.o + r, V, stride, nb, dp, prob + r * kBlock, corr + r);
+      if (r < p.n) pv_rows<1, 8>(p.o + r, V, stride, nb, dp, prob + r * kBlock, corr + r);
+      return;
+    }
+  }
   for (int r = 0; r < p.n;) {
     float* const* o = p.o + r;
     const float* pr = prob + r * kBlock;
