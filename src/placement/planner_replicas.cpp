@@ -281,7 +281,7 @@ bool tail_slot_fill(std::span<const int> order, std::span<const double> tokens, 
     double rest = tokens[size_t(u)];
     for (;;) {
       const double piece = std::min(std::max(0.0, room[size_t(d)]), rest);
-      if (piece > tol || h[size_t(u)].empty()) {
+      if (piece > tol || (rest <= tol && h[size_t(u)].empty())) {  // a unit of no tokens: one part
         h[size_t(u)].push_back({d, piece});
         room[size_t(d)] -= piece;
         rest -= piece;
