@@ -7,6 +7,7 @@
 
 #include "app/commands.h"
 #include "model/model.h"
+#include "placement/planners.h"
 #include "runtime/exec.h"
 
 namespace fairkv::app {
@@ -36,9 +37,7 @@ void run_on_devices(const DeviceRun& run) {
   if (d.comm != "threads" && d.comm != "mpi")
     throw UsageError("--comm: expected threads or mpi, got '" + d.comm + "'");
   if (run.prompts.empty()) throw UsageError("no prompts to run");
-  const bool planner = d.placement == "tp" || d.placement == "balanced" ||
-                       d.placement == "fair-copy" || d.placement == "split";
-  if (!planner && !std::filesystem::exists(d.placement))
+  if (!placement::is_planner_name(d.placement) && !std::filesystem::exists(d.placement))
     throw UsageError("--placement: '" + d.placement +
                      "' is neither a planner (tp, balanced, fair-copy, split) nor a file");
   // Ranks copy only their slices out of the mapping: no rank reads the whole file.

@@ -9,25 +9,34 @@
 
 namespace fairkv::placement {
 
+namespace {
+
+struct NamedPlanner {
+  const char* name;
+  PlannerKind kind;
+};
+constexpr NamedPlanner kPlanners[] = {{"tp", PlannerKind::Tp},
+                                      {"balanced", PlannerKind::Balanced},
+                                      {"fair-copy", PlannerKind::FairCopy},
+                                      {"split", PlannerKind::Split}};
+
+}  // namespace
+
 const char* planner_name(PlannerKind k) {
-  switch (k) {
-    case PlannerKind::Tp:
-      return "tp";
-    case PlannerKind::Balanced:
-      return "balanced";
-    case PlannerKind::FairCopy:
-      return "fair-copy";
-    case PlannerKind::Split:
-      return "split";
-  }
+  for (const NamedPlanner& p : kPlanners)
+    if (p.kind == k) return p.name;
   return "?";
 }
 
+bool is_planner_name(const std::string& name) {
+  for (const NamedPlanner& p : kPlanners)
+    if (name == p.name) return true;
+  return false;
+}
+
 PlannerKind planner_from_name(const std::string& name) {
-  if (name == "tp") return PlannerKind::Tp;
-  if (name == "balanced") return PlannerKind::Balanced;
-  if (name == "fair-copy") return PlannerKind::FairCopy;
-  if (name == "split") return PlannerKind::Split;
+  for (const NamedPlanner& p : kPlanners)
+    if (name == p.name) return p.kind;
   throw std::invalid_argument(
       fmt::format("unknown planner \"{}\" (expected tp, balanced, fair-copy or split)", name));
 }

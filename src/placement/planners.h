@@ -42,6 +42,7 @@ enum class PlannerKind { Tp, Balanced, FairCopy, Split };
 const char* planner_name(PlannerKind k);
 // "tp", "balanced", "fair-copy", "split"; throws std::invalid_argument on others.
 PlannerKind planner_from_name(const std::string& name);
+bool is_planner_name(const std::string& name);
 
 struct LayerPlan {
   LayerPlacement layer;

@@ -40,11 +40,22 @@ placement::Profile model_profile(const model::ModelConfig& c, double tokens) {
   return p;
 }
 
+void check_profile_shape(const placement::Profile& prof, const model::ModelConfig& c,
+                         const std::string& where) {
+  if (prof.layers != c.n_layers || prof.kv_heads != c.n_kv_heads || prof.query_heads != c.n_heads ||
+      prof.head_dim != c.head_dim)
+    throw std::invalid_argument(fmt::format(
+        "{}: the profile is for {} layers, {} / {} heads, head size {}; the model has {} "
+        "layers, {} / {} heads, head size {}",
+        where, prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, c.n_layers, c.n_heads,
+        c.n_kv_heads, c.head_dim));
+}
+
 placement::Placement resolve_placement(const std::string& what, const std::string& profile_path,
                                        const model::ModelConfig& c, int devices, int batch) {
   placement::Placement p;
   std::string where = what;
-  if (what == "tp" || what == "balanced" || what == "fair-copy" || what == "split") {
+  if (placement::is_planner_name(what)) {
     placement::Profile prof;
     if (!profile_path.empty()) {
       prof = placement::read_profile(profile_path);
@@ -53,13 +64,7 @@ placement::Placement resolve_placement(const std::string& what, const std::strin
       prof = model_profile(c);
       prof.source = "uniform (no --profile)";
     }
-    if (prof.layers != c.n_layers || prof.kv_heads != c.n_kv_heads ||
-        prof.query_heads != c.n_heads || prof.head_dim != c.head_dim)
-      throw std::invalid_argument(fmt::format(
-          "{}: the profile is for {} layers, {} / {} heads, head size {}; the model has {} "
-          "layers, {} / {} heads, head size {}",
-          where, prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, c.n_layers, c.n_heads,
-          c.n_kv_heads, c.head_dim));
+    check_profile_shape(prof, c, where);
     placement::PlanOptions o;
     o.planner = placement::planner_from_name(what);
     o.devices = devices;

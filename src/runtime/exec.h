@@ -52,6 +52,11 @@ struct ExecResult {
 // A profile with the model's shape (layers, heads, sizes) and every unit at `tokens`.
 placement::Profile model_profile(const model::ModelConfig& c, double tokens = 1.0);
 
+// Throws std::invalid_argument, prefixed with `where`, unless the profile has the model's shape
+// (layers, query and KV heads, head size).
+void check_profile_shape(const placement::Profile& prof, const model::ModelConfig& c,
+                         const std::string& where);
+
 // The placement `what` names for the model: a planner name (tp, balanced, fair-copy, split),
 // planned on the fly from the profile at profile_path (when empty: every unit equally long, so
 // only tp's layout matters), or the path of a `fairkv plan --json` file. Throws
