@@ -17,6 +17,7 @@
 #include "placement/cost.h"
 #include "placement/planners.h"
 #include "runtime/comm.h"
+#include "runtime/exec.h"
 #include "runtime/rank_forward.h"
 #include "runtime/shard.h"
 
@@ -126,6 +127,31 @@ std::vector<RankItem> decode_items(std::vector<std::unique_ptr<RankSequence>>& s
   return items;
 }
 
+// One rank of a placement set up alone (emulated timing): its shard, its caches filled from the
+// profile, its forward pass over a SoloComm, one warm-up step run (pages touched, buffers sized).
+struct SoloRank {
+  SoloRank(const model::ModelConfig& c, const model::Weights& w, const placement::Placement& p,
+           const placement::Profile& prof, int rank, int batch, kv::KvType type,
+           kernels::ThreadPool& pool)
+      : comm(rank, p.devices),
+        shard(shard_weights(c, w, p, rank)),
+        seqs(fill_caches(c, p, prof, rank, batch, type)),
+        fwd(c, w, shard, p, comm, pool),
+        items(decode_items(seqs, tokens)),
+        batch(batch) {
+    fwd.run(items, batch);
+  }
+  void step() { fwd.run(items, batch); }
+
+  SoloComm comm;
+  ShardedWeights shard;
+  std::vector<std::unique_ptr<RankSequence>> seqs;
+  RankForward fwd;
+  std::vector<int32_t> tokens;  // before items: decode_items points into it
+  std::vector<RankItem> items;
+  int batch;
+};
+
 // The collectives of one decode step: two all-reduces of the activations per layer, and per
 // layer with token slices the queries' all-reduce (q_floats), the all-gather of the slices'
 // log-sum-exps (lse_bytes per rank) and the all-reduce of their weighted outputs (q_floats).
@@ -229,19 +255,13 @@ double measure_kv_time_factor(const model::ModelConfig& c, const model::Weights&
   // Adds every rank-layer segment of placement p to the least-squares sums.
   auto time_placement = [&](const placement::Placement& p) {
     for (int r = 0; r < devices; ++r) {
-      SoloComm comm(r, devices);
-      const ShardedWeights shard = shard_weights(c, w, p, r);
-      auto seqs = fill_caches(c, p, prof, r, batch, kt);
-      RankForward fwd(c, w, shard, p, comm, pool);
-      std::vector<int32_t> tokens;
-      auto items = decode_items(seqs, tokens);
-      fwd.run(items, batch);  // warm-up
+      SoloRank k(c, w, p, prof, r, batch, kt, pool);
       std::vector<double> best(size_t(L), 1e300);
       SegmentTimes t;
-      fwd.timing = &t;
+      k.fwd.timing = &t;
       for (int s = 0; s < steps; ++s) {
         t.clear(L);
-        fwd.run(items, batch);
+        k.step();
         for (int l = 0; l < L; ++l)
           best[size_t(l)] = std::min(best[size_t(l)], t.attention_ms[size_t(l)]);
       }
@@ -287,13 +307,7 @@ double measure_kv_time_factor(const model::ModelConfig& c, const model::Weights&
 std::vector<BenchRow> bench_placements(
     const model::ModelConfig& c, const model::Weights& w, const placement::Profile& prof,
     const BenchSpec& spec, const std::function<void(int, int, const std::string&)>& progress) {
-  if (prof.layers != c.n_layers || prof.kv_heads != c.n_kv_heads || prof.query_heads != c.n_heads ||
-      prof.head_dim != c.head_dim)
-    throw std::invalid_argument(fmt::format(
-        "profile '{}' is for {} layers, {} / {} heads, head size {}; the model has {} layers, "
-        "{} / {} heads, head size {}",
-        prof.model, prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, c.n_layers,
-        c.n_heads, c.n_kv_heads, c.head_dim));
+  check_profile_shape(prof, c, fmt::format("bench: profile '{}'", prof.model));
   const int R = spec.devices, B = spec.batch, L = c.n_layers;
   if (R < 1 || B < 1 || spec.steps < 1)
     throw std::invalid_argument("bench: devices, batch and steps must be at least 1");
@@ -364,43 +378,30 @@ std::vector<BenchRow> bench_placements(
       const std::string what = rounds > 1
                                    ? fmt::format("{} (round {}/{})", row.planner, round + 1, rounds)
                                    : row.planner;
-      struct Rank {
-        std::unique_ptr<SoloComm> comm;
-        std::unique_ptr<ShardedWeights> shard;
-        std::vector<std::unique_ptr<RankSequence>> seqs;
-        std::unique_ptr<RankForward> fwd;
-        std::vector<int32_t> tokens;
-        std::vector<RankItem> items;
-        SegmentTimes t;
-      };
-      std::vector<Rank> ranks(static_cast<size_t>(R));
+      std::vector<std::unique_ptr<SoloRank>> ranks;
+      std::vector<SegmentTimes> times(static_cast<size_t>(R));
       for (int r = 0; r < R; ++r) {
         tick(fmt::format("{}: rank {}/{} loads (emulated)", what, r + 1, R));
-        Rank& k = ranks[size_t(r)];
-        k.comm = std::make_unique<SoloComm>(r, R);
-        k.shard = std::make_unique<ShardedWeights>(shard_weights(c, w, p, r));
-        k.seqs = fill_caches(c, p, prof, r, B, spec.kv_type);
+        ranks.push_back(std::make_unique<SoloRank>(c, w, p, prof, r, B, spec.kv_type, pool));
+        SoloRank& k = *ranks.back();
         row.max_kv_bytes = std::max(row.max_kv_bytes, kv_bytes(k.seqs));
-        row.max_weight_bytes = std::max(row.max_weight_bytes, k.shard->bytes);
-        k.fwd = std::make_unique<RankForward>(c, w, *k.shard, p, *k.comm, pool);
-        k.items = decode_items(k.seqs, k.tokens);
-        k.fwd->run(k.items, B);  // warm-up: pages touched, buffers sized
-        k.fwd->timing = &k.t;
+        row.max_weight_bytes = std::max(row.max_weight_bytes, k.shard.bytes);
+        k.fwd.timing = &times[size_t(r)];
       }
       done += R / 2;
       for (int s = 0; s < spec.steps; ++s) {
         tick(fmt::format("{}: step {}/{} of every rank (emulated)", what, s + 1, spec.steps));
         for (int r = 0; r < R; ++r) {
-          Rank& k = ranks[size_t(r)];
-          k.t.clear(L);
+          SegmentTimes& t = times[size_t(r)];
+          t.clear(L);
           const auto t0 = Clock::now();
-          k.fwd->run(k.items, B);
+          ranks[size_t(r)]->step();
           e.whole[size_t(r)] = std::min(e.whole[size_t(r)], ms_between(t0, Clock::now()));
           for (int l = 0; l < L; ++l) {
             double& a = e.att[size_t(r)][size_t(l)];
             double& m = e.mlp[size_t(r)][size_t(l)];
-            a = std::min(a, k.t.attention_ms[size_t(l)]);
-            m = std::min(m, k.t.mlp_ms[size_t(l)]);
+            a = std::min(a, t.attention_ms[size_t(l)]);
+            m = std::min(m, t.mlp_ms[size_t(l)]);
           }
         }
       }
