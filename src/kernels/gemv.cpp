@@ -2,9 +2,11 @@
 // weight byte once per call at full bandwidth. Each weight vector is converted to float32 once
 // and used by up to kGemvTokens tokens.
 #include <algorithm>
+#include <array>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/matmul_kernels.h"
 #include "kernels/simd.h"
@@ -125,38 +127,19 @@ void gemv_rows(const WeightMatrix& w, const XT* x, float* y, int64_t r_begin, in
   }
 }
 
+// gemv_rows for 1..kGemvTokens tokens, indexed by the count less one.
+template <DType T, class XT, size_t... N>
+constexpr auto gemv_rows_table(std::index_sequence<N...>) {
+  return std::array{&gemv_rows<T, XT, int(N) + 1>...};
+}
+
 template <DType T, class XT>
 void gemv_type(const WeightMatrix& w, const XT* x, int64_t n_tokens, float* y, int64_t r_begin,
                int64_t r_end) {
+  static constexpr auto rows = gemv_rows_table<T, XT>(std::make_index_sequence<kGemvTokens>{});
   for (int64_t t = 0; t < n_tokens; t += kGemvTokens) {
-    const XT* xt = x + t * w.cols;
-    float* yt = y + t * w.rows;
-    switch (std::min<int64_t>(kGemvTokens, n_tokens - t)) {
-      case 1:
-        gemv_rows<T, XT, 1>(w, xt, yt, r_begin, r_end);
-        break;
-      case 2:
-        gemv_rows<T, XT, 2>(w, xt, yt, r_begin, r_end);
-        break;
-      case 3:
-        gemv_rows<T, XT, 3>(w, xt, yt, r_begin, r_end);
-        break;
-      case 4:
-        gemv_rows<T, XT, 4>(w, xt, yt, r_begin, r_end);
-        break;
-      case 5:
-        gemv_rows<T, XT, 5>(w, xt, yt, r_begin, r_end);
-        break;
-      case 6:
-        gemv_rows<T, XT, 6>(w, xt, yt, r_begin, r_end);
-        break;
-      case 7:
-        gemv_rows<T, XT, 7>(w, xt, yt, r_begin, r_end);
-        break;
-      default:
-        gemv_rows<T, XT, 8>(w, xt, yt, r_begin, r_end);
-        break;
-    }
+    const int64_t n = std::min<int64_t>(kGemvTokens, n_tokens - t);
+    rows[size_t(n - 1)](w, x + t * w.cols, y + t * w.rows, r_begin, r_end);
   }
 }
 
@@ -164,7 +147,6 @@ void gemv_type(const WeightMatrix& w, const XT* x, int64_t n_tokens, float* y, i
 
 void gemv(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
           int64_t r_end) {
-  static_assert(kGemvTokens == 8, "gemv_type's switch covers 1..8 tokens");
   switch (w.type) {
     case DType::F32:
       return gemv_type<DType::F32, float>(w, x, n_tokens, y, r_begin, r_end);
