@@ -3,8 +3,10 @@
 //
 // Shape: one decode step of one layer: 8 KV heads x a GQA group of 8 query heads x head_dim 128,
 // 32768 cached tokens per head (also a ragged variant where heads keep 1/8x to 2x that, as Ada-KV
-// leaves them, with the same total), f32 and f16 stores, 1 and 2 threads. Every store is larger
-// than the last-level cache together, so the read comes from DRAM.
+// leaves them, with the same total), f32 and f16 stores, 1 and 2 threads. An iteration attends
+// to as many such layers in turn as make at least twice the last-level cache (and 1 GiB), as a
+// decode step walks the layers, so the read comes from DRAM, not from a large L3; the streaming
+// read's buffer is as large.
 //
 // Run: build-*/bench/kv_bench [--benchmark_filter=...]. Names: stream/thr<t>,
 // decode/<f32|f16>/g<group>/<uniform|ragged>/thr<t>. Counters of a decode run: GB/s (K and V
@@ -21,6 +23,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "kernels/simd.h"
 #include "kernels/threadpool.h"
@@ -41,12 +45,20 @@ kernels::ThreadPool& pool(int n) {
   return *p;
 }
 
-// The streaming read: each thread sums its part of a 512 MiB buffer, allocated as the stores are
+// Bytes that no cache holds: twice the last-level cache, at least 1 GiB.
+size_t beyond_cache_bytes() {
+  long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (llc <= 0) llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  return std::max(size_t(1) << 30, 2 * size_t(std::max(llc, 0L)));
+}
+
+// The streaming read: each thread sums its part of a buffer of beyond_cache_bytes(), allocated
+// as the stores are
 // (on huge pages, kv/store_memory.h), with vector loads into independent accumulators, so that
 // only the memory limits it.
 using StreamBuffer = std::vector<float, kv::StoreAllocator<float>>;
 StreamBuffer& stream_buffer() {
-  static StreamBuffer buf(size_t(128) << 20, 1.0f);
+  static StreamBuffer buf(beyond_cache_bytes() / sizeof(float), 1.0f);
   return buf;
 }
 
@@ -132,65 +144,79 @@ struct Layer {
   size_t bytes = 0;
 };
 
-// Eight head stores of random keys and values; ragged: lengths spread from 1/8x to 2x the mean.
-const Layer& layer(kv::KvType t, bool ragged) {
-  static std::map<std::pair<int, bool>, Layer> cache;
+// Eight head stores of random keys and values per layer (ragged: lengths spread from 1/8x to 2x
+// the mean), as many layers as beyond_cache_bytes() needs. Rows are copied from a pool of
+// normal noise at random offsets, which fills gigabytes in seconds.
+const std::vector<Layer>& layers(kv::KvType t, bool ragged) {
+  static std::map<std::pair<int, bool>, std::vector<Layer>> cache;
   const auto key = std::make_pair(int(t), ragged);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  cache.clear();  // keep one layer in memory at a time
-  Layer& l = cache[key];
+  cache.clear();  // keep one configuration in memory at a time
+  std::vector<Layer>& ls = cache[key];
   std::mt19937 rng(1);
   std::normal_distribution<float> z(0.0f, 1.0f);
+  constexpr int64_t kChunk = 4096;
+  std::vector<float> noise(size_t(kHeadDim) * 2 * kChunk);
+  for (auto& x : noise) x = z(rng);
+  std::uniform_int_distribution<int64_t> offset(0, kChunk);
   const double weights[kHeads] = {0.125, 2.0, 0.5, 1.5, 0.25, 1.0, 1.875, 0.75};  // mean 1
-  std::vector<float> k(size_t(kHeadDim) * 4096), v(k.size());
-  for (int h = 0; h < kHeads; ++h) {
-    l.stores.emplace_back(kHeadDim, t);
-    const int64_t len = ragged ? int64_t(std::llround(weights[h] * kTokens)) : kTokens;
-    for (int64_t done = 0; done < len; done += 4096) {
-      const int64_t n = std::min<int64_t>(4096, len - done);
-      for (auto& x : k) x = z(rng);
-      for (auto& x : v) x = z(rng);
-      l.stores.back().append(k.data(), v.data(), n);
+  const size_t layer_bytes = size_t(kHeads * kTokens * 2 * kHeadDim) * kv::kv_type_bytes(t);
+  const size_t n_layers = (beyond_cache_bytes() + layer_bytes - 1) / layer_bytes;
+  for (size_t i = 0; i < n_layers; ++i) {
+    Layer& l = ls.emplace_back();
+    for (int h = 0; h < kHeads; ++h) {
+      kv::HeadStore& s = l.stores.emplace_back(kHeadDim, t);
+      const int64_t len = ragged ? int64_t(std::llround(weights[h] * kTokens)) : kTokens;
+      s.reserve(len);
+      for (int64_t done = 0; done < len; done += kChunk) {
+        const int64_t n = std::min<int64_t>(kChunk, len - done);
+        s.append(&noise[size_t(offset(rng) * kHeadDim)], &noise[size_t(offset(rng) * kHeadDim)], n);
+      }
+      l.bytes += s.bytes();
     }
-    l.bytes += l.stores.back().bytes();
   }
-  return l;
+  return ls;
 }
 
 void bm_decode(benchmark::State& state, kv::KvType t, int group, bool ragged, int threads) {
-  const Layer& l = layer(t, ragged);
+  const std::vector<Layer>& ls = layers(t, ragged);
   std::mt19937 rng(2);
   std::normal_distribution<float> z(0.0f, 1.0f);
   std::vector<float> q(size_t(kHeads * group * kHeadDim)), out(q.size());
   for (auto& x : q) x = z(rng);
-  std::vector<kv::AttentionArgs> calls(kHeads);
-  for (int h = 0; h < kHeads; ++h) {
-    kv::AttentionArgs& a = calls[size_t(h)];
-    a.store = &l.stores[size_t(h)];
-    a.q = &q[size_t(h * group * kHeadDim)];
-    a.group = group;
-    a.scale = 1.0f / std::sqrt(float(kHeadDim));
-    a.visible = a.store->size() - 1;
-    a.out = &out[size_t(h * group * kHeadDim)];
-  }
+  std::vector<std::vector<kv::AttentionArgs>> calls(ls.size(),
+                                                    std::vector<kv::AttentionArgs>(kHeads));
+  size_t bytes = 0;
+  for (size_t i = 0; i < ls.size(); ++i) bytes += ls[i].bytes;
+  for (size_t i = 0; i < ls.size(); ++i)
+    for (int h = 0; h < kHeads; ++h) {
+      kv::AttentionArgs& a = calls[i][size_t(h)];
+      a.store = &ls[i].stores[size_t(h)];
+      a.q = &q[size_t(h * group * kHeadDim)];
+      a.group = group;
+      a.scale = 1.0f / std::sqrt(float(kHeadDim));
+      a.visible = a.store->size() - 1;
+      a.out = &out[size_t(h * group * kHeadDim)];
+    }
   kernels::ThreadPool& p = pool(threads);
   // The streaming read is measured right before and after the attention (two passes each, the
   // same threads), so that the ratio compares runs under the same load from other processes.
   const double before = stream_rate(threads, 2);
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
-    kv::attend_batch(calls, p);
+    for (const auto& layer_calls : calls) kv::attend_batch(layer_calls, p);
     benchmark::DoNotOptimize(out.data());
   }
   const std::chrono::duration<double> wall = std::chrono::steady_clock::now() - t0;
   const double stream = 0.5 * (before + stream_rate(threads, 2));
-  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(l.bytes));
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(bytes));
   state.counters["GB/s"] =
-      benchmark::Counter(double(l.bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  const double rate = double(l.bytes) * double(state.iterations()) / wall.count();
+      benchmark::Counter(double(bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  const double rate = double(bytes) * double(state.iterations()) / wall.count();
   state.counters["stream_GB/s"] = stream / 1e9;
   state.counters["of_stream"] = rate / stream;
-  state.counters["MB"] = double(l.bytes) / 1e6;
+  state.counters["MB"] = double(bytes) / 1e6;
+  state.counters["layers"] = double(ls.size());
   // The roofline: a key costs group x head_dim FMAs for its score and as many for its value,
   // for 2 x head_dim elements read, so the arithmetic alone caps the read at fma_rate / (FMAs
   // per byte); the bound is the lower of that and the streaming read.

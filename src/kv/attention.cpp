@@ -1,19 +1,21 @@
 // Fast attention over one head store: up to kMaxRows query rows (tokens x GQA heads) share every
 // block of keys and values, so a decode step streams the store once for the whole group.
 //
-// Per block of kBlock keys: the rows are swept in address order beforehand (for the hardware
-// prefetchers, about kTouchBytes at a time; not for one or two rows of an f16 store, which read
-// K and V row after row themselves); the keys are scored against every query row, four
-// rows x four keys at a time (AVX-512) with every operand in a register so that each loaded
-// vector serves four FMAs, f16 converted in registers; the rows' online softmax advances once per
-// block; the values are accumulated for up to eight rows x two vectors of head_dim at a time
-// (each value vector loaded and converted once per eight rows, each probability broadcast once
-// per two vectors). Rows whose head_dim is not a whole number of vectors, and partial blocks of
-// keys for the scores, go through a zero-padded float32 copy.
+// Per block of kBlock keys: the keys are scored one or two panels of kKeyPanel keys at a time
+// (the store keeps them dimension-major, cache.h): for every dimension, each panel's row of
+// kKeyPanel elements is loaded and converted once and serves one FMA per query row, against that
+// row's element broadcast once for the panels, so scores need no horizontal sums and f16 keys one
+// conversion per element for the whole group. The rows' online softmax then advances once per
+// block, and the values (row-major) are accumulated for up to eight rows x two vectors of
+// head_dim at a time (each value vector loaded and converted once per eight rows). A partial
+// panel at the end of the store goes through a float32 copy.
 //
-// With f16 and a group of 8 one core is bound by the arithmetic plus the sweep, which do not
-// overlap: 2 x 1024 FMAs per key for 512 bytes of K and V; on the development machine (Zen 4,
-// one 512-bit FMA per cycle) the kernels reach about 70% of that peak from cache.
+// The arithmetic of a group of 8 on an f16 cache (2 x 1024 FMAs and 16 conversions per key of 512
+// bytes) takes a core about as long as its share of the memory read, and the hardware
+// prefetchers alone keep too few lines in flight while a core computes that densely: the read and
+// the arithmetic then add up instead of overlapping (0.45 of the streaming read). So the kernels
+// prefetch K two panels ahead of the scores and V one block ahead of the values, a few lines per
+// loop iteration (Prefetch below): 0.77-0.81 of the read for that case, see README.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -34,11 +36,12 @@ namespace simd = kernels::simd;
 
 constexpr int kLanes = simd::kLanes;
 constexpr int kMaxRows = 16;    // query rows per pass: their PV accumulators stay in registers
-constexpr int kSub = 16;        // keys scored together (one transposed reduction on AVX-512)
 constexpr int64_t kBlock = 64;  // keys per online-softmax step
 constexpr int kPvRows = 8;      // query rows per value tile (8 x 2 vectors)
-// Rows of K and V (together about this many bytes) that touch_rows brings in at once.
-constexpr size_t kTouchBytes = size_t(256) << 10;
+// Keys ahead of the scores whose K a pass prefetches (two panels: the distance measured best
+// in kv_bench, from 1 to 16 panels); V is prefetched one block ahead, while a block's values
+// are accumulated.
+constexpr int64_t kPrefetchKeys = 2 * kKeyPanel;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t round_up(int64_t x, int64_t m) {
@@ -46,20 +49,18 @@ int64_t round_up(int64_t x, int64_t m) {
 }
 
 struct Scratch {
-  std::vector<float> kbuf, vbuf, qbuf, obuf;
+  std::vector<float> kbuf, vbuf, qbuf, obuf, krow;
   std::vector<float> s;  // kMaxRows x kBlock scores, then probabilities
 };
 
-// Keys [r0, r0 + n) of K or V as float32 rows of stride dp (a multiple of kLanes, zero padded),
-// at least min_rows rows (rows past n are zero): an f32 store whose rows are whole vectors is read
-// in place when it has the rows.
-const float* block_rows(const HeadStore& st, const void* base, int64_t r0, int64_t n, int64_t dp,
-                        std::vector<float>& buf, int64_t min_rows = 0) {
+// Values [r0, r0 + n) as float32 rows of stride dp (a multiple of kLanes, zero padded): an f32
+// store whose rows are whole vectors is read in place.
+const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
+                        std::vector<float>& buf) {
   const int64_t d = st.head_dim();
-  if (st.type() == KvType::F32 && dp == d && n >= min_rows)
-    return static_cast<const float*>(base) + r0 * d;
-  const int64_t rows = std::max(n, min_rows);
-  buf.resize(size_t(rows * dp));
+  const void* base = st.v_data();
+  if (st.type() == KvType::F32 && dp == d) return static_cast<const float*>(base) + r0 * d;
+  buf.resize(size_t(n * dp));
   for (int64_t j = 0; j < n; ++j) {
     float* dst = buf.data() + j * dp;
     if (st.type() == KvType::F32) {
@@ -72,40 +73,11 @@ const float* block_rows(const HeadStore& st, const void* base, int64_t r0, int64
     }
     std::fill(dst + d, dst + dp, 0.0f);
   }
-  std::fill(buf.data() + n * dp, buf.data() + rows * dp, 0.0f);
   return buf.data();
 }
 
 #if defined(FAIRKV_AVX512)
-// Sums each of 16 vectors into one lane: out[e] = sum(v[slot]) with slot = 4 (e % 4) + e / 4 (a
-// 4x4 transpose of the natural order, undone by the caller's placement of keys in slots).
-// 15 adds and 30 shuffles instead of 16 full horizontal reductions.
-inline __m512 reduce16(const __m512* v) {
-  __m512 w[8], z[4], u[2];
-  FAIRKV_UNROLL
-  for (int i = 0; i < 8; ++i) {
-    const __m512 a = v[2 * i], b = v[2 * i + 1];
-    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-  }
-  FAIRKV_UNROLL
-  for (int i = 0; i < 4; ++i) {
-    const __m512 a = w[2 * i], b = w[2 * i + 1];
-    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-  }
-  FAIRKV_UNROLL
-  for (int i = 0; i < 2; ++i) {
-    const __m512 a = z[2 * i], b = z[2 * i + 1];
-    u[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
-  }
-  return _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-#endif
-
-#if defined(FAIRKV_AVX512)
-// 16 keys' elements [c, c + 16) of a row of K as float32 (converted from f16 in registers).
+// 16 float32 elements from p (converted from f16 in registers).
 template <class T>
 inline __m512 load16(const T* p) {
   if constexpr (std::is_same_v<T, uint16_t>)
@@ -115,123 +87,132 @@ inline __m512 load16(const T* p) {
 }
 #endif
 
-// s[j] = q . K[j] * scale for the kSub keys of K (rows of stride dp; all kSub rows readable,
-// the caller ignores scores past its keys). DP > 0 fixes dp at compile time, so that every row is
-// a constant offset from one base register. T: the rows' element type (float or f16 bits).
-template <int DP, class T>
-inline void score_sub(const float* q, const T* K, int64_t dp_runtime, float scale, float* s) {
-  const int64_t dp = DP > 0 ? DP : dp_runtime;
-#if defined(FAIRKV_AVX512)
-  static_assert(kSub == 16 && kLanes == 16);
-  __m512 acc[16];
-  FAIRKV_UNROLL
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  // Slot i holds key 4 (i % 4) + i / 4, the order reduce16 returns to 0..15.
-  if constexpr (DP > 0 && DP <= 128) {
-    // The query in registers and the keys read row after row, in address order: the hardware
-    // prefetchers follow that stream, so a single row needs no sweep ahead (see run_pass).
-    constexpr int kVecs = DP > 0 && DP <= 128 ? DP / 16 : 1;
-    __m512 qv[kVecs];
-    FAIRKV_UNROLL
-    for (int c = 0; c < kVecs; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
-    FAIRKV_UNROLL
-    for (int k = 0; k < 16; ++k) {
-      const int i = 4 * (k % 4) + k / 4;
-      FAIRKV_UNROLL
-      for (int c = 0; c < kVecs; ++c)
-        acc[i] = _mm512_fmadd_ps(qv[c], load16(K + k * DP + 16 * c), acc[i]);
-    }
-  } else {
-    for (int64_t c = 0; c < dp; c += 16) {
-      const __m512 qv = _mm512_loadu_ps(q + c);
-      FAIRKV_UNROLL
-      for (int i = 0; i < 16; ++i)
-        acc[i] = _mm512_fmadd_ps(qv, load16(K + (4 * (i % 4) + i / 4) * dp + c), acc[i]);
-    }
+// Prefetches `lines` cache lines from `at` into L2 spread evenly over `steps` calls of tick()
+// (Bresenham): the kernels issue them between their FMAs, a few per loop iteration, because a
+// burst of them, like a sweep of loads ahead, stalls the core until the line fill buffers free up
+// (the sweep this replaced reached 0.48 of the read; prefetches into L1 did worse than into L2
+// once V's block and K's panels crowd its 48 KiB).
+struct Prefetch {
+  const char* at = nullptr;
+  int64_t lines = 0, steps = 1;
+  int64_t due = 0, line = 0;
+  void tick() {
+    for (due += lines; due >= steps; due -= steps) __builtin_prefetch(at + 64 * line++, 0, 2);
   }
-  _mm512_storeu_ps(s, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
-#else
-  static_assert(std::is_same_v<T, float>, "the portable path reads float32 rows");
-  for (int j = 0; j < kSub; ++j) {
-    simd::V acc0 = simd::zero(), acc1 = simd::zero();
-    const float* k = K + j * dp;
-    int64_t c = 0;
-    for (; c + 2 * kLanes <= dp; c += 2 * kLanes) {
-      acc0 = simd::fma(simd::load(q + c), simd::load(k + c), acc0);
-      acc1 = simd::fma(simd::load(q + c + kLanes), simd::load(k + c + kLanes), acc1);
-    }
-    for (; c < dp; c += kLanes) acc0 = simd::fma(simd::load(q + c), simd::load(k + c), acc0);
-    s[j] = simd::reduce(simd::add(acc0, acc1)) * scale;
-  }
-#endif
-}
-
-#if defined(FAIRKV_AVX512)
-// Scores of 4 query rows x 4 keys at once: every loaded vector of q or K serves four products
-// (half a load per FMA instead of one, which the per-row kernel is bound by). Row i's four
-// scores go to s[i][0..3].
-template <int DP, class T>
-inline void score_4x4(const float* const* q, const T* K, int64_t dp_runtime, float scale,
-                      float* const* s) {
-  const int64_t dp = DP > 0 ? DP : dp_runtime;
-  __m512 acc[16];
-  FAIRKV_UNROLL
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  const float *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
-  for (int64_t c = 0; c < dp; c += 16) {
-    __m512 qv[4] = {_mm512_loadu_ps(q0 + c), _mm512_loadu_ps(q1 + c), _mm512_loadu_ps(q2 + c),
-                    _mm512_loadu_ps(q3 + c)};
-    // Likewise the queries: every operand of the 16 FMAs in a register, 8 loads in all.
-    asm("" : "+v"(qv[0]), "+v"(qv[1]), "+v"(qv[2]), "+v"(qv[3]));
-    FAIRKV_UNROLL
-    for (int kk = 0; kk < 4; ++kk) {
-      __m512 k = load16(K + kk * dp + c);
-      // Keep k in a register: GCC would otherwise fold the load into each of the four FMAs,
-      // back to one load per FMA.
-      asm("" : "+v"(k));
-      // Slot 4 kk + rr: reduce16 puts it at lane 4 rr + kk.
-      FAIRKV_UNROLL
-      for (int rr = 0; rr < 4; ++rr)
-        acc[4 * kk + rr] = _mm512_fmadd_ps(qv[rr], k, acc[4 * kk + rr]);
-    }
-  }
-  const __m512 v = _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale));
-  _mm_storeu_ps(s[0], _mm512_extractf32x4_ps(v, 0));
-  _mm_storeu_ps(s[1], _mm512_extractf32x4_ps(v, 1));
-  _mm_storeu_ps(s[2], _mm512_extractf32x4_ps(v, 2));
-  _mm_storeu_ps(s[3], _mm512_extractf32x4_ps(v, 3));
-}
-#endif
-
-// The score kernels for one element type, with dp fixed at compile time where it is common.
-template <class T>
-struct ScoreKernels {
-  void (*sub)(const float*, const T*, int64_t, float, float*) = nullptr;
-#if defined(FAIRKV_AVX512)
-  void (*tile)(const float* const*, const T*, int64_t, float, float* const*) = nullptr;
-#endif
-  template <int DP>
-  static ScoreKernels make() {
-    ScoreKernels k;
-    k.sub = &score_sub<DP, T>;
-#if defined(FAIRKV_AVX512)
-    k.tile = &score_4x4<DP, T>;
-#endif
-    return k;
-  }
-  static ScoreKernels for_dp(int64_t dp) {
-    switch (dp) {
-      case 64:
-        return make<64>();
-      case 128:
-        return make<128>();
-      case 256:
-        return make<256>();
-      default:
-        return make<0>();
-    }
+  void finish() {  // what an overestimated `steps` left
+    for (; line < lines; ++line) __builtin_prefetch(at + 64 * line, 0, 2);
   }
 };
+
+// Vectors of score accumulators per kernel call: 16 of the 32 registers on AVX-512, 8 of 16.
+constexpr int kScoreAccs = kLanes >= 16 ? 16 : 8;
+constexpr int kPanelVecs = int(kKeyPanel) / kLanes;  // vectors per panel row
+
+// Scores of NR query rows against the keys of NP consecutive panels at P (element i of key t of
+// panel p at P[(p * d + i) * kKeyPanel + t]; T: float or f16 bits): row r (at q + r * qs) gets
+// s[r * kBlock + p * kKeyPanel + t] = scale * q_r . K_t. Each panel row is loaded (and converted)
+// once for the NR rows, and each broadcast query element serves NP panels; with few rows the
+// dimensions are spread over several accumulator chains so that the FMA latency (two ports x
+// four cycles want 8 in flight) stays covered.
+template <int NR, int NP, class T>
+void score_panels(const float* q, int64_t qs, const T* P, int64_t d, float scale, float* s,
+                  Prefetch ahead) {
+  constexpr int kW = NP * kPanelVecs;
+  constexpr int kChains = NR * kW >= kScoreAccs ? 1 : kScoreAccs / (NR * kW);
+  const int64_t pstride = d * kKeyPanel;
+  simd::V acc[kChains][NR][kW];
+  FAIRKV_UNROLL
+  for (int c = 0; c < kChains; ++c) {
+    FAIRKV_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      FAIRKV_UNROLL
+      for (int v = 0; v < kW; ++v) acc[c][r][v] = simd::zero();
+    }
+  }
+  auto step = [&](int c, int64_t i) {
+    simd::V k[kW];
+    FAIRKV_UNROLL
+    for (int v = 0; v < kW; ++v) {
+      const T* src = P + (v / kPanelVecs) * pstride + i * kKeyPanel + (v % kPanelVecs) * kLanes;
+      if constexpr (std::is_same_v<T, uint16_t>)
+        k[v] = simd::load_f16(src);
+      else
+        k[v] = simd::load(src);
+    }
+    FAIRKV_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      const simd::V qr = simd::set1(q[r * qs + i]);
+      FAIRKV_UNROLL
+      for (int v = 0; v < kW; ++v) acc[c][r][v] = simd::fma(qr, k[v], acc[c][r][v]);
+    }
+  };
+  ahead.steps = std::max<int64_t>(1, d / kChains);
+  int64_t i = 0;
+  for (; i + kChains <= d; i += kChains) {
+    ahead.tick();
+    FAIRKV_UNROLL
+    for (int c = 0; c < kChains; ++c) step(c, i + c);
+  }
+  for (; i < d; ++i) step(0, i);
+  ahead.finish();
+  const simd::V sc = simd::set1(scale);
+  FAIRKV_UNROLL
+  for (int r = 0; r < NR; ++r) {
+    FAIRKV_UNROLL
+    for (int v = 0; v < kW; ++v) {
+      simd::V t = acc[0][r][v];
+      FAIRKV_UNROLL
+      for (int c = 1; c < kChains; ++c) t = simd::add(t, acc[c][r][v]);
+      simd::store(s + r * kBlock + v * kLanes, simd::mul(t, sc));
+    }
+  }
+}
+
+// score_panels for n rows, as many calls as the accumulators need.
+template <int NP, class T, int... N>
+void score_panel_rows(std::integer_sequence<int, N...>, int n, const float* q, int64_t qs,
+                      const T* P, int64_t d, float scale, float* s, Prefetch ahead) {
+  constexpr int kRows = kScoreAccs / (NP * kPanelVecs);
+  using Fn = void (*)(const float*, int64_t, const T*, int64_t, float, float*, Prefetch);
+  static constexpr Fn table[] = {&score_panels<N + 1, NP, T>...};
+  for (int r = 0; r < n; r += kRows, ahead = {})
+    table[std::min(n - r, kRows) - 1](q + r * qs, qs, P, d, scale, s + r * kBlock, ahead);
+}
+
+// Scores of n query rows (row r at q + r * qs) against the keys of n_panels (1 or 2) panels from
+// key k0: in place from whole panels of the store, else (the store's last, partial panel, one
+// at a time) from a float32 copy whose missing keys are zero. Row r's scores go to
+// s[r * kBlock ...].
+void score_keys(const HeadStore& st, int64_t k0, int n_panels, int n, const float* q, int64_t qs,
+                float scale, float* s, Scratch& w, Prefetch ahead = {}) {
+  const int64_t d = st.head_dim();
+  const size_t at = size_t(k0 * d);  // elements: a panel starts where its first key's row would
+  auto in_place = [&](auto np, auto rows) {
+    if (st.type() == KvType::F16)
+      score_panel_rows<np()>(rows, n, q, qs, static_cast<const uint16_t*>(st.k_data()) + at, d,
+                             scale, s, ahead);
+    else
+      score_panel_rows<np()>(rows, n, q, qs, static_cast<const float*>(st.k_data()) + at, d, scale,
+                             s, ahead);
+  };
+  if (k0 + n_panels * kKeyPanel <= st.panel_keys()) {
+    if (n_panels == 2)
+      in_place(std::integral_constant<int, 2>{},
+               std::make_integer_sequence<int, kScoreAccs / (2 * kPanelVecs)>{});
+    else
+      in_place(std::integral_constant<int, 1>{},
+               std::make_integer_sequence<int, kScoreAccs / kPanelVecs>{});
+    return;
+  }
+  w.kbuf.assign(size_t(d * kKeyPanel), 0.0f);
+  w.krow.resize(size_t(d));
+  for (int64_t t = 0; t < kKeyPanel && k0 + t < st.size(); ++t) {
+    st.k_row(k0 + t, w.krow.data());
+    for (int64_t i = 0; i < d; ++i) w.kbuf[size_t(i * kKeyPanel + t)] = w.krow[size_t(i)];
+  }
+  score_panel_rows<1>(std::make_integer_sequence<int, kScoreAccs / kPanelVecs>{}, n, q, qs,
+                      w.kbuf.data(), d, scale, s, Prefetch{});
+}
 
 // The query rows of one pass: row i is token t(i), query head g(i).
 struct Pass {
@@ -242,32 +223,14 @@ struct Pass {
   float m[kMaxRows], l[kMaxRows];
 };
 
-// Reads one byte of every cache line of the rows [r0, r0 + n) of K and V, in address order.
-// The kernels walk a block column-wise (one vector of every row at a time), which the hardware
-// prefetchers do not follow; a sequential sweep first lets them stream the rows in (about
-// kTouchBytes at a time, which stays in L2), and then the kernels run from cache.
-// Measured on the development machine (Zen 4, 4 KiB pages): software prefetches ahead of the
-// arithmetic (16 to 1024 rows, t0, t1, t2 or nta, every line or only the first lines of each
-// page, with or without this sweep) and demand touches of rows ahead interleaved with it were
-// all no faster or slower than this sweep (likely: each occupies one of the few L1 miss buffers,
-// and the hardware prefetchers stop at page boundaries). Sweeps of ~256 KiB beat per-block ones.
-void touch_rows(const HeadStore& st, int64_t r0, int64_t n, size_t row_bytes) {
-  const char* k = static_cast<const char*>(st.k_data()) + size_t(r0) * row_bytes;
-  const char* v = static_cast<const char*>(st.v_data()) + size_t(r0) * row_bytes;
-  const size_t bytes = size_t(n) * row_bytes;
-  int sum = 0;
-  for (size_t off = 0; off < bytes; off += 64) sum += k[off];
-  for (size_t off = 0; off < bytes; off += 64) sum += v[off];
-  asm volatile("" ::"r"(sum));
-}
-
 #if defined(FAIRKV_AVX512)
 // o[r][c0, c0 + 16 CW) = o * corr[r] + sum_j prob[r][j] V[j][c0, c0 + 16 CW) for NR rows: each
 // value vector loaded (and converted, for f16) serves NR FMAs and each broadcast probability
 // CW, with the NR x CW accumulators in registers for the whole block.
 template <int NR, int CW, class T>
 inline void pv_tile(float* const* o, int64_t c0, const T* V, int64_t stride, int64_t nb,
-                    const float* prob, const float* corr) {
+                    const float* prob, const float* corr, Prefetch& ahead) {
+  Prefetch pf = ahead;  // in registers for the loop, not through memory
   __m512 acc[NR][CW];
   FAIRKV_UNROLL
   for (int r = 0; r < NR; ++r) {
@@ -276,6 +239,7 @@ inline void pv_tile(float* const* o, int64_t c0, const T* V, int64_t stride, int
     for (int c = 0; c < CW; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + c0 + 16 * c), cr);
   }
   for (int64_t j = 0; j < nb; ++j) {
+    pf.tick();
     const T* vr = V + j * stride + c0;
     __m512 v[CW];
     FAIRKV_UNROLL
@@ -293,62 +257,74 @@ inline void pv_tile(float* const* o, int64_t c0, const T* V, int64_t stride, int
     FAIRKV_UNROLL
     for (int c = 0; c < CW; ++c) _mm512_storeu_ps(o[r] + c0 + 16 * c, acc[r][c]);
   }
+  ahead = pf;
 }
 
 // pv_tile over the whole of head_dim (dp a multiple of 16) for NR rows.
 template <int NR, int CW, class T>
 void pv_rows(float* const* o, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-             const float* corr) {
+             const float* corr, Prefetch& ahead) {
   int64_t c0 = 0;
-  for (; c0 + 16 * CW <= dp; c0 += 16 * CW) pv_tile<NR, CW>(o, c0, V, stride, nb, prob, corr);
-  for (; c0 < dp; c0 += 16) pv_tile<NR, 1>(o, c0, V, stride, nb, prob, corr);
+  for (; c0 + 16 * CW <= dp; c0 += 16 * CW)
+    pv_tile<NR, CW>(o, c0, V, stride, nb, prob, corr, ahead);
+  for (; c0 < dp; c0 += 16) pv_tile<NR, 1>(o, c0, V, stride, nb, prob, corr, ahead);
 }
 
-// The values of a block for every row of the pass, rows in tiles of up to kPvRows.
+// A tile of value rows: `rows` query rows x `vecs` vectors of head_dim at a time.
+struct PvTile {
+  int rows, vecs;
+};
+
+// How pv_fast covers n rows: tiles of eight rows x two vectors, each value vector loaded (and
+// converted) once for the eight; fewer rows take wider tiles. (Up to four f32 rows used to go a
+// pair at a time, whole value rows in address order; with the prefetches that no longer gains:
+// f32 group 4, 2 threads, 0.87-0.90 of the streaming read either way.)
+int pv_tiles(int n, PvTile* out) {
+  int k = 0;
+  for (int r = 0; r < n;) {
+    const int left = std::min(n - r, kPvRows);
+    const PvTile t = left == 8   ? PvTile{8, 2}
+                     : left >= 4 ? PvTile{4, 4}
+                     : left == 3 ? PvTile{3, 4}
+                                 : PvTile{left, 8};
+    out[k++] = t;
+    r += t.rows;
+  }
+  return k;
+}
+
+// The values of a block for every row of the pass, in the tiles of pv_tiles; the prefetches of
+// `ahead` spread over every token of every tile.
 template <class T>
 void pv_fast(Pass& p, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-             const float* corr) {
-  if constexpr (std::is_same_v<T, float>) {
-    // float32 values need no conversion, so reading each value row again for every pair of rows
-    // (from L1) costs little, while whole rows in address order stream better than 4 x 4 tiles
-    // walking the block column by column (kv_bench, 2 threads: f32 group 4 0.54-0.73 -> 0.80-0.87
-    // of the streaming read). Eight rows keep their 8 x 2 tiles (pairs were 5% slower on one
-    // thread), and f16 rows would be converted once per pair, which costs more than order gains.
-    if (dp % 128 == 0 && p.n <= 4) {
-      int r = 0;
-      for (; r + 2 <= p.n; r += 2)
-        pv_rows<2, 8>(p.o + r, V, stride, nb, dp, prob + r * kBlock, corr + r);
-      if (r < p.n) pv_rows<1, 8>(p.o + r, V, stride, nb, dp, prob + r * kBlock, corr + r);
-      return;
-    }
+             const float* corr, Prefetch& ahead) {
+  PvTile tiles[kMaxRows];
+  const int n_tiles = pv_tiles(p.n, tiles);
+  int64_t steps = 0;  // pv_tile calls (as pv_rows makes them) x nb tokens
+  for (int i = 0; i < n_tiles; ++i) {
+    const int64_t w = 16 * tiles[i].vecs;
+    steps += nb * (dp / w + dp % w / 16);
   }
-  for (int r = 0; r < p.n;) {
+  ahead.steps = std::max<int64_t>(1, steps);
+  for (int i = 0, r = 0; i < n_tiles; r += tiles[i++].rows) {
     float* const* o = p.o + r;
     const float* pr = prob + r * kBlock;
     const float* cr = corr + r;
-    switch (std::min(p.n - r, kPvRows)) {
-      case 8:
-        pv_rows<8, 2>(o, V, stride, nb, dp, pr, cr);
-        r += 8;
+    switch (tiles[i].rows * 16 + tiles[i].vecs) {
+      case 8 * 16 + 2:
+        pv_rows<8, 2>(o, V, stride, nb, dp, pr, cr, ahead);
         break;
-      case 7:
-      case 6:
-      case 5:
-      case 4:
-        pv_rows<4, 4>(o, V, stride, nb, dp, pr, cr);
-        r += 4;
+      case 4 * 16 + 4:
+        pv_rows<4, 4>(o, V, stride, nb, dp, pr, cr, ahead);
         break;
-      case 3:
-        pv_rows<3, 4>(o, V, stride, nb, dp, pr, cr);
-        r += 3;
+      case 3 * 16 + 4:
+        pv_rows<3, 4>(o, V, stride, nb, dp, pr, cr, ahead);
         break;
-      case 2:
-        pv_rows<2, 8>(o, V, stride, nb, dp, pr, cr);
-        r += 2;
+      case 2 * 16 + 8:
+        pv_rows<2, 8>(o, V, stride, nb, dp, pr, cr, ahead);
         break;
       default:
-        pv_rows<1, 8>(o, V, stride, nb, dp, pr, cr);
-        r += 1;
+        pv_rows<1, 8>(o, V, stride, nb, dp, pr, cr, ahead);
         break;
     }
   }
@@ -361,12 +337,13 @@ void pv_fast(Pass& p, const T* V, int64_t stride, int64_t nb, int64_t dp, const 
 // over the rows). V rows have `stride` elements.
 template <int NR, bool F16>
 void pv_block(Pass& p, const void* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-              const float* corr) {
+              const float* corr, Prefetch& ahead) {
   for (int64_t c = 0; c < dp; c += kLanes) {
     simd::V acc[NR];
     FAIRKV_UNROLL
     for (int r = 0; r < NR; ++r) acc[r] = simd::mul(simd::load(p.o[r] + c), simd::set1(corr[r]));
     for (int64_t j = 0; j < nb; ++j) {
+      ahead.tick();
       const simd::V v = F16 ? simd::load_f16(static_cast<const uint16_t*>(V) + j * stride + c)
                             : simd::load(static_cast<const float*>(V) + j * stride + c);
       FAIRKV_UNROLL
@@ -379,49 +356,57 @@ void pv_block(Pass& p, const void* V, int64_t stride, int64_t nb, int64_t dp, co
 
 template <bool F16, int... N>
 void pv_dispatch_impl(std::integer_sequence<int, N...>, Pass& p, const void* V, int64_t stride,
-                      int64_t nb, int64_t dp, const float* prob, const float* corr) {
-  using Fn = void (*)(Pass&, const void*, int64_t, int64_t, int64_t, const float*, const float*);
+                      int64_t nb, int64_t dp, const float* prob, const float* corr,
+                      Prefetch& ahead) {
+  using Fn = void (*)(Pass&, const void*, int64_t, int64_t, int64_t, const float*, const float*,
+                      Prefetch&);
   static constexpr Fn table[] = {&pv_block<N + 1, F16>...};
-  table[p.n - 1](p, V, stride, nb, dp, prob, corr);
+  table[p.n - 1](p, V, stride, nb, dp, prob, corr, ahead);
 }
 
 // Values of keys [r0, r0 + nb): read in place when rows are whole vectors (f16 converted on the
 // fly), else through a float32 copy.
 void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const float* prob,
-        const float* corr, Scratch& w) {
+        const float* corr, Scratch& w, Prefetch& ahead) {
   const int64_t d = st.head_dim();
   constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
 #if defined(FAIRKV_AVX512)
   if (dp == d) {
     if (st.type() == KvType::F16)
-      pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr);
+      pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
     else
-      pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr);
+      pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
+    ahead.finish();
     return;
   }
 #endif
+  ahead.steps = std::max<int64_t>(1, nb * (dp / kLanes));
   if (dp == d && st.type() == KvType::F16) {
     pv_dispatch_impl<true>(rows, p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp,
-                           prob, corr);
+                           prob, corr, ahead);
   } else {
-    const float* V = block_rows(st, st.v_data(), r0, nb, dp, w.vbuf);
-    pv_dispatch_impl<false>(rows, p, V, dp, nb, dp, prob, corr);
+    const float* V = value_rows(st, r0, nb, dp, w.vbuf);
+    pv_dispatch_impl<false>(rows, p, V, dp, nb, dp, prob, corr, ahead);
   }
+  ahead.finish();
 }
 
-// Advances row r's online softmax over the block's scores s[0, nb), of which [0, visible) are
-// real: s becomes the probabilities relative to the new maximum (zero past `visible`), and the
-// return value is the factor that rescales what was accumulated before.
-float softmax_step(float* s, int64_t visible, int64_t nb, float& m, float& l) {
-  const int64_t nv = (visible + kLanes - 1) / kLanes;
-  for (int64_t j = visible; j < nv * kLanes; ++j) s[j] = kNegInf;
+// Advances row r's online softmax over the block's scores s[0, nb), of which [lo, hi) are real:
+// s becomes the probabilities relative to the new maximum (zero elsewhere), and the return value
+// is the factor that rescales what was accumulated before.
+float softmax_step(float* s, int64_t lo, int64_t hi, int64_t nb, float& m, float& l) {
+  const int64_t nv = (hi + kLanes - 1) / kLanes;
+  std::fill(s, s + lo, kNegInf);
+  std::fill(s + hi, s + nv * kLanes, kNegInf);
   simd::V vmax = simd::set1(m);
   for (int64_t v = 0; v < nv; ++v) vmax = simd::max(vmax, simd::load(s + v * kLanes));
   const float bm = simd::reduce_max(vmax);
   const simd::V vbm = simd::set1(bm);
   for (int64_t v = 0; v < nv; ++v)
     simd::store(s + v * kLanes, simd::exp(simd::sub(simd::load(s + v * kLanes), vbm)));
-  std::fill(s + visible, s + std::max(nb, nv * kLanes), 0.0f);  // exactly zero, not exp(-huge)
+  // Exactly zero, not exp(-huge).
+  std::fill(s, s + lo, 0.0f);
+  std::fill(s + hi, s + std::max(nb, nv * kLanes), 0.0f);
   simd::V sum = simd::zero();
   for (int64_t v = 0; v < nv; ++v) sum = simd::add(sum, simd::load(s + v * kLanes));
   const float corr = std::exp(m - bm);  // 0 on the first block (m = -inf)
@@ -430,94 +415,62 @@ float softmax_step(float* s, int64_t visible, int64_t nb, float& m, float& l) {
   return corr;
 }
 
-// Scores of every row of the pass against kSub keys starting at key k0 (rows of K of stride
-// dp); row r's go to s[r * kBlock ...]. Rows four at a time where the tile kernel exists.
-template <class T>
-void score_rows(const Pass& p, const ScoreKernels<T>& f, const T* K, int64_t dp, int64_t k0,
-                float scale, float* s) {
-  int r = 0;
-#if defined(FAIRKV_AVX512)
-  for (; r + 4 <= p.n; r += 4) {
-    if (std::max({p.lim[r], p.lim[r + 1], p.lim[r + 2], p.lim[r + 3]}) <= k0) continue;
-    for (int64_t kk = 0; kk < kSub; kk += 4) {
-      float* out[4];
-      for (int i = 0; i < 4; ++i) out[i] = s + (r + i) * kBlock + kk;
-      f.tile(p.q + r, K + kk * dp, dp, scale, out);
-    }
-  }
-#endif
-  for (; r < p.n; ++r)
-    if (p.lim[r] > k0) f.sub(p.q[r], K, dp, scale, s + r * kBlock);
-}
-
 void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t dp, Scratch& w) {
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
   w.s.resize(size_t(kMaxRows * kBlock));
   float corr[kMaxRows];
   const size_t row_bytes = size_t(st.head_dim()) * kv_type_bytes(st.type());
-  // One or two rows of an f16 store read K and V row after row (score_sub, pv_rows with the
-  // whole head_dim in registers), which the prefetchers follow: there the sweep only adds its
-  // own time (measured, f16 group 1, 2 threads: 0.79 of the streaming read without it, 0.63
-  // with it, in the machine's high-bandwidth state). f32 rows span two 4 KiB pages per 16 keys
-  // and tiles of rows walk blocks column by column: they keep the sweep (without it f32 group 1
-  // fell from 0.95 to 0.75 of the read, group 8 from 0.46 to 0.29).
-  const bool sweep = !(st.type() == KvType::F16 && p.n <= 2);
-  // Whole blocks per sweep of touch_rows.
-  const int64_t touch_rows_n =
-      std::max<int64_t>(1, int64_t(kTouchBytes / (2 * row_bytes * size_t(kBlock)))) * kBlock;
-  const auto f32 = ScoreKernels<float>::for_dp(dp);
-#if defined(FAIRKV_AVX512)
-  const auto f16 = ScoreKernels<uint16_t>::for_dp(dp);
-  // Whole sub-blocks of a store whose rows are whole vectors are scored in place.
-  const bool in_place = dp == st.head_dim();
-#endif
-  for (int64_t r0 = begin; r0 < hi; r0 += kBlock) {
+  // Blocks start on a panel boundary; keys before `begin` are masked.
+  const int64_t start = begin / kKeyPanel * kKeyPanel;
+  for (int64_t r0 = start; r0 < hi; r0 += kBlock) {
     const int64_t nb = std::min(kBlock, hi - r0);
-    if (sweep && (r0 - begin) % touch_rows_n == 0)
-      touch_rows(st, r0, std::min(touch_rows_n, hi - r0), row_bytes);
-    // Scores, kSub keys at a time: their rows are shared by every query row.
-    for (int64_t j0 = 0; j0 < nb; j0 += kSub) {
-      const int64_t ns = std::min<int64_t>(kSub, nb - j0);
-#if defined(FAIRKV_AVX512)
-      if (in_place && ns == kSub) {
-        if (st.type() == KvType::F16)
-          score_rows(p, f16, static_cast<const uint16_t*>(st.k_data()) + (r0 + j0) * dp, dp,
-                     r0 + j0, scale, &w.s[size_t(j0)]);
-        else
-          score_rows(p, f32, static_cast<const float*>(st.k_data()) + (r0 + j0) * dp, dp, r0 + j0,
-                     scale, &w.s[size_t(j0)]);
-        continue;
+    for (int64_t j0 = 0; j0 < nb;) {
+      // Two panels at a time where both are whole and few enough rows share the accumulators.
+      const int np = (j0 + 2 * kKeyPanel <= kBlock && r0 + j0 + 2 * kKeyPanel <= st.panel_keys() &&
+                      p.n <= kScoreAccs / (2 * kPanelVecs))
+                         ? 2
+                         : 1;
+      Prefetch ahead;
+      const int64_t next = r0 + j0 + kPrefetchKeys;
+      if (next + np * kKeyPanel <= hi) {
+        ahead.at = static_cast<const char*>(st.k_data()) + size_t(next) * row_bytes;
+        ahead.lines = int64_t(size_t(np * kKeyPanel) * row_bytes / 64);
       }
-#endif
-      score_rows(p, f32, block_rows(st, st.k_data(), r0 + j0, ns, dp, w.kbuf, kSub), dp, r0 + j0,
-                 scale, &w.s[size_t(j0)]);
+      score_keys(st, r0 + j0, np, p.n, p.q[0], dp, scale, &w.s[size_t(j0)], w, ahead);
+      j0 += np * kKeyPanel;
     }
+    const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
     for (int r = 0; r < p.n; ++r) {
       float* s = &w.s[size_t(r * kBlock)];
       const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
-      if (visible == 0) {
+      if (visible <= lo) {
         corr[r] = 1.0f;
         std::fill(s, s + nb, 0.0f);
       } else {
-        corr[r] = softmax_step(s, visible, nb, p.m[r], p.l[r]);
+        corr[r] = softmax_step(s, lo, visible, nb, p.m[r], p.l[r]);
       }
     }
-    pv(st, p, r0, nb, dp, w.s.data(), corr, w);
+    // The next block's values, fetched while this block's are used.
+    Prefetch vahead;
+    if (r0 + kBlock < hi) {
+      vahead.at = static_cast<const char*>(st.v_data()) + size_t(r0 + kBlock) * row_bytes;
+      vahead.lines = int64_t(size_t(std::min(kBlock, hi - r0 - kBlock)) * row_bytes / 64);
+    }
+    pv(st, p, r0, nb, dp, w.s.data(), corr, w, vahead);
   }
 }
 
-// probs rows of the window: exp(q . k * scale - lse) over the visible keys, zero elsewhere.
+// probs rows of the window: exp(q . k * scale - lse) over the visible keys [begin, lim), zero
+// elsewhere.
 void write_probs(const HeadStore& st, const float* q, int64_t begin, int64_t lim, float lse,
-                 float scale, int64_t dp, Scratch& w, float* out) {
-  const int64_t len = st.size();
-  std::fill(out, out + len, 0.0f);
-  const auto f32 = ScoreKernels<float>::for_dp(dp);
-  float s[kSub];
-  for (int64_t r0 = begin; r0 < lim; r0 += kSub) {
-    const int64_t n = std::min<int64_t>(kSub, lim - r0);
-    f32.sub(q, block_rows(st, st.k_data(), r0, n, dp, w.kbuf, kSub), dp, scale, s);
-    for (int64_t j = 0; j < n; ++j) out[r0 + j] = std::exp(s[j] - lse);
+                 float scale, Scratch& w, float* out) {
+  std::fill(out, out + st.size(), 0.0f);
+  float s[kKeyPanel];
+  for (int64_t k0 = begin / kKeyPanel * kKeyPanel; k0 < lim; k0 += kKeyPanel) {
+    score_keys(st, k0, 1, 1, q, 0, scale, s, w);
+    for (int64_t k = std::max(k0, begin); k < std::min(k0 + kKeyPanel, lim); ++k)
+      out[k] = std::exp(s[k - k0] - lse);
   }
 }
 
@@ -561,7 +514,7 @@ void attend(const AttentionArgs& a) {
         if (empty)
           std::fill(dst, dst + st.size(), 0.0f);
         else
-          write_probs(st, p.q[r], a.begin, p.lim[r], lse, a.scale, dp, w, dst);
+          write_probs(st, p.q[r], a.begin, p.lim[r], lse, a.scale, w, dst);
       }
     }
   }

@@ -14,10 +14,21 @@
 namespace fairkv::kv {
 
 enum class KvType { F32, F16 };
+
+// Keys are stored in panels of this many tokens (see HeadStore).
+inline constexpr int64_t kKeyPanel = 16;
 const char* kv_type_name(KvType t);
 size_t kv_type_bytes(KvType t);
 
 // One head's keys and values: len rows of head_dim elements each, K and V in separate arrays.
+//
+// Values are row-major. Keys are held in panels of kKeyPanel tokens, each panel dimension-major
+// (element i of the panel's key t at i * kKeyPanel + t), and the last size() % kKeyPanel keys
+// row-major after the full panels: a query row's scores against a panel are then kKeyPanel-wide
+// vectors built from one conversion and one FMA per element, with no horizontal sums, which is
+// what lets a GQA group's decode attention keep up with the read. A panel is sealed (transposed
+// in place) when its last key arrives, so the bytes stay exactly the keys kept and a decode
+// append costs O(head_dim * kKeyPanel) at worst.
 class HeadStore {
  public:
   HeadStore() = default;
@@ -32,8 +43,11 @@ class HeadStore {
   // Keeps only the rows at the given strictly increasing indices, in order; frees the rest.
   void keep(std::span<const int64_t> indices);
   void clear();
-  // Raw rows: row i of K starts at k_data() + i * head_dim * kv_type_bytes(type()).
+  // Raw keys: panel p (keys [p, p + 1) * kKeyPanel) starts at byte p * kKeyPanel * row bytes,
+  // and a key i >= panel_keys() at byte i * row bytes (row bytes: head_dim * element size).
   const void* k_data() const { return k_.data(); }
+  int64_t panel_keys() const { return len_ / kKeyPanel * kKeyPanel; }
+  // Raw values: row i starts at v_data() + i * head_dim * kv_type_bytes(type()).
   const void* v_data() const { return v_.data(); }
   // Bytes of the kept tokens (K and V), the figure FAIRKV.md's load counts.
   size_t bytes() const { return size_t(len_) * 2 * head_dim_ * kv_type_bytes(type_); }
@@ -45,6 +59,12 @@ class HeadStore {
   void v_row(int64_t i, float* out) const;
 
  private:
+  size_t row_bytes() const { return size_t(head_dim_) * kv_type_bytes(type_); }
+  // Copies key i's stored elements (either layout) to dst, row-major.
+  void raw_key(int64_t i, uint8_t* dst) const;
+  // Transposes every full panel of keys from `from` (a multiple of kKeyPanel) up, written
+  // row-major, into the panel layout.
+  void seal_panels(int64_t from);
   int64_t head_dim_ = 0;
   KvType type_ = KvType::F32;
   int64_t len_ = 0;

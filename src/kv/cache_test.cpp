@@ -62,7 +62,7 @@ TEST_P(HeadStoreTest, AppendThenKeepHoldsExactlyTheChosenRows) {
     s.v_row(int64_t(r), row.data());
     for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], as_stored(t, v[sz(keep[r] * d + j)]));
   }
-  // Raw rows are contiguous at the documented stride.
+  // Fewer keys than a panel stay row-major at the documented stride.
   const size_t stride = sz(d) * kv_type_bytes(t);
   std::vector<float> raw(static_cast<size_t>(d));
   kernels::dequantize_row(t == KvType::F16 ? kernels::DType::F16 : kernels::DType::F32,
@@ -79,6 +79,45 @@ TEST_P(HeadStoreTest, AppendThenKeepHoldsExactlyTheChosenRows) {
   s.clear();
   EXPECT_EQ(s.size(), 0);
   EXPECT_EQ(s.capacity_bytes(), 0u);
+}
+
+// Keys: full panels of kKeyPanel keys dimension-major, the rest row-major after them, sealed as
+// keys arrive one at a time or many at once, and rebuilt by keep().
+TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
+  const KvType t = GetParam();
+  const int64_t d = 24, n = 2 * kKeyPanel + 5;
+  const auto k = random_rows(n, d, 4), v = random_rows(n, d, 5);
+  const auto dt = t == KvType::F16 ? kernels::DType::F16 : kernels::DType::F32;
+  const size_t eb = kv_type_bytes(t);
+  // The element (key j, dimension e) of the raw K array under the documented layout.
+  auto raw = [&](const HeadStore& s, int64_t j, int64_t e) {
+    const auto* base = static_cast<const uint8_t*>(s.k_data());
+    const size_t at = j < s.panel_keys()
+                          ? sz(j / kKeyPanel * kKeyPanel * d + e * kKeyPanel + j % kKeyPanel)
+                          : sz(j * d + e);
+    float x;
+    kernels::dequantize_row(dt, base + at * eb, &x, 1);
+    return x;
+  };
+  HeadStore bulk(d, t), one(d, t);
+  bulk.append(k.data(), v.data(), n);
+  for (int64_t j = 0; j < n; ++j) one.append(k.data() + j * d, v.data() + j * d, 1);
+  for (const HeadStore* s : {&bulk, &one}) {
+    ASSERT_EQ(s->panel_keys(), 2 * kKeyPanel);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t e = 0; e < d; ++e) ASSERT_EQ(raw(*s, j, e), as_stored(t, k[sz(j * d + e)]));
+  }
+  // Keep 20 of them: one panel of the kept keys, four rows.
+  std::vector<int64_t> keep;
+  for (int64_t j = 0; j < n; ++j)
+    if (j % 3 != 1) keep.push_back(j);
+  keep.resize(kKeyPanel + 4);
+  bulk.keep(keep);
+  ASSERT_EQ(bulk.panel_keys(), kKeyPanel);
+  EXPECT_EQ(bulk.capacity_bytes(), bulk.bytes());
+  for (size_t j = 0; j < keep.size(); ++j)
+    for (int64_t e = 0; e < d; ++e)
+      ASSERT_EQ(raw(bulk, int64_t(j), e), as_stored(t, k[sz(keep[j] * d + e)]));
 }
 
 TEST_P(HeadStoreTest, KeepRejectsUnsortedOrOutOfRangeIndices) {
