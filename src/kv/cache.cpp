@@ -22,28 +22,28 @@ kernels::DType dtype_of(KvType t) {
   return t == KvType::F16 ? kernels::DType::F16 : kernels::DType::F32;
 }
 
-// Room for `rows` more rows of `row` bytes; grows by a quarter (at least 16 rows) so that a decode
-// append copies the store only O(log n) times in all, and a prefill append allocates exactly.
-void make_room(StoreBytes& a, size_t row, size_t rows) {
-  const size_t need = a.size() + rows * row;
-  if (need <= a.capacity()) return;
-  const size_t grown = a.empty() ? need : a.capacity() + a.capacity() / 4 + 16 * row;
-  a.reserve(std::max(need, grown));
-}
-
 }  // namespace
+
+void HeadStore::regrow(int64_t rows) {
+  const size_t row = row_bytes(), n = size_t(len_) * row;
+  StoreBytes a(2 * size_t(rows) * row);
+  if (n > 0) {
+    std::memcpy(a.data(), k_ptr(), n);
+    std::memcpy(a.data() + size_t(rows) * row, v_ptr(), n);
+  }
+  kv_.swap(a);
+  cap_ = rows;
+}
 
 void HeadStore::append(const float* k, const float* v, int64_t n) {
   if (n < 0) throw std::invalid_argument("HeadStore::append: negative row count");
   if (n == 0) return;
-  const size_t row = row_bytes();
-  const size_t old = size_t(len_) * row;
-  make_room(k_, row, size_t(n));
-  make_room(v_, row, size_t(n));
-  k_.resize(old + size_t(n) * row);
-  v_.resize(old + size_t(n) * row);
-  kernels::quantize_row(dtype_of(type_), k, k_.data() + old, n * head_dim_);
-  kernels::quantize_row(dtype_of(type_), v, v_.data() + old, n * head_dim_);
+  // Grow by a quarter (at least 16 rows), so that decode appends copy the store only O(log n)
+  // times in all; the first append (a prefill) allocates exactly.
+  if (len_ + n > cap_) regrow(cap_ == 0 ? n : std::max(len_ + n, cap_ + cap_ / 4 + 16));
+  const size_t at = size_t(len_) * row_bytes();
+  kernels::quantize_row(dtype_of(type_), k, k_ptr() + at, n * head_dim_);
+  kernels::quantize_row(dtype_of(type_), v, v_ptr() + at, n * head_dim_);
   const int64_t sealed = panel_keys();
   len_ += n;
   seal_panels(sealed);
@@ -51,9 +51,7 @@ void HeadStore::append(const float* k, const float* v, int64_t n) {
 
 void HeadStore::reserve(int64_t rows) {
   if (rows < 0) throw std::invalid_argument("HeadStore::reserve: negative row count");
-  const size_t bytes = size_t(rows) * size_t(head_dim_) * kv_type_bytes(type_);
-  k_.reserve(bytes);
-  v_.reserve(bytes);
+  if (rows > cap_) regrow(rows);
 }
 
 void HeadStore::keep(std::span<const int64_t> indices) {
@@ -67,30 +65,31 @@ void HeadStore::keep(std::span<const int64_t> indices) {
                                   std::to_string(len_));
     prev = i;
   }
-  // Gather the kept rows into exactly-sized arrays: the memory held must equal the tokens kept.
-  StoreBytes k(indices.size() * row), v(indices.size() * row);
-  for (size_t j = 0; j < indices.size(); ++j) {
-    raw_key(indices[j], k.data() + j * row);
-    std::memcpy(v.data() + j * row, v_.data() + size_t(indices[j]) * row, row);
+  // Gather the kept rows into an exactly-sized array: the memory held must equal the tokens kept.
+  const size_t m = indices.size();
+  StoreBytes a(2 * m * row);
+  for (size_t j = 0; j < m; ++j) {
+    raw_key(indices[j], a.data() + j * row);
+    std::memcpy(a.data() + (m + j) * row, v_ptr() + size_t(indices[j]) * row, row);
   }
-  k_.swap(k);
-  v_.swap(v);
-  len_ = int64_t(indices.size());
+  kv_.swap(a);
+  cap_ = int64_t(m);
+  len_ = int64_t(m);
   seal_panels(0);
 }
 
 void HeadStore::clear() {
   len_ = 0;
-  StoreBytes().swap(k_);
-  StoreBytes().swap(v_);
+  StoreBytes().swap(kv_);
+  cap_ = 0;
 }
 
 void HeadStore::k_row(int64_t i, float* out) const {
   if (i >= panel_keys()) {
-    kernels::dequantize_row(dtype_of(type_), k_.data() + size_t(i) * row_bytes(), out, head_dim_);
+    kernels::dequantize_row(dtype_of(type_), k_ptr() + size_t(i) * row_bytes(), out, head_dim_);
     return;
   }
-  const uint8_t* panel = k_.data() + size_t(i / kKeyPanel * kKeyPanel) * row_bytes();
+  const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * row_bytes();
   const int64_t t = i % kKeyPanel;
   if (type_ == KvType::F16) {
     const auto* p = reinterpret_cast<const uint16_t*>(panel);
@@ -123,10 +122,10 @@ void panel_to_row(const uint8_t* panel, int64_t t, int64_t d, uint8_t* dst) {
 void HeadStore::raw_key(int64_t i, uint8_t* dst) const {
   const size_t row = row_bytes();
   if (i >= panel_keys()) {
-    std::memcpy(dst, k_.data() + size_t(i) * row, row);
+    std::memcpy(dst, k_ptr() + size_t(i) * row, row);
     return;
   }
-  const uint8_t* panel = k_.data() + size_t(i / kKeyPanel * kKeyPanel) * row;
+  const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * row;
   if (type_ == KvType::F16)
     panel_to_row<uint16_t>(panel, i % kKeyPanel, head_dim_, dst);
   else
@@ -138,7 +137,7 @@ void HeadStore::seal_panels(int64_t from) {
   const size_t row = row_bytes();
   std::vector<uint8_t> rows(size_t(kKeyPanel) * row);
   for (int64_t p = from; p + kKeyPanel <= len_; p += kKeyPanel) {
-    uint8_t* panel = k_.data() + size_t(p) * row;
+    uint8_t* panel = k_ptr() + size_t(p) * row;
     std::memcpy(rows.data(), panel, rows.size());
     for (int64_t t = 0; t < kKeyPanel; ++t) {
       if (type_ == KvType::F16)
@@ -150,7 +149,7 @@ void HeadStore::seal_panels(int64_t from) {
 }
 
 void HeadStore::v_row(int64_t i, float* out) const {
-  kernels::dequantize_row(dtype_of(type_), v_.data() + size_t(i) * row_bytes(), out, head_dim_);
+  kernels::dequantize_row(dtype_of(type_), v_ptr() + size_t(i) * row_bytes(), out, head_dim_);
 }
 
 SequenceCache::SequenceCache(int n_layers, int n_kv_heads, int64_t head_dim, KvType type)
