@@ -15,7 +15,7 @@
 // prefetchers alone keep too few lines in flight while a core computes that densely: the read and
 // the arithmetic then add up instead of overlapping (0.45 of the streaming read). So the kernels
 // prefetch K two panels ahead of the scores and V one block ahead of the values, a few lines per
-// loop iteration (Prefetch below): 0.77-0.81 of the read for that case, see README.
+// loop iteration (Prefetch below): about 0.77 of the read for that case (README).
 #include <algorithm>
 #include <atomic>
 #include <cmath>

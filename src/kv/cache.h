@@ -14,13 +14,13 @@
 namespace fairkv::kv {
 
 enum class KvType { F32, F16 };
-
-// Keys are stored in panels of this many tokens (see HeadStore).
-inline constexpr int64_t kKeyPanel = 16;
 const char* kv_type_name(KvType t);
 size_t kv_type_bytes(KvType t);
 
-// One head's keys and values: len rows of head_dim elements each, K and V in separate arrays.
+// Keys are stored in panels of this many tokens (see HeadStore).
+inline constexpr int64_t kKeyPanel = 16;
+
+// One head's keys and values: len rows of head_dim elements each, K then V in one array.
 //
 // Values are row-major. Keys are held in panels of kKeyPanel tokens, each panel dimension-major
 // (element i of the panel's key t at i * kKeyPanel + t), and the last size() % kKeyPanel keys
@@ -52,7 +52,7 @@ class HeadStore {
   // Bytes of the kept tokens (K and V), the figure FAIRKV.md's load counts.
   size_t bytes() const { return size_t(len_) * 2 * head_dim_ * kv_type_bytes(type_); }
   // Bytes allocated: equal to bytes() after construction, a prefill append or keep(); decode
-  // appends grow the arrays by a quarter at a time (amortised O(1) per token, never a copy per
+  // appends grow the array by a quarter at a time (amortised O(1) per token, never a copy per
   // token), so that it stays within 1.25 x bytes() plus 16 rows.
   size_t capacity_bytes() const { return kv_.capacity(); }
   void k_row(int64_t i, float* out) const;  // row i of K as float32
