@@ -16,21 +16,11 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
+#include "kernels/clock.h"
 
 namespace fairkv::kernels {
 
 namespace {
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#else
-  std::this_thread::yield();
-#endif
-}
 
 // About 200 us of pause instructions (a pause is ~25 ns on Zen 4, ~40 ns on recent Intel): covers
 // the gaps between the kernels of a layer and between tokens, yet gives the core back soon when

@@ -4,13 +4,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/clock.h"
+
 namespace fairkv::model {
 
-namespace {
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-}  // namespace
+using kernels::ms_since;
 
 GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
                         const std::vector<int32_t>& prompt, const GenerateOptions& opt,

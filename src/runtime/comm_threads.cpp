@@ -12,21 +12,13 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
+#include "kernels/clock.h"
 
 namespace fairkv::runtime {
 
 namespace {
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#else
-  std::this_thread::yield();
-#endif
-}
+using kernels::cpu_relax;
 
 // The barrier word: the generation (completed barriers, wrapping) in the low 30 bits, and two
 // flags that end every wait: a rank failed, a rank left. One word, so a sleeping waiter is woken

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "kernels/clock.h"
 #include "model/sampler.h"
 #include "placement/planners.h"
 #include "placement/profile.h"
@@ -17,10 +18,8 @@
 namespace fairkv::runtime {
 
 namespace {
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
+using kernels::Clock;
+using kernels::ms_since;
 
 double dtype_bytes(kernels::DType t) {
   return double(kernels::row_bytes(t, kernels::block_size(t))) / double(kernels::block_size(t));

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "kernels/clock.h"
 #include "kernels/matmul.h"
 #include "kernels/threadpool.h"
 #include "kernels/types.h"
@@ -25,10 +26,8 @@ namespace fairkv::runtime {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
+using kernels::Clock;
+using kernels::ms_between;
 
 // Rank r of R whose collectives cost nothing: the emulated mode times a rank's own work alone.
 // Results are not the model's (nothing is summed), which timing does not need.

@@ -8,6 +8,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "kernels/clock.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 #include "kv/attention.h"
@@ -27,10 +28,8 @@ void SegmentTimes::clear(int layers) {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
+using kernels::Clock;
+using kernels::ms_between;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
