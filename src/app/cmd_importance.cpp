@@ -22,6 +22,7 @@
 #include "app/prompts.h"
 #include "kv/compress.h"
 #include "model/generate.h"
+#include "tokenizer/tokenizer.h"
 
 namespace fairkv::app {
 
@@ -34,7 +35,7 @@ struct ImportanceArgs {
 
 // The answer's tokens as they follow the prompt: the tail of encode(prompt + " " + answer) when
 // its head is the prompt's own tokens, else the answer encoded alone.
-std::vector<int32_t> answer_tokens(const model::Tokenizer& tok, const std::string& prompt,
+std::vector<int32_t> answer_tokens(const tokenizer::Tokenizer& tok, const std::string& prompt,
                                    const std::vector<int32_t>& ids, const std::string& answer) {
   const auto whole = tok.encode(prompt + " " + answer, tok.add_bos());
   if (whole.size() > ids.size() && std::equal(ids.begin(), ids.end(), whole.begin()))
