@@ -19,6 +19,7 @@
 
 #include "app/commands.h"
 #include "app/engine_options.h"
+#include "app/head_importance_file.h"
 #include "app/prompts.h"
 #include "kv/compress.h"
 #include "model/generate.h"
@@ -94,7 +95,7 @@ void run(const ImportanceArgs& a) {
   fmt::print(stderr, "\n");
   if (used == 0) throw UsageError("--prompts: no record with an answer found in its prompt");
   const kv::HeadImportance imp = kv::importance_from_scores(scores, L, H, G);
-  nlohmann::json j = kv::head_importance_json(imp);
+  nlohmann::json j = head_importance_json(imp);
   j["source"] = fmt::format(
       "fairkv importance --score {}: {} prompts of {} ({} answer tokens) on {}, query heads "
       "averaged over each GQA group of {}, normalised to sum 1",
