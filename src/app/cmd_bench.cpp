@@ -33,18 +33,6 @@ struct BenchArgs {
   KvOptions kv;  // --prompts: the compression whose kept lengths are benched
 };
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  size_t b = 0;
-  while (b <= s.size()) {
-    size_t e = s.find(',', b);
-    if (e == std::string::npos) e = s.size();
-    if (e > b) out.push_back(s.substr(b, e - b));
-    b = e + 1;
-  }
-  return out;
-}
-
 void progress_bar(int done, int total, const std::string& what) {
   const int width = 30, fill = total > 0 ? done * width / total : width;
   fmt::print(stderr, "\r[{}{}] {:3}% {:<48.48}", std::string(size_t(fill), '#'),

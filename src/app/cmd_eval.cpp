@@ -40,18 +40,6 @@ struct Budget {
   double value = 0;
 };
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  size_t b = 0;
-  while (b <= s.size()) {
-    size_t e = s.find(',', b);
-    if (e == std::string::npos) e = s.size();
-    if (e > b) out.push_back(s.substr(b, e - b));
-    b = e + 1;
-  }
-  return out;
-}
-
 std::vector<Budget> parse_budgets(const std::string& s) {
   std::vector<Budget> out;
   for (const auto& t : split_list(s)) {

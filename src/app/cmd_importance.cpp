@@ -19,9 +19,11 @@
 
 #include "app/commands.h"
 #include "app/engine_options.h"
+#include "app/head_importance_file.h"
 #include "app/prompts.h"
 #include "kv/compress.h"
 #include "model/generate.h"
+#include "tokenizer/tokenizer.h"
 
 namespace fairkv::app {
 
@@ -34,7 +36,7 @@ struct ImportanceArgs {
 
 // The answer's tokens as they follow the prompt: the tail of encode(prompt + " " + answer) when
 // its head is the prompt's own tokens, else the answer encoded alone.
-std::vector<int32_t> answer_tokens(const model::Tokenizer& tok, const std::string& prompt,
+std::vector<int32_t> answer_tokens(const tokenizer::Tokenizer& tok, const std::string& prompt,
                                    const std::vector<int32_t>& ids, const std::string& answer) {
   const auto whole = tok.encode(prompt + " " + answer, tok.add_bos());
   if (whole.size() > ids.size() && std::equal(ids.begin(), ids.end(), whole.begin()))
@@ -93,7 +95,7 @@ void run(const ImportanceArgs& a) {
   fmt::print(stderr, "\n");
   if (used == 0) throw UsageError("--prompts: no record with an answer found in its prompt");
   const kv::HeadImportance imp = kv::importance_from_scores(scores, L, H, G);
-  nlohmann::json j = kv::head_importance_json(imp);
+  nlohmann::json j = head_importance_json(imp);
   j["source"] = fmt::format(
       "fairkv importance --score {}: {} prompts of {} ({} answer tokens) on {}, query heads "
       "averaged over each GQA group of {}, normalised to sum 1",

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "app/commands.h"
+#include "formats/gguf_synth.h"
 #include "placement/evaluate.h"
 #include "placement/planners.h"
 
@@ -37,32 +38,23 @@ struct PlanArgs {
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 constexpr double kMiB = 1024.0 * 1024.0;
 
-// Model shapes for synthetic profiles (layers, KV heads, query heads, head size, embd, ffn).
+// A synthetic profile's model shape: one of the synth presets, so that a plan and a synthesized
+// GGUF of the same name have the same shape.
 pl::SyntheticSpec shape_spec(const std::string& name) {
-  pl::SyntheticSpec s;
-  auto set = [&](int layers, int kv, int q, int d, int64_t embd, int64_t ffn) {
-    s.model = name + "-shape";
-    s.layers = layers;
-    s.kv_heads = kv;
-    s.query_heads = q;
-    s.head_dim = d;
-    s.embd = embd;
-    s.ffn = ffn;
-  };
-  if (name == "llama-3.3-70b") {
-    set(80, 8, 64, 128, 8192, 28672);
-  } else if (name == "mistral-24b") {
-    set(40, 8, 32, 128, 5120, 32768);
-  } else if (name == "llama-2-7b") {
-    set(32, 32, 32, 128, 4096, 11008);
-  } else if (name == "stories260K") {
-    set(5, 4, 8, 8, 64, 172);
-  } else {
-    throw UsageError(fmt::format(
-        "--shape: unknown shape \"{}\" (expected llama-3.3-70b, mistral-24b, llama-2-7b or "
-        "stories260K)",
-        name));
+  const gguf::SynthShape* shape = nullptr;
+  try {
+    shape = &gguf::synth_shape(name);
+  } catch (const gguf::Error& e) {
+    throw UsageError(e.what());
   }
+  pl::SyntheticSpec s;
+  s.model = name + "-shape";
+  s.layers = int(shape->n_layer);
+  s.kv_heads = int(shape->n_head_kv);
+  s.query_heads = int(shape->n_head);
+  s.head_dim = int(shape->head_dim);
+  s.embd = shape->n_embd;
+  s.ffn = shape->n_ff;
   return s;
 }
 
@@ -353,8 +345,8 @@ void add_plan_command(CLI::App& app) {
                   "Synthetic profile instead: lognormal:SIGMA (unit loads log-normal, mean "
                   "--mean-tokens)");
   cmd->add_option("--shape", a->shape,
-                  "Model shape of a synthetic profile: llama-3.3-70b, mistral-24b, llama-2-7b, "
-                  "stories260K")
+                  "Model shape of a synthetic profile: a synth preset (llama-3.3-70b, "
+                  "mistral-24b, llama-2-7b, stories260K, ...)")
       ->capture_default_str();
   cmd->add_option("--mean-tokens", a->mean_tokens, "Synthetic: mean cached tokens of a unit")
       ->capture_default_str();

@@ -5,6 +5,8 @@
 
 #include <CLI/CLI.hpp>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace fairkv::app {
 
@@ -12,12 +14,25 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The items of a comma-separated option value ("1,2,4"), empty items dropped.
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    size_t e = s.find(',', b);
+    if (e == std::string::npos) e = s.size();
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
 void add_run_command(CLI::App& app);      // generate text (cmd_run.cpp)
 void add_inspect_command(CLI::App& app);  // describe a GGUF file (cmd_inspect.cpp)
-void add_synth_command(
-    CLI::App& app);                    // write a random-weight GGUF of a real shape (cmd_synth.cpp)
-void add_plan_command(CLI::App& app);  // place units on devices (cmd_plan.cpp)
-void add_eval_command(CLI::App& app);  // fidelity of KV compression (cmd_eval.cpp)
+// Write a random-weight GGUF of a real model's shape (cmd_synth.cpp).
+void add_synth_command(CLI::App& app);
+void add_plan_command(CLI::App& app);        // place units on devices (cmd_plan.cpp)
+void add_eval_command(CLI::App& app);        // fidelity of KV compression (cmd_eval.cpp)
 void add_profile_command(CLI::App& app);     // measure a load profile (cmd_profile.cpp)
 void add_bench_command(CLI::App& app);       // placements side by side (cmd_bench.cpp)
 void add_importance_command(CLI::App& app);  // HeadKV head importance (cmd_importance.cpp)

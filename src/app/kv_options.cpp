@@ -1,8 +1,153 @@
 #include "app/kv_options.h"
 
+#include <cmath>
 #include <stdexcept>
 
+#include "app/head_importance_file.h"
+
 namespace fairkv::app {
+
+namespace {
+
+[[noreturn]] void bad(std::string_view option, const std::string& what) {
+  throw std::invalid_argument(std::string(option) + ": " + what);
+}
+
+int64_t parse_int(std::string_view option, const std::string& text, const char* expected) {
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(text, &used);
+    if (used == text.size()) return v;
+  } catch (const std::exception&) {
+  }
+  bad(option, std::string("expected ") + expected + ", got '" + text + "'");
+}
+
+double parse_double(std::string_view option, const std::string& text, const char* expected) {
+  try {
+    size_t used = 0;
+    const double v = std::stod(text, &used);
+    if (used == text.size() && std::isfinite(v)) return v;
+  } catch (const std::exception&) {
+  }
+  bad(option, std::string("expected ") + expected + ", got '" + text + "'");
+}
+
+}  // namespace
+
+const std::vector<CompressionOption>& compression_options() {
+  static const std::vector<CompressionOption> opts = {
+      {"--kv-policy",
+       "KV compression after prefill: full, streaming, snapkv, pyramidkv, adakv, "
+       "headkv, cake, defensivekv",
+       [](kv::CompressionConfig& c, const std::string& v) { c.policy = kv::parse_policy(v); }},
+      {"--kv-budget", "Tokens kept per KV head on average, observation window included",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const int64_t b = parse_int("--kv-budget", v, "a positive integer");
+         if (b <= 0) bad("--kv-budget", "expected a positive integer, got " + v);
+         c.budget = b;
+       }},
+      {"--kv-ratio", "Share of the prompt's tokens kept per KV head on average, in (0, 1]",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double r = parse_double("--kv-ratio", v, "a number in (0, 1]");
+         if (!(r > 0 && r <= 1)) bad("--kv-ratio", "expected a number in (0, 1], got " + v);
+         c.ratio = r;
+       }},
+      {"--kv-window", "Observation window: the last W prompt tokens, always kept (32)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const int64_t w = parse_int("--kv-window", v, "a positive integer");
+         if (w <= 0) bad("--kv-window", "expected a positive integer, got " + v);
+         c.window = w;
+       }},
+      {"--kv-pool-kernel", "Pooling kernel over token scores (Ada-KV, HeadKV 7; others 5)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const int64_t k = parse_int("--kv-pool-kernel", v, "an odd positive integer");
+         if (k < 1 || k % 2 == 0 || k > 1001)
+           bad("--kv-pool-kernel", "expected an odd positive integer, got " + v);
+         c.pool_kernel = int(k);
+       }},
+      {"--kv-pooling", "Pooling of token scores: avg, max, none (Ada-KV, HeadKV max; others avg)",
+       [](kv::CompressionConfig& c, const std::string& v) { c.pooling = kv::parse_pooling(v); }},
+      {"--kv-alpha", "Ada-KV safeguard: every head keeps at least alpha x the average (0.2)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double a = parse_double("--kv-alpha", v, "a number in [0, 1]");
+         if (!(a >= 0 && a <= 1)) bad("--kv-alpha", "expected a number in [0, 1], got " + v);
+         c.alpha = a;
+       }},
+      {"--kv-pyramid-beta", "PyramidKV: the last layer keeps 1/beta of the average (20)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double b = parse_double("--kv-pyramid-beta", v, "a number >= 1");
+         if (!(b >= 1)) bad("--kv-pyramid-beta", "expected a number >= 1, got " + v);
+         c.pyramid_beta = b;
+       }},
+      {"--kv-gqa", "Combine scores over a GQA group's query heads: mean, max",
+       [](kv::CompressionConfig& c, const std::string& v) { c.gqa = kv::parse_gqa_combine(v); }},
+      {"--kv-sinks", "Streaming: attention-sink tokens kept at the start (4)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const int64_t k = parse_int("--kv-sinks", v, "a non-negative integer");
+         if (k < 0) bad("--kv-sinks", "expected a non-negative integer, got " + v);
+         c.sinks = k;
+       }},
+      {"--kv-head-importance", "HeadKV head-importance JSON {layers, kv_heads, importance}",
+       nullptr},
+      {"--kv-headkv-beta", "HeadKV: share of the budget pooled by importance is 1/beta (1.01)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double b = parse_double("--kv-headkv-beta", v, "a number >= 1");
+         if (!(b >= 1)) bad("--kv-headkv-beta", "expected a number >= 1, got " + v);
+         c.headkv_beta = b;
+       }},
+      {"--kv-cake-tau1", "CAKE: temperature of the entropy term (1)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double t = parse_double("--kv-cake-tau1", v, "a positive number");
+         if (!(t > 0)) bad("--kv-cake-tau1", "expected a positive number, got " + v);
+         c.cake_tau1 = t;
+       }},
+      {"--kv-cake-tau2", "CAKE: temperature of the variance term (1)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double t = parse_double("--kv-cake-tau2", v, "a positive number");
+         if (!(t > 0)) bad("--kv-cake-tau2", "expected a positive number, got " + v);
+         c.cake_tau2 = t;
+       }},
+      {"--kv-cake-gamma", "CAKE: weight of the variance in the eviction indicator (200)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double g = parse_double("--kv-cake-gamma", v, "a non-negative number");
+         if (!(g >= 0)) bad("--kv-cake-gamma", "expected a non-negative number, got " + v);
+         c.cake_gamma = g;
+       }},
+      {"--kv-critical",
+       "DefensiveKV: CriticalKV's value-norm stage, on or off (on, as DefensiveKV's reference)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         if (v == "on" || v == "1" || v == "true")
+           c.critical = true;
+         else if (v == "off" || v == "0" || v == "false")
+           c.critical = false;
+         else
+           bad("--kv-critical", "expected on or off, got '" + v + "'");
+       }},
+      {"--kv-critical-mass",
+       "DefensiveKV with --kv-critical-share mass: stage 1 keeps the top tokens holding this share "
+       "of the window's attention (0.9)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double m = parse_double("--kv-critical-mass", v, "a number in (0, 1]");
+         if (!(m > 0 && m <= 1)) bad("--kv-critical-mass", "expected a number in (0, 1], got " + v);
+         c.critical_mass = m;
+       }},
+      {"--kv-critical-share",
+       "DefensiveKV: CriticalKV's fixed split, the share of each head's budget chosen by "
+       "attention x value norm (0.5, as kvpress), or 'mass' for stage 1 by --kv-critical-mass",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         if (v == "mass") {
+           c.critical_share.reset();
+           return;
+         }
+         const double m = parse_double("--kv-critical-share", v, "a number in [0, 1] or mass");
+         if (!(m >= 0 && m <= 1))
+           bad("--kv-critical-share", "expected a number in [0, 1], got " + v);
+         c.critical_share = m;
+       }},
+  };
+  return opts;
+}
 
 kv::KvType KvOptions::kv_type() const {
   if (type == "f32") return kv::KvType::F32;
@@ -12,9 +157,9 @@ kv::KvType KvOptions::kv_type() const {
 
 kv::CompressionConfig KvOptions::config(const std::string& policy, int64_t budget) const {
   kv::CompressionConfig c;
-  for (const auto& opt : kv::compression_options()) {
+  for (const auto& opt : compression_options()) {
     auto it = raw.find(opt.flag);
-    if (it != raw.end()) opt.set(c, it->second);
+    if (it != raw.end() && opt.set) opt.set(c, it->second);
   }
   if (!policy.empty()) {
     c.policy = kv::parse_policy(policy, "--policies");
@@ -23,18 +168,17 @@ kv::CompressionConfig KvOptions::config(const std::string& policy, int64_t budge
       c.ratio = 0;
     }
   }
+  if (c.policy == kv::Policy::HeadKV) {
+    auto it = raw.find("--kv-head-importance");
+    if (it != raw.end()) c.head_importance = read_head_importance(it->second);
+  }
   c.resolve();
   return c;
 }
 
-bool KvOptions::compressing() const {
-  auto it = raw.find("--kv-policy");
-  return it != raw.end() && it->second != "full";
-}
-
 void add_kv_options(CLI::App& cmd, KvOptions& o, bool with_policy) {
   cmd.add_option("--kv-type", o.type, "KV cache element type: f32 or f16")->capture_default_str();
-  for (const auto& opt : kv::compression_options()) {
+  for (const auto& opt : compression_options()) {
     const std::string flag = opt.flag;
     if (!with_policy && (flag == "--kv-policy" || flag == "--kv-budget" || flag == "--kv-ratio"))
       continue;

@@ -35,7 +35,9 @@ struct SynthShape {
   float norm_eps = 1e-5f;
 };
 
-// The presets: tiny (tests), tinyllama-1.1b, llama-3-8b, llama-3-70b, mistral-small-24b.
+// The presets, which `fairkv synth` writes and `fairkv plan --shape` builds synthetic profiles
+// of: tiny (tests), tinyllama-1.1b, llama-3-8b, llama-3.3-70b, mistral-24b (Mistral-Small),
+// llama-2-7b, stories260K.
 const std::vector<SynthShape>& synth_shapes();
 // The preset of that name; throws Error listing the valid names when there is none.
 const SynthShape& synth_shape(std::string_view name);

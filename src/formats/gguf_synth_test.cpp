@@ -53,13 +53,13 @@ TEST(GgufSynth, PresetsHaveTheRealModelsShapes) {
   EXPECT_EQ(l8.n_ff, 14336);
   EXPECT_EQ(l8.n_vocab, 128256);
   EXPECT_EQ(l8.rope_base, 500000.0f);
-  const SynthShape& l70 = synth_shape("llama-3-70b");
+  const SynthShape& l70 = synth_shape("llama-3.3-70b");
   EXPECT_EQ(l70.n_layer, 80);
   EXPECT_EQ(l70.n_embd, 8192);
   EXPECT_EQ(l70.n_head, 64);
   EXPECT_EQ(l70.head_dim, 128);
   EXPECT_EQ(l70.n_ff, 28672);
-  const SynthShape& m = synth_shape("mistral-small-24b");
+  const SynthShape& m = synth_shape("mistral-24b");
   EXPECT_EQ(m.n_layer, 40);
   EXPECT_EQ(m.n_embd, 5120);
   EXPECT_EQ(m.head_dim, 128);  // not 5120 / 32

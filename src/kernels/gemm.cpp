@@ -113,18 +113,7 @@ void gemm_type(const WeightMatrix& w, const float* xp, int64_t n_tokens, float* 
         }
       }
     }
-    for (int64_t i = 0; i < n_tiles; ++i) {
-      const int64_t r0 = rb + i * kRows;
-      const int nr = int(std::min<int64_t>(kRows, r_end - r0));
-      for (int64_t p = 0; p < n_panels; ++p) {
-        const float* c = cbuf + (i * n_panels + p) * kRows * kPanel;
-        const int nt = int(p == n_panels - 1 ? last_panel_tokens : kPanel);
-        for (int t = 0; t < nt; ++t) {
-          float* yt = y + (p * kPanel + t) * w.rows + r0;
-          for (int r = 0; r < nr; ++r) yt[r] = c[r * kPanel + t];
-        }
-      }
-    }
+    store_tiles<kRows, kPanel>(cbuf, n_tiles, n_panels, last_panel_tokens, rb, r_end, y, w.rows);
   }
 }
 

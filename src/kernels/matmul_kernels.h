@@ -34,6 +34,29 @@ int64_t gemm_panels(int64_t n_tokens);
 void gemm(const WeightMatrix& w, const float* xpacked, int64_t n_tokens, float* y, int64_t r_begin,
           int64_t r_end);
 
+// The epilogue of the register-blocked kernels (gemm, bf16_matmul, q8_matmul): their sums sit in
+// cbuf as tiles of Rows weight rows x Panel tokens ([row][token]), tile i of a block of row tiles
+// holding panel p at (i * n_panels + p) * Rows * Panel. Copies the tiles of the rows [rb, ...)
+// that are below r_end into y (n_tokens x y_rows), transposing each to [token][row]; the last
+// panel holds last_panel_tokens tokens. Inline so that every kernel's loops keep their constants.
+template <int Rows, int Panel>
+inline void store_tiles(const float* cbuf, int64_t n_tiles, int64_t n_panels,
+                        int64_t last_panel_tokens, int64_t rb, int64_t r_end, float* y,
+                        int64_t y_rows) {
+  for (int64_t i = 0; i < n_tiles; ++i) {
+    const int64_t r0 = rb + i * Rows;
+    const int nr = int(r_end - r0 < Rows ? r_end - r0 : Rows);
+    for (int64_t p = 0; p < n_panels; ++p) {
+      const float* c = cbuf + (i * n_panels + p) * Rows * Panel;
+      const int nt = int(p == n_panels - 1 ? last_panel_tokens : Panel);
+      for (int t = 0; t < nt; ++t) {
+        float* yt = y + (p * Panel + t) * y_rows + r0;
+        for (int r = 0; r < nr; ++r) yt[r] = c[r * Panel + t];
+      }
+    }
+  }
+}
+
 // --- quantize_act.cpp: activations rounded as llama.cpp's x86 CPU backend rounds them.
 // Q8_0 blocks of activations: d = amax / 127 (stored as fp16), q = round-half-even(x * 127/amax),
 // which is ggml's AVX quantize_row_q8_0 (its scalar reference uses 1/d and rounds ties away from

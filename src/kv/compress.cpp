@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <fstream>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
@@ -26,26 +25,6 @@ std::string join_names(std::span<const std::string_view> names) {
   std::string s;
   for (auto n : names) s += (s.empty() ? "" : ", ") + std::string(n);
   return s;
-}
-
-int64_t parse_int(std::string_view option, const std::string& text, const char* expected) {
-  try {
-    size_t used = 0;
-    const long long v = std::stoll(text, &used);
-    if (used == text.size()) return v;
-  } catch (const std::exception&) {
-  }
-  bad(option, std::string("expected ") + expected + ", got '" + text + "'");
-}
-
-double parse_double(std::string_view option, const std::string& text, const char* expected) {
-  try {
-    size_t used = 0;
-    const double v = std::stod(text, &used);
-    if (used == text.size() && std::isfinite(v)) return v;
-  } catch (const std::exception&) {
-  }
-  bad(option, std::string("expected ") + expected + ", got '" + text + "'");
 }
 
 std::string fmt_double(double v) {
@@ -159,11 +138,8 @@ void CompressionConfig::resolve() {
     bad("--kv-critical-mass", "expected a number in (0, 1], got " + fmt_double(critical_mass));
   if (critical_share && !(*critical_share >= 0 && *critical_share <= 1))
     bad("--kv-critical-share", "expected a number in [0, 1], got " + fmt_double(*critical_share));
-  if (policy == Policy::HeadKV && !head_importance) {
-    if (headkv_file.empty())
-      bad("--kv-head-importance", "the headkv policy needs a head-importance file");
-    head_importance = read_head_importance(headkv_file);
-  }
+  if (policy == Policy::HeadKV && !head_importance)
+    bad("--kv-head-importance", "the headkv policy needs a head-importance file");
 }
 
 std::string CompressionConfig::describe() const {
@@ -185,163 +161,6 @@ std::string CompressionConfig::describe() const {
     s += " tau1=" + fmt_double(cake_tau1) + " tau2=" + fmt_double(cake_tau2) +
          " gamma=" + fmt_double(cake_gamma);
   return s;
-}
-
-const std::vector<CompressionOption>& compression_options() {
-  static const std::vector<CompressionOption> opts = {
-      {"--kv-policy",
-       "KV compression after prefill: full, streaming, snapkv, pyramidkv, adakv, "
-       "headkv, cake, defensivekv",
-       [](CompressionConfig& c, const std::string& v) { c.policy = parse_policy(v); }},
-      {"--kv-budget", "Tokens kept per KV head on average, observation window included",
-       [](CompressionConfig& c, const std::string& v) {
-         const int64_t b = parse_int("--kv-budget", v, "a positive integer");
-         if (b <= 0) bad("--kv-budget", "expected a positive integer, got " + v);
-         c.budget = b;
-       }},
-      {"--kv-ratio", "Share of the prompt's tokens kept per KV head on average, in (0, 1]",
-       [](CompressionConfig& c, const std::string& v) {
-         const double r = parse_double("--kv-ratio", v, "a number in (0, 1]");
-         if (!(r > 0 && r <= 1)) bad("--kv-ratio", "expected a number in (0, 1], got " + v);
-         c.ratio = r;
-       }},
-      {"--kv-window", "Observation window: the last W prompt tokens, always kept (32)",
-       [](CompressionConfig& c, const std::string& v) {
-         const int64_t w = parse_int("--kv-window", v, "a positive integer");
-         if (w <= 0) bad("--kv-window", "expected a positive integer, got " + v);
-         c.window = w;
-       }},
-      {"--kv-pool-kernel", "Pooling kernel over token scores (Ada-KV, HeadKV 7; others 5)",
-       [](CompressionConfig& c, const std::string& v) {
-         const int64_t k = parse_int("--kv-pool-kernel", v, "an odd positive integer");
-         if (k < 1 || k % 2 == 0 || k > 1001)
-           bad("--kv-pool-kernel", "expected an odd positive integer, got " + v);
-         c.pool_kernel = int(k);
-       }},
-      {"--kv-pooling", "Pooling of token scores: avg, max, none (Ada-KV, HeadKV max; others avg)",
-       [](CompressionConfig& c, const std::string& v) { c.pooling = parse_pooling(v); }},
-      {"--kv-alpha", "Ada-KV safeguard: every head keeps at least alpha x the average (0.2)",
-       [](CompressionConfig& c, const std::string& v) {
-         const double a = parse_double("--kv-alpha", v, "a number in [0, 1]");
-         if (!(a >= 0 && a <= 1)) bad("--kv-alpha", "expected a number in [0, 1], got " + v);
-         c.alpha = a;
-       }},
-      {"--kv-pyramid-beta", "PyramidKV: the last layer keeps 1/beta of the average (20)",
-       [](CompressionConfig& c, const std::string& v) {
-         const double b = parse_double("--kv-pyramid-beta", v, "a number >= 1");
-         if (!(b >= 1)) bad("--kv-pyramid-beta", "expected a number >= 1, got " + v);
-         c.pyramid_beta = b;
-       }},
-      {"--kv-gqa", "Combine scores over a GQA group's query heads: mean, max",
-       [](CompressionConfig& c, const std::string& v) { c.gqa = parse_gqa_combine(v); }},
-      {"--kv-sinks", "Streaming: attention-sink tokens kept at the start (4)",
-       [](CompressionConfig& c, const std::string& v) {
-         const int64_t k = parse_int("--kv-sinks", v, "a non-negative integer");
-         if (k < 0) bad("--kv-sinks", "expected a non-negative integer, got " + v);
-         c.sinks = k;
-       }},
-      {"--kv-head-importance", "HeadKV head-importance JSON {layers, kv_heads, importance}",
-       [](CompressionConfig& c, const std::string& v) { c.headkv_file = v; }},
-      {"--kv-headkv-beta", "HeadKV: share of the budget pooled by importance is 1/beta (1.01)",
-       [](CompressionConfig& c, const std::string& v) {
-         const double b = parse_double("--kv-headkv-beta", v, "a number >= 1");
-         if (!(b >= 1)) bad("--kv-headkv-beta", "expected a number >= 1, got " + v);
-         c.headkv_beta = b;
-       }},
-      {"--kv-cake-tau1", "CAKE: temperature of the entropy term (1)",
-       [](CompressionConfig& c, const std::string& v) {
-         const double t = parse_double("--kv-cake-tau1", v, "a positive number");
-         if (!(t > 0)) bad("--kv-cake-tau1", "expected a positive number, got " + v);
-         c.cake_tau1 = t;
-       }},
-      {"--kv-cake-tau2", "CAKE: temperature of the variance term (1)",
-       [](CompressionConfig& c, const std::string& v) {
-         const double t = parse_double("--kv-cake-tau2", v, "a positive number");
-         if (!(t > 0)) bad("--kv-cake-tau2", "expected a positive number, got " + v);
-         c.cake_tau2 = t;
-       }},
-      {"--kv-cake-gamma", "CAKE: weight of the variance in the eviction indicator (200)",
-       [](CompressionConfig& c, const std::string& v) {
-         const double g = parse_double("--kv-cake-gamma", v, "a non-negative number");
-         if (!(g >= 0)) bad("--kv-cake-gamma", "expected a non-negative number, got " + v);
-         c.cake_gamma = g;
-       }},
-      {"--kv-critical",
-       "DefensiveKV: CriticalKV's value-norm stage, on or off (on, as DefensiveKV's reference)",
-       [](CompressionConfig& c, const std::string& v) {
-         if (v == "on" || v == "1" || v == "true")
-           c.critical = true;
-         else if (v == "off" || v == "0" || v == "false")
-           c.critical = false;
-         else
-           bad("--kv-critical", "expected on or off, got '" + v + "'");
-       }},
-      {"--kv-critical-mass",
-       "DefensiveKV with --kv-critical-share mass: stage 1 keeps the top tokens holding this share "
-       "of the window's attention (0.9)",
-       [](CompressionConfig& c, const std::string& v) {
-         const double m = parse_double("--kv-critical-mass", v, "a number in (0, 1]");
-         if (!(m > 0 && m <= 1)) bad("--kv-critical-mass", "expected a number in (0, 1], got " + v);
-         c.critical_mass = m;
-       }},
-      {"--kv-critical-share",
-       "DefensiveKV: CriticalKV's fixed split, the share of each head's budget chosen by "
-       "attention x value norm (0.5, as kvpress), or 'mass' for stage 1 by --kv-critical-mass",
-       [](CompressionConfig& c, const std::string& v) {
-         if (v == "mass") {
-           c.critical_share.reset();
-           return;
-         }
-         const double m = parse_double("--kv-critical-share", v, "a number in [0, 1] or mass");
-         if (!(m >= 0 && m <= 1))
-           bad("--kv-critical-share", "expected a number in [0, 1], got " + v);
-         c.critical_share = m;
-       }},
-  };
-  return opts;
-}
-
-// ---- HeadKV importance file ----
-
-HeadImportance read_head_importance(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error(path + ": cannot open the head-importance file");
-  nlohmann::json j;
-  try {
-    f >> j;
-  } catch (const std::exception& e) {
-    throw std::runtime_error(path + ": not valid JSON (" + e.what() + ")");
-  }
-  auto field_int = [&](const char* key) {
-    if (!j.is_object() || !j.contains(key) || !j[key].is_number_integer() ||
-        j[key].get<int64_t>() < 1 || j[key].get<int64_t>() > 1 << 20)
-      throw std::runtime_error(path + ": field '" + key + "': expected a positive integer");
-    return int(j[key].get<int64_t>());
-  };
-  HeadImportance imp;
-  imp.layers = field_int("layers");
-  imp.kv_heads = field_int("kv_heads");
-  const auto& rows = j.contains("importance") ? j["importance"] : nlohmann::json();
-  if (!rows.is_array() || int(rows.size()) != imp.layers)
-    throw std::runtime_error(path + ": field 'importance': expected " + std::to_string(imp.layers) +
-                             " rows (one per layer)");
-  double total = 0;
-  for (int l = 0; l < imp.layers; ++l) {
-    const auto& row = rows[size_t(l)];
-    if (!row.is_array() || int(row.size()) != imp.kv_heads)
-      throw std::runtime_error(path + ": field 'importance[" + std::to_string(l) + "]': expected " +
-                               std::to_string(imp.kv_heads) + " numbers");
-    for (int h = 0; h < imp.kv_heads; ++h) {
-      const auto& v = row[size_t(h)];
-      if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0)
-        throw std::runtime_error(path + ": field 'importance[" + std::to_string(l) + "][" +
-                                 std::to_string(h) + "]': expected a non-negative number");
-      imp.importance.push_back(v.get<double>());
-      total += imp.importance.back();
-    }
-  }
-  if (!(total > 0)) throw std::runtime_error(path + ": field 'importance': every value is zero");
-  return imp;
 }
 
 // ---- Selection ----

@@ -32,8 +32,8 @@
 //               kernel 7; one top-k over the scores of all heads of a layer (H x (budget - W)
 //               tokens), after the safeguard that first gives every head its own top
 //               floor(alpha x (budget - W)) tokens, alpha = 0.2. alpha = 1 is SnapKV's split.
-//   headkv      HeadKV (Fu et al., arXiv 2410.19258): static per-head budgets from a head
-//               importance file: every head gets (budget - W)(1 - 1/beta) and a pool of
+//   headkv      HeadKV (Fu et al., arXiv 2410.19258): static per-head budgets from per-head
+//               importance (HeadImportance): every head gets (budget - W)(1 - 1/beta) and a pool of
 //               L x H x (budget - W) / beta is shared in proportion to importance (beta = 1.01);
 //               tokens chosen per head by SnapKV scores (max pool 7, as its reference runs).
 //   cake        CAKE (Qin et al., ICLR 2025, arXiv 2503.12491): layer budgets proportional to the
@@ -58,10 +58,10 @@
 //               stage 1 keep per head the fewest highest-attention prefix tokens that with the
 //               window hold critical_mass (0.9) of the window's attention (capped at budget - W),
 //               and the layer-wide top-k of the re-weighted scores pick the rest (on the pass-key
-//               set it keeps far fewer answers: 2/5/9 of 24 against 19/24/23). The norms come with
-//               the cache
-//               (projected_value_norms); callers that give none (empty HeadScores::value_norm,
-//               e.g. compress() on a bare tensor) get the attention-only selection.
+//               set it keeps far fewer answers: 2/5/9 of 24 against 19/24/23). The norms come
+//               from the cache (projected_value_norms); callers that give none (empty
+//               HeadScores::value_norm, e.g. compress() on a bare tensor) get the attention-only
+//               selection.
 #pragma once
 
 #include <cstdint>
@@ -94,14 +94,10 @@ const char* pooling_name(Pooling p);
 const char* gqa_combine_name(GqaCombine g);
 
 // Per-head importance for HeadKV: importance[layer * kv_heads + head] >= 0, not all zero.
-// File format (JSON): {"layers": L, "kv_heads": H, "importance": [[h0, h1, ...], ...]} with L rows
-// of H numbers. (HeadKV's own files score query heads; average them over each GQA group.)
 struct HeadImportance {
   int layers = 0, kv_heads = 0;
   std::vector<double> importance;
 };
-// Throws std::runtime_error naming the file and the field on any malformed input.
-HeadImportance read_head_importance(const std::string& path);
 
 struct CompressionConfig {
   Policy policy = Policy::Full;
@@ -117,10 +113,9 @@ struct CompressionConfig {
   std::optional<double> alpha;  // Ada-KV / DefensiveKV safeguard, in [0, 1]
   double pyramid_beta = 20;     // > 1
   GqaCombine gqa = GqaCombine::Mean;
-  int64_t sinks = 4;        // streaming
-  std::string headkv_file;  // importance file; or fill head_importance directly
-  std::optional<HeadImportance> head_importance;
-  double headkv_beta = 1.01;  // > 1
+  int64_t sinks = 4;                              // streaming
+  std::optional<HeadImportance> head_importance;  // headkv's, required by that policy
+  double headkv_beta = 1.01;                      // > 1
   double cake_tau1 = 1, cake_tau2 = 1, cake_gamma = 200;
   // DefensiveKV's CriticalKV stage (see the table above).
   bool critical = true;
@@ -129,9 +124,9 @@ struct CompressionConfig {
   // kept 2/5/9 of 24 at budgets 48/64/96 against 19/24/23 with the fixed split.
   std::optional<double> critical_share = 0.5;
 
-  // Checks every field and fills the policy defaults (pool kernel, pooling, alpha; reads the
-  // HeadKV file). Throws std::invalid_argument whose message names the command-line option,
-  // e.g. "--kv-budget: expected a positive integer, got -3".
+  // Checks every field (headkv needs head_importance) and fills the policy defaults (pool
+  // kernel, pooling, alpha). Throws std::invalid_argument whose message names the command-line
+  // option, e.g. "--kv-budget: expected a positive integer, got -3".
   void resolve();
   int resolved_pool_kernel() const;
   Pooling resolved_pooling() const;
@@ -143,16 +138,6 @@ struct CompressionConfig {
   int64_t budget_for(int64_t n_prompt) const;
   std::string describe() const;  // one line, for logs and JSON
 };
-
-// The command-line options of a CompressionConfig, for an app to register as string options:
-// set() parses the text strictly and throws std::invalid_argument naming the flag, e.g.
-// "--kv-budget: expected a positive integer, got '-3'". resolve() does the cross-field checks.
-struct CompressionOption {
-  const char* flag;  // "--kv-budget"
-  const char* help;
-  std::function<void(CompressionConfig&, const std::string&)> set;
-};
-const std::vector<CompressionOption>& compression_options();
 
 // What the policies need from one (layer, KV head) after the window has been reduced.
 struct HeadScores {
@@ -282,8 +267,6 @@ void accumulate_retrieval_scores(const float* probs, int group, int64_t rows, in
 // normalised to sum 1 (all zero: equal importance).
 HeadImportance importance_from_scores(std::span<const double> query_scores, int layers,
                                       int kv_heads, int group);
-// The file format that read_head_importance() reads; extra fields may be added by callers.
-nlohmann::json head_importance_json(const HeadImportance& imp);
 
 // ---- Statistics (--kv-stats-out) ----
 

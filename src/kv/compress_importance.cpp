@@ -82,15 +82,4 @@ HeadImportance importance_from_scores(std::span<const double> query_scores, int 
   return imp;
 }
 
-nlohmann::json head_importance_json(const HeadImportance& imp) {
-  nlohmann::json rows = nlohmann::json::array();
-  for (int l = 0; l < imp.layers; ++l) {
-    nlohmann::json row = nlohmann::json::array();
-    for (int h = 0; h < imp.kv_heads; ++h)
-      row.push_back(imp.importance[size_t(l) * imp.kv_heads + h]);
-    rows.push_back(std::move(row));
-  }
-  return {{"layers", imp.layers}, {"kv_heads", imp.kv_heads}, {"importance", std::move(rows)}};
-}
-
 }  // namespace fairkv::kv

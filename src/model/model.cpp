@@ -6,7 +6,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::Load load) {
   gguf::File f = gguf::File::open(path, load);
   ModelConfig c = read_config(f);
   Weights w = bind_weights(f, c);
-  Tokenizer t = Tokenizer::from_gguf(f);
+  tokenizer::Tokenizer t = tokenizer::Tokenizer::from_gguf(f);
   if (t.vocab_size() != c.n_vocab)
     throw gguf::Error(path + ": tokenizer.ggml.tokens: " + std::to_string(t.vocab_size()) +
                       " tokens, but token_embd.weight has " + std::to_string(c.n_vocab) + " rows");

@@ -6,8 +6,8 @@
 
 #include "formats/gguf.h"
 #include "model/config.h"
-#include "model/tokenizer.h"
 #include "model/weights.h"
+#include "tokenizer/tokenizer.h"
 
 namespace fairkv::model {
 
@@ -15,7 +15,7 @@ struct Model {
   gguf::File file;
   ModelConfig config;
   Weights weights;
-  Tokenizer tokenizer;
+  fairkv::tokenizer::Tokenizer tokenizer;
 
   // Maps (or reads, see gguf::Load) and validates the file; throws gguf::Error naming the file
   // and the field.

@@ -32,8 +32,7 @@ void PrefillCompression::attach(GenerateOptions& opt) {
           collector_->set_value_norms(l, h, std::move(norms[size_t(h)]));
       }
     }
-    last_ = collector_->select(cache.n_past);
-    kv::apply_selection(last_, cache);
+    kv::apply_selection(collector_->select(cache.n_past), cache);
     collector_ = std::make_unique<kv::ScoreCollector>(config_, model_.n_layers, model_.n_kv_heads);
   };
 }

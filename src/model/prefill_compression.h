@@ -21,8 +21,6 @@ class PrefillCompression {
   // Each prefill starts a fresh collection, so one object serves many prompts in turn.
   void attach(GenerateOptions& opt);
   const kv::CompressionConfig& config() const { return config_; }
-  // Kept tokens per (layer, KV head) after the last compression.
-  const kv::Selection& last_selection() const { return last_; }
 
  private:
   kv::CompressionConfig config_;
@@ -30,7 +28,6 @@ class PrefillCompression {
   const Weights* weights_ = nullptr;
   std::unique_ptr<kv::ScoreCollector> collector_;
   WindowObserver observer_;
-  kv::Selection last_;
 };
 
 // Convenience for commands: a resolved config for (policy, budget) over base options.

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 // Strings stored back to back, numbered in insertion order, with an open-addressing index.
 class StringTable {
@@ -63,4 +63,4 @@ class PairTable {
   int shift_ = 64;
 };
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

@@ -5,10 +5,10 @@
 
 #include <fmt/format.h>
 
-#include "model/tokenizer_state.h"
-#include "model/unicode_utf8.h"
+#include "tokenizer/state.h"
+#include "tokenizer/unicode_utf8.h"
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 namespace {
 
@@ -55,24 +55,7 @@ void spm_encode(const TokenizerState& s, std::string_view text, std::vector<int3
     heap.push_back({s.scores[size_t(id)], l, L.len + R.len});
     std::push_heap(heap.begin(), heap.end(), WorseBigram{});
   };
-  for (int32_t i = 1; i < int32_t(syms.size()); ++i) try_pair(i - 1, i);
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), WorseBigram{});
-    const Bigram b = heap.back();
-    heap.pop_back();
-    Symbol& L = syms[size_t(b.left)];
-    // Symbols only grow, and only by absorbing their right neighbour: the pair is unchanged
-    // exactly when left is alive and left + its next have the lengths they had.
-    if (L.len == 0 || L.next < 0) continue;
-    Symbol& R = syms[size_t(L.next)];
-    if (L.len + R.len != b.len) continue;
-    L.len += R.len;
-    R.len = 0;
-    L.next = R.next;
-    if (R.next >= 0) syms[size_t(R.next)].prev = b.left;
-    try_pair(L.prev, b.left);
-    try_pair(b.left, L.next);
-  }
+  merge_symbols(syms, heap, WorseBigram{}, try_pair, [](Symbol&, const Bigram&) {});
 
   // Every merged symbol is a token; a single character outside the vocabulary becomes bytes.
   for (int32_t i = 0; i >= 0; i = syms[size_t(i)].next) {
@@ -95,4 +78,4 @@ void spm_encode(const TokenizerState& s, std::string_view text, std::vector<int3
   }
 }
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

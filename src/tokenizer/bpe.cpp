@@ -4,10 +4,10 @@
 
 #include <fmt/format.h>
 
-#include "model/tokenizer_state.h"
-#include "model/unicode_utf8.h"
+#include "tokenizer/state.h"
+#include "tokenizer/unicode_utf8.h"
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 namespace {
 
@@ -77,25 +77,8 @@ void encode_word(const TokenizerState& s, std::string_view word, Work& w,
     heap.push_back({v->rank, l, L.len + R.len, v->result});
     std::push_heap(heap.begin(), heap.end(), LaterBigram{});
   };
-  for (int32_t i = 1; i < n_syms; ++i) try_pair(i - 1, i);
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), LaterBigram{});
-    const Bigram b = heap.back();
-    heap.pop_back();
-    Symbol& L = syms[size_t(b.left)];
-    // Symbols only grow, and only by absorbing their right neighbour: the pair is still these
-    // two texts exactly when left is alive and left + its next have the lengths they had.
-    if (L.len == 0 || L.next < 0) continue;
-    Symbol& R = syms[size_t(L.next)];
-    if (L.len + R.len != b.len) continue;
-    L.len += R.len;
-    L.key = b.result;
-    R.len = 0;
-    L.next = R.next;
-    if (R.next >= 0) syms[size_t(R.next)].prev = b.left;
-    try_pair(L.prev, b.left);
-    try_pair(b.left, L.next);
-  }
+  merge_symbols(syms, heap, LaterBigram{}, try_pair,
+                [](Symbol& left, const Bigram& pair) { left.key = pair.result; });
   const int32_t n_vocab = s.vocab_size();
   for (int32_t i = 0; i >= 0; i = syms[size_t(i)].next) {
     const Symbol& sym = syms[size_t(i)];
@@ -189,4 +172,4 @@ std::string bpe_decode_text(const TokenizerState& s, std::string_view text) {
   return out;
 }
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

@@ -1,10 +1,10 @@
-#include "model/tokenizer_tables.h"
+#include "tokenizer/tables.h"
 
 #include <algorithm>
 #include <bit>
 #include <functional>
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 namespace {
 
@@ -112,4 +112,4 @@ const PairTable::Value* PairTable::find(int32_t a, int32_t b) const {
   return nullptr;
 }
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

@@ -1,7 +1,7 @@
 // Tokenizers: llama.cpp's test vectors (../shared/vocab), the golden prompts, hand-worked
 // vocabularies whose ids follow from the algorithm by hand, the pre-tokenizer splits, UTF-8
 // repair, and the errors for broken metadata.
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
 
@@ -12,10 +12,10 @@
 #include <sstream>
 #include <thread>
 
-#include "model/tokenizer_pretok.h"
-#include "model/unicode_utf8.h"
+#include "tokenizer/pretok.h"
+#include "tokenizer/unicode_utf8.h"
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 namespace {
 
 namespace fs = std::filesystem;
@@ -563,4 +563,4 @@ TEST(TokenizerErrors, NoneSentinelKeepsTheDefault) {
 }
 
 }  // namespace
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

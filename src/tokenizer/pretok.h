@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 struct PreTokenizerSpec {
   // Applied in order: each one splits every piece so far into its matches and the text between
@@ -42,4 +42,4 @@ class PreTokenizer {
   std::vector<std::unique_ptr<Regex>> regexes_;
 };
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

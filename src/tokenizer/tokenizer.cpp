@@ -1,6 +1,6 @@
 // Tokenizer::encode (special tokens first, then the model's algorithm on the text between
 // them) and decoding.
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <algorithm>
 #include <array>
@@ -9,9 +9,9 @@
 
 #include <fmt/format.h>
 
-#include "model/tokenizer_state.h"
+#include "tokenizer/state.h"
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 namespace {
 
@@ -186,4 +186,4 @@ int32_t Tokenizer::find_token(std::string_view text) const {
   return s_->tokens.find(text);
 }
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

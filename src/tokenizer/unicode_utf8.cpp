@@ -1,8 +1,8 @@
-#include "model/unicode_utf8.h"
+#include "tokenizer/unicode_utf8.h"
 
 #include <cstring>
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 void utf8_append(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -107,4 +107,4 @@ std::string utf8_repair(std::string_view s) {
   return out;
 }
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

@@ -1,6 +1,7 @@
 // Internal to the tokenizers: what Tokenizer::from_gguf builds and the encoders read.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -8,11 +9,11 @@
 #include <string_view>
 #include <vector>
 
-#include "model/tokenizer.h"
-#include "model/tokenizer_pretok.h"
-#include "model/tokenizer_tables.h"
+#include "tokenizer/pretok.h"
+#include "tokenizer/tables.h"
+#include "tokenizer/tokenizer.h"
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 struct TokenizerState {
   std::string file;  // for messages
@@ -54,10 +55,39 @@ struct TokenizerState {
   }
 };
 
-// tokenizer_spm.cpp: appends the ids of `escaped` (spaces already U+2581, prefix added).
+// The merge loop of both encoders. syms is a linked list of symbols (start, len, prev, next; len
+// 0 once absorbed by its left neighbour); heap holds the candidate pairs as a heap under `later`
+// (the pair it pops first merges first), each with its left symbol and the two symbols' summed
+// length when it was found. try_pair(l, r) pushes the pair of symbols l and r when they can
+// merge; merged(left, pair) updates what an encoder keeps beside the text (BPE: the merge key).
+template <class Symbol, class Bigram, class Later, class TryPair, class Merged>
+void merge_symbols(std::vector<Symbol>& syms, std::vector<Bigram>& heap, Later later,
+                   TryPair try_pair, Merged merged) {
+  for (int32_t i = 1; i < int32_t(syms.size()); ++i) try_pair(i - 1, i);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), later);
+    const Bigram b = heap.back();
+    heap.pop_back();
+    Symbol& L = syms[size_t(b.left)];
+    // Symbols only grow, and only by absorbing their right neighbour: the pair is still these
+    // two texts exactly when left is alive and left + its next have the lengths they had.
+    if (L.len == 0 || L.next < 0) continue;
+    Symbol& R = syms[size_t(L.next)];
+    if (L.len + R.len != b.len) continue;
+    merged(L, b);
+    L.len += R.len;
+    R.len = 0;
+    L.next = R.next;
+    if (R.next >= 0) syms[size_t(R.next)].prev = b.left;
+    try_pair(L.prev, b.left);
+    try_pair(b.left, L.next);
+  }
+}
+
+// spm.cpp: appends the ids of `escaped` (spaces already U+2581, prefix added).
 void spm_encode(const TokenizerState& s, std::string_view escaped, std::vector<int32_t>& out);
 
-// tokenizer_bpe.cpp
+// bpe.cpp
 // Sets up the byte maps and the merge table (ranks = order); throws gguf::Error naming the
 // file and the key for a merge without a space.
 void bpe_init(TokenizerState& s, const std::vector<std::string>& merges);
@@ -66,4 +96,4 @@ void bpe_encode(const TokenizerState& s, std::string_view text, std::vector<int3
 // The bytes of a BPE token's text (GPT-2 code points back to bytes).
 std::string bpe_decode_text(const TokenizerState& s, std::string_view text);
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

@@ -23,7 +23,7 @@
 
 #include "formats/gguf.h"
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 // tokenizer.ggml.token_type values, as llama.cpp numbers them.
 enum class TokenType : uint8_t {
@@ -36,7 +36,7 @@ enum class TokenType : uint8_t {
   Byte = 6,
 };
 
-struct TokenizerState;  // tokenizer_state.h
+struct TokenizerState;  // state.h
 
 class Tokenizer {
  public:
@@ -80,4 +80,4 @@ class Tokenizer {
   std::unique_ptr<TokenizerState> s_;
 };
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 inline constexpr uint32_t kReplacementChar = 0xFFFD;
 
@@ -37,4 +37,4 @@ bool utf8_decode(std::string_view s, size_t& pos, uint32_t& cp);
 // back unchanged.
 std::string utf8_repair(std::string_view s);
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

@@ -4,9 +4,9 @@
 
 #include <fmt/format.h>
 
-#include "model/tokenizer_state.h"
+#include "tokenizer/state.h"
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 namespace {
 
@@ -153,4 +153,4 @@ Tokenizer Tokenizer::from_gguf(const gguf::File& f) {
   return Tokenizer(std::move(state));
 }
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer

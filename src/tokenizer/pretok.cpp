@@ -1,4 +1,4 @@
-#include "model/tokenizer_pretok.h"
+#include "tokenizer/pretok.h"
 
 #include <memory>
 #include <new>
@@ -7,9 +7,9 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "model/unicode_utf8.h"
+#include "tokenizer/unicode_utf8.h"
 
-namespace fairkv::model {
+namespace fairkv::tokenizer {
 
 namespace {
 
@@ -158,4 +158,4 @@ void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& o
   out.insert(out.end(), cur.begin(), cur.end());
 }
 
-}  // namespace fairkv::model
+}  // namespace fairkv::tokenizer
