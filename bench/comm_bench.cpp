@@ -14,17 +14,17 @@
 #include <memory>
 #include <vector>
 
-#include "runtime/comm.h"
+#include "comm/comm.h"
 
 namespace {
 
-namespace rt = fairkv::runtime;
+namespace fc = fairkv::comm;
 
 // Args: R, n (floats; 0: barrier instead of all-reduce).
 void BM_ThreadsAllReduce(benchmark::State& state) {
   const int R = int(state.range(0));
   const size_t n = size_t(state.range(1));
-  rt::run_ranks(R, [&](rt::Communicator& c) {
+  fc::run_ranks(R, [&](fc::Communicator& c) {
     std::vector<float> v(n, 0.0f);
     auto step = [&] {
       if (n == 0) {
@@ -49,10 +49,10 @@ BENCHMARK(BM_ThreadsAllReduce)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
-rt::Communicator* g_mpi = nullptr;
+fc::Communicator* g_mpi = nullptr;
 
 void BM_MpiAllReduce(benchmark::State& state) {
-  rt::Communicator& c = *g_mpi;
+  fc::Communicator& c = *g_mpi;
   const size_t n = size_t(state.range(0));
   std::vector<float> v(n, 0.0f);
   c.barrier();
@@ -79,15 +79,15 @@ class SilentReporter : public benchmark::BenchmarkReporter {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  if (!rt::launched_by_mpirun()) {
+  if (!fc::launched_by_mpirun()) {
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;
   }
   benchmark::ClearRegisteredBenchmarks();  // under mpirun every rank is one process: MPI only
-  std::unique_ptr<rt::Communicator> comm;
+  std::unique_ptr<fc::Communicator> comm;
   try {
-    comm = rt::make_communicator("mpi");
+    comm = fc::make_communicator("mpi");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "comm_bench: %s\n", e.what());
     return 1;

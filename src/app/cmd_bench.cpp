@@ -16,7 +16,7 @@
 #include "model/model.h"
 #include "placement/placement.h"
 #include "placement/profile.h"
-#include "runtime/exec_bench.h"
+#include "runtime/emulated_bench.h"
 
 namespace fairkv::app {
 

@@ -4,7 +4,7 @@
 
 #include "model/generate.h"
 #include "model/prefill_compression.h"
-#include "runtime/exec.h"
+#include "runtime/model_placement.h"
 
 namespace fairkv::app {
 

@@ -9,6 +9,7 @@
 #include "model/model.h"
 #include "placement/planners.h"
 #include "runtime/exec.h"
+#include "runtime/model_placement.h"
 
 namespace fairkv::app {
 
@@ -48,13 +49,17 @@ void run_on_devices(const DeviceRun& run) {
     if (prompts.back().empty())
       throw UsageError(fmt::format("prompt {} has no tokens", prompts.size() - 1));
   }
+  // The run's one cost model: the planner places by it and rebalancing re-divides by it.
+  const placement::CostModel cost = runtime::run_cost_model(m->config, m->weights.layers[0].wq.type,
+                                                            run.kv_type, int(prompts.size()));
   const placement::Placement p =
-      runtime::resolve_placement(d.placement, d.profile, m->config, d.devices, int(prompts.size()));
+      runtime::resolve_placement(d.placement, d.profile, m->config, d.devices, cost);
   if (run.greedy_note) std::fprintf(stderr, "note: decoding on devices is greedy (--temp 0)\n");
   runtime::ExecOptions o;
   o.n_predict = run.n_predict;
   o.kv_type = run.kv_type;
   o.rebalance = d.rebalance;
+  o.cost = cost;
   o.compression = run.compression;
   o.activations = run.activations;
   // Threads: the ranks share this machine's cores; MPI: each process has its own.

@@ -41,7 +41,7 @@ struct DeviceRun {
 
 // Greedy generation of every prompt under the placement. Rank 0 prints the continuations on
 // stdout and the timings and per-rank memory on stderr; the other ranks of an MPI job print
-// nothing. Throws (std::invalid_argument, runtime::CommError, gguf::Error) with a message that
+// nothing. Throws (std::invalid_argument, comm::CommError, gguf::Error) with a message that
 // names the option or file at fault.
 void run_on_devices(const DeviceRun& run);
 

@@ -1,5 +1,6 @@
 #include "placement/profile.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <numbers>
@@ -147,6 +148,20 @@ void write_profile(const Profile& p, const std::string& path) {
   write_json_file(profile_to_json(p), path);
 }
 
+Profile uniform_profile(const ProfileShape& shape, double tokens) {
+  Profile p;
+  p.model = shape.model;
+  p.layers = shape.layers;
+  p.kv_heads = shape.kv_heads;
+  p.query_heads = shape.query_heads;
+  p.head_dim = shape.head_dim;
+  p.embd = shape.embd;
+  p.ffn = shape.ffn;
+  p.tokens.assign(size_t(std::max(p.layers, 0)),
+                  std::vector<double>(size_t(std::max(p.kv_heads, 0)), tokens));
+  return p;
+}
+
 Profile profile_from_samples(Profile shape, std::vector<UnitTable> samples) {
   if (samples.empty()) throw FormatError("profile_from_samples: no samples");
   shape.tokens.assign(size_t(shape.layers), std::vector<double>(size_t(shape.kv_heads), 0.0));
@@ -166,22 +181,15 @@ Profile profile_from_samples(Profile shape, std::vector<UnitTable> samples) {
 Profile synthetic_lognormal(const SyntheticSpec& spec) {
   if (!(spec.sigma >= 0) || !(spec.sample_sigma >= 0) || !(spec.mean_tokens >= 0))
     throw FormatError("synthetic profile: sigma and mean tokens must be non-negative");
-  Profile p;
-  p.model = spec.model;
-  p.layers = spec.layers;
-  p.kv_heads = spec.kv_heads;
-  p.query_heads = spec.query_heads;
-  p.head_dim = spec.head_dim;
-  p.embd = spec.embd;
-  p.ffn = spec.ffn;
+  Profile p = uniform_profile({spec.model, spec.layers, spec.kv_heads, spec.query_heads,
+                               spec.head_dim, spec.embd, spec.ffn},
+                              0.0);
   p.source = fmt::format("synthetic lognormal sigma={} mean={} seed={}", spec.sigma,
                          spec.mean_tokens, spec.seed);
   Normal normal(spec.seed);
   auto lognormal = [&](double mean, double sigma) {
     return mean * std::exp(sigma * normal() - 0.5 * sigma * sigma);
   };
-  p.tokens.assign(size_t(std::max(p.layers, 0)),
-                  std::vector<double>(size_t(std::max(p.kv_heads, 0))));
   for (auto& row : p.tokens)
     for (double& t : row) t = lognormal(spec.mean_tokens, spec.sigma);
   for (int s = 0; s < spec.samples; ++s) {

@@ -57,6 +57,15 @@ void write_profile(const Profile& p, const std::string& path);
 // Checks shapes and values of a profile built in code (the writer's side of the contract).
 void check_profile(const Profile& p, const std::string& where);
 
+// A profile of a model's shape with every unit at `tokens` expected cached tokens per sequence: the
+// shape fields of every profile that is made in code rather than read or measured.
+struct ProfileShape {
+  std::string model;
+  int layers = 0, kv_heads = 0, query_heads = 0, head_dim = 0;
+  int64_t embd = 0, ffn = 0;  // 0: not given (as in Profile)
+};
+Profile uniform_profile(const ProfileShape& shape, double tokens);
+
 // A profile measured over requests: `shape` gives the model fields; tokens become the mean of the
 // samples, which are kept. This is what `fairkv profile` calls after compressing each prompt.
 Profile profile_from_samples(Profile shape, std::vector<UnitTable> samples);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -9,10 +10,8 @@
 
 #include "kernels/clock.h"
 #include "model/sampler.h"
-#include "placement/planners.h"
-#include "placement/profile.h"
 #include "placement/rebalance.h"
-#include "runtime/exec_compress.h"
+#include "runtime/rank_compression.h"
 #include "runtime/shard.h"
 
 namespace fairkv::runtime {
@@ -20,79 +19,11 @@ namespace fairkv::runtime {
 namespace {
 using kernels::Clock;
 using kernels::ms_since;
-
-double dtype_bytes(kernels::DType t) {
-  return double(kernels::row_bytes(t, kernels::block_size(t))) / double(kernels::block_size(t));
-}
 }  // namespace
-
-placement::Profile model_profile(const model::ModelConfig& c, double tokens) {
-  placement::Profile p;
-  p.model = c.name;
-  p.layers = c.n_layers;
-  p.kv_heads = c.n_kv_heads;
-  p.query_heads = c.n_heads;
-  p.head_dim = c.head_dim;
-  p.embd = c.n_embd;
-  p.ffn = c.n_ff;
-  p.tokens.assign(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads), tokens));
-  return p;
-}
-
-void check_profile_shape(const placement::Profile& prof, const model::ModelConfig& c,
-                         const std::string& where) {
-  if (prof.layers != c.n_layers || prof.kv_heads != c.n_kv_heads || prof.query_heads != c.n_heads ||
-      prof.head_dim != c.head_dim)
-    throw std::invalid_argument(fmt::format(
-        "{}: the profile is for {} layers, {} / {} heads, head size {}; the model has {} "
-        "layers, {} / {} heads, head size {}",
-        where, prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, c.n_layers, c.n_heads,
-        c.n_kv_heads, c.head_dim));
-}
-
-placement::Placement resolve_placement(const std::string& what, const std::string& profile_path,
-                                       const model::ModelConfig& c, int devices, int batch) {
-  placement::Placement p;
-  std::string where = what;
-  if (placement::is_planner_name(what)) {
-    placement::Profile prof;
-    if (!profile_path.empty()) {
-      prof = placement::read_profile(profile_path);
-      where = profile_path;
-    } else {
-      prof = model_profile(c);
-      prof.source = "uniform (no --profile)";
-    }
-    check_profile_shape(prof, c, where);
-    placement::PlanOptions o;
-    o.planner = placement::planner_from_name(what);
-    o.devices = devices;
-    p = placement::plan(prof, placement::cost_model_for(prof, batch), o);
-  } else {
-    p = placement::read_placement(what);
-  }
-  if (int(p.layers.size()) != c.n_layers || p.kv_heads != c.n_kv_heads)
-    throw std::invalid_argument(
-        fmt::format("{}: the placement is for {} layers and {} KV heads; the model has {} layers "
-                    "and {} KV heads",
-                    where, p.layers.size(), p.kv_heads, c.n_layers, c.n_kv_heads));
-  if (devices > 0 && p.devices != devices)
-    throw std::invalid_argument(
-        fmt::format("{}: the placement is for {} devices, not {}", where, p.devices, devices));
-  return p;
-}
 
 placement::Placement rebalanced(const placement::Placement& p, const model::ModelConfig& c,
                                 const std::vector<std::vector<int64_t>>& lengths,
-                                kernels::DType weight_type, kv::KvType kv_type) {
-  placement::CostModel cost;
-  cost.batch = int(lengths.size());
-  cost.head_dim = c.head_dim;
-  cost.group = c.group();
-  cost.embd = c.n_embd;
-  cost.ffn = c.n_ff;
-  cost.weight_bytes = dtype_bytes(weight_type);
-  cost.kv_bytes = double(kv::kv_type_bytes(kv_type));
+                                const placement::CostModel& cost) {
   placement::Placement out = p;
   const int H = c.n_kv_heads;
   for (int l = 0; l < c.n_layers; ++l) {
@@ -106,11 +37,13 @@ placement::Placement rebalanced(const placement::Placement& p, const model::Mode
   return out;
 }
 
-ExecResult execute(Communicator& comm, const model::Model& m, const placement::Placement& p,
+ExecResult execute(comm::Communicator& comm, const model::Model& m, const placement::Placement& p,
                    const std::vector<std::vector<int32_t>>& prompts, const ExecOptions& opt,
                    kernels::ThreadPool& pool) {
   const model::ModelConfig& c = m.config;
   if (prompts.empty()) throw std::invalid_argument("no prompts to run");
+  if (opt.rebalance && !opt.cost)
+    throw std::invalid_argument("rebalancing needs the run's cost model (ExecOptions::cost)");
   for (size_t i = 0; i < prompts.size(); ++i)
     if (prompts[i].empty()) throw std::invalid_argument(fmt::format("prompt {} has no tokens", i));
   const ShardedWeights shard = shard_weights(c, m.weights, p, comm.rank());
@@ -142,12 +75,11 @@ ExecResult execute(Communicator& comm, const model::Model& m, const placement::P
     std::vector<int64_t> lengths;
     for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
     comp->apply(comm, ptrs, lengths);
-    for (int i = 0; i < n; ++i) res.selections.push_back(comp->selection(size_t(i)));
   }
   if (opt.after_prefill) opt.after_prefill(comm, fwd, ptrs);
   if (opt.rebalance) {
     const auto lengths = fwd.unit_lengths(ptrs);
-    fwd.set_placement(rebalanced(p, c, lengths, m.weights.layers[0].wq.type, opt.kv_type));
+    fwd.set_placement(rebalanced(p, c, lengths, *opt.cost));
   }
   fwd.redistribute(ptrs, n, p);
   res.placement = fwd.placement();
@@ -196,7 +128,7 @@ ExecResult execute_threads(const model::Model& m, const placement::Placement& p,
                            const ExecOptions& opt) {
   ExecResult out;
   std::mutex mu;
-  run_ranks(p.devices, [&](Communicator& comm) {
+  comm::run_ranks(p.devices, [&](comm::Communicator& comm) {
     kernels::ThreadPool pool(std::max(1, opt.threads));
     ExecResult r = execute(comm, m, p, prompts, opt, pool);
     if (comm.rank() == 0) {
@@ -212,7 +144,7 @@ ExecResult execute_job(const std::string& comm_kind, const model::Model& m,
                        const std::vector<std::vector<int32_t>>& prompts, const ExecOptions& opt) {
   if (comm_kind == "threads") return execute_threads(m, p, prompts, opt);
   ExecResult out;
-  run_job(comm_kind, p.devices, [&](Communicator& comm) {
+  comm::run_job(comm_kind, p.devices, [&](comm::Communicator& comm) {
     kernels::ThreadPool pool(std::max(1, opt.threads));
     out = execute(comm, m, p, prompts, opt, pool);
   });

@@ -5,17 +5,18 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <vector>
 
+#include "comm/comm.h"
 #include "kernels/matmul.h"
 #include "kernels/threadpool.h"
 #include "kv/cache.h"
 #include "kv/compress.h"
 #include "model/model.h"
+#include "placement/cost.h"
 #include "placement/placement.h"
-#include "placement/profile.h"
-#include "runtime/comm.h"
 #include "runtime/rank_forward.h"
 
 namespace fairkv::runtime {
@@ -24,53 +25,40 @@ struct ExecOptions {
   int n_predict = 16;  // per sequence; a sequence also stops after an end-of-generation token
   kv::KvType kv_type = kv::KvType::F32;
   bool rebalance = false;  // recompute shares from the kept lengths after the prefill
+  // The run's cost model (run_cost_model), which rebalancing weighs shares by; rebalance needs it.
+  std::optional<placement::CostModel> cost;
   bool keep_logits = false;
   int threads = 1;  // per rank, for execute_threads
   kernels::Activations activations = kernels::Activations::Float32;  // see model::Forward
   // Compression of the prompts' caches (resolved here), run by the ranks that own each unit; the
   // selection equals the single-device one. Null: keep every token.
   const kv::CompressionConfig* compression = nullptr;
-  // Runs on every rank after the prefill and compression, before rebalancing and redistribution:
-  // each unit's
-  // rows then sit whole on one rank (token slices on their tail), where compression can run.
-  std::function<void(Communicator&, RankForward&, std::span<RankSequence* const>)> after_prefill;
+  // Runs on every rank after the prefill and compression, before rebalancing and redistribution,
+  // while each unit's rows still sit whole on one rank (a token-sliced unit's on its tail).
+  std::function<void(comm::Communicator&, RankForward&, std::span<RankSequence* const>)>
+      after_prefill;
 };
 
 struct ExecResult {
   std::vector<std::vector<int32_t>> outputs;  // per prompt
   // keep_logits: per prompt, the logits row each output token was chosen from.
   std::vector<std::vector<float>> logits;
-  placement::Placement placement;         // the shares used while decoding (rebalanced or not)
-  std::vector<kv::Selection> selections;  // compression: kept rows per prompt
-  std::vector<size_t> weight_bytes;       // per rank: its shard's slices
-  std::vector<size_t> kv_bytes;           // per rank: its caches after the last step
+  placement::Placement placement;    // the shares used while decoding (rebalanced or not)
+  std::vector<size_t> weight_bytes;  // per rank: its shard's slices
+  std::vector<size_t> kv_bytes;      // per rank: its caches after the last step
   double prefill_ms = 0, decode_ms = 0;
   int64_t decode_steps = 0;
   int rank = 0;  // the rank that returned this result (mpi: this process's)
 };
 
-// A profile with the model's shape (layers, heads, sizes) and every unit at `tokens`.
-placement::Profile model_profile(const model::ModelConfig& c, double tokens = 1.0);
-
-// Throws std::invalid_argument, prefixed with `where`, unless the profile has the model's shape
-// (layers, query and KV heads, head size).
-void check_profile_shape(const placement::Profile& prof, const model::ModelConfig& c,
-                         const std::string& where);
-
-// The placement `what` names for the model: a planner name (tp, balanced, fair-copy, split),
-// planned on the fly from the profile at profile_path (when empty: every unit equally long, so
-// only tp's layout matters), or the path of a `fairkv plan --json` file. Throws
-// std::invalid_argument naming the file and what does not match the model or the devices.
-placement::Placement resolve_placement(const std::string& what, const std::string& profile_path,
-                                       const model::ModelConfig& c, int devices, int batch);
-
-// The shares rebalance_layer gives every layer for the mean kept lengths (tokens per sequence).
+// The shares rebalance_layer gives every layer for the mean kept lengths (tokens per sequence),
+// weighed by the run's cost model.
 placement::Placement rebalanced(const placement::Placement& p, const model::ModelConfig& c,
                                 const std::vector<std::vector<int64_t>>& lengths,
-                                kernels::DType weight_type, kv::KvType kv_type);
+                                const placement::CostModel& cost);
 
 // One rank's part: every rank calls it with the same arguments and gets the same outputs.
-ExecResult execute(Communicator& comm, const model::Model& m, const placement::Placement& p,
+ExecResult execute(comm::Communicator& comm, const model::Model& m, const placement::Placement& p,
                    const std::vector<std::vector<int32_t>>& prompts, const ExecOptions& opt,
                    kernels::ThreadPool& pool);
 

@@ -9,46 +9,15 @@
 #include <string>
 #include <vector>
 
-#include "model/forward.h"
+#include "comm/comm.h"
 #include "model/model.h"
-#include "model/prefill_compression.h"
-#include "model/sampler.h"
 #include "placement/planners.h"
-#include "runtime/comm.h"
 #include "runtime/exec.h"
+#include "runtime/test_util.h"
 
 namespace rt = fairkv::runtime;
 namespace pl = fairkv::placement;
 using namespace fairkv;
-
-namespace {
-
-std::vector<int32_t> single_device(const model::Model& m, const std::vector<int32_t>& prompt,
-                                   int n_predict, const kv::CompressionConfig* comp) {
-  model::GenerateOptions opt;
-  std::unique_ptr<model::PrefillCompression> pc;
-  if (comp) {
-    pc = model::make_prefill_compression(*comp, m);
-    pc->attach(opt);
-  }
-  kernels::ThreadPool pool(1);
-  model::Forward fwd(m.config, m.weights, pool);
-  kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim,
-                          kv::KvType::F32);
-  model::BatchItem item{&cache, prompt, false};
-  const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);
-  if (opt.after_prefill) opt.after_prefill(cache);
-  std::vector<int32_t> out;
-  while (true) {
-    out.push_back(model::argmax(*logits));
-    if (m.tokenizer.is_eog(out.back()) || int(out.size()) >= n_predict) break;
-    model::BatchItem step{&cache, {&out.back(), 1}, false};
-    logits = &fwd.run({&step, 1});
-  }
-  return out;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 2) {
@@ -61,7 +30,7 @@ int main(int argc, char** argv) {
   }
   const auto m = model::Model::load(argv[1]);
   const model::ModelConfig& c = m->config;
-  const auto comm = rt::make_communicator("mpi");
+  const auto comm = fairkv::comm::make_communicator("mpi");
   const int R = comm->size();
   std::mt19937 rng(3);
   std::vector<std::vector<int32_t>> prompts;
@@ -70,14 +39,7 @@ int main(int argc, char** argv) {
     prompts.emplace_back(size_t(len));
     for (int32_t& t : prompts.back()) t = tok(rng);
   }
-  pl::Profile prof;
-  prof.model = "check";
-  prof.layers = c.n_layers;
-  prof.kv_heads = c.n_kv_heads;
-  prof.query_heads = c.n_heads;
-  prof.head_dim = c.head_dim;
-  prof.tokens.assign(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads), 40.0));
-  for (int l = 0; l < c.n_layers; ++l) prof.tokens[size_t(l)][size_t(l % c.n_kv_heads)] = 1000;
+  const pl::Profile prof = rt::testing::heavy_unit_profile(c, 40.0, 1000.0);
   kv::CompressionConfig ada;
   ada.policy = kv::Policy::AdaKV;
   ada.budget = 16;
@@ -102,7 +64,8 @@ int main(int argc, char** argv) {
       }
       if (comm->rank() != 0) continue;
       for (size_t i = 0; i < prompts.size(); ++i)
-        if (res.outputs[i] != single_device(*m, prompts[i], eo.n_predict, comp)) {
+        if (res.outputs[i] !=
+            rt::testing::single_device(*m, prompts[i], eo.n_predict, comp).output) {
           std::printf("exec_mpi_check: %s %s prompt %zu differs from the single device\n", planner,
                       comp ? "adakv" : "full", i);
           ++failures;

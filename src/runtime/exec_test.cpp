@@ -10,65 +10,26 @@
 #include <random>
 #include <string>
 
-#include "model/forward.h"
 #include "model/model.h"
-#include "model/prefill_compression.h"
-#include "model/sampler.h"
 #include "placement/planners.h"
 #include "runtime/exec.h"
+#include "runtime/model_placement.h"
+#include "runtime/test_util.h"
 
 namespace fairkv::runtime {
 namespace {
 
 namespace pl = placement;
+using testing::Reference;
 
 std::string shared_path(const std::string& rel) {
   return std::string(FAIRKV_SHARED_DIR) + "/" + rel;
 }
 
-struct Reference {
-  std::vector<int32_t> output;
-  std::vector<float> logits;  // the row each output token was chosen from
-  size_t kept = 0;            // cache bytes after the prefill (and compression)
-};
-
-// Single-device greedy generation with the plain engine, one sequence at a time.
-Reference reference(const model::Model& m, const std::vector<int32_t>& prompt, int n_predict,
-                    const kv::CompressionConfig* comp,
-                    kernels::Activations act = kernels::Activations::Float32) {
-  model::GenerateOptions opt;
-  std::unique_ptr<model::PrefillCompression> pc;
-  if (comp) {
-    pc = model::make_prefill_compression(*comp, m);
-    pc->attach(opt);
-  }
-  kernels::ThreadPool pool(1);
-  model::Forward fwd(m.config, m.weights, pool, act);
-  kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim,
-                          kv::KvType::F32);
-  Reference r;
-  model::BatchItem item{&cache, prompt, false};
-  const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);
-  if (opt.after_prefill) opt.after_prefill(cache);
-  r.kept = cache.bytes();
-  while (true) {
-    const int32_t tok = model::argmax(*logits);
-    r.output.push_back(tok);
-    r.logits.insert(r.logits.end(), logits->begin(), logits->end());
-    if (m.tokenizer.is_eog(tok) || int(r.output.size()) >= n_predict) break;
-    model::BatchItem step{&cache, {&r.output.back(), 1}, false};
-    logits = &fwd.run({&step, 1});
-  }
-  return r;
-}
-
 // A profile where one unit per layer is heavy, so that fair-copy and split replicate it.
 pl::Profile skewed_profile(const model::ModelConfig& c) {
-  pl::Profile p = model_profile(c, 40.0);
-  for (int l = 0; l < c.n_layers; ++l) {
-    p.tokens[size_t(l)][size_t(l % c.n_kv_heads)] = 1000.0;
-    p.tokens[size_t(l)][size_t((l + 1) % c.n_kv_heads)] = 300.0;
-  }
+  pl::Profile p = testing::heavy_unit_profile(c, 40.0, 1000.0);
+  for (int l = 0; l < c.n_layers; ++l) p.tokens[size_t(l)][size_t((l + 1) % c.n_kv_heads)] = 300.0;
   return p;
 }
 
@@ -107,13 +68,36 @@ double rel_diff(std::span<const float> a, std::span<const float> b) {
 }
 
 struct Counts {
-  std::map<pl::ShareKind, int> kinds;
+  std::map<pl::ShareKind, int> kinds;  // over the plans
+  int moved = 0;                       // shares the decode placements changed from the plans
 };
 
 void count_kinds(const pl::Placement& p, Counts& counts) {
   for (const auto& layer : p.layers)
     for (const auto& dev : layer.devices)
       for (const pl::Share& s : dev) counts.kinds[s.kind]++;
+}
+
+// Shares (per layer and device) that differ between two placements of the same layout.
+int moved_shares(const pl::Placement& a, const pl::Placement& b) {
+  int moved = 0;
+  for (size_t l = 0; l < a.layers.size(); ++l)
+    for (size_t d = 0; d < a.layers[l].devices.size(); ++d) {
+      const auto& x = a.layers[l].devices[d];
+      const auto& y = b.layers[l].devices[d];
+      if (x.size() != y.size()) {
+        ++moved;
+        continue;
+      }
+      for (size_t i = 0; i < x.size(); ++i)
+        if (x[i].head != y[i].head || std::fabs(x[i].share - y[i].share) > 1e-9) ++moved;
+    }
+  return moved;
+}
+
+// The run's cost model for a batch of the model, as `fairkv run` builds it.
+pl::CostModel cost_for(const model::Model& m, int batch) {
+  return run_cost_model(m.config, m.weights.layers[0].wq.type, kv::KvType::F32, batch);
 }
 
 void check_model(const std::string& path, bool rebalance,
@@ -127,7 +111,7 @@ void check_model(const std::string& path, bool rebalance,
   for (int batch : {1, 4}) {
     const auto ps = prompts(c, batch, comp != nullptr);
     std::vector<Reference> refs;
-    for (const auto& p : ps) refs.push_back(reference(*m, p, n_predict, comp, act));
+    for (const auto& p : ps) refs.push_back(testing::single_device(*m, p, n_predict, comp, act));
     if (comp) {  // the compression must have dropped tokens, else the test proves nothing
       const size_t all =
           ps[0].size() * 2 * size_t(c.head_dim) * 4 * size_t(c.n_layers) * size_t(c.n_kv_heads);
@@ -149,10 +133,12 @@ void check_model(const std::string& path, bool rebalance,
         o.n_predict = n_predict;
         o.keep_logits = true;
         o.rebalance = rebalance;
+        o.cost = cost_for(*m, batch);
         o.compression = comp;
         o.activations = act;
         const ExecResult res = execute_threads(*m, p, ps, o);
         ASSERT_EQ(res.weight_bytes.size(), size_t(R));
+        counts.moved += moved_shares(p, res.placement);
         for (size_t i = 0; i < ps.size(); ++i) {
           EXPECT_EQ(res.outputs[i], refs[i].output) << "prompt " << i;
           ASSERT_EQ(res.logits[i].size(), refs[i].logits.size());
@@ -166,8 +152,14 @@ void check_model(const std::string& path, bool rebalance,
       }
   }
   // The test must have exercised replicas of both kinds, not only whole units.
-  EXPECT_GT(counts.kinds[pl::ShareKind::Batch] + (rebalance ? 1 : 0), 0);
+  EXPECT_GT(counts.kinds[pl::ShareKind::Batch], 0);
   EXPECT_GT(counts.kinds[pl::ShareKind::Tokens], 0);
+  // Decoding ran on the plans' shares, or (rebalancing) on shares that the kept lengths moved:
+  // the plans assume other lengths than the prompts', so some share must have moved.
+  if (rebalance)
+    EXPECT_GT(counts.moved, 0);
+  else
+    EXPECT_EQ(counts.moved, 0);
   if (c.n_kv_heads < 4) {
     EXPECT_GT(counts.kinds[pl::ShareKind::Query], 0);  // tp at R > H
   }
@@ -197,7 +189,7 @@ TEST(Exec, SyntheticGqaQ8LikeGgmlStaysClose) {
   const auto ps = prompts(m->config, 2, false);
   std::vector<Reference> refs;
   for (const auto& p : ps)
-    refs.push_back(reference(*m, p, 1, nullptr, kernels::Activations::LikeGgml));
+    refs.push_back(testing::single_device(*m, p, 1, nullptr, kernels::Activations::LikeGgml));
   for (const auto& [planner, R] :
        {std::pair<std::string, int>{"tp", 2}, {"split", 2}, {"split", 3}}) {
     SCOPED_TRACE(planner + " R=" + std::to_string(R));
@@ -245,7 +237,7 @@ TEST(Exec, ResolvesPlannerNamesAndPlacementFiles) {
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
   const auto m = model::Model::load(path);
   const model::ModelConfig& c = m->config;
-  const placement::Placement tp = resolve_placement("tp", "", c, 2, 1);
+  const placement::Placement tp = resolve_placement("tp", "", c, 2, cost_for(*m, 1));
   EXPECT_EQ(tp.devices, 2);
   ASSERT_EQ(int(tp.layers.size()), c.n_layers);
   EXPECT_EQ(tp.layers[0].devices[0].size(), size_t(c.n_kv_heads / 2));
@@ -253,7 +245,7 @@ TEST(Exec, ResolvesPlannerNamesAndPlacementFiles) {
   const std::string file = ::testing::TempDir() + "/exec_test_placement.json";
   placement::Placement split = make_placement(c, "split", 3, 2);
   placement::write_placement(split, file);
-  const placement::Placement back = resolve_placement(file, "", c, 3, 2);
+  const placement::Placement back = resolve_placement(file, "", c, 3, cost_for(*m, 2));
   ASSERT_EQ(back.layers.size(), split.layers.size());
   for (size_t l = 0; l < back.layers.size(); ++l)
     for (int d = 0; d < 3; ++d) {
@@ -266,10 +258,12 @@ TEST(Exec, ResolvesPlannerNamesAndPlacementFiles) {
                     split.layers[l].devices[size_t(d)][i].share, 1e-12);
       }
     }
-  EXPECT_THROW(resolve_placement(file, "", c, 2, 2), std::invalid_argument);  // 3 devices
-  EXPECT_THROW(resolve_placement(
-                   "tp", FAIRKV_SOURCE_DIR "/data/profiles/retrieval-4L-adakv-64.json", c, 2, 1),
-               std::invalid_argument);  // another model's profile
+  EXPECT_THROW(resolve_placement(file, "", c, 2, cost_for(*m, 2)),
+               std::invalid_argument);  // 3 devices
+  EXPECT_THROW(
+      resolve_placement("tp", FAIRKV_SOURCE_DIR "/data/profiles/retrieval-4L-adakv-64.json", c, 2,
+                        cost_for(*m, 1)),
+      std::invalid_argument);  // another model's profile
 }
 
 }  // namespace
@@ -287,13 +281,13 @@ TEST(Exec, AFailingRankEndsTheJob) {
   const placement::Placement p = make_placement(m->config, "split", 3, 2);
   ExecOptions o;
   o.n_predict = 4;
-  o.after_prefill = [](Communicator& comm, RankForward&, std::span<RankSequence* const>) {
+  o.after_prefill = [](comm::Communicator& comm, RankForward&, std::span<RankSequence* const>) {
     if (comm.rank() == 1) throw std::runtime_error("injected failure");
   };
   try {
     execute_threads(*m, p, prompts(m->config, 2, false), o);
     FAIL() << "the job did not fail";
-  } catch (const CommError& e) {
+  } catch (const comm::CommError& e) {
     EXPECT_EQ(e.rank(), 1);
     EXPECT_NE(std::string(e.what()).find("injected failure"), std::string::npos) << e.what();
   }
@@ -310,20 +304,10 @@ TEST(Exec, RebalancingMovesShares) {
   ExecOptions o;
   o.n_predict = 2;
   o.rebalance = true;
+  o.cost = cost_for(*m, 4);
   o.compression = &c;
   const ExecResult r = execute_threads(*m, p, prompts(m->config, 4, true), o);
-  int moved = 0;
-  for (size_t l = 0; l < p.layers.size(); ++l)
-    for (size_t d = 0; d < p.layers[l].devices.size(); ++d) {
-      const auto& a = p.layers[l].devices[d];
-      const auto& b = r.placement.layers[l].devices[d];
-      if (a.size() != b.size()) {
-        ++moved;
-        continue;
-      }
-      for (size_t i = 0; i < a.size(); ++i)
-        if (a[i].head != b[i].head || std::fabs(a[i].share - b[i].share) > 1e-9) ++moved;
-    }
+  const int moved = moved_shares(p, r.placement);
   EXPECT_GT(moved, 0);
 }
 

@@ -93,7 +93,8 @@ void add_bias(float* y, const std::vector<float>& b, int64_t rows) {
 
 RankForward::RankForward(const model::ModelConfig& c, const model::Weights& full,
                          const ShardedWeights& shard, const placement::Placement& p,
-                         Communicator& comm, kernels::ThreadPool& pool, kernels::Activations act)
+                         comm::Communicator& comm, kernels::ThreadPool& pool,
+                         kernels::Activations act)
     : c_(c), full_(full), shard_(shard), comm_(comm), pool_(pool), act_(act) {
   if (p.devices != comm.size())
     throw std::invalid_argument(
@@ -585,8 +586,8 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
 namespace {
 
 // Every rank's cached length of every unit of every sequence: [rank][(s * L + l) * H + h].
-std::vector<int64_t> gather_lengths(Communicator& comm, std::span<RankSequence* const> seqs, int L,
-                                    int H) {
+std::vector<int64_t> gather_lengths(comm::Communicator& comm, std::span<RankSequence* const> seqs,
+                                    int L, int H) {
   const size_t n = seqs.size() * size_t(L) * size_t(H);
   std::vector<int64_t> mine(n), all(n * size_t(comm.size()));
   for (size_t s = 0; s < seqs.size(); ++s)

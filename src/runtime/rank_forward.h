@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "comm/comm.h"
 #include "kernels/matmul.h"
 #include "kernels/threadpool.h"
 #include "kv/attention.h"
@@ -31,7 +32,6 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "placement/placement.h"
-#include "runtime/comm.h"
 #include "runtime/shard.h"
 
 namespace fairkv::runtime {
@@ -84,7 +84,7 @@ class RankForward {
   // placement does not match the model or the communicator.
   // act: the linear layers' activation mode (kernels/matmul.h), as model::Forward takes it.
   RankForward(const model::ModelConfig& c, const model::Weights& full, const ShardedWeights& shard,
-              const placement::Placement& p, Communicator& comm, kernels::ThreadPool& pool,
+              const placement::Placement& p, comm::Communicator& comm, kernels::ThreadPool& pool,
               kernels::Activations act = kernels::Activations::Float32);
 
   // Runs the batch (the same items in the same order on every rank; n_slots sequences in all)
@@ -120,7 +120,7 @@ class RankForward {
   const model::Weights& full_;
   const ShardedWeights& shard_;
   placement::Placement p_;
-  Communicator& comm_;
+  comm::Communicator& comm_;
   kernels::ThreadPool& pool_;
   kernels::Activations act_;
   std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]

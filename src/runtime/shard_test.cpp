@@ -8,6 +8,7 @@
 
 #include "model/model.h"
 #include "placement/planners.h"
+#include "runtime/model_placement.h"
 #include "runtime/shard.h"
 
 namespace fairkv::runtime {
@@ -16,13 +17,7 @@ namespace {
 namespace pl = placement;
 
 pl::Placement split_placement(const model::ModelConfig& c, int devices) {
-  pl::Profile p;
-  p.model = "test";
-  p.layers = c.n_layers;
-  p.kv_heads = c.n_kv_heads;
-  p.query_heads = c.n_heads;
-  p.head_dim = c.head_dim;
-  p.tokens.assign(size_t(c.n_layers), std::vector<double>(size_t(c.n_kv_heads), 10.0));
+  pl::Profile p = model_profile(c, 10.0);
   for (int l = 0; l < c.n_layers; ++l) p.tokens[size_t(l)][0] = 1000.0;
   pl::PlanOptions o;
   o.planner = pl::PlannerKind::Split;

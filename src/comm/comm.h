@@ -2,8 +2,9 @@
 // (its units, FAIRKV.md) and the ranks meet at an all-reduce after every attention block and every
 // MLP, so the all-reduce is on the decode critical path twice per layer per token.
 //
-// Backends: "threads" (comm_threads.h: R ranks as threads of one process, deterministic sums) and
-// "mpi" (comm_mpi.h: one process per rank under mpirun; built when CMake finds MPI).
+// Backends: "threads" (comm_threads.h: R ranks as threads of one process, deterministic sums),
+// "mpi" (comm_mpi.h: one process per rank under mpirun; built when CMake finds MPI), and SoloComm
+// below, one rank alone.
 //
 // Contract shared by the backends: every rank calls the same collectives in the same order with
 // the same sizes (and the same root). A rank that fails ends the whole job with a message naming
@@ -18,7 +19,7 @@
 #include <string>
 #include <utility>
 
-namespace fairkv::runtime {
+namespace fairkv::comm {
 
 // Thrown by a collective that can never complete (another rank failed or aborted, a rank returned
 // while the others still called collectives, the ranks called different collectives), and by
@@ -64,8 +65,30 @@ class Communicator {
   // MPI_Abort). Never returns.
   [[noreturn]] virtual void abort(const std::string& why) = 0;
 
-  // "threads" or "mpi".
+  // "threads" or "mpi" (or "solo": SoloComm standing in for one rank of several).
   virtual std::string name() const = 0;
+};
+
+// One rank alone: rank `rank` of a job of `size` ranks whose collectives see only this rank's data.
+// At size 1 it is the whole job ("threads" with one rank) and every collective is exact. At size
+// > 1 it stands in for one rank of a job whose other ranks do not run: all_reduce_sum leaves the
+// data as it is, all_gather copies this rank's part into every slot, broadcast and barrier do
+// nothing. The results are then not the job's, but the rank does all of its own work, which is
+// what timing one rank of R alone needs. abort throws CommError naming the rank.
+class SoloComm final : public Communicator {
+ public:
+  explicit SoloComm(int rank = 0, int size = 1);  // 0 <= rank < size, else std::invalid_argument
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override;  // "threads" at size 1, else "solo"
+  void all_reduce_sum(float*, size_t) override {}
+  void all_gather(const void* send, size_t bytes_per_rank, void* recv) override;
+  void broadcast(void* data, size_t bytes, int root) override;
+  void barrier() override {}
+  [[noreturn]] void abort(const std::string& why) override;
+
+ private:
+  int rank_, size_;
 };
 
 // Whether this build has the MPI backend (CMake found MPI and FAIRKV_MPI is ON).
@@ -76,7 +99,7 @@ bool mpi_built();
 bool launched_by_mpirun();
 
 // One communicator of the given kind for this process:
-// - "threads": a group of one rank (R > 1 thread ranks need run_ranks or ThreadGroup).
+// - "threads": a group of one rank, a SoloComm (R > 1 thread ranks need run_ranks or ThreadGroup).
 // - "mpi": this process's rank in MPI_COMM_WORLD. Throws std::runtime_error when MPI was not
 //   built, or when the process was not started by mpirun.
 // Any other kind: std::invalid_argument naming the kinds.
@@ -96,4 +119,4 @@ void run_ranks(int ranks, const std::function<void(Communicator&)>& fn);
 //   whole job with MPI_Abort (exit code 1).
 void run_job(const std::string& kind, int ranks, const std::function<void(Communicator&)>& fn);
 
-}  // namespace fairkv::runtime
+}  // namespace fairkv::comm

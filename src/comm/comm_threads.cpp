@@ -1,6 +1,6 @@
 // In-process ranks: threads sharing memory, meeting at spin-then-sleep barriers that a failure
 // breaks.
-#include "runtime/comm_threads.h"
+#include "comm/comm_threads.h"
 
 #include <algorithm>
 #include <atomic>
@@ -14,7 +14,7 @@
 
 #include "kernels/clock.h"
 
-namespace fairkv::runtime {
+namespace fairkv::comm {
 
 namespace {
 
@@ -387,4 +387,4 @@ void run_ranks(int ranks, const std::function<void(Communicator&)>& fn) {
   throw CommError(group.failure(), first);
 }
 
-}  // namespace fairkv::runtime
+}  // namespace fairkv::comm

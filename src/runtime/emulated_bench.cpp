@@ -1,4 +1,4 @@
-#include "runtime/exec_bench.h"
+#include "runtime/emulated_bench.h"
 
 #include <fmt/format.h>
 
@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "comm/comm.h"
 #include "kernels/clock.h"
 #include "kernels/matmul.h"
 #include "kernels/threadpool.h"
@@ -17,8 +18,7 @@
 #include "kv/attention.h"
 #include "placement/cost.h"
 #include "placement/planners.h"
-#include "runtime/comm.h"
-#include "runtime/exec.h"
+#include "runtime/model_placement.h"
 #include "runtime/rank_forward.h"
 #include "runtime/shard.h"
 
@@ -28,27 +28,6 @@ namespace {
 
 using kernels::Clock;
 using kernels::ms_between;
-
-// Rank r of R whose collectives cost nothing: the emulated mode times a rank's own work alone.
-// Results are not the model's (nothing is summed), which timing does not need.
-class SoloComm : public Communicator {
- public:
-  SoloComm(int rank, int size) : rank_(rank), size_(size) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  std::string name() const override { return "solo (emulated)"; }
-  void all_reduce_sum(float*, size_t) override {}
-  void all_gather(const void* send, size_t bytes, void* recv) override {
-    for (int r = 0; r < size_; ++r)
-      std::memcpy(static_cast<char*>(recv) + size_t(r) * bytes, send, bytes);
-  }
-  void broadcast(void*, size_t, int) override {}
-  void barrier() override {}
-  [[noreturn]] void abort(const std::string& why) override { throw std::runtime_error(why); }
-
- private:
-  int rank_, size_;
-};
 
 // xorshift: cache contents only need to be finite, and gigabytes must fill quickly.
 struct Noise {
@@ -65,7 +44,7 @@ int64_t rounded(double x) {
 
 // Random keys and values to fill caches from: 4096 rows of each, made once. Timing does not
 // depend on the values (only that they are finite and vary), and generating gigabytes of noise
-// per rank and round took a quarter of the bench.
+// per rank and round would cost a quarter of the bench's time.
 struct NoiseRows {
   int64_t rows = 4096, dim = 0;
   std::vector<float> k, v;
@@ -142,7 +121,7 @@ struct SoloRank {
   }
   void step() { fwd.run(items, batch); }
 
-  SoloComm comm;
+  comm::SoloComm comm;
   ShardedWeights shard;
   std::vector<std::unique_ptr<RankSequence>> seqs;
   RankForward fwd;
@@ -160,7 +139,7 @@ double collectives_ms(int R, int batch, const model::ModelConfig& c, int gathers
   const int reps = 20;
   double ms = 0;
   std::mutex mu;
-  run_ranks(R, [&](Communicator& comm) {
+  comm::run_ranks(R, [&](comm::Communicator& comm) {
     std::vector<float> x(size_t(batch) * size_t(c.n_embd), 1.0f);
     std::vector<uint8_t> send(lse_bytes), recv(lse_bytes * size_t(R));
     std::vector<float> q(q_floats, 1.0f);
@@ -295,11 +274,10 @@ double measure_kv_time_factor(const model::ModelConfig& c, const model::Weights&
   time_placement(placement::plan(prof, bytes, o));
   // A split plan, made with tp's factor, adds ranks whose weight reads differ from their KV: the
   // fit over both tells the two apart better than tp alone, whose ranks all read as many weights.
-  placement::CostModel scaled = bytes;
-  scaled.weight_bytes /= factor();
   o.planner = placement::PlannerKind::Split;
   o.replicas = replicas;
-  time_placement(placement::plan(prof, scaled, o));
+  time_placement(
+      placement::plan(prof, run_cost_model(c, w.layers[0].wq.type, kt, batch, factor()), o));
   return factor();
 }
 
@@ -310,21 +288,16 @@ std::vector<BenchRow> bench_placements(
   const int R = spec.devices, B = spec.batch, L = c.n_layers;
   if (R < 1 || B < 1 || spec.steps < 1)
     throw std::invalid_argument("bench: devices, batch and steps must be at least 1");
+  // Planned in bytes first: the calibration times tp's layout, then weighs weights by time.
   const kernels::DType wt = w.layers[0].wq.type;
-  const std::string wname = wt == kernels::DType::F32    ? "f32"
-                            : wt == kernels::DType::Q8_0 ? "q8_0"
-                            : wt == kernels::DType::Q4_0 ? "q4_0"
-                            : wt == kernels::DType::BF16 ? "bf16"
-                                                         : "f16";
-  placement::CostModel cost =
-      placement::cost_model_for(prof, B, wname, spec.kv_type == kv::KvType::F16 ? "f16" : "f32");
+  placement::CostModel cost = run_cost_model(c, wt, spec.kv_type, B);
   double kv_factor = 1;
   if (spec.calibrate) {
     if (progress) progress(0, 1, "calibrating: tp's ranks timed to weigh KV against weights");
     kernels::ThreadPool pool(std::max(1, spec.threads));
     kv_factor = measure_kv_time_factor(c, w, prof, cost, R, B, spec.kv_type,
                                        std::max(2, spec.steps), spec.replicas, pool);
-    cost.weight_bytes /= kv_factor;  // loads in time: a weight byte costs 1/factor KV bytes
+    cost = run_cost_model(c, wt, spec.kv_type, B, kv_factor);
   }
   const int P = int(spec.planners.size()), rounds = std::max(1, spec.rounds);
   const int total = P * (rounds * R + (spec.wall ? 1 : 0));
@@ -390,8 +363,8 @@ std::vector<BenchRow> bench_placements(
       done += R / 2;
       for (int s = 0; s < spec.steps; ++s) {
         tick(fmt::format("{}: step {}/{} of every rank (emulated)", what, s + 1, spec.steps));
-        // The rank that goes first changes every step: with rank 0 always first, its segments
-        // measured 5-10% above the other ranks' at R = 8 whatever its load.
+        // The rank that goes first changes every step: a rank that always goes first measures
+        // 5-10% above the others at R = 8 whatever its load.
         for (int rr = 0; rr < R; ++rr) {
           const int r = (rr + s + round) % R;
           SegmentTimes& t = times[size_t(r)];
@@ -466,7 +439,7 @@ std::vector<BenchRow> bench_placements(
       std::mutex mu;
       const int per_rank = std::max(1, spec.threads / R);
       row.step_ms_wall = 1e300;
-      run_ranks(R, [&](Communicator& comm) {
+      comm::run_ranks(R, [&](comm::Communicator& comm) {
         kernels::ThreadPool rank_pool(per_rank);
         const ShardedWeights shard = shard_weights(c, w, p, comm.rank());
         auto seqs = fill_caches(c, p, prof, comm.rank(), B, spec.kv_type);

@@ -1,40 +1,17 @@
 // Choosing a backend by name, and running a job's ranks under it.
-#include "runtime/comm.h"
+#include "comm/comm.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
-#include "runtime/comm_threads.h"
 #ifdef FAIRKV_HAVE_MPI
-#include "runtime/comm_mpi.h"
+#include "comm/comm_mpi.h"
 #endif
 
-namespace fairkv::runtime {
+namespace fairkv::comm {
 
 namespace {
-
-// "threads" with one rank: the group lives as long as its only communicator.
-class SoloComm final : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  std::string name() const override { return "threads"; }
-  void all_reduce_sum(float* data, size_t n) override { c_.all_reduce_sum(data, n); }
-  void all_gather(const void* send, size_t bytes_per_rank, void* recv) override {
-    c_.all_gather(send, bytes_per_rank, recv);
-  }
-  void broadcast(void* data, size_t bytes, int root) override { c_.broadcast(data, bytes, root); }
-  void barrier() override { c_.barrier(); }
-  [[noreturn]] void abort(const std::string& why) override {
-    const std::string message = "rank 0 aborted: " + why;
-    group_.fail(0, message);
-    throw CommError(message, 0);
-  }
-
- private:
-  ThreadGroup group_{1};
-  Communicator& c_ = group_.comm(0);
-};
 
 void check_kind(const std::string& kind) {
   if (kind != "threads" && kind != "mpi") {
@@ -51,6 +28,33 @@ void check_kind(const std::string& kind) {
 #endif
 
 }  // namespace
+
+SoloComm::SoloComm(int rank, int size) : rank_(rank), size_(size) {
+  if (size < 1 || rank < 0 || rank >= size)
+    throw std::invalid_argument("SoloComm: rank " + std::to_string(rank) + " of " +
+                                std::to_string(size) + " ranks");
+}
+
+std::string SoloComm::name() const {
+  return size_ == 1 ? "threads" : "solo";
+}
+
+void SoloComm::all_gather(const void* send, size_t bytes_per_rank, void* recv) {
+  for (int r = 0; r < size_; ++r) {
+    char* slot = static_cast<char*>(recv) + size_t(r) * bytes_per_rank;
+    if (slot != send) std::memcpy(slot, send, bytes_per_rank);
+  }
+}
+
+void SoloComm::broadcast(void*, size_t, int root) {
+  if (root < 0 || root >= size_)
+    throw std::invalid_argument("broadcast: root " + std::to_string(root) + " of " +
+                                std::to_string(size_) + " ranks");
+}
+
+void SoloComm::abort(const std::string& why) {
+  throw CommError("rank " + std::to_string(rank_) + " aborted: " + why, rank_);
+}
 
 bool mpi_built() {
 #ifdef FAIRKV_HAVE_MPI
@@ -109,4 +113,4 @@ void run_job(const std::string& kind, int ranks, const std::function<void(Commun
 #endif
 }
 
-}  // namespace fairkv::runtime
+}  // namespace fairkv::comm

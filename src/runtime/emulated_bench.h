@@ -13,6 +13,8 @@
 //    collectives and extra work kept). ideal_ms is stricter: every layer at tp's mean rank time
 //    (each unit read once, no replicas, no extra collectives), the least any placement could
 //    reach on these devices.
+// Every placement is planned with one cost model, run_cost_model's for the model's types and the
+// batch, weighed by the KV time factor the bench measures first (BenchSpec::calibrate).
 #pragma once
 
 #include <cstdint>
@@ -48,9 +50,11 @@ struct BenchSpec {
   bool wall = true;
   std::vector<std::string> planners = {"tp", "balanced", "fair-copy", "split"};
   kv::KvType kv_type = kv::KvType::F16;
+  // Measure kv_time_factor and plan with run_cost_model's factor (else 1: loads are bytes, as in
+  // FAIRKV.md's model).
   bool calibrate = true;
-  int replicas = -1;  // extra replicas per layer for fair-copy and split (-1: devices - 1)  //
-                      // measure kv_time_factor (else 1: loads are bytes, FAIRKV.md's model)
+  // Extra replicas per layer for fair-copy and split (-1: the planner's default budget).
+  int replicas = -1;
 };
 
 struct BenchRow {

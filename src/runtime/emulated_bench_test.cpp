@@ -5,7 +5,7 @@
 #include <set>
 
 #include "placement/planners.h"
-#include "runtime/exec_bench.h"
+#include "runtime/emulated_bench.h"
 #include "runtime/rank_forward.h"
 
 namespace fairkv::runtime {
@@ -26,7 +26,7 @@ pl::Profile small_profile() {
   return p;
 }
 
-TEST(ExecBench, RowsHeldTileEveryUnit) {
+TEST(EmulatedBench, RowsHeldTileEveryUnit) {
   const pl::Profile prof = small_profile();
   for (auto kind : {pl::PlannerKind::Tp, pl::PlannerKind::FairCopy, pl::PlannerKind::Split})
     for (int R : {2, 3}) {
@@ -50,7 +50,7 @@ TEST(ExecBench, RowsHeldTileEveryUnit) {
     }
 }
 
-TEST(ExecBench, ReportsEveryPlanner) {
+TEST(EmulatedBench, ReportsEveryPlanner) {
   const pl::Profile prof = small_profile();
   const RandomModel m = random_model(prof, 256);
   BenchSpec s;
@@ -93,7 +93,7 @@ TEST(ExecBench, ReportsEveryPlanner) {
   EXPECT_GT(rows[3].replicas, 0);
 }
 
-TEST(ExecBench, RejectsAProfileOfAnotherShape) {
+TEST(EmulatedBench, RejectsAProfileOfAnotherShape) {
   pl::Profile prof = small_profile();
   const RandomModel m = random_model(prof, 256);
   prof.head_dim = 64;

@@ -17,31 +17,17 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/comm.h"
-#include "runtime/comm_threads.h"
+#include "comm/comm.h"
+#include "comm/comm_threads.h"
+#include "comm/test_util.h"
 
-namespace fairkv::runtime {
+namespace fairkv::comm {
 namespace {
 
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-// Rank r's element i: signs and exponents vary, so a different summation order changes bits.
-float value(int r, size_t i, uint64_t salt) {
-  const uint64_t h = mix(mix(salt * 1000003 + uint64_t(r)) ^ i);
-  const float unit = float(h >> 40) / float(1 << 24) - 0.5f;
-  return std::ldexp(unit, int((h >> 8) % 17) - 8);
-}
-
-float serial_sum(int R, size_t i, uint64_t salt) {
-  float s = value(0, i, salt);
-  for (int r = 1; r < R; ++r) s += value(r, i, salt);
-  return s;
-}
+using testing::gather_byte;
+using testing::mix;
+using testing::serial_sum;
+using testing::value;
 
 // Runs body on a thread and fails the whole test binary if it does not finish: a hang in the
 // code under test must end the test run with a message, not stall it until ctest's timeout.
@@ -109,7 +95,7 @@ TEST(CommThreads, AllGatherConcatenatesInRankOrder) {
         bounded([&] {
           run_ranks(R, [&](Communicator& c) {
             std::vector<unsigned char> send(bytes), recv(bytes * size_t(R), 0xEE);
-            for (size_t i = 0; i < bytes; ++i) send[i] = (unsigned char)mix(c.rank() * 7919 + i);
+            for (size_t i = 0; i < bytes; ++i) send[i] = gather_byte(c.rank(), i);
             unsigned char* mine = recv.data() + size_t(c.rank()) * bytes;
             if (in_place) std::copy(send.begin(), send.end(), mine);
             c.all_gather(in_place ? mine : send.data(), bytes, recv.data());
@@ -119,8 +105,7 @@ TEST(CommThreads, AllGatherConcatenatesInRankOrder) {
         for (int r = 0; r < R; ++r) {
           for (int from = 0; from < R; ++from) {
             for (size_t i = 0; i < bytes; ++i) {
-              ASSERT_EQ(got[size_t(r)][size_t(from) * bytes + i],
-                        (unsigned char)mix(uint64_t(from) * 7919 + i))
+              ASSERT_EQ(got[size_t(r)][size_t(from) * bytes + i], gather_byte(from, i))
                   << "R=" << R << " bytes=" << bytes << " in_place=" << in_place << " rank " << r
                   << " slot " << from << " byte " << i;
             }
@@ -410,6 +395,34 @@ TEST(Communicator, MakeCommunicatorThreadsIsOneRank) {
   }
 }
 
+// One rank of three alone, as the emulated bench times it: its own data in every slot, no waiting.
+TEST(Communicator, SoloCommStandsInForOneRankOfSeveral) {
+  SoloComm c(1, 3);
+  EXPECT_EQ(c.rank(), 1);
+  EXPECT_EQ(c.size(), 3);
+  EXPECT_EQ(c.name(), "solo");
+  std::vector<float> v = {1.5f, -2.0f};
+  c.all_reduce_sum(v.data(), v.size());
+  EXPECT_EQ(v, (std::vector<float>{1.5f, -2.0f}));
+  int send = 42;
+  std::vector<int> recv(3, 0);
+  c.all_gather(&send, sizeof send, recv.data());
+  EXPECT_EQ(recv, (std::vector<int>{42, 42, 42}));
+  recv = {0, 7, 0};
+  c.all_gather(&recv[1], sizeof send, recv.data());  // in place
+  EXPECT_EQ(recv, (std::vector<int>{7, 7, 7}));
+  c.barrier();
+  c.broadcast(&send, sizeof send, 2);
+  EXPECT_THROW(c.broadcast(&send, sizeof send, 3), std::invalid_argument);
+  try {
+    c.abort("why");
+  } catch (const CommError& e) {
+    EXPECT_STREQ(e.what(), "rank 1 aborted: why");
+    EXPECT_EQ(e.rank(), 1);
+  }
+  EXPECT_THROW(SoloComm(3, 3), std::invalid_argument);
+}
+
 TEST(Communicator, UnknownKindNamesTheKinds) {
   try {
     make_communicator("nccl");
@@ -448,4 +461,4 @@ TEST(Communicator, RunJobThreadsRunsEveryRank) {
 }
 
 }  // namespace
-}  // namespace fairkv::runtime
+}  // namespace fairkv::comm

@@ -15,9 +15,9 @@
 #include <span>
 #include <vector>
 
+#include "comm/comm.h"
 #include "kv/compress.h"
 #include "model/config.h"
-#include "runtime/comm.h"
 #include "runtime/rank_forward.h"
 
 namespace fairkv::runtime {
@@ -30,10 +30,8 @@ class RankCompression {
   const RankWindowObserver* observer() const;
   // After the prefill, on every rank (a collective): selects and keeps the rows. items[i] is the
   // sequence of the prefill's item i, n_prompt[i] its prompt length.
-  void apply(Communicator& comm, std::span<RankSequence* const> items,
+  void apply(comm::Communicator& comm, std::span<RankSequence* const> items,
              std::span<const int64_t> n_prompt);
-  // The selection of item i, [layer * kv_heads + head] (the same on every rank).
-  const kv::Selection& selection(size_t i) const { return selections_[i]; }
 
  private:
   struct Slice {
@@ -48,7 +46,6 @@ class RankCompression {
   std::vector<std::vector<kv::HeadScores>> scores_;  // [item][layer * H + head]
   std::vector<std::vector<char>> scored_;            // [item][layer * H + head]: scored here
   std::vector<std::vector<Slice>> slices_;           // [item]: query slices, scored after merging
-  std::vector<kv::Selection> selections_;
 };
 
 }  // namespace fairkv::runtime

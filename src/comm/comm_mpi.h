@@ -26,9 +26,9 @@
 #include <memory>
 #include <string>
 
-#include "runtime/comm.h"
+#include "comm/comm.h"
 
-namespace fairkv::runtime {
+namespace fairkv::comm {
 
 // This process's rank of MPI_COMM_WORLD. Initialises MPI (MPI_THREAD_SERIALIZED: any thread may
 // call, one at a time) unless it is already initialised; when it initialised MPI, the last such
@@ -39,4 +39,4 @@ std::unique_ptr<Communicator> make_mpi_communicator();
 // Prints "fairkv: <message>" to stderr and ends the whole job (MPI_Abort, exit code 1).
 [[noreturn]] void mpi_abort_job(const std::string& message);
 
-}  // namespace fairkv::runtime
+}  // namespace fairkv::comm

@@ -14,9 +14,9 @@
 #include <memory>
 #include <string>
 
-#include "runtime/comm.h"
+#include "comm/comm.h"
 
-namespace fairkv::runtime {
+namespace fairkv::comm {
 
 class ThreadGroup {
  public:
@@ -48,4 +48,4 @@ class ThreadGroup {
   std::unique_ptr<State> state_;
 };
 
-}  // namespace fairkv::runtime
+}  // namespace fairkv::comm

@@ -1,5 +1,5 @@
 // MPI communicator on MPI_COMM_WORLD.
-#include "runtime/comm_mpi.h"
+#include "comm/comm_mpi.h"
 
 #include <mpi.h>
 
@@ -11,7 +11,7 @@
 #include <mutex>
 #include <stdexcept>
 
-namespace fairkv::runtime {
+namespace fairkv::comm {
 
 namespace {
 
@@ -149,4 +149,4 @@ void mpi_abort_job(const std::string& message) {
   std::_Exit(1);  // MPI_Abort does not return; without MPI running, exiting is the whole job
 }
 
-}  // namespace fairkv::runtime
+}  // namespace fairkv::comm

@@ -1,4 +1,4 @@
-#include "runtime/exec_compress.h"
+#include "runtime/rank_compression.h"
 
 #include <fmt/format.h>
 
@@ -9,18 +9,13 @@ namespace fairkv::runtime {
 
 RankCompression::RankCompression(const kv::CompressionConfig& config, const model::ModelConfig& c,
                                  size_t n_items)
-    : config_(config),
-      c_(c),
-      scores_(n_items),
-      scored_(n_items),
-      slices_(n_items),
-      selections_(n_items) {
-  // CriticalKV's value norms need every head's W_o columns and values on one rank; not done
-  // across ranks yet, and an attention-only selection would silently differ from one device's.
+    : config_(config), c_(c), scores_(n_items), scored_(n_items), slices_(n_items) {
+  // CriticalKV's value norms need every head's W_o columns and values on one rank, which the
+  // ranks do not gather; an attention-only selection would silently differ from one device's.
   if (config.policy == kv::Policy::DefensiveKV && config.critical)
     throw std::invalid_argument(
         "--kv-policy defensivekv on devices: CriticalKV's value-norm stage runs on one device "
-        "only for now; add --kv-critical off");
+        "only; add --kv-critical off");
   const size_t units = size_t(c.n_layers) * size_t(c.n_kv_heads);
   for (size_t i = 0; i < n_items; ++i) {
     scores_[i].resize(units);
@@ -48,7 +43,7 @@ const RankWindowObserver* RankCompression::observer() const {
   return config_.needs_scores() ? &observer_ : nullptr;
 }
 
-void RankCompression::apply(Communicator& comm, std::span<RankSequence* const> items,
+void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* const> items,
                             std::span<const int64_t> n_prompt) {
   if (items.size() != scores_.size() || n_prompt.size() != items.size())
     throw std::invalid_argument("RankCompression::apply: one sequence and length per item");
@@ -115,7 +110,7 @@ void RankCompression::apply(Communicator& comm, std::span<RankSequence* const> i
         }
       }
     }
-    selections_[i] = kv::select_tokens(config_, ps);
+    const kv::Selection sel = kv::select_tokens(config_, ps);
     // Keep the selected rows of every store holding the prompt here.
     for (int l = 0; l < L; ++l)
       for (int h = 0; h < H; ++h) {
@@ -125,7 +120,7 @@ void RankCompression::apply(Communicator& comm, std::span<RankSequence* const> i
           throw std::logic_error(
               fmt::format("compression: unit (layer {}, head {}) holds {} of the prompt's {} rows",
                           l, h, st.size(), n_prompt[i]));
-        st.keep(selections_[i][size_t(l * H + h)]);
+        st.keep(sel[size_t(l * H + h)]);
       }
   }
 }

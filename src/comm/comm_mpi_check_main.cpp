@@ -1,4 +1,4 @@
-// comm_mpi_check: the MPI communicator under mpirun, for ctest (src/runtime/CMakeLists.txt).
+// comm_mpi_check: the MPI communicator under mpirun, for ctest (src/comm/CMakeLists.txt).
 //
 //   mpirun -np R comm_mpi_check collectives  every collective against a serial reference; prints
 //                                            "comm_mpi_check: all checks passed on R ranks"
@@ -18,25 +18,16 @@
 #include <string>
 #include <vector>
 
-#include "runtime/comm.h"
+#include "comm/comm.h"
+#include "comm/test_util.h"
 
 namespace {
 
-using fairkv::runtime::Communicator;
-
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-// Rank r's element i of test `salt`: signs and exponents vary, so the summation order shows.
-float value(int r, size_t i, uint64_t salt) {
-  const uint64_t h = mix(mix(salt * 1000003 + uint64_t(r)) ^ i);
-  const float unit = float(h >> 40) / float(1 << 24) - 0.5f;
-  return std::ldexp(unit, int((h >> 8) % 17) - 8);
-}
+using fairkv::comm::Communicator;
+using fairkv::comm::testing::gather_byte;
+using fairkv::comm::testing::mix;
+using fairkv::comm::testing::serial_sum;
+using fairkv::comm::testing::value;
 
 void expect(bool ok, const std::string& what) {
   if (!ok) throw std::runtime_error("FAILED: " + what);
@@ -48,11 +39,9 @@ void check_all_reduce(Communicator& c, size_t n, uint64_t salt) {
   for (size_t i = 0; i < n; ++i) v[i] = value(c.rank(), i, salt);
   c.all_reduce_sum(v.data(), n);
   for (size_t i = 0; i < n; ++i) {
-    float want = 0, bound = 0;
-    for (int r = 0; r < R; ++r) {
-      want += value(r, i, salt);
-      bound += std::fabs(value(r, i, salt));
-    }
+    const float want = serial_sum(R, i, salt);
+    float bound = 0;
+    for (int r = 0; r < R; ++r) bound += std::fabs(value(r, i, salt));
     // Two ranks: any order is the same sum. More: MPI's order, within the rounding of R - 1 adds.
     const bool ok =
         R <= 2 ? v[i] == want : std::fabs(v[i] - want) <= float(R - 1) * 2 * 0x1p-24f * bound;
@@ -74,7 +63,7 @@ void check_all_gather(Communicator& c, size_t bytes, bool in_place) {
   const int R = c.size();
   std::vector<unsigned char> recv(bytes * size_t(R), 0xEE);
   std::vector<unsigned char> send(bytes);
-  for (size_t i = 0; i < bytes; ++i) send[i] = (unsigned char)(mix(uint64_t(c.rank()) * 7919 + i));
+  for (size_t i = 0; i < bytes; ++i) send[i] = gather_byte(c.rank(), i);
   if (in_place) {
     if (bytes > 0) std::memcpy(recv.data() + size_t(c.rank()) * bytes, send.data(), bytes);
     c.all_gather(recv.data() + size_t(c.rank()) * bytes, bytes, recv.data());
@@ -83,7 +72,7 @@ void check_all_gather(Communicator& c, size_t bytes, bool in_place) {
   }
   for (int r = 0; r < R; ++r) {
     for (size_t i = 0; i < bytes; ++i) {
-      expect(recv[size_t(r) * bytes + i] == (unsigned char)(mix(uint64_t(r) * 7919 + i)),
+      expect(recv[size_t(r) * bytes + i] == gather_byte(r, i),
              "all_gather bytes=" + std::to_string(bytes) + (in_place ? " in place" : "") +
                  ": wrong byte " + std::to_string(i) + " of rank " + std::to_string(r));
     }
@@ -149,7 +138,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    fairkv::runtime::run_job("mpi", 0, [&](Communicator& c) {
+    fairkv::comm::run_job("mpi", 0, [&](Communicator& c) {
       if (mode == "collectives") {
         collectives(c);
       } else {
