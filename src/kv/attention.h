@@ -10,6 +10,7 @@
 #include <span>
 
 #include "kernels/threadpool.h"
+#include "kv/attention_merge.h"
 #include "kv/cache.h"
 
 namespace fairkv::kv {
@@ -47,11 +48,5 @@ void attend_ref(const AttentionArgs& a);
 // threads, single-token calls over long stores (decode) are cut into token slices that run in
 // parallel and are merged with merge_partials: the result equals attend's up to float rounding.
 void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& pool);
-
-// Merges partial attention results over disjoint token slices of the same rows:
-// out = sum_i exp(lse_i - L) * out_i with L = log(sum_i exp(lse_i)). Arrays are n_rows x head_dim
-// (outs) and n_rows (lses); a slice with no tokens has lse = -inf and contributes nothing.
-void merge_partials(int n_parts, const float* const* outs, const float* const* lses, int64_t n_rows,
-                    int64_t head_dim, float* out, float* lse);
 
 }  // namespace fairkv::kv

@@ -1,16 +1,18 @@
-// Log-sum-exp merge of partial attention over disjoint token slices (split-K, flash-decoding).
+#include "kv/attention_merge.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
-#include "kv/attention.h"
-
 namespace fairkv::kv {
+
+namespace {
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+}  // namespace
 
 void merge_partials(int n_parts, const float* const* outs, const float* const* lses, int64_t n_rows,
                     int64_t head_dim, float* out, float* lse) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   std::vector<double> acc(static_cast<size_t>(head_dim));
   for (int64_t r = 0; r < n_rows; ++r) {
     float mx = kNegInf;
@@ -33,6 +35,14 @@ void merge_partials(int n_parts, const float* const* outs, const float* const* l
     for (int64_t i = 0; i < head_dim; ++i) o[i] = float(acc[size_t(i)] / total);
     if (lse) lse[r] = mx + float(std::log(total));
   }
+}
+
+float merge_weight(float mine, const float* lses, int n_parts, size_t stride) {
+  float m = kNegInf;
+  for (int q = 0; q < n_parts; ++q) m = std::max(m, lses[size_t(q) * stride]);
+  double sum = 0;
+  for (int q = 0; q < n_parts; ++q) sum += std::exp(double(lses[size_t(q) * stride] - m));
+  return float(std::exp(double(mine - m)) / sum);
 }
 
 }  // namespace fairkv::kv

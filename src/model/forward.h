@@ -3,7 +3,9 @@
 // One call runs any mix of prefill (many tokens of one sequence) and decode (one token each of
 // many sequences): the linear layers see all rows of the batch as one matrix, attention runs per
 // (sequence, KV head) over that head's own ragged store. Attention is organised by unit (one KV
-// head and its GQA group of query heads), the thing that later issues place on devices.
+// head and its GQA group of query heads), the same unit that runtime::RankForward serves a share
+// of on each rank. The layer is a composition of model/layer_steps.h, the steps the ranks'
+// forward pass composes too: this is the pass of one device holding the whole model.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include "kernels/threadpool.h"
 #include "kv/cache.h"
 #include "model/config.h"
+#include "model/layer_steps.h"
 #include "model/weights.h"
 
 namespace fairkv::model {
@@ -47,18 +50,17 @@ class Forward {
   const std::vector<float>& run(std::span<BatchItem> batch,
                                 const WindowObserver* observer = nullptr);
 
-  const ModelConfig& config() const { return c_; }
-
  private:
   void attention(std::span<BatchItem> batch, int layer, const WindowObserver* observer);
 
   const ModelConfig& c_;
   const Weights& w_;
   kernels::ThreadPool& pool_;
-  kernels::Activations act_;
+  LayerSteps steps_;
   // Activations, rows = all tokens of the batch.
   std::vector<float> x_, xn_, q_, k_, v_, att_, ff_gate_, ff_up_, logits_, rows_out_;
   std::vector<int64_t> row_of_item_;  // first row of each item
+  std::vector<int64_t> out_rows_;     // the rows that get logits
 };
 
 }  // namespace fairkv::model

@@ -5,9 +5,16 @@
 // ranks by log-sum-exp) and query slices (tp's replication when devices outnumber KV heads). The
 // attention and MLP partial outputs meet in an all-reduce, as in standard tensor parallelism, so
 // the replicated activations stay identical on every rank and greedy outputs equal the
-// single-device engine's up to float summation order.
+// single-device engine's up to float summation order. The layer is a composition of the same
+// steps as model::Forward's (model/layer_steps.h) over the rank's slices of the weights, with the
+// collectives between them.
 //
-// Rules that every rank applies the same way, so no extra messages are needed:
+// The pass is cut by job: rank_forward.cpp (this class's layer loop, its logits and the timed
+// collectives), rank_projection.cpp (the projections of the units it projects),
+// rank_attention.cpp (the attention phases and the merge of token slices), redistribute.cpp
+// (moving cached rows when shares change), unit_parts.h (who serves and stores what).
+//
+// Rules that every rank applies the same way (unit_parts.h), so no extra messages are needed:
 //  - batch slice: the sequence in slot i of n is served by the part whose [offset, offset+share)
 //    holds (i + 0.5) / n, during prefill and decode alike;
 //  - token slice: new rows (prompt and decode tokens) are appended by the unit's last part in
@@ -30,9 +37,11 @@
 #include "kv/attention.h"
 #include "kv/cache.h"
 #include "model/config.h"
+#include "model/layer_steps.h"
 #include "model/weights.h"
 #include "placement/placement.h"
 #include "runtime/shard.h"
+#include "runtime/unit_parts.h"
 
 namespace fairkv::runtime {
 
@@ -47,17 +56,6 @@ struct RankItem {
   RankSequence* seq = nullptr;
   std::span<const int32_t> tokens;
 };
-
-// The parts of one unit in one layer, in device order.
-struct UnitPart {
-  int device = 0;
-  placement::Share share;
-};
-
-// The rows [first, second) of a unit's `total` cached rows of the sequence in `slot` that
-// `device` keeps under placement p (the rule redistribute() applies); {0, 0} when none.
-std::pair<int64_t, int64_t> rows_held(const placement::Placement& p, int layer, int head,
-                                      int device, int slot, int n_slots, int64_t total);
 
 // Sees a prefill's observation window on the rank that stores each unit's prompt rows: for
 // sequence item `item` of the batch, unit (layer, kv_head), the softmax probabilities of the last
@@ -109,10 +107,11 @@ class RankForward {
   // When set, run() adds the time of each layer's segments between collectives.
   SegmentTimes* timing = nullptr;
 
-  const ShardedWeights& shard() const { return shard_; }
-
  private:
   void build_parts();
+  // The communicator's collectives, timed into `timing` when it is set.
+  void all_reduce_sum(float* data, size_t n);
+  void all_gather(const void* send, size_t bytes_per_rank, void* recv);
   void attention(std::span<RankItem> batch, int layer, int n_slots,
                  const RankWindowObserver* observer);
 
@@ -122,7 +121,7 @@ class RankForward {
   placement::Placement p_;
   comm::Communicator& comm_;
   kernels::ThreadPool& pool_;
-  kernels::Activations act_;
+  model::LayerSteps steps_;
   std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]
   std::vector<std::vector<int>> split_heads_;              // [layer]: heads with token slices
   // A unit this rank serves in a layer. Held units' queries and outputs sit in q_ / att_ at
@@ -149,6 +148,7 @@ class RankForward {
   std::vector<Task> tasks_;
   std::vector<kv::AttentionArgs> calls_;
   std::vector<int64_t> row0_;
+  std::vector<int64_t> out_rows_;  // the last row of each item, which gets logits
   void project(const ShardLayer& S, int layer, int64_t rows);
   void apply_wo(const ShardLayer& S, int layer, int64_t rows);
   std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,

@@ -1,0 +1,140 @@
+#include "model/layer_steps.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/ops.h"
+
+namespace fairkv::model {
+
+LayerSteps::LayerSteps(const ModelConfig& c, kernels::ThreadPool& pool, kernels::Activations act)
+    : c_(c), pool_(pool), act_(act) {}
+
+void LayerSteps::embed(const kernels::WeightMatrix& tok_embd, std::span<const int32_t> tokens,
+                       float* x) const {
+  const int64_t E = c_.n_embd;
+  const size_t emb_row = tok_embd.stride();
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const int32_t tok = tokens[t];
+    if (tok < 0 || tok >= c_.n_vocab)
+      throw std::out_of_range("forward: token id " + std::to_string(tok) +
+                              " outside the vocabulary of " + std::to_string(c_.n_vocab));
+    kernels::dequantize_row(tok_embd.type,
+                            static_cast<const uint8_t*>(tok_embd.data) + size_t(tok) * emb_row,
+                            x + int64_t(t) * E, E);
+  }
+}
+
+void LayerSteps::norm(const float* weight, const float* x, int64_t rows, float* y) const {
+  const int64_t E = c_.n_embd;
+  for (int64_t r = 0; r < rows; ++r) kernels::rmsnorm(y + r * E, x + r * E, weight, E, c_.norm_eps);
+}
+
+void LayerSteps::linear(const kernels::WeightMatrix& w, const float* x, int64_t rows,
+                        float* y) const {
+  kernels::matmul(w, x, rows, y, pool_, act_);
+}
+
+void LayerSteps::add_bias(float* y, const float* bias, int64_t rows, int64_t dim) {
+  if (!bias) return;
+  for (int64_t r = 0; r < rows; ++r) kernels::add(y + r * dim, bias, dim);
+}
+
+void LayerSteps::qkv(const kernels::WeightMatrix& wq, const kernels::WeightMatrix& wk,
+                     const kernels::WeightMatrix& wv, const float* bq, const float* bk,
+                     const float* bv, const float* xn, int64_t rows, float* q, float* k,
+                     float* v) const {
+  linear(wq, xn, rows, q);
+  linear(wk, xn, rows, k);
+  linear(wv, xn, rows, v);
+  add_bias(q, bq, rows, wq.rows);
+  add_bias(k, bk, rows, wk.rows);
+  add_bias(v, bv, rows, wv.rows);
+}
+
+void LayerSteps::rope(float* q, int64_t q_heads, float* k, int64_t k_heads, int64_t n,
+                      int64_t pos0) const {
+  const int64_t hd = c_.head_dim;
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t j = 0; j < q_heads; ++j)
+      kernels::rope(q + (t * q_heads + j) * hd, hd, pos0 + t, c_.rope_base, c_.rope_style);
+    for (int64_t j = 0; j < k_heads; ++j)
+      kernels::rope(k + (t * k_heads + j) * hd, hd, pos0 + t, c_.rope_base, c_.rope_style);
+  }
+}
+
+void LayerSteps::gather(const float* src, int64_t stride, int64_t n, int64_t width, float* dst) {
+  for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * stride, width, dst + t * width);
+}
+
+void LayerSteps::scatter(const float* src, int64_t n, int64_t width, float* dst, int64_t stride) {
+  for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * width, width, dst + t * stride);
+}
+
+kv::AttentionArgs LayerSteps::unit_attention(kv::HeadStore& store, const float* q, int64_t n,
+                                             int heads, const float* k, const float* v, float* out,
+                                             float* lse) const {
+  const int64_t before = store.size();
+  const bool append = k && v;
+  if (append) store.append(k, v, n);
+  kv::AttentionArgs a;
+  a.store = &store;
+  a.q = q;
+  a.n_tokens = n;
+  a.group = heads;
+  a.scale = 1.0f / std::sqrt(float(c_.head_dim));
+  a.visible = append ? before : store.size();
+  a.out = out;
+  a.lse = lse;
+  return a;
+}
+
+void LayerSteps::request_window(kv::AttentionArgs& a, int64_t window, std::vector<float>& probs) {
+  a.probs_tokens = std::min(window, a.n_tokens);
+  probs.assign(size_t(a.probs_tokens * a.group * a.store->size()), 0.0f);
+  a.probs = probs.data();
+}
+
+void LayerSteps::window_by_head(const kv::AttentionArgs& a, const std::vector<float>& probs,
+                                std::vector<float>& by_head) {
+  const int64_t w = a.probs_tokens, heads = a.group, len = a.store->size();
+  by_head.resize(size_t(heads * w * len));
+  for (int64_t t = 0; t < w; ++t)
+    for (int64_t g = 0; g < heads; ++g)
+      std::copy_n(&probs[size_t((t * heads + g) * len)], len, &by_head[size_t((g * w + t) * len)]);
+}
+
+void LayerSteps::output_projection(const kernels::WeightMatrix& wo, const float* att, int64_t rows,
+                                   float* y) const {
+  linear(wo, att, rows, y);
+}
+
+void LayerSteps::residual(float* x, const float* y, int64_t rows) const {
+  kernels::add(x, y, rows * c_.n_embd);
+}
+
+void LayerSteps::mlp(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up,
+                     const kernels::WeightMatrix& down, const float* xn, int64_t rows,
+                     std::vector<float>& g, std::vector<float>& u, float* y) const {
+  const int64_t nf = gate.rows;
+  g.resize(size_t(rows * nf));
+  u.resize(size_t(rows * nf));
+  linear(gate, xn, rows, g.data());
+  linear(up, xn, rows, u.data());
+  kernels::silu_mul(g.data(), u.data(), rows * nf);
+  linear(down, g.data(), rows, y);
+}
+
+void LayerSteps::logits(const float* output_norm, const kernels::WeightMatrix& output,
+                        const float* x, std::span<const int64_t> rows, std::vector<float>& normed,
+                        float* logits) const {
+  const int64_t E = c_.n_embd, n = int64_t(rows.size());
+  normed.resize(size_t(n * E));
+  for (int64_t i = 0; i < n; ++i)
+    kernels::rmsnorm(&normed[size_t(i * E)], x + rows[size_t(i)] * E, output_norm, E, c_.norm_eps);
+  linear(output, normed.data(), n, logits);
+}
+
+}  // namespace fairkv::model

@@ -1,0 +1,174 @@
+// A rank's attention in a layer: the phases over the (sequence, unit) shares it serves, and the
+// log-sum-exp merge of token slices across ranks.
+#include <algorithm>
+#include <limits>
+
+#include "kv/attention.h"
+#include "kv/attention_merge.h"
+#include "runtime/rank_forward.h"
+
+namespace fairkv::runtime {
+
+using model::LayerSteps;
+
+namespace {
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+}  // namespace
+
+void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
+                            const RankWindowObserver* observer) {
+  const ShardLayer& S = shard_.layers[size_t(layer)];
+  const int64_t hd = c_.head_dim, group = c_.group();
+  const int64_t nq = S.wq.rows, nkv = S.wk.rows;
+  const int64_t rows = row0_.back();
+  const auto& splits = split_heads_[size_t(layer)];
+  const int64_t n_split = int64_t(splits.size());
+  const int rank = comm_.rank();
+  const auto& views = views_[size_t(layer)];
+  const int64_t nk = kv_only_cols_[size_t(layer)];
+  std::fill(att_.begin(), att_.end(), 0.0f);
+  qk_.assign(size_t(rows * nk), 0.0f);
+  attk_.assign(size_t(rows * nk), 0.0f);
+  // A unit's queries and outputs of row r, wherever the view keeps them.
+  auto q_at = [&](const UnitView& u, int64_t r) {
+    return u.held ? &q_[r * nq + u.q_col] : &qk_[r * nk + u.q_col];
+  };
+  auto att_at = [&](const UnitView& u, int64_t r) {
+    return u.held ? &att_[r * nq + u.q_col] : &attk_[r * nk + u.q_col];
+  };
+  auto stride_of = [&](const UnitView& u) { return u.held ? nq : nk; };
+  auto view_of = [&](int head) -> const UnitView* {
+    for (const UnitView& u : views)
+      if (u.head == head) return &u;
+    return nullptr;
+  };
+  auto tail_here = [&](int head) { return is_tail(parts_[size_t(layer)][size_t(head)], rank); };
+  // Token slices' queries: the tail projected them; the other slices receive them.
+  if (n_split > 0) {
+    const int64_t qrow = group * hd;  // a token slice serves the whole group
+    qx_.assign(size_t(n_split * rows * qrow), 0.0f);
+    for (int64_t si = 0; si < n_split; ++si) {
+      const UnitView* u = view_of(splits[size_t(si)]);
+      if (!u || !tail_here(u->head)) continue;
+      LayerSteps::gather(q_at(*u, 0), stride_of(*u), rows, qrow, &qx_[size_t(si * rows * qrow)]);
+    }
+    all_reduce_sum(qx_.data(), qx_.size());
+    for (int64_t si = 0; si < n_split; ++si) {
+      const UnitView* u = view_of(splits[size_t(si)]);
+      if (!u || tail_here(u->head)) continue;
+      LayerSteps::scatter(&qx_[size_t(si * rows * qrow)], rows, qrow, q_at(*u, 0), stride_of(*u));
+    }
+  }
+  lse_.assign(size_t(n_split * rows * group), kNegInf);
+  const int64_t n_units = int64_t(views.size());
+  const int64_t n_tasks = int64_t(batch.size()) * n_units;
+  if (int64_t(tasks_.size()) < n_tasks) tasks_.resize(size_t(n_tasks));
+  // Phase 1: each (sequence, unit) gathers its queries and appends its new keys and values.
+  // Decode attention then runs as one batch over the pool (attend_batch cuts long single-token
+  // calls into token slices when there are fewer calls than threads); a prefill that is observed
+  // attends in place, since the observer needs the window's probabilities.
+  pool_.parallel_for(n_tasks, [&](int64_t begin, int64_t end, int) {
+    for (int64_t task = begin; task < end; ++task) {
+      const size_t item = size_t(task / n_units);
+      const UnitView& u = views[size_t(task % n_units)];
+      const auto& parts = parts_[size_t(layer)][size_t(u.head)];
+      RankItem& it = batch[item];
+      Task& s = tasks_[size_t(task)];
+      s.active = false;
+      const Role role = role_of(parts, rank, it.seq->slot, n_slots);
+      if (!role.serve) continue;
+      const int64_t n = int64_t(it.tokens.size());
+      const int64_t row0 = row0_[item];
+      const int64_t qh = u.q1 - u.q0;
+      kv::HeadStore& store = it.seq->cache.head(layer, u.head);
+      s.q.resize(size_t(n * u.q_rows));
+      s.out.assign(size_t(n * u.q_rows), 0.0f);
+      s.lse.assign(size_t(n * qh), kNegInf);
+      LayerSteps::gather(q_at(u, row0), stride_of(u), n, u.q_rows, s.q.data());
+      if (role.append) {  // never a KV-only view: appending is the tail's (or a whole unit's)
+        s.k.resize(size_t(n * hd));
+        s.v.resize(size_t(n * hd));
+        LayerSteps::gather(&k_[row0 * nkv + u.kv_row], nkv, n, hd, s.k.data());
+        LayerSteps::gather(&v_[row0 * nkv + u.kv_row], nkv, n, hd, s.v.data());
+      }
+      // A part that did not append holds only rows older than every new token.
+      s.args =
+          steps_.unit_attention(store, s.q.data(), n, int(qh), role.append ? s.k.data() : nullptr,
+                                role.append ? s.v.data() : nullptr, s.out.data(), s.lse.data());
+      s.served = true;
+      s.active = store.size() > 0;
+      if (!s.active) continue;  // holds no rows yet: output 0, lse -inf
+      kv::AttentionArgs& a = s.args;
+      // The prompt's rows all sit on the rank that appended them: it observes the window.
+      const bool observe = observer && observer->observe && role.append && n > 1;
+      if (!observer) continue;
+      s.active = false;  // attended here
+      if (observe) LayerSteps::request_window(a, observer->window, s.probs);
+      kv::attend(a);
+      if (observe) {
+        LayerSteps::window_by_head(a, s.probs, s.by_head);
+        const int64_t w = a.probs_tokens, len = store.size();
+        observer->observe(item, layer, u.head, u.q0, u.q1, s.by_head.data(), w, len);
+      }
+    }
+  });
+  calls_.clear();
+  for (int64_t task = 0; task < n_tasks; ++task)
+    if (tasks_[size_t(task)].active) calls_.push_back(tasks_[size_t(task)].args);
+  if (!calls_.empty()) kv::attend_batch(calls_, pool_);
+  // Phase 3: outputs (and log-sum-exps of token slices) into the layer's rows.
+  pool_.parallel_for(n_tasks, [&](int64_t begin, int64_t end, int) {
+    for (int64_t task = begin; task < end; ++task) {
+      Task& s = tasks_[size_t(task)];
+      if (!s.served) continue;
+      s.served = false;
+      const size_t item = size_t(task / n_units);
+      const UnitView& u = views[size_t(task % n_units)];
+      const int64_t n = int64_t(batch[item].tokens.size()), row0 = row0_[item];
+      const int64_t qh = u.q1 - u.q0;
+      LayerSteps::scatter(s.out.data(), n, u.q_rows, att_at(u, row0), stride_of(u));
+      const auto at = std::find(splits.begin(), splits.end(), u.head);
+      if (at != splits.end()) {
+        const int64_t si = at - splits.begin();
+        LayerSteps::scatter(s.lse.data(), n, qh, &lse_[(si * rows + row0) * group], group);
+      }
+    }
+  });
+  if (n_split == 0) return;
+  // Token slices: each part's output is exact for its rows. The parts' log-sum-exps are gathered
+  // (one float per split unit, row and query head), so that every rank knows L, the log-sum-exp
+  // over parts; each part scales its output by exp(lse_r - L) and one all-reduce sums them into
+  // the attention over all rows, to which the tail alone applies Wo. (Gathering the outputs
+  // instead moves R times the bytes.)
+  const int R = comm_.size();
+  const size_t n_lse = size_t(n_split * rows * group);
+  lse_all_.resize(n_lse * size_t(R));
+  all_gather(lse_.data(), n_lse * sizeof(float), lse_all_.data());
+  const int64_t qrow = group * hd;
+  tmp_.assign(size_t(n_split * rows * qrow), 0.0f);
+  for (int64_t si = 0; si < n_split; ++si) {
+    const UnitView* u = view_of(splits[size_t(si)]);
+    if (!u) continue;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < group; ++g) {
+        const size_t at = size_t((si * rows + r) * group + g);
+        float* out = att_at(*u, r) + g * hd;
+        const float mine = lse_[at];
+        if (mine != kNegInf) {
+          const float w = kv::merge_weight(mine, &lse_all_[at], R, n_lse);
+          float* dst = &tmp_[at * size_t(hd)];
+          for (int64_t e = 0; e < hd; ++e) dst[e] = w * out[e];
+        }
+        if (u->held) std::fill_n(out, hd, 0.0f);
+      }
+  }
+  all_reduce_sum(tmp_.data(), tmp_.size());
+  for (int64_t si = 0; si < n_split; ++si) {
+    const UnitView* u = view_of(splits[size_t(si)]);
+    if (!u || !u->held || !tail_here(u->head))
+      continue;  // the tail applies Wo to the merged output
+    LayerSteps::scatter(&tmp_[size_t(si * rows * qrow)], rows, qrow, att_at(*u, 0), stride_of(*u));
+  }
+}
+
+}  // namespace fairkv::runtime
