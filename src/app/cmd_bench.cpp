@@ -46,15 +46,17 @@ double mib(size_t b) {
 }
 
 void print_table(const std::vector<runtime::BenchRow>& rows, bool wall) {
-  fmt::print("{:<10} {:>11} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10}\n",
-             "placement", "emul. ms", "tok/s", "bound ms", "ideal ms", "vs tp", "imbal.",
-             "plan imb.", "replicas", "KV MiB", "wall ms", "wall vs tp");
+  fmt::print("{:<10} {:>11} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10}\n",
+             "placement", "emul. ms", "pred. ms", "tok/s", "bound ms", "ideal ms", "vs tp",
+             "imbal.", "plan imb.", "replicas", "KV MiB", "wall ms", "wall vs tp");
   for (const auto& r : rows)
     fmt::print(
-        "{:<10} {:>11.2f} {:>9.1f} {:>10.2f} {:>9.2f} {:>8.3f}x {:>8.3f} {:>9.3f} {:>9} {:>8.1f} "
-        "{:>10} {:>10}\n",
-        r.planner, r.step_ms_emulated, r.tok_s_emulated, r.lower_bound_ms, r.ideal_ms,
-        r.speedup_vs_tp, r.imbalance, r.planned_imbalance, r.replicas, mib(r.max_kv_bytes),
+        "{:<10} {:>11.2f} {:>9} {:>9.1f} {:>10.2f} {:>9.2f} {:>8.3f}x {:>8.3f} {:>9.3f} {:>9} "
+        "{:>8.1f} {:>10} {:>10}\n",
+        r.planner, r.step_ms_emulated,
+        r.predicted_ms > 0 ? fmt::format("{:.2f}", r.predicted_ms) : std::string("-"),
+        r.tok_s_emulated, r.lower_bound_ms, r.ideal_ms, r.speedup_vs_tp, r.imbalance,
+        r.planned_imbalance, r.replicas, mib(r.max_kv_bytes),
         wall ? fmt::format("{:.2f}", r.step_ms_wall) : std::string("-"),
         wall ? fmt::format("{:.3f}x", r.speedup_wall_vs_tp) : std::string("-"));
 }
@@ -68,7 +70,12 @@ nlohmann::json row_json(const runtime::BenchRow& r, bool wall) {
           {"lower_bound_ms", r.lower_bound_ms},
           {"ideal_ms", r.ideal_ms},
           {"collective_ms", r.collective_ms},
-          {"kv_time_factor", r.kv_time_factor},
+          {"predicted_ms", r.predicted_ms > 0 ? nlohmann::json(r.predicted_ms) : nlohmann::json()},
+          {"kv_time_factor", r.calibration.kv_time_factor},
+          {"part_load", r.calibration.part_load},
+          {"split_layer_load", r.calibration.split_layer_load},
+          {"model_error", r.calibration.error},
+          {"note", r.placement.note},
           {"imbalance", r.imbalance},
           {"planned_imbalance", r.planned_imbalance},
           {"tok_s_emulated", r.tok_s_emulated},
@@ -184,11 +191,18 @@ void run(const BenchArgs& a) {
         "ms/step). bound: the same with every layer at its mean rank time; ideal: every layer "
         "at tp's mean rank time (no replicas, no extra collectives).\n",
         s.threads, s.devices, rows.empty() ? 0.0 : rows[0].collective_ms);
-    if (s.calibrate && !rows.empty())
+    if (s.calibrate && !rows.empty()) {
+      const runtime::Calibration& k = rows[0].calibration;
       fmt::print(
-          "plans: a KV byte of attention measured at {:.2f}x the time of a weight byte of a "
-          "projection on this machine; the planners balanced time (--no-calibrate: bytes)\n",
-          rows[0].kv_time_factor);
+          "plans: calibrated on this machine: a KV byte of attention takes {:.2f}x the time of a "
+          "weight byte of a projection, a part {:.1f} and a split layer's collectives {:.1f} "
+          "token-loads, predictions within {:.1f}%; a plan replaces tp only when predicted "
+          "faster by more than that (--no-calibrate: bytes, parts free). pred.: the model's "
+          "attention and split collectives + the rest of the step as measured\n",
+          k.kv_time_factor, k.part_load, k.split_layer_load, 100.0 * k.error);
+    }
+    for (const auto& r : rows)
+      if (!r.placement.note.empty()) fmt::print("note: {}\n", r.placement.note);
     fmt::print("wall: {}\n",
                s.wall ? fmt::format("{} ranks as threads in parallel, {} threads each", s.devices,
                                     std::max(1, s.threads / s.devices))
@@ -241,8 +255,10 @@ void add_bench_command(CLI::App& app) {
                   "4 x embd)");
   cmd->add_option("-t,--threads", a->threads, "Threads of the machine (default: all cores)");
   cmd->add_flag("--no-wall", a->no_wall, "Skip the wall-clock timing");
-  cmd->add_option("--replicas", a->replicas,
-                  "Extra replicas per layer for fair-copy and split (default: devices - 1)");
+  cmd->add_option(
+      "--replicas", a->replicas,
+      "Extra replicas per layer for fair-copy and split (default: devices - 1 for fair-copy, "
+      "2 (devices - 1) for split)");
   cmd->add_flag("--no-calibrate", a->no_calibrate,
                 "Plan with loads in bytes (FAIRKV.md's model) instead of measuring how much "
                 "slower attention is per byte than a projection on this machine");

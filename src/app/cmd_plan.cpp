@@ -295,9 +295,12 @@ void run(const PlanArgs& a) {
   std::puts(fmt::format("planner {} on {} devices{}", a.planner, r,
                         kind == pl::PlannerKind::FairCopy || kind == pl::PlannerKind::Split
                             ? fmt::format(", up to {} extra replicas per layer",
-                                          a.replicas < 0 ? r - 1 : a.replicas)
+                                          a.replicas >= 0                  ? a.replicas
+                                          : kind == pl::PlannerKind::Split ? 2 * (r - 1)
+                                                                           : r - 1)
                             : "")
                 .c_str());
+  if (!p.note.empty()) std::puts(fmt::format("note: {}", p.note).c_str());
   if (!a.summary) print_layers(p, prof, cost);
   const auto s = pl::summarize_plan(p, tp.get(), prof, cost);
   if (tp) {
@@ -360,8 +363,10 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--planner", a->planner, "tp, balanced, fair-copy or split")
       ->capture_default_str();
   cmd->add_option("-b,--batch", a->batch, "Sequences per batch")->capture_default_str();
-  cmd->add_option("--replicas", a->replicas,
-                  "Extra replicas per layer for fair-copy and split (default: devices - 1)");
+  cmd->add_option(
+      "--replicas", a->replicas,
+      "Extra replicas per layer for fair-copy and split (default: devices - 1 for fair-copy, "
+      "2 (devices - 1) for split)");
   cmd->add_option("--device-memory", a->device_memory,
                   "Memory per device in bytes (K, M, G, T suffixes): plans must fit");
   cmd->add_option("--weight-type", a->weight_type,

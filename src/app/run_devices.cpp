@@ -54,6 +54,7 @@ void run_on_devices(const DeviceRun& run) {
                                                             run.kv_type, int(prompts.size()));
   const placement::Placement p =
       runtime::resolve_placement(d.placement, d.profile, m->config, d.devices, cost);
+  if (!p.note.empty()) std::fprintf(stderr, "note: %s\n", p.note.c_str());
   if (run.greedy_note) std::fprintf(stderr, "note: decoding on devices is greedy (--temp 0)\n");
   runtime::ExecOptions o;
   o.n_predict = run.n_predict;

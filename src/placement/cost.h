@@ -12,6 +12,8 @@
 // and Wo, and a token slice other than the unit's last (its tail): the tail projects the queries
 // for all slices (they travel in a small all-reduce) and applies Wo to their merged output, so the
 // other slices read only their KV. Weight type "none" leaves weights out: only the KV counts.
+// Every part also pays part_load (the fixed work of one more attention call), and a layer with
+// token slices pays split_layer_load on every device (the collectives that merge the slices).
 #pragma once
 
 #include <cstdint>
@@ -32,6 +34,14 @@ struct CostModel {
   int64_t ffn = 0;          // 0: MLP unknown, left out of the step estimate and of memory
   double weight_bytes = 2;  // per weight element (f16 by default)
   double kv_bytes = 2;      // per cached K or V element (f16 by default)
+  // What every extra part costs beyond its bytes, in loads; 0 in FAIRKV.md's bytes-only model,
+  // measured by the bench's calibration (runtime/calibration.h). Without them a planner buys
+  // balance with replicas that cost more than they save.
+  double part_load = 0;         // each (unit, device) part: its attention call, merge, output
+  double split_layer_load = 0;  // a layer with token slices: its extra round of collectives
+  // Relative error of the model's step-time predictions, as measured: a placement replaces tp
+  // only when it is predicted faster by more than this.
+  double error = 0;
 
   // Bytes of one cached token of one sequence of a unit (K and V).
   double token_bytes() const { return 2.0 * head_dim * kv_bytes; }

@@ -19,9 +19,9 @@ constexpr double kShareTolerance = 1e-9;
 // queries arrive from the tail, which alone projects and applies Wo).
 double share_load(const Share& s, double t, const CostModel& cost, bool tail) {
   if (s.kind == ShareKind::Query)
-    return t + cost.kv_weight_load() + s.share * cost.qo_weight_load();
-  if (s.kind == ShareKind::Tokens && !tail) return s.share * t;
-  return s.share * t + cost.unit_weight_load();
+    return t + cost.kv_weight_load() + s.share * cost.qo_weight_load() + cost.part_load;
+  if (s.kind == ShareKind::Tokens && !tail) return s.share * t + cost.part_load;
+  return s.share * t + cost.unit_weight_load() + cost.part_load;
 }
 
 double share_weight_bytes(const Share& s, const CostModel& cost) {
@@ -63,6 +63,8 @@ std::vector<double> device_loads(const LayerPlacement& layer, std::span<const do
   for (size_t d = 0; d < layer.devices.size() && d < load.size(); ++d)
     for (const Share& s : layer.devices[d])
       load[d] += share_load(s, tokens[size_t(s.head)], cost, tail[size_t(s.head)] == int(d));
+  if (has_token_slices(layer))
+    for (double& x : load) x += cost.split_layer_load;
   return load;
 }
 
@@ -74,7 +76,7 @@ double max_device_load(const LayerPlacement& layer, std::span<const double> toke
 
 double lower_bound(std::span<const double> tokens, const CostModel& cost, int devices) {
   double sum = 0;
-  for (double t : tokens) sum += t + cost.unit_weight_load();
+  for (double t : tokens) sum += t + cost.unit_weight_load() + cost.part_load;
   return sum / double(devices);
 }
 
@@ -84,6 +86,13 @@ std::vector<int> tail_devices(const LayerPlacement& layer, int kv_heads) {
     for (const Share& s : layer.devices[d])
       if (s.head >= 0 && s.head < kv_heads) tail[size_t(s.head)] = int(d);
   return tail;
+}
+
+bool has_token_slices(const LayerPlacement& layer) {
+  for (const auto& dev : layer.devices)
+    for (const Share& s : dev)
+      if (s.kind == ShareKind::Tokens) return true;
+  return false;
 }
 
 int replica_count(const LayerPlacement& layer, int kv_heads) {
@@ -217,6 +226,7 @@ nlohmann::json placement_to_json(const Placement& p) {
   j["kv_heads"] = p.kv_heads;
   j["planner"] = p.planner;
   j["batch"] = p.batch;
+  if (!p.note.empty()) j["note"] = p.note;
   nlohmann::json layers = nlohmann::json::array();
   for (const auto& layer : p.layers) {
     nlohmann::json devs = nlohmann::json::array();
@@ -245,6 +255,7 @@ Placement placement_from_json(const nlohmann::json& j, const std::string& where)
   p.devices = check.positive_int(check.field(j, "devices"), "devices");
   if (j.contains("planner")) p.planner = check.string(j["planner"], "planner");
   if (j.contains("batch")) p.batch = check.positive_int(j["batch"], "batch");
+  if (j.contains("note")) p.note = check.string(j["note"], "note");
   const auto& layers = check.field(j, "layers");
   if (!layers.is_array() || layers.empty())
     throw FormatError(fmt::format("{}: layers: expected a non-empty array of layers, got {}", where,

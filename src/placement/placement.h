@@ -52,6 +52,9 @@ struct Placement {
   std::vector<double> lower_bound;  // mean device load without replicas: no placement does better
   std::vector<int> replicas;        // (unit, device) pairs beyond one per unit
   std::vector<bool> proven;  // the planner proved max_load optimal among the plans it may make
+  // Set when the planner asked for was not predicted faster than tp by more than the cost
+  // model's error, so tp's layout stands in its place: says which planner and by how much.
+  std::string note;
 };
 
 // Loads of every device of one layer, given the layer's unit loads (tokens per sequence).
@@ -62,6 +65,7 @@ double max_device_load(const LayerPlacement& layer, std::span<const double> toke
 // The mean device load when every unit is read once: a lower bound for any placement.
 double lower_bound(std::span<const double> tokens, const CostModel& cost, int devices);
 int replica_count(const LayerPlacement& layer, int kv_heads);
+bool has_token_slices(const LayerPlacement& layer);
 // Per unit, the last device in device order that serves it (-1: none). For token slices that
 // device is the unit's tail: it appends the new rows, projects the queries for every part and
 // applies Wo; the other slices hold only KV.

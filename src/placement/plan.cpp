@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "placement/evaluate.h"
 #include "placement/planners.h"
 #include "placement/rebalance.h"
 
@@ -101,6 +102,31 @@ int over_limit(const std::vector<DeviceMemory>& mem, double limit) {
   return -1;
 }
 
+// tp's layout in place of p when p is not predicted faster than tp by more than the model's error
+// (and tp fits the memory): balance bought with replicas must pay for them.
+Placement tp_unless_faster(Placement p, const Profile& profile, const CostModel& cost,
+                           const PlanOptions& o) {
+  PlanOptions to = o;
+  to.planner = PlannerKind::Tp;
+  Placement tp;
+  try {
+    tp = plan_with(profile, cost, to, 0);
+  } catch (const std::invalid_argument&) {
+    return p;  // tp cannot place these heads on these devices: nothing to compare with
+  }
+  if (o.device_memory > 0 &&
+      over_limit(device_memory(tp, profile.tokens, cost), o.device_memory) >= 0)
+    return p;
+  const double mine = step_time(p.max_load, cost, o.devices);
+  const double theirs = step_time(tp.max_load, cost, o.devices);
+  if (mine < theirs * (1.0 - cost.error)) return p;
+  tp.note = fmt::format(
+      "{}: predicted step {:.3f}x of tp's, not faster beyond the cost model's error of {:.1f}%: "
+      "tp stands",
+      planner_name(o.planner), theirs > 0 ? mine / theirs : 1.0, 100.0 * cost.error);
+  return tp;
+}
+
 }  // namespace
 
 Placement plan(const Profile& profile, const CostModel& cost, const PlanOptions& o) {
@@ -113,10 +139,11 @@ Placement plan(const Profile& profile, const CostModel& cost, const PlanOptions&
   const bool replicating = o.planner == PlannerKind::FairCopy || o.planner == PlannerKind::Split;
   for (int r = k;; --r) {
     Placement p = plan_with(profile, cost, o, r);
-    if (o.device_memory <= 0) return p;
+    const bool weigh = o.tp_unless_faster && o.planner != PlannerKind::Tp;
+    if (o.device_memory <= 0) return weigh ? tp_unless_faster(std::move(p), profile, cost, o) : p;
     const auto mem = device_memory(p, profile.tokens, cost);
     const int d = over_limit(mem, o.device_memory);
-    if (d < 0) return p;
+    if (d < 0) return weigh ? tp_unless_faster(std::move(p), profile, cost, o) : p;
     if (!replicating || r <= 0) {
       const auto& m = mem[size_t(d)];
       constexpr double gib = 1024.0 * 1024.0 * 1024.0;

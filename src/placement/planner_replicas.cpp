@@ -99,7 +99,7 @@ void rebalance_holdings(Holdings& h, std::span<const double> tokens, const CostM
   std::vector<std::vector<int>> holders(h.size());
   for (size_t u = 0; u < h.size(); ++u)
     for (const Holding& x : h[u]) holders[u].push_back(x.device);
-  add_token_slice_units(prob, tokens, std::move(holders), cost.unit_weight_load());
+  add_token_slice_units(prob, tokens, std::move(holders), cost);
   const auto r = rebalance(prob);
   for (size_t u = 0; u < h.size(); ++u) {
     h[u].clear();

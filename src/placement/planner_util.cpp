@@ -18,9 +18,15 @@ std::vector<double> holding_loads(const Holdings& h, std::span<const double> tok
     for (const Holding& x : h[u]) tail = std::max(tail, x.device);
     for (const Holding& x : h[u]) {
       const bool reads_weights = !token_slices || h[u].size() == 1 || x.device == tail;
-      load[size_t(x.device)] += x.part * tokens[u] + (reads_weights ? cost.unit_weight_load() : 0);
+      load[size_t(x.device)] +=
+          x.part * tokens[u] + (reads_weights ? cost.unit_weight_load() : 0) + cost.part_load;
     }
   }
+  const bool sliced = token_slices && std::any_of(h.begin(), h.end(), [](const auto& parts) {
+                        return parts.size() > 1;
+                      });
+  if (sliced)
+    for (double& x : load) x += cost.split_layer_load;
   return load;
 }
 
@@ -59,7 +65,7 @@ bool better(const Score& a, const Score& b, double tol) {
 
 double load_tolerance(std::span<const double> tokens, const CostModel& cost) {
   double total = 0;
-  for (double t : tokens) total += t + cost.unit_weight_load();
+  for (double t : tokens) total += t + cost.unit_weight_load() + cost.part_load;
   return 1e-12 * std::max(total, 1e-300);
 }
 

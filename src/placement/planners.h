@@ -70,6 +70,9 @@ struct PlanOptions {
       -1;  // extra replicas per layer; -1: devices - 1 (fair-copy), 2 (devices - 1) (split)
   double device_memory = 0;    // bytes per device; 0: no limit
   int64_t node_limit = 20000;  // balanced: branch-and-bound nodes per layer (see partition.h)
+  // Keep tp's layout unless the plan is predicted faster than tp by more than cost.error (off:
+  // the planner's own plan whatever its prediction, to study the planners themselves).
+  bool tp_unless_faster = true;
 };
 
 // A plan does not fit the devices' memory; the message says which device needs what.
@@ -80,6 +83,8 @@ struct DoesNotFit : std::runtime_error {
 // Plans every layer of the profile. Devices are relabelled per layer (except for tp) so that the
 // layers' heaviest devices differ, which spreads memory. With a memory limit, fair-copy and split
 // give up replicas (K, K-1, ..., 0) until the plan fits; a plan that cannot fit throws DoesNotFit.
+// A plan that is not predicted faster than tp by more than the cost model's error gives way to
+// tp (Placement::note says so), when tp fits.
 Placement plan(const Profile& profile, const CostModel& cost, const PlanOptions& options);
 
 }  // namespace fairkv::placement

@@ -223,15 +223,22 @@ RebalanceResult rebalance(const RebalanceProblem& p) {
 }
 
 void add_token_slice_units(RebalanceProblem& prob, std::span<const double> tokens,
-                           std::vector<std::vector<int>> holders, double w) {
+                           std::vector<std::vector<int>> holders, const CostModel& cost) {
+  auto add = [&](int d, double x) {
+    if (d >= 0 && size_t(d) < prob.base.size()) prob.base[size_t(d)] += x;
+  };
+  bool sliced = false;
   for (size_t u = 0; u < holders.size(); ++u) {
     auto& hs = holders[u];
     std::sort(hs.begin(), hs.end());
-    if (!hs.empty() && hs.back() >= 0 && size_t(hs.back()) < prob.base.size())
-      prob.base[size_t(hs.back())] += w;
+    if (!hs.empty()) add(hs.back(), cost.unit_weight_load());
+    for (int d : hs) add(d, cost.part_load);
+    sliced = sliced || hs.size() > 1;
     prob.load.push_back(tokens[u]);
     prob.holders.push_back(std::move(hs));
   }
+  if (sliced)
+    for (double& b : prob.base) b += cost.split_layer_load;
 }
 
 std::vector<std::pair<int, double>> token_slice_parts(const RebalanceProblem& prob,
@@ -265,8 +272,8 @@ LayerPlacement rebalance_layer(const LayerPlacement& layer, std::span<const doub
       if (s.kind == ShareKind::Query) {
         // Every query slice reads the whole KV: its cost does not depend on its share.
         fixed[size_t(s.head)] = true;
-        prob.base[size_t(d)] +=
-            tokens[size_t(s.head)] + cost.kv_weight_load() + s.share * cost.qo_weight_load();
+        prob.base[size_t(d)] += tokens[size_t(s.head)] + cost.kv_weight_load() +
+                                s.share * cost.qo_weight_load() + cost.part_load;
         out.devices[size_t(d)].push_back(s);
       } else {
         holders[size_t(s.head)].push_back(d);
@@ -283,13 +290,20 @@ LayerPlacement rebalance_layer(const LayerPlacement& layer, std::span<const doub
     load[size_t(u)] = tokens[size_t(u)];
   }
   // Fixed units' placeholders carry no load and no weights (their reads are in base already).
+  bool sliced = false;
   for (int u = 0; u < units; ++u) {
     auto& hs = holders[size_t(u)];
     std::sort(hs.begin(), hs.end());
-    if (!fixed[size_t(u)]) prob.base[size_t(hs.back())] += cost.unit_weight_load();  // the tail
+    if (!fixed[size_t(u)]) {
+      prob.base[size_t(hs.back())] += cost.unit_weight_load();  // the tail
+      for (int d : hs) prob.base[size_t(d)] += cost.part_load;
+      sliced = sliced || hs.size() > 1;
+    }
     prob.load.push_back(load[size_t(u)]);
     prob.holders.push_back(hs);
   }
+  if (sliced)
+    for (double& b : prob.base) b += cost.split_layer_load;
   const auto r = rebalance(prob);
   for (int u = 0; u < units; ++u) {
     if (fixed[size_t(u)]) continue;

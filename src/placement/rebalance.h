@@ -45,10 +45,11 @@ RebalanceResult rebalance(const RebalanceProblem& problem);
 double hall_ratio(const RebalanceProblem& problem, std::span<const int> devices);
 
 // Token slices of units among fixed holders: sorts each unit's holders by device and adds the
-// unit's weight read (w, in loads) to the base of its last holder, the tail (cost.h). base must
-// have one entry per device.
+// unit's weight read to the base of its last holder, the tail, the fixed cost of a part to every
+// holder, and when some unit has several holders the merge's collectives to every device
+// (cost.h). base must have one entry per device.
 void add_token_slice_units(RebalanceProblem& prob, std::span<const double> tokens,
-                           std::vector<std::vector<int>> holders, double w);
+                           std::vector<std::vector<int>> holders, const CostModel& cost);
 // The parts of unit u in a solved problem built by add_token_slice_units: (device, share) in
 // device order, without empty parts except the tail, which stays even when empty (it projects
 // and appends for the others). Shares renormalised to sum to 1.

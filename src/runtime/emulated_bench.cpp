@@ -18,9 +18,11 @@
 #include "kv/attention.h"
 #include "placement/cost.h"
 #include "placement/planners.h"
+#include "runtime/calibration.h"
 #include "runtime/model_placement.h"
 #include "runtime/rank_forward.h"
 #include "runtime/shard.h"
+#include "runtime/solo_rank.h"
 
 namespace fairkv::runtime {
 
@@ -28,148 +30,6 @@ namespace {
 
 using kernels::Clock;
 using kernels::ms_between;
-
-// xorshift: cache contents only need to be finite, and gigabytes must fill quickly.
-struct Noise {
-  uint64_t state;
-  float next(float amplitude) {
-    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
-    return float(int32_t(state >> 40) - (1 << 23)) * (amplitude / float(1 << 23));
-  }
-};
-
-int64_t rounded(double x) {
-  return std::max<int64_t>(0, std::llround(x));
-}
-
-// Random keys and values to fill caches from: 4096 rows of each, made once. Timing does not
-// depend on the values (only that they are finite and vary), and generating gigabytes of noise
-// per rank and round would cost a quarter of the bench's time.
-struct NoiseRows {
-  int64_t rows = 4096, dim = 0;
-  std::vector<float> k, v;
-};
-const NoiseRows& noise_rows(int64_t dim) {
-  static std::mutex mu;
-  static std::unique_ptr<NoiseRows> pool;
-  std::lock_guard lock(mu);
-  if (!pool || pool->dim != dim) {
-    pool = std::make_unique<NoiseRows>();
-    pool->dim = dim;
-    Noise noise{0x9E3779B97F4A7C15ull};
-    pool->k.resize(size_t(pool->rows * dim));
-    pool->v.resize(pool->k.size());
-    for (float& x : pool->k) x = noise.next(1.0f);
-    for (float& x : pool->v) x = noise.next(1.0f);
-  }
-  return *pool;
-}
-
-// Rank `rank`'s caches as after a prefill of the profile's lengths and redistribution.
-std::vector<std::unique_ptr<RankSequence>> fill_caches(const model::ModelConfig& c,
-                                                       const placement::Placement& p,
-                                                       const placement::Profile& prof, int rank,
-                                                       int batch, kv::KvType type) {
-  std::vector<std::unique_ptr<RankSequence>> seqs;
-  int64_t n_past = 1;
-  for (const auto& row : prof.tokens)
-    for (double t : row) n_past = std::max(n_past, rounded(t));
-  const NoiseRows& pool = noise_rows(c.head_dim);
-  int64_t at = int64_t(rank) * 977;  // where in the pool the next store starts
-  for (int b = 0; b < batch; ++b) {
-    seqs.push_back(std::make_unique<RankSequence>(c, type, b));
-    seqs.back()->cache.n_past = n_past;
-    for (int l = 0; l < c.n_layers; ++l)
-      for (const placement::Share& s : p.layers[size_t(l)].devices[size_t(rank)]) {
-        const int64_t total = rounded(prof.tokens[size_t(l)][size_t(s.head)]);
-        const auto [r0, r1] = rows_held(p, l, s.head, rank, b, batch, total);
-        kv::HeadStore& store = seqs.back()->cache.head(l, s.head);
-        store.reserve(r1 - r0);
-        for (int64_t done = 0; done < r1 - r0;) {
-          at %= pool.rows;
-          const int64_t n = std::min(r1 - r0 - done, pool.rows - at);
-          store.append(&pool.k[size_t(at * c.head_dim)], &pool.v[size_t(at * c.head_dim)], n);
-          done += n;
-          at += n + 131;
-        }
-      }
-  }
-  return seqs;
-}
-
-std::vector<RankItem> decode_items(std::vector<std::unique_ptr<RankSequence>>& seqs,
-                                   std::vector<int32_t>& tokens) {
-  std::vector<RankItem> items;
-  tokens.assign(seqs.size(), 1);
-  for (size_t i = 0; i < seqs.size(); ++i) items.push_back({seqs[i].get(), {&tokens[i], 1}});
-  return items;
-}
-
-// One rank of a placement set up alone (emulated timing): its shard, its caches filled from the
-// profile, its forward pass over a SoloComm, one warm-up step run (pages touched, buffers sized).
-struct SoloRank {
-  SoloRank(const model::ModelConfig& c, const model::Weights& w, const placement::Placement& p,
-           const placement::Profile& prof, int rank, int batch, kv::KvType type,
-           kernels::ThreadPool& pool)
-      : comm(rank, p.devices),
-        shard(shard_weights(c, w, p, rank)),
-        seqs(fill_caches(c, p, prof, rank, batch, type)),
-        fwd(c, w, shard, p, comm, pool),
-        items(decode_items(seqs, tokens)),
-        batch(batch) {
-    fwd.run(items, batch);
-  }
-  void step() { fwd.run(items, batch); }
-
-  comm::SoloComm comm;
-  ShardedWeights shard;
-  std::vector<std::unique_ptr<RankSequence>> seqs;
-  RankForward fwd;
-  std::vector<int32_t> tokens;  // before items: decode_items points into it
-  std::vector<RankItem> items;
-  int batch;
-};
-
-// The collectives of one decode step: two all-reduces of the activations per layer, and per
-// layer with token slices the queries' all-reduce (q_floats), the all-gather of the slices'
-// log-sum-exps (lse_bytes per rank) and the all-reduce of their weighted outputs (q_floats).
-double collectives_ms(int R, int batch, const model::ModelConfig& c, int gathers, size_t q_floats,
-                      size_t lse_bytes) {
-  if (R == 1) return 0.0;
-  const int reps = 20;
-  double ms = 0;
-  std::mutex mu;
-  comm::run_ranks(R, [&](comm::Communicator& comm) {
-    std::vector<float> x(size_t(batch) * size_t(c.n_embd), 1.0f);
-    std::vector<uint8_t> send(lse_bytes), recv(lse_bytes * size_t(R));
-    std::vector<float> q(q_floats, 1.0f);
-    comm.barrier();
-    const auto t0 = Clock::now();
-    for (int i = 0; i < reps; ++i) {
-      for (int l = 0; l < c.n_layers; ++l) {
-        comm.all_reduce_sum(x.data(), x.size());
-        comm.all_reduce_sum(x.data(), x.size());
-      }
-      for (int g = 0; g < gathers; ++g) {
-        comm.all_reduce_sum(q.data(), q.size());
-        comm.all_gather(send.data(), send.size(), recv.data());
-        comm.all_reduce_sum(q.data(), q.size());
-      }
-    }
-    comm.barrier();
-    if (comm.rank() == 0) {
-      std::lock_guard lock(mu);
-      ms = ms_between(t0, Clock::now()) / reps;
-    }
-  });
-  return ms;
-}
-
-size_t kv_bytes(const std::vector<std::unique_ptr<RankSequence>>& seqs) {
-  size_t b = 0;
-  for (const auto& s : seqs) b += s->cache.bytes();
-  return b;
-}
 
 }  // namespace
 
@@ -217,70 +77,6 @@ RandomModel random_model(const placement::Profile& p, int64_t ffn, int vocab, ui
   return m;
 }
 
-// How much slower a token of KV is to attend than a token-load of weights is to project, in the
-// bench's own decode steps: tp's layout (planned in bytes), then a split layout, have every rank's
-// attention segment timed alone (the fastest of `steps`), and the segments are fitted as
-// a * KV load + b * weight load (least squares, no intercept: a rank's fixed costs go with its
-// weights). Returns a / b, the factor by which the planners scale weight loads so that they
-// balance time. Measured in situ, since isolated kernels stream at other rates than a rank's
-// packed products.
-double measure_kv_time_factor(const model::ModelConfig& c, const model::Weights& w,
-                              const placement::Profile& prof, const placement::CostModel& bytes,
-                              int devices, int batch, kv::KvType kt, int steps, int replicas,
-                              kernels::ThreadPool& pool) {
-  const int L = c.n_layers;
-  double kk = 0, kw = 0, ww = 0, ky = 0, wy = 0;
-  // Adds every rank-layer segment of placement p to the least-squares sums.
-  auto time_placement = [&](const placement::Placement& p) {
-    for (int r = 0; r < devices; ++r) {
-      SoloRank k(c, w, p, prof, r, batch, kt, pool);
-      std::vector<double> best(size_t(L), 1e300);
-      SegmentTimes t;
-      k.fwd.timing = &t;
-      for (int s = 0; s < steps; ++s) {
-        t.clear(L);
-        k.step();
-        for (int l = 0; l < L; ++l)
-          best[size_t(l)] = std::min(best[size_t(l)], t.attention_ms[size_t(l)]);
-      }
-      for (int l = 0; l < L; ++l) {
-        const auto tail = placement::tail_devices(p.layers[size_t(l)], p.kv_heads);
-        double kv = 0, wl = 0;
-        for (const placement::Share& sh : p.layers[size_t(l)].devices[size_t(r)]) {
-          const double t_u = prof.tokens[size_t(l)][size_t(sh.head)];
-          if (sh.kind == placement::ShareKind::Query) {
-            kv += t_u;
-            wl += bytes.kv_weight_load() + sh.share * bytes.qo_weight_load();
-          } else {
-            kv += sh.share * t_u;
-            if (sh.kind != placement::ShareKind::Tokens || tail[size_t(sh.head)] == r)
-              wl += bytes.unit_weight_load();
-          }
-        }
-        const double y = best[size_t(l)];
-        kk += kv * kv, kw += kv * wl, ww += wl * wl, ky += kv * y, wy += wl * y;
-      }
-    }
-  };
-  auto factor = [&] {
-    const double det = kk * ww - kw * kw;
-    if (!(det > 0)) return 1.0;  // no spread in the loads: keep bytes
-    const double a = (ky * ww - wy * kw) / det, b = (wy * kk - ky * kw) / det;
-    return a > 0 && b > 0 ? a / b : 1.0;
-  };
-  placement::PlanOptions o;
-  o.planner = placement::PlannerKind::Tp;
-  o.devices = devices;
-  time_placement(placement::plan(prof, bytes, o));
-  // A split plan, made with tp's factor, adds ranks whose weight reads differ from their KV: the
-  // fit over both tells the two apart better than tp alone, whose ranks all read as many weights.
-  o.planner = placement::PlannerKind::Split;
-  o.replicas = replicas;
-  time_placement(
-      placement::plan(prof, run_cost_model(c, w.layers[0].wq.type, kt, batch, factor()), o));
-  return factor();
-}
-
 std::vector<BenchRow> bench_placements(
     const model::ModelConfig& c, const model::Weights& w, const placement::Profile& prof,
     const BenchSpec& spec, const std::function<void(int, int, const std::string&)>& progress) {
@@ -290,15 +86,15 @@ std::vector<BenchRow> bench_placements(
     throw std::invalid_argument("bench: devices, batch and steps must be at least 1");
   // Planned in bytes first: the calibration times tp's layout, then weighs weights by time.
   const kernels::DType wt = w.layers[0].wq.type;
-  placement::CostModel cost = run_cost_model(c, wt, spec.kv_type, B);
-  double kv_factor = 1;
+  Calibration cal;
   if (spec.calibrate) {
-    if (progress) progress(0, 1, "calibrating: tp's ranks timed to weigh KV against weights");
+    if (progress) progress(0, 1, "calibrating: ranks timed to weigh KV, weights and parts");
     kernels::ThreadPool pool(std::max(1, spec.threads));
-    kv_factor = measure_kv_time_factor(c, w, prof, cost, R, B, spec.kv_type,
-                                       std::max(2, spec.steps), spec.replicas, pool);
-    cost = run_cost_model(c, wt, spec.kv_type, B, kv_factor);
+    cal = calibrate(c, w, prof, R, B, spec.kv_type, std::max(2, spec.steps), spec.replicas, pool);
   }
+  const placement::CostModel cost = run_cost_model(c, wt, spec.kv_type, B, cal);
+  // The collectives every placement has (two all-reduces per layer), apart from a split's.
+  const double base_collectives_ms = collectives_ms(R, B, c, 0, 0, 0);
   const int P = int(spec.planners.size()), rounds = std::max(1, spec.rounds);
   const int total = P * (rounds * R + (spec.wall ? 1 : 0));
   int done = 0;
@@ -317,7 +113,7 @@ std::vector<BenchRow> bench_placements(
     row.devices = R;
     row.batch = B;
     row.placement = placement::plan(prof, cost, o);
-    row.kv_time_factor = kv_factor;
+    row.calibration = cal;
     const placement::Placement& p = row.placement;
     for (size_t l = 0; l < p.layers.size(); ++l) {
       row.replicas += p.replicas[l];
@@ -412,9 +208,10 @@ std::vector<BenchRow> bench_placements(
       }
     }
     row.collective_ms = collectives_ms(R, B, c, gathers, q_floats, lse_bytes);
+    const double split_collectives_ms = std::max(0.0, row.collective_ms - base_collectives_ms);
     row.layer_rank_ms.assign(size_t(L), std::vector<double>(size_t(R), 0.0));
     const double fixed = row.collective_ms + *std::max_element(other.begin(), other.end());
-    double step = fixed, bound = fixed;
+    double step = fixed, bound = fixed, attention = split_collectives_ms;
     for (int l = 0; l < L; ++l) {
       double amax = 0, asum = 0, mmax = 0;
       for (int r = 0; r < R; ++r) {
@@ -425,11 +222,20 @@ std::vector<BenchRow> bench_placements(
         mmax = std::max(mmax, e.mlp[size_t(r)][size_t(l)]);
       }
       step += amax + mmax;
+      attention += amax;
       // Perfect balance: the layer's attention at its mean rank time (the MLP is even anyway).
       bound += asum / R + mmax;
       row.imbalance += (asum > 0 ? amax / (asum / R) : 1.0) / L;
     }
     row.step_ms_emulated = step;
+    // The model predicts what the placement changes: each layer's slowest rank's attention and
+    // the collectives that merge token slices. The rest of the step (MLP, base collectives,
+    // embedding and logits) is the same for every placement and taken as measured.
+    if (cal.ms_per_load > 0) {
+      double loads = 0;
+      for (double m : p.max_load) loads += m;
+      row.predicted_ms = step - attention + cal.ms_per_load * loads;
+    }
     row.tok_s_emulated = 1000.0 * B / step;
     row.lower_bound_ms = bound;
     row.ideal_ms = bound;

@@ -14,7 +14,8 @@
 //    (each unit read once, no replicas, no extra collectives), the least any placement could
 //    reach on these devices.
 // Every placement is planned with one cost model, run_cost_model's for the model's types and the
-// batch, weighed by the KV time factor the bench measures first (BenchSpec::calibrate).
+// batch with the machine's calibration, measured first (BenchSpec::calibrate); a placement not
+// predicted faster than tp beyond the model's error gives way to tp (Placement::note).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,7 @@
 #include "model/weights.h"
 #include "placement/placement.h"
 #include "placement/profile.h"
+#include "runtime/model_placement.h"
 
 namespace fairkv::runtime {
 
@@ -50,8 +52,8 @@ struct BenchSpec {
   bool wall = true;
   std::vector<std::string> planners = {"tp", "balanced", "fair-copy", "split"};
   kv::KvType kv_type = kv::KvType::F16;
-  // Measure kv_time_factor and plan with run_cost_model's factor (else 1: loads are bytes, as in
-  // FAIRKV.md's model).
+  // Calibrate the cost model on this machine (else FAIRKV.md's model: loads are bytes, parts and
+  // collectives free).
   bool calibrate = true;
   // Extra replicas per layer for fair-copy and split (-1: the planner's default budget).
   int replicas = -1;
@@ -61,6 +63,9 @@ struct BenchRow {
   std::string planner;
   int devices = 0, batch = 0;
   double step_ms_emulated = 0, step_ms_wall = 0, lower_bound_ms = 0, ideal_ms = 0;
+  // The calibrated cost model's step time (0 without calibration): its attention and split
+  // collectives predicted, the rest of the step as measured, so a wrong prediction shows.
+  double predicted_ms = 0;
   double collective_ms = 0;      // per step, inside the emulated step time
   double imbalance = 0;          // measured: max / mean rank attention time per layer, averaged
   double planned_imbalance = 0;  // the cost model's max / lower bound per layer, averaged
@@ -69,10 +74,9 @@ struct BenchRow {
   size_t max_kv_bytes = 0, max_weight_bytes = 0;   // the fullest rank's
   int replicas = 0;                                // over all layers
   std::vector<std::vector<double>> layer_rank_ms;  // [layer][rank] attention segment, emulated
-  // Time per KV byte of decode attention over time per weight byte of the projections, measured
-  // before planning; the planners' loads weigh weight reads by 1 / kv_time_factor so that they
-  // balance time, not bytes (on CPUs grouped attention is compute-bound, slower per byte).
-  double kv_time_factor = 1;
+  // The machine's calibration the placements were planned with (runtime/calibration.h): time per
+  // KV byte over time per weight byte, the cost of a part and of a split layer, the model's error.
+  Calibration calibration;
   placement::Placement placement;
 };
 

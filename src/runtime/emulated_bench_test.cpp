@@ -87,6 +87,15 @@ TEST(EmulatedBench, ReportsEveryPlanner) {
     EXPECT_GE(r.imbalance, 1.0);
     EXPECT_EQ(r.layer_rank_ms.size(), 2u);
     EXPECT_GT(r.max_kv_bytes, 0u);
+    // Calibrated: every row carries the model's prediction, and a plan that gave way to tp says
+    // why and is tp's layout.
+    EXPECT_GT(r.predicted_ms, 0);
+    EXPECT_GT(r.calibration.ms_per_load, 0);
+    EXPECT_GE(r.calibration.error, 0);
+    if (!r.placement.note.empty()) {
+      EXPECT_EQ(r.placement.planner, "tp");
+      EXPECT_EQ(r.replicas, 0);
+    }
   }
   // The KV of the fullest device: tp holds the heavy units wherever they fall; split cuts them.
   EXPECT_LT(rows[3].max_kv_bytes, rows[0].max_kv_bytes);

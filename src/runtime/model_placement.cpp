@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <stdexcept>
 
 #include "placement/planners.h"
@@ -25,11 +26,17 @@ void check_profile_shape(const placement::Profile& prof, const model::ModelConfi
 }
 
 placement::CostModel run_cost_model(const model::ModelConfig& c, kernels::DType weight_type,
-                                    kv::KvType kv_type, int batch, double kv_time_factor) {
+                                    kv::KvType kv_type, int batch, const Calibration& cal) {
   if (batch < 1) throw std::invalid_argument(fmt::format("batch must be >= 1, got {}", batch));
-  if (!(kv_time_factor > 0))
+  if (!(cal.kv_time_factor > 0) || !std::isfinite(cal.kv_time_factor))
     throw std::invalid_argument(
-        fmt::format("the KV time factor must be positive, got {}", kv_time_factor));
+        fmt::format("the KV time factor must be positive, got {}", cal.kv_time_factor));
+  for (double x : {cal.part_load, cal.split_layer_load, cal.error})
+    if (!(x >= 0) || !std::isfinite(x))
+      throw std::invalid_argument(
+          fmt::format("calibration: part and split-layer loads and the error must be finite and "
+                      ">= 0, got {}",
+                      x));
   // Quantized types hold a scale per block: their bytes per element are the block's over its size.
   const int block = kernels::block_size(weight_type);
   placement::CostModel cost;
@@ -39,8 +46,11 @@ placement::CostModel run_cost_model(const model::ModelConfig& c, kernels::DType 
   cost.embd = c.n_embd;
   cost.ffn = c.n_ff;
   cost.weight_bytes = double(kernels::row_bytes(weight_type, block)) / double(block);
-  cost.weight_bytes /= kv_time_factor;
+  cost.weight_bytes /= cal.kv_time_factor;
   cost.kv_bytes = double(kv::kv_type_bytes(kv_type));
+  cost.part_load = cal.part_load;
+  cost.split_layer_load = cal.split_layer_load;
+  cost.error = cal.error;
   return cost;
 }
 

@@ -21,13 +21,24 @@ placement::Profile model_profile(const model::ModelConfig& c, double tokens = 1.
 void check_profile_shape(const placement::Profile& prof, const model::ModelConfig& c,
                          const std::string& where);
 
+// What the machine's calibration (runtime/calibration.h) measured for the cost model. The
+// default is FAIRKV.md's model: loads are bytes, parts and collectives free, predictions exact.
+struct Calibration {
+  double kv_time_factor = 1;    // time of a KV byte over that of a weight byte
+  double ms_per_load = 0;       // attention time of one load (0: not measured)
+  double part_load = 0;         // fixed time of one (unit, device) part, in loads
+  double split_layer_load = 0;  // the merge's collectives in a layer with token slices, in loads
+  double error = 0;             // relative error of the predicted attention time of a step
+};
+
 // The cost model of one run: the model's shape, the bytes per element of its weights and of its
-// KV cache, and the batch the loads are per sequence of. kv_time_factor is the machine's measured
-// time of a KV byte over that of a weight byte (the bench's calibration); weights are weighed by
-// its inverse, so that loads balance time rather than bytes. 1 keeps FAIRKV.md's model, where
-// loads are bytes. The planner, the rebalancer and the bench all take the run's one cost model.
+// KV cache, the batch the loads are per sequence of, and the machine's calibration: weights are
+// weighed by 1 / kv_time_factor so that loads balance time rather than bytes, and parts, split
+// layers and the prediction error carry what was measured. The planner, the rebalancer and the
+// bench all take the run's one cost model.
 placement::CostModel run_cost_model(const model::ModelConfig& c, kernels::DType weight_type,
-                                    kv::KvType kv_type, int batch, double kv_time_factor = 1.0);
+                                    kv::KvType kv_type, int batch,
+                                    const Calibration& calibration = {});
 
 // The placement `what` names for the model: a planner name (tp, balanced, fair-copy, split),
 // planned on the fly with `cost` from the profile at profile_path (when empty: every unit equally
