@@ -26,7 +26,9 @@ struct WeightMatrix {
 //  Float32: x is used as is; y equals the product of the dequantized weights with x up to float32
 //    summation order (relative error ~1e-6 of sum |W||x|).
 //  LikeGgml: x is first rounded the way llama.cpp's CPU backend rounds it for this weight type:
-//    F16 -> fp16, BF16 -> bf16, Q8_0 and Q4_0 -> Q8_0 blocks (F32: unchanged). Results then match
+//    F16 -> fp16, BF16 -> bf16, Q8_0, Q4_0 and Q5_0 -> Q8_0 blocks, Q4_1 and Q5_1 -> Q8_1
+//    blocks, the K-quants -> Q8_K blocks (F32: unchanged); the quantized types then take ggml's
+//    per-block integer dot products. Results then match
 //    llama.cpp's up to summation order (this is what reproduces its greedy ids on BF16 / Q8_0
 //    models) and differ from Float32's by about the rounding: ~1e-3 relative for F16 / BF16,
 //    ~1e-2 for the Q8_0 blocks. It is also faster where the CPU has the instructions: BF16 uses
