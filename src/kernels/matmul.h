@@ -49,7 +49,9 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
 // Scalar reference: dequantize each row, accumulate in double.
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y);
 // x rounded as matmul(..., LikeGgml) rounds it for weights of type t, back in float32:
-// matmul_ref(w, round_activations(t, x)) is the exact result that LikeGgml approximates.
+// matmul_ref(w, round_activations(t, x)) is the exact result that LikeGgml approximates, except
+// for Q4_1 / Q5_1, whose offset term uses ggml's s = fp16(d * sum(q)) per activation block
+// (about 2^-10 of |m_w * s| per block away from the rounded values' sum).
 void round_activations(DType t, const float* x, int64_t n_tokens, int64_t cols, float* out);
 // The instruction set the kernels were compiled for ("avx512", "avx2" or "scalar"), with
 // "+bf16" / "+vnni" when those fast paths are in.

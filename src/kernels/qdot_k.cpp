@@ -58,27 +58,82 @@ struct BlockOf<DType::Q6_K> {
   using type = BlockQ6_K;
 };
 
-// Plain loops over 32 bytes at a time, which the compiler turns into vector shifts and masks.
+#if defined(FAIRKV_AVX512) || defined(FAIRKV_AVX2)
+// The levels 32 bytes at a time: shifts within 16-bit lanes, then masks keep each byte's bits.
+__m256i ld32(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+void st32(uint8_t* p, __m256i v) {
+  _mm256_store_si256(reinterpret_cast<__m256i*>(p), v);
+}
+__m256i shr(__m256i v, int n, int mask) {
+  return _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(n)), _mm256_set1_epi8(char(mask)));
+}
+__m256i with_high(__m256i lo, __m256i bits, int at) {
+  return _mm256_or_si256(lo, _mm256_sll_epi16(bits, _mm_cvtsi32_si128(at)));
+}
+
+template <DType T>
+void unpack_levels(const typename BlockOf<T>::type& b, uint8_t* u) {
+  if constexpr (T == DType::Q2_K || T == DType::Q3_K) {
+    for (int c = 0; c < 8; ++c) {
+      __m256i v = shr(ld32(b.qs + 32 * (c / 4)), 2 * (c % 4), 3);
+      if constexpr (T == DType::Q3_K) v = with_high(v, shr(ld32(b.hmask), c, 1), 2);
+      st32(u + 32 * c, v);
+    }
+  } else if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
+    for (int c = 0; c < 8; ++c) {
+      __m256i v = shr(ld32(b.qs + 32 * (c / 2)), 4 * (c % 2), 0x0f);
+      if constexpr (T == DType::Q5_K) v = with_high(v, shr(ld32(b.qh), c, 1), 4);
+      st32(u + 32 * c, v);
+    }
+  } else {
+    for (int c = 0; c < 8; ++c) {
+      const int g = c % 4;
+      const __m256i lo = shr(ld32(b.ql + 64 * (c / 4) + 32 * (g % 2)), 4 * (g / 2), 0x0f);
+      st32(u + 32 * c, with_high(lo, shr(ld32(b.qh + 32 * (c / 4)), 2 * g, 3), 4));
+    }
+  }
+}
+#else
+// Plain loops, element by element.
+template <DType T>
+void unpack_levels(const typename BlockOf<T>::type& b, uint8_t* u) {
+  for (int c = 0; c < 8; ++c) {
+    for (int l = 0; l < 32; ++l) {
+      int v;
+      if constexpr (T == DType::Q2_K || T == DType::Q3_K) {
+        v = (b.qs[32 * (c / 4) + l] >> (2 * (c % 4))) & 3;
+        if constexpr (T == DType::Q3_K) v |= ((b.hmask[l] >> c) & 1) << 2;
+      } else if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
+        v = (b.qs[32 * (c / 2) + l] >> (4 * (c % 2))) & 0x0f;
+        if constexpr (T == DType::Q5_K) v |= ((b.qh[l] >> c) & 1) << 4;
+      } else {
+        const int g = c % 4;
+        v = ((b.ql[64 * (c / 4) + 32 * (g % 2) + l] >> (4 * (g / 2))) & 0x0f) |
+            (((b.qh[32 * (c / 4) + l] >> (2 * g)) & 3) << 4);
+      }
+      u[32 * c + l] = uint8_t(v);
+    }
+  }
+}
+#endif
+
+// Levels as unsigned bytes in element order: Q2_K's 2 bits of group c (half c / 4, shift
+// 2 * (c % 4)); Q3_K's plus 4 * hmask bit c (level + 4); Q4_K's nibble c % 2 of bytes
+// 32 * (c / 2) ..; Q5_K's plus 16 * qh bit c; Q6_K's nibble and qh bits of group c (level + 32).
+// Then the scales and the bsums factors.
 template <DType T>
 void unpack(const typename BlockOf<T>::type& b, Unpacked& k) {
   k.d = simd::half_to_float(b.d);
+  unpack_levels<T>(b, k.u);
   if constexpr (T == DType::Q2_K) {
     k.dmin = simd::half_to_float(b.dmin);
-    for (int c = 0; c < 8; ++c) {  // 32-element group c: half c / 4, bit shift 2 * (c % 4)
-      const uint8_t* q = b.qs + 32 * (c / 4);
-      for (int l = 0; l < 32; ++l) k.u[32 * c + l] = (q[l] >> (2 * (c % 4))) & 3;
-    }
     for (int j = 0; j < 16; ++j) {
       k.sc[j] = int16_t(b.scales[j] & 0x0f);
       k.coef[j] = int16_t(b.scales[j] >> 4);
     }
   } else if constexpr (T == DType::Q3_K) {
-    for (int c = 0; c < 8; ++c) {  // as Q2_K, plus hmask bit c: level = low + 4 * hbit - 4
-      const uint8_t* q = b.qs + 32 * (c / 4);
-      for (int l = 0; l < 32; ++l) {
-        k.u[32 * c + l] = uint8_t(((q[l] >> (2 * (c % 4))) & 3) | (((b.hmask[l] >> c) & 1) << 2));
-      }
-    }
     int8_t s[16];
     q3k_scales(b.scales, s);
     for (int j = 0; j < 16; ++j) {
@@ -87,13 +142,7 @@ void unpack(const typename BlockOf<T>::type& b, Unpacked& k) {
     }
   } else if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
     k.dmin = simd::half_to_float(b.dmin);
-    for (int c = 0; c < 8; ++c) {  // sub-block c of 32: nibble c % 2 of bytes 32 * (c / 2) ..
-      const uint8_t* q = b.qs + 32 * (c / 2);
-      for (int l = 0; l < 32; ++l) {
-        uint8_t v = (q[l] >> (4 * (c % 2))) & 0x0f;
-        if constexpr (T == DType::Q5_K) v = uint8_t(v | (((b.qh[l] >> c) & 1) << 4));
-        k.u[32 * c + l] = v;
-      }
+    for (int c = 0; c < 8; ++c) {
       int sc, m;
       scale_min_k4(c, b.scales, sc, m);
       k.sc[2 * c] = k.sc[2 * c + 1] = int16_t(sc);
@@ -101,15 +150,6 @@ void unpack(const typename BlockOf<T>::type& b, Unpacked& k) {
     }
   } else {
     static_assert(T == DType::Q6_K);
-    for (int c = 0; c < 8; ++c) {  // half c / 4, group g: ql nibble g / 2, qh bits 2g, 2g + 1
-      const int g = c % 4;
-      const uint8_t* ql = b.ql + 64 * (c / 4) + 32 * (g % 2);
-      const uint8_t* qh = b.qh + 32 * (c / 4);
-      for (int l = 0; l < 32; ++l) {
-        k.u[32 * c + l] =
-            uint8_t(((ql[l] >> (4 * (g / 2))) & 0x0f) | (((qh[l] >> (2 * g)) & 3) << 4));
-      }
-    }
     for (int j = 0; j < 16; ++j) {
       k.sc[j] = b.scales[j];
       k.coef[j] = int16_t(-32 * b.scales[j]);
