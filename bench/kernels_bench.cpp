@@ -1,4 +1,5 @@
-// Kernel throughput: matmul for TinyLlama-1.1B's shapes (decode: 1 token, memory-bound, reported
+// Kernel throughput: matmul for TinyLlama-1.1B's shapes (and ggml's other quantized types on
+// its 2048 x 2048 projection) (decode: 1 token, memory-bound, reported
 // as weight bytes/s; prefill: 128 tokens, compute-bound, reported as FLOP/s) for every weight
 // type, both activation modes where they differ, 1 and 2 threads; a streaming-read reference for
 // the machine's bandwidth; the thread pool's fork/join latency.
@@ -60,9 +61,13 @@ const Weights& weights(DType t, int64_t rows, int64_t cols, bool rotate) {
     std::normal_distribution<float> dist(0.0f, 0.02f);
     std::vector<float> row(static_cast<size_t>(cols));
     std::vector<uint8_t> data(bytes);
-    for (int64_t r = 0; r < rows; ++r) {
-      for (float& v : row) v = dist(rng);
-      quantize_row(t, row.data(), data.data() + size_t(r) * row_bytes(t, cols), cols);
+    if (is_ggml_quant(t)) {  // no K-quant quantizer: random blocks with sane scales
+      fill_random_blocks(t, 42, data.data(), rows * cols);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        for (float& v : row) v = dist(rng);
+        quantize_row(t, row.data(), data.data() + size_t(r) * row_bytes(t, cols), cols);
+      }
     }
     w.copies.push_back(std::move(data));
   }
@@ -242,6 +247,22 @@ void register_all() {
                 ->UseRealTime()
                 ->Unit(benchmark::kMillisecond);
           }
+        }
+      }
+    }
+  }
+  // ggml's other quantized types on the q/o projection's 2048 x 2048: decode and prefill.
+  for (DType t : kAllDTypes) {
+    if (!is_ggml_quant(t)) continue;
+    for (int64_t n : {int64_t(1), int64_t(128)}) {
+      for (int th : {1, 2}) {
+        for (Activations act : {Activations::Float32, Activations::LikeGgml}) {
+          const std::string name = std::string("matmul/") + dtype_name(t) + "/2048x2048/tok" +
+                                   std::to_string(n) + "/thr" + std::to_string(th) + "/" +
+                                   activations_name(act);
+          benchmark::RegisterBenchmark(name.c_str(), bm_matmul, t, 2048, 2048, n, th, act)
+              ->UseRealTime()
+              ->Unit(n == 1 ? benchmark::kMicrosecond : benchmark::kMillisecond);
         }
       }
     }

@@ -380,14 +380,53 @@ const char* tensor_type_name(TensorType t) {
       return "Q8_0";
     case TensorType::BF16:
       return "BF16";
+    case TensorType::Q4_1:
+      return "Q4_1";
+    case TensorType::Q5_0:
+      return "Q5_0";
+    case TensorType::Q5_1:
+      return "Q5_1";
+    case TensorType::Q2_K:
+      return "Q2_K";
+    case TensorType::Q3_K:
+      return "Q3_K";
+    case TensorType::Q4_K:
+      return "Q4_K";
+    case TensorType::Q5_K:
+      return "Q5_K";
+    case TensorType::Q6_K:
+      return "Q6_K";
   }
   return "unknown";
 }
 
-int64_t tensor_type_block(TensorType t) {
-  return t == TensorType::Q4_0 || t == TensorType::Q8_0 ? 32 : 1;
+const char* supported_tensor_types() {
+  return "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 }
 
+int64_t tensor_type_block(TensorType t) {
+  switch (t) {
+    case TensorType::F32:
+    case TensorType::F16:
+    case TensorType::BF16:
+      return 1;
+    case TensorType::Q4_0:
+    case TensorType::Q4_1:
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::Q8_0:
+      return 32;
+    case TensorType::Q2_K:
+    case TensorType::Q3_K:
+    case TensorType::Q4_K:
+    case TensorType::Q5_K:
+    case TensorType::Q6_K:
+      return 256;
+  }
+  return 1;
+}
+
+// ggml's block sizes (ggml-common.h); kernels/quant_blocks.h asserts the same numbers.
 int64_t tensor_type_block_bytes(TensorType t) {
   switch (t) {
     case TensorType::F32:
@@ -400,6 +439,22 @@ int64_t tensor_type_block_bytes(TensorType t) {
       return 34;  // fp16 scale + 32 int8
     case TensorType::Q4_0:
       return 18;  // fp16 scale + 32 nibbles
+    case TensorType::Q4_1:
+      return 20;  // fp16 scale and min + 32 nibbles
+    case TensorType::Q5_0:
+      return 22;  // fp16 scale + 32 high bits + 32 nibbles
+    case TensorType::Q5_1:
+      return 24;  // fp16 scale and min + 32 high bits + 32 nibbles
+    case TensorType::Q2_K:
+      return 84;  // 16 scale/min bytes + 64 bytes of 2-bit levels + fp16 d, dmin
+    case TensorType::Q3_K:
+      return 110;  // 32 bytes high bits + 64 bytes 2-bit levels + 12 scale bytes + fp16 d
+    case TensorType::Q4_K:
+      return 144;  // fp16 d, dmin + 12 scale bytes + 128 bytes of nibbles
+    case TensorType::Q5_K:
+      return 176;  // Q4_K + 32 bytes of high bits
+    case TensorType::Q6_K:
+      return 210;  // 128 bytes low nibbles + 64 bytes high bits + 16 int8 scales + fp16 d
   }
   return 0;
 }
@@ -409,7 +464,15 @@ bool is_tensor_type(uint32_t t) {
     case TensorType::F32:
     case TensorType::F16:
     case TensorType::Q4_0:
+    case TensorType::Q4_1:
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
     case TensorType::Q8_0:
+    case TensorType::Q2_K:
+    case TensorType::Q3_K:
+    case TensorType::Q4_K:
+    case TensorType::Q5_K:
+    case TensorType::Q6_K:
     case TensorType::BF16:
       return true;
   }
@@ -673,9 +736,8 @@ void File::Impl::parse() {
     }
     const uint32_t type = c.read<uint32_t>(sub("type"));
     if (!is_tensor_type(type)) {
-      c.fail(sub("type"), fmt::format("ggml type {} ({}) is not supported (expected F32, F16, "
-                                      "BF16, Q8_0 or Q4_0)",
-                                      type, ggml_type_name(type)));
+      c.fail(sub("type"), fmt::format("ggml type {} ({}) is not supported (fairkv reads {})", type,
+                                      ggml_type_name(type), supported_tensor_types()));
     }
     t.type = static_cast<TensorType>(type);
     t.n_bytes = tensor_bytes(t.type, t.dims, fmt::format("{}: {}", path, ctx));

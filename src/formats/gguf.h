@@ -6,7 +6,8 @@
 // and no count is trusted before it is checked against the bytes left (a string length or array
 // count of 2^60 fails without allocating). Accepted: versions 2 and 3, little-endian; keys
 // unique; general.alignment a UINT32 power of two (default 32); tensors of 1-4 dims >= 1 whose
-// element count and byte size fit in int64, of type F32, F16, BF16, Q8_0 or Q4_0 with the inner
+// element count and byte size fit in int64, of type F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+// Q2_K, Q3_K, Q4_K, Q5_K or Q6_K with the inner
 // dimension a multiple of the block, names unique, data aligned, inside the file and not
 // overlapping. Arrays of arrays are checked and skipped (nesting at most 8 deep).
 #pragma once
@@ -36,14 +37,23 @@ enum class ValueType : uint32_t {
 const char* value_type_name(ValueType t);
 
 // Tensor element types, numbered as ggml numbers them. Only these are accepted.
-enum class TensorType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, BF16 = 30 };
+// clang-format off
+enum class TensorType : uint32_t {
+  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11,
+  Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30,
+};
+// clang-format on
 const char* tensor_type_name(TensorType t);
-// Elements per block (1 for F32/F16/BF16, 32 for Q4_0/Q8_0) and bytes per block.
+// The accepted types' names, for messages: "F32, F16, BF16, Q8_0, Q4_0, ..., Q6_K".
+const char* supported_tensor_types();
+// Elements per block (1 for F32/F16/BF16, 32 for the legacy quants, 256 for the K-quants) and
+// bytes per block.
 int64_t tensor_type_block(TensorType t);
 int64_t tensor_type_block_bytes(TensorType t);
 // Whether a ggml type number is one of the accepted TensorTypes.
 bool is_tensor_type(uint32_t t);
-// Parses "f32", "f16", "bf16", "q8_0", "q4_0" (case-insensitive); nullopt for anything else.
+// Parses "f32", "f16", "bf16", "q8_0", "q4_0" (case-insensitive), the types `fairkv synth` can
+// write; nullopt for anything else.
 std::optional<TensorType> tensor_type_from_name(std::string_view name);
 // Encoded bytes of a tensor of this type and shape; throws Error (naming `what`) when a dimension
 // is <= 0, there are more than 4 of them, the element count or byte size overflows, or the inner

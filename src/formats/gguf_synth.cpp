@@ -136,6 +136,22 @@ uint32_t llama_file_type(TensorType t) {
       return 7;  // LLAMA_FTYPE_MOSTLY_Q8_0
     case TensorType::BF16:
       return 32;  // LLAMA_FTYPE_MOSTLY_BF16
+    case TensorType::Q4_1:
+      return 3;  // LLAMA_FTYPE_MOSTLY_Q4_1
+    case TensorType::Q5_0:
+      return 8;  // LLAMA_FTYPE_MOSTLY_Q5_0
+    case TensorType::Q5_1:
+      return 9;  // LLAMA_FTYPE_MOSTLY_Q5_1
+    case TensorType::Q2_K:
+      return 10;  // LLAMA_FTYPE_MOSTLY_Q2_K
+    case TensorType::Q3_K:
+      return 12;  // LLAMA_FTYPE_MOSTLY_Q3_K_M
+    case TensorType::Q4_K:
+      return 15;  // LLAMA_FTYPE_MOSTLY_Q4_K_M
+    case TensorType::Q5_K:
+      return 17;  // LLAMA_FTYPE_MOSTLY_Q5_K_M
+    case TensorType::Q6_K:
+      return 18;  // LLAMA_FTYPE_MOSTLY_Q6_K
   }
   return 0;
 }

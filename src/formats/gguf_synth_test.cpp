@@ -29,6 +29,8 @@ kernels::DType dtype_of(TensorType t) {
       return kernels::DType::Q8_0;
     case TensorType::Q4_0:
       return kernels::DType::Q4_0;
+    default:  // synth writes only the types above
+      break;
   }
   return kernels::DType::F32;
 }

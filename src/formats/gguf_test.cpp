@@ -75,11 +75,28 @@ TEST(GgufTypes, SizesAndNames) {
   EXPECT_EQ(tensor_bytes(TensorType::BF16, {7}, "x"), 14u);
   EXPECT_EQ(tensor_bytes(TensorType::Q8_0, {64, 3}, "x"), 2u * 3u * 34u);
   EXPECT_EQ(tensor_bytes(TensorType::Q4_0, {32, 2, 2}, "x"), 4u * 18u);
+  // ggml's block sizes: elements and bytes per block of every type added with the K-quants.
+  EXPECT_EQ(tensor_bytes(TensorType::Q4_1, {64, 3}, "x"), 6u * 20u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q5_0, {64, 3}, "x"), 6u * 22u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q5_1, {64, 3}, "x"), 6u * 24u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q2_K, {512, 3}, "x"), 6u * 84u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q3_K, {512, 3}, "x"), 6u * 110u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q4_K, {512, 3}, "x"), 6u * 144u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q5_K, {512, 3}, "x"), 6u * 176u);
+  EXPECT_EQ(tensor_bytes(TensorType::Q6_K, {512, 3}, "x"), 6u * 210u);
+  expect_error([] { tensor_bytes(TensorType::Q4_K, {128}, "w"); },
+               {"w: dims[0]", "block size 256"});
+  for (uint32_t id : {3u, 6u, 7u, 10u, 11u, 12u, 13u, 14u}) {
+    EXPECT_TRUE(is_tensor_type(id)) << id;
+    EXPECT_EQ(static_cast<uint32_t>(static_cast<TensorType>(id)), id);
+  }
+  for (uint32_t id : {4u, 5u, 9u, 15u, 16u, 29u, 31u, 39u}) EXPECT_FALSE(is_tensor_type(id)) << id;
+  EXPECT_STREQ(tensor_type_name(TensorType::Q5_K), "Q5_K");
   EXPECT_EQ(tensor_type_from_name("Q8_0"), TensorType::Q8_0);
   EXPECT_EQ(tensor_type_from_name("bf16"), TensorType::BF16);
   EXPECT_FALSE(tensor_type_from_name("q4_k").has_value());
   EXPECT_TRUE(is_tensor_type(30));
-  EXPECT_FALSE(is_tensor_type(3));
+  EXPECT_FALSE(is_tensor_type(2000));
   expect_error([] { tensor_bytes(TensorType::Q4_0, {33}, "w"); }, {"w: dims[0]", "block size 32"});
   expect_error([] { tensor_bytes(TensorType::F32, {1, 2, 3, 4, 5}, "w"); }, {"w: n_dims"});
   expect_error([] { tensor_bytes(TensorType::F32, {4, 0}, "w"); }, {"w: dims[1]", ">= 1"});
@@ -238,7 +255,11 @@ struct TensorCase {
 std::vector<TensorCase> tensor_cases() {
   return {{"a.f32", TensorType::F32, {5, 3}},         {"b.f16", TensorType::F16, {7}},
           {"c.bf16", TensorType::BF16, {2, 3, 4, 5}}, {"d.q8_0", TensorType::Q8_0, {64, 3}},
-          {"e.q4_0", TensorType::Q4_0, {32, 2, 3}},   {"f.f32", TensorType::F32, {1}}};
+          {"e.q4_0", TensorType::Q4_0, {32, 2, 3}},   {"f.f32", TensorType::F32, {1}},
+          {"g.q4_1", TensorType::Q4_1, {32, 2}},      {"h.q5_0", TensorType::Q5_0, {64}},
+          {"i.q5_1", TensorType::Q5_1, {32, 3}},      {"j.q2_k", TensorType::Q2_K, {256, 2}},
+          {"k.q3_k", TensorType::Q3_K, {256}},        {"l.q4_k", TensorType::Q4_K, {512, 2}},
+          {"m.q5_k", TensorType::Q5_K, {256, 3}},     {"n.q6_k", TensorType::Q6_K, {256, 1, 2}}};
 }
 
 TEST(GgufRoundTrip, EveryTensorTypeAndAlignment) {
@@ -530,8 +551,12 @@ TEST(GgufMalformed, EachMutationNamesItsField) {
        [](Image& m) { m.set<int64_t>(m.tensor_dims("ta.weight", 1), int64_t{1} << 40); },
        {"tensor 'ta.weight'.offset", "past the end of the data section"}},
       {"unsupported type",
-       [](Image& m) { m.set<uint32_t>(m.tensor_type("ta.weight"), 12); },
-       {"tensor 'ta.weight'.type", "ggml type 12 (Q4_K) is not supported"}},
+       [](Image& m) { m.set<uint32_t>(m.tensor_type("ta.weight"), 16); },
+       {"tensor 'ta.weight'.type", "ggml type 16 (IQ2_XXS) is not supported",
+        "fairkv reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"}},
+      {"activation-only type",
+       [](Image& m) { m.set<uint32_t>(m.tensor_type("ta.weight"), 15); },
+       {"tensor 'ta.weight'.type", "ggml type 15 (Q8_K) is not supported"}},
       {"type out of range",
        [](Image& m) { m.set<uint32_t>(m.tensor_type("ta.weight"), 1000); },
        {"tensor 'ta.weight'.type", "ggml type 1000 (unknown)"}},

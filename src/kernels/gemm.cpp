@@ -33,7 +33,7 @@ constexpr int kNv = 1;
 constexpr int kPanel = kNv * kLanes;  // tokens per panel
 constexpr int64_t kKc = 256;  // columns per block: a tile's weights (kRows x kKc) stay in L1
 constexpr int64_t kTilesPerBlock = 8;  // row tiles sharing one pass over the activations
-static_assert(kKc % kQK == 0, "column blocks must hold whole quantized blocks");
+static_assert(kKc % kQK == 0 && kKc % kQK_K == 0, "column blocks must hold whole quantized blocks");
 
 // acc[r][j] (+)= sum_k wb[r * kKc + k] * xp[k * kPanel + j * kLanes + lane], for kc columns.
 template <int R, int NV>
@@ -67,10 +67,15 @@ void micro(const float* wb, int64_t kc, const float* xp, float* c, bool first) {
 // Columns [k0, k0 + kc) of one row as float32 into dst.
 template <DType T>
 void convert(const uint8_t* row, int64_t k0, int64_t kc, float* dst) {
-  int64_t k = 0;
-  for (; k + kLanes <= kc; k += kLanes) simd::store(dst + k, simd::load_weights<T>(row, k0 + k));
-  if constexpr (T == DType::F32 || T == DType::F16 || T == DType::BF16) {
-    for (; k < kc; ++k) dst[k] = simd::weight_at<T>(row, k0 + k);
+  if constexpr (is_ggml_quant(T)) {
+    // kKc is a whole number of blocks of every type, so [k0, k0 + kc) is whole blocks.
+    dequantize_row(T, row + row_bytes(T, k0), dst, kc);
+  } else {
+    int64_t k = 0;
+    for (; k + kLanes <= kc; k += kLanes) simd::store(dst + k, simd::load_weights<T>(row, k0 + k));
+    if constexpr (T == DType::F32 || T == DType::F16 || T == DType::BF16) {
+      for (; k < kc; ++k) dst[k] = simd::weight_at<T>(row, k0 + k);
+    }
   }
 }
 
@@ -165,6 +170,22 @@ void gemm(const WeightMatrix& w, const float* xp, int64_t n_tokens, float* y, in
       return gemm_type<DType::Q8_0>(w, xp, n_tokens, y, r_begin, r_end);
     case DType::Q4_0:
       return gemm_type<DType::Q4_0>(w, xp, n_tokens, y, r_begin, r_end);
+    case DType::Q4_1:
+      return gemm_type<DType::Q4_1>(w, xp, n_tokens, y, r_begin, r_end);
+    case DType::Q5_0:
+      return gemm_type<DType::Q5_0>(w, xp, n_tokens, y, r_begin, r_end);
+    case DType::Q5_1:
+      return gemm_type<DType::Q5_1>(w, xp, n_tokens, y, r_begin, r_end);
+    case DType::Q2_K:
+      return gemm_type<DType::Q2_K>(w, xp, n_tokens, y, r_begin, r_end);
+    case DType::Q3_K:
+      return gemm_type<DType::Q3_K>(w, xp, n_tokens, y, r_begin, r_end);
+    case DType::Q4_K:
+      return gemm_type<DType::Q4_K>(w, xp, n_tokens, y, r_begin, r_end);
+    case DType::Q5_K:
+      return gemm_type<DType::Q5_K>(w, xp, n_tokens, y, r_begin, r_end);
+    case DType::Q6_K:
+      return gemm_type<DType::Q6_K>(w, xp, n_tokens, y, r_begin, r_end);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "kernels/matmul_kernels.h"
 #include "kernels/simd.h"
@@ -118,11 +119,24 @@ template <DType T, class XT, int NT>
 void gemv_rows(const WeightMatrix& w, const XT* x, float* y, int64_t r_begin, int64_t r_end) {
   const size_t stride = w.stride();
   const uint8_t* row = w.row(r_begin);
-  for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
-    if constexpr (is_quantized(T)) {
-      gemv_row_q<T, NT>(row, w.cols, x, y + r, w.rows);
-    } else {
-      gemv_row<T, XT, NT, (NT == 1 ? 2 : 1)>(row, w.cols, x, y + r, w.rows);
+  if constexpr (is_ggml_quant(T)) {
+    // Float32 activations with ggml's other formats: each row dequantized once (ggml's
+    // arithmetic, dequantize_row), then the float32 dot products, exact against the dequantized
+    // weights. LikeGgml is their fast path (qmatmul.cpp).
+    thread_local std::vector<float> buf;
+    if (buf.size() < size_t(w.cols)) buf.resize(size_t(w.cols));
+    const auto* frow = reinterpret_cast<const uint8_t*>(buf.data());
+    for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
+      dequantize_row(T, row, buf.data(), w.cols);
+      gemv_row<DType::F32, XT, NT, (NT == 1 ? 2 : 1)>(frow, w.cols, x, y + r, w.rows);
+    }
+  } else {
+    for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
+      if constexpr (is_quantized(T)) {
+        gemv_row_q<T, NT>(row, w.cols, x, y + r, w.rows);
+      } else {
+        gemv_row<T, XT, NT, (NT == 1 ? 2 : 1)>(row, w.cols, x, y + r, w.rows);
+      }
     }
   }
 }
@@ -158,6 +172,22 @@ void gemv(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int
       return gemv_type<DType::Q8_0, float>(w, x, n_tokens, y, r_begin, r_end);
     case DType::Q4_0:
       return gemv_type<DType::Q4_0, float>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q4_1:
+      return gemv_type<DType::Q4_1, float>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q5_0:
+      return gemv_type<DType::Q5_0, float>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q5_1:
+      return gemv_type<DType::Q5_1, float>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q2_K:
+      return gemv_type<DType::Q2_K, float>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q3_K:
+      return gemv_type<DType::Q3_K, float>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q4_K:
+      return gemv_type<DType::Q4_K, float>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q5_K:
+      return gemv_type<DType::Q5_K, float>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q6_K:
+      return gemv_type<DType::Q6_K, float>(w, x, n_tokens, y, r_begin, r_end);
   }
 }
 

@@ -105,6 +105,20 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
     return;
   }
   if (act == Activations::LikeGgml && w.type != DType::F32) {
+    if (is_ggml_quant(w.type)) {
+      const size_t token_bytes = detail::qmatmul_token_bytes(w.type, w.cols);
+      thread_local std::vector<uint8_t> packed;
+      uint8_t* xq = scratch(packed, token_bytes * size_t(n_tokens));
+      if (n_tokens < kGemmMinTokens)
+        detail::qmatmul_pack(w.type, x, w.cols, xq, 0, n_tokens);
+      else
+        pool.parallel_for(n_tokens, [&](int64_t b, int64_t e, int) {
+          detail::qmatmul_pack(w.type, x, w.cols, xq, b, e);
+        });
+      for_row_chunks(pool, w, detail::kGemvRows,
+                     [&](int64_t rb, int64_t re) { detail::qmatmul(w, xq, n_tokens, y, rb, re); });
+      return;
+    }
 #if defined(FAIRKV_HAVE_BF16_KERNELS)
     if (w.type == DType::BF16) {
       thread_local std::vector<uint8_t> packed;

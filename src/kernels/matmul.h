@@ -26,7 +26,9 @@ struct WeightMatrix {
 //  Float32: x is used as is; y equals the product of the dequantized weights with x up to float32
 //    summation order (relative error ~1e-6 of sum |W||x|).
 //  LikeGgml: x is first rounded the way llama.cpp's CPU backend rounds it for this weight type:
-//    F16 -> fp16, BF16 -> bf16, Q8_0 and Q4_0 -> Q8_0 blocks (F32: unchanged). Results then match
+//    F16 -> fp16, BF16 -> bf16, Q8_0, Q4_0 and Q5_0 -> Q8_0 blocks, Q4_1 and Q5_1 -> Q8_1
+//    blocks, the K-quants -> Q8_K blocks (F32: unchanged); the quantized types then take ggml's
+//    per-block integer dot products. Results then match
 //    llama.cpp's up to summation order (this is what reproduces its greedy ids on BF16 / Q8_0
 //    models) and differ from Float32's by about the rounding: ~1e-3 relative for F16 / BF16,
 //    ~1e-2 for the Q8_0 blocks. It is also faster where the CPU has the instructions: BF16 uses
@@ -47,7 +49,9 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
 // Scalar reference: dequantize each row, accumulate in double.
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y);
 // x rounded as matmul(..., LikeGgml) rounds it for weights of type t, back in float32:
-// matmul_ref(w, round_activations(t, x)) is the exact result that LikeGgml approximates.
+// matmul_ref(w, round_activations(t, x)) is the exact result that LikeGgml approximates, except
+// for Q4_1 / Q5_1, whose offset term uses ggml's s = fp16(d * sum(q)) per activation block
+// (about 2^-10 of |m_w * s| per block away from the rounded values' sum).
 void round_activations(DType t, const float* x, int64_t n_tokens, int64_t cols, float* out);
 // The instruction set the kernels were compiled for ("avx512", "avx2" or "scalar"), with
 // "+bf16" / "+vnni" when those fast paths are in.

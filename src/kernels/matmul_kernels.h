@@ -62,6 +62,24 @@ inline void store_tiles(const float* cbuf, int64_t n_tiles, int64_t n_panels,
 // which is ggml's AVX quantize_row_q8_0 (its scalar reference uses 1/d and rounds ties away from
 // zero; the two differ only on exact ties).
 void quantize_act_q8_0(const float* x, BlockQ8_0* out, int64_t n);
+// Q8_1 blocks (for Q4_1 / Q5_1 weights), ggml's AVX quantize_row_q8_1: Q8_0's d and q (round half
+// to even), and s = fp16(d * sum(q)) with the unrounded d.
+void quantize_act_q8_1(const float* x, BlockQ8_1* out, int64_t n);
+// Q8_K blocks (for the K-quants), ggml's quantize_row_q8_K_ref (its x86 build has no other):
+// the element of largest magnitude max maps to -127, q = min(127, round-half-even(x * -127/max))
+// (ggml's nearest_int adds 1.5 * 2^23, which rounds half to even), d = 1 / (-127/max), bsums the
+// sums of q over 16 elements.
+void quantize_act_q8_k(const float* x, BlockQ8_K* out, int64_t n);
+
+// --- qmatmul.cpp (+ qdot_legacy.cpp, qdot_k.cpp): Q4_1 / Q5_0 / Q5_1 / K-quant weights times
+// activations quantized as ggml quantizes them for each type (Q8_1, Q8_0, Q8_K), with ggml's
+// per-block integer arithmetic. Activations are packed per token (qmatmul_pack), then every
+// weight row is read once per group of up to 8 tokens.
+size_t qmatmul_token_bytes(DType t, int64_t cols);
+void qmatmul_pack(DType t, const float* x, int64_t cols, uint8_t* out, int64_t t_begin,
+                  int64_t t_end);
+void qmatmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
+             int64_t r_begin, int64_t r_end);
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512VL__) && \
     defined(__AVX512BW__)

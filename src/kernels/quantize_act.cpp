@@ -1,5 +1,7 @@
 // Activation rounding as llama.cpp's CPU backend does it before each product (matmul's
-// Activations::LikeGgml): fp16 for F16 weights, bf16 for BF16, Q8_0 blocks for Q8_0 and Q4_0.
+// Activations::LikeGgml): fp16 for F16 weights, bf16 for BF16, Q8_0 blocks for Q8_0, Q4_0 and
+// Q5_0, Q8_1 blocks for Q4_1 and Q5_1, Q8_K blocks for the K-quants.
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -37,7 +39,62 @@ void quantize_act_q8_0(const float* x, BlockQ8_0* out, int64_t n) {
   }
 }
 
+void quantize_act_q8_1(const float* x, BlockQ8_1* out, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int32_t sum = 0;
+    for (int j = 0; j < kQK; ++j) {
+      out[b].qs[j] = int8_t(std::nearbyint(x[j] * id));
+      sum += out[b].qs[j];
+    }
+    out[b].d = fp32_to_fp16(d);
+    out[b].s = fp32_to_fp16(d * float(sum));  // the unrounded d, as ggml
+  }
+}
+
+void quantize_act_q8_k(const float* x, BlockQ8_K* out, int64_t n) {
+  for (int64_t b = 0; b < n / kQK_K; ++b, x += kQK_K) {
+    BlockQ8_K& y = out[b];
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < kQK_K; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    if (amax == 0.0f) {
+      y = BlockQ8_K{};
+      continue;
+    }
+    // The value of largest magnitude maps to -127; the other end may reach 128, kept at 127.
+    const float iscale = -127.0f / max;
+    for (int j = 0; j < kQK_K; ++j) {
+      y.qs[j] = int8_t(std::min(127.0f, std::nearbyint(iscale * x[j])));
+    }
+    for (int g = 0; g < kQK_K / 16; ++g) {
+      int sum = 0;
+      for (int l = 0; l < 16; ++l) sum += y.qs[16 * g + l];
+      y.bsums[g] = int16_t(sum);
+    }
+    y.d = 1.0f / iscale;
+  }
+}
+
 }  // namespace detail
+
+namespace {
+
+void check_whole_blocks(int64_t cols, int64_t block, const char* what) {
+  if (cols % block != 0) {
+    throw std::invalid_argument("round_activations: " + std::to_string(cols) +
+                                " columns is not a whole number of " + what + " blocks");
+  }
+}
+
+}  // namespace
 
 void round_activations(DType t, const float* x, int64_t n_tokens, int64_t cols, float* out) {
   const int64_t n = n_tokens * cols;
@@ -60,15 +117,43 @@ void round_activations(DType t, const float* x, int64_t n_tokens, int64_t cols, 
       for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
       return;
     case DType::Q8_0:
-    case DType::Q4_0: {
-      if (cols % kQK != 0) {
-        throw std::invalid_argument("round_activations: " + std::to_string(cols) +
-                                    " columns is not a whole number of Q8_0 blocks");
-      }
+    case DType::Q4_0:
+    case DType::Q5_0: {
+      check_whole_blocks(cols, kQK, "Q8_0");
       std::vector<BlockQ8_0> q(size_t(cols / kQK));
       for (int64_t tok = 0; tok < n_tokens; ++tok) {
         detail::quantize_act_q8_0(x + tok * cols, q.data(), cols);
         dequantize_row(DType::Q8_0, q.data(), out + tok * cols, cols);
+      }
+      return;
+    }
+    case DType::Q4_1:
+    case DType::Q5_1: {
+      check_whole_blocks(cols, kQK, "Q8_1");
+      std::vector<BlockQ8_1> q(size_t(cols / kQK));
+      for (int64_t tok = 0; tok < n_tokens; ++tok) {
+        detail::quantize_act_q8_1(x + tok * cols, q.data(), cols);
+        for (size_t b = 0; b < q.size(); ++b) {
+          const float d = fp16_to_fp32(q[b].d);
+          for (int j = 0; j < kQK; ++j) out[tok * cols + int64_t(b) * kQK + j] = q[b].qs[j] * d;
+        }
+      }
+      return;
+    }
+    case DType::Q2_K:
+    case DType::Q3_K:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K: {
+      check_whole_blocks(cols, kQK_K, "Q8_K");
+      std::vector<BlockQ8_K> q(size_t(cols / kQK_K));
+      for (int64_t tok = 0; tok < n_tokens; ++tok) {
+        detail::quantize_act_q8_k(x + tok * cols, q.data(), cols);
+        for (size_t b = 0; b < q.size(); ++b) {
+          for (int j = 0; j < kQK_K; ++j) {
+            out[tok * cols + int64_t(b) * kQK_K + j] = float(q[b].qs[j]) * q[b].d;
+          }
+        }
       }
       return;
     }

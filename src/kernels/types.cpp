@@ -1,5 +1,8 @@
-// Element types: sizes, fp16 / bf16 conversions, and ggml's Q8_0 / Q4_0 block formats.
+// Element types: sizes, fp16 / bf16 conversions, and ggml's Q8_0 / Q4_0 block formats (the other
+// quantized formats are in quant_formats.cpp).
 #include "kernels/types.h"
+
+#include "kernels/quant_formats.h"
 
 #include <algorithm>
 #include <cmath>
@@ -24,12 +27,77 @@ const char* dtype_name(DType t) {
       return "Q8_0";
     case DType::Q4_0:
       return "Q4_0";
+    case DType::Q4_1:
+      return "Q4_1";
+    case DType::Q5_0:
+      return "Q5_0";
+    case DType::Q5_1:
+      return "Q5_1";
+    case DType::Q2_K:
+      return "Q2_K";
+    case DType::Q3_K:
+      return "Q3_K";
+    case DType::Q4_K:
+      return "Q4_K";
+    case DType::Q5_K:
+      return "Q5_K";
+    case DType::Q6_K:
+      return "Q6_K";
   }
   return "unknown";
 }
 
 int64_t block_size(DType t) {
-  return (t == DType::Q8_0 || t == DType::Q4_0) ? kQK : 1;
+  switch (t) {
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16:
+      return 1;
+    case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q5_0:
+    case DType::Q5_1:
+      return kQK;
+    case DType::Q2_K:
+    case DType::Q3_K:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
+      return kQK_K;
+  }
+  return 1;
+}
+
+static size_t block_bytes(DType t) {
+  switch (t) {
+    case DType::F32:
+      return 4;
+    case DType::F16:
+    case DType::BF16:
+      return 2;
+    case DType::Q8_0:
+      return sizeof(BlockQ8_0);
+    case DType::Q4_0:
+      return sizeof(BlockQ4_0);
+    case DType::Q4_1:
+      return sizeof(BlockQ4_1);
+    case DType::Q5_0:
+      return sizeof(BlockQ5_0);
+    case DType::Q5_1:
+      return sizeof(BlockQ5_1);
+    case DType::Q2_K:
+      return sizeof(BlockQ2_K);
+    case DType::Q3_K:
+      return sizeof(BlockQ3_K);
+    case DType::Q4_K:
+      return sizeof(BlockQ4_K);
+    case DType::Q5_K:
+      return sizeof(BlockQ5_K);
+    case DType::Q6_K:
+      return sizeof(BlockQ6_K);
+  }
+  return 0;
 }
 
 size_t row_bytes(DType t, int64_t n) {
@@ -39,18 +107,7 @@ size_t row_bytes(DType t, int64_t n) {
                                 std::to_string(n) + " elements is not a whole number of " +
                                 std::to_string(block_size(t)) + "-element blocks");
   }
-  switch (t) {
-    case DType::F32:
-      return size_t(n) * 4;
-    case DType::F16:
-    case DType::BF16:
-      return size_t(n) * 2;
-    case DType::Q8_0:
-      return size_t(n / kQK) * sizeof(BlockQ8_0);
-    case DType::Q4_0:
-      return size_t(n / kQK) * sizeof(BlockQ4_0);
-  }
-  return 0;
+  return size_t(n / block_size(t)) * block_bytes(t);
 }
 
 static uint32_t bits_of(float f) {
@@ -184,6 +241,9 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    default:
+      detail::dequantize_ggml_quant(t, src, dst, n);
+      return;
   }
 }
 
@@ -240,6 +300,9 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
       return;
     case DType::Q4_0:
       quantize_q4_0(src, static_cast<BlockQ4_0*>(dst), n / kQK);
+      return;
+    default:
+      detail::quantize_ggml_quant(t, src, dst, n);
       return;
   }
 }

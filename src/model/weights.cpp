@@ -17,6 +17,22 @@ kernels::DType dtype_of(gguf::TensorType t) {
       return kernels::DType::Q8_0;
     case gguf::TensorType::Q4_0:
       return kernels::DType::Q4_0;
+    case gguf::TensorType::Q4_1:
+      return kernels::DType::Q4_1;
+    case gguf::TensorType::Q5_0:
+      return kernels::DType::Q5_0;
+    case gguf::TensorType::Q5_1:
+      return kernels::DType::Q5_1;
+    case gguf::TensorType::Q2_K:
+      return kernels::DType::Q2_K;
+    case gguf::TensorType::Q3_K:
+      return kernels::DType::Q3_K;
+    case gguf::TensorType::Q4_K:
+      return kernels::DType::Q4_K;
+    case gguf::TensorType::Q5_K:
+      return kernels::DType::Q5_K;
+    case gguf::TensorType::Q6_K:
+      return kernels::DType::Q6_K;
   }
   return kernels::DType::F32;
 }
