@@ -43,6 +43,10 @@ const std::vector<SynthShape>& synth_shapes() {
       {"mistral-24b", 40, 5120, 32, 8, 128, 32768, 131072, 32768, 100000000.0f, 1e-5f},
       {"llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, 4096, 10000.0f, 1e-5f},
       {"stories260K", 5, 64, 8, 4, 8, 172, 512, 512, 10000.0f, 1e-5f},
+      // Every row a multiple of 256, so that llama-quantize can give every tensor any ggml type
+      // (K-quants included); one layer and 320 tokens keep a Q8_0 copy under 600 KB
+      // (data/models/quant).
+      {"quant-256", 1, 256, 4, 2, 64, 256, 320, 256, 10000.0f, 1e-5f},
   };
   return shapes;
 }

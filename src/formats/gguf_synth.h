@@ -37,7 +37,7 @@ struct SynthShape {
 
 // The presets, which `fairkv synth` writes and `fairkv plan --shape` builds synthetic profiles
 // of: tiny (tests), tinyllama-1.1b, llama-3-8b, llama-3.3-70b, mistral-24b (Mistral-Small),
-// llama-2-7b, stories260K.
+// llama-2-7b, stories260K, quant-256 (rows of 256 for the quantized-type test models).
 const std::vector<SynthShape>& synth_shapes();
 // The preset of that name; throws Error listing the valid names when there is none.
 const SynthShape& synth_shape(std::string_view name);

@@ -86,6 +86,14 @@ TEST(GgufSynth, PresetsHaveTheRealModelsShapes) {
   }
 }
 
+// data/models/quant is llama-quantize's output of this shape: every matrix row must be a whole
+// number of 256-value K-quant blocks, or llama-quantize would pick another type for it.
+TEST(GgufSynth, Quant256RowsTakeEveryBlockType) {
+  const SynthShape& q = synth_shape("quant-256");
+  for (int64_t row : {q.n_embd, q.n_head * q.head_dim, q.n_ff})  // the inner dims
+    EXPECT_EQ(row % 256, 0) << row;
+}
+
 TEST(GgufSynth, VocabularyIsExactAndWellFormed) {
   for (int64_t n : {260, 512, 32000, 131072}) {
     const SynthVocab v = synth_vocab(n);

@@ -149,13 +149,29 @@ PreTokenizer::~PreTokenizer() = default;
 
 void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& out) const {
   if (text.empty()) return;
-  std::vector<std::string_view> cur{text}, next;
+  // PCRE2's \s (UCP) still counts U+180E MONGOLIAN VOWEL SEPARATOR as a space, as Unicode did
+  // before 6.3; llama.cpp follows today's White_Space property, where it is a format character
+  // (Cf), so " \u180E" is one piece there and two here. The expressions run on a copy in which
+  // it is U+2060 WORD JOINER, a format character of the same UTF-8 length that every class used
+  // here treats as llama.cpp treats U+180E, and the pieces map back to `text` by offset.
+  constexpr std::string_view kVowelSeparator = "\xE1\xA0\x8E", kWordJoiner = "\xE2\x81\xA0";
+  std::string swapped;
+  std::string_view subject = text;
+  if (text.find(kVowelSeparator) != std::string_view::npos) {
+    swapped.assign(text);
+    for (size_t at = 0; (at = swapped.find(kVowelSeparator, at)) != std::string::npos;
+         at += kWordJoiner.size())
+      swapped.replace(at, kWordJoiner.size(), kWordJoiner);
+    subject = swapped;
+  }
+  std::vector<std::string_view> cur{subject}, next;
   for (const auto& re : regexes_) {
     next.clear();
     for (std::string_view piece : cur) re->split(piece, next);
     cur.swap(next);
   }
-  out.insert(out.end(), cur.begin(), cur.end());
+  for (std::string_view piece : cur)
+    out.push_back(text.substr(size_t(piece.data() - subject.data()), piece.size()));
 }
 
 }  // namespace fairkv::tokenizer

@@ -412,6 +412,14 @@ TEST(PreTokenizer, Qwen2SplitsDigits) {
   EXPECT_EQ(split("qwen2", "ab 1234"), (Pieces{"ab", " ", "1", "2", "3", "4"}));
 }
 
+TEST(PreTokenizer, MongolianVowelSeparatorIsNotASpace) {
+  // A format character as in llama.cpp (PCRE2's \s says space): the space in front joins it,
+  // and the pieces are the text's own bytes, not the stand-in the expressions ran on.
+  const std::string text = "a \xE1\xA0\x8Ex";
+  EXPECT_EQ(split("gpt-2", text), (Pieces{"a", " \xE1\xA0\x8E", "x"}));
+  EXPECT_EQ(split("smollm", "1" + text), (Pieces{"1", "a", " \xE1\xA0\x8E", "x"}));
+}
+
 TEST(PreTokenizer, DefaultRunsFourExpressionsInTurn) {
   // Punctuation runs, then GPT-2 on each piece, then digit runs, then groups of three digits.
   EXPECT_EQ(split("default", "a,b 123456"), (Pieces{"a", ",", "b", " ", "123", "456"}));
