@@ -2,7 +2,8 @@
 # Installs the Debian packages fairkv builds and tests with, when some are missing.
 # Sourced by scripts/demo and scripts/test.
 fairkv_packages=(g++ cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev libfmt-dev
-  libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev libopenmpi-dev openmpi-bin)
+  libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev libopenmpi-dev openmpi-bin
+  python3 python3-pip)
 
 fairkv_install_deps() {
   local missing=()
