@@ -3,12 +3,66 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "formats/gguf.h"
 
 namespace fairkv::gguf::testing_util {
+
+inline std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> b(n);
+  for (auto& x : b) x = static_cast<uint8_t>(rng());
+  return b;
+}
+
+// Expects `f` to throw gguf::Error whose message contains every one of `parts`.
+template <class F>
+inline void expect_error(F&& f, std::initializer_list<std::string_view> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning '" << *parts.begin() << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (std::string_view p : parts) {
+      EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
+    }
+  }
+}
+
+// Payload of an array (element type, count, elements) for add_raw.
+template <class T>
+inline std::vector<uint8_t> array_payload(ValueType et, const std::vector<T>& xs) {
+  std::vector<uint8_t> b(12);
+  const auto t = static_cast<uint32_t>(et);
+  const uint64_t n = xs.size();
+  std::memcpy(b.data(), &t, 4);
+  std::memcpy(b.data() + 4, &n, 8);
+  for (const T& x : xs) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&x);
+    b.insert(b.end(), p, p + sizeof(T));
+  }
+  return b;
+}
+
+inline std::vector<uint8_t> nested_payload(int depth) {
+  // depth levels of ARRAY-of-ARRAY around one ARRAY of two UINT8.
+  std::vector<uint8_t> inner = array_payload<uint8_t>(ValueType::UINT8, {7, 9});
+  for (int d = 0; d < depth; ++d) {
+    std::vector<uint8_t> outer(12);
+    const auto t = static_cast<uint32_t>(ValueType::ARRAY);
+    const uint64_t n = 1;
+    std::memcpy(outer.data(), &t, 4);
+    std::memcpy(outer.data() + 4, &n, 8);
+    outer.insert(outer.end(), inner.begin(), inner.end());
+    inner = std::move(outer);
+  }
+  return inner;
+}
 
 // Checks that a llama/qwen2-shaped file's tensors agree with its hyper-parameters (ggml's dims
 // convention: dims[0] is the input dimension).
