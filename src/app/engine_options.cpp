@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "kernels/threadpool.h"
+
 namespace fairkv::app {
 
 int EngineOptions::n_threads() const {
@@ -50,7 +52,8 @@ gguf::Load EngineOptions::load(const std::string& path) const {
 }
 
 void add_engine_options(CLI::App& cmd, EngineOptions& o) {
-  cmd.add_option("-t,--threads", o.threads, "Threads (default: all cores)");
+  cmd.add_option("-t,--threads", o.threads, "Threads (default: all cores)")
+      ->check(CLI::Range(1, kernels::kMaxThreads));
   cmd.add_option("--activations", o.activations,
                  "Inputs of the linear layers: ggml (rounded to the weight type as llama.cpp "
                  "does; faster) or f32 (exact)")

@@ -71,9 +71,12 @@ std::vector<Prompt> read_prompts(const std::string& path) {
   } else {
     std::ifstream in(p);
     std::string line;
-    for (int n = 1; std::getline(in, line); ++n)
-      if (line.find_first_not_of(" \t\r") != std::string::npos)
+    for (int n = 1; std::getline(in, line); ++n) {
+      // A file written on Windows ends its lines in CRLF: the \r is not part of the prompt.
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.find_first_not_of(" \t") != std::string::npos)
         out.push_back({"line " + std::to_string(n), line, std::nullopt});
+    }
   }
   if (out.empty()) throw std::runtime_error(path + ": no prompts found (--prompts)");
   return out;

@@ -78,7 +78,9 @@ void* read_into_memory(int fd, size_t size, const std::string& path) {
 File File::open(const std::string& path, Load load) {
   File f;
   f.impl_->path = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; a regular
+  // file ignores the flag, and anything else is refused below.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(fmt::format("{}: open: {}", path, std::strerror(errno)));
   struct stat st;
   if (fstat(fd, &st) != 0) {
@@ -88,7 +90,13 @@ File File::open(const std::string& path, Load load) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw Error(fmt::format("{}: open: expected a regular file", path));
+    const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "not a regular file";
+    throw Error(fmt::format("{}: open: expected a regular GGUF file, found {}", path, kind));
   }
   const size_t size = static_cast<size_t>(st.st_size);
   if (size > 0) {

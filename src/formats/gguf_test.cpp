@@ -9,6 +9,8 @@
 #include <limits>
 #include <random>
 
+#include <sys/stat.h>
+
 #include "formats/gguf.h"
 #include "formats/gguf_test_util.h"
 
@@ -313,9 +315,22 @@ TEST(GgufRead, Version2IsAcceptedAndFileErrorsNameThePath) {
   img[4] = 2;
   EXPECT_EQ(File::parse(img.data(), img.size(), "v2.gguf").version(), 2u);
   expect_error([] { File::open("/nonexistent/model.gguf"); }, {"/nonexistent/model.gguf: open"});
-  expect_error([] { File::open("/tmp"); }, {"/tmp: open", "regular file"});
-  expect_error([] { File::open("/tmp", Load::Read); }, {"/tmp: open", "regular file"});
-  const fs::path empty = fs::path(testing::TempDir()) / "gguf_test_empty.gguf";
+  expect_error([] { File::open("/tmp"); }, {"/tmp: open", "regular", "a directory"});
+  expect_error([] { File::open("/tmp", Load::Read); }, {"/tmp: open", "a directory"});
+  expect_error([] { File::open("/dev/zero"); }, {"/dev/zero: open", "a character device"});
+}
+
+TEST(GgufRead, AFifoIsRefusedWithoutWaitingForAWriter) {
+  // Opening a FIFO for reading blocks until a writer comes: the reader must not wait for one.
+  const fs::path fifo = fs::path(::testing::TempDir()) / "gguf_test.fifo";
+  fs::remove(fifo);
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  expect_error([&] { File::open(fifo.string()); }, {"gguf_test.fifo: open", "a FIFO"});
+  fs::remove(fifo);
+}
+
+TEST(GgufRead, EmptyFileNamesTheMagic) {
+  const fs::path empty = fs::path(::testing::TempDir()) / "gguf_test_empty.gguf";
   std::ofstream(empty).close();
   expect_error([&] { File::open(empty.string()); }, {"gguf_test_empty.gguf: header.magic"});
   fs::remove(empty);

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -111,23 +112,35 @@ struct ThreadPool::Impl {
 };
 
 ThreadPool::ThreadPool(int n_threads) : impl_(std::make_unique<Impl>()) {
-  if (n_threads < 1) {
-    throw std::invalid_argument("ThreadPool: thread count must be at least 1, got " +
+  if (n_threads < 1 || n_threads > kMaxThreads) {
+    throw std::invalid_argument("threads: expected 1 to " + std::to_string(kMaxThreads) + ", got " +
                                 std::to_string(n_threads));
   }
   impl_->n_threads = n_threads;
   impl_->shares = std::make_unique<Impl::Share[]>(size_t(n_threads));
   impl_->workers.reserve(size_t(n_threads - 1));
-  for (int t = 1; t < n_threads; ++t) {
-    impl_->workers.emplace_back([impl = impl_.get(), t] { impl->worker_loop(t); });
+  try {
+    for (int t = 1; t < n_threads; ++t) {
+      impl_->workers.emplace_back([impl = impl_.get(), t] { impl->worker_loop(t); });
+    }
+  } catch (const std::system_error& e) {
+    // The workers already started must be joined before their std::thread objects die.
+    stop_workers();
+    throw std::runtime_error("threads: could not start " + std::to_string(n_threads) +
+                             " threads (" + e.what() + ")");
   }
 }
 
-ThreadPool::~ThreadPool() {
+void ThreadPool::stop_workers() {
   impl_->stop.store(true, std::memory_order_release);
   impl_->generation.fetch_add(1, std::memory_order_acq_rel);
   impl_->generation.notify_all();
   for (auto& w : impl_->workers) w.join();
+  impl_->workers.clear();
+}
+
+ThreadPool::~ThreadPool() {
+  stop_workers();
 }
 
 int ThreadPool::size() const {

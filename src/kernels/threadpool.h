@@ -7,9 +7,15 @@
 
 namespace fairkv::kernels {
 
+// More threads than this cannot help any machine fairkv runs on, and each one costs a stack.
+inline constexpr int kMaxThreads = 1024;
+
 class ThreadPool {
  public:
-  explicit ThreadPool(int n_threads);  // n_threads >= 1; the caller's thread is one of them
+  // n_threads in [1, kMaxThreads] (else std::invalid_argument); the caller's thread is one of
+  // them. Throws std::runtime_error, with every started worker joined, when the system refuses
+  // a thread.
+  explicit ThreadPool(int n_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -30,6 +36,7 @@ class ThreadPool {
 
  private:
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
+  void stop_workers();
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

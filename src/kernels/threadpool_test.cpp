@@ -113,5 +113,19 @@ TEST(ThreadPool, RejectsZeroThreads) {
   EXPECT_THROW(ThreadPool(0), std::invalid_argument);
 }
 
+TEST(ThreadPool, CountsOutsideTheLimitAreRefusedWithTheLimit) {
+  // A count that no machine needs is refused before any thread starts, naming the range.
+  for (int n : {0, -3, kMaxThreads + 1, 100000}) {
+    try {
+      ThreadPool pool(n);
+      ADD_FAILURE() << n << " threads accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("1 to " + std::to_string(kMaxThreads)),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fairkv::kernels

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+
+#include <fmt/format.h>
 
 namespace fairkv::model {
 
@@ -10,7 +13,20 @@ int32_t argmax(std::span<const float> logits) {
   return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
-Sampler::Sampler(const SamplerConfig& c) : c_(c), rng_(c.seed) {}
+void check_sampler(const SamplerConfig& c) {
+  auto fail = [](const char* option, const char* expected, double got) {
+    throw std::invalid_argument(fmt::format("{}: expected {}, got {}", option, expected, got));
+  };
+  // Written so that NaN fails every test.
+  if (!(c.temp >= 0) || !std::isfinite(c.temp)) fail("--temp", "a number >= 0", c.temp);
+  if (c.top_k < 0) fail("--top-k", "a count >= 0 (0: off)", c.top_k);
+  if (!(c.top_p > 0 && c.top_p <= 1)) fail("--top-p", "a number in (0, 1] (1: off)", c.top_p);
+  if (!(c.min_p >= 0 && c.min_p <= 1)) fail("--min-p", "a number in [0, 1] (0: off)", c.min_p);
+}
+
+Sampler::Sampler(const SamplerConfig& c) : c_(c), rng_(c.seed) {
+  check_sampler(c);
+}
 
 int32_t Sampler::sample(std::span<const float> logits) {
   if (c_.temp <= 0) return argmax(logits);

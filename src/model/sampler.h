@@ -16,10 +16,15 @@ struct SamplerConfig {
   uint64_t seed = 0;
 };
 
+// Throws std::invalid_argument naming the option (--temp, --top-k, --top-p, --min-p) when a
+// value is outside its range or not a number: temp >= 0, top_k >= 0, top_p in (0, 1],
+// min_p in [0, 1].
+void check_sampler(const SamplerConfig& c);
+
 // Applies, in llama.cpp's default order: top-k, top-p, min-p, temperature, then draws.
 class Sampler {
  public:
-  explicit Sampler(const SamplerConfig& c);
+  explicit Sampler(const SamplerConfig& c);  // check_sampler(c) first
   int32_t sample(std::span<const float> logits);
 
  private:

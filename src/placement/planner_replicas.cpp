@@ -236,6 +236,9 @@ bool best_fit_fill(std::span<const int> order, std::span<const double> tokens, d
       used[size_t(fit)] += rest + w;
       continue;
     }
+    // A unit of no tokens still needs a holder to read its weights: no room for that, T is
+    // too small.
+    if (rest <= tol) return false;
     while (rest > tol) {
       int roomiest = 0;
       for (int d = 1; d < devices; ++d)

@@ -153,5 +153,35 @@ TEST(ReplicaCost, ManyLightUnitsGetNoSlicesWhenPartsCostWhatTheyDo) {
     EXPECT_LE(own.max_load[l], tp.max_load[l] * (1 + 1e-9)) << "layer " << l;
 }
 
+TEST(ReplicaCost, UnitsOfNoTokensStillGetAHolder) {
+  // Compression can leave a unit empty; it still reads its weights and must be placed. Every
+  // planner covers every unit of such layers, with weights dear or free.
+  Profile prof;
+  prof.model = "test";
+  prof.layers = 3;
+  prof.kv_heads = 4;
+  prof.query_heads = 8;
+  prof.head_dim = 8;
+  prof.tokens = {{30, 20, 25, 0}, {0, 41, 33, 20}, {0, 0, 0, 0}};
+  for (double w : {0.0, 2.0}) {
+    CostModel c = kv_only_cost(4);
+    c.head_dim = 8;
+    c.group = 2;
+    c.embd = 64;
+    c.weight_bytes = w;
+    for (auto kind :
+         {PlannerKind::Tp, PlannerKind::Balanced, PlannerKind::FairCopy, PlannerKind::Split}) {
+      PlanOptions o;
+      o.planner = kind;
+      o.devices = 3;
+      o.tp_unless_faster = false;
+      SCOPED_TRACE(std::string(planner_name(kind)) + (w > 0 ? ", weights" : ", KV only"));
+      Placement p;
+      ASSERT_NO_THROW(p = plan(prof, c, o));
+      for (const auto& layer : p.layers) EXPECT_NO_THROW(check_layer(layer, 4, 3, "layer"));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fairkv::placement
