@@ -49,19 +49,30 @@ void print_table(const std::vector<runtime::BenchRow>& rows, bool wall) {
   fmt::print("{:<10} {:>11} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10}\n",
              "placement", "emul. ms", "pred. ms", "tok/s", "bound ms", "ideal ms", "vs tp",
              "imbal.", "plan imb.", "replicas", "KV MiB", "wall ms", "wall vs tp");
-  for (const auto& r : rows)
+  for (const auto& r : rows) {
+    if (!r.refused.empty()) {
+      fmt::print("{:<10} cannot place: {}\n", r.planner, r.refused);
+      continue;
+    }
     fmt::print(
-        "{:<10} {:>11.2f} {:>9} {:>9.1f} {:>10.2f} {:>9.2f} {:>8.3f}x {:>8.3f} {:>9.3f} {:>9} "
+        "{:<10} {:>11.2f} {:>9} {:>9.1f} {:>10.2f} {:>9.2f} {:>9} {:>8.3f} {:>9.3f} {:>9} "
         "{:>8.1f} {:>10} {:>10}\n",
         r.planner, r.step_ms_emulated,
         r.predicted_ms > 0 ? fmt::format("{:.2f}", r.predicted_ms) : std::string("-"),
-        r.tok_s_emulated, r.lower_bound_ms, r.ideal_ms, r.speedup_vs_tp, r.imbalance,
-        r.planned_imbalance, r.replicas, mib(r.max_kv_bytes),
+        r.tok_s_emulated, r.lower_bound_ms, r.ideal_ms,
+        // 0 when tp could not place the heads: there is no baseline to compare with
+        r.speedup_vs_tp > 0 ? fmt::format("{:.3f}x", r.speedup_vs_tp) : std::string("-"),
+        r.imbalance, r.planned_imbalance, r.replicas, mib(r.max_kv_bytes),
         wall ? fmt::format("{:.2f}", r.step_ms_wall) : std::string("-"),
-        wall ? fmt::format("{:.3f}x", r.speedup_wall_vs_tp) : std::string("-"));
+        wall && r.speedup_wall_vs_tp > 0 ? fmt::format("{:.3f}x", r.speedup_wall_vs_tp)
+                                         : std::string("-"));
+  }
 }
 
 nlohmann::json row_json(const runtime::BenchRow& r, bool wall) {
+  if (!r.refused.empty())
+    return {
+        {"planner", r.planner}, {"devices", r.devices}, {"batch", r.batch}, {"refused", r.refused}};
   return {{"planner", r.planner},
           {"devices", r.devices},
           {"batch", r.batch},
@@ -94,6 +105,7 @@ std::string chart(const std::vector<runtime::BenchRow>& rows) {
   const runtime::BenchRow* tp = nullptr;
   const runtime::BenchRow* best = nullptr;
   for (const auto& r : rows) {
+    if (!r.refused.empty()) continue;
     if (r.planner == "tp") tp = &r;
     if (!best || r.step_ms_emulated < best->step_ms_emulated) best = &r;
   }
@@ -185,13 +197,24 @@ void run(const BenchArgs& a) {
         "{}\n",
         s.devices, s.batch, s.steps, s.rounds, prof.source.empty() ? a.profile : prof.source);
     print_table(rows, s.wall);
+    // Every timed placement has the same base collectives; a refused row has none measured.
+    double collectives = 0;
+    for (const auto& r : rows)
+      if (r.refused.empty()) {
+        collectives = r.collective_ms;
+        break;
+      }
     fmt::print(
         "emulated: each rank's step timed alone on the whole machine ({} threads); step = sum "
         "over layers of the slowest rank + the collectives measured among {} threads ({:.3f} "
         "ms/step). bound: the same with every layer at its mean rank time; ideal: every layer "
         "at tp's mean rank time (no replicas, no extra collectives).\n",
-        s.threads, s.devices, rows.empty() ? 0.0 : rows[0].collective_ms);
-    if (s.calibrate && !rows.empty()) {
+        s.threads, s.devices, collectives);
+    if (s.calibrate && !rows.empty() && rows[0].calibration.ms_per_load <= 0) {
+      fmt::print(
+          "plans: the calibration's timings did not fit a cost model (a busy machine?): planned "
+          "in bytes, as with --no-calibrate\n");
+    } else if (s.calibrate && !rows.empty()) {
       const runtime::Calibration& k = rows[0].calibration;
       fmt::print(
           "plans: calibrated on this machine: a KV byte of attention takes {:.2f}x the time of a "
@@ -208,7 +231,9 @@ void run(const BenchArgs& a) {
                                     std::max(1, s.threads / s.devices))
                       : fmt::format("not run (R = {} > {} cores, or --no-wall)", s.devices, cores));
     for (const auto& r : rows) records.push_back(row_json(r, s.wall));
-    if (!a.svg_out.empty() && !rows.empty()) {
+    const bool any_timed = std::any_of(
+        rows.begin(), rows.end(), [](const runtime::BenchRow& r) { return r.refused.empty(); });
+    if (!a.svg_out.empty() && any_timed) {
       std::string path = a.svg_out;
       if (split_list(a.devices).size() > 1) {
         const size_t dot = path.rfind('.');

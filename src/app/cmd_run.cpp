@@ -15,6 +15,7 @@
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/prefill_compression.h"
+#include "tokenizer/chat_template.h"
 
 #include <nlohmann/json.hpp>
 
@@ -32,6 +33,9 @@ struct RunArgs {
   int64_t ctx_size = 0;
   model::SamplerConfig sampler;
   bool no_bos = false;
+  // --chat: the prompt is the user's message, rendered with the model's chat template.
+  bool chat = false;
+  std::string chat_template, system;
 };
 
 void write_logits(const std::string& path, const std::vector<float>& rows) {
@@ -51,7 +55,34 @@ std::string prompt_text(const RunArgs& a) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// The prompt's token ids. With --chat the text is one user message (after the --system one),
+// rendered by the model's tokenizer.chat_template or the family --chat-template names, and the
+// control tokens the template writes are parsed as tokens. BOS is added only where the
+// vocabulary wants it and the template did not already write it.
+std::vector<int32_t> prompt_ids(const RunArgs& a, const model::Model& m, const std::string& text) {
+  const auto& tok = m.tokenizer;
+  if (!a.chat) return tok.encode(text, tok.add_bos() && !a.no_bos);
+  const std::string bos = tok.bos() >= 0 ? std::string(tok.token_text(tok.bos())) : "";
+  const std::string eos = tok.eos() >= 0 ? std::string(tok.token_text(tok.eos())) : "";
+  tokenizer::ChatTemplate t;
+  if (!a.chat_template.empty()) {
+    t.kind = tokenizer::kind_from_name(a.chat_template);
+    t.bos = bos;
+    t.eos = eos;
+  } else {
+    t = tokenizer::recognise_chat_template(
+        m.file.find_string("tokenizer.chat_template").value_or(""), bos, eos);
+  }
+  std::vector<tokenizer::ChatMessage> messages;
+  if (!a.system.empty()) messages.push_back({"system", a.system});
+  messages.push_back({"user", text});
+  const std::string rendered = tokenizer::render_chat(t, messages);
+  const bool bos_written = !bos.empty() && rendered.starts_with(bos);
+  return tok.encode(rendered, tok.add_bos() && !a.no_bos && !bos_written, true);
+}
+
 void run_devices(const RunArgs& a) {
+  if (a.chat) throw UsageError("--chat: one device only for now (drop --devices)");
   DeviceRun r;
   r.model = a.model;
   if (!a.dev.batch_file.empty()) {
@@ -86,7 +117,7 @@ void run(const RunArgs& a) {
   const auto m = model::Model::load(a.model, a.engine.load(a.model));
   kernels::ThreadPool pool(a.engine.n_threads());
 
-  const auto prompt = m->tokenizer.encode(text, m->tokenizer.add_bos() && !a.no_bos);
+  const auto prompt = prompt_ids(a, *m, text);
   model::GenerateOptions opt;
   opt.n_predict = a.n_predict;
   opt.ctx_size = a.ctx_size;
@@ -164,9 +195,17 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--logits-out", a->logits_out,
                   "Write float32 logits rows over prompt ++ continuation to FILE");
   cmd->add_flag("--no-bos", a->no_bos, "Do not add a BOS token");
+  cmd->add_flag("--chat,--conversation", a->chat,
+                "The prompt is a user message: render it with the model's chat template "
+                "(tokenizer.chat_template) and stop at the end of the turn (-cnv too)");
+  cmd->add_option("--chat-template", a->chat_template,
+                  "Chat template family instead of the model's: chatml, llama3, llama2, mistral "
+                  "(implies --chat)");
+  cmd->add_option("--system", a->system, "System message of the chat (implies --chat)");
   add_device_options(*cmd, a->dev);
   cmd->callback([a, temp] {
     a->temp_given = temp->count() > 0;
+    a->chat = a->chat || !a->chat_template.empty() || !a->system.empty();
     run(*a);
   });
 }

@@ -1,6 +1,8 @@
 // fairkv: the command-line entry point. Subcommands live in cmd_*.cpp.
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <vector>
 
 #include "app/commands.h"
 
@@ -19,8 +21,14 @@ int main(int argc, char** argv) {
   fairkv::app::add_profile_command(app);
   fairkv::app::add_bench_command(app);
   fairkv::app::add_importance_command(app);
+  // llama.cpp's `-cnv` is a many-letter name behind one dash, which CLI11 refuses to declare:
+  // it is spelt as its long form before parsing.
+  static char conversation[] = "--conversation";
+  std::vector<char*> args(argv, argv + argc);
+  for (char*& arg : args)
+    if (std::strcmp(arg, "-cnv") == 0) arg = conversation;
   try {
-    app.parse(argc, argv);
+    app.parse(int(args.size()), args.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const std::exception& e) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <stdexcept>
 #include <utility>
 
 #include "placement/planners.h"
@@ -127,15 +128,26 @@ Calibration calibrate(const model::ModelConfig& c, const model::Weights& w,
   placement::PlanOptions o;
   o.planner = placement::PlannerKind::Tp;
   o.devices = devices;
-  time_placement(c, w, prof, placement::plan(prof, bytes, o), 0, batch, kt, steps, bytes, pool,
-                 samples);
   Calibration cal;
-  // tp's ranks all serve as many parts and weights: only KV against weights can be told apart.
-  SegmentFit fit = fit_segments(samples, false);
-  if (!fit.ok) return cal;
+  SegmentFit fit;
+  placement::Placement tp;
+  bool have_tp = true;
+  try {
+    tp = placement::plan(prof, bytes, o);
+  } catch (const std::invalid_argument&) {
+    // tp cannot place these KV heads on these devices (3 heads on 4): the split layout, planned
+    // in bytes, is timed alone; its ranks differ in weights, KV and parts, so the fit holds.
+    have_tp = false;
+  }
+  if (have_tp) {
+    time_placement(c, w, prof, tp, 0, batch, kt, steps, bytes, pool, samples);
+    // tp's ranks all serve as many parts and weights: only KV against weights can be told apart.
+    fit = fit_segments(samples, false);
+    if (!fit.ok) return cal;
+    cal.kv_time_factor = fit.a / fit.b;
+  }
   // A split layout, planned with tp's factor, adds ranks whose weights, KV and parts differ: the
   // fit over both tells the three apart.
-  cal.kv_time_factor = fit.a / fit.b;
   o.planner = placement::PlannerKind::Split;
   o.replicas = replicas;
   o.tp_unless_faster = false;  // the layout is timed, not used
@@ -143,6 +155,7 @@ Calibration calibrate(const model::ModelConfig& c, const model::Weights& w,
                  batch, kt, steps, bytes, pool, samples);
   const SegmentFit all = fit_segments(samples, true);
   if (all.ok) fit = all;
+  if (!fit.ok) return cal;
   cal.kv_time_factor = fit.a / fit.b;
   cal.ms_per_load = fit.a;
   cal.part_load = fit.c / fit.a;

@@ -96,11 +96,6 @@ std::vector<BenchRow> bench_placements(
   // The collectives every placement has (two all-reduces per layer), apart from a split's.
   const double base_collectives_ms = collectives_ms(R, B, c, 0, 0, 0);
   const int P = int(spec.planners.size()), rounds = std::max(1, spec.rounds);
-  const int total = P * (rounds * R + (spec.wall ? 1 : 0));
-  int done = 0;
-  auto tick = [&](const std::string& what) {
-    if (progress) progress(done, total, what);
-  };
 
   std::vector<BenchRow> rows;
   for (const std::string& name : spec.planners) {
@@ -112,8 +107,14 @@ std::vector<BenchRow> bench_placements(
     row.planner = name;
     row.devices = R;
     row.batch = B;
-    row.placement = placement::plan(prof, cost, o);
     row.calibration = cal;
+    try {
+      row.placement = placement::plan(prof, cost, o);
+    } catch (const std::invalid_argument& e) {
+      row.refused = e.what();
+      rows.push_back(std::move(row));
+      continue;
+    }
     const placement::Placement& p = row.placement;
     for (size_t l = 0; l < p.layers.size(); ++l) {
       row.replicas += p.replicas[l];
@@ -122,6 +123,13 @@ std::vector<BenchRow> bench_placements(
     }
     rows.push_back(std::move(row));
   }
+  const int placed = int(
+      std::count_if(rows.begin(), rows.end(), [](const BenchRow& r) { return r.refused.empty(); }));
+  const int total = placed * (rounds * R + (spec.wall ? 1 : 0));
+  int done = 0;
+  auto tick = [&](const std::string& what) {
+    if (progress) progress(done, total, what);
+  };
 
   // Emulated: one rank at a time on all threads, segment times per layer. The placements are
   // measured in turn, `rounds` times over, and within a placement the ranks take turns step by
@@ -141,6 +149,7 @@ std::vector<BenchRow> bench_placements(
   for (int round = 0; round < rounds; ++round)
     for (int i = 0; i < P; ++i) {
       BenchRow& row = rows[size_t(i)];
+      if (!row.refused.empty()) continue;
       const placement::Placement& p = row.placement;
       Emulated& e = em[size_t(i)];
       const std::string what = rounds > 1
@@ -181,6 +190,7 @@ std::vector<BenchRow> bench_placements(
 
   for (int i = 0; i < P; ++i) {
     BenchRow& row = rows[size_t(i)];
+    if (!row.refused.empty()) continue;
     const placement::Placement& p = row.placement;
     const Emulated& e = em[size_t(i)];
     std::vector<double> other(size_t(R), 0.0);
@@ -273,8 +283,9 @@ std::vector<BenchRow> bench_placements(
   // tp's mean rank time per layer reads every unit once: the ideal every placement is held to.
   const BenchRow* tp = nullptr;
   for (const BenchRow& r : rows)
-    if (r.planner == "tp") tp = &r;
+    if (r.planner == "tp" && r.refused.empty()) tp = &r;
   for (BenchRow& r : rows) {
+    if (!r.refused.empty()) continue;
     if (tp && tp != &r) r.ideal_ms = std::min(r.ideal_ms, tp->ideal_ms);
     if (tp) {
       r.speedup_vs_tp = tp->step_ms_emulated / r.step_ms_emulated;

@@ -61,6 +61,9 @@ struct BenchSpec {
 
 struct BenchRow {
   std::string planner;
+  // Why the planner could not place the heads on these devices (tp with more devices than KV
+  // heads that do not divide them, as vLLM refuses too); such a row has no timings.
+  std::string refused;
   int devices = 0, batch = 0;
   double step_ms_emulated = 0, step_ms_wall = 0, lower_bound_ms = 0, ideal_ms = 0;
   // The calibrated cost model's step time (0 without calibration): its attention and split
@@ -82,7 +85,8 @@ struct BenchRow {
 
 // Bench every planner of spec.planners on the model with the profile's lengths. progress(done,
 // total, what) is called as work advances. Throws std::invalid_argument when the profile's shape
-// is not the model's.
+// is not the model's. A planner that cannot place the heads gives a row with `refused` set; the
+// others are timed, and speed-ups over tp stay 0 when tp is refused.
 std::vector<BenchRow> bench_placements(
     const model::ModelConfig& c, const model::Weights& w, const placement::Profile& profile,
     const BenchSpec& spec, const std::function<void(int, int, const std::string&)>& progress = {});

@@ -102,6 +102,40 @@ TEST(EmulatedBench, ReportsEveryPlanner) {
   EXPECT_GT(rows[3].replicas, 0);
 }
 
+// SmolLM2's shape: 3 KV heads cannot be spread over 4 devices the vLLM way (nor over 2 with
+// an equal count). tp and balanced (tp's layout when devices >= heads) say so in their rows, and
+// the planners that can place them are still timed, with no speed-up over a tp that is not there.
+TEST(EmulatedBench, RefusedPlannersGetARowAndTheOthersRun) {
+  pl::Profile prof = small_profile();
+  prof.kv_heads = 3;
+  prof.query_heads = 9;
+  prof.tokens = {{900, 40, 60}, {50, 700, 20}};
+  const RandomModel m = random_model(prof, 256);
+  BenchSpec s;
+  s.devices = 4;
+  s.batch = 2;
+  s.steps = 1;
+  s.threads = 1;
+  s.wall = false;
+  int last_total = 0;
+  const auto rows = bench_placements(m.config, m.weights, prof, s,
+                                     [&](int, int total, auto&) { last_total = total; });
+  ASSERT_EQ(rows.size(), 4u);
+  for (int i : {0, 1}) {
+    SCOPED_TRACE(rows[size_t(i)].planner);
+    EXPECT_NE(rows[size_t(i)].refused.find("4 devices and 3 KV heads"), std::string::npos)
+        << rows[size_t(i)].refused;
+    EXPECT_EQ(rows[size_t(i)].step_ms_emulated, 0);
+  }
+  for (int i : {2, 3}) {
+    SCOPED_TRACE(rows[size_t(i)].planner);
+    EXPECT_TRUE(rows[size_t(i)].refused.empty()) << rows[size_t(i)].refused;
+    EXPECT_GT(rows[size_t(i)].step_ms_emulated, 0);
+    EXPECT_EQ(rows[size_t(i)].speedup_vs_tp, 0);
+  }
+  EXPECT_EQ(last_total, 2 * s.rounds * s.devices);  // only the two placed planners are timed
+}
+
 TEST(EmulatedBench, RejectsAProfileOfAnotherShape) {
   pl::Profile prof = small_profile();
   const RandomModel m = random_model(prof, 256);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "formats/gguf.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/pretok.h"
 #include "tokenizer/tokenizer.h"
 
@@ -129,6 +130,28 @@ TEST(SmolLM2, GreedyPromptsTokenizeLikeLlamaCpp) {
     ++cases;
   }
   EXPECT_GE(cases, 5u);
+}
+
+// The template SmolLM2 ships in its metadata is recognised as ChatML with its default system
+// prompt, and the rendered prompt tokenizes into the control tokens that frame each turn.
+TEST(SmolLM2, ChatTemplateFromTheFile) {
+  REQUIRE_MODEL();
+  const auto jinja = open_vocabulary(kModel).find_string("tokenizer.chat_template");
+  ASSERT_TRUE(jinja);
+  const Tokenizer& tok = smollm2();
+  const ChatTemplate t = recognise_chat_template(*jinja, std::string(tok.token_text(tok.bos())),
+                                                 std::string(tok.token_text(tok.eos())));
+  EXPECT_EQ(t.kind, ChatKind::ChatML);
+  const std::vector<ChatMessage> chat = {{"user", "Hi"}};
+  const std::string text = render_chat(t, chat);
+  EXPECT_EQ(text,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+            "Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  const auto ids = tok.encode(text, false, true);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.front(), 1);                            // <|im_start|>
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 1), 3);  // three turns open
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 2), 2);  // two closed
 }
 
 }  // namespace
