@@ -1,5 +1,6 @@
 // `fairkv run`: generate a continuation of a prompt, streamed to stdout, with timings on stderr.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -28,7 +29,7 @@ struct RunArgs {
   KvOptions kv;
   EngineOptions engine;
   DeviceOptions dev;
-  bool temp_given = false;
+  bool temp_given = false, prompt_given = false, file_given = false;
   int n_predict = 64;
   int64_t ctx_size = 0;
   model::SamplerConfig sampler;
@@ -47,12 +48,20 @@ void write_logits(const std::string& path, const std::vector<float>& rows) {
 
 // The prompt of -p or -f.
 std::string prompt_text(const RunArgs& a) {
-  if (a.prompt.empty() == a.prompt_file.empty())
+  if (a.prompt_given == a.file_given)
     throw UsageError("give the prompt with exactly one of -p TEXT or -f FILE");
-  if (a.prompt_file.empty()) return a.prompt;
+  if (a.prompt_given) {
+    if (a.prompt.empty()) throw UsageError("-p: the prompt is empty");
+    return a.prompt;
+  }
+  // A pipe (-f <(...)) is fine; a directory would read as an I/O error far from its cause.
+  if (std::filesystem::is_directory(a.prompt_file))
+    throw UsageError(a.prompt_file + ": a directory, expected a prompt file (-f)");
   std::ifstream in(a.prompt_file, std::ios::binary);
   if (!in) throw UsageError(a.prompt_file + ": cannot read the prompt file (-f)");
-  return std::string(std::istreambuf_iterator<char>(in), {});
+  std::string text(std::istreambuf_iterator<char>(in), {});
+  if (text.empty()) throw UsageError(a.prompt_file + ": the prompt file is empty (-f)");
+  return text;
 }
 
 // The prompt's token ids. With --chat the text is one user message (after the --system one),
@@ -86,7 +95,7 @@ void run_devices(const RunArgs& a) {
   DeviceRun r;
   r.model = a.model;
   if (!a.dev.batch_file.empty()) {
-    if (!a.prompt.empty() || !a.prompt_file.empty())
+    if (a.prompt_given || a.file_given)
       throw UsageError("give the prompts with either --batch-file or -p / -f, not both");
     for (const Prompt& p : read_prompts(a.dev.batch_file)) r.prompts.push_back(p.text);
   } else {
@@ -99,6 +108,10 @@ void run_devices(const RunArgs& a) {
   }
   if (a.n_predict < 0) throw UsageError("-n: expected a number of tokens >= 0");
   if (!a.logits_out.empty()) throw UsageError("--logits-out: single device only");
+  if (!a.kv.stats_out.empty())
+    throw UsageError("--kv-stats-out: single device only (the ranks hold the kept lengths)");
+  if (a.ctx_size < 0) throw UsageError("-c/--ctx-size: expected a number of tokens >= 0");
+  r.ctx_size = a.ctx_size;
   r.add_bos = !a.no_bos;
   r.n_predict = a.n_predict;
   r.threads = a.engine.n_threads();
@@ -179,8 +192,8 @@ void add_run_command(CLI::App& app) {
   auto a = std::make_shared<RunArgs>();
   CLI::App* cmd = app.add_subcommand("run", "Generate a continuation of a prompt");
   cmd->add_option("-m,--model", a->model, "GGUF model file")->required();
-  cmd->add_option("-p,--prompt", a->prompt, "Prompt text");
-  cmd->add_option("-f,--file", a->prompt_file, "Read the prompt from a file");
+  auto* prompt = cmd->add_option("-p,--prompt", a->prompt, "Prompt text");
+  auto* file = cmd->add_option("-f,--file", a->prompt_file, "Read the prompt from a file");
   cmd->add_option("-n,--n-predict", a->n_predict, "Tokens to generate")->capture_default_str();
   add_engine_options(*cmd, a->engine);
   cmd->add_option("-c,--ctx-size", a->ctx_size, "Context size in tokens (0: prompt + n)")
@@ -203,8 +216,11 @@ void add_run_command(CLI::App& app) {
                   "(implies --chat)");
   cmd->add_option("--system", a->system, "System message of the chat (implies --chat)");
   add_device_options(*cmd, a->dev);
-  cmd->callback([a, temp] {
+  cmd->callback([a, temp, prompt, file] {
     a->temp_given = temp->count() > 0;
+    a->prompt_given = prompt->count() > 0;
+    a->file_given = file->count() > 0;
+    model::check_sampler(a->sampler);  // before the model loads
     a->chat = a->chat || !a->chat_template.empty() || !a->system.empty();
     run(*a);
   });

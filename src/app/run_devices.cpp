@@ -48,6 +48,12 @@ void run_on_devices(const DeviceRun& run) {
     prompts.push_back(m->tokenizer.encode(text, run.add_bos && m->tokenizer.add_bos()));
     if (prompts.back().empty())
       throw UsageError(fmt::format("prompt {} has no tokens", prompts.size() - 1));
+    const int64_t need = int64_t(prompts.back().size()) + run.n_predict;
+    if (run.ctx_size > 0 && need > run.ctx_size)
+      throw UsageError(fmt::format(
+          "-c/--ctx-size: prompt {} has {} tokens; with -n {} it needs a "
+          "context of {}, more than {}",
+          prompts.size() - 1, prompts.back().size(), run.n_predict, need, run.ctx_size));
   }
   // The run's one cost model: the planner places by it and rebalancing re-divides by it.
   const placement::CostModel cost = runtime::run_cost_model(m->config, m->weights.layers[0].wq.type,

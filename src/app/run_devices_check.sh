@@ -82,6 +82,36 @@ case $mode in
         echo "ok: $args: $(cat "$err")"
       fi
     done
+    # refused WORD COMMAND...: a single-device input error, refused naming WORD, within 20 s.
+    refused() {
+      word=$1
+      shift
+      if timeout 20 "$@" >/dev/null 2>"$err"; then
+        echo "FAILED: $* was accepted"
+        fail=1
+      elif ! grep -q -- "$word" "$err"; then
+        echo "FAILED: $*: the message does not name $word:"
+        cat "$err"
+        fail=1
+      else
+        echo "ok: $*: $(cat "$err")"
+      fi
+    }
+    fifo=$(mktemp -u)
+    mkfifo "$fifo"
+    refused "-p: the prompt is empty" "$fairkv" run -m "$model" -p "" -n 4
+    refused "--ctx-size" "$fairkv" run -m "$model" -p "$prompt" -n 40 -c 32 --devices 2
+    refused "--kv-stats-out" "$fairkv" run -m "$model" -p "$prompt" -n 4 --devices 2 \
+      --kv-stats-out /tmp/unused.json
+    refused "a directory" "$fairkv" run -m "$model" -f /tmp -n 4
+    refused "a FIFO" "$fairkv" run -m "$fifo" -p "$prompt" -n 4
+    refused "a character device" "$fairkv" run -m /dev/zero -p "$prompt" -n 4
+    refused "--threads" "$fairkv" run -m "$model" -p "$prompt" -n 4 -t 100000
+    refused "--temp" "$fairkv" run -m "$model" -p "$prompt" -n 4 --temp nan
+    refused "--top-p" "$fairkv" run -m "$model" -p "$prompt" -n 4 --top-p 2
+    refused "--top-k" "$fairkv" run -m "$model" -p "$prompt" -n 4 --top-k -5
+    refused "--min-p" "$fairkv" run -m "$model" -p "$prompt" -n 4 --min-p nan
+    rm -f "$fifo"
     ;;
   mpi)
     ref=$(single "$prompt") || exit 1
