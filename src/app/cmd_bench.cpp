@@ -15,6 +15,7 @@
 #include "app/svg_plot.h"
 #include "model/model.h"
 #include "placement/placement.h"
+#include "placement/planners.h"
 #include "placement/profile.h"
 #include "runtime/emulated_bench.h"
 
@@ -181,6 +182,9 @@ void run(const BenchArgs& a) {
     } catch (const std::exception&) {
       throw UsageError(fmt::format("--devices: expected comma-separated counts, got '{}'", d));
     }
+    if (s.devices < 1 || s.devices > placement::kMaxDevices)
+      throw UsageError(
+          fmt::format("--devices: expected 1 to {}, got {}", placement::kMaxDevices, s.devices));
     s.batch = a.batch;
     s.steps = a.steps;
     s.rounds = a.rounds;

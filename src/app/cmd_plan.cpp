@@ -359,6 +359,7 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--write-profile", a->write_profile, "Write the profile used to FILE");
   cmd->add_option("-R,--devices", a->devices, "Devices (several, comma-separated, with --compare)")
       ->delimiter(',')
+      ->check(CLI::Range(1, placement::kMaxDevices))
       ->required();
   cmd->add_option("--planner", a->planner, "tp, balanced, fair-copy or split")
       ->capture_default_str();

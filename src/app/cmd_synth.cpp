@@ -81,7 +81,8 @@ void add_synth_command(CLI::App& app) {
   cmd->add_option("--shape", a->shape, "Model shape: " + names)->required();
   cmd->add_option("--type", a->type, "Weight type: f32, f16, bf16, q8_0 or q4_0 (norms stay f32)")
       ->capture_default_str();
-  cmd->add_option("--layers", a->layers, "Number of layers (default: the shape's own)");
+  cmd->add_option("--layers", a->layers, "Number of layers (default: the shape's own)")
+      ->check(CLI::Range(int64_t(1), gguf::kMaxBlockCount));
   cmd->add_option("--seed", a->seed, "Random seed of the weights")->capture_default_str();
   cmd->callback([a] { synth(*a); });
 }

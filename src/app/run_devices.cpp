@@ -15,6 +15,7 @@ namespace fairkv::app {
 
 void add_device_options(CLI::App& cmd, DeviceOptions& o) {
   cmd.add_option("--devices", o.devices, "Devices (ranks) that share the model: tensor parallel")
+      ->check(CLI::Range(0, placement::kMaxDevices))
       ->capture_default_str();
   cmd.add_option("--placement", o.placement,
                  "With --devices: tp, balanced, fair-copy, split, or a `fairkv plan --json` file")

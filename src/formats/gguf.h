@@ -23,6 +23,11 @@
 
 namespace fairkv::gguf {
 
+// The most layers (and heads) a model may declare: far beyond any real model, and a bound that
+// keeps a hostile block_count from sizing allocations. The model's reader and `fairkv synth`
+// share it, so synth never writes a file its own reader refuses.
+inline constexpr int64_t kMaxBlockCount = 4096;
+
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };

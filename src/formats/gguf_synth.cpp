@@ -197,6 +197,9 @@ Writer synth_llama(const SynthShape& shape, const SynthOptions& opts, Quantizer 
                     "heads",
                     s.name));
   }
+  if (n_layer > kMaxBlockCount)
+    throw Error(fmt::format("layers: expected at most {} (what a model's reader accepts), got {}",
+                            kMaxBlockCount, n_layer));
   const SynthVocab vocab = synth_vocab(s.n_vocab);
 
   Writer w;

@@ -25,7 +25,7 @@ ModelConfig read_config(const gguf::File& f) {
         f.path(), c.arch));
   c.name = f.find_string("general.name").value_or(c.arch);
   const std::string a = c.arch + ".";
-  c.n_layers = positive_int(f, a + "block_count", 1 << 12);
+  c.n_layers = positive_int(f, a + "block_count", gguf::kMaxBlockCount);
   c.n_embd = positive_int(f, a + "embedding_length", 1 << 20);
   c.n_heads = positive_int(f, a + "attention.head_count", 1 << 12);
   c.n_kv_heads = f.find(a + "attention.head_count_kv")

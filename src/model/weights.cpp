@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <cstdio>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -69,6 +71,13 @@ struct Binder {
 }  // namespace
 
 Weights bind_weights(const gguf::File& f, const ModelConfig& c) {
+  // A block_count below the layers the file holds would run a truncated model without a word.
+  for (const gguf::TensorInfo& t : f.tensors()) {
+    int layer = -1;
+    if (std::sscanf(t.name.c_str(), "blk.%d.", &layer) == 1 && layer >= c.n_layers)
+      throw gguf::Error(fmt::format("{}: tensor '{}': layer {} is past {}.block_count = {}",
+                                    f.path(), t.name, layer, c.arch, c.n_layers));
+  }
   Weights w;
   Binder b{f, w};
   w.tok_embd = b.matrix("token_embd.weight", c.n_vocab, c.n_embd);

@@ -130,7 +130,9 @@ Placement tp_unless_faster(Placement p, const Profile& profile, const CostModel&
 }  // namespace
 
 Placement plan(const Profile& profile, const CostModel& cost, const PlanOptions& o) {
-  if (o.devices < 1) throw std::invalid_argument("plan: need at least one device");
+  if (o.devices < 1 || o.devices > kMaxDevices)
+    throw std::invalid_argument(
+        fmt::format("devices: expected 1 to {}, got {}", kMaxDevices, o.devices));
   // Default budget: R - 1 batch replicas for fair-copy (each reads and holds the unit's weights);
   // twice that for split, whose extra token slices cost neither weight reads nor weight memory.
   const int k = o.replicas >= 0                   ? o.replicas

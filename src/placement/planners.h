@@ -63,6 +63,10 @@ LayerPlan split_layer(std::span<const double> tokens, const CostModel& cost, int
 LayerPlacement wrap_around_layer(std::span<const double> tokens, const CostModel& cost,
                                  int devices);
 
+// More devices than this are refused up front: the planners' searches grow with R, and no
+// tensor-parallel group comes near it.
+inline constexpr int kMaxDevices = 1024;
+
 struct PlanOptions {
   PlannerKind planner = PlannerKind::Tp;
   int devices = 1;

@@ -23,9 +23,14 @@ UnitTable table_from_json(const nlohmann::json& j, const std::string& where,
   for (int l = 0; l < layers; ++l) {
     const std::string row = fmt::format("{}[{}]", path, l);
     check.array_of_size(j[size_t(l)], row, kv_heads);
-    for (int h = 0; h < kv_heads; ++h)
-      t[size_t(l)][size_t(h)] =
-          check.non_negative(j[size_t(l)][size_t(h)], fmt::format("{}[{}]", row, h));
+    for (int h = 0; h < kv_heads; ++h) {
+      const std::string cell = fmt::format("{}[{}]", row, h);
+      const double v = check.non_negative(j[size_t(l)][size_t(h)], cell);
+      if (v > kMaxUnitTokens)
+        throw FormatError(fmt::format("{}: {}: expected at most {:g} cached tokens, got {:g}",
+                                      where, cell, kMaxUnitTokens, v));
+      t[size_t(l)][size_t(h)] = v;
+    }
   }
   return t;
 }
@@ -41,9 +46,11 @@ void check_table(const UnitTable& t, const std::string& where, const std::string
       throw FormatError(fmt::format("{}: {}[{}]: expected {} KV heads, got {}", where, path, l,
                                     kv_heads, row.size()));
     for (int h = 0; h < kv_heads; ++h)
-      if (!(row[size_t(h)] >= 0) || !std::isfinite(row[size_t(h)]))
-        throw FormatError(fmt::format("{}: {}[{}][{}]: expected a non-negative number, got {}",
-                                      where, path, l, h, row[size_t(h)]));
+      if (!(row[size_t(h)] >= 0) || !(row[size_t(h)] <= kMaxUnitTokens))
+        throw FormatError(
+            fmt::format("{}: {}[{}][{}]: expected a number of cached tokens in [0, "
+                        "{:g}], got {}",
+                        where, path, l, h, kMaxUnitTokens, row[size_t(h)]));
   }
 }
 

@@ -29,6 +29,10 @@ struct FormatError : std::runtime_error {
 // Per-unit values of one model: [layer][kv head].
 using UnitTable = std::vector<std::vector<double>>;
 
+// The most cached tokens per sequence a unit of a profile may hold: far past any context a model
+// is trained for, and small enough that every count, byte size and rounding stays exact.
+inline constexpr double kMaxUnitTokens = 1e9;
+
 struct Profile {
   std::string model;
   int layers = 0;

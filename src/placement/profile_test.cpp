@@ -53,6 +53,13 @@ TEST(Profile, ErrorsNameTheField) {
   j["tokens"][0][0] = -1;
   EXPECT_EQ(error_of(j), "p.json: tokens[0][0]: expected a non-negative number, got -1");
   j = good_profile();
+  j["tokens"][0][1] = 1e308;  // would overflow every integer conversion downstream
+  EXPECT_EQ(error_of(j), "p.json: tokens[0][1]: expected at most 1e+09 cached tokens, got 1e+308");
+  j = good_profile();
+  j["samples"] = {{{1, 2, 3}, {4, 5, 2e9}}};
+  EXPECT_EQ(error_of(j),
+            "p.json: samples[0][1][2]: expected at most 1e+09 cached tokens, got 2e+09");
+  j = good_profile();
   j["tokens"][1] = {1, 2};
   EXPECT_EQ(error_of(j), "p.json: tokens[1]: expected 3 entries, got 2");
   j = good_profile();

@@ -14,9 +14,15 @@ namespace {
 constexpr std::string_view kEogTexts[] = {"<|eot_id|>",    "<|im_end|>", "<|end|>", "<end_of_turn>",
                                           "<|endoftext|>", "<|eom_id|>", "<EOT>"};
 
-TokenType token_type_of(double v) {
-  if (v >= 1 && v <= 6 && v == double(int(v))) return TokenType(int(v));
-  return TokenType::Undefined;
+// llama.cpp's token types: 0 undefined, 1 normal, 2 unknown, 3 control, 4 user-defined,
+// 5 unused, 6 byte. Anything else is a broken file, not a token to treat as undefined.
+TokenType token_type_of(const gguf::File& f, size_t i, double v) {
+  if (v >= 0 && v <= 6 && v == double(int(v)))
+    return v == 0 ? TokenType::Undefined : TokenType(int(v));
+  throw gguf::Error(
+      fmt::format("{}: tokenizer.ggml.token_type[{}]: expected a type from 0 to 6, "
+                  "got {}",
+                  f.path(), i, v));
 }
 
 void load_vocabulary(const gguf::File& f, TokenizerState& s) {
@@ -55,7 +61,7 @@ void load_vocabulary(const gguf::File& f, TokenizerState& s) {
       throw gguf::Error(
           fmt::format("{}: tokenizer.ggml.token_type: expected {} types (one per token), got {}",
                       f.path(), n, v.size()));
-    for (size_t i = 0; i < n; ++i) s.types[i] = token_type_of(v[i]);
+    for (size_t i = 0; i < n; ++i) s.types[i] = token_type_of(f, i, v[i]);
   }
 }
 
