@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   fairkv::app::add_profile_command(app);
   fairkv::app::add_bench_command(app);
   fairkv::app::add_importance_command(app);
+  fairkv::app::add_perplexity_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
