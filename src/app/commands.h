@@ -36,5 +36,7 @@ void add_eval_command(CLI::App& app);        // fidelity of KV compression (cmd_
 void add_profile_command(CLI::App& app);     // measure a load profile (cmd_profile.cpp)
 void add_bench_command(CLI::App& app);       // placements side by side (cmd_bench.cpp)
 void add_importance_command(CLI::App& app);  // HeadKV head importance (cmd_importance.cpp)
+// Perplexity over a text file, as llama-perplexity (cmd_perplexity.cpp).
+void add_perplexity_command(CLI::App& app);
 
 }  // namespace fairkv::app

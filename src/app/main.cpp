@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
       "across devices"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "fairkv 0.1");
-  // COMMANDS: one line per subcommand (keep this marker; helpers add lines below it).
+  // One line per subcommand.
   fairkv::app::add_run_command(app);
   fairkv::app::add_inspect_command(app);
   fairkv::app::add_synth_command(app);
@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   fairkv::app::add_profile_command(app);
   fairkv::app::add_bench_command(app);
   fairkv::app::add_importance_command(app);
+  fairkv::app::add_perplexity_command(app);
   // llama.cpp's `-cnv` is a many-letter name behind one dash, which CLI11 refuses to declare:
   // it is spelt as its long form before parsing.
   static char conversation[] = "--conversation";
