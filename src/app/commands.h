@@ -27,6 +27,10 @@ inline std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
+// The process's command line as main received it: what the ranks of an MPI job compare before
+// they start (runtime/job_fingerprint.h).
+std::vector<std::string>& command_line();
+
 void add_run_command(CLI::App& app);      // generate text (cmd_run.cpp)
 void add_inspect_command(CLI::App& app);  // describe a GGUF file (cmd_inspect.cpp)
 // Write a random-weight GGUF of a real model's shape (cmd_synth.cpp).

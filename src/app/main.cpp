@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   // it is spelt as its long form before parsing.
   static char conversation[] = "--conversation";
   std::vector<char*> args(argv, argv + argc);
+  fairkv::app::command_line().assign(argv, argv + argc);
   for (char*& arg : args)
     if (std::strcmp(arg, "-cnv") == 0) arg = conversation;
   try {

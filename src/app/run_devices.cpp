@@ -13,6 +13,11 @@
 
 namespace fairkv::app {
 
+std::vector<std::string>& command_line() {
+  static std::vector<std::string> args;
+  return args;
+}
+
 void add_device_options(CLI::App& cmd, DeviceOptions& o) {
   cmd.add_option("--devices", o.devices, "Devices (ranks) that share the model: tensor parallel")
       ->check(CLI::Range(0, placement::kMaxDevices))
@@ -72,6 +77,12 @@ void run_on_devices(const DeviceRun& run) {
   o.activations = run.activations;
   // Threads: the ranks share this machine's cores; MPI: each process has its own.
   o.threads = d.comm == "threads" ? std::max(1, run.threads / d.devices) : std::max(1, run.threads);
+  // Ranks as threads share one command line and one model; processes each have their own.
+  runtime::JobFingerprint fp;
+  if (d.comm == "mpi") {
+    fp = runtime::job_fingerprint(command_line(), m->file);
+    o.fingerprint = &fp;
+  }
   const runtime::ExecResult res = runtime::execute_job(d.comm, *m, p, prompts, o);
   if (res.rank != 0) return;
 

@@ -119,6 +119,33 @@ case $mode in
       expect "mpi $planner" "$ref" "$@" "$fairkv" run -m "$model" -p "$prompt" -n 24 --temp 0 \
         $kv --devices 2 --comm mpi --placement $planner --profile "$profile" --rebalance
     done
+    # Ranks started with different arguments or models stop together with one message naming
+    # the rank, instead of hanging or printing garbage: MPMD launches give rank 1 other input.
+    mpiexec=$1 np=$2
+    shift 3
+    copy=$(mktemp)
+    cp "$model" "$copy"
+    printf 'x' | dd of="$copy" bs=1 seek=200 conv=notrunc 2>/dev/null  # inside the metadata
+    run="-p Once -n 4 --temp 0 --devices 2 --comm mpi"
+    for case in "command-line arguments:run -m $model $run:run -m $model $run --top-k 7" \
+      "model file:run -m $model $run:run -m $copy $run" \
+      "agree:run -m $model $run:run -m $(realpath "$model") $run"; do
+      what=${case%%:*} rest=${case#*:}
+      a=${rest%%:*} b=${rest#*:}
+      timeout 60 "$mpiexec" "$@" "$np" 1 "$fairkv" $a : "$np" 1 "$fairkv" $b >/dev/null 2>"$err"
+      rc=$?
+      if [ "$what" = agree ]; then
+        if [ $rc -ne 0 ]; then echo "FAILED: the same model under two paths was refused"; cat "$err"; fail=1
+        else echo "ok: the same model under two paths runs"; fi
+      elif [ $rc -eq 0 ] || [ $rc -eq 124 ] || ! grep -q "rank 1 disagrees with rank 0: its $what" "$err"; then
+        echo "FAILED: ranks with different $what (exit $rc):"
+        cat "$err"
+        fail=1
+      else
+        echo "ok: ranks with different $what stop: $(grep disagrees "$err" | head -1)"
+      fi
+    done
+    rm -f "$copy"
     ;;
   *)
     echo "unknown mode $mode"

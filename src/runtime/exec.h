@@ -17,6 +17,7 @@
 #include "model/model.h"
 #include "placement/cost.h"
 #include "placement/placement.h"
+#include "runtime/job_fingerprint.h"
 #include "runtime/rank_forward.h"
 
 namespace fairkv::runtime {
@@ -37,6 +38,9 @@ struct ExecOptions {
   // while each unit's rows still sit whole on one rank (a token-sliced unit's on its tail).
   std::function<void(comm::Communicator&, RankForward&, std::span<RankSequence* const>)>
       after_prefill;
+  // What this process was given; execute_job compares it across the ranks of an MPI job before
+  // anything else (runtime/job_fingerprint.h). Null: not compared.
+  const JobFingerprint* fingerprint = nullptr;
 };
 
 struct ExecResult {
