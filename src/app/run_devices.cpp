@@ -31,6 +31,11 @@ void add_device_options(CLI::App& cmd, DeviceOptions& o) {
                  "With --devices: threads (ranks in this process) or mpi (one rank per process "
                  "under mpirun -np R)")
       ->capture_default_str();
+  cmd.add_option("--comm-timeout", o.comm_timeout,
+                 "With --comm mpi: seconds a collective waits for the other ranks before the job "
+                 "ends, naming the ranks that do not answer")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd.add_flag("--rebalance", o.rebalance,
                "With --devices: re-divide shares by the kept lengths after the prefill");
   cmd.add_option("--batch-file,--batch", o.batch_file,
@@ -72,6 +77,7 @@ void run_on_devices(const DeviceRun& run) {
   o.n_predict = run.n_predict;
   o.kv_type = run.kv_type;
   o.rebalance = d.rebalance;
+  o.comm_timeout = d.comm_timeout;
   o.cost = cost;
   o.compression = run.compression;
   o.activations = run.activations;

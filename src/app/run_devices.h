@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/comm.h"
 #include "kernels/matmul.h"
 #include "kv/cache.h"
 #include "kv/compress.h"
@@ -14,6 +15,7 @@ namespace fairkv::app {
 
 struct DeviceOptions {
   int devices = 1;
+  double comm_timeout = comm::Communicator::kDefaultCollectiveTimeout;
   std::string placement = "tp";  // a planner name or a `fairkv plan --json` file
   std::string profile;           // per-unit loads the planners place by
   std::string comm = "threads";  // threads (ranks in this process) or mpi (ranks under mpirun)
@@ -32,7 +34,7 @@ struct DeviceRun {
   bool add_bos = true;
   int n_predict = 64;
   int64_t ctx_size = 0;  // -c: prompt + continuation must fit (0: no limit)
-  int threads = 1;  // of the machine; the ranks of --comm threads share them
+  int threads = 1;       // of the machine; the ranks of --comm threads share them
   kv::KvType kv_type = kv::KvType::F32;
   const kv::CompressionConfig* compression = nullptr;  // null: keep every token
   kernels::Activations activations = kernels::Activations::Float32;

@@ -146,6 +146,29 @@ case $mode in
       fi
     done
     rm -f "$copy"
+    # A rank that stops responding (SIGSTOP here; a lost host alike) ends the job on every rank
+    # within the collective timeout, named by the others, instead of hanging it.
+    pidfile=$(mktemp -u)
+    long="run -m $model -p Once -n 3000 --temp 0 --devices 2 --comm mpi --comm-timeout 2"
+    start=$(date +%s)
+    timeout 60 "$mpiexec" "$@" "$np" 1 "$fairkv" $long : "$np" 1 \
+      sh -c "echo \$\$ > $pidfile; exec $fairkv $long" >/dev/null 2>"$err" &
+    job=$!
+    for i in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.1; done
+    sleep 2  # past MPI's start, which no timeout of ours covers, into the decode
+    kill -STOP "$(cat "$pidfile")"
+    wait $job
+    rc=$?
+    took=$(($(date +%s) - start))
+    kill -KILL "$(cat "$pidfile")" 2>/dev/null
+    rm -f "$pidfile"
+    if [ $rc -eq 0 ] || [ $took -ge 30 ] || ! grep -q "no answer from rank 1" "$err"; then
+      echo "FAILED: a stopped rank (exit $rc after $took s):"
+      cat "$err"
+      fail=1
+    else
+      echo "ok: a stopped rank ends the job in $took s: $(grep 'no answer' "$err" | head -1)"
+    fi
     ;;
   *)
     echo "unknown mode $mode"

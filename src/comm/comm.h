@@ -67,6 +67,20 @@ class Communicator {
 
   // "threads" or "mpi" (or "solo": SoloComm standing in for one rank of several).
   virtual std::string name() const = 0;
+
+  // How long a collective may wait for the other ranks before the job ends, naming the ranks
+  // that do not answer (a stopped process, a lost host). Only processes can stop alone: the MPI
+  // backend applies it; threads of one process ignore it.
+  void set_collective_timeout(double seconds) { timeout_s_ = seconds; }
+  double collective_timeout() const { return timeout_s_; }
+
+ private:
+  double timeout_s_ = kDefaultCollectiveTimeout;
+
+ public:
+  // Long enough for the slowest legitimate wait (a rank still loading its model from a cold
+  // disk while the others wait in the first collective), short enough that a stopped job ends.
+  static constexpr double kDefaultCollectiveTimeout = 60;
 };
 
 // One rank alone: rank `rank` of a job of `size` ranks whose collectives see only this rank's data.

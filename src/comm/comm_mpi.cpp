@@ -4,12 +4,18 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/clock.h"
 
 namespace fairkv::comm {
 
@@ -30,6 +36,9 @@ void check(int rc, const char* call) {
   throw CommError(std::string(call) + " failed: " +
                   (len > 0 ? std::string(text, size_t(len)) : "error " + std::to_string(rc)));
 }
+
+// Point-to-point tags of the liveness check, apart from any collective's traffic.
+constexpr int kPingTag = 7301, kPongTag = 7302;
 
 class MpiComm final : public Communicator {
  public:
@@ -78,9 +87,11 @@ class MpiComm final : public Communicator {
     size_t done = 0;
     do {
       const size_t count = std::min(kMaxCount, n - done);
-      check(
-          MPI_Allreduce(MPI_IN_PLACE, data + done, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
-          "MPI_Allreduce");
+      MPI_Request req;
+      check(MPI_Iallreduce(MPI_IN_PLACE, data + done, int(count), MPI_FLOAT, MPI_SUM,
+                           MPI_COMM_WORLD, &req),
+            "MPI_Iallreduce");
+      finish(req, "all-reduce");
       done += count;
     } while (done < n);
   }
@@ -90,9 +101,11 @@ class MpiComm final : public Communicator {
     char* mine = out + size_t(rank_) * bytes_per_rank;
     if (bytes_per_rank <= kMaxCount) {
       // MPI forbids overlapping send and receive buffers; in place is spelled MPI_IN_PLACE.
-      check(MPI_Allgather(send == mine ? MPI_IN_PLACE : send, int(bytes_per_rank), MPI_BYTE, recv,
-                          int(bytes_per_rank), MPI_BYTE, MPI_COMM_WORLD),
-            "MPI_Allgather");
+      MPI_Request req;
+      check(MPI_Iallgather(send == mine ? MPI_IN_PLACE : send, int(bytes_per_rank), MPI_BYTE, recv,
+                           int(bytes_per_rank), MPI_BYTE, MPI_COMM_WORLD, &req),
+            "MPI_Iallgather");
+      finish(req, "all-gather");
       return;
     }
     // Over 2 GiB per rank: one broadcast per rank, each in pieces.
@@ -111,20 +124,91 @@ class MpiComm final : public Communicator {
     size_t done = 0;
     do {
       const size_t count = std::min(kMaxCount, bytes - done);
-      check(MPI_Bcast(p + done, int(count), MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
+      MPI_Request req;
+      check(MPI_Ibcast(p + done, int(count), MPI_BYTE, root, MPI_COMM_WORLD, &req), "MPI_Ibcast");
+      finish(req, "broadcast");
       done += count;
     } while (done < bytes);
   }
 
-  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  void barrier() override {
+    MPI_Request req;
+    check(MPI_Ibarrier(MPI_COMM_WORLD, &req), "MPI_Ibarrier");
+    finish(req, "barrier");
+  }
 
   [[noreturn]] void abort(const std::string& why) override {
     mpi_abort_job("rank " + std::to_string(rank_) + " aborted: " + why);
   }
 
  private:
+  // Waits for a collective, answering the other ranks' pings meanwhile. Past the timeout, pings
+  // every rank: those that do not answer within a few seconds are stopped or gone, and the job
+  // ends naming them (a rank still computing answers as soon as it reaches its collective).
+  void finish(MPI_Request& req, const char* what) {
+    const auto t0 = kernels::Clock::now();
+    int done = 0;
+    for (long spin = 0;; ++spin) {
+      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what);
+      if (done) return;
+      answer_pings();
+      if (spin < 20000) continue;  // decode-size collectives finish within microseconds
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      if (kernels::ms_since(t0) > 1000.0 * collective_timeout()) lost_ranks(what);
+    }
+  }
+
+  void answer_pings() {
+    int flag = 0;
+    MPI_Status st;
+    check(MPI_Iprobe(MPI_ANY_SOURCE, kPingTag, MPI_COMM_WORLD, &flag, &st), "MPI_Iprobe");
+    if (!flag) return;
+    char ping = 0;
+    check(MPI_Recv(&ping, 1, MPI_CHAR, st.MPI_SOURCE, kPingTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+          "MPI_Recv");
+    MPI_Request req;
+    check(MPI_Isend(&pong_, 1, MPI_CHAR, st.MPI_SOURCE, kPongTag, MPI_COMM_WORLD, &req),
+          "MPI_Isend");
+    MPI_Request_free(&req);
+  }
+
+  [[noreturn]] void lost_ranks(const char* what) {
+    std::vector<MPI_Request> pings(size_t(size_), MPI_REQUEST_NULL);
+    std::vector<char> answered(size_t(size_), 0), replies(size_t(size_), 0);
+    std::vector<MPI_Request> pongs(size_t(size_), MPI_REQUEST_NULL);
+    const char ping = 1;
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      MPI_Isend(&ping, 1, MPI_CHAR, r, kPingTag, MPI_COMM_WORLD, &pings[size_t(r)]);
+      MPI_Irecv(&replies[size_t(r)], 1, MPI_CHAR, r, kPongTag, MPI_COMM_WORLD, &pongs[size_t(r)]);
+    }
+    const auto t0 = kernels::Clock::now();
+    while (kernels::ms_since(t0) < 3000) {
+      answer_pings();
+      for (int r = 0; r < size_; ++r) {
+        int flag = 0;
+        if (r != rank_ && !answered[size_t(r)]) {
+          MPI_Test(&pongs[size_t(r)], &flag, MPI_STATUS_IGNORE);
+          answered[size_t(r)] = char(flag);
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::string lost;
+    for (int r = 0; r < size_; ++r)
+      if (r != rank_ && !answered[size_t(r)])
+        lost += (lost.empty() ? "" : ", ") + std::to_string(r);
+    mpi_abort_job("rank " + std::to_string(rank_) + ": " + what + " waited " +
+                  std::to_string(int(collective_timeout())) + " s (--comm-timeout); " +
+                  (lost.empty()
+                       ? std::string("every rank answers, yet the collective does not complete")
+                       : "no answer from rank " + lost + " (stopped, or its host lost)") +
+                  ": the job ends");
+  }
+
   int rank_ = 0;
   int size_ = 1;
+  char pong_ = 1;
 };
 
 }  // namespace

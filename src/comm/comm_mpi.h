@@ -6,10 +6,10 @@
 // print its message before ending the job. Ending the job is MPI_Abort on MPI_COMM_WORLD, which
 // makes mpirun kill every rank. A rank that dies without MPI_Abort (a signal, SIGKILL included,
 // or exit without MPI_Finalize) also makes Open MPI's mpirun kill the others and exit non-zero:
-// no rank waits in a collective for a peer that is gone. Not detected (MPI cannot time out a
-// collective): a rank that returns normally while the others still call collectives; it waits in
-// MPI_Finalize and they in their collective, until mpirun's --timeout ends the job. The threads
-// backend reports that case as an error.
+// no rank waits in a collective for a peer that is gone. A rank that stops responding (SIGSTOP, a
+// lost host) is not seen by MPI: collectives are therefore started non-blocking and waited for
+// with a deadline (Communicator::collective_timeout); past it the waiting rank pings the others,
+// and the job ends naming those that do not answer. MPI_Init itself cannot be timed out.
 //
 // Open MPI 4.1 here needs no MCA settings, in a container or as root (with
 // OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1): the default shared-memory transport

@@ -145,6 +145,7 @@ ExecResult execute_job(const std::string& comm_kind, const model::Model& m,
   if (comm_kind == "threads") return execute_threads(m, p, prompts, opt);
   ExecResult out;
   comm::run_job(comm_kind, p.devices, [&](comm::Communicator& comm) {
+    comm.set_collective_timeout(opt.comm_timeout);
     // Ranks given different things would meet in different collectives: compare first.
     if (opt.fingerprint) check_ranks_agree(comm, *opt.fingerprint);
     kernels::ThreadPool pool(std::max(1, opt.threads));

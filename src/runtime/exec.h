@@ -41,6 +41,8 @@ struct ExecOptions {
   // What this process was given; execute_job compares it across the ranks of an MPI job before
   // anything else (runtime/job_fingerprint.h). Null: not compared.
   const JobFingerprint* fingerprint = nullptr;
+  // Seconds a collective of an MPI job may wait before the job ends naming the silent ranks.
+  double comm_timeout = comm::Communicator::kDefaultCollectiveTimeout;
 };
 
 struct ExecResult {
