@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/finite.h"
 #include "kernels/types.h"
 
 namespace fairkv::kernels {
@@ -231,6 +232,28 @@ TEST(Quantized, RoundTripErrorBounds) {
       ASSERT_LE(std::fabs(y[size_t(i)] - x[size_t(i)]), rel * std::fabs(x[size_t(i)]));
     }
   }
+}
+
+TEST(Finite, TheFirstNonFiniteElementOrBlockIsFound) {
+  std::vector<float> f32(64, 1.0f);
+  EXPECT_EQ(first_non_finite(DType::F32, f32.data(), 64), -1);
+  f32[41] = std::numeric_limits<float>::infinity();
+  f32[50] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(first_non_finite(DType::F32, f32.data(), 64), 41);
+  std::vector<uint16_t> h(64, fp32_to_fp16(0.5f));
+  EXPECT_EQ(first_non_finite(DType::F16, h.data(), 64), -1);
+  h[9] = 0x7c00;  // +inf
+  EXPECT_EQ(first_non_finite(DType::F16, h.data(), 64), 9);
+  std::vector<uint16_t> b(64, fp32_to_bf16(0.5f));
+  EXPECT_EQ(first_non_finite(DType::BF16, b.data(), 64), -1);
+  b[3] = 0xffc0;  // NaN
+  EXPECT_EQ(first_non_finite(DType::BF16, b.data(), 64), 3);
+  // Quantized: the scale of the third block is NaN; its codes are irrelevant.
+  std::vector<BlockQ8_0> q8(4);
+  for (auto& blk : q8) blk.d = fp32_to_fp16(0.1f);
+  EXPECT_EQ(first_non_finite(DType::Q8_0, q8.data(), 4 * kQK), -1);
+  q8[2].d = 0x7e00;
+  EXPECT_EQ(first_non_finite(DType::Q8_0, q8.data(), 4 * kQK), 2 * kQK);
 }
 
 }  // namespace

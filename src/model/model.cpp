@@ -6,6 +6,9 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::Load load) {
   gguf::File f = gguf::File::open(path, load);
   ModelConfig c = read_config(f);
   Weights w = bind_weights(f, c);
+  // Read into memory, every byte is touched anyway and one more pass is cheap; a mapping is
+  // meant to start without reading the file, so it is not scanned.
+  if (load == gguf::Load::Read) check_finite(f);
   tokenizer::Tokenizer t = tokenizer::Tokenizer::from_gguf(f);
   if (t.vocab_size() != c.n_vocab)
     throw gguf::Error(path + ": tokenizer.ggml.tokens: " + std::to_string(t.vocab_size()) +

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "kernels/finite.h"
+
 namespace fairkv::model {
 
 kernels::DType dtype_of(gguf::TensorType t) {
@@ -69,6 +71,20 @@ struct Binder {
 };
 
 }  // namespace
+
+void check_finite(const gguf::File& f) {
+  for (const gguf::TensorInfo& t : f.tensors()) {
+    int64_t n = 1;
+    for (int64_t d : t.dims) n *= d;
+    const int64_t bad = kernels::first_non_finite(dtype_of(t.type), f.data(t), n);
+    if (bad >= 0)
+      throw gguf::Error(
+          fmt::format("{}: tensor '{}': element {} is not a finite number (NaN or "
+                      "infinite){}",
+                      f.path(), t.name, bad,
+                      kernels::block_size(dtype_of(t.type)) > 1 ? " in its block's scale" : ""));
+  }
+}
 
 Weights bind_weights(const gguf::File& f, const ModelConfig& c) {
   // A block_count below the layers the file holds would run a truncated model without a word.

@@ -31,6 +31,10 @@ struct Weights {
 
 kernels::DType dtype_of(gguf::TensorType t);
 
+// Throws gguf::Error naming the tensor and the element when a weight is NaN or infinite
+// (kernels/finite.h: quantized tensors through their block scales).
+void check_finite(const gguf::File& f);
+
 // Binds every tensor; throws gguf::Error naming the tensor when one is missing or misshapen.
 Weights bind_weights(const gguf::File& f, const ModelConfig& c);
 
