@@ -17,6 +17,10 @@ kv::HeadImportance read_head_importance(const std::string& path) {
   } catch (const std::exception& e) {
     throw std::runtime_error(path + ": not valid JSON (" + e.what() + ")");
   }
+  return head_importance_from_json(j, path);
+}
+
+kv::HeadImportance head_importance_from_json(const nlohmann::json& j, const std::string& path) {
   auto field_int = [&](const char* key) {
     if (!j.is_object() || !j.contains(key) || !j[key].is_number_integer() ||
         j[key].get<int64_t>() < 1 || j[key].get<int64_t>() > 1 << 20)

@@ -15,6 +15,8 @@ namespace fairkv::app {
 
 // Throws std::runtime_error naming the file and the field on any malformed input.
 kv::HeadImportance read_head_importance(const std::string& path);
+// The same from parsed JSON; `path` names it in messages.
+kv::HeadImportance head_importance_from_json(const nlohmann::json& j, const std::string& path);
 // The object read_head_importance() reads; callers may add fields.
 nlohmann::json head_importance_json(const kv::HeadImportance& imp);
 

@@ -19,8 +19,10 @@ std::string read_file(const fs::path& p) {
   return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
-std::vector<Prompt> read_jsonl(const fs::path& p) {
-  std::ifstream in(p);
+}  // namespace
+
+std::vector<Prompt> read_jsonl_prompts(std::istream& in, const std::string& path) {
+  const fs::path p(path);
   std::vector<Prompt> out;
   std::string line;
   for (int n = 1; std::getline(in, line); ++n) {
@@ -46,8 +48,6 @@ std::vector<Prompt> read_jsonl(const fs::path& p) {
   return out;
 }
 
-}  // namespace
-
 std::vector<Prompt> read_prompts(const std::string& path) {
   const fs::path p(path);
   std::vector<Prompt> out;
@@ -67,7 +67,8 @@ std::vector<Prompt> read_prompts(const std::string& path) {
   } else if (!fs::exists(p)) {
     throw std::runtime_error(path + ": no such file or folder (--prompts)");
   } else if (p.extension() == ".jsonl") {
-    out = read_jsonl(p);
+    std::ifstream in(p);
+    out = read_jsonl_prompts(in, path);
   } else {
     std::ifstream in(p);
     std::string line;
