@@ -1,6 +1,7 @@
 // `fairkv bench`: one decode workload under several placements, side by side in one run.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <thread>
@@ -9,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app/commands.h"
+#include "app/engine_options.h"
 #include "app/kv_options.h"
 #include "app/measure_profile.h"
 #include "app/prompts.h"
@@ -157,6 +159,18 @@ void run(const BenchArgs& a) {
     prof.tokens.resize(size_t(a.layers));
     prof.samples.clear();
   }
+  // The caches of the batch at the profile's lengths, divided over the most devices asked for:
+  // no rank can hold less, and the emulated bench holds one rank's at a time.
+  if (a.batch < 1) throw UsageError("--batch: expected at least 1 sequence");
+  double kv = 0;
+  for (const auto& row : prof.tokens)
+    for (double t : row) kv += t;
+  int most = 1;
+  for (const auto& d : split_list(a.devices)) most = std::max(most, std::atoi(d.c_str()));
+  check_fits(kv * a.batch * 2.0 * prof.head_dim * double(kv::kv_type_bytes(a.kv.kv_type())) / most,
+             fmt::format("bench: the KV caches of batch {} at the profile's lengths over {} "
+                         "devices",
+                         a.batch, most));
   runtime::RandomModel synth;
   const model::ModelConfig* c;
   const model::Weights* w;

@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "kernels/threadpool.h"
 
 namespace fairkv::app {
@@ -21,9 +23,6 @@ kernels::Activations EngineOptions::act() const {
   throw std::invalid_argument("--activations: expected ggml or f32, got '" + activations + "'");
 }
 
-namespace {
-
-// MemAvailable of /proc/meminfo in bytes; 0 when unknown.
 uint64_t available_memory() {
   std::ifstream in("/proc/meminfo");
   std::string key;
@@ -34,7 +33,15 @@ uint64_t available_memory() {
   return 0;
 }
 
-}  // namespace
+void check_fits(double bytes, const std::string& what) {
+  const uint64_t avail = available_memory();
+  constexpr double gib = 1024.0 * 1024.0 * 1024.0;
+  if (avail > 0 && bytes > double(avail))
+    throw std::invalid_argument(
+        fmt::format("{} needs {:.1f} GiB, more than the {:.1f} GiB of "
+                    "memory available",
+                    what, bytes / gib, double(avail) / gib));
+}
 
 gguf::Load EngineOptions::load(const std::string& path) const {
   if (mmap) return gguf::Load::Map;

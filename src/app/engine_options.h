@@ -3,12 +3,19 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <string>
 
 #include "formats/gguf.h"
 #include "kernels/matmul.h"
 
 namespace fairkv::app {
+
+// MemAvailable of /proc/meminfo in bytes; 0 when unknown.
+uint64_t available_memory();
+// Throws std::invalid_argument, starting with `what`, when `bytes` exceed the memory available:
+// work that cannot fit is refused before it starts, not ended by the allocator.
+void check_fits(double bytes, const std::string& what);
 
 struct EngineOptions {
   int threads = 0;                   // 0: every core
