@@ -121,6 +121,17 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
       });
       return;
     }
+    if (detail::qk_handles(w.type) && n_tokens >= kGemmMinTokens) {
+      thread_local std::vector<uint8_t> packed;
+      uint8_t* xp = scratch(packed, detail::qk_packed_bytes(n_tokens, w.cols));
+      pool.parallel_for(detail::qk_panels(n_tokens), [&](int64_t b, int64_t e, int) {
+        detail::qk_pack(x, n_tokens, w.cols, xp, b, e);
+      });
+      for_row_chunks(pool, w, detail::qk_row_tile(), [&](int64_t rb, int64_t re) {
+        detail::qk_matmul(w, xp, n_tokens, y, rb, re);
+      });
+      return;
+    }
 #endif
     if (is_ggml_quant(w.type)) {
       const size_t token_bytes = detail::qmatmul_token_bytes(w.type, w.cols);
