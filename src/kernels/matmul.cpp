@@ -105,6 +105,34 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
     return;
   }
   if (act == Activations::LikeGgml && w.type != DType::F32) {
+#if defined(FAIRKV_HAVE_VNNI_KERNELS)
+    if (detail::q8_handles(w.type)) {
+      thread_local std::vector<uint8_t> packed;
+      uint8_t* xp = scratch(packed, detail::q8_packed_bytes(w.type, n_tokens, w.cols));
+      // Decode rows quantize in microseconds: on this thread, without a dispatch.
+      if (n_tokens < kGemmMinTokens)
+        detail::q8_pack(w.type, x, n_tokens, w.cols, xp, 0, detail::q8_panels(n_tokens));
+      else
+        pool.parallel_for(detail::q8_panels(n_tokens), [&](int64_t b, int64_t e, int) {
+          detail::q8_pack(w.type, x, n_tokens, w.cols, xp, b, e);
+        });
+      for_row_chunks(pool, w, detail::q8_row_tile(), [&](int64_t rb, int64_t re) {
+        detail::q8_matmul(w, xp, n_tokens, y, rb, re);
+      });
+      return;
+    }
+    if (detail::qk_handles(w.type) && n_tokens >= kGemmMinTokens) {
+      thread_local std::vector<uint8_t> packed;
+      uint8_t* xp = scratch(packed, detail::qk_packed_bytes(n_tokens, w.cols));
+      pool.parallel_for(detail::qk_panels(n_tokens), [&](int64_t b, int64_t e, int) {
+        detail::qk_pack(x, n_tokens, w.cols, xp, b, e);
+      });
+      for_row_chunks(pool, w, detail::qk_row_tile(), [&](int64_t rb, int64_t re) {
+        detail::qk_matmul(w, xp, n_tokens, y, rb, re);
+      });
+      return;
+    }
+#endif
     if (is_ggml_quant(w.type)) {
       const size_t token_bytes = detail::qmatmul_token_bytes(w.type, w.cols);
       thread_local std::vector<uint8_t> packed;
@@ -128,23 +156,6 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
       });
       for_row_chunks(pool, w, detail::bf16_row_tile(), [&](int64_t rb, int64_t re) {
         detail::bf16_matmul(w, xp, n_tokens, y, rb, re);
-      });
-      return;
-    }
-#endif
-#if defined(FAIRKV_HAVE_VNNI_KERNELS)
-    if (w.type == DType::Q8_0 || w.type == DType::Q4_0) {
-      thread_local std::vector<uint8_t> packed;
-      uint8_t* xp = scratch(packed, detail::q8_packed_bytes(n_tokens, w.cols));
-      // Decode rows quantize in microseconds: on this thread, without a dispatch.
-      if (n_tokens < kGemmMinTokens)
-        detail::q8_pack(x, n_tokens, w.cols, xp, 0, detail::q8_panels(n_tokens));
-      else
-        pool.parallel_for(detail::q8_panels(n_tokens), [&](int64_t b, int64_t e, int) {
-          detail::q8_pack(x, n_tokens, w.cols, xp, b, e);
-        });
-      for_row_chunks(pool, w, detail::q8_row_tile(), [&](int64_t rb, int64_t re) {
-        detail::q8_matmul(w, xp, n_tokens, y, rb, re);
       });
       return;
     }

@@ -98,13 +98,25 @@ void bf16_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && \
     defined(__AVX512BW__)
 #define FAIRKV_HAVE_VNNI_KERNELS 1
-// --- q8_vnni.cpp: Q8_0 / Q4_0 weights times Q8_0 activations with vpdpbusd.
-size_t q8_packed_bytes(int64_t n_tokens, int64_t cols);
-void q8_pack(const float* x, int64_t n_tokens, int64_t cols, uint8_t* out, int64_t p_begin,
+// --- q8_vnni.cpp: the 32-element ggml types (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1) times Q8_0 / Q8_1
+// activations with vpdpbusd. The packed activations depend on the weight type t.
+bool q8_handles(DType t);
+size_t q8_packed_bytes(DType t, int64_t n_tokens, int64_t cols);
+void q8_pack(DType t, const float* x, int64_t n_tokens, int64_t cols, uint8_t* out, int64_t p_begin,
              int64_t p_end);
 int64_t q8_panels(int64_t n_tokens);
 int64_t q8_row_tile();
 void q8_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
+               int64_t r_begin, int64_t r_end);
+// --- qk_vnni.cpp: Q4_K / Q5_K / Q6_K weights times Q8_K activations, many tokens (prefill):
+// activations packed in panels of tokens, rows in tiles of qk_row_tile().
+bool qk_handles(DType t);
+size_t qk_packed_bytes(int64_t n_tokens, int64_t cols);
+int64_t qk_panels(int64_t n_tokens);
+void qk_pack(const float* x, int64_t n_tokens, int64_t cols, uint8_t* out, int64_t p_begin,
+             int64_t p_end);
+int64_t qk_row_tile();
+void qk_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
                int64_t r_begin, int64_t r_end);
 #endif
 

@@ -63,8 +63,17 @@ struct BlockOf<DType::Q6_K> {
 __m256i ld32(const uint8_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
-void st32(uint8_t* p, __m256i v) {
-  _mm256_store_si256(reinterpret_cast<__m256i*>(p), v);
+// Stores chunks c and c + 1 of the levels. With AVX-512 the row kernel reads them 64 bytes at a
+// time right after: a load spanning two smaller stores cannot be forwarded from them and waits
+// for both to reach the cache (a dozen cycles, several times per super-block), so the pair goes
+// out as one 64-byte store.
+void st64(uint8_t* p, __m256i lo, __m256i hi) {
+#if defined(FAIRKV_AVX512)
+  _mm512_store_si512(p, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+#else
+  _mm256_store_si256(reinterpret_cast<__m256i*>(p), lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(p + 32), hi);
+#endif
 }
 __m256i shr(__m256i v, int n, int mask) {
   return _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(n)), _mm256_set1_epi8(char(mask)));
@@ -73,27 +82,28 @@ __m256i with_high(__m256i lo, __m256i bits, int at) {
   return _mm256_or_si256(lo, _mm256_sll_epi16(bits, _mm_cvtsi32_si128(at)));
 }
 
+// Chunk c (32 elements) of the levels.
+template <DType T>
+__m256i level_chunk(const typename BlockOf<T>::type& b, int c) {
+  if constexpr (T == DType::Q2_K || T == DType::Q3_K) {
+    __m256i v = shr(ld32(b.qs + 32 * (c / 4)), 2 * (c % 4), 3);
+    if constexpr (T == DType::Q3_K) v = with_high(v, shr(ld32(b.hmask), c, 1), 2);
+    return v;
+  } else if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
+    __m256i v = shr(ld32(b.qs + 32 * (c / 2)), 4 * (c % 2), 0x0f);
+    if constexpr (T == DType::Q5_K) v = with_high(v, shr(ld32(b.qh), c, 1), 4);
+    return v;
+  } else {
+    const int g = c % 4;
+    const __m256i lo = shr(ld32(b.ql + 64 * (c / 4) + 32 * (g % 2)), 4 * (g / 2), 0x0f);
+    return with_high(lo, shr(ld32(b.qh + 32 * (c / 4)), 2 * g, 3), 4);
+  }
+}
+
 template <DType T>
 void unpack_levels(const typename BlockOf<T>::type& b, uint8_t* u) {
-  if constexpr (T == DType::Q2_K || T == DType::Q3_K) {
-    for (int c = 0; c < 8; ++c) {
-      __m256i v = shr(ld32(b.qs + 32 * (c / 4)), 2 * (c % 4), 3);
-      if constexpr (T == DType::Q3_K) v = with_high(v, shr(ld32(b.hmask), c, 1), 2);
-      st32(u + 32 * c, v);
-    }
-  } else if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
-    for (int c = 0; c < 8; ++c) {
-      __m256i v = shr(ld32(b.qs + 32 * (c / 2)), 4 * (c % 2), 0x0f);
-      if constexpr (T == DType::Q5_K) v = with_high(v, shr(ld32(b.qh), c, 1), 4);
-      st32(u + 32 * c, v);
-    }
-  } else {
-    for (int c = 0; c < 8; ++c) {
-      const int g = c % 4;
-      const __m256i lo = shr(ld32(b.ql + 64 * (c / 4) + 32 * (g % 2)), 4 * (g / 2), 0x0f);
-      st32(u + 32 * c, with_high(lo, shr(ld32(b.qh + 32 * (c / 4)), 2 * g, 3), 4));
-    }
-  }
+  FAIRKV_UNROLL
+  for (int c = 0; c < 8; c += 2) st64(u + 32 * c, level_chunk<T>(b, c), level_chunk<T>(b, c + 1));
 }
 #else
 // Plain loops, element by element.
@@ -142,23 +152,73 @@ void unpack(const typename BlockOf<T>::type& b, Unpacked& k) {
     }
   } else if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
     k.dmin = simd::half_to_float(b.dmin);
+#if defined(FAIRKV_AVX512) || defined(FAIRKV_AVX2)
+    // scale_min_k4 for all eight sub-blocks at once, four bytes per 32-bit step (the per-j
+    // scalar decode cost decode about as much as the products): scales 0..3 and mins 0..3 are
+    // the low 6 bits of bytes 0..3 and 4..7; scales / mins 4..7 the low / high nibbles of bytes
+    // 8..11 with the top 2 bits of bytes 0..3 / 4..7 above them. Shifts across byte borders
+    // only bring in bits that the masks drop.
+    uint32_t q0, q1, q2;
+    std::memcpy(&q0, b.scales, 4);
+    std::memcpy(&q1, b.scales + 4, 4);
+    std::memcpy(&q2, b.scales + 8, 4);
+    const uint64_t sc8 = uint64_t(q0 & 0x3f3f3f3fu) |
+                         uint64_t((q2 & 0x0f0f0f0fu) | (((q0 >> 6) & 0x03030303u) << 4)) << 32;
+    const uint64_t m8 = uint64_t(q1 & 0x3f3f3f3fu) |
+                        uint64_t(((q2 >> 4) & 0x0f0f0f0fu) | (((q1 >> 6) & 0x03030303u) << 4))
+                            << 32;
+    // Each 32-element sub-block's value over its two 16-element halves.
+    const __m128i sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc8)));
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(m8)));
+    // One 32-byte store each: the row kernel loads them whole (see st64).
+    _mm256_store_si256(
+        reinterpret_cast<__m256i*>(k.sc),
+        _mm256_set_m128i(_mm_unpackhi_epi16(sc16, sc16), _mm_unpacklo_epi16(sc16, sc16)));
+    _mm256_store_si256(
+        reinterpret_cast<__m256i*>(k.coef),
+        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16)));
+#else
     for (int c = 0; c < 8; ++c) {
       int sc, m;
       scale_min_k4(c, b.scales, sc, m);
       k.sc[2 * c] = k.sc[2 * c + 1] = int16_t(sc);
       k.coef[2 * c] = k.coef[2 * c + 1] = int16_t(m);
     }
+#endif
   } else {
     static_assert(T == DType::Q6_K);
+#if defined(FAIRKV_AVX512) || defined(FAIRKV_AVX2)
+    // Whole-vector stores, as the loads that follow (see st64).
+    const __m256i sc =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(k.sc), sc);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(k.coef),
+                       _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 5)));
+#else
     for (int j = 0; j < 16; ++j) {
       k.sc[j] = b.scales[j];
       k.coef[j] = int16_t(-32 * b.scales[j]);
     }
+#endif
   }
 #if defined(FAIRKV_AVX512) || defined(FAIRKV_AVX2)
+#if defined(FAIRKV_AVX512)
+  // 64-byte stores, as the row kernel's loads (see st64): lane i of vector v gets sc[4v + i / 8].
+  const __m512i sc =
+      _mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(k.sc)));
+  const __m512i lane8 =
+      _mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17,
+                                         16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                        3);
+  for (int v = 0; v < 4; ++v) {
+    const __m512i idx = _mm512_add_epi16(lane8, _mm512_set1_epi16(short(4 * v)));
+    _mm512_store_si512(k.scv + 32 * v, _mm512_permutexvar_epi16(idx, sc));
+  }
+#else
   for (int j = 0; j < 16; ++j) {
     _mm_store_si128(reinterpret_cast<__m128i*>(k.scv + 8 * j), _mm_set1_epi16(k.sc[j]));
   }
+#endif
 #endif
 }
 

@@ -4,6 +4,9 @@
 // summed in float32; Q4_1 / Q5_1 add m_w * s_x per block, s_x being the activations' fp16
 // d * sum(q) (so the offset term carries ggml's fp16 rounding of s, as it must to match).
 //
+// Builds with AVX512-VNNI send these types to q8_vnni.cpp instead (512-bit dot products and a
+// packed panel kernel for prefill); this file serves the AVX2 and portable builds.
+//
 // x86: a block's 32 levels are one 256-bit vector of bytes; the products go through vpdpbusd
 // (AVX512-VNNI or AVX-VNNI) or vpmaddubsw + vpmaddwd. Q4_1 / Q5_1 levels are unsigned (0..31);
 // Q5_0's are signed (-16..15) and take ggml's sign trick |w| . (x * sign(w)).

@@ -41,6 +41,21 @@ void quantize_act_q8_0(const float* x, BlockQ8_0* out, int64_t n) {
 
 void quantize_act_q8_1(const float* x, BlockQ8_1* out, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+#if defined(FAIRKV_AVX512)
+    // As quantize_act_q8_0's vector path; the scalar loop cost prefill of Q4_1 / Q5_1 weights
+    // more than their products.
+    const __m512 v0 = _mm512_loadu_ps(x);
+    const __m512 v1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const __m512 m = _mm512_set1_ps(id);
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, m));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, m));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs), _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
+    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+#else
     float amax = 0.0f;
     for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
     const float d = amax / 127.0f;
@@ -50,6 +65,7 @@ void quantize_act_q8_1(const float* x, BlockQ8_1* out, int64_t n) {
       out[b].qs[j] = int8_t(std::nearbyint(x[j] * id));
       sum += out[b].qs[j];
     }
+#endif
     out[b].d = fp32_to_fp16(d);
     out[b].s = fp32_to_fp16(d * float(sum));  // the unrounded d, as ggml
   }

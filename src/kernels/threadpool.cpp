@@ -5,6 +5,14 @@
 // much as the work. Workers therefore spin on a generation counter for a short while after each
 // job (long enough to cover the gap between two matmuls of one layer) and only then sleep on it
 // with a futex (std::atomic::wait). The caller runs chunk 0 itself and spins on the done count.
+//
+// A worker that has not started a job by the time the caller is through with its own part is
+// left out of it: on a machine shared with other processes a worker can sit descheduled for a
+// whole scheduler slice (milliseconds), and waiting for it at each of a token's hundreds of
+// dispatches made decode several times slower than one thread. Each worker's slot records, per
+// job, whether the worker joined first or the caller closed it out first (one compare-and-swap
+// each, so exactly one wins); the caller runs the chunks of the workers it closed out (static
+// chunks; dynamic ones it has already stolen) and waits only for those that joined.
 #include "kernels/threadpool.h"
 
 #include <algorithm>
@@ -63,8 +71,21 @@ struct ThreadPool::Impl {
     }
   }
 
+  // Per worker and job g: (g << 2) | kOpen, then kJoined (the worker's CAS won) or kClosed (the
+  // caller's did).
+  static constexpr uint64_t kOpen = 0, kJoined = 1, kClosed = 2;
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> state{0};
+  };
+  std::unique_ptr<Slot[]> slots;
+  bool settle(int t, uint32_t g, uint64_t to) {
+    uint64_t open = (uint64_t(g) << 2) | kOpen;
+    return slots[size_t(t)].state.compare_exchange_strong(open, (uint64_t(g) << 2) | to,
+                                                          std::memory_order_acq_rel);
+  }
+
   alignas(64) std::atomic<uint32_t> generation{0};
-  alignas(64) std::atomic<int> pending{0};  // workers that have not finished the current job
+  alignas(64) std::atomic<int> finished{0};  // workers that joined the current job and are done
   alignas(64) std::atomic<bool> stop{false};
 
   std::mutex error_mutex;
@@ -105,8 +126,10 @@ struct ThreadPool::Impl {
       }
       seen = g;
       if (stop.load(std::memory_order_acquire)) return;
+      if (!settle(thread, g, kJoined)) continue;  // too late: the caller has done our part
       run_chunk(thread);
-      if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) pending.notify_one();
+      finished.fetch_add(1, std::memory_order_acq_rel);
+      finished.notify_one();
     }
   }
 };
@@ -118,6 +141,7 @@ ThreadPool::ThreadPool(int n_threads) : impl_(std::make_unique<Impl>()) {
   }
   impl_->n_threads = n_threads;
   impl_->shares = std::make_unique<Impl::Share[]>(size_t(n_threads));
+  impl_->slots = std::make_unique<Impl::Slot[]>(size_t(n_threads));
   impl_->workers.reserve(size_t(n_threads - 1));
   try {
     for (int t = 1; t < n_threads; ++t) {
@@ -182,19 +206,31 @@ void ThreadPool::run(int64_t n, int64_t grain,
                                       std::memory_order_relaxed);
     }
   }
-  p.pending.store(p.n_threads - 1, std::memory_order_relaxed);
-  p.generation.fetch_add(1, std::memory_order_acq_rel);
+  const uint32_t g = p.generation.load(std::memory_order_relaxed) + 1;
+  for (int t = 1; t < p.n_threads; ++t) {
+    p.slots[size_t(t)].state.store((uint64_t(g) << 2) | Impl::kOpen, std::memory_order_relaxed);
+  }
+  p.finished.store(0, std::memory_order_relaxed);
+  p.generation.store(g, std::memory_order_release);
   // notify_all is a futex syscall only when some worker sleeps (libstdc++ counts waiters).
   p.generation.notify_all();
   p.run_chunk(0);
-  int left = p.pending.load(std::memory_order_acquire);
-  for (int i = 0; left != 0 && i < kSpinIters; ++i) {
-    cpu_relax();
-    left = p.pending.load(std::memory_order_acquire);
+  int joined = 0;
+  for (int t = 1; t < p.n_threads; ++t) {
+    if (!p.settle(t, g, Impl::kClosed)) {
+      ++joined;
+    } else if (grain == 0) {
+      p.run_chunk(t);  // its static chunk, under its index: the worker will not run it
+    }
   }
-  while (left != 0) {
-    p.pending.wait(left, std::memory_order_acquire);
-    left = p.pending.load(std::memory_order_acquire);
+  int done = p.finished.load(std::memory_order_acquire);
+  for (int i = 0; done != joined && i < kSpinIters; ++i) {
+    cpu_relax();
+    done = p.finished.load(std::memory_order_acquire);
+  }
+  while (done != joined) {
+    p.finished.wait(done, std::memory_order_acquire);
+    done = p.finished.load(std::memory_order_acquire);
   }
   if (p.error) {
     std::exception_ptr e;

@@ -24,8 +24,11 @@ class ThreadPool {
   // Runs fn(begin, end, thread) over [0, n) split into contiguous chunks, one per thread (chunk
   // sizes differ by at most one; thread 0 is the caller), and returns when all are done. The
   // first exception a chunk throws is rethrown here once every chunk has finished. Not
-  // reentrant: fn must not call parallel_for on the same pool. Workers spin ~0.2 ms after a job
-  // before sleeping, so back-to-back calls (decode) start in well under a microsecond.
+  // reentrant: fn must not call parallel_for on the same pool. A worker that has not started by
+  // the time the caller is done with chunk 0 (descheduled by another process) is left out, and
+  // the caller runs its chunk, under the worker's index: one chunk per index, one at a time.
+  // Workers spin ~0.2 ms after a job before sleeping, so back-to-back calls (decode) start in well
+  // under a microsecond.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
   // The same over chunks of `grain` indices with work stealing: thread t owns the t-th
   // contiguous share of the chunks and runs it front to back (the same sweep as parallel_for);
