@@ -149,7 +149,7 @@ case $mode in
     # A rank that stops responding (SIGSTOP here; a lost host alike) ends the job on every rank
     # within the collective timeout, named by the others, instead of hanging it.
     pidfile=$(mktemp -u)
-    long="run -m $model -p Once -n 3000 --temp 0 --devices 2 --comm mpi --comm-timeout 2"
+    long="run -m $model -p Once -n 100000 --temp 0 --devices 2 --comm mpi --comm-timeout 2"
     start=$(date +%s)
     timeout 60 "$mpiexec" "$@" "$np" 1 "$fairkv" $long : "$np" 1 \
       sh -c "echo \$\$ > $pidfile; exec $fairkv $long" >/dev/null 2>"$err" &
