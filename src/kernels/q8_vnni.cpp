@@ -32,29 +32,6 @@ constexpr int64_t kKc = 256;
 constexpr int64_t kBlocksPerKc = kKc / kQK;
 constexpr int64_t kTilesPerBlock = 16;
 
-template <DType T>
-struct BlockOf;
-template <>
-struct BlockOf<DType::Q8_0> {
-  using type = BlockQ8_0;
-};
-template <>
-struct BlockOf<DType::Q4_0> {
-  using type = BlockQ4_0;
-};
-template <>
-struct BlockOf<DType::Q5_0> {
-  using type = BlockQ5_0;
-};
-template <>
-struct BlockOf<DType::Q4_1> {
-  using type = BlockQ4_1;
-};
-template <>
-struct BlockOf<DType::Q5_1> {
-  using type = BlockQ5_1;
-};
-
 // Weights x = d * q + m: the activations carry s = d_x * sum(q_x) (Q8_1) for the m term.
 constexpr bool has_min(DType t) {
   return t == DType::Q4_1 || t == DType::Q5_1;

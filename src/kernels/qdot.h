@@ -24,6 +24,28 @@ static_assert(sizeof(ActBlock32) == 40);
 using QRowsFn = void (*)(const WeightMatrix& w, int64_t r_begin, int64_t r_end, const uint8_t* x,
                          size_t xstride, float* y);
 inline constexpr int kQTokens = 8;
+
+// The row driver of every per-type kernel: the rows one at a time, so that a thread's rows are
+// one sequential stream (as gemv.cpp), and the table of the token-count instances.
+// Kernel<T, NT>::row(row, blocks, x, xstride, y, ystride) is the type's dot product of one row
+// with NT tokens; kBlock, the elements of its blocks.
+template <template <DType, int> class Kernel, DType T, int64_t kBlock>
+struct QRows {
+  template <int NT>
+  static void rows(const WeightMatrix& w, int64_t r_begin, int64_t r_end, const uint8_t* x,
+                   size_t xstride, float* y) {
+    const size_t stride = w.stride();
+    const uint8_t* row = w.row(r_begin);
+    for (int64_t r = r_begin; r < r_end; ++r, row += stride)
+      Kernel<T, NT>::row(row, w.cols / kBlock, x, xstride, y + r, w.rows);
+  }
+  static QRowsFn pick(int nt) {
+    static constexpr QRowsFn fns[kQTokens] = {&rows<1>, &rows<2>, &rows<3>, &rows<4>,
+                                              &rows<5>, &rows<6>, &rows<7>, &rows<8>};
+    return fns[nt - 1];
+  }
+};
+
 QRowsFn qdot_legacy_rows(DType t, int nt);  // Q4_1, Q5_0, Q5_1
 QRowsFn qdot_k_rows(DType t, int nt);       // Q2_K .. Q6_K
 

@@ -35,29 +35,6 @@ constexpr bool folds(DType t) {
   return t == DType::Q3_K || t == DType::Q6_K;
 }
 
-template <DType T>
-struct BlockOf;
-template <>
-struct BlockOf<DType::Q2_K> {
-  using type = BlockQ2_K;
-};
-template <>
-struct BlockOf<DType::Q3_K> {
-  using type = BlockQ3_K;
-};
-template <>
-struct BlockOf<DType::Q4_K> {
-  using type = BlockQ4_K;
-};
-template <>
-struct BlockOf<DType::Q5_K> {
-  using type = BlockQ5_K;
-};
-template <>
-struct BlockOf<DType::Q6_K> {
-  using type = BlockQ6_K;
-};
-
 #if defined(FAIRKV_AVX512) || defined(FAIRKV_AVX2)
 // The levels 32 bytes at a time: shifts within 16-bit lanes, then masks keep each byte's bits.
 __m256i ld32(const uint8_t* p) {
@@ -375,37 +352,26 @@ void row_dot(const uint8_t* row, int64_t nb, const uint8_t* x, size_t xstride, f
 
 #endif
 
+// row_dot as QRows takes its kernel.
 template <DType T, int NT>
-void rows(const WeightMatrix& w, int64_t r_begin, int64_t r_end, const uint8_t* x, size_t xstride,
-          float* y) {
-  const size_t stride = w.stride();
-  const uint8_t* row = w.row(r_begin);
-  for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
-    row_dot<T, NT>(row, w.cols / kQK_K, x, xstride, y + r, w.rows);
-  }
-}
-
-template <DType T>
-QRowsFn pick(int nt) {
-  static constexpr QRowsFn fns[kQTokens] = {&rows<T, 1>, &rows<T, 2>, &rows<T, 3>, &rows<T, 4>,
-                                            &rows<T, 5>, &rows<T, 6>, &rows<T, 7>, &rows<T, 8>};
-  return fns[nt - 1];
-}
+struct RowDot {
+  static constexpr auto row = &row_dot<T, NT>;
+};
 
 }  // namespace
 
 QRowsFn qdot_k_rows(DType t, int nt) {
   switch (t) {
     case DType::Q2_K:
-      return pick<DType::Q2_K>(nt);
+      return QRows<RowDot, DType::Q2_K, kQK_K>::pick(nt);
     case DType::Q3_K:
-      return pick<DType::Q3_K>(nt);
+      return QRows<RowDot, DType::Q3_K, kQK_K>::pick(nt);
     case DType::Q4_K:
-      return pick<DType::Q4_K>(nt);
+      return QRows<RowDot, DType::Q4_K, kQK_K>::pick(nt);
     case DType::Q5_K:
-      return pick<DType::Q5_K>(nt);
+      return QRows<RowDot, DType::Q5_K, kQK_K>::pick(nt);
     default:
-      return pick<DType::Q6_K>(nt);
+      return QRows<RowDot, DType::Q6_K, kQK_K>::pick(nt);
   }
 }
 

@@ -19,21 +19,6 @@ namespace fairkv::kernels::detail {
 
 namespace {
 
-template <DType T>
-struct BlockOf;
-template <>
-struct BlockOf<DType::Q4_1> {
-  using type = BlockQ4_1;
-};
-template <>
-struct BlockOf<DType::Q5_0> {
-  using type = BlockQ5_0;
-};
-template <>
-struct BlockOf<DType::Q5_1> {
-  using type = BlockQ5_1;
-};
-
 constexpr bool has_min(DType t) {
   return t != DType::Q5_0;
 }
@@ -168,33 +153,22 @@ void row_dot(const uint8_t* row, int64_t nb, const uint8_t* x, size_t xstride, f
 
 #endif
 
+// row_dot as QRows takes its kernel.
 template <DType T, int NT>
-void rows(const WeightMatrix& w, int64_t r_begin, int64_t r_end, const uint8_t* x, size_t xstride,
-          float* y) {
-  const size_t stride = w.stride();
-  const uint8_t* row = w.row(r_begin);
-  for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
-    row_dot<T, NT>(row, w.cols / kQK, x, xstride, y + r, w.rows);
-  }
-}
-
-template <DType T>
-QRowsFn pick(int nt) {
-  static constexpr QRowsFn fns[kQTokens] = {&rows<T, 1>, &rows<T, 2>, &rows<T, 3>, &rows<T, 4>,
-                                            &rows<T, 5>, &rows<T, 6>, &rows<T, 7>, &rows<T, 8>};
-  return fns[nt - 1];
-}
+struct RowDot {
+  static constexpr auto row = &row_dot<T, NT>;
+};
 
 }  // namespace
 
 QRowsFn qdot_legacy_rows(DType t, int nt) {
   switch (t) {
     case DType::Q4_1:
-      return pick<DType::Q4_1>(nt);
+      return QRows<RowDot, DType::Q4_1, kQK>::pick(nt);
     case DType::Q5_0:
-      return pick<DType::Q5_0>(nt);
+      return QRows<RowDot, DType::Q5_0, kQK>::pick(nt);
     default:
-      return pick<DType::Q5_1>(nt);
+      return QRows<RowDot, DType::Q5_1, kQK>::pick(nt);
   }
 }
 

@@ -25,21 +25,6 @@ constexpr int kNv = 2;
 constexpr int kPanel = kNv * 16;
 constexpr int64_t kTilesPerBlock = 16;
 
-template <DType T>
-struct BlockOf;
-template <>
-struct BlockOf<DType::Q4_K> {
-  using type = BlockQ4_K;
-};
-template <>
-struct BlockOf<DType::Q5_K> {
-  using type = BlockQ5_K;
-};
-template <>
-struct BlockOf<DType::Q6_K> {
-  using type = BlockQ6_K;
-};
-
 // Elements per sub-block with its own scale.
 template <DType T>
 constexpr int kSub = T == DType::Q6_K ? 16 : 32;

@@ -37,6 +37,50 @@ struct BlockQ4_0 {
 };
 static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18);
 
+// The block struct of each quantized type, for the kernels templated on the type.
+template <DType T>
+struct BlockOf;
+template <>
+struct BlockOf<DType::Q8_0> {
+  using type = BlockQ8_0;
+};
+template <>
+struct BlockOf<DType::Q4_0> {
+  using type = BlockQ4_0;
+};
+template <>
+struct BlockOf<DType::Q4_1> {
+  using type = BlockQ4_1;
+};
+template <>
+struct BlockOf<DType::Q5_0> {
+  using type = BlockQ5_0;
+};
+template <>
+struct BlockOf<DType::Q5_1> {
+  using type = BlockQ5_1;
+};
+template <>
+struct BlockOf<DType::Q2_K> {
+  using type = BlockQ2_K;
+};
+template <>
+struct BlockOf<DType::Q3_K> {
+  using type = BlockQ3_K;
+};
+template <>
+struct BlockOf<DType::Q4_K> {
+  using type = BlockQ4_K;
+};
+template <>
+struct BlockOf<DType::Q5_K> {
+  using type = BlockQ5_K;
+};
+template <>
+struct BlockOf<DType::Q6_K> {
+  using type = BlockQ6_K;
+};
+
 // Bytes of a row of n elements (n must be a multiple of the block size for quantized types).
 size_t row_bytes(DType t, int64_t n);
 int64_t block_size(DType t);
