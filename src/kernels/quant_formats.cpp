@@ -171,14 +171,7 @@ void quantize_affine(const float* x, Block* y, int64_t nb) {
 // q = min(31, trunc(x / d + 16.5)).
 void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < kQK; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    const float d = max / -16.0f;
+    const float d = largest_magnitude(x, kQK) / -16.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = fp32_to_fp16(d);
     uint32_t qh = 0;
@@ -194,6 +187,17 @@ void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t nb) {
 }
 
 }  // namespace
+
+float largest_magnitude(const float* x, int n) {
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  return max;
+}
 
 void dequantize_ggml_quant(DType t, const void* src, float* dst, int64_t n) {
   const int64_t nb = n / block_size(t);

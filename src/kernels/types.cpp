@@ -263,14 +263,7 @@ static void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
 // -8 exactly and the other end of the range gets the extra level; q = min(15, trunc(x/d + 8.5)).
 static void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < kQK; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    const float d = max / -8.0f;
+    const float d = detail::largest_magnitude(x, kQK) / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = fp32_to_fp16(d);
     for (int j = 0; j < kQK / 2; ++j) {
