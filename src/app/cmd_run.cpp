@@ -12,6 +12,7 @@
 #include "app/kv_options.h"
 #include "app/prompts.h"
 #include "app/run_devices.h"
+#include "app/sampler_options.h"
 #include "kernels/threadpool.h"
 #include "model/generate.h"
 #include "model/model.h"
@@ -32,7 +33,8 @@ struct RunArgs {
   bool temp_given = false, prompt_given = false, file_given = false;
   int n_predict = 64;
   int64_t ctx_size = 0;
-  model::SamplerConfig sampler;
+  SamplerOptions sampling;
+  model::SamplerConfig sampler;  // sampling.resolve()
   bool no_bos = false;
   // --chat: the prompt is the user's message, rendered with the model's chat template.
   bool chat = false;
@@ -101,6 +103,9 @@ void run_devices(const RunArgs& a) {
   } else {
     r.prompts.push_back(prompt_text(a));
   }
+  if (model::shapes_logits(a.sampler))
+    throw UsageError(
+        "--devices: decoding on devices has no penalties or --logit-bias for now; drop them");
   if (a.sampler.temp > 0) {
     if (a.temp_given)
       throw UsageError("--devices: decoding on devices is greedy only for now; use --temp 0");
@@ -203,12 +208,7 @@ void add_run_command(CLI::App& app) {
   add_engine_options(*cmd, a->engine);
   cmd->add_option("-c,--ctx-size", a->ctx_size, "Context size in tokens (0: prompt + n)")
       ->capture_default_str();
-  auto* temp =
-      cmd->add_option("--temp", a->sampler.temp, "Temperature (0: greedy)")->capture_default_str();
-  cmd->add_option("--top-k", a->sampler.top_k, "Top-k (0: off)")->capture_default_str();
-  cmd->add_option("--top-p", a->sampler.top_p, "Top-p (1: off)")->capture_default_str();
-  cmd->add_option("--min-p", a->sampler.min_p, "Min-p (0: off)")->capture_default_str();
-  cmd->add_option("-s,--seed", a->sampler.seed, "Random seed")->capture_default_str();
+  CLI::Option* temp = add_sampler_options(*cmd, a->sampling);
   add_kv_options(*cmd, a->kv);
   cmd->add_option("--logits-out", a->logits_out,
                   "Write float32 logits rows over prompt ++ continuation to FILE");
@@ -225,7 +225,7 @@ void add_run_command(CLI::App& app) {
     a->temp_given = temp->count() > 0;
     a->prompt_given = prompt->count() > 0;
     a->file_given = file->count() > 0;
-    model::check_sampler(a->sampler);  // before the model loads
+    a->sampler = a->sampling.resolve();  // checked before the model loads
     a->chat = a->chat || !a->chat_template.empty() || !a->system.empty();
     run(*a);
   });

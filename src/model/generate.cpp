@@ -23,7 +23,8 @@ GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
   kv::SequenceCache cache(c.n_layers, c.n_kv_heads, c.head_dim, opt.kv_type);
   GenerateResult res;
   const size_t V = size_t(c.n_vocab);
-  Sampler sampler(opt.sampler);
+  Sampler sampler(opt.sampler, c.n_vocab);
+  sampler.accept(prompt);  // the penalties count the prompt's tokens too, as llama.cpp's do
 
   auto t0 = std::chrono::steady_clock::now();
   BatchItem item{&cache, prompt, opt.keep_logits};
@@ -37,6 +38,7 @@ GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
   t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < opt.n_predict; ++i) {
     const int32_t tok = sampler.sample(last);
+    sampler.accept(tok);
     res.output.push_back(tok);
     if (on_token) on_token(tok);
     if (m.tokenizer.is_eog(tok)) break;
