@@ -14,6 +14,7 @@
 #include "app/run_devices.h"
 #include "app/sampler_options.h"
 #include "kernels/threadpool.h"
+#include "model/chat_prompt.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/prefill_compression.h"
@@ -73,23 +74,11 @@ std::string prompt_text(const RunArgs& a) {
 std::vector<int32_t> prompt_ids(const RunArgs& a, const model::Model& m, const std::string& text) {
   const auto& tok = m.tokenizer;
   if (!a.chat) return tok.encode(text, tok.add_bos() && !a.no_bos);
-  const std::string bos = tok.bos() >= 0 ? std::string(tok.token_text(tok.bos())) : "";
-  const std::string eos = tok.eos() >= 0 ? std::string(tok.token_text(tok.eos())) : "";
-  tokenizer::ChatTemplate t;
-  if (!a.chat_template.empty()) {
-    t.kind = tokenizer::kind_from_name(a.chat_template);
-    t.bos = bos;
-    t.eos = eos;
-  } else {
-    t = tokenizer::recognise_chat_template(
-        m.file.find_string("tokenizer.chat_template").value_or(""), bos, eos);
-  }
+  const tokenizer::ChatTemplate t = model::chat_template(m, a.chat_template);
   std::vector<tokenizer::ChatMessage> messages;
   if (!a.system.empty()) messages.push_back({"system", a.system});
   messages.push_back({"user", text});
-  const std::string rendered = tokenizer::render_chat(t, messages);
-  const bool bos_written = !bos.empty() && rendered.starts_with(bos);
-  return tok.encode(rendered, tok.add_bos() && !a.no_bos && !bos_written, true);
+  return model::chat_prompt_ids(m, t, messages, !a.no_bos);
 }
 
 void run_devices(const RunArgs& a) {

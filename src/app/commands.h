@@ -42,5 +42,7 @@ void add_bench_command(CLI::App& app);       // placements side by side (cmd_ben
 void add_importance_command(CLI::App& app);  // HeadKV head importance (cmd_importance.cpp)
 // Perplexity over a text file, as llama-perplexity (cmd_perplexity.cpp).
 void add_perplexity_command(CLI::App& app);
+// Serve a file of requests with continuous batching (cmd_batch.cpp).
+void add_batch_command(CLI::App& app);
 
 }  // namespace fairkv::app

@@ -19,22 +19,27 @@ void PrefillCompression::attach(GenerateOptions& opt) {
   // Full and streaming keep by position: the window's attention need not be collected.
   opt.prefill_observer = config_.needs_scores() ? &observer_ : nullptr;
   opt.after_prefill = [this](kv::SequenceCache& cache) {
-    if (weights_ && collector_->needs_value_norms()) {
-      // CriticalKV's projected value norms, from the prompt's values and W_o.
-      const int group = model_.n_heads / model_.n_kv_heads;
-      for (int l = 0; l < model_.n_layers; ++l) {
-        const kernels::WeightMatrix& wo = weights_->layers[size_t(l)].wo;
-        auto norms =
-            kv::projected_value_norms(cache, l, group, wo.rows, [&wo](int64_t r, float* out) {
-              kernels::dequantize_row(wo.type, wo.row(r), out, wo.cols);
-            });
-        for (int h = 0; h < model_.n_kv_heads; ++h)
-          collector_->set_value_norms(l, h, std::move(norms[size_t(h)]));
-      }
-    }
-    kv::apply_selection(collector_->select(cache.n_past), cache);
+    compress_prompt(*collector_, model_, weights_, cache);
     collector_ = std::make_unique<kv::ScoreCollector>(config_, model_.n_layers, model_.n_kv_heads);
   };
+}
+
+void compress_prompt(kv::ScoreCollector& collector, const ModelConfig& model,
+                     const Weights* weights, kv::SequenceCache& cache) {
+  if (weights && collector.needs_value_norms()) {
+    // CriticalKV's projected value norms, from the prompt's values and W_o.
+    const int group = model.n_heads / model.n_kv_heads;
+    for (int l = 0; l < model.n_layers; ++l) {
+      const kernels::WeightMatrix& wo = weights->layers[size_t(l)].wo;
+      auto norms =
+          kv::projected_value_norms(cache, l, group, wo.rows, [&wo](int64_t r, float* out) {
+            kernels::dequantize_row(wo.type, wo.row(r), out, wo.cols);
+          });
+      for (int h = 0; h < model.n_kv_heads; ++h)
+        collector.set_value_norms(l, h, std::move(norms[size_t(h)]));
+    }
+  }
+  kv::apply_selection(collector.select(cache.n_past), cache);
 }
 
 std::unique_ptr<PrefillCompression> make_prefill_compression(const kv::CompressionConfig& config,

@@ -30,6 +30,12 @@ class PrefillCompression {
   WindowObserver observer_;
 };
 
+// The end of one prompt's compression: CriticalKV's projected value norms when the policy wants
+// them (from the cache's values and W_o of `weights`, skipped when null), then the selection
+// applied to the cache. The collector must have observed every (layer, head) of the prompt.
+void compress_prompt(kv::ScoreCollector& collector, const ModelConfig& model,
+                     const Weights* weights, kv::SequenceCache& cache);
+
 // Convenience for commands: a resolved config for (policy, budget) over base options.
 std::unique_ptr<PrefillCompression> make_prefill_compression(const kv::CompressionConfig& config,
                                                              const Model& m);

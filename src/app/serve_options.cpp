@@ -1,0 +1,100 @@
+#include "app/serve_options.h"
+
+#include <cctype>
+#include <cmath>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "serve/solo_backend.h"
+
+namespace fairkv::app {
+
+size_t parse_bytes(const std::string& text, const std::string& option) {
+  const std::string expected = "a size such as 512M, 2G or a byte count";
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  for (char& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+  if (unit.ends_with("IB")) unit.resize(unit.size() - 2);
+  else if (unit.ends_with("B")) unit.pop_back();
+  double scale = 0;
+  if (unit.empty()) scale = 1;
+  else if (unit == "K") scale = 1024.0;
+  else if (unit == "M") scale = 1024.0 * 1024;
+  else if (unit == "G") scale = 1024.0 * 1024 * 1024;
+  else if (unit == "T") scale = 1024.0 * 1024 * 1024 * 1024;
+  if (used == 0 || scale == 0 || !(v >= 0) || !std::isfinite(v * scale) || v * scale > 1e18)
+    throw std::invalid_argument(fmt::format("{}: expected {}, got '{}'", option, expected, text));
+  return size_t(v * scale);
+}
+
+serve::Request ServeOptions::request_defaults() const {
+  serve::Request r;
+  r.max_tokens = n_predict;
+  r.sampling = sampling.resolve();
+  return r;
+}
+
+serve::EngineOptions ServeOptions::engine_options(const KvOptions& kv) const {
+  serve::EngineOptions eo;
+  eo.parallel = parallel;
+  eo.step_tokens = batch_size;
+  eo.prefill_chunk = ubatch_size;
+  eo.ctx_size = ctx_size;
+  eo.kv_memory = parse_bytes(kv_memory, "--kv-memory");
+  eo.queue_limit = queue_size;
+  eo.compression = kv.config();
+  return eo;
+}
+
+std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m,
+                                                           kernels::ThreadPool& pool,
+                                                           const EngineOptions& e,
+                                                           const KvOptions& kv) const {
+  serve::SoloOptions so;
+  so.kv_type = kv.kv_type();
+  so.activations = e.act();
+  so.batch_invariant = !fast_batching;
+  so.swap_host_bytes = parse_bytes(swap_space, "--swap-space");
+  so.swap_dir = swap_dir;
+  so.swap_file_bytes = swap_dir.empty() ? 0 : so.swap_host_bytes * 4;
+  return std::make_unique<serve::SoloBackend>(m, pool, so);
+}
+
+void add_serve_options(CLI::App& cmd, ServeOptions& o) {
+  cmd.add_option("-np,--parallel", o.parallel, "Requests running at once")->capture_default_str();
+  cmd.add_option("-b,--batch-size", o.batch_size,
+                 "Tokens per step at most: decode rows and prompt chunks")
+      ->capture_default_str();
+  cmd.add_option("-ub,--ubatch-size", o.ubatch_size,
+                 "Prompt tokens per chunk (chunked prefill)")
+      ->capture_default_str();
+  cmd.add_option("-c,--ctx-size", o.ctx_size,
+                 "Tokens per request, prompt and output (0: the model's training context)")
+      ->capture_default_str();
+  cmd.add_option("--kv-memory", o.kv_memory,
+                 "KV cache memory per rank, e.g. 512M (0: no limit); requests wait for room and "
+                 "running ones are preempted when it runs out")
+      ->capture_default_str();
+  cmd.add_option("--queue-size", o.queue_size, "Waiting requests beyond which new ones are refused")
+      ->capture_default_str();
+  cmd.add_option("--swap-space", o.swap_space,
+                 "Host memory for the caches of preempted requests (beyond it: recomputed)")
+      ->capture_default_str();
+  cmd.add_option("--swap-dir", o.swap_dir,
+                 "Folder for spill files of preempted caches when host swap space is full");
+  cmd.add_flag("--no-batch-invariance", o.fast_batching,
+               "Faster batched decode whose rows may differ by float rounding with the batch "
+               "(a seeded request's output may then depend on its neighbours)");
+  cmd.add_option("-n,--n-predict", o.n_predict, "Default max_tokens of a request")
+      ->capture_default_str();
+  add_sampler_options(cmd, o.sampling);  // the requests' defaults
+}
+
+}  // namespace fairkv::app

@@ -1,0 +1,333 @@
+// The serving engine on one device: outputs of concurrent requests equal their solo runs (greedy
+// and seeded, full and compressed caches), under admission and preemption with tight memory, with
+// cancellation and refusal; and chunking, stop strings and limits as documented.
+#include "serve/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "runtime/test_util.h"
+#include "serve/solo_backend.h"
+
+namespace fairkv::serve {
+namespace {
+
+const std::string kModel = std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf";
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (std::filesystem::exists(kModel)) model_ = model::Model::load(kModel).release();
+  }
+  void SetUp() override {
+    if (!model_) GTEST_SKIP() << kModel << " is absent";
+  }
+  static const model::Model& m() { return *model_; }
+  static std::vector<int32_t> prompt(const std::string& text) {
+    return m().tokenizer.encode(text, true);
+  }
+  static inline model::Model* model_ = nullptr;
+};
+
+struct Outcome {
+  std::vector<int32_t> tokens;
+  std::string text;
+  FinishReason finish = FinishReason::None;
+  RequestStats stats;
+  int finals = 0;
+};
+
+struct Harness {
+  kernels::ThreadPool pool{1};
+  std::unique_ptr<Engine> engine;
+  std::map<RequestId, Outcome> out;
+  Harness(const model::Model& m, EngineOptions eo, SoloOptions so = {}) {
+    engine = std::make_unique<Engine>(m, std::make_unique<SoloBackend>(m, pool, so), eo);
+  }
+  RequestId submit(Request r) {
+    RequestId id = 0;
+    id = engine->submit(std::move(r), [this](const Event& e) {
+      Outcome& o = out[e.id];
+      if (e.token >= 0) o.tokens.push_back(e.token);
+      o.text += e.text;
+      if (e.finish != FinishReason::None) {
+        o.finish = e.finish;
+        o.stats = *e.stats;
+        ++o.finals;
+      }
+    });
+    return id;
+  }
+};
+
+EngineOptions small_engine(int parallel) {
+  EngineOptions eo;
+  eo.parallel = parallel;
+  eo.prefill_chunk = 16;
+  eo.step_tokens = 16 + parallel + 8;
+  eo.compression.window = 8;
+  return eo;
+}
+
+const char* kTexts[] = {
+    "Once upon a time, there was a little girl named Lily. She loved to play outside",
+    "The cat sat on the mat",
+    "One day, a big dog came to the park and saw a ball. The dog wanted to play with the ball, "
+    "so he ran to it and picked it up with his mouth",
+    "Tom and Sue",
+    "There was a tree in the garden. Every morning the birds sang in it, and the sun came up "
+    "over the hill",
+};
+
+Request make(const std::vector<int32_t>& p, int max_tokens, float temp, uint64_t seed) {
+  Request r;
+  r.prompt = p;
+  r.max_tokens = max_tokens;
+  r.sampling.temp = temp;
+  r.sampling.seed = seed;
+  return r;
+}
+
+// Each request alone in its own engine.
+Outcome alone(const model::Model& m, const EngineOptions& eo, Request r) {
+  Harness h(m, eo);
+  const RequestId id = h.submit(std::move(r));
+  h.engine->run_until_idle();
+  return h.out.at(id);
+}
+
+void expect_concurrent_equals_alone(const model::Model& m, EngineOptions eo, float temp,
+                                    const kv::CompressionConfig* comp) {
+  Harness h(m, eo);
+  std::vector<Request> reqs;
+  for (size_t i = 0; i < std::size(kTexts); ++i) {
+    Request r = make(m.tokenizer.encode(kTexts[i], true), 12 + int(i) * 3, temp, 100 + i);
+    if (comp) r.compression = *comp;
+    reqs.push_back(r);
+  }
+  // Arrivals spread over the steps: two at once, the others while the first ones decode.
+  std::vector<RequestId> ids;
+  ids.push_back(h.submit(reqs[0]));
+  ids.push_back(h.submit(reqs[1]));
+  for (size_t i = 2; i < reqs.size(); ++i) {
+    for (size_t k = 0; k < i; ++k) h.engine->step();
+    ids.push_back(h.submit(reqs[i]));
+  }
+  h.engine->run_until_idle();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const Outcome& got = h.out.at(ids[i]);
+    const Outcome want = alone(m, eo, reqs[i]);
+    EXPECT_EQ(got.tokens, want.tokens) << "request " << i;
+    EXPECT_EQ(got.text, want.text) << "request " << i;
+    EXPECT_EQ(got.finals, 1);
+    EXPECT_NE(got.finish, FinishReason::None);
+  }
+  EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);  // every cache freed
+}
+
+TEST(PromptChunks, CutsEveryChunkAndKeepsTheWindowInTheLast) {
+  EXPECT_EQ(prompt_chunk_ends(10, 16, 8), (std::vector<int64_t>{10}));
+  EXPECT_EQ(prompt_chunk_ends(32, 16, 8), (std::vector<int64_t>{16, 32}));
+  EXPECT_EQ(prompt_chunk_ends(35, 16, 8), (std::vector<int64_t>{16, 27, 35}));
+  EXPECT_EQ(prompt_chunk_ends(20, 16, 8), (std::vector<int64_t>{12, 20}));
+  EXPECT_EQ(prompt_chunk_ends(17, 16, 0), (std::vector<int64_t>{16, 17}));
+  EXPECT_EQ(prompt_chunk_ends(9, 8, 8), (std::vector<int64_t>{1, 9}));
+  for (int64_t n = 1; n < 80; ++n)
+    for (int64_t c : {4, 8, 16})
+      for (int64_t w : {0, 4}) {
+        const auto e = prompt_chunk_ends(n, c, w);
+        ASSERT_EQ(e.back(), n);
+        int64_t b = 0;
+        for (int64_t x : e) {
+          EXPECT_GT(x, b) << n << " " << c << " " << w;
+          EXPECT_LE(x - b, c);
+          b = x;
+        }
+        const int64_t last = e.back() - (e.size() > 1 ? e[e.size() - 2] : 0);
+        EXPECT_GE(last, std::min(w, n));
+      }
+}
+
+TEST_F(EngineTest, GreedyConcurrentRequestsEqualTheirSoloRuns) {
+  expect_concurrent_equals_alone(m(), small_engine(3), 0, nullptr);
+}
+
+TEST_F(EngineTest, SeededConcurrentRequestsEqualTheirSoloRuns) {
+  expect_concurrent_equals_alone(m(), small_engine(3), 0.9f, nullptr);
+}
+
+TEST_F(EngineTest, CompressedConcurrentRequestsEqualTheirSoloRuns) {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::AdaKV;
+  c.budget = 12;
+  c.window = 8;
+  expect_concurrent_equals_alone(m(), small_engine(4), 0, &c);
+  expect_concurrent_equals_alone(m(), small_engine(2), 0.7f, &c);
+}
+
+TEST_F(EngineTest, GreedyAloneEqualsThePlainEngine) {
+  // Chunked prefill and batch-invariant rows change summation order only: the greedy ids of the
+  // plain single-device engine come out.
+  for (size_t i = 0; i < std::size(kTexts); ++i) {
+    const auto p = prompt(kTexts[i]);
+    const auto want = runtime::testing::single_device(m(), p, 16, nullptr);
+    const Outcome got = alone(m(), small_engine(2), make(p, 16, 0, 0));
+    EXPECT_EQ(got.tokens, std::vector<int32_t>(want.output.begin(),
+                                               want.output.begin() + got.tokens.size()))
+        << kTexts[i];
+  }
+}
+
+// Tight memory: requests wait for room, running ones are preempted (swapped out, or dropped and
+// recomputed when the swap space is full) and come back; no output changes and none is lost.
+void expect_tight_memory_changes_nothing(const model::Model& m, size_t swap_host, float temp) {
+  EngineOptions roomy = small_engine(4);
+  EngineOptions tight = roomy;
+  SoloOptions so;
+  so.swap_host_bytes = swap_host;
+  Harness probe(m, roomy, so);
+  const size_t row = probe.engine->backend().row_bytes();
+  tight.kv_memory = row * 90;  // room for about two requests' rows
+  Harness h(m, tight, so);
+  Harness ref(m, roomy, so);
+  std::vector<RequestId> ids, ref_ids;
+  for (size_t i = 0; i < std::size(kTexts); ++i) {
+    Request r = make(m.tokenizer.encode(kTexts[i], true), 30, temp, 7 + i);
+    r.ignore_eos = true;
+    ids.push_back(h.submit(r));
+    ref_ids.push_back(ref.submit(r));
+  }
+  size_t peak = 0;
+  while (h.engine->step()) peak = std::max(peak, h.engine->backend().max_rank_bytes());
+  ref.engine->run_until_idle();
+  EXPECT_LE(peak, tight.kv_memory);
+  const EngineStats s = h.engine->stats();
+  EXPECT_GT(s.preemptions, 0);
+  if (swap_host == 0) EXPECT_GT(s.recomputations, 0);
+  if (swap_host > 0) EXPECT_GT(s.swap_ins, 0);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(h.out.at(ids[i]).tokens, ref.out.at(ref_ids[i]).tokens) << "request " << i;
+    EXPECT_EQ(h.out.at(ids[i]).finish, FinishReason::Length);
+    EXPECT_EQ(h.out.at(ids[i]).finals, 1);
+  }
+  EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);
+  EXPECT_EQ(h.engine->backend().swap_bytes_host(), 0u);
+}
+
+TEST_F(EngineTest, PreemptionBySwapChangesNoOutput) {
+  expect_tight_memory_changes_nothing(m(), size_t(1) << 30, 0);
+  expect_tight_memory_changes_nothing(m(), size_t(1) << 30, 0.8f);
+}
+
+TEST_F(EngineTest, PreemptionByRecomputationChangesNoOutput) {
+  expect_tight_memory_changes_nothing(m(), 0, 0);
+  expect_tight_memory_changes_nothing(m(), 0, 0.8f);
+}
+
+TEST_F(EngineTest, CancellationEndsTheRequestAndFreesItsCache) {
+  Harness h(m(), small_engine(2));
+  Request r = make(prompt(kTexts[0]), 200, 0, 0);
+  r.ignore_eos = true;
+  const RequestId a = h.submit(r);
+  const RequestId b = h.submit(make(prompt(kTexts[1]), 8, 0, 0));
+  for (int i = 0; i < 4; ++i) h.engine->step();
+  EXPECT_GT(h.engine->backend().max_rank_bytes(), 0u);
+  h.engine->cancel(a);
+  h.engine->cancel(12345);  // unknown: ignored
+  h.engine->run_until_idle();
+  EXPECT_EQ(h.out.at(a).finish, FinishReason::Cancelled);
+  EXPECT_LT(h.out.at(a).tokens.size(), 200u);
+  EXPECT_EQ(h.out.at(a).finals, 1);
+  EXPECT_EQ(h.out.at(b).finals, 1);
+  EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);
+  EXPECT_EQ(h.engine->stats().cancelled, 1);
+}
+
+TEST_F(EngineTest, RefusesBadRequestsNamingTheField) {
+  EngineOptions eo = small_engine(2);
+  eo.queue_limit = 2;
+  eo.ctx_size = 64;
+  Harness h(m(), eo);
+  auto refused = [&](Request r, Refused::Kind kind, const std::string& needle) {
+    try {
+      h.submit(std::move(r));
+      ADD_FAILURE() << "accepted; expected refusal with " << needle;
+    } catch (const Refused& e) {
+      EXPECT_EQ(e.kind, kind) << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  refused(make({}, 4, 0, 0), Refused::Kind::Invalid, "prompt");
+  refused(make({1, 999999}, 4, 0, 0), Refused::Kind::Invalid, "vocabulary");
+  refused(make({1, 2}, 0, 0, 0), Refused::Kind::Invalid, "max_tokens");
+  refused(make(std::vector<int32_t>(64, 5), 4, 0, 0), Refused::Kind::TooLarge, "context");
+  Request bad_temp = make({1, 2}, 4, -1, 0);
+  refused(bad_temp, Refused::Kind::Invalid, "temp");
+  Request bad_kv = make({1, 2}, 4, 0, 0);
+  bad_kv.compression = kv::CompressionConfig{};
+  bad_kv.compression->policy = kv::Policy::AdaKV;
+  bad_kv.compression->budget = -3;
+  refused(bad_kv, Refused::Kind::Invalid, "budget");
+  h.submit(make({1, 2}, 4, 0, 0));
+  h.submit(make({1, 3}, 4, 0, 0));
+  refused(make({1, 4}, 4, 0, 0), Refused::Kind::QueueFull, "queue is full");
+  h.engine->run_until_idle();
+  EXPECT_EQ(h.out.size(), 2u);
+  // A request larger than the KV memory can never run: refused, not queued forever.
+  EngineOptions tiny = small_engine(2);
+  tiny.kv_memory = 1000;
+  Harness t(m(), tiny);
+  try {
+    t.submit(make(prompt(kTexts[2]), 8, 0, 0));
+    ADD_FAILURE() << "accepted a request that cannot fit";
+  } catch (const Refused& e) {
+    EXPECT_EQ(e.kind, Refused::Kind::TooLarge);
+    EXPECT_NE(std::string(e.what()).find("--kv-memory"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(EngineTest, StopStringsEndTheOutputBeforeTheMatch) {
+  const auto p = prompt(kTexts[0]);
+  const Outcome full = alone(m(), small_engine(2), make(p, 24, 0, 0));
+  ASSERT_GT(full.text.size(), 12u);
+  const std::string stop = full.text.substr(full.text.size() / 2, 3);
+  Request r = make(p, 24, 0, 0);
+  r.stop = {stop};
+  const Outcome got = alone(m(), small_engine(2), r);
+  EXPECT_EQ(got.finish, FinishReason::Stop);
+  EXPECT_EQ(got.text, full.text.substr(0, full.text.find(stop)));
+  // A stop token ends it too, and is not part of the text.
+  Request t = make(p, 24, 0, 0);
+  t.stop_tokens = {full.tokens[3]};
+  const Outcome by_token = alone(m(), small_engine(2), t);
+  EXPECT_EQ(by_token.finish, FinishReason::Stop);
+  EXPECT_LE(by_token.tokens.size(), 3u);
+}
+
+TEST_F(EngineTest, LengthLimitsAndStats) {
+  EngineOptions eo = small_engine(2);
+  eo.ctx_size = 40;
+  Harness h(m(), eo);
+  Request r = make(prompt(kTexts[0]), 100, 0, 0);
+  r.ignore_eos = true;
+  const RequestId id = h.submit(r);
+  h.engine->run_until_idle();
+  const Outcome& o = h.out.at(id);
+  EXPECT_EQ(o.finish, FinishReason::Length);
+  EXPECT_EQ(int64_t(o.tokens.size()) + o.stats.prompt_tokens, 40);
+  EXPECT_GE(o.stats.ttft_ms(), 0);
+  EXPECT_GE(o.stats.finished_ms, o.stats.first_token_ms);
+  const EngineStats s = h.engine->stats();
+  EXPECT_EQ(s.finished, 1);
+  EXPECT_EQ(s.generated_tokens, int64_t(o.tokens.size()));
+  EXPECT_EQ(s.running + s.waiting + s.preempted, 0);
+}
+
+}  // namespace
+}  // namespace fairkv::serve
