@@ -96,9 +96,11 @@ class RankForward {
 
   // Moves cached rows so that every unit's rows sit where the current placement wants them,
   // given that they sit as `old` placed them. A collective: every rank calls it with the same
-  // sequences (same slots) in the same order.
+  // sequences (same slots) in the same order. whole_on_tail[s] (when given) keeps sequence s's
+  // token-sliced rows whole on each unit's tail instead of dealing them out: a prompt still
+  // arriving in chunks, whose last chunk observes every row there for compression.
   void redistribute(std::span<RankSequence* const> seqs, int n_slots,
-                    const placement::Placement& old);
+                    const placement::Placement& old, std::span<const char> whole_on_tail = {});
 
   // Current cached lengths of every unit of every sequence, summed over ranks: [seq][l * H + h].
   // A collective.

@@ -1,6 +1,8 @@
 // Moving cached rows between ranks when a unit's shares change, and the units' lengths summed
 // over ranks that rebalancing reads.
 #include <algorithm>
+#include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "runtime/rank_forward.h"
@@ -43,7 +45,10 @@ std::vector<std::vector<int64_t>> RankForward::unit_lengths(std::span<RankSequen
 }
 
 void RankForward::redistribute(std::span<RankSequence* const> seqs, int n_slots,
-                               const placement::Placement& old) {
+                               const placement::Placement& old,
+                               std::span<const char> whole_on_tail) {
+  if (!whole_on_tail.empty() && whole_on_tail.size() != seqs.size())
+    throw std::invalid_argument("redistribute: one whole_on_tail flag per sequence");
   const int L = c_.n_layers, H = c_.n_kv_heads, R = comm_.size(), rank = comm_.rank();
   const int64_t hd = c_.head_dim;
   const auto old_parts = unit_parts(old);
@@ -90,7 +95,11 @@ void RankForward::redistribute(std::span<RankSequence* const> seqs, int n_slots,
           keys.insert(keys.end(), src, src + len * hd);
           vals.insert(vals.end(), src + longest * hd, src + (longest + len) * hd);
         }
-        const auto [b, e] = rows_kept(now, rank, seqs[s]->slot, n_slots, total);
+        const bool whole = !whole_on_tail.empty() && whole_on_tail[s] &&
+                           now.front().share.kind == ShareKind::Tokens;
+        const auto [b, e] = whole ? (is_tail(now, rank) ? std::pair<int64_t, int64_t>{0, total}
+                                                        : std::pair<int64_t, int64_t>{0, 0})
+                                  : rows_kept(now, rank, seqs[s]->slot, n_slots, total);
         store.clear();
         if (e > b) store.append(&keys[size_t(b * hd)], &vals[size_t(b * hd)], e - b);
       }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kv/compress.h"
+#include "placement/cost.h"
 
 namespace fairkv::serve {
 
@@ -69,6 +70,11 @@ class Backend {
 
   // A line about the placement in force (ranks) or the device (one), for logs and stats.
   virtual std::string describe() const = 0;
+
+  // Recomputes the shares of replicated units from the running sequences' kept lengths, weighed
+  // by `cost`, and moves the caches to match (FAIRKV.md's rebalancing within holders). Returns
+  // whether the placement changed; one device has nothing to rebalance.
+  virtual bool replan(const placement::CostModel& /*cost*/) { return false; }
 };
 
 inline size_t Backend::max_rank_bytes() const {

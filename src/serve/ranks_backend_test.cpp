@@ -1,0 +1,407 @@
+// RanksBackend changes where and when work runs, never what is computed: driven as the engine
+// drives it (chunked prompts mixed with other sequences' decode steps, a close and an open
+// midway, replans, swaps), every sequence's greedy tokens equal model::generate's on its prompt
+// alone, and its logits agree to float summation order, for R = 1..4 ranks under tp and the
+// FairKV planners, with and without Ada-KV compression.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+
+#include "runtime/model_placement.h"
+#include "runtime/unit_parts.h"
+#include "serve/host_copy.h"
+#include "serve/ranks_backend.h"
+#include "serve/ranks_test_util.h"
+#include "serve/ranks_wire.h"
+
+namespace fairkv::serve {
+namespace {
+
+using testing::Outcome;
+using testing::Reference;
+using testing::Schedule;
+
+const model::Model* stories() {
+  static const std::unique_ptr<model::Model> m = [] {
+    const std::string path = std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf";
+    return std::filesystem::exists(path) ? model::Model::load(path) : nullptr;
+  }();
+  return m.get();
+}
+
+#define NEED_MODEL()                                                \
+  const model::Model* mp = stories();                               \
+  if (!mp) GTEST_SKIP() << "the shared stories260K.gguf is absent"; \
+  const model::Model& m = *mp
+
+placement::CostModel cost_for(const model::Model& m) {
+  return runtime::run_cost_model(m.config, m.weights.layers[0].wq.type, kv::KvType::F32, 4);
+}
+
+RanksOptions options(const model::Model& m) {
+  RanksOptions o;
+  o.n_slots = 4;
+  o.cost = cost_for(m);
+  return o;
+}
+
+// Tokens equal, logits within float summation order, rows kept equal (the same selection).
+void expect_matches(const Outcome& out, const std::vector<Reference>& refs, const Schedule& s,
+                    size_t V) {
+  for (size_t i = 0; i < refs.size(); ++i) {
+    SCOPED_TRACE("sequence " + std::string(1, char('A' + i)));
+    std::vector<int32_t> want = refs[i].output;
+    if (i == 1) want.resize(size_t(s.close_b_after));  // B is closed midway
+    EXPECT_EQ(out.outputs[i], want);
+    ASSERT_EQ(out.logits[i].size(), want.size() * V);
+    for (size_t row = 0; row < want.size(); ++row)
+      EXPECT_LT(testing::rel_diff({out.logits[i].data() + row * V, V},
+                                  {refs[i].logits.data() + row * V, V}),
+                1e-4)
+          << "token " << row;
+    EXPECT_EQ(out.rows[i], refs[i].rows);
+  }
+}
+
+enum class Extra { None, Replan, Swap, ReplanWhileSwapped };
+
+void check_schedules(const kv::CompressionConfig* comp, Extra extra) {
+  NEED_MODEL();
+  const auto ps = testing::prompts(m.config);
+  Schedule s;
+  s.comp = comp;
+  std::vector<Reference> refs;
+  for (const auto& p : ps) refs.push_back(testing::reference(m, p, s.n_predict, comp));
+  // The compression must have dropped tokens (a budget of 24 of about 40), else the test
+  // proves nothing.
+  for (size_t i = 0; comp && i < ps.size(); ++i)
+    ASSERT_LT(refs[i].rows * 3,
+              int64_t(ps[i].size()) * m.config.n_layers * m.config.n_kv_heads * 2);
+  if (extra == Extra::Replan || extra == Extra::ReplanWhileSwapped) {
+    s.replan_at = {5, 8};
+    s.replan_cost = cost_for(m);
+  }
+  if (extra == Extra::Swap || extra == Extra::ReplanWhileSwapped) {
+    s.swap_out_at = 4;
+    s.swap_in_at = 7;
+  }
+  int replans = 0;
+  std::map<placement::ShareKind, int> kinds;
+  for (const std::string planner : {"tp", "fair-copy", "split"})
+    for (int R = 1; R <= 4; ++R) {
+      SCOPED_TRACE(planner + " R=" + std::to_string(R));
+      const placement::Placement p = testing::make_placement(m.config, planner, R);
+      for (const auto& layer : p.layers)
+        for (const auto& dev : layer.devices)
+          for (const placement::Share& share : dev) kinds[share.kind]++;
+      RanksBackend b(m, p, options(m));
+      const Outcome out = testing::drive(b, ps, m, s);
+      EXPECT_GT(out.mixed_steps, 2);
+      expect_matches(out, refs, s, size_t(m.config.n_vocab));
+      replans += out.replans;
+      if (s.swap_out_at >= 0) {
+        EXPECT_EQ(out.swaps, std::vector<SwapPlace>(2, SwapPlace::Host));
+      }
+    }
+  // Replicas of both kinds were exercised, not only whole units.
+  EXPECT_GT(kinds[placement::ShareKind::Batch], 0);
+  EXPECT_GT(kinds[placement::ShareKind::Tokens], 0);
+  // The kept lengths differ from the plans' profile: some replan must have moved shares.
+  if (!s.replan_at.empty()) {
+    EXPECT_GT(replans, 0);
+  }
+}
+
+TEST(RanksBackend, FullEqualsGenerate) {
+  check_schedules(nullptr, Extra::None);
+}
+
+TEST(RanksBackend, AdaKvEqualsGenerate) {
+  const auto c = testing::adakv();
+  check_schedules(&c, Extra::None);
+}
+
+TEST(RanksBackend, ReplanChangesNoOutputs) {
+  const auto c = testing::adakv();
+  check_schedules(nullptr, Extra::Replan);
+  check_schedules(&c, Extra::Replan);
+}
+
+TEST(RanksBackend, SwapChangesNoOutputs) {
+  const auto c = testing::adakv();
+  check_schedules(nullptr, Extra::Swap);
+  check_schedules(&c, Extra::Swap);
+}
+
+// A sequence swapped out (one decoding, one half-way through its prompt) while the shares change
+// comes back laid out by the new shares.
+TEST(RanksBackend, ReplanWhileSwappedChangesNoOutputs) {
+  const auto c = testing::adakv();
+  check_schedules(&c, Extra::ReplanWhileSwapped);
+}
+
+// Prompts that end in the same step are compressed each by its own config (other windows and
+// budgets), never pooled over the batch.
+TEST(RanksBackend, PromptsEndingTogetherUseTheirOwnConfigs) {
+  NEED_MODEL();
+  const auto ps = testing::prompts(m.config);
+  kv::CompressionConfig snap;
+  snap.policy = kv::Policy::SnapKV;
+  snap.budget = 16;
+  snap.window = 4;
+  const kv::CompressionConfig ada = testing::adakv();
+  const kv::CompressionConfig* comps[] = {&ada, &snap, nullptr};
+  const int n_predict = 5;
+  std::vector<Reference> refs;
+  for (size_t i = 0; i < 3; ++i) refs.push_back(testing::reference(m, ps[i], n_predict, comps[i]));
+  for (const auto& [planner, R] :
+       {std::pair<std::string, int>{"split", 3}, {"fair-copy", 2}, {"tp", 4}, {"split", 4}}) {
+    SCOPED_TRACE(planner + " R=" + std::to_string(R));
+    RanksOptions o = options(m);
+    o.threads = 2;  // the observer is called from every pool thread
+    RanksBackend b(m, testing::make_placement(m.config, planner, R), o);
+    std::vector<std::vector<int32_t>> out(3);
+    std::vector<StepItem> items(3);
+    for (size_t i = 0; i < 3; ++i) {
+      b.open(SeqId(i), 0);
+      items[i] = {SeqId(i), ps[i], comps[i], true};
+    }
+    for (int step = 0; step < n_predict; ++step) {
+      const auto logits = b.run(items);
+      for (size_t i = 0; i < 3; ++i) {
+        out[i].push_back(
+            model::argmax(logits.subspan(i * size_t(m.config.n_vocab), size_t(m.config.n_vocab))));
+        items[i] = {SeqId(i), {&out[i].back(), 1}, nullptr, false};
+      }
+      if (step == 0) {
+        for (size_t i = 0; i < 3; ++i) EXPECT_EQ(b.rows(SeqId(i)), refs[i].rows) << i;
+      }
+    }
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(out[i], refs[i].output) << i;
+  }
+}
+
+// Past the host limit a swap drops the caches; the engine recomputes the sequence from its
+// tokens and it goes on as if nothing happened (full caches: the recomputation is exact).
+TEST(RanksBackend, SwapBeyondTheHostLimitDropsTheCache) {
+  NEED_MODEL();
+  const auto ps = testing::prompts(m.config);
+  const Reference ref = testing::reference(m, ps[0], 8, nullptr);
+  RanksOptions o = options(m);
+  o.host_swap_bytes = 1;
+  RanksBackend b(m, testing::make_placement(m.config, "split", 3), o);
+  b.open(7, 0);
+  std::vector<int32_t> out;
+  auto next = [&](std::span<const float> logits) { out.push_back(model::argmax(logits)); };
+  next(b.run(std::vector<StepItem>{{7, ps[0], nullptr, true}}));
+  for (int i = 0; i < 2; ++i) next(b.run(std::vector<StepItem>{{7, {&out.back(), 1}}}));
+  EXPECT_EQ(b.swap_out(7), SwapPlace::None);
+  EXPECT_EQ(b.rows(7), 0);
+  EXPECT_EQ(b.swap_bytes_host(), 0u);
+  EXPECT_EQ(b.max_rank_bytes(), 0u);
+  EXPECT_THROW(b.swap_in(7), std::invalid_argument);
+  // Recompute: the prompt and all but the last output as a prompt of two chunks.
+  std::vector<int32_t> all = ps[0];
+  all.insert(all.end(), out.begin(), out.end() - 1);
+  b.run(std::vector<StepItem>{{7, {all.data(), 20}}});
+  const auto logits =
+      b.run(std::vector<StepItem>{{7, {all.data() + 20, all.size() - 20}, nullptr, true}});
+  EXPECT_EQ(model::argmax(logits), out.back());
+  while (out.size() < ref.output.size()) next(b.run(std::vector<StepItem>{{7, {&out.back(), 1}}}));
+  EXPECT_EQ(out, ref.output);
+}
+
+TEST(RanksBackend, LoadsRowsAndDescribe) {
+  NEED_MODEL();
+  const model::ModelConfig& c = m.config;
+  const auto ps = testing::prompts(c);
+  const auto ada = testing::adakv();
+  RanksBackend b(m, testing::make_placement(c, "split", 3), options(m));
+  EXPECT_EQ(b.ranks(), 3);
+  EXPECT_EQ(b.n_vocab(), c.n_vocab);
+  const size_t per_row = 2 * size_t(c.head_dim) * 4;  // one head's K and V, f32
+  EXPECT_EQ(b.row_bytes(), per_row * size_t(c.n_layers) * size_t(c.n_kv_heads));
+  b.open(1, 0);
+  b.open(2, 0);
+  b.run(std::vector<StepItem>{{1, ps[0], &ada, true}, {2, ps[1], nullptr, true}});
+  const int64_t rows1 = b.rows(1), rows2 = b.rows(2);
+  EXPECT_EQ(rows2, int64_t(ps[1].size()) * c.n_layers * c.n_kv_heads);
+  size_t total = 0;
+  for (const RankLoad& l : b.loads()) {
+    total += l.kv_bytes;
+    EXPECT_GT(l.step_ms, 0);
+    EXPECT_GT(l.predicted_ms, 0);
+  }
+  // Token slices tile each unit's rows: every row is held once.
+  EXPECT_EQ(total, size_t(rows1 + rows2) * per_row);
+  EXPECT_EQ(b.swap_out(1), SwapPlace::Host);
+  EXPECT_EQ(b.swap_bytes_host(), size_t(rows1) * per_row);
+  EXPECT_EQ(b.rows(1), rows1);
+  total = 0;
+  for (const RankLoad& l : b.loads()) total += l.kv_bytes;
+  EXPECT_EQ(total, size_t(rows2) * per_row);
+  b.swap_in(1);
+  EXPECT_EQ(b.swap_bytes_host(), 0u);
+  const std::string d = b.describe();
+  EXPECT_NE(d.find("split"), std::string::npos) << d;
+  EXPECT_NE(d.find("3 ranks"), std::string::npos) << d;
+  b.close(1);
+  b.close(2);
+  EXPECT_EQ(b.max_rank_bytes(), 0u);
+}
+
+// A prompt's rows stay whole on each token-sliced unit's tail while its chunks arrive (its last
+// chunk observes them all there), and are dealt out by the shares when it ends.
+TEST(RanksBackend, PromptRowsAreDealtOutWhenThePromptEnds) {
+  NEED_MODEL();
+  const model::ModelConfig& c = m.config;
+  const auto ps = testing::prompts(c);
+  const placement::Placement p = testing::make_placement(c, "split", 3);
+  const auto parts = runtime::unit_parts(p);
+  const RanksOptions o = options(m);
+  // Rank r's bytes for a sequence in slot 0 of `total` rows per unit.
+  auto expected = [&](int r, int64_t total, bool dealt) {
+    int64_t rows = 0;
+    bool split = false;
+    for (int l = 0; l < c.n_layers; ++l)
+      for (int h = 0; h < c.n_kv_heads; ++h) {
+        const auto& u = parts[size_t(l)][size_t(h)];
+        const bool tokens = u.size() > 1 && u.front().share.kind == placement::ShareKind::Tokens;
+        split = split || tokens;
+        if (tokens && !dealt)
+          rows += runtime::is_tail(u, r) ? total : 0;
+        else
+          rows += runtime::rows_held(p, l, h, r, 0, o.n_slots, total).second -
+                  runtime::rows_held(p, l, h, r, 0, o.n_slots, total).first;
+      }
+    EXPECT_TRUE(split) << "the placement has no token slices";
+    return size_t(rows) * 2 * size_t(c.head_dim) * 4;
+  };
+  RanksBackend b(m, p, o);
+  b.open(1, 0);
+  b.run(std::vector<StepItem>{{1, {ps[1].data(), 20}}});
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(b.loads()[size_t(r)].kv_bytes, expected(r, 20, false));
+  b.run(std::vector<StepItem>{{1, {ps[1].data() + 20, ps[1].size() - 20}, nullptr, true}});
+  const int64_t n = int64_t(ps[1].size());
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(b.loads()[size_t(r)].kv_bytes, expected(r, n, true));
+}
+
+// The engine's mistakes are refused before any rank starts, and the backend goes on.
+TEST(RanksBackend, RefusesBadCallsAndGoesOn) {
+  NEED_MODEL();
+  const auto ps = testing::prompts(m.config);
+  RanksOptions o = options(m);
+  o.n_slots = 2;
+  RanksBackend b(m, testing::make_placement(m.config, "split", 2), o);
+  b.open(1, 0);
+  EXPECT_THROW(b.open(1, 0), std::invalid_argument);
+  b.open(2, 0);
+  EXPECT_THROW(b.open(3, 0), std::invalid_argument);  // no slot left
+  EXPECT_THROW(b.close(3), std::invalid_argument);
+  EXPECT_THROW(b.run(std::vector<StepItem>{{3, ps[0]}}), std::invalid_argument);
+  EXPECT_THROW(b.run(std::vector<StepItem>{{1, ps[0]}, {1, ps[1]}}), std::invalid_argument);
+  EXPECT_THROW(b.run(std::vector<StepItem>{{1, {}}}), std::invalid_argument);
+  const int32_t bad = int32_t(m.config.n_vocab);
+  EXPECT_THROW(b.run(std::vector<StepItem>{{1, {&bad, 1}}}), std::invalid_argument);
+  const auto ada = testing::adakv();
+  // The last chunk must hold the window.
+  b.run(std::vector<StepItem>{{2, {ps[1].data(), 25}}});
+  EXPECT_THROW(b.run(std::vector<StepItem>{{2, {ps[1].data() + 25, 4}, &ada, true}}),
+               std::invalid_argument);
+  b.run(std::vector<StepItem>{{2, {ps[1].data() + 25, ps[1].size() - 25}, &ada, true}});
+  kv::CompressionConfig defensive;
+  defensive.policy = kv::Policy::DefensiveKV;
+  defensive.budget = 16;
+  EXPECT_THROW(b.run(std::vector<StepItem>{{1, ps[0], &defensive, true}}), std::invalid_argument);
+  EXPECT_THROW(b.swap_in(1), std::invalid_argument);
+  EXPECT_TRUE(b.run({}).empty());
+  const auto logits = b.run(std::vector<StepItem>{{1, ps[0], &ada, true}});
+  EXPECT_EQ(logits.size(), size_t(m.config.n_vocab));
+  EXPECT_THROW(b.run(std::vector<StepItem>{{1, {ps[0].data(), 8}, &ada, true}}),
+               std::invalid_argument);  // compressed once already
+  RanksOptions pigeon = o;
+  pigeon.comm = "carrier-pigeon";
+  EXPECT_THROW({ RanksBackend x(m, testing::make_placement(m.config, "tp", 2), pigeon); },
+               std::invalid_argument);
+}
+
+TEST(RanksWire, ConfigsAndPlacementsTravelExactly) {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::HeadKV;
+  c.budget = 77;
+  c.ratio = 0.25;
+  c.window = 9;
+  c.pool_kernel = 5;
+  c.pooling = kv::Pooling::Max;
+  c.alpha = 0.3;
+  c.gqa = kv::GqaCombine::Max;
+  c.head_importance = kv::HeadImportance{1, 2, {0.5, 1.5}};
+  c.critical = false;
+  c.critical_share.reset();
+  wire::Writer w;
+  wire::put_config(w, c);
+  placement::Placement p;
+  p.planner = "split";
+  p.devices = 2;
+  p.kv_heads = 1;
+  p.layers.resize(1);
+  p.layers[0].devices = {{{0, 1.0 / 3, placement::ShareKind::Tokens, 0}},
+                         {{0, 2.0 / 3, placement::ShareKind::Tokens, 1.0 / 3}}};
+  p.proven = {true};
+  wire::put_placement(w, p);
+  wire::Reader r(w.bytes());
+  const kv::CompressionConfig c2 = wire::get_config(r);
+  const placement::Placement p2 = wire::get_placement(r);
+  EXPECT_TRUE(r.done());
+  EXPECT_EQ(c2.describe(), c.describe());
+  EXPECT_EQ(c2.head_importance->importance, c.head_importance->importance);
+  EXPECT_FALSE(c2.critical_share.has_value());
+  EXPECT_EQ(c2.alpha, c.alpha);
+  ASSERT_EQ(p2.layers.size(), 1u);
+  EXPECT_EQ(p2.layers[0].devices[1][0].offset, 1.0 / 3);  // bit for bit
+  EXPECT_EQ(p2.layers[0].devices[1][0].share, 2.0 / 3);
+  EXPECT_EQ(p2.proven, p.proven);
+  wire::Reader cut(std::vector<uint8_t>(w.bytes().begin(), w.bytes().begin() + 5));
+  EXPECT_THROW(wire::get_config(cut), std::runtime_error);
+}
+
+TEST(HostCopy, RestoresBitForBit) {
+  for (kv::KvType type : {kv::KvType::F32, kv::KvType::F16}) {
+    kv::SequenceCache cache(2, 3, 8, type);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> x;
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < 2; ++h) {          // head 2 stays empty
+        const int64_t n = 5 + 17 * (l + h);  // panels and a row-major tail
+        std::vector<float> k(size_t(n * 8)), v(k.size());
+        for (float& f : k) f = x(rng);
+        for (float& f : v) f = x(rng);
+        cache.head(l, h).append(k.data(), v.data(), n);
+        cache.head(l, h).append(k.data(), v.data(), 1);  // a decode append grows the array
+      }
+    cache.n_past = 99;
+    const HostCopy copy = copy_to_host(cache);
+    EXPECT_EQ(copy.bytes(), cache.bytes());
+    kv::SequenceCache back(2, 3, 8, type);
+    restore_from_host(copy, back);
+    EXPECT_EQ(back.n_past, 99);
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < 3; ++h) {
+        const kv::HeadStore& a = cache.head(l, h);
+        const kv::HeadStore& b = back.head(l, h);
+        ASSERT_EQ(a.size(), b.size());
+        const size_t bytes = a.bytes() / 2;
+        EXPECT_EQ(std::memcmp(a.k_data(), b.k_data(), bytes), 0);
+        EXPECT_EQ(std::memcmp(a.v_data(), b.v_data(), bytes), 0);
+      }
+    EXPECT_THROW(restore_from_host(copy, back), std::logic_error);
+  }
+}
+
+}  // namespace
+}  // namespace fairkv::serve
