@@ -93,6 +93,7 @@ struct Result {
 
 void run_batch(const BatchArgs& a) {
   const auto m = model::Model::load(a.model, a.engine.load(a.model));
+  if (a.serve.follow_if_not_rank0(*m, a.engine)) return;  // ranks 1.. of an mpirun job
   serve::Request defaults = a.serve.request_defaults();
   std::vector<Line> lines = read_request_file(a.requests, defaults);
   std::optional<tokenizer::ChatTemplate> chat;
@@ -111,7 +112,8 @@ void run_batch(const BatchArgs& a) {
   }
   serve::EngineOptions eo = a.serve.engine_options(a.kv);
   kernels::ThreadPool pool(a.engine.n_threads());
-  serve::Engine engine(*m, a.serve.make_backend(*m, pool, a.engine, a.kv), eo);
+  std::unique_ptr<serve::Backend> backend = a.serve.make_backend(*m, pool, a.engine, a.kv, eo);
+  serve::Engine engine(*m, std::move(backend), eo);
 
   std::vector<Result> results(lines.size());
   const auto t0 = std::chrono::steady_clock::now();

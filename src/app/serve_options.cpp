@@ -6,6 +6,11 @@
 
 #include <fmt/format.h>
 
+#include "app/commands.h"
+#include "comm/comm.h"
+#include "placement/placement.h"
+#include "runtime/model_placement.h"
+#include "serve/ranks_backend.h"
 #include "serve/solo_backend.h"
 
 namespace fairkv::app {
@@ -56,15 +61,46 @@ serve::EngineOptions ServeOptions::engine_options(const KvOptions& kv) const {
 std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m,
                                                            kernels::ThreadPool& pool,
                                                            const EngineOptions& e,
-                                                           const KvOptions& kv) const {
-  serve::SoloOptions so;
-  so.kv_type = kv.kv_type();
-  so.activations = e.act();
-  so.batch_invariant = !fast_batching;
-  so.swap_host_bytes = parse_bytes(swap_space, "--swap-space");
-  so.swap_dir = swap_dir;
-  so.swap_file_bytes = swap_dir.empty() ? 0 : so.swap_host_bytes * 4;
-  return std::make_unique<serve::SoloBackend>(m, pool, so);
+                                                           const KvOptions& kv,
+                                                           serve::EngineOptions& eo) const {
+  const size_t swap = parse_bytes(swap_space, "--swap-space");
+  if (devices < 1) throw UsageError("--devices: expected at least 1");
+  if (comm != "threads" && comm != "mpi")
+    throw UsageError("--comm: expected threads or mpi, got '" + comm + "'");
+  if (devices == 1 && comm == "threads") {
+    serve::SoloOptions so;
+    so.kv_type = kv.kv_type();
+    so.activations = e.act();
+    so.batch_invariant = !fast_batching;
+    so.swap_host_bytes = swap;
+    so.swap_dir = swap_dir;
+    so.swap_file_bytes = swap_dir.empty() ? 0 : swap * 4;
+    return std::make_unique<serve::SoloBackend>(m, pool, so);
+  }
+  if (!swap_dir.empty()) throw UsageError("--swap-dir: one device only for now (drop --devices)");
+  const placement::CostModel cost = runtime::run_cost_model(
+      m.config, m.weights.layers[0].wq.type, kv.kv_type(), std::max(1, parallel));
+  const placement::Placement p =
+      runtime::resolve_placement(placement, profile, m.config, devices, cost);
+  if (!p.note.empty()) std::fprintf(stderr, "note: %s\n", p.note.c_str());
+  serve::RanksOptions ro;
+  ro.comm = comm;
+  ro.threads = comm == "threads" ? std::max(1, e.n_threads() / devices) : e.n_threads();
+  ro.kv_type = kv.kv_type();
+  ro.activations = e.act();
+  ro.n_slots = serve::Engine::open_limit(parallel);
+  ro.cost = cost;
+  ro.host_swap_bytes = swap;
+  ro.comm_timeout = comm_timeout;
+  if (replan) eo.replan_cost = cost;
+  return std::make_unique<serve::RanksBackend>(m, p, ro);
+}
+
+bool ServeOptions::follow_if_not_rank0(const model::Model& m, const EngineOptions& e) const {
+  if (comm != "mpi" || !comm::launched_by_mpirun()) return false;
+  if (comm::make_communicator("mpi")->rank() == 0) return false;
+  serve::follow_rank0(m, e.n_threads());
+  return true;
 }
 
 void add_serve_options(CLI::App& cmd, ServeOptions& o) {
@@ -94,6 +130,25 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                "(a seeded request's output may then depend on its neighbours)");
   cmd.add_option("-n,--n-predict", o.n_predict, "Default max_tokens of a request")
       ->capture_default_str();
+  cmd.add_option("--devices", o.devices, "Devices (ranks) that share the model")
+      ->check(CLI::Range(1, placement::kMaxDevices))
+      ->capture_default_str();
+  cmd.add_option("--placement", o.placement,
+                 "With --devices: tp, balanced, fair-copy, split, or a `fairkv plan --json` file")
+      ->capture_default_str();
+  cmd.add_option("--profile", o.profile,
+                 "With --devices: per-unit loads (JSON) the planner places by (default: equal)");
+  cmd.add_option("--comm", o.comm,
+                 "With --devices: threads (ranks in this process) or mpi (one rank per process "
+                 "under mpirun -np R)")
+      ->capture_default_str();
+  cmd.add_option("--comm-timeout", o.comm_timeout,
+                 "With --comm mpi: seconds a collective waits for the other ranks")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_flag("!--no-replan", o.replan,
+               "With --devices: keep the shares fixed instead of re-dividing them as requests "
+               "join and leave (dynamic FairKV)");
   add_sampler_options(cmd, o.sampling);  // the requests' defaults
 }
 

@@ -26,13 +26,23 @@ struct ServeOptions {
   size_t queue_size = 256;
   bool fast_batching = false;  // --no-batch-invariance
   int n_predict = 128;
+  // Ranks: --devices R under --placement, ranks as threads or the processes of an mpirun job.
+  int devices = 1;
+  std::string placement = "tp", profile, comm = "threads";
+  double comm_timeout = 60;
+  bool replan = true;  // dynamic FairKV: re-divide shares as the running batch changes
   SamplerOptions sampling;
 
   serve::Request request_defaults() const;
   serve::EngineOptions engine_options(const KvOptions& kv) const;
-  // The backend the options ask for, on the pool (threads) of this process.
+  // The backend the options ask for, on the pool (threads) of this process (one device), or R
+  // ranks. eo gets the cost model the engine re-plans by. Throws UsageError naming the option.
   std::unique_ptr<serve::Backend> make_backend(const model::Model& m, kernels::ThreadPool& pool,
-                                               const EngineOptions& e, const KvOptions& kv) const;
+                                               const EngineOptions& e, const KvOptions& kv,
+                                               serve::EngineOptions& eo) const;
+  // With --comm mpi on a rank other than 0: follows rank 0 until it shuts down and returns true
+  // (the command then ends); false on rank 0 and without MPI.
+  bool follow_if_not_rank0(const model::Model& m, const EngineOptions& e) const;
 };
 
 void add_serve_options(CLI::App& cmd, ServeOptions& o);

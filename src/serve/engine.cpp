@@ -243,9 +243,11 @@ void Engine::admit() {
       ++counters_.recomputations;
     }
     running_.push_back(s);
+    batch_changed_ = true;
     committed = backend_->max_rank_bytes();
   }
-  while (int(running_.size()) < opt_.parallel && !waiting_.empty()) {
+  while (int(running_.size()) < opt_.parallel && !waiting_.empty() &&
+         int(running_.size() + preempted_.size()) < open_limit(opt_.parallel)) {
     Seq* s = waiting_.front();
     if (!fits(*s, committed)) return;
     waiting_.pop_front();
@@ -257,6 +259,7 @@ void Engine::admit() {
     s->state = State::Prefill;
     s->stats.admitted_ms = now_ms();
     running_.push_back(s);
+    batch_changed_ = true;
   }
 }
 
@@ -284,6 +287,7 @@ void Engine::preempt(Seq& s) {
     s.swapped = backend_->swap_out(s.id) != SwapPlace::None;
   }
   s.state = State::Preempted;
+  batch_changed_ = true;
   ++s.stats.preemptions;
   ++counters_.preemptions;
   preempted_.push_back(&s);
@@ -293,7 +297,10 @@ void Engine::finish(Seq& s, FinishReason why, const std::string& text) {
   std::string tail = text;
   if (why != FinishReason::Cancelled && why != FinishReason::Error) tail = s.stop.flush() + tail;
   s.stats.finished_ms = now_ms();
-  if (s.state != State::Waiting) backend_->close(s.id);
+  if (s.state != State::Waiting) {
+    backend_->close(s.id);
+    batch_changed_ = true;
+  }
   running_.erase(std::remove(running_.begin(), running_.end(), &s), running_.end());
   preempted_.erase(std::remove(preempted_.begin(), preempted_.end(), &s), preempted_.end());
   if (auto it = std::find(waiting_.begin(), waiting_.end(), &s); it != waiting_.end()) {
@@ -338,6 +345,7 @@ bool Engine::step() {
   const auto t0 = std::chrono::steady_clock::now();
   take_inbox();
   admit();
+  maybe_replan();
   if (running_.empty()) {
     publish_stats(0);
     return false;
@@ -403,6 +411,26 @@ bool Engine::step() {
   ++counters_.steps;
   publish_stats(kernels::ms_since(t0));
   return true;
+}
+
+void Engine::maybe_replan() {
+  if (!opt_.replan_cost || !batch_changed_ || backend_->ranks() < 2 || running_.empty()) return;
+  batch_changed_ = false;
+  // The gain: at most the slowest rank's excess over the mean, every remaining decode step.
+  const std::vector<RankLoad> loads = backend_->loads();
+  double mx = 0, sum = 0, bytes = 0;
+  for (const RankLoad& l : loads) {
+    mx = std::max(mx, l.predicted_ms);
+    sum += l.predicted_ms;
+    bytes += double(l.kv_bytes);
+  }
+  double remaining = 0;
+  for (const Seq* s : running_) remaining += double(s->req.max_tokens) - double(s->output.size());
+  remaining /= double(running_.size());
+  const double gain_ms = (mx - sum / double(loads.size())) * remaining;
+  // The cost: moving at most every cached byte once.
+  const double move_ms = bytes / (opt_.replan_gbs * 1e6);
+  if (gain_ms > move_ms && backend_->replan(*opt_.replan_cost)) ++counters_.replans;
 }
 
 void Engine::publish_stats(double step_ms) {

@@ -29,11 +29,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "kv/compress.h"
+#include "placement/cost.h"
 #include "model/model.h"
 #include "serve/backend.h"
 #include "serve/request.h"
@@ -48,6 +50,11 @@ struct EngineOptions {
   size_t kv_memory = 0;         // KV bytes per rank (0: no limit)
   size_t queue_limit = 256;     // waiting requests beyond which submit() refuses
   kv::CompressionConfig compression;  // the default policy (resolved by the engine)
+  // Dynamic FairKV: with a cost model, the engine asks the backend to re-divide the shares of
+  // replicated units when the running batch changed and the predicted gain over the expected
+  // remaining decode outweighs moving the caches (bytes over replan_gbs); none: never.
+  std::optional<placement::CostModel> replan_cost;
+  double replan_gbs = 20;
 };
 
 // Why submit() refused a request.
@@ -99,6 +106,9 @@ class Engine {
   void stop(bool cancel_all = false);
 
   EngineStats stats() const;  // thread-safe snapshot, updated after every step
+  // Sequences a backend holds open at once for an engine of `parallel`: the running ones and
+  // as many preempted (a preempted sequence keeps its slot while swapped out).
+  static int open_limit(int parallel) { return 2 * parallel; }
   const EngineOptions& options() const { return opt_; }
   Backend& backend() { return *backend_; }
 
@@ -113,6 +123,7 @@ class Engine {
   void finish(Seq& s, FinishReason why, const std::string& text = {});
   void deliver(Seq& s, int32_t token);
   void publish_stats(double step_ms);
+  void maybe_replan();
   double now_ms() const;
 
   const model::Model& m_;
@@ -134,6 +145,7 @@ class Engine {
   EngineStats stats_;
   EngineStats counters_;  // the engine thread's running counts
   int64_t queued_ = 0;    // waiting + inbox, for the queue limit
+  bool batch_changed_ = false;  // a request joined or left since the last re-plan check
   const std::chrono::steady_clock::time_point t0_;
 };
 

@@ -13,6 +13,9 @@
 
 #include "model/model.h"
 #include "runtime/test_util.h"
+#include "placement/planners.h"
+#include "runtime/model_placement.h"
+#include "serve/ranks_backend.h"
 #include "serve/solo_backend.h"
 
 namespace fairkv::serve {
@@ -327,6 +330,54 @@ TEST_F(EngineTest, LengthLimitsAndStats) {
   EXPECT_EQ(s.finished, 1);
   EXPECT_EQ(s.generated_tokens, int64_t(o.tokens.size()));
   EXPECT_EQ(s.running + s.waiting + s.preempted, 0);
+}
+
+// The engine on R ranks (threads) under tp and FairKV placements, with dynamic re-planning: every
+// request's greedy output equals the one-device engine's, and re-planning changes none.
+TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::AdaKV;
+  c.budget = 12;
+  c.window = 8;
+  const placement::CostModel cost =
+      runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
+  int replans = 0;
+  for (int R : {2, 3}) {
+    for (const std::string planner : {"tp", "fair-copy", "split"}) {
+      EngineOptions eo = small_engine(3);
+      eo.compression = c;
+      eo.replan_cost = cost;
+      eo.replan_gbs = 1e6;  // moving is free here: re-plan at every change that gains anything
+      placement::PlanOptions po;
+      po.planner = placement::planner_from_name(planner);
+      po.devices = R;
+      po.tp_unless_faster = false;  // the planners' own shares, replicas included
+      const placement::Placement p = placement::plan(
+          runtime::testing::heavy_unit_profile(m().config, 40, 1000), cost, po);
+      RanksOptions ro;
+      ro.n_slots = Engine::open_limit(eo.parallel);
+      ro.cost = cost;
+      Harness h(m(), eo);
+      h.engine = std::make_unique<Engine>(m(), std::make_unique<RanksBackend>(m(), p, ro), eo);
+      Harness one(m(), eo);
+      std::vector<RequestId> ids, one_ids;
+      for (size_t i = 0; i < std::size(kTexts); ++i) {
+        const Request r = make(prompt(kTexts[i]), 10 + int(i) * 4, 0, 0);
+        ids.push_back(h.submit(r));
+        one_ids.push_back(one.submit(r));
+        h.engine->step();
+        one.engine->step();
+      }
+      h.engine->run_until_idle();
+      one.engine->run_until_idle();
+      for (size_t i = 0; i < ids.size(); ++i)
+        EXPECT_EQ(h.out.at(ids[i]).tokens, one.out.at(one_ids[i]).tokens)
+            << planner << " on " << R << " ranks, request " << i;
+      replans += int(h.engine->stats().replans);
+      EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);
+    }
+  }
+  EXPECT_GT(replans, 0);  // the FairKV placements were re-divided as requests came and went
 }
 
 }  // namespace
