@@ -29,19 +29,39 @@ inline constexpr int64_t kKeyPanel = 16;
 // what lets a GQA group's decode attention keep up with the read. A panel is sealed (transposed
 // in place) when its last key arrives, so the bytes stay exactly the keys kept and a decode
 // append costs O(head_dim * kKeyPanel) at worst.
+//
+// The array lives in one of two kinds of memory. Ordinarily it is allocated (store_memory.h) and
+// decode appends regrow it by a quarter, copying. After reserve_virtual(max_rows) it is an
+// address range reserved for max_rows rows (V at max_rows rows from K, as a capacity of max_rows
+// would put it), whose pages are committed as rows arrive and released by keep(): appends never
+// copy, the rows never move, and the memory held follows the rows, at the price of a fixed limit
+// and a few map entries per store (ReservedRange). The layout, and so every reader, is the same.
 class HeadStore {
  public:
   HeadStore() = default;
   HeadStore(int64_t head_dim, KvType type) : head_dim_(head_dim), type_(type) {}
+  HeadStore(const HeadStore& o);
+  HeadStore(HeadStore&&) noexcept = default;
+  HeadStore& operator=(const HeadStore& o);
+  HeadStore& operator=(HeadStore&&) noexcept = default;
+  ~HeadStore() = default;
   int64_t size() const { return len_; }
   int64_t head_dim() const { return head_dim_; }
   KvType type() const { return type_; }
-  // Appends n rows (float32 in, converted to the store's type). Amortised O(n).
+  // Appends n rows (float32 in, converted to the store's type). Amortised O(n). Past a reserved
+  // store's limit it throws std::length_error and appends nothing.
   void append(const float* k, const float* v, int64_t n);
-  // Room for `rows` rows in all, allocated exactly, so that appends up to that size copy nothing.
+  // Room for `rows` rows in all, allocated exactly, so that appends up to that size copy nothing
+  // (a reserved store has that room up to its limit, beyond which this throws std::length_error).
   void reserve(int64_t rows);
-  // Keeps only the rows at the given strictly increasing indices, in order; frees the rest.
+  // Moves the store (once, if it holds rows) into an address range reserved for max_rows rows, in
+  // which it then grows in place. max_rows below size() throws std::length_error.
+  void reserve_virtual(int64_t max_rows);
+  int64_t reserved_rows() const { return vm_.data() ? cap_ : 0; }  // 0: ordinary memory
+  // Keeps only the rows at the given strictly increasing indices, in order; frees the rest (a
+  // reserved store compacts in place and releases the pages left empty).
   void keep(std::span<const int64_t> indices);
+  // Drops the rows and the memory, a reservation included.
   void clear();
   // Raw keys: panel p (keys [p, p + 1) * kKeyPanel) starts at byte p * kKeyPanel * row bytes,
   // and a key i >= panel_keys() at byte i * row bytes (row bytes: head_dim * element size).
@@ -53,19 +73,38 @@ class HeadStore {
   size_t bytes() const { return size_t(len_) * 2 * head_dim_ * kv_type_bytes(type_); }
   // Bytes allocated: equal to bytes() after construction, a prefill append or keep(); decode
   // appends grow the array by a quarter at a time (amortised O(1) per token, never a copy per
-  // token), so that it stays within 1.25 x bytes() plus 16 rows.
-  size_t capacity_bytes() const { return kv_.capacity(); }
+  // token), so that it stays within 1.25 x bytes() plus 16 rows. A reserved store: its address
+  // range, 2 x max_rows rows rounded up to a page.
+  size_t capacity_bytes() const { return vm_.data() ? vm_.size() : kv_.capacity(); }
+  // Memory held: capacity_bytes() for an ordinary store; for a reserved one, the pages its rows
+  // touch in K's region and in V's (so at most bytes() rounded up to pages, plus a page).
+  size_t committed_bytes() const;
   void k_row(int64_t i, float* out) const;  // row i of K as float32
   void v_row(int64_t i, float* out) const;
 
+  // For swapping (kv/cache_swap.h): a store's bytes depend on its size alone, never on how it
+  // grew, so the size()-row prefixes of k_data() and v_data() restore it bit-exactly. This makes
+  // the store hold `rows` rows of unspecified contents (an ordinary store allocated exactly, a
+  // reserved one committed up to its limit) and returns where their K and V bytes go.
+  struct RawRows {
+    uint8_t* k;
+    uint8_t* v;
+  };
+  RawRows resize_raw(int64_t rows);
+
  private:
   size_t row_bytes() const { return size_t(head_dim_) * kv_type_bytes(type_); }
-  uint8_t* k_ptr() { return kv_.data(); }
-  const uint8_t* k_ptr() const { return kv_.data(); }
-  uint8_t* v_ptr() { return kv_.data() + size_t(cap_) * row_bytes(); }
-  const uint8_t* v_ptr() const { return kv_.data() + size_t(cap_) * row_bytes(); }
+  uint8_t* k_ptr() { return base_; }
+  const uint8_t* k_ptr() const { return base_; }
+  uint8_t* v_ptr() { return base_ + size_t(cap_) * row_bytes(); }
+  const uint8_t* v_ptr() const { return base_ + size_t(cap_) * row_bytes(); }
   // Moves the rows into an array of room for `rows` rows.
   void regrow(int64_t rows);
+  // A reserved store's commitment from `from` rows to `to` rows: commits or releases the pages
+  // between, never one that the other region's rows still use.
+  void commit_rows(int64_t from, int64_t to);
+  void release_rows(int64_t from, int64_t to);
+  void keep_in_place(std::span<const int64_t> indices);
   // Copies key i's stored elements (either layout) to dst, row-major.
   void raw_key(int64_t i, uint8_t* dst) const;
   // Transposes every full panel of keys from `from` (a multiple of kKeyPanel) up, written
@@ -78,7 +117,9 @@ class HeadStore {
   // threshold (store_memory.h) at half the keys two arrays would need, and a store's 4 KiB-page
   // tail is one, not two (decode attention reads ~10% slower per key from 4 KiB pages).
   StoreBytes kv_;
-  int64_t cap_ = 0;
+  ReservedRange vm_;         // instead of kv_ once reserve_virtual() ran
+  uint8_t* base_ = nullptr;  // kv_.data() or vm_.data() (both keep their address when moved)
+  int64_t cap_ = 0;          // room in rows (the limit for a reserved store)
 };
 
 // The stores of one sequence: [layer][kv head]. A model that serves a subset of heads (a shard)
@@ -92,15 +133,22 @@ class SequenceCache {
   }
   int n_layers() const { return n_layers_; }
   int n_kv_heads() const { return n_kv_heads_; }
+  int64_t head_dim() const { return head_dim_; }
+  KvType type() const { return type_; }
   // Tokens of the sequence consumed so far (the position of the next token), which is not any
   // head's length once the cache is compressed.
   int64_t n_past = 0;
   size_t bytes() const;
+  size_t committed_bytes() const;  // the stores' HeadStore::committed_bytes()
+  // HeadStore::reserve_virtual on every store.
+  void reserve_virtual(int64_t max_rows);
   void clear();
 
  private:
   int n_layers_;
   int n_kv_heads_;
+  int64_t head_dim_;
+  KvType type_;
   std::vector<HeadStore> stores_;
 };
 
