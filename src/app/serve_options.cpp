@@ -72,6 +72,11 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
     so.kv_type = kv.kv_type();
     so.activations = e.act();
     so.batch_invariant = !fast_batching;
+    // Each reserved store costs up to 4 of the process's map entries (vm.max_map_count is 65530
+    // by default): beyond that, ordinary stores.
+    const int64_t stores = int64_t(m.config.n_layers) * m.config.n_kv_heads *
+                           serve::Engine::open_limit(parallel);
+    so.reserve_address_space = stores * 4 < 48000;
     so.swap_host_bytes = swap;
     so.swap_dir = swap_dir;
     so.swap_file_bytes = swap_dir.empty() ? 0 : swap * 4;

@@ -39,7 +39,7 @@ void SoloBackend::open(SeqId seq, int64_t max_rows) {
   Seq s;
   s.cache = std::make_unique<kv::SequenceCache>(c.n_layers, c.n_kv_heads, c.head_dim,
                                                 opt_.kv_type);
-  s.cache->reserve_virtual(max_rows);
+  if (opt_.reserve_address_space) s.cache->reserve_virtual(max_rows);
   s.max_rows = max_rows;
   seqs_[seq] = std::move(s);
 }
@@ -119,7 +119,8 @@ SwapPlace SoloBackend::swap_out(SeqId seq) {
   }
   // No room: the cache is dropped and the engine recomputes it.
   s.cache->clear();
-  s.cache->reserve_virtual(s.max_rows);
+  s.cache->n_past = 0;
+  if (opt_.reserve_address_space) s.cache->reserve_virtual(s.max_rows);
   return SwapPlace::None;
 }
 

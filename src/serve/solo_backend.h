@@ -23,6 +23,10 @@ struct SoloOptions {
   // Each row's result independent of the other rows in its step (kernels::Batching::Invariant):
   // what makes a request's output the same alone and in any batch.
   bool batch_invariant = true;
+  // Caches grow in place on address ranges reserved for their whole length, committed as rows
+  // arrive (HeadStore::reserve_virtual, vAttention's way): no copy as decode grows them, and
+  // committed bytes are what --kv-memory counts. Off: ordinary stores that grow by a quarter.
+  bool reserve_address_space = true;
   size_t swap_host_bytes = size_t(1) << 30;  // room for swapped caches in host memory
   size_t swap_file_bytes = 0;                // and in spill files under swap_dir
   std::string swap_dir;
