@@ -9,7 +9,8 @@
 //
 // Run: build-*/bench/kernels_bench --benchmark_filter=... (names: stream/thr<t>/pages<2M|4K>,
 // pool/thr<t>, tinyllama/<type>/<decode|prefill128>/pages<2M|4K>/thr<t>/<activations> (all 155
-// projections of the model, tok/s), matmul/<type>/<rows>x<cols>/tok<n>/thr<t>/<activations>).
+// projections of the model, tok/s), matmul/<type>/<rows>x<cols>/tok<n>/thr<t>/<activations>,
+// smollm2/<type>/<rows>x<cols>/tok<n>/thr2/like-ggml/<fastest|invariant> (kernels::Batching)).
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
@@ -75,10 +76,12 @@ const Weights& weights(DType t, int64_t rows, int64_t cols, bool rotate) {
   return w;
 }
 
+// from_memory: rotate over copies of the weights whatever the token count (a model's decode step
+// reads each matrix from memory), else only for decode (n_tokens < 8).
 void bm_matmul(benchmark::State& state, DType t, int64_t rows, int64_t cols, int64_t n_tokens,
-               int threads, Activations act) {
+               int threads, Activations act, Batching batching, bool from_memory) {
   const bool decode = n_tokens < 8;
-  const Weights& w = weights(t, rows, cols, decode);
+  const Weights& w = weights(t, rows, cols, decode || from_memory);
   std::vector<float> x(size_t(n_tokens * cols)), y(size_t(n_tokens * rows));
   std::mt19937 rng(7);
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -87,7 +90,7 @@ void bm_matmul(benchmark::State& state, DType t, int64_t rows, int64_t cols, int
   size_t i = 0;
   for (auto _ : state) {
     const WeightMatrix m{t, rows, cols, w.copies[i].data(), 0};
-    matmul(m, x.data(), n_tokens, y.data(), p, act);
+    matmul(m, x.data(), n_tokens, y.data(), p, act, batching);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
     i = (i + 1) % w.copies.size();
@@ -260,9 +263,28 @@ void register_all() {
           const std::string name = std::string("matmul/") + dtype_name(t) + "/2048x2048/tok" +
                                    std::to_string(n) + "/thr" + std::to_string(th) + "/" +
                                    activations_name(act);
-          benchmark::RegisterBenchmark(name.c_str(), bm_matmul, t, 2048, 2048, n, th, act)
+          benchmark::RegisterBenchmark(name.c_str(), bm_matmul, t, 2048, 2048, n, th, act,
+                                       Batching::Fastest, false)
               ->UseRealTime()
               ->Unit(n == 1 ? benchmark::kMicrosecond : benchmark::kMillisecond);
+        }
+      }
+    }
+  }
+  // Batch invariance's cost: SmolLM2-135M's projections (q/o 576x576, gate/up 1536x576, down
+  // 576x1536, output 49152x576) for a decode step of 1..32 sequences, weights from memory.
+  const Shape smollm2[] = {{576, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
+  for (DType t : {DType::Q4_1, DType::Q8_0}) {
+    for (const Shape& s : smollm2) {
+      for (int64_t n : {1, 4, 8, 16, 32}) {
+        for (Batching b : {Batching::Fastest, Batching::Invariant}) {
+          const std::string name = std::string("smollm2/") + dtype_name(t) + "/" +
+                                   std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/tok" +
+                                   std::to_string(n) + "/thr2/like-ggml/" + batching_name(b);
+          benchmark::RegisterBenchmark(name.c_str(), bm_matmul, t, s.rows, s.cols, n, 2,
+                                       Activations::LikeGgml, b, true)
+              ->UseRealTime()
+              ->Unit(benchmark::kMicrosecond);
         }
       }
     }
@@ -277,7 +299,8 @@ void register_all() {
                                      std::to_string(s.rows) + "x" + std::to_string(s.cols) +
                                      "/tok" + std::to_string(n) + "/thr" + std::to_string(th) +
                                      "/" + activations_name(act);
-            benchmark::RegisterBenchmark(name.c_str(), bm_matmul, t, s.rows, s.cols, n, th, act)
+            benchmark::RegisterBenchmark(name.c_str(), bm_matmul, t, s.rows, s.cols, n, th, act,
+                                         Batching::Fastest, false)
                 ->UseRealTime()
                 ->Unit(n == 1 ? benchmark::kMicrosecond : benchmark::kMillisecond);
           }

@@ -83,14 +83,17 @@ void gemv_row(const uint16_t* row, int64_t cols, const uint16_t* xb, int64_t xst
   }
 }
 
+// Accumulators per token: four for one token (decode), one for several.
+constexpr int kOneTokenU = 4;
+
 template <int NT>
 void gemv_rows(const WeightMatrix& w, const uint16_t* xb, int64_t xstride, float* y,
                int64_t r_begin, int64_t r_end) {
   const size_t stride = w.stride();
   const uint8_t* row = w.row(r_begin);
   for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
-    gemv_row<NT, NT == 1 ? 4 : 1>(reinterpret_cast<const uint16_t*>(row), w.cols, xb, xstride,
-                                  y + r, w.rows);
+    gemv_row<NT, NT == 1 ? kOneTokenU : 1>(reinterpret_cast<const uint16_t*>(row), w.cols, xb,
+                                           xstride, y + r, w.rows);
   }
 }
 
@@ -257,6 +260,37 @@ void bf16_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens
     gemv(w, reinterpret_cast<const uint16_t*>(xpacked), n_tokens, y, r_begin, r_end);
   } else {
     gemm(w, reinterpret_cast<const uint32_t*>(xpacked), n_tokens, y, r_begin, r_end);
+  }
+}
+
+void bf16_matmul_apart(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
+                       int64_t r_begin, int64_t r_end) {
+  // gemv_row never mixes tokens: at the 1-token U, each token of a group of 4 gets its 1-token
+  // sums, and each weight vector is loaded once per group.
+  const auto* xb = reinterpret_cast<const uint16_t*>(xpacked);
+  const int64_t xstride = padded_cols(w.cols);
+  const size_t stride = w.stride();
+  const uint8_t* row = w.row(r_begin);
+  for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
+    const auto* wr = reinterpret_cast<const uint16_t*>(row);
+    for (int64_t t = 0; t < n_tokens; t += 4) {
+      const uint16_t* xt = xb + t * xstride;
+      float* yt = y + t * w.rows + r;
+      switch (std::min<int64_t>(4, n_tokens - t)) {
+        case 1:
+          gemv_row<1, kOneTokenU>(wr, w.cols, xt, xstride, yt, w.rows);
+          break;
+        case 2:
+          gemv_row<2, kOneTokenU>(wr, w.cols, xt, xstride, yt, w.rows);
+          break;
+        case 3:
+          gemv_row<3, kOneTokenU>(wr, w.cols, xt, xstride, yt, w.rows);
+          break;
+        default:
+          gemv_row<4, kOneTokenU>(wr, w.cols, xt, xstride, yt, w.rows);
+          break;
+      }
+    }
   }
 }
 

@@ -115,6 +115,10 @@ void gemv_row_q(const uint8_t* row, int64_t cols, const float* x, float* y, int6
   for (int t = 0; t < NT; ++t) y[t * y_stride] = simd::reduce(acc[t]);
 }
 
+// Accumulators per token in gemv_row: two for one token (decode, to cover the FMA latency), one
+// for several (their tokens cover it).
+constexpr int kOneTokenU = 2;
+
 template <DType T, class XT, int NT>
 void gemv_rows(const WeightMatrix& w, const XT* x, float* y, int64_t r_begin, int64_t r_end) {
   const size_t stride = w.stride();
@@ -128,14 +132,14 @@ void gemv_rows(const WeightMatrix& w, const XT* x, float* y, int64_t r_begin, in
     const auto* frow = reinterpret_cast<const uint8_t*>(buf.data());
     for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
       dequantize_row(T, row, buf.data(), w.cols);
-      gemv_row<DType::F32, XT, NT, (NT == 1 ? 2 : 1)>(frow, w.cols, x, y + r, w.rows);
+      gemv_row<DType::F32, XT, NT, (NT == 1 ? kOneTokenU : 1)>(frow, w.cols, x, y + r, w.rows);
     }
   } else {
     for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
       if constexpr (is_quantized(T)) {
         gemv_row_q<T, NT>(row, w.cols, x, y + r, w.rows);
       } else {
-        gemv_row<T, XT, NT, (NT == 1 ? 2 : 1)>(row, w.cols, x, y + r, w.rows);
+        gemv_row<T, XT, NT, (NT == 1 ? kOneTokenU : 1)>(row, w.cols, x, y + r, w.rows);
       }
     }
   }
@@ -157,44 +161,126 @@ void gemv_type(const WeightMatrix& w, const XT* x, int64_t n_tokens, float* y, i
   }
 }
 
+// --- Batching::Invariant. gemv_row and gemv_row_q never mix tokens: each token's accumulators
+// take the same operations for any NT, only U changes their order. So groups of up to
+// kApartTokens tokens at the 1-token U give every token its 1-token sums, with each weight
+// vector converted once per group.
+constexpr int64_t kApartTokens = 4;
+
+template <DType T, class XT, int NT>
+void apart_group(const uint8_t* row, int64_t cols, const XT* x, float* y, int64_t y_stride) {
+  if constexpr (is_quantized(T)) {
+    gemv_row_q<T, NT>(row, cols, x, y, y_stride);
+  } else {
+    gemv_row<T, XT, NT, kOneTokenU>(row, cols, x, y, y_stride);
+  }
+}
+
+// One row (T's bytes, or F32 once dequantized) against n tokens, kApartTokens at a time.
+template <DType T, class XT>
+void apart_row(const uint8_t* row, int64_t cols, const XT* x, int64_t n, float* y,
+               int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + kApartTokens <= n; t += kApartTokens)
+    apart_group<T, XT, kApartTokens>(row, cols, x + t * cols, y + t * y_stride, y_stride);
+  const XT* xt = x + t * cols;
+  float* yt = y + t * y_stride;
+  switch (n - t) {
+    case 3:
+      return apart_group<T, XT, 3>(row, cols, xt, yt, y_stride);
+    case 2:
+      return apart_group<T, XT, 2>(row, cols, xt, yt, y_stride);
+    case 1:
+      return apart_group<T, XT, 1>(row, cols, xt, yt, y_stride);
+    default:
+      return;
+  }
+}
+
+// Every row read (and, for ggml's other formats, dequantized) once for all tokens.
+template <DType T, class XT>
+void gemv_type_apart(const WeightMatrix& w, const XT* x, int64_t n_tokens, float* y,
+                     int64_t r_begin, int64_t r_end) {
+  const size_t stride = w.stride();
+  const uint8_t* row = w.row(r_begin);
+  if constexpr (is_ggml_quant(T)) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < size_t(w.cols)) buf.resize(size_t(w.cols));
+    const auto* frow = reinterpret_cast<const uint8_t*>(buf.data());
+    for (int64_t r = r_begin; r < r_end; ++r, row += stride) {
+      dequantize_row(T, row, buf.data(), w.cols);
+      apart_row<DType::F32, XT>(frow, w.cols, x, n_tokens, y + r, w.rows);
+    }
+  } else {
+    for (int64_t r = r_begin; r < r_end; ++r, row += stride)
+      apart_row<T, XT>(row, w.cols, x, n_tokens, y + r, w.rows);
+  }
+}
+
+template <DType T, bool Apart>
+void gemv_typed(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
+                int64_t r_end) {
+  if constexpr (Apart)
+    gemv_type_apart<T, float>(w, x, n_tokens, y, r_begin, r_end);
+  else
+    gemv_type<T, float>(w, x, n_tokens, y, r_begin, r_end);
+}
+
+template <bool Apart>
+void gemv_any(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
+              int64_t r_end) {
+  switch (w.type) {
+    case DType::F32:
+      return gemv_typed<DType::F32, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::F16:
+      return gemv_typed<DType::F16, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::BF16:
+      return gemv_typed<DType::BF16, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q8_0:
+      return gemv_typed<DType::Q8_0, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q4_0:
+      return gemv_typed<DType::Q4_0, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q4_1:
+      return gemv_typed<DType::Q4_1, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q5_0:
+      return gemv_typed<DType::Q5_0, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q5_1:
+      return gemv_typed<DType::Q5_1, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q2_K:
+      return gemv_typed<DType::Q2_K, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q3_K:
+      return gemv_typed<DType::Q3_K, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q4_K:
+      return gemv_typed<DType::Q4_K, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q5_K:
+      return gemv_typed<DType::Q5_K, Apart>(w, x, n_tokens, y, r_begin, r_end);
+    case DType::Q6_K:
+      return gemv_typed<DType::Q6_K, Apart>(w, x, n_tokens, y, r_begin, r_end);
+  }
+}
+
 }  // namespace
 
 void gemv(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
           int64_t r_end) {
-  switch (w.type) {
-    case DType::F32:
-      return gemv_type<DType::F32, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::F16:
-      return gemv_type<DType::F16, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::BF16:
-      return gemv_type<DType::BF16, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q8_0:
-      return gemv_type<DType::Q8_0, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q4_0:
-      return gemv_type<DType::Q4_0, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q4_1:
-      return gemv_type<DType::Q4_1, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q5_0:
-      return gemv_type<DType::Q5_0, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q5_1:
-      return gemv_type<DType::Q5_1, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q2_K:
-      return gemv_type<DType::Q2_K, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q3_K:
-      return gemv_type<DType::Q3_K, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q4_K:
-      return gemv_type<DType::Q4_K, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q5_K:
-      return gemv_type<DType::Q5_K, float>(w, x, n_tokens, y, r_begin, r_end);
-    case DType::Q6_K:
-      return gemv_type<DType::Q6_K, float>(w, x, n_tokens, y, r_begin, r_end);
-  }
+  gemv_any<false>(w, x, n_tokens, y, r_begin, r_end);
+}
+
+void gemv_apart(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
+                int64_t r_end) {
+  gemv_any<true>(w, x, n_tokens, y, r_begin, r_end);
 }
 
 void gemv_f16_x16(const WeightMatrix& w, const uint16_t* xh, int64_t n_tokens, float* y,
                   int64_t r_begin, int64_t r_end) {
   if (w.type != DType::F16) throw std::logic_error("gemv_f16_x16: F16 weights only");
   gemv_type<DType::F16, uint16_t>(w, xh, n_tokens, y, r_begin, r_end);
+}
+
+void gemv_f16_x16_apart(const WeightMatrix& w, const uint16_t* xh, int64_t n_tokens, float* y,
+                        int64_t r_begin, int64_t r_end) {
+  if (w.type != DType::F16) throw std::logic_error("gemv_f16_x16: F16 weights only");
+  gemv_type_apart<DType::F16, uint16_t>(w, xh, n_tokens, y, r_begin, r_end);
 }
 
 }  // namespace fairkv::kernels::detail

@@ -37,6 +37,19 @@ struct WeightMatrix {
 enum class Activations { Float32, LikeGgml };
 const char* activations_name(Activations a);
 
+// Whether a token's result may depend on the other tokens of the call.
+//  Fastest: the kernels that suit the token count (below), whose float32 summation order, and so
+//    a token's last bits, change with the number of tokens.
+//  Invariant: every token's row is bitwise what matmul(w, that row, 1, ...) gives, whatever the
+//    other rows and the thread count: batch invariance, for a server whose decode rows must not
+//    depend on which sequences share the step. Each token is rounded and packed as the 1-token
+//    call does it, then goes through the 1-token path's kernels in groups of 4 (the few-token
+//    kernels never mix tokens, and keep the 1-token accumulators here), over blocks of ~16 KiB of
+//    weight rows that are read from memory once. About Fastest's cost up to 8 tokens, 1.4-3.2x it
+//    at 16-32 where Fastest has switched to packed tiles (docs/benchmarks.md).
+enum class Batching { Fastest, Invariant };
+const char* batching_name(Batching b);
+
 // y[t * w.rows + r] = sum_c W[r][c] * x[t * w.cols + c] for t in [0, n_tokens).
 // Below 16 tokens (8 on the AVX-512 BF16 / VNNI paths): dot products, each thread reading its
 // rows one after the other (one sequential stream, memory-bound); from there on: packed,
@@ -45,7 +58,7 @@ const char* activations_name(Activations a);
 // std::invalid_argument on a malformed matrix (cols not whole blocks, stride shorter than a row,
 // null data with rows > 0).
 void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
-            Activations act = Activations::Float32);
+            Activations act = Activations::Float32, Batching batching = Batching::Fastest);
 // Scalar reference: dequantize each row, accumulate in double.
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y);
 // x rounded as matmul(..., LikeGgml) rounds it for weights of type t, back in float32:

@@ -21,6 +21,12 @@ void gemv(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int
 // The same for F16 weights with fp16 activations (LikeGgml): xh is n_tokens x w.cols fp16.
 void gemv_f16_x16(const WeightMatrix& w, const uint16_t* xh, int64_t n_tokens, float* y,
                   int64_t r_begin, int64_t r_end);
+// The same two with every token bitwise as a 1-token call gives it (Batching::Invariant), each
+// row read once for all tokens.
+void gemv_apart(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, int64_t r_begin,
+                int64_t r_end);
+void gemv_f16_x16_apart(const WeightMatrix& w, const uint16_t* xh, int64_t n_tokens, float* y,
+                        int64_t r_begin, int64_t r_end);
 
 // --- gemm.cpp: packed, register-blocked kernels for many tokens, float32 activations.
 // Activations are packed once per call into panels of tokens ([k][token] inside a panel,
@@ -74,7 +80,8 @@ void quantize_act_q8_k(const float* x, BlockQ8_K* out, int64_t n);
 // --- qmatmul.cpp (+ qdot_legacy.cpp, qdot_k.cpp): Q4_1 / Q5_0 / Q5_1 / K-quant weights times
 // activations quantized as ggml quantizes them for each type (Q8_1, Q8_0, Q8_K), with ggml's
 // per-block integer arithmetic. Activations are packed per token (qmatmul_pack), then every
-// weight row is read once per group of up to 8 tokens.
+// weight row is read once per group of up to 8 tokens. The row kernels never mix tokens, so each
+// token's result is that of a 1-token call for any n_tokens (Batching::Invariant relies on it).
 size_t qmatmul_token_bytes(DType t, int64_t cols);
 void qmatmul_pack(DType t, const float* x, int64_t cols, uint8_t* out, int64_t t_begin,
                   int64_t t_end);
@@ -93,13 +100,21 @@ int64_t bf16_panels(int64_t n_tokens);
 int64_t bf16_row_tile();
 void bf16_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
                  int64_t r_begin, int64_t r_end);
+// Every token bitwise as bf16_matmul of that token alone (Batching::Invariant), each row read
+// once for all tokens; x packed token by token as bf16_pack packs one token
+// (bf16_packed_bytes(1, cols) each).
+void bf16_matmul_apart(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
+                       int64_t r_begin, int64_t r_end);
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && \
     defined(__AVX512BW__)
 #define FAIRKV_HAVE_VNNI_KERNELS 1
 // --- q8_vnni.cpp: the 32-element ggml types (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1) times Q8_0 / Q8_1
-// activations with vpdpbusd. The packed activations depend on the weight type t.
+// activations with vpdpbusd. The packed activations depend on the weight type t. Below 8
+// tokens they are packed token after token (q8_packed_bytes(t, 1, cols) each) and the dot
+// products never mix tokens: each token's result is that of a 1-token call (Batching::Invariant
+// relies on it); from 8 tokens on, packed panels and tiles.
 bool q8_handles(DType t);
 size_t q8_packed_bytes(DType t, int64_t n_tokens, int64_t cols);
 void q8_pack(DType t, const float* x, int64_t n_tokens, int64_t cols, uint8_t* out, int64_t p_begin,

@@ -1,14 +1,19 @@
 #include "model/forward.h"
 
 #include <stdexcept>
+#include <utility>
 
 #include "kv/attention.h"
 
 namespace fairkv::model {
 
 Forward::Forward(const ModelConfig& config, const Weights& weights, kernels::ThreadPool& pool,
-                 kernels::Activations act)
-    : c_(config), w_(weights), pool_(pool), steps_(config, pool, act) {}
+                 kernels::Activations act, kernels::Batching batching)
+    : c_(config),
+      w_(weights),
+      pool_(pool),
+      batching_(batching),
+      steps_(config, pool, act, batching) {}
 
 namespace {
 
@@ -68,6 +73,19 @@ const std::vector<float>& Forward::run(std::span<BatchItem> batch, const WindowO
       out_rows_.push_back(r);
   }
   const int64_t rows = row_of_item_.back();
+  if (batching_ == kernels::Batching::Invariant) {
+    // A run of single-token items is one Invariant segment, an item of several tokens is alone.
+    std::vector<RowSegment> segments;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const bool single = batch[i].tokens.size() == 1;
+      if (single && !segments.empty() && segments.back().batching == kernels::Batching::Invariant)
+        segments.back().end = row_of_item_[i + 1];
+      else
+        segments.push_back({row_of_item_[i], row_of_item_[i + 1],
+                            single ? kernels::Batching::Invariant : kernels::Batching::Fastest});
+    }
+    steps_.set_segments(std::move(segments));
+  }
   x_.resize(size_t(rows * E));
   xn_.resize(size_t(rows * E));
   q_.resize(size_t(rows * qd));

@@ -42,8 +42,14 @@ class Forward {
  public:
   // act: how the linear layers treat their inputs (kernels/matmul.h). Float32 is exact against
   // the dequantized weights; LikeGgml rounds activations as llama.cpp does and is faster.
+  // batching: Fastest runs each linear layer as one call over all rows of the batch. Invariant
+  // makes every item's results independent of the rest of the batch: the single-token (decode)
+  // items' rows go through kernels::Batching::Invariant, so a decode row is bitwise what it
+  // would be alone, and each item of several tokens (a prefill chunk) is a Fastest call of its
+  // own rows.
   Forward(const ModelConfig& config, const Weights& weights, kernels::ThreadPool& pool,
-          kernels::Activations act = kernels::Activations::Float32);
+          kernels::Activations act = kernels::Activations::Float32,
+          kernels::Batching batching = kernels::Batching::Fastest);
 
   // Runs the batch and returns the logits rows, item by item: n_tokens rows for an item with
   // all_logits, else one. Each row has config.n_vocab floats.
@@ -56,6 +62,7 @@ class Forward {
   const ModelConfig& c_;
   const Weights& w_;
   kernels::ThreadPool& pool_;
+  kernels::Batching batching_;
   LayerSteps steps_;
   // Activations, rows = all tokens of the batch.
   std::vector<float> x_, xn_, q_, k_, v_, att_, ff_gate_, ff_up_, logits_, rows_out_;

@@ -4,13 +4,42 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/ops.h"
 
 namespace fairkv::model {
 
-LayerSteps::LayerSteps(const ModelConfig& c, kernels::ThreadPool& pool, kernels::Activations act)
-    : c_(c), pool_(pool), act_(act) {}
+LayerSteps::LayerSteps(const ModelConfig& c, kernels::ThreadPool& pool, kernels::Activations act,
+                       kernels::Batching batching)
+    : c_(c), pool_(pool), act_(act), batching_(batching) {}
+
+void LayerSteps::set_segments(std::vector<RowSegment> segments) {
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const int64_t begin = i ? segments[i - 1].end : 0;
+    if (segments[i].begin != begin || segments[i].end <= begin)
+      throw std::invalid_argument("layer steps: segment " + std::to_string(i) + " is [" +
+                                  std::to_string(segments[i].begin) + ", " +
+                                  std::to_string(segments[i].end) + "), should start at " +
+                                  std::to_string(begin) + " and not be empty");
+  }
+  segments_ = std::move(segments);
+}
+
+void LayerSteps::matmul_segments(const kernels::WeightMatrix& w, const float* x, int64_t rows,
+                                 float* y, std::span<const RowSegment> segs) const {
+  if (segs.empty()) {
+    kernels::matmul(w, x, rows, y, pool_, act_, batching_);
+    return;
+  }
+  if (segs.back().end != rows)
+    throw std::logic_error("layer steps: the segments cover " + std::to_string(segs.back().end) +
+                           " rows, the step has " + std::to_string(rows));
+  for (const RowSegment& s : segs)
+    kernels::matmul(w, x + s.begin * w.cols, s.end - s.begin, y + s.begin * w.rows, pool_, act_,
+                    s.batching);
+}
 
 void LayerSteps::embed(const kernels::WeightMatrix& tok_embd, std::span<const int32_t> tokens,
                        float* x) const {
@@ -34,7 +63,7 @@ void LayerSteps::norm(const float* weight, const float* x, int64_t rows, float* 
 
 void LayerSteps::linear(const kernels::WeightMatrix& w, const float* x, int64_t rows,
                         float* y) const {
-  kernels::matmul(w, x, rows, y, pool_, act_);
+  matmul_segments(w, x, rows, y, segments_);
 }
 
 void LayerSteps::add_bias(float* y, const float* bias, int64_t rows, int64_t dim) {
@@ -123,7 +152,14 @@ void LayerSteps::mlp(const kernels::WeightMatrix& gate, const kernels::WeightMat
   u.resize(size_t(rows * nf));
   linear(gate, xn, rows, g.data());
   linear(up, xn, rows, u.data());
-  kernels::silu_mul(g.data(), u.data(), rows * nf);
+  if (segments_.empty() && batching_ == kernels::Batching::Fastest) {
+    kernels::silu_mul(g.data(), u.data(), rows * nf);
+  } else {
+    // silu_mul's scalar tail rounds otherwise than its vector body: row by row, each element
+    // takes the same path wherever its row sits in the batch.
+    for (int64_t r = 0; r < rows; ++r)
+      kernels::silu_mul(&g[size_t(r * nf)], &u[size_t(r * nf)], nf);
+  }
   linear(down, g.data(), rows, y);
 }
 
@@ -134,7 +170,24 @@ void LayerSteps::logits(const float* output_norm, const kernels::WeightMatrix& o
   normed.resize(size_t(n * E));
   for (int64_t i = 0; i < n; ++i)
     kernels::rmsnorm(&normed[size_t(i * E)], x + rows[size_t(i)] * E, output_norm, E, c_.norm_eps);
-  linear(output, normed.data(), n, logits);
+  // The segments in logits rows: consecutive rows whose x rows lie in the same segment.
+  std::vector<RowSegment> segs;
+  if (!segments_.empty()) {
+    size_t s = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = rows[size_t(i)];
+      if (i > 0 && r <= rows[size_t(i - 1)])
+        throw std::invalid_argument("layer steps: logits rows must be increasing");
+      while (s < segments_.size() && r >= segments_[s].end) ++s;
+      if (s == segments_.size())
+        throw std::out_of_range("layer steps: logits row " + std::to_string(r) +
+                                " is past the segments");
+      if (segs.empty() || rows[size_t(segs.back().end - 1)] < segments_[s].begin)
+        segs.push_back({i, i, segments_[s].batching});
+      segs.back().end = i + 1;
+    }
+  }
+  matmul_segments(output, normed.data(), n, logits, segs);
 }
 
 }  // namespace fairkv::model

@@ -31,10 +31,26 @@
 
 namespace fairkv::model {
 
+// Rows [begin, end) of the batch that one matmul call covers, and its batching mode.
+struct RowSegment {
+  int64_t begin = 0, end = 0;
+  kernels::Batching batching = kernels::Batching::Fastest;
+};
+
 class LayerSteps {
  public:
-  // act: how the linear layers treat their inputs (kernels/matmul.h).
-  LayerSteps(const ModelConfig& c, kernels::ThreadPool& pool, kernels::Activations act);
+  // act: how the linear layers treat their inputs; batching: whether a row's result may depend
+  // on the other rows of its call (both kernels/matmul.h).
+  LayerSteps(const ModelConfig& c, kernels::ThreadPool& pool, kernels::Activations act,
+             kernels::Batching batching = kernels::Batching::Fastest);
+
+  // Splits the rows of the matmul-calling steps (linear, qkv, output_projection, mlp, logits)
+  // into one call per segment, each with its own batching mode; the segments must cover the
+  // steps' rows in order. Empty (the default): one call over all rows with the constructor's
+  // mode. Forward's Invariant mode makes the single-token (decode) rows Invariant segments and
+  // each prefill item a Fastest segment of its own, so that no row depends on another item.
+  // With segments (or an Invariant constructor mode) mlp's SwiGLU goes row by row too.
+  void set_segments(std::vector<RowSegment> segments);
 
   // The dequantized embedding rows of `tokens` into x (tokens.size() x n_embd). Throws
   // std::out_of_range for a token outside the vocabulary.
@@ -95,9 +111,15 @@ class LayerSteps {
               std::span<const int64_t> rows, std::vector<float>& normed, float* logits) const;
 
  private:
+  // y = W x over `rows` rows, one call per segment of segs (all rows in one call when empty).
+  void matmul_segments(const kernels::WeightMatrix& w, const float* x, int64_t rows, float* y,
+                       std::span<const RowSegment> segs) const;
+
   const ModelConfig& c_;
   kernels::ThreadPool& pool_;
   kernels::Activations act_;
+  kernels::Batching batching_;
+  std::vector<RowSegment> segments_;
 };
 
 }  // namespace fairkv::model

@@ -96,5 +96,48 @@ TEST(LayerSteps, EmbedRejectsTokensOutsideTheVocabulary) {
   EXPECT_THROW(steps.embed(emb, bad, x.data()), std::out_of_range);
 }
 
+// With segments, linear and logits make one matmul per segment of rows, with its mode: each
+// row's result is that of its segment's call alone.
+TEST(LayerSteps, SegmentsSplitTheMatmulCalls) {
+  using kernels::Batching;
+  const ModelConfig c = tiny_config();
+  kernels::ThreadPool pool(2);
+  LayerSteps steps(c, pool, kernels::Activations::LikeGgml);
+  const int64_t rows = 8, E = c.n_embd, out = 5;
+  std::vector<float> wf(size_t(out * E)), x(size_t(rows * E));
+  for (size_t i = 0; i < wf.size(); ++i) wf[i] = std::sin(float(i));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(float(3 * i));
+  const kernels::WeightMatrix w{kernels::DType::F32, out, E, wf.data(), 0};
+  const std::vector<RowSegment> segs = {
+      {0, 3, Batching::Invariant}, {3, 7, Batching::Fastest}, {7, 8, Batching::Invariant}};
+  steps.set_segments(segs);
+
+  std::vector<float> y(size_t(rows * out)), want(y.size());
+  steps.linear(w, x.data(), rows, y.data());
+  for (const RowSegment& s : segs)
+    kernels::matmul(w, &x[size_t(s.begin * E)], s.end - s.begin, &want[size_t(s.begin * out)], pool,
+                    kernels::Activations::LikeGgml, s.batching);
+  EXPECT_EQ(y, want);
+
+  // Logits of x rows 2, 5, 6 and 7: three calls, rows {2}, {5, 6} and {7}.
+  const std::vector<float> norm_w(size_t(E), 1.0f);
+  const std::vector<int64_t> logit_rows = {2, 5, 6, 7};
+  std::vector<float> normed, logits(4 * size_t(out)), want_logits(logits.size());
+  steps.logits(norm_w.data(), w, x.data(), logit_rows, normed, logits.data());
+  const std::vector<float> n_copy = normed;
+  kernels::matmul(w, &n_copy[0], 1, &want_logits[0], pool, kernels::Activations::LikeGgml,
+                  Batching::Invariant);
+  kernels::matmul(w, &n_copy[size_t(E)], 2, &want_logits[size_t(out)], pool,
+                  kernels::Activations::LikeGgml, Batching::Fastest);
+  kernels::matmul(w, &n_copy[size_t(3 * E)], 1, &want_logits[size_t(3 * out)], pool,
+                  kernels::Activations::LikeGgml, Batching::Invariant);
+  EXPECT_EQ(logits, want_logits);
+
+  EXPECT_THROW(steps.linear(w, x.data(), rows - 1, y.data()), std::logic_error);
+  EXPECT_THROW(steps.set_segments({{0, 3, Batching::Fastest}, {4, 8, Batching::Fastest}}),
+               std::invalid_argument);
+  EXPECT_THROW(steps.set_segments({{0, 0, Batching::Fastest}}), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace fairkv::model
