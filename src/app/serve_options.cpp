@@ -8,7 +8,7 @@
 
 #include "app/commands.h"
 #include "comm/comm.h"
-#include "placement/placement.h"
+#include "placement/planners.h"
 #include "runtime/model_placement.h"
 #include "serve/ranks_backend.h"
 #include "serve/solo_backend.h"
@@ -93,6 +93,7 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
   ro.threads = comm == "threads" ? std::max(1, e.n_threads() / devices) : e.n_threads();
   ro.kv_type = kv.kv_type();
   ro.activations = e.act();
+  ro.batching = fast_batching ? kernels::Batching::Fastest : kernels::Batching::Invariant;
   ro.n_slots = serve::Engine::open_limit(parallel);
   ro.cost = cost;
   ro.host_swap_bytes = swap;
@@ -103,17 +104,17 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
 
 bool ServeOptions::follow_if_not_rank0(const model::Model& m, const EngineOptions& e) const {
   if (comm != "mpi" || !comm::launched_by_mpirun()) return false;
-  if (comm::make_communicator("mpi")->rank() == 0) return false;
+  if (comm::launch_rank() <= 0) return false;
   serve::follow_rank0(m, e.n_threads());
   return true;
 }
 
 void add_serve_options(CLI::App& cmd, ServeOptions& o) {
-  cmd.add_option("-np,--parallel", o.parallel, "Requests running at once")->capture_default_str();
+  cmd.add_option("--parallel", o.parallel, "Requests running at once")->capture_default_str();
   cmd.add_option("-b,--batch-size", o.batch_size,
                  "Tokens per step at most: decode rows and prompt chunks")
       ->capture_default_str();
-  cmd.add_option("-ub,--ubatch-size", o.ubatch_size,
+  cmd.add_option("--ubatch-size", o.ubatch_size,
                  "Prompt tokens per chunk (chunked prefill)")
       ->capture_default_str();
   cmd.add_option("-c,--ctx-size", o.ctx_size,

@@ -71,6 +71,17 @@ bool launched_by_mpirun() {
   return false;
 }
 
+int launch_rank() {
+  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"}) {
+    if (const char* v = std::getenv(var)) {
+      char* end = nullptr;
+      const long r = std::strtol(v, &end, 10);
+      if (end != v && *end == '\0' && r >= 0 && r < (1L << 30)) return int(r);
+    }
+  }
+  return -1;
+}
+
 std::unique_ptr<Communicator> make_communicator(const std::string& kind) {
   check_kind(kind);
   if (kind == "threads") return std::make_unique<SoloComm>();

@@ -111,6 +111,9 @@ bool mpi_built();
 // Whether an MPI launcher started this process (Open MPI's OMPI_COMM_WORLD_SIZE, or PMI_SIZE,
 // PMI_RANK, PMIX_RANK in the environment).
 bool launched_by_mpirun();
+// This process's rank as the launcher's environment gives it (OMPI_COMM_WORLD_RANK, PMI_RANK,
+// PMIX_RANK), without starting MPI; -1 when none is set.
+int launch_rank();
 
 // One communicator of the given kind for this process:
 // - "threads": a group of one rank, a SoloComm (R > 1 thread ranks need run_ranks or ThreadGroup).

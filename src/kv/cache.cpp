@@ -93,10 +93,18 @@ void HeadStore::release_rows(int64_t from, int64_t to) {
 }
 
 size_t HeadStore::committed_bytes() const {
-  if (!vm_.data()) return kv_.capacity();
-  const Pages p = pages_of(len_, row_bytes(), cap_);
+  return vm_.data() ? committed_bytes_at(len_) : kv_.capacity();
+}
+
+size_t HeadStore::reserved_bytes(int64_t rows, int64_t max_rows, int64_t head_dim, KvType t) {
+  const Pages p = pages_of(rows, size_t(head_dim) * kv_type_bytes(t), max_rows);
   const size_t shared = p.v_end > p.v_begin && p.k_end > p.v_begin ? p.k_end - p.v_begin : 0;
   return p.k_end + (p.v_end - p.v_begin) - shared;
+}
+
+size_t HeadStore::committed_bytes_at(int64_t rows) const {
+  if (!vm_.data()) return std::max(kv_.capacity(), size_t(rows) * 2 * row_bytes());
+  return reserved_bytes(rows, cap_, head_dim_, type_);
 }
 
 void HeadStore::reserve_virtual(int64_t max_rows) {

@@ -79,6 +79,12 @@ class HeadStore {
   // Memory held: capacity_bytes() for an ordinary store; for a reserved one, the pages its rows
   // touch in K's region and in V's (so at most bytes() rounded up to pages, plus a page).
   size_t committed_bytes() const;
+  // What committed_bytes() will be once the store holds `rows` rows (appends alone): what the
+  // serving engine checks a step against its memory limit with.
+  size_t committed_bytes_at(int64_t rows) const;
+  // committed_bytes() of a store reserved for max_rows rows of head_dim elements of type t,
+  // holding `rows` rows.
+  static size_t reserved_bytes(int64_t rows, int64_t max_rows, int64_t head_dim, KvType t);
   void k_row(int64_t i, float* out) const;  // row i of K as float32
   void v_row(int64_t i, float* out) const;
 

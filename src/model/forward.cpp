@@ -74,17 +74,7 @@ const std::vector<float>& Forward::run(std::span<BatchItem> batch, const WindowO
   }
   const int64_t rows = row_of_item_.back();
   if (batching_ == kernels::Batching::Invariant) {
-    // A run of single-token items is one Invariant segment, an item of several tokens is alone.
-    std::vector<RowSegment> segments;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const bool single = batch[i].tokens.size() == 1;
-      if (single && !segments.empty() && segments.back().batching == kernels::Batching::Invariant)
-        segments.back().end = row_of_item_[i + 1];
-      else
-        segments.push_back({row_of_item_[i], row_of_item_[i + 1],
-                            single ? kernels::Batching::Invariant : kernels::Batching::Fastest});
-    }
-    steps_.set_segments(std::move(segments));
+    steps_.set_segments(LayerSteps::item_segments(row_of_item_));
   }
   x_.resize(size_t(rows * E));
   xn_.resize(size_t(rows * E));

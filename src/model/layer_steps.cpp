@@ -27,6 +27,19 @@ void LayerSteps::set_segments(std::vector<RowSegment> segments) {
   segments_ = std::move(segments);
 }
 
+std::vector<RowSegment> LayerSteps::item_segments(std::span<const int64_t> row_of_item) {
+  std::vector<RowSegment> segments;
+  for (size_t i = 0; i + 1 < row_of_item.size(); ++i) {
+    const bool single = row_of_item[i + 1] - row_of_item[i] == 1;
+    if (single && !segments.empty() && segments.back().batching == kernels::Batching::Invariant)
+      segments.back().end = row_of_item[i + 1];
+    else
+      segments.push_back({row_of_item[i], row_of_item[i + 1],
+                          single ? kernels::Batching::Invariant : kernels::Batching::Fastest});
+  }
+  return segments;
+}
+
 void LayerSteps::matmul_segments(const kernels::WeightMatrix& w, const float* x, int64_t rows,
                                  float* y, std::span<const RowSegment> segs) const {
   if (segs.empty()) {

@@ -51,6 +51,10 @@ class LayerSteps {
   // each prefill item a Fastest segment of its own, so that no row depends on another item.
   // With segments (or an Invariant constructor mode) mlp's SwiGLU goes row by row too.
   void set_segments(std::vector<RowSegment> segments);
+  // The segments of a batch whose item i holds rows [row_of_item[i], row_of_item[i + 1]): each
+  // run of single-token items one Invariant segment, each item of several tokens one Fastest
+  // segment of its own. What Forward and runtime::RankForward set in their Invariant mode.
+  static std::vector<RowSegment> item_segments(std::span<const int64_t> row_of_item);
 
   // The dequantized embedding rows of `tokens` into x (tokens.size() x n_embd). Throws
   // std::out_of_range for a token outside the vocabulary.

@@ -25,8 +25,14 @@ void SegmentTimes::clear(int layers) {
 RankForward::RankForward(const model::ModelConfig& c, const model::Weights& full,
                          const ShardedWeights& shard, const placement::Placement& p,
                          comm::Communicator& comm, kernels::ThreadPool& pool,
-                         kernels::Activations act)
-    : c_(c), full_(full), shard_(shard), comm_(comm), pool_(pool), steps_(c, pool, act) {
+                         kernels::Activations act, kernels::Batching batching)
+    : c_(c),
+      full_(full),
+      shard_(shard),
+      comm_(comm),
+      pool_(pool),
+      batching_(batching),
+      steps_(c, pool, act, batching) {
   if (p.devices != comm.size())
     throw std::invalid_argument(
         fmt::format("placement '{}' is for {} devices, the job has {} ranks", p.planner, p.devices,
@@ -135,6 +141,8 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
     row0_[i + 1] = row0_[i] + int64_t(batch[i].tokens.size());
   }
   const int64_t rows = row0_.back();
+  if (batching_ == kernels::Batching::Invariant)
+    steps_.set_segments(model::LayerSteps::item_segments(row0_));
   x_.resize(size_t(rows * E));
   xn_.resize(size_t(rows * E));
   y_.resize(size_t(rows * E));

@@ -80,10 +80,14 @@ class RankForward {
   // `full` provides the replicated tensors (embeddings, output norm, output matrix); `shard` the
   // rank's slices, made for the same placement's holders. Throws std::invalid_argument when the
   // placement does not match the model or the communicator.
-  // act: the linear layers' activation mode (kernels/matmul.h), as model::Forward takes it.
+  // act, batching: the linear layers' activation and batching modes (kernels/matmul.h), as
+  // model::Forward takes them: with Invariant, an item's results do not depend on the others in
+  // its batch (each rank's partial sums are batch-invariant, and the collectives sum them in
+  // rank order).
   RankForward(const model::ModelConfig& c, const model::Weights& full, const ShardedWeights& shard,
               const placement::Placement& p, comm::Communicator& comm, kernels::ThreadPool& pool,
-              kernels::Activations act = kernels::Activations::Float32);
+              kernels::Activations act = kernels::Activations::Float32,
+              kernels::Batching batching = kernels::Batching::Fastest);
 
   // Runs the batch (the same items in the same order on every rank; n_slots sequences in all)
   // and returns the logits of each item's last token, item by item, identical on every rank.
@@ -123,6 +127,7 @@ class RankForward {
   placement::Placement p_;
   comm::Communicator& comm_;
   kernels::ThreadPool& pool_;
+  kernels::Batching batching_;
   model::LayerSteps steps_;
   std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]
   std::vector<std::vector<int>> split_heads_;              // [layer]: heads with token slices

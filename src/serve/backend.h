@@ -56,6 +56,16 @@ class Backend {
 
   // Rows kept by seq's cache, summed over every head (after compression, the policy's choice).
   virtual int64_t rows(SeqId seq) const = 0;
+  // Bytes a new cache holding `rows` rows in every head would commit (page rounding included),
+  // of one reserved for max_rows: what admission weighs a request by.
+  virtual size_t bytes_for(int64_t rows, int64_t /*max_rows*/) const {
+    return size_t(rows) * row_bytes();
+  }
+  // Bytes appending new_rows rows to every head of seq's cache would add on its fullest rank:
+  // what a step is checked against the memory limit with.
+  virtual size_t growth_bytes(SeqId /*seq*/, int64_t new_rows) const {
+    return size_t(new_rows) * row_bytes();
+  }
   // Committed KV bytes per rank (what --kv-memory limits), and the largest.
   virtual std::vector<RankLoad> loads() const = 0;
   size_t max_rank_bytes() const;

@@ -201,7 +201,7 @@ size_t Engine::need_bytes(const Seq& s) const {
   const int64_t n = int64_t(s.req.prompt.size());
   const int64_t kept = s.compression.policy == kv::Policy::Full ? n : s.compression.budget_for(n);
   const int64_t rows = std::max(n, std::min(kept, n) + int64_t(s.req.max_tokens));
-  return size_t(std::min(rows, s.max_rows)) * backend_->row_bytes();
+  return backend_->bytes_for(std::min(rows, s.max_rows), s.max_rows);
 }
 
 bool Engine::fits(const Seq& s, size_t committed) const {
@@ -211,7 +211,8 @@ bool Engine::fits(const Seq& s, size_t committed) const {
   for (const Seq* r : running_)
     if (r->state == State::Prefill) {
       const int64_t done = r->next_chunk ? r->chunk_ends[r->next_chunk - 1] : 0;
-      pending += size_t(int64_t(r->req.prompt.size()) - done) * backend_->row_bytes();
+      pending += backend_->bytes_for(int64_t(r->req.prompt.size()), r->max_rows) -
+                 backend_->bytes_for(done, r->max_rows);
     }
   return committed + pending + need_bytes(s) <= opt_.kv_memory;
 }
@@ -378,11 +379,10 @@ bool Engine::step() {
   // Memory: the rows this step appends must fit, else preempt until they do.
   if (opt_.kv_memory > 0) {
     for (;;) {
-      int64_t rows = 0;
-      for (const Planned& p : plan) rows += int64_t(p.item.tokens.size());
-      if (backend_->max_rank_bytes() + size_t(rows) * backend_->row_bytes() <= opt_.kv_memory ||
-          running_.size() <= 1)
-        break;
+      size_t grow = 0;
+      for (const Planned& p : plan)
+        grow += backend_->growth_bytes(p.s->id, int64_t(p.item.tokens.size()));
+      if (backend_->max_rank_bytes() + grow <= opt_.kv_memory || running_.size() <= 1) break;
       Seq* v = choose_victim();
       preempt(*v);
       plan.erase(std::remove_if(plan.begin(), plan.end(), [v](const Planned& p) { return p.s == v; }),

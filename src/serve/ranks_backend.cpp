@@ -26,6 +26,7 @@ std::vector<uint8_t> setup_message(const model::ModelConfig& c, const placement:
   wire::put_placement(w, p);
   w.put(o.kv_type);
   w.put(o.activations);
+  w.put(o.batching);
   w.put(o.n_slots);
   w.put(o.host_swap_bytes);
   w.put(o.comm_timeout);
@@ -43,6 +44,7 @@ placement::Placement read_setup(const std::vector<uint8_t>& bytes, const model::
   placement::Placement p = wire::get_placement(r);
   o.kv_type = r.get<kv::KvType>();
   o.activations = r.get<kernels::Activations>();
+  o.batching = r.get<kernels::Batching>();
   o.n_slots = r.get<int>();
   o.host_swap_bytes = r.get<size_t>();
   o.comm_timeout = r.get<double>();

@@ -45,6 +45,9 @@ struct RanksOptions {
   int threads = 1;               // pool threads per rank
   kv::KvType kv_type = kv::KvType::F32;
   kernels::Activations activations = kernels::Activations::Float32;  // see model::Forward
+  // Invariant: each sequence's results independent of the others in its step (see
+  // runtime::RankForward), so that a request's output does not depend on its neighbours.
+  kernels::Batching batching = kernels::Batching::Invariant;
   // Batch slots: the most sequences open at once, swapped out or not (a sequence keeps its slot
   // from open to close). The engine's maximum number of concurrent sequences.
   int n_slots = 1;

@@ -107,6 +107,24 @@ std::vector<RankLoad> SoloBackend::loads() const {
   return {l};
 }
 
+size_t SoloBackend::bytes_for(int64_t rows, int64_t max_rows) const {
+  if (!opt_.reserve_address_space) return size_t(rows) * row_bytes();
+  const model::ModelConfig& c = m_.config;
+  return size_t(c.n_layers) * size_t(c.n_kv_heads) *
+         kv::HeadStore::reserved_bytes(rows, max_rows, c.head_dim, opt_.kv_type);
+}
+
+size_t SoloBackend::growth_bytes(SeqId seq, int64_t new_rows) const {
+  const kv::SequenceCache& cache = *find(seq).cache;
+  size_t b = 0;
+  for (int l = 0; l < cache.n_layers(); ++l)
+    for (int h = 0; h < cache.n_kv_heads(); ++h) {
+      const kv::HeadStore& s = cache.head(l, h);
+      b += s.committed_bytes_at(s.size() + new_rows) - s.committed_bytes();
+    }
+  return b;
+}
+
 SwapPlace SoloBackend::swap_out(SeqId seq) {
   Seq& s = find(seq);
   switch (swap_.put(seq, *s.cache)) {

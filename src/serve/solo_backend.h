@@ -43,6 +43,8 @@ class SoloBackend final : public Backend {
   std::span<const float> run(std::span<const StepItem> items) override;
   int64_t rows(SeqId seq) const override;
   std::vector<RankLoad> loads() const override;
+  size_t bytes_for(int64_t rows, int64_t max_rows) const override;
+  size_t growth_bytes(SeqId seq, int64_t new_rows) const override;
   SwapPlace swap_out(SeqId seq) override;
   void swap_in(SeqId seq) override;
   size_t swap_bytes_host() const override { return swap_.bytes_host(); }
