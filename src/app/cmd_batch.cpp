@@ -89,6 +89,7 @@ struct Result {
   serve::FinishReason finish = serve::FinishReason::None;
   serve::RequestStats stats;
   std::string error;
+  std::vector<double> token_ms;  // when each token event arrived
 };
 
 void run_batch(const BatchArgs& a) {
@@ -124,9 +125,12 @@ void run_batch(const BatchArgs& a) {
       Result& res = results[next];
       res.name = lines[next].name;
       try {
-        engine.submit(lines[next].spec.request, [&res, &done, &a](const serve::Event& e) {
+        engine.submit(lines[next].spec.request, [&res, &done, &a, t0](const serve::Event& e) {
           res.text += e.text;
-          if (e.token >= 0) ++res.tokens;
+          if (e.token >= 0) {
+            ++res.tokens;
+            res.token_ms.push_back(kernels::ms_since(t0));
+          }
           if (e.finish == serve::FinishReason::None) return;
           res.finish = e.finish;
           res.stats = *e.stats;
@@ -157,7 +161,7 @@ void run_batch(const BatchArgs& a) {
   const double wall_s = kernels::ms_since(t0) / 1000;
   const serve::EngineStats st = engine.stats();
 
-  std::vector<double> ttft, tpot;
+  std::vector<double> ttft, tpot, itl;
   int64_t out_tokens = 0, ok = 0;
   for (const Result& r : results) {
     if (r.finish == serve::FinishReason::Error) continue;
@@ -165,6 +169,7 @@ void run_batch(const BatchArgs& a) {
     out_tokens += r.tokens;
     ttft.push_back(r.stats.ttft_ms());
     if (r.tokens > 1) tpot.push_back(r.stats.tpot_ms());
+    for (size_t i = 1; i < r.token_ms.size(); ++i) itl.push_back(r.token_ms[i] - r.token_ms[i - 1]);
   }
   if (a.json) {
     for (const Result& r : results) {
@@ -190,6 +195,8 @@ void run_batch(const BatchArgs& a) {
                percentile(ttft, 0.5), percentile(ttft, 0.9), percentile(ttft, 0.99));
   std::fprintf(out, "TPOT ms             mean %.2f  p50 %.2f  p90 %.2f  p99 %.2f\n", mean(tpot),
                percentile(tpot, 0.5), percentile(tpot, 0.9), percentile(tpot, 0.99));
+  std::fprintf(out, "ITL ms              mean %.2f  p50 %.2f  p90 %.2f  p99 %.2f\n", mean(itl),
+               percentile(itl, 0.5), percentile(itl, 0.9), percentile(itl, 0.99));
   std::fprintf(out, "steps               %lld (%.1f ms busy)\n", (long long)st.steps, st.busy_ms);
   std::fprintf(out, "preemptions         %lld (%lld recomputed, %lld swapped back in)\n",
                (long long)st.preemptions, (long long)st.recomputations, (long long)st.swap_ins);

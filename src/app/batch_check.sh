@@ -1,0 +1,149 @@
+#!/bin/sh
+# ctest driver for `fairkv batch`: the requests of a file served together give each request the
+# output it gets alone; on R ranks (threads, and under mpirun) the same greedy outputs as one
+# device; under a tight --kv-memory the same outputs again; bad files and options are refused by
+# name with exit code 1.
+# Usage: batch_check.sh solo|devices|errors|mpi FAIRKV MODEL [MPIEXEC ARGS...]
+set -u
+mode=$1 fairkv=$2 model=$3
+shift 3
+[ -f "$model" ] || { echo "skipped: $model is absent"; exit 77; }
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+fail=0
+
+# Five requests arriving over 0.1 s, greedy and seeded, full and Ada-KV caches.
+cat >"$dir/req.jsonl" <<'JSON'
+{"id": "a", "prompt": "Once upon a time, there was a little girl named Lily. She loved to play outside in the park", "max_tokens": 24, "temperature": 0}
+{"id": "b", "prompt": "The cat sat on the mat", "max_tokens": 16, "temperature": 0.8, "seed": 5, "arrival": 0.02}
+{"id": "c", "prompt": "One day, a big dog came to the park and saw a ball. The dog wanted to play with the ball, so he ran to it", "max_tokens": 20, "temperature": 0, "kv_policy": "adakv", "kv_budget": 40, "arrival": 0.05}
+{"id": "d", "prompt": [1, 365, 300], "max_tokens": 12, "temperature": 0.9, "seed": 11, "top_k": 10, "arrival": 0.08}
+{"id": "e", "prompt": "Tom and Sue went to the", "max_tokens": 30, "temperature": 0, "stop": ["."], "arrival": 0.1}
+JSON
+
+# The deterministic part of each --json line (timings dropped), in file order.
+outputs() {
+  file=$1
+  shift
+  "$fairkv" batch -m "$model" --requests "$file" --json --kv-window 8 "$@" 2>"$dir/err" |
+    sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//'
+}
+
+check() {
+  name=$1 want=$2 got=$3
+  if [ "$got" != "$want" ] || [ -z "$got" ]; then
+    echo "FAILED: $name"
+    printf '  expected: %s\n' "$want" | head -5
+    printf '  got:      %s\n' "$got" | head -5
+    sed 's/^/  stderr: /' "$dir/err"
+    fail=1
+  else
+    echo "ok: $name"
+  fi
+}
+
+# Each request alone (its own file, arrival 0), in file order.
+alone() {
+  n=0
+  while IFS= read -r line; do
+    n=$((n + 1))
+    printf '%s\n' "$line" | sed 's/, "arrival": [0-9.]*//' >"$dir/one$n.jsonl"
+    "$fairkv" batch -m "$model" --requests "$dir/one$n.jsonl" --json --kv-window 8 "$@" \
+      2>>"$dir/err" | sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//'
+  done <"$dir/req.jsonl"
+}
+
+case $mode in
+  solo)
+    ref=$(alone)
+    check "together = alone" "$ref" "$(outputs "$dir/req.jsonl")"
+    check "parallel 2 = alone" "$ref" "$(outputs "$dir/req.jsonl" --parallel 2)"
+    # The chunk size is part of a prompt's arithmetic: compare with the same chunks alone.
+    check "small chunks: together = alone" "$(alone --ubatch-size 8 --batch-size 16)" \
+      "$(outputs "$dir/req.jsonl" --ubatch-size 8 --batch-size 16)"
+    # Long outputs all arriving at once under a --kv-memory that holds two of them: one is
+    # preempted (swapped out, or dropped and recomputed without swap space) and resumed.
+    cat >"$dir/long.jsonl" <<'JSON'
+{"id": "t0", "prompt": "Once upon a time", "max_tokens": 150, "ignore_eos": true, "temperature": 0}
+{"id": "t1", "prompt": "The cat sat on the mat", "max_tokens": 150, "ignore_eos": true, "temperature": 0.8, "seed": 1}
+{"id": "t2", "prompt": "One day, a big dog came to the park", "max_tokens": 150, "ignore_eos": true, "temperature": 0}
+{"id": "t3", "prompt": "Tom and Sue went to the", "max_tokens": 150, "ignore_eos": true, "temperature": 0.8, "seed": 3}
+JSON
+    roomy=$(outputs "$dir/long.jsonl")
+    for swap in 1G 0; do
+      check "tight kv memory, swap space $swap = roomy" "$roomy" \
+        "$(outputs "$dir/long.jsonl" --kv-memory 700K --swap-space $swap)"
+      if ! grep -q 'preemptions *[1-9]' "$dir/err"; then
+        echo "FAILED: no preemption under --kv-memory 700K --swap-space $swap"
+        fail=1
+      fi
+    done
+    ;;
+  devices)
+    # Greedy requests only: their outputs on ranks equal one device's.
+    grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
+    ref=$(outputs "$dir/greedy.jsonl")
+    for planner in tp fair-copy split; do
+      for R in 2 3; do
+        check "$planner R=$R" "$ref" \
+          "$(outputs "$dir/greedy.jsonl" --devices $R --placement $planner)"
+      done
+    done
+    check "fair-copy R=2 fixed shares" "$ref" \
+      "$(outputs "$dir/greedy.jsonl" --devices 2 --placement fair-copy --no-replan)"
+    ;;
+  mpi)
+    grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
+    ref=$(outputs "$dir/greedy.jsonl")
+    got=$("$@" "$fairkv" batch -m "$model" --requests "$dir/greedy.jsonl" --json --kv-window 8 \
+      --devices 2 --comm mpi --placement split 2>"$dir/err" |
+      sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//')
+    check "split on 2 MPI ranks" "$ref" "$got"
+    ;;
+  errors)
+    # refuse NAME PATTERN ARGS...: exit code 1 and PATTERN on stderr.
+    refuse() {
+      name=$1 pattern=$2
+      shift 2
+      "$fairkv" batch -m "$model" "$@" >/dev/null 2>"$dir/err"
+      rc=$?
+      if [ $rc -ne 1 ] || ! grep -q -- "$pattern" "$dir/err"; then
+        echo "FAILED: $name (exit $rc)"
+        sed 's/^/  stderr: /' "$dir/err"
+        fail=1
+      else
+        echo "ok: $name"
+      fi
+    }
+    printf '{"prompt": "a"}\n{"prompt": "b", "temprature": 1}\n' >"$dir/bad1.jsonl"
+    refuse "unknown field" 'bad1.jsonl: line 2: unknown field "temprature"' --requests "$dir/bad1.jsonl"
+    printf '{"prompt": "a", "max_tokens": -1}\n' >"$dir/bad2.jsonl"
+    refuse "bad max_tokens" 'line 1: field "max_tokens"' --requests "$dir/bad2.jsonl"
+    printf 'not json\n' >"$dir/bad3.jsonl"
+    refuse "not JSON" 'line 1: not JSON' --requests "$dir/bad3.jsonl"
+    : >"$dir/empty.jsonl"
+    refuse "empty file" 'no requests' --requests "$dir/empty.jsonl"
+    refuse "missing file" 'cannot read the request file' --requests "$dir/nope.jsonl"
+    refuse "bad kv memory" '--kv-memory: expected a size' --requests "$dir/req.jsonl" --kv-memory lots
+    refuse "bad batch size" '--batch-size: expected at least' --requests "$dir/req.jsonl" \
+      --batch-size 10 --ubatch-size 16
+    refuse "bad comm" '--comm: expected threads or mpi' --requests "$dir/req.jsonl" --devices 2 \
+      --comm carrier-pigeon
+    # A request that cannot fit is refused (named), the others still run: exit 0.
+    printf '{"id": "big", "prompt": "a b c d e f g h", "max_tokens": 5000}\n{"id": "ok", "prompt": "a", "max_tokens": 2}\n' >"$dir/big.jsonl"
+    "$fairkv" batch -m "$model" --requests "$dir/big.jsonl" --kv-memory 300K --json >"$dir/out" 2>"$dir/err"
+    if [ $? -ne 0 ] || ! grep -q 'big refused: kv memory' "$dir/err" || ! grep -q '"id":"ok"' "$dir/out"; then
+      echo "FAILED: a request too large for --kv-memory"
+      sed 's/^/  stderr: /' "$dir/err"
+      fail=1
+    else
+      echo "ok: a request too large for --kv-memory"
+    fi
+    ;;
+  *)
+    echo "unknown mode $mode"
+    exit 2
+    ;;
+esac
+[ $fail -eq 0 ] && echo "batch_check $mode: all checks passed"
+exit $fail
