@@ -63,8 +63,9 @@ std::vector<Line> read_request_file(const std::string& path, const serve::Reques
     lines.push_back(std::move(l));
   }
   if (lines.empty()) throw UsageError(path + ": no requests in the file (--requests)");
-  std::stable_sort(lines.begin(), lines.end(),
-                   [](const Line& a, const Line& b) { return a.spec.arrival_s < b.spec.arrival_s; });
+  std::stable_sort(lines.begin(), lines.end(), [](const Line& a, const Line& b) {
+    return a.spec.arrival_s < b.spec.arrival_s;
+  });
   return lines;
 }
 
@@ -208,7 +209,8 @@ void run_batch(const BatchArgs& a) {
 void add_batch_command(CLI::App& app) {
   auto a = std::make_shared<BatchArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "batch", "Serve the requests of a file (JSON lines) with continuous batching, as they arrive");
+      "batch",
+      "Serve the requests of a file (JSON lines) with continuous batching, as they arrive");
   cmd->add_option("-m,--model", a->model, "GGUF model file")->required();
   cmd->add_option("--requests", a->requests,
                   "Request file: one JSON object per line (prompt or messages, max_tokens, "

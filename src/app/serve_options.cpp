@@ -26,14 +26,21 @@ size_t parse_bytes(const std::string& text, const std::string& option) {
   }
   std::string unit = text.substr(used);
   for (char& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
-  if (unit.ends_with("IB")) unit.resize(unit.size() - 2);
-  else if (unit.ends_with("B")) unit.pop_back();
+  if (unit.ends_with("IB"))
+    unit.resize(unit.size() - 2);
+  else if (unit.ends_with("B"))
+    unit.pop_back();
   double scale = 0;
-  if (unit.empty()) scale = 1;
-  else if (unit == "K") scale = 1024.0;
-  else if (unit == "M") scale = 1024.0 * 1024;
-  else if (unit == "G") scale = 1024.0 * 1024 * 1024;
-  else if (unit == "T") scale = 1024.0 * 1024 * 1024 * 1024;
+  if (unit.empty())
+    scale = 1;
+  else if (unit == "K")
+    scale = 1024.0;
+  else if (unit == "M")
+    scale = 1024.0 * 1024;
+  else if (unit == "G")
+    scale = 1024.0 * 1024 * 1024;
+  else if (unit == "T")
+    scale = 1024.0 * 1024 * 1024 * 1024;
   if (used == 0 || scale == 0 || !(v >= 0) || !std::isfinite(v * scale) || v * scale > 1e18)
     throw std::invalid_argument(fmt::format("{}: expected {}, got '{}'", option, expected, text));
   return size_t(v * scale);
@@ -74,8 +81,8 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
     so.batch_invariant = !fast_batching;
     // Each reserved store costs up to 4 of the process's map entries (vm.max_map_count is 65530
     // by default): beyond that, ordinary stores.
-    const int64_t stores = int64_t(m.config.n_layers) * m.config.n_kv_heads *
-                           serve::Engine::open_limit(parallel);
+    const int64_t stores =
+        int64_t(m.config.n_layers) * m.config.n_kv_heads * serve::Engine::open_limit(parallel);
     so.reserve_address_space = stores * 4 < 48000;
     so.swap_host_bytes = swap;
     so.swap_dir = swap_dir;
@@ -83,8 +90,8 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
     return std::make_unique<serve::SoloBackend>(m, pool, so);
   }
   if (!swap_dir.empty()) throw UsageError("--swap-dir: one device only for now (drop --devices)");
-  const placement::CostModel cost = runtime::run_cost_model(
-      m.config, m.weights.layers[0].wq.type, kv.kv_type(), std::max(1, parallel));
+  const placement::CostModel cost = runtime::run_cost_model(m.config, m.weights.layers[0].wq.type,
+                                                            kv.kv_type(), std::max(1, parallel));
   const placement::Placement p =
       runtime::resolve_placement(placement, profile, m.config, devices, cost);
   if (!p.note.empty()) std::fprintf(stderr, "note: %s\n", p.note.c_str());
@@ -114,8 +121,7 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
   cmd.add_option("-b,--batch-size", o.batch_size,
                  "Tokens per step at most: decode rows and prompt chunks")
       ->capture_default_str();
-  cmd.add_option("--ubatch-size", o.ubatch_size,
-                 "Prompt tokens per chunk (chunked prefill)")
+  cmd.add_option("--ubatch-size", o.ubatch_size, "Prompt tokens per chunk (chunked prefill)")
       ->capture_default_str();
   cmd.add_option("-c,--ctx-size", o.ctx_size,
                  "Tokens per request, prompt and output (0: the model's training context)")

@@ -35,7 +35,8 @@ std::vector<int64_t> prompt_chunk_ends(int64_t n, int64_t chunk, int64_t window)
   }
   // A short last chunk takes tokens from the one before it, up to the window.
   if (ends.size() > 1 && n - ends[ends.size() - 2] < window)
-    ends[ends.size() - 2] = std::max<int64_t>(n - window, ends.size() > 2 ? ends[ends.size() - 3] : 0);
+    ends[ends.size() - 2] =
+        std::max<int64_t>(n - window, ends.size() > 2 ? ends[ends.size() - 3] : 0);
   if (ends.size() > 1 && ends[ends.size() - 2] == (ends.size() > 2 ? ends[ends.size() - 3] : 0))
     ends.erase(ends.end() - 2);
   return ends;
@@ -75,9 +76,10 @@ Engine::Engine(const model::Model& m, std::unique_ptr<Backend> backend, const En
   if (opt_.prefill_chunk < 1)
     fail(fmt::format("--ubatch-size: expected a positive count, got {}", opt_.prefill_chunk));
   if (opt_.step_tokens < opt_.prefill_chunk + opt_.parallel)
-    fail(fmt::format("--batch-size: expected at least --ubatch-size + --parallel = {} tokens (one "
-                     "prompt chunk beside every decoding request), got {}",
-                     opt_.prefill_chunk + opt_.parallel, opt_.step_tokens));
+    fail(
+        fmt::format("--batch-size: expected at least --ubatch-size + --parallel = {} tokens (one "
+                    "prompt chunk beside every decoding request), got {}",
+                    opt_.prefill_chunk + opt_.parallel, opt_.step_tokens));
   opt_.compression.resolve();
   if (opt_.compression.window > opt_.prefill_chunk)
     fail(fmt::format("--ubatch-size: expected at least the observation window ({}), got {}",
@@ -90,7 +92,9 @@ Engine::Engine(const model::Model& m, std::unique_ptr<Backend> backend, const En
 
 Engine::~Engine() = default;
 
-double Engine::now_ms() const { return kernels::ms_since(t0_); }
+double Engine::now_ms() const {
+  return kernels::ms_since(t0_);
+}
 
 RequestId Engine::submit(Request r, EventFn on_event) {
   auto refuse = [](Refused::Kind k, const std::string& what) { throw Refused(k, what); };
@@ -141,8 +145,8 @@ RequestId Engine::submit(Request r, EventFn on_event) {
   if (stopping_) refuse(K::ShuttingDown, "the engine is shutting down");
   if (queued_ >= int64_t(opt_.queue_limit)) {
     ++stats_.refused;
-    refuse(K::QueueFull, fmt::format("the queue is full ({} requests waiting); retry later",
-                                     queued_));
+    refuse(K::QueueFull,
+           fmt::format("the queue is full ({} requests waiting); retry later", queued_));
   }
   s->id = next_id_++;
   s->stats.arrival_ms = now_ms();
@@ -223,9 +227,8 @@ void Engine::admit() {
     if (a->req.priority != b->req.priority) return a->req.priority > b->req.priority;
     return a->output.size() < b->output.size();
   });
-  std::stable_sort(waiting_.begin(), waiting_.end(), [](const Seq* a, const Seq* b) {
-    return a->req.priority > b->req.priority;
-  });
+  std::stable_sort(waiting_.begin(), waiting_.end(),
+                   [](const Seq* a, const Seq* b) { return a->req.priority > b->req.priority; });
   size_t committed = backend_->max_rank_bytes();
   while (int(running_.size()) < opt_.parallel && !preempted_.empty()) {
     Seq* s = preempted_.front();
@@ -328,8 +331,8 @@ void Engine::deliver(Seq& s, int32_t token) {
   s.sampler.accept(token);
   if (s.stats.first_token_ms < 0) s.stats.first_token_ms = now_ms();
   const bool eog = !s.req.ignore_eos && m_.tokenizer.is_eog(token);
-  const bool stop_token =
-      std::find(s.req.stop_tokens.begin(), s.req.stop_tokens.end(), token) != s.req.stop_tokens.end();
+  const bool stop_token = std::find(s.req.stop_tokens.begin(), s.req.stop_tokens.end(), token) !=
+                          s.req.stop_tokens.end();
   if (eog || stop_token) return finish(s, FinishReason::Stop);
   StopMatcher::Output fed = s.stop.feed(m_.tokenizer.decode_token(token));
   if (fed.stopped) return finish(s, FinishReason::Stop, fed.text);
@@ -385,8 +388,9 @@ bool Engine::step() {
       if (backend_->max_rank_bytes() + grow <= opt_.kv_memory || running_.size() <= 1) break;
       Seq* v = choose_victim();
       preempt(*v);
-      plan.erase(std::remove_if(plan.begin(), plan.end(), [v](const Planned& p) { return p.s == v; }),
-                 plan.end());
+      plan.erase(
+          std::remove_if(plan.begin(), plan.end(), [v](const Planned& p) { return p.s == v; }),
+          plan.end());
     }
   }
   std::vector<StepItem> items;

@@ -35,8 +35,8 @@
 #include <vector>
 
 #include "kv/compress.h"
-#include "placement/cost.h"
 #include "model/model.h"
+#include "placement/cost.h"
 #include "serve/backend.h"
 #include "serve/request.h"
 
@@ -71,9 +71,9 @@ struct EngineStats {
   int64_t prompt_tokens = 0, generated_tokens = 0;  // run through the model so far
   int64_t preemptions = 0, recomputations = 0, swap_ins = 0, replans = 0;
   int64_t steps = 0;
-  double busy_ms = 0;                // time spent in steps
-  std::vector<RankLoad> ranks;       // after the last step
-  double imbalance = 1;              // max / mean of the ranks' KV bytes (1: even or empty)
+  double busy_ms = 0;           // time spent in steps
+  std::vector<RankLoad> ranks;  // after the last step
+  double imbalance = 1;         // max / mean of the ranks' KV bytes (1: even or empty)
   size_t swap_host_bytes = 0, swap_file_bytes = 0;
   std::string backend;
 };
@@ -143,8 +143,8 @@ class Engine {
   RequestId next_id_ = 1;
   bool stopping_ = false, cancel_all_ = false;
   EngineStats stats_;
-  EngineStats counters_;  // the engine thread's running counts
-  int64_t queued_ = 0;    // waiting + inbox, for the queue limit
+  EngineStats counters_;        // the engine thread's running counts
+  int64_t queued_ = 0;          // waiting + inbox, for the queue limit
   bool batch_changed_ = false;  // a request joined or left since the last re-plan check
   const std::chrono::steady_clock::time_point t0_;
 };

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -12,9 +13,9 @@
 #include <vector>
 
 #include "model/model.h"
-#include "runtime/test_util.h"
 #include "placement/planners.h"
 #include "runtime/model_placement.h"
+#include "runtime/test_util.h"
 #include "serve/ranks_backend.h"
 #include "serve/solo_backend.h"
 
@@ -181,8 +182,8 @@ TEST_F(EngineTest, GreedyAloneEqualsThePlainEngine) {
     const auto p = prompt(kTexts[i]);
     const auto want = runtime::testing::single_device(m(), p, 16, nullptr);
     const Outcome got = alone(m(), small_engine(2), make(p, 16, 0, 0));
-    EXPECT_EQ(got.tokens, std::vector<int32_t>(want.output.begin(),
-                                               want.output.begin() + got.tokens.size()))
+    EXPECT_EQ(got.tokens,
+              std::vector<int32_t>(want.output.begin(), want.output.begin() + got.tokens.size()))
         << kTexts[i];
   }
 }
@@ -363,8 +364,8 @@ TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
       po.planner = placement::planner_from_name(planner);
       po.devices = R;
       po.tp_unless_faster = false;  // the planners' own shares, replicas included
-      const placement::Placement p = placement::plan(
-          runtime::testing::heavy_unit_profile(m().config, 40, 1000), cost, po);
+      const placement::Placement p =
+          placement::plan(runtime::testing::heavy_unit_profile(m().config, 40, 1000), cost, po);
       RanksOptions ro;
       ro.n_slots = Engine::open_limit(eo.parallel);
       ro.cost = cost;
@@ -389,6 +390,105 @@ TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
     }
   }
   EXPECT_GT(replans, 0);  // the FairKV placements were re-divided as requests came and went
+}
+
+// Batch invariance on ranks: a seeded request's tokens on R ranks are the same alone and among
+// others (the ranks' partial sums do not depend on the batch, and their sums are in rank order).
+// Batch invariance on ranks: a sequence's logits on R ranks are bitwise the same alone and beside
+// others (each rank's partial sums do not depend on the batch, and their sums are in rank order).
+TEST(EngineOnRanks, LogitsDoNotDependOnTheBatch) {
+  // A random-weight F16 model: from 2 rows on its kernels sum in another order, so a row that
+  // depended on its batch would show.
+  const std::string path = std::string(FAIRKV_SHARED_DIR) + "/models/synthetic/llama-gqa4-f16.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  const auto m = model::Model::load(path);
+  const placement::CostModel cost =
+      runtime::run_cost_model(m->config, m->weights.layers[0].wq.type, kv::KvType::F32, 4);
+  auto ids = [&](int n, int salt) {
+    std::vector<int32_t> p;
+    for (int t = 0; t < n; ++t) p.push_back(int32_t((t * 37 + salt * 101 + 5) % m->config.n_vocab));
+    return p;
+  };
+  const std::vector<int32_t> a = ids(20, 1), b = ids(33, 2), c = ids(12, 3);
+  const size_t V = size_t(m->config.n_vocab);
+  for (int R : {2, 3}) {
+    placement::PlanOptions po;
+    po.planner = placement::PlannerKind::Split;
+    po.devices = R;
+    po.tp_unless_faster = false;
+    const placement::Placement p =
+        placement::plan(runtime::testing::heavy_unit_profile(m->config, 40, 1000), cost, po);
+    RanksOptions ro;
+    ro.n_slots = 4;
+    // A's logits rows: its prompt's last, then 6 greedy decode steps; with company, B and C
+    // decode beside it and C's prompt arrives in the same steps.
+    auto run = [&](bool company) {
+      RanksBackend be(*m, p, ro);
+      std::vector<float> rows;
+      be.open(1, 64);
+      if (company) {
+        be.open(2, 64);
+        StepItem it{2, b};
+        it.full_prompt_done = true;
+        be.run({&it, 1});
+      }
+      StepItem first{1, a};
+      first.full_prompt_done = true;
+      auto l = be.run({&first, 1});
+      rows.insert(rows.end(), l.begin(), l.begin() + V);
+      int32_t tok = model::argmax(l.subspan(0, V)), tok_b = 7;
+      for (int step = 0; step < 6; ++step) {
+        std::vector<StepItem> items;
+        if (company) items.push_back({2, {&tok_b, 1}});
+        items.push_back({1, {&tok, 1}});
+        if (company && step == 2) {
+          be.open(3, 64);
+          items.push_back({3, c});
+          items.back().full_prompt_done = true;
+        }
+        l = be.run(items);
+        const size_t row = company ? 1 : 0;
+        rows.insert(rows.end(), l.begin() + row * V, l.begin() + (row + 1) * V);
+        tok = model::argmax(l.subspan(row * V, V));
+      }
+      return rows;
+    };
+    const std::vector<float> alone = run(false), together = run(true);
+    ASSERT_EQ(alone.size(), together.size());
+    EXPECT_EQ(std::memcmp(alone.data(), together.data(), alone.size() * sizeof(float)), 0)
+        << R << " ranks";
+  }
+}
+
+// Dynamic FairKV at admission: a new sequence's batch-sliced units go to the least-loaded holders.
+// Two equal prompts under fair-copy on 2 ranks, 4 slots: with the lowest free slots (0 and 1) both
+// would sit in the same half of every batch-sliced unit; chosen by load they sit on both ranks.
+TEST_F(EngineTest, NewSequencesGoToTheLeastLoadedHolders) {
+  const placement::CostModel cost =
+      runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
+  placement::PlanOptions po;
+  po.planner = placement::PlannerKind::FairCopy;
+  po.devices = 2;
+  po.tp_unless_faster = false;
+  placement::Profile prof = runtime::model_profile(m().config, 40);
+  for (auto& layer : prof.tokens) layer[0] = 4000;  // head 0 of every layer: copied on both
+  const placement::Placement p = placement::plan(prof, cost, po);
+  RanksOptions ro;
+  ro.n_slots = 4;
+  RanksBackend b(m(), p, ro);
+  const auto tokens = prompt(kTexts[2]);
+  for (SeqId id : {SeqId(1), SeqId(2)}) {
+    b.open(id, 200);
+    StepItem it{id, tokens};
+    it.full_prompt_done = true;
+    b.run({&it, 1});
+  }
+  const std::vector<RankLoad> l = b.loads();
+  ASSERT_EQ(l.size(), 2u);
+  const double mx = double(std::max(l[0].kv_bytes, l[1].kv_bytes));
+  const double mn = double(std::min(l[0].kv_bytes, l[1].kv_bytes));
+  // Head 0's caches (3/4 of what a layer holds beside the whole units) are split one per rank.
+  EXPECT_LT(mx / mn, 1.35) << l[0].kv_bytes << " vs " << l[1].kv_bytes;
 }
 
 }  // namespace

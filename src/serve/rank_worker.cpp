@@ -168,8 +168,40 @@ bool RankWorker::step(std::vector<uint8_t>* msg) {
   return true;
 }
 
+// Dynamic FairKV: a new sequence's units split by sequences go to their least-loaded holders. A
+// slot decides which holder serves the sequence in every batch-sliced unit, so of the free slots
+// the one is taken that leaves the most loaded rank least loaded, counting the rank's cached bytes
+// and, for each unit the slot gives it, a unit's mean cache (ties: the lowest slot). Every rank
+// computes the same choice from the same gathered reports.
+int RankWorker::choose_slot() const {
+  const int R = comm_.size(), L = m_.config.n_layers, H = m_.config.n_kv_heads;
+  double total = 0;
+  for (const RankReport& r : reports_) total += r.kv_bytes;
+  const double unit_bytes = running_ > 0 ? total / (double(running_) * L * H) : 1.0;
+  int best = -1;
+  double best_max = 0;
+  std::vector<double> load(static_cast<size_t>(R), 0.0);
+  for (int slot = 0; slot < o_.n_slots; ++slot) {
+    if (slot_used_[size_t(slot)]) continue;
+    for (int r = 0; r < R; ++r) load[size_t(r)] = reports_[size_t(r)].kv_bytes;
+    for (int l = 0; l < L; ++l)
+      for (int h = 0; h < H; ++h) {
+        const auto& parts = parts_[size_t(l)][size_t(h)];
+        if (parts.size() > 1 && parts.front().share.kind == placement::ShareKind::Batch)
+          load[size_t(runtime::batch_owner(parts, slot, o_.n_slots))] += unit_bytes;
+      }
+    const double mx = *std::max_element(load.begin(), load.end());
+    if (best < 0 || mx < best_max) {
+      best = slot;
+      best_max = mx;
+    }
+  }
+  if (best < 0) throw std::logic_error("ranks: no free batch slot");
+  return best;
+}
+
 void RankWorker::open(SeqId seq) {
-  const int slot = int(std::find(slot_used_.begin(), slot_used_.end(), 0) - slot_used_.begin());
+  const int slot = choose_slot();
   slot_used_.at(size_t(slot)) = 1;
   Seq& s = seqs_[seq];
   s.rs = std::make_unique<RankSequence>(m_.config, o_.kv_type, slot);

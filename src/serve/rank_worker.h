@@ -82,6 +82,7 @@ class RankWorker {
   int64_t kept_rows(Seq& s);
   // Gathers every rank's report (a collective).
   void publish();
+  int choose_slot() const;
   std::vector<runtime::RankSequence*> running_seqs(std::vector<char>* prompt_open);
 
   comm::Communicator& comm_;

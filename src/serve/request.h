@@ -51,8 +51,7 @@ struct RequestStats {
   double ttft_ms() const { return first_token_ms - arrival_ms; }
   // Mean time per output token after the first.
   double tpot_ms() const {
-    return generated_tokens > 1 ? (finished_ms - first_token_ms) / double(generated_tokens - 1)
-                                : 0;
+    return generated_tokens > 1 ? (finished_ms - first_token_ms) / double(generated_tokens - 1) : 0;
   }
 };
 

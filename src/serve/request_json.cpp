@@ -63,15 +63,29 @@ constexpr int64_t kMaxTokenId = std::numeric_limits<int32_t>::max();
 RequestSpec parse_request(const json& obj, const Request& defaults, const std::string& where,
                           const std::vector<std::string>& ignored) {
   if (!obj.is_object())
-    throw std::invalid_argument(fmt::format("{}: expected a JSON object, got {}", where,
-                                            obj.type_name()));
-  static const std::vector<std::string> known = {
-      "prompt",         "messages",          "max_tokens",       "n_predict",
-      "temperature",    "top_p",             "top_k",            "min_p",
-      "seed",           "presence_penalty",  "frequency_penalty", "repeat_penalty",
-      "repeat_last_n",  "logit_bias",        "stop",             "ignore_eos",
-      "kv_policy",      "kv_budget",         "priority",         "id",
-      "arrival"};
+    throw std::invalid_argument(
+        fmt::format("{}: expected a JSON object, got {}", where, obj.type_name()));
+  static const std::vector<std::string> known = {"prompt",
+                                                 "messages",
+                                                 "max_tokens",
+                                                 "n_predict",
+                                                 "temperature",
+                                                 "top_p",
+                                                 "top_k",
+                                                 "min_p",
+                                                 "seed",
+                                                 "presence_penalty",
+                                                 "frequency_penalty",
+                                                 "repeat_penalty",
+                                                 "repeat_last_n",
+                                                 "logit_bias",
+                                                 "stop",
+                                                 "ignore_eos",
+                                                 "kv_policy",
+                                                 "kv_budget",
+                                                 "priority",
+                                                 "id",
+                                                 "arrival"};
   for (const auto& [key, value] : obj.items())
     if (std::find(known.begin(), known.end(), key) == known.end() &&
         std::find(ignored.begin(), ignored.end(), key) == ignored.end())
@@ -84,8 +98,8 @@ RequestSpec parse_request(const json& obj, const Request& defaults, const std::s
   const json* prompt = r.get("prompt");
   const json* messages = r.get("messages");
   if (!prompt == !messages)
-    throw std::invalid_argument(fmt::format(
-        "{}: expected exactly one of the fields \"prompt\" and \"messages\"", where));
+    throw std::invalid_argument(
+        fmt::format("{}: expected exactly one of the fields \"prompt\" and \"messages\"", where));
   if (prompt && prompt->is_string()) {
     spec.prompt = prompt->get<std::string>();
   } else if (prompt && prompt->is_array()) {

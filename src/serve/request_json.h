@@ -18,10 +18,10 @@ struct ChatTurn {
 // A request as written, before its prompt is tokenized.
 struct RequestSpec {
   Request request;  // everything but the prompt's tokens (prompt_ids when given as ids)
-  std::optional<std::string> prompt;     // "prompt": text
-  std::vector<int32_t> prompt_ids;       // "prompt": [ids]
+  std::optional<std::string> prompt;              // "prompt": text
+  std::vector<int32_t> prompt_ids;                // "prompt": [ids]
   std::optional<std::vector<ChatTurn>> messages;  // "messages": a chat
-  double arrival_s = 0;                  // "arrival": seconds after the start (request files)
+  double arrival_s = 0;  // "arrival": seconds after the start (request files)
 };
 
 // Reads the fields of obj into a spec, starting from `defaults` for what obj leaves out:

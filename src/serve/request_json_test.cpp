@@ -120,8 +120,8 @@ TEST(RequestJson, RefusesBadFieldsNamingThem) {
     EXPECT_NE(e.find(c.needle), std::string::npos) << c.text << " -> " << e;
   }
   // Fields the caller handles itself are skipped when named.
-  EXPECT_NO_THROW(parse_request(json::parse(R"({"prompt": "a", "stream": true})"), {}, "x",
-                                {"stream"}));
+  EXPECT_NO_THROW(
+      parse_request(json::parse(R"({"prompt": "a", "stream": true})"), {}, "x", {"stream"}));
 }
 
 }  // namespace

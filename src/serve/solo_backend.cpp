@@ -37,8 +37,7 @@ const SoloBackend::Seq& SoloBackend::find(SeqId seq) const {
 void SoloBackend::open(SeqId seq, int64_t max_rows) {
   const model::ModelConfig& c = m_.config;
   Seq s;
-  s.cache = std::make_unique<kv::SequenceCache>(c.n_layers, c.n_kv_heads, c.head_dim,
-                                                opt_.kv_type);
+  s.cache = std::make_unique<kv::SequenceCache>(c.n_layers, c.n_kv_heads, c.head_dim, opt_.kv_type);
   if (opt_.reserve_address_space) s.cache->reserve_virtual(max_rows);
   s.max_rows = max_rows;
   seqs_[seq] = std::move(s);
