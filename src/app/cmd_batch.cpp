@@ -202,6 +202,10 @@ void run_batch(const BatchArgs& a) {
   std::fprintf(out, "preemptions         %lld (%lld recomputed, %lld swapped back in)\n",
                (long long)st.preemptions, (long long)st.recomputations, (long long)st.swap_ins);
   std::fprintf(out, "re-plans            %lld\n", (long long)st.replans);
+  if (st.ranks.size() > 1)
+    std::fprintf(out,
+                 "KV imbalance        %.3f (max / mean of the ranks' KV bytes, mean over steps)\n",
+                 st.mean_imbalance);
 }
 
 }  // namespace

@@ -32,6 +32,14 @@ struct StepItem {
 // Where a preempted sequence's cache went.
 enum class SwapPlace { Host, File, None };  // None: no room, the cache was dropped
 
+// What re-dividing the shares would change (Backend::estimate_replan), by the cost model: the
+// step's predicted time (the sum over layers of the slowest rank's) before and after, and the
+// cached bytes that would move to other ranks.
+struct ReplanEstimate {
+  double step_ms_now = 0, step_ms_after = 0;
+  double move_bytes = 0;
+};
+
 struct RankLoad {
   size_t kv_bytes = 0;      // committed bytes of every cache on the rank
   double step_ms = 0;       // the last step's time on the rank
@@ -85,6 +93,8 @@ class Backend {
   // by `cost`, and moves the caches to match (FAIRKV.md's rebalancing within holders). Returns
   // whether the placement changed; one device has nothing to rebalance.
   virtual bool replan(const placement::CostModel& /*cost*/) { return false; }
+  // What replan(cost) would gain and move now; one device: nothing.
+  virtual ReplanEstimate estimate_replan(const placement::CostModel& /*cost*/) const { return {}; }
 };
 
 inline size_t Backend::max_rank_bytes() const {

@@ -404,6 +404,7 @@ bool Engine::step() {
       counters_.prompt_tokens += int64_t(plan[i].item.tokens.size());
       if (++s.next_chunk < s.chunk_ends.size()) continue;
       s.state = State::Decode;
+      batch_changed_ = true;  // its compressed cache changes the loads
       if (s.stats.kv_rows_kept == 0) s.stats.kv_rows_kept = backend_->rows(s.id);
       if (!s.output.empty()) continue;  // recomputed: the output is fed back next
     } else {
@@ -420,20 +421,14 @@ bool Engine::step() {
 void Engine::maybe_replan() {
   if (!opt_.replan_cost || !batch_changed_ || backend_->ranks() < 2 || running_.empty()) return;
   batch_changed_ = false;
-  // The gain: at most the slowest rank's excess over the mean, every remaining decode step.
-  const std::vector<RankLoad> loads = backend_->loads();
-  double mx = 0, sum = 0, bytes = 0;
-  for (const RankLoad& l : loads) {
-    mx = std::max(mx, l.predicted_ms);
-    sum += l.predicted_ms;
-    bytes += double(l.kv_bytes);
-  }
+  // The gain: the predicted step time saved, over the running requests' expected remaining
+  // decode steps; the cost: the cached bytes that would move, at replan_gbs.
+  const ReplanEstimate e = backend_->estimate_replan(*opt_.replan_cost);
   double remaining = 0;
   for (const Seq* s : running_) remaining += double(s->req.max_tokens) - double(s->output.size());
   remaining /= double(running_.size());
-  const double gain_ms = (mx - sum / double(loads.size())) * remaining;
-  // The cost: moving at most every cached byte once.
-  const double move_ms = bytes / (opt_.replan_gbs * 1e6);
+  const double gain_ms = (e.step_ms_now - e.step_ms_after) * remaining;
+  const double move_ms = e.move_bytes / (opt_.replan_gbs * 1e6);
   if (gain_ms > move_ms && backend_->replan(*opt_.replan_cost)) ++counters_.replans;
 }
 
@@ -450,6 +445,11 @@ void Engine::publish_stats(double step_ms) {
     sum += double(l.kv_bytes);
   }
   s.imbalance = sum > 0 ? mx * double(s.ranks.size()) / sum : 1;
+  if (sum > 0 && step_ms > 0) {
+    imbalance_sum_ += s.imbalance;
+    ++imbalance_steps_;
+  }
+  s.mean_imbalance = imbalance_steps_ ? imbalance_sum_ / double(imbalance_steps_) : 1;
   s.swap_host_bytes = backend_->swap_bytes_host();
   s.swap_file_bytes = backend_->swap_bytes_file();
   std::lock_guard lock(mu_);

@@ -74,6 +74,7 @@ struct EngineStats {
   double busy_ms = 0;           // time spent in steps
   std::vector<RankLoad> ranks;  // after the last step
   double imbalance = 1;         // max / mean of the ranks' KV bytes (1: even or empty)
+  double mean_imbalance = 1;    // its mean over the steps that held any cache
   size_t swap_host_bytes = 0, swap_file_bytes = 0;
   std::string backend;
 };
@@ -146,6 +147,8 @@ class Engine {
   EngineStats counters_;        // the engine thread's running counts
   int64_t queued_ = 0;          // waiting + inbox, for the queue limit
   bool batch_changed_ = false;  // a request joined or left since the last re-plan check
+  double imbalance_sum_ = 0;    // over imbalance_steps_ steps
+  int64_t imbalance_steps_ = 0;
   const std::chrono::steady_clock::time_point t0_;
 };
 

@@ -7,6 +7,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "placement/rebalance.h"
 #include "runtime/rank_compression.h"
 #include "serve/rank_worker.h"
 #include "serve/ranks_wire.h"
@@ -256,6 +257,45 @@ std::vector<RankLoad> RanksBackend::loads() const {
           (d[size_t(r)] + cost.mlp_load() / R_) * cost.load_bytes() * ms_per_byte;
   }
   return out;
+}
+
+ReplanEstimate RanksBackend::estimate_replan(const placement::CostModel& base) const {
+  ReplanEstimate e;
+  const int running = worker_->running();
+  if (running == 0) return e;
+  const std::vector<RankReport>& reps = worker_->reports();
+  const model::ModelConfig& c = m_.config;
+  const int L = c.n_layers, H = c.n_kv_heads;
+  placement::CostModel cost = base;
+  cost.batch = running;
+  const double ms_per_byte =
+      o_.ms_per_load > 0 ? o_.ms_per_load / cost.load_bytes() : 1.0 / (o_.bandwidth_gbs * 1e6);
+  const placement::Placement& p = placement();
+  std::vector<double> tokens(static_cast<size_t>(H));
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < H; ++h) {
+      double rows = 0;
+      for (const RankReport& rep : reps) rows += rep.unit_rows[size_t(l * H + h)];
+      tokens[size_t(h)] = rows / running;
+    }
+    const placement::LayerPlacement& now = p.layers[size_t(l)];
+    const placement::LayerPlacement next = placement::rebalance_layer(now, tokens, cost, R_);
+    e.step_ms_now +=
+        placement::max_device_load(now, tokens, cost, R_) * cost.load_bytes() * ms_per_byte;
+    e.step_ms_after +=
+        placement::max_device_load(next, tokens, cost, R_) * cost.load_bytes() * ms_per_byte;
+    // Rows move to a device by as much as its share of the unit grows.
+    for (int d = 0; d < R_; ++d)
+      for (const placement::Share& s : next.devices[size_t(d)]) {
+        double before = 0;
+        for (const placement::Share& o : now.devices[size_t(d)])
+          if (o.head == s.head) before += o.share;
+        if (s.share > before)
+          e.move_bytes +=
+              (s.share - before) * tokens[size_t(s.head)] * running * cost.token_bytes();
+      }
+  }
+  return e;
 }
 
 SwapPlace RanksBackend::swap_out(SeqId seq) {

@@ -97,6 +97,9 @@ class RanksBackend final : public Backend {
   size_t swap_bytes_file() const override { return 0; }
   std::string describe() const override;
   bool replan(const placement::CostModel& cost) override;
+  // From the gathered lengths (no collective): each layer's shares as replan would re-divide them
+  // (placement::rebalance_layer on the running sequences' mean kept lengths).
+  ReplanEstimate estimate_replan(const placement::CostModel& cost) const override;
 
   // The shares in force (they change with replan).
   const placement::Placement& placement() const;
