@@ -460,6 +460,59 @@ TEST(EngineOnRanks, LogitsDoNotDependOnTheBatch) {
   }
 }
 
+// Tight memory on ranks: requests wait, running ones are swapped out (or dropped and recomputed)
+// and resumed on the ranks; no output changes, none is lost.
+TEST_F(EngineTest, PreemptionOnRanksChangesNoOutput) {
+  const placement::CostModel cost =
+      runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
+  placement::PlanOptions po;
+  po.planner = placement::PlannerKind::FairCopy;
+  po.devices = 2;
+  po.tp_unless_faster = false;
+  const placement::Placement p =
+      placement::plan(runtime::testing::heavy_unit_profile(m().config, 40, 1000), cost, po);
+  std::vector<Request> reqs;
+  for (size_t i = 0; i < std::size(kTexts); ++i) {
+    Request r = make(prompt(kTexts[i]), 60, i % 2 ? 0.8f : 0.0f, 7 + i);
+    r.ignore_eos = true;
+    reqs.push_back(r);
+  }
+  for (size_t host_swap : {size_t(1) << 30, size_t(0)}) {
+    EngineOptions eo = small_engine(4);
+    eo.replan_cost = cost;
+    RanksOptions ro;
+    ro.n_slots = Engine::open_limit(eo.parallel);
+    ro.host_swap_bytes = host_swap;
+    Harness ref(m(), eo);
+    ref.engine = std::make_unique<Engine>(m(), std::make_unique<RanksBackend>(m(), p, ro), eo);
+    std::vector<RequestId> ref_ids, ids;
+    for (const Request& r : reqs) ref_ids.push_back(ref.submit(r));
+    size_t peak = 0;
+    while (ref.engine->step()) peak = std::max(peak, ref.engine->backend().max_rank_bytes());
+    EngineOptions tight = eo;
+    tight.kv_memory = peak * 6 / 10;
+    Harness h(m(), tight);
+    h.engine = std::make_unique<Engine>(m(), std::make_unique<RanksBackend>(m(), p, ro), tight);
+    for (const Request& r : reqs) ids.push_back(h.submit(r));
+    size_t tight_peak = 0;
+    while (h.engine->step())
+      tight_peak = std::max(tight_peak, h.engine->backend().max_rank_bytes());
+    EXPECT_LE(tight_peak, tight.kv_memory);
+    const EngineStats st = h.engine->stats();
+    EXPECT_GT(st.preemptions, 0);
+    if (host_swap == 0) {
+      EXPECT_GT(st.recomputations, 0);
+    } else {
+      EXPECT_GT(st.swap_ins, 0);
+    }
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      EXPECT_EQ(h.out.at(ids[i]).tokens, ref.out.at(ref_ids[i]).tokens) << "request " << i;
+      EXPECT_EQ(h.out.at(ids[i]).finals, 1);
+    }
+    EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);
+  }
+}
+
 // Dynamic FairKV at admission: a new sequence's batch-sliced units go to the least-loaded holders.
 // Two equal prompts under fair-copy on 2 ranks, 4 slots: with the lowest free slots (0 and 1) both
 // would sit in the same half of every batch-sliced unit; chosen by load they sit on both ranks.

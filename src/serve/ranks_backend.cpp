@@ -169,6 +169,35 @@ size_t RanksBackend::row_bytes() const {
          size_t(c.n_kv_heads);
 }
 
+double RanksBackend::max_rank_fraction() const {
+  // Of a sequence's rows, the most one rank may hold: a whole unit, a query slice (every holder
+  // keeps the whole KV) or a batch slice (the sequence may be its) count whole, a token slice by
+  // its share.
+  const placement::Placement& p = placement();
+  std::vector<double> held(static_cast<size_t>(R_), 0.0);
+  double units = 0;
+  for (const auto& layer : p.layers) {
+    units += p.kv_heads;
+    for (int d = 0; d < R_; ++d) {
+      std::vector<double> of_head(static_cast<size_t>(p.kv_heads), 0.0);
+      for (const placement::Share& s : layer.devices[size_t(d)]) {
+        const double f = s.kind == placement::ShareKind::Tokens ? s.share : 1.0;
+        of_head[size_t(s.head)] = std::min(1.0, of_head[size_t(s.head)] + f);
+      }
+      for (double f : of_head) held[size_t(d)] += f;
+    }
+  }
+  return units > 0 ? *std::max_element(held.begin(), held.end()) / units : 1.0;
+}
+
+size_t RanksBackend::bytes_for(int64_t rows, int64_t /*max_rows*/) const {
+  return size_t(double(rows) * double(row_bytes()) * max_rank_fraction());
+}
+
+size_t RanksBackend::growth_bytes(SeqId /*seq*/, int64_t new_rows) const {
+  return bytes_for(new_rows, 0);
+}
+
 void RanksBackend::open(SeqId seq, int64_t /*max_rows*/) {
   check_usable();
   if (worker_->find(seq)) throw std::invalid_argument(fmt::format("ranks: {} is open", seq));

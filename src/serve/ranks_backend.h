@@ -89,6 +89,9 @@ class RanksBackend final : public Backend {
   // (kv::SequenceCache::bytes(), K and V; the allocation may exceed it by a quarter while decode
   // grows a store), step_ms the last run() on each rank.
   std::vector<RankLoad> loads() const override;
+  // The rows' bytes times the most of a sequence one rank may hold under the placement in force.
+  size_t bytes_for(int64_t rows, int64_t max_rows) const override;
+  size_t growth_bytes(SeqId seq, int64_t new_rows) const override;
   // Host (a copy in this process's memory on every rank) or None (over host_swap_bytes: the
   // caches are cleared, and the sequence stays open, empty, to be recomputed from its tokens).
   SwapPlace swap_out(SeqId seq) override;
@@ -105,6 +108,7 @@ class RanksBackend final : public Backend {
   const placement::Placement& placement() const;
 
  private:
+  double max_rank_fraction() const;
   // Broadcasts a command and executes it here. A failure inside the ranks' collectives breaks
   // the backend: later calls throw.
   void command(std::vector<uint8_t> msg) const;
