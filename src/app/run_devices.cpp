@@ -18,7 +18,7 @@ std::vector<std::string>& command_line() {
   return args;
 }
 
-void add_device_options(CLI::App& cmd, DeviceOptions& o) {
+void add_rank_options(CLI::App& cmd, DeviceOptions& o) {
   cmd.add_option("--devices", o.devices, "Devices (ranks) that share the model: tensor parallel")
       ->check(CLI::Range(0, placement::kMaxDevices))
       ->capture_default_str();
@@ -36,6 +36,10 @@ void add_device_options(CLI::App& cmd, DeviceOptions& o) {
                  "ends, naming the ranks that do not answer")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+}
+
+void add_device_options(CLI::App& cmd, DeviceOptions& o) {
+  add_rank_options(cmd, o);
   cmd.add_flag("--rebalance", o.rebalance,
                "With --devices: re-divide shares by the kept lengths after the prefill");
   cmd.add_option("--batch-file,--batch", o.batch_file,

@@ -26,6 +26,9 @@ struct DeviceOptions {
   bool wanted() const { return devices != 1 || comm != "threads" || !batch_file.empty(); }
 };
 
+// --devices, --placement, --profile, --comm and --comm-timeout: the ranks a model runs on.
+void add_rank_options(CLI::App& cmd, DeviceOptions& o);
+// add_rank_options, and run's --rebalance and --batch-file.
 void add_device_options(CLI::App& cmd, DeviceOptions& o);
 
 struct DeviceRun {

@@ -8,7 +8,6 @@
 
 #include "app/commands.h"
 #include "comm/comm.h"
-#include "placement/planners.h"
 #include "runtime/model_placement.h"
 #include "serve/ranks_backend.h"
 #include "serve/solo_backend.h"
@@ -71,10 +70,10 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
                                                            const KvOptions& kv,
                                                            serve::EngineOptions& eo) const {
   const size_t swap = parse_bytes(swap_space, "--swap-space");
-  if (devices < 1) throw UsageError("--devices: expected at least 1");
-  if (comm != "threads" && comm != "mpi")
-    throw UsageError("--comm: expected threads or mpi, got '" + comm + "'");
-  if (devices == 1 && comm == "threads") {
+  if (dev.devices < 1) throw UsageError("--devices: expected at least 1");
+  if (dev.comm != "threads" && dev.comm != "mpi")
+    throw UsageError("--comm: expected threads or mpi, got '" + dev.comm + "'");
+  if (dev.devices == 1 && dev.comm == "threads") {
     serve::SoloOptions so;
     so.kv_type = kv.kv_type();
     so.activations = e.act();
@@ -93,24 +92,24 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
   const placement::CostModel cost = runtime::run_cost_model(m.config, m.weights.layers[0].wq.type,
                                                             kv.kv_type(), std::max(1, parallel));
   const placement::Placement p =
-      runtime::resolve_placement(placement, profile, m.config, devices, cost);
+      runtime::resolve_placement(dev.placement, dev.profile, m.config, dev.devices, cost);
   if (!p.note.empty()) std::fprintf(stderr, "note: %s\n", p.note.c_str());
   serve::RanksOptions ro;
-  ro.comm = comm;
-  ro.threads = comm == "threads" ? std::max(1, e.n_threads() / devices) : e.n_threads();
+  ro.comm = dev.comm;
+  ro.threads = dev.comm == "threads" ? std::max(1, e.n_threads() / dev.devices) : e.n_threads();
   ro.kv_type = kv.kv_type();
   ro.activations = e.act();
   ro.batching = fast_batching ? kernels::Batching::Fastest : kernels::Batching::Invariant;
   ro.n_slots = serve::Engine::open_limit(parallel);
   ro.cost = cost;
   ro.host_swap_bytes = swap;
-  ro.comm_timeout = comm_timeout;
+  ro.comm_timeout = dev.comm_timeout;
   if (replan) eo.replan_cost = cost;
   return std::make_unique<serve::RanksBackend>(m, p, ro);
 }
 
 bool ServeOptions::follow_if_not_rank0(const model::Model& m, const EngineOptions& e) const {
-  if (comm != "mpi" || !comm::launched_by_mpirun()) return false;
+  if (dev.comm != "mpi" || !comm::launched_by_mpirun()) return false;
   if (comm::launch_rank() <= 0) return false;
   serve::follow_rank0(m, e.n_threads());
   return true;
@@ -142,22 +141,7 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                "(a seeded request's output may then depend on its neighbours)");
   cmd.add_option("-n,--n-predict", o.n_predict, "Default max_tokens of a request")
       ->capture_default_str();
-  cmd.add_option("--devices", o.devices, "Devices (ranks) that share the model")
-      ->check(CLI::Range(1, placement::kMaxDevices))
-      ->capture_default_str();
-  cmd.add_option("--placement", o.placement,
-                 "With --devices: tp, balanced, fair-copy, split, or a `fairkv plan --json` file")
-      ->capture_default_str();
-  cmd.add_option("--profile", o.profile,
-                 "With --devices: per-unit loads (JSON) the planner places by (default: equal)");
-  cmd.add_option("--comm", o.comm,
-                 "With --devices: threads (ranks in this process) or mpi (one rank per process "
-                 "under mpirun -np R)")
-      ->capture_default_str();
-  cmd.add_option("--comm-timeout", o.comm_timeout,
-                 "With --comm mpi: seconds a collective waits for the other ranks")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  add_rank_options(cmd, o.dev);
   cmd.add_flag("!--no-replan", o.replan,
                "With --devices: keep the shares fixed instead of re-dividing them as requests "
                "join and leave (dynamic FairKV)");

@@ -10,6 +10,7 @@
 
 #include "app/engine_options.h"
 #include "app/kv_options.h"
+#include "app/run_devices.h"
 #include "app/sampler_options.h"
 #include "kernels/threadpool.h"
 #include "model/model.h"
@@ -27,9 +28,7 @@ struct ServeOptions {
   bool fast_batching = false;  // --no-batch-invariance
   int n_predict = 128;
   // Ranks: --devices R under --placement, ranks as threads or the processes of an mpirun job.
-  int devices = 1;
-  std::string placement = "tp", profile, comm = "threads";
-  double comm_timeout = 60;
+  DeviceOptions dev;
   bool replan = true;  // dynamic FairKV: re-divide shares as the running batch changes
   SamplerOptions sampling;
 

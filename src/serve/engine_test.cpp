@@ -135,6 +135,17 @@ void expect_concurrent_equals_alone(const model::Model& m, EngineOptions eo, flo
   EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);  // every cache freed
 }
 
+// A placement of the planner's own shares (replicas included, never replaced by tp) for units
+// of 40 tokens with one heavy unit per layer.
+placement::Placement test_placement(const model::Model& m, placement::PlannerKind planner, int R,
+                                    const placement::CostModel& cost) {
+  placement::PlanOptions po;
+  po.planner = planner;
+  po.devices = R;
+  po.tp_unless_faster = false;
+  return placement::plan(runtime::testing::heavy_unit_profile(m.config, 40, 1000), cost, po);
+}
+
 TEST(PromptChunks, CutsEveryChunkAndKeepsTheWindowInTheLast) {
   EXPECT_EQ(prompt_chunk_ends(10, 16, 8), (std::vector<int64_t>{10}));
   EXPECT_EQ(prompt_chunk_ends(32, 16, 8), (std::vector<int64_t>{16, 32}));
@@ -188,6 +199,29 @@ TEST_F(EngineTest, GreedyAloneEqualsThePlainEngine) {
   }
 }
 
+// Runs h to the end and checks what tight memory must not change: the peak stays under the
+// limit, requests were preempted (recomputed when there is no swap space, else swapped back in),
+// every request ended once with ref's tokens, and every cache is freed.
+void expect_preemption_changed_nothing(Harness& h, const std::vector<RequestId>& ids,
+                                       const Harness& ref, const std::vector<RequestId>& ref_ids,
+                                       size_t limit, bool recompute) {
+  size_t peak = 0;
+  while (h.engine->step()) peak = std::max(peak, h.engine->backend().max_rank_bytes());
+  EXPECT_LE(peak, limit);
+  const EngineStats s = h.engine->stats();
+  EXPECT_GT(s.preemptions, 0);
+  if (recompute) {
+    EXPECT_GT(s.recomputations, 0);
+  } else {
+    EXPECT_GT(s.swap_ins, 0);
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(h.out.at(ids[i]).tokens, ref.out.at(ref_ids[i]).tokens) << "request " << i;
+    EXPECT_EQ(h.out.at(ids[i]).finals, 1);
+  }
+  EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);
+}
+
 // Tight memory: requests wait for room, running ones are preempted (swapped out, or dropped and
 // recomputed when the swap space is full) and come back; no output changes and none is lost.
 void expect_tight_memory_changes_nothing(const model::Model& m, size_t swap_host, float temp) {
@@ -216,22 +250,8 @@ void expect_tight_memory_changes_nothing(const model::Model& m, size_t swap_host
   ASSERT_LT(tight.kv_memory, ref_peak);
   Harness h(m, tight, so);
   for (const Request& r : reqs) ids.push_back(h.submit(r));
-  size_t peak = 0;
-  while (h.engine->step()) peak = std::max(peak, h.engine->backend().max_rank_bytes());
-  EXPECT_LE(peak, tight.kv_memory);
-  const EngineStats s = h.engine->stats();
-  EXPECT_GT(s.preemptions, 0);
-  if (swap_host == 0) {
-    EXPECT_GT(s.recomputations, 0);
-  } else {
-    EXPECT_GT(s.swap_ins, 0);
-  }
-  for (size_t i = 0; i < ids.size(); ++i) {
-    EXPECT_EQ(h.out.at(ids[i]).tokens, ref.out.at(ref_ids[i]).tokens) << "request " << i;
-    EXPECT_EQ(h.out.at(ids[i]).finish, FinishReason::Length);
-    EXPECT_EQ(h.out.at(ids[i]).finals, 1);
-  }
-  EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);
+  expect_preemption_changed_nothing(h, ids, ref, ref_ids, tight.kv_memory, swap_host == 0);
+  for (RequestId id : ids) EXPECT_EQ(h.out.at(id).finish, FinishReason::Length);
   EXPECT_EQ(h.engine->backend().swap_bytes_host(), 0u);
 }
 
@@ -360,12 +380,8 @@ TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
       eo.compression = c;
       eo.replan_cost = cost;
       eo.replan_gbs = 1e6;  // moving is free here: re-plan at every change that gains anything
-      placement::PlanOptions po;
-      po.planner = placement::planner_from_name(planner);
-      po.devices = R;
-      po.tp_unless_faster = false;  // the planners' own shares, replicas included
       const placement::Placement p =
-          placement::plan(runtime::testing::heavy_unit_profile(m().config, 40, 1000), cost, po);
+          test_placement(m(), placement::planner_from_name(planner), R, cost);
       RanksOptions ro;
       ro.n_slots = Engine::open_limit(eo.parallel);
       ro.cost = cost;
@@ -412,12 +428,7 @@ TEST(EngineOnRanks, LogitsDoNotDependOnTheBatch) {
   const std::vector<int32_t> a = ids(20, 1), b = ids(33, 2), c = ids(12, 3);
   const size_t V = size_t(m->config.n_vocab);
   for (int R : {2, 3}) {
-    placement::PlanOptions po;
-    po.planner = placement::PlannerKind::Split;
-    po.devices = R;
-    po.tp_unless_faster = false;
-    const placement::Placement p =
-        placement::plan(runtime::testing::heavy_unit_profile(m->config, 40, 1000), cost, po);
+    const placement::Placement p = test_placement(*m, placement::PlannerKind::Split, R, cost);
     RanksOptions ro;
     ro.n_slots = 4;
     // A's logits rows: its prompt's last, then 6 greedy decode steps; with company, B and C
@@ -465,12 +476,7 @@ TEST(EngineOnRanks, LogitsDoNotDependOnTheBatch) {
 TEST_F(EngineTest, PreemptionOnRanksChangesNoOutput) {
   const placement::CostModel cost =
       runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
-  placement::PlanOptions po;
-  po.planner = placement::PlannerKind::FairCopy;
-  po.devices = 2;
-  po.tp_unless_faster = false;
-  const placement::Placement p =
-      placement::plan(runtime::testing::heavy_unit_profile(m().config, 40, 1000), cost, po);
+  const placement::Placement p = test_placement(m(), placement::PlannerKind::FairCopy, 2, cost);
   std::vector<Request> reqs;
   for (size_t i = 0; i < std::size(kTexts); ++i) {
     Request r = make(prompt(kTexts[i]), 60, i % 2 ? 0.8f : 0.0f, 7 + i);
@@ -494,22 +500,7 @@ TEST_F(EngineTest, PreemptionOnRanksChangesNoOutput) {
     Harness h(m(), tight);
     h.engine = std::make_unique<Engine>(m(), std::make_unique<RanksBackend>(m(), p, ro), tight);
     for (const Request& r : reqs) ids.push_back(h.submit(r));
-    size_t tight_peak = 0;
-    while (h.engine->step())
-      tight_peak = std::max(tight_peak, h.engine->backend().max_rank_bytes());
-    EXPECT_LE(tight_peak, tight.kv_memory);
-    const EngineStats st = h.engine->stats();
-    EXPECT_GT(st.preemptions, 0);
-    if (host_swap == 0) {
-      EXPECT_GT(st.recomputations, 0);
-    } else {
-      EXPECT_GT(st.swap_ins, 0);
-    }
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      EXPECT_EQ(h.out.at(ids[i]).tokens, ref.out.at(ref_ids[i]).tokens) << "request " << i;
-      EXPECT_EQ(h.out.at(ids[i]).finals, 1);
-    }
-    EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);
+    expect_preemption_changed_nothing(h, ids, ref, ref_ids, tight.kv_memory, host_swap == 0);
   }
 }
 
