@@ -88,7 +88,6 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
     so.swap_file_bytes = swap_dir.empty() ? 0 : swap * 4;
     return std::make_unique<serve::SoloBackend>(m, pool, so);
   }
-  if (!swap_dir.empty()) throw UsageError("--swap-dir: one device only for now (drop --devices)");
   const placement::CostModel cost = runtime::run_cost_model(m.config, m.weights.layers[0].wq.type,
                                                             kv.kv_type(), std::max(1, parallel));
   const placement::Placement p =
@@ -103,6 +102,8 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
   ro.n_slots = serve::Engine::open_limit(parallel);
   ro.cost = cost;
   ro.host_swap_bytes = swap;
+  ro.swap_dir = swap_dir;
+  ro.file_swap_bytes = swap_dir.empty() ? 0 : swap * 4;
   ro.comm_timeout = dev.comm_timeout;
   if (replan) eo.replan_cost = cost;
   return std::make_unique<serve::RanksBackend>(m, p, ro);

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "model/model.h"
 #include "placement/planners.h"
 #include "runtime/model_placement.h"
@@ -471,8 +473,8 @@ TEST(EngineOnRanks, LogitsDoNotDependOnTheBatch) {
   }
 }
 
-// Tight memory on ranks: requests wait, running ones are swapped out (or dropped and recomputed)
-// and resumed on the ranks; no output changes, none is lost.
+// Tight memory on ranks: requests wait, running ones are swapped out (to host memory or spill
+// files) or dropped and recomputed, and resumed on the ranks; no output changes, none is lost.
 TEST_F(EngineTest, PreemptionOnRanksChangesNoOutput) {
   const placement::CostModel cost =
       runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
@@ -483,12 +485,20 @@ TEST_F(EngineTest, PreemptionOnRanksChangesNoOutput) {
     r.ignore_eos = true;
     reqs.push_back(r);
   }
-  for (size_t host_swap : {size_t(1) << 30, size_t(0)}) {
+  // Swapped to host memory; to spill files (no host room); dropped and recomputed (no room).
+  const std::filesystem::path spill =
+      std::filesystem::temp_directory_path() / ("fairkv-spill-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(spill);
+  for (int where : {0, 1, 2}) {
     EngineOptions eo = small_engine(4);
     eo.replan_cost = cost;
     RanksOptions ro;
     ro.n_slots = Engine::open_limit(eo.parallel);
-    ro.host_swap_bytes = host_swap;
+    ro.host_swap_bytes = where == 0 ? size_t(1) << 30 : 0;
+    if (where == 1) {
+      ro.swap_dir = spill.string();
+      ro.file_swap_bytes = size_t(1) << 30;
+    }
     Harness ref(m(), eo);
     ref.engine = std::make_unique<Engine>(m(), std::make_unique<RanksBackend>(m(), p, ro), eo);
     std::vector<RequestId> ref_ids, ids;
@@ -500,8 +510,10 @@ TEST_F(EngineTest, PreemptionOnRanksChangesNoOutput) {
     Harness h(m(), tight);
     h.engine = std::make_unique<Engine>(m(), std::make_unique<RanksBackend>(m(), p, ro), tight);
     for (const Request& r : reqs) ids.push_back(h.submit(r));
-    expect_preemption_changed_nothing(h, ids, ref, ref_ids, tight.kv_memory, host_swap == 0);
+    expect_preemption_changed_nothing(h, ids, ref, ref_ids, tight.kv_memory, where == 2);
+    EXPECT_TRUE(std::filesystem::is_empty(spill)) << "spill files left behind";
   }
+  std::filesystem::remove_all(spill);
 }
 
 // Dynamic FairKV at admission: a new sequence's batch-sliced units go to the least-loaded holders.

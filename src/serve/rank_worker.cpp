@@ -287,30 +287,39 @@ int64_t RankWorker::kept_rows(Seq& s) {
 
 void RankWorker::swap_out(Seq& s) {
   const int64_t rows = kept_rows(s);
-  // Every rank's held and new bytes, so that all decide alike.
-  double mine[2] = {0, double(s.rs->cache.bytes())};
+  // Every rank's held (host, file) and new bytes, so that all decide alike: host memory while it
+  // has room, then spill files, else the cache is dropped.
+  double mine[3] = {0, 0, double(kv::swapped_bytes(s.rs->cache))};
   for (const auto& [id, other] : seqs_)
-    if (other.swapped) mine[0] += double(other.swapped->bytes());
-  std::vector<double> all(2 * size_t(comm_.size()));
+    if (other.swapped) mine[other.swapped->in_file() ? 1 : 0] += double(other.swapped->bytes());
+  std::vector<double> all(3 * size_t(comm_.size()));
   comm_.all_gather(mine, sizeof(mine), all.data());
-  double total = 0;
-  for (double b : all) total += b;
-  if (total > double(o_.host_swap_bytes)) {
+  double host = 0, file = 0, add = 0;
+  for (int r = 0; r < comm_.size(); ++r) {
+    host += all[size_t(3 * r)];
+    file += all[size_t(3 * r + 1)];
+    add += all[size_t(3 * r + 2)];
+  }
+  if (host + add <= double(o_.host_swap_bytes)) {
+    s.swapped = kv::swap_out(s.rs->cache);  // clears the cache and frees its memory
+    swap_ = SwapPlace::Host;
+  } else if (!o_.swap_dir.empty() && file + add <= double(o_.file_swap_bytes)) {
+    s.swapped = kv::swap_out(s.rs->cache, o_.swap_dir);
+    swap_ = SwapPlace::File;
+  } else {
     s.rs->cache.clear();
     s.prompt_open = true;  // recomputed from its tokens, as a new prompt
     swap_ = SwapPlace::None;
-  } else {
-    s.swapped = copy_to_host(s.rs->cache);
+  }
+  if (s.swapped) {
     s.swapped_under = fwd_->placement();
     s.swapped_rows = rows;
-    s.rs->cache.clear();
-    swap_ = SwapPlace::Host;
   }
   publish();
 }
 
 void RankWorker::swap_in(Seq& s) {
-  restore_from_host(*s.swapped, s.rs->cache);
+  kv::swap_in(std::move(*s.swapped), s.rs->cache);
   s.swapped.reset();
   // Shares changed while it was out (replan): its rows move as redistribute moves the others'.
   if (!same_shares(s.swapped_under, fwd_->placement())) {
@@ -355,11 +364,11 @@ void RankWorker::replan(const placement::CostModel& cost) {
 void RankWorker::publish() {
   const int L = m_.config.n_layers, H = m_.config.n_kv_heads, rank = comm_.rank();
   const size_t U = size_t(L) * size_t(H);
-  std::vector<double> mine(3 + U, 0.0);
+  std::vector<double> mine(4 + U, 0.0);
   running_ = 0;
   for (const auto& [id, s] : seqs_) {
     if (s.swapped) {
-      mine[1] += double(s.swapped->bytes());
+      mine[s.swapped->in_file() ? 2 : 1] += double(s.swapped->bytes());
       continue;
     }
     ++running_;
@@ -369,7 +378,7 @@ void RankWorker::publish() {
         if (runtime::counts(parts_[size_t(l)][size_t(h)], rank))
           mine[3 + size_t(l * H + h)] += double(s.rs->cache.head(l, h).size());
   }
-  mine[2] = step_ms_;
+  mine[3] = step_ms_;
   std::vector<double> all(mine.size() * size_t(comm_.size()));
   comm_.all_gather(mine.data(), mine.size() * sizeof(double), all.data());
   for (int r = 0; r < comm_.size(); ++r) {
@@ -377,8 +386,9 @@ void RankWorker::publish() {
     RankReport& rep = reports_[size_t(r)];
     rep.kv_bytes = p[0];
     rep.host_bytes = p[1];
-    rep.step_ms = p[2];
-    rep.unit_rows.assign(p + 3, p + 3 + U);
+    rep.file_bytes = p[2];
+    rep.step_ms = p[3];
+    rep.unit_rows.assign(p + 4, p + 4 + U);
   }
 }
 

@@ -13,12 +13,12 @@
 
 #include "comm/comm.h"
 #include "kernels/threadpool.h"
+#include "kv/cache_swap.h"
 #include "model/model.h"
 #include "placement/placement.h"
 #include "runtime/rank_forward.h"
 #include "runtime/shard.h"
 #include "serve/backend.h"
-#include "serve/host_copy.h"
 #include "serve/ranks_backend.h"
 #include "serve/ranks_wire.h"
 
@@ -35,7 +35,8 @@ std::vector<uint8_t> shutdown_command();
 // What a rank reports after each command that changed its caches, gathered on every rank.
 struct RankReport {
   double kv_bytes = 0;    // kept rows of its live caches
-  double host_bytes = 0;  // its swapped-out copies
+  double host_bytes = 0;  // its swapped-out copies in host memory
+  double file_bytes = 0;  // and in spill files
   double step_ms = 0;     // its last run
   // [layer * H + head]: rows of the running sequences it keeps and that count towards the
   // unit's length (runtime::counts), so that the ranks' sum is each unit's total.
@@ -63,8 +64,8 @@ class RankWorker {
   struct Seq {
     std::unique_ptr<runtime::RankSequence> rs;
     bool prompt_open = true;  // no chunk with full_prompt_done yet (or dropped since)
-    std::optional<HostCopy> swapped;
-    placement::Placement swapped_under;  // the shares that laid out the swapped rows
+    std::optional<kv::SwappedCache> swapped;  // in host memory, bit for bit
+    placement::Placement swapped_under;       // the shares that laid out the swapped rows
     int64_t swapped_rows = 0;
   };
   // Rank 0 checks the engine's calls against these before sending them.

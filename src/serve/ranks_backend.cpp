@@ -30,6 +30,8 @@ std::vector<uint8_t> setup_message(const model::ModelConfig& c, const placement:
   w.put(o.batching);
   w.put(o.n_slots);
   w.put(o.host_swap_bytes);
+  w.put_string(o.swap_dir);
+  w.put(o.file_swap_bytes);
   w.put(o.comm_timeout);
   return std::move(w.bytes());
 }
@@ -48,6 +50,8 @@ placement::Placement read_setup(const std::vector<uint8_t>& bytes, const model::
   o.batching = r.get<kernels::Batching>();
   o.n_slots = r.get<int>();
   o.host_swap_bytes = r.get<size_t>();
+  o.swap_dir = r.get_string();
+  o.file_swap_bytes = r.get<size_t>();
   o.comm_timeout = r.get<double>();
   return p;
 }
@@ -348,6 +352,12 @@ size_t RanksBackend::swap_bytes_host() const {
   double b = 0;
   for (const RankReport& rep : worker_->reports()) b += rep.host_bytes;
   return size_t(b);
+}
+
+size_t RanksBackend::swap_bytes_file() const {
+  size_t b = 0;
+  for (const RankReport& rep : worker_->reports()) b += size_t(rep.file_bytes);
+  return b;
 }
 
 bool RanksBackend::replan(const placement::CostModel& cost) {

@@ -13,7 +13,7 @@
 //    last chunk, whose observation window is collected where each unit's rows sit and compressed
 //    after the step by the sequence's own config (runtime/rank_compression.h); token slices are
 //    then dealt out (RankForward::redistribute), as runtime::execute does after its prefill;
-//  - swap_out copies each rank's stores of the sequence to host memory (host_copy.h);
+//  - swap_out moves each rank's stores of the sequence to host memory (kv/cache_swap.h);
 //  - replan recomputes the shares from the kept lengths (runtime::rebalanced) and moves rows.
 #pragma once
 
@@ -60,6 +60,9 @@ struct RanksOptions {
   // Bytes swapped-out caches may hold in host memory, all ranks together; a swap_out beyond it
   // drops the cache instead (SwapPlace::None).
   size_t host_swap_bytes = std::numeric_limits<size_t>::max();
+  // Beyond it, spill files in swap_dir (on every rank's host), up to file_swap_bytes in all.
+  std::string swap_dir;
+  size_t file_swap_bytes = 0;
   // mpi: seconds a collective inside a command may wait (ranks waiting for rank 0's next
   // command wait as long as the engine idles).
   double comm_timeout = comm::Communicator::kDefaultCollectiveTimeout;
@@ -97,7 +100,7 @@ class RanksBackend final : public Backend {
   SwapPlace swap_out(SeqId seq) override;
   void swap_in(SeqId seq) override;
   size_t swap_bytes_host() const override;
-  size_t swap_bytes_file() const override { return 0; }
+  size_t swap_bytes_file() const override;
   std::string describe() const override;
   bool replan(const placement::CostModel& cost) override;
   // From the gathered lengths (no collective): each layer's shares as replan would re-divide them
