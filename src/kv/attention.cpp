@@ -53,6 +53,11 @@ struct Scratch {
   std::vector<float> s;  // kMaxRows x kBlock scores, then probabilities
 };
 
+Scratch& scratch() {
+  static thread_local Scratch w;
+  return w;
+}
+
 // Values [r0, r0 + n) as float32 rows of stride dp (a multiple of kLanes, zero padded): an f32
 // store whose rows are whole vectors is read in place.
 const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
@@ -484,7 +489,7 @@ void attend(const AttentionArgs& a) {
   const int64_t end = std::min<int64_t>(a.end, st.size());
   const int64_t rows = a.n_tokens * G;
   const int64_t first_probs = a.n_tokens - (a.probs ? a.probs_tokens : 0);
-  static thread_local Scratch w;
+  Scratch& w = scratch();
   w.qbuf.assign(size_t(std::min<int64_t>(rows, kMaxRows) * dp), 0.0f);
   w.obuf.resize(size_t(std::min<int64_t>(rows, kMaxRows) * dp));
   for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
@@ -518,6 +523,13 @@ void attend(const AttentionArgs& a) {
       }
     }
   }
+}
+
+size_t attend_scratch_bytes() {
+  const Scratch& w = scratch();
+  size_t n = 0;
+  for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.krow, &w.s}) n += v->capacity();
+  return n * sizeof(float);
 }
 
 void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& pool) {
