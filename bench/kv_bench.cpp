@@ -9,7 +9,9 @@
 // read's buffer is as large.
 //
 // Run: build-*/bench/kv_bench [--benchmark_filter=...]. Names: stream/thr<t>,
-// decode/<f32|f16>/g<group>/<uniform|ragged>/thr<t>. Counters of a decode run: GB/s (K and V
+// decode/<f32|f16>/g<group>/<uniform|ragged>/thr<t>, and without the memory: hot/<type>/g<group>
+// (a decode step from L2) and prefill/<type>/g<group>/n4096 (a causal prompt), one thread in CPU
+// time against an FMA loop timed the same way (of_fma). Counters of a decode run: GB/s (K and V
 // bytes read per second), stream_GB/s (the streaming read with the same threads, measured just
 // before and after that run) and of_stream, their ratio (1.0 = at the bandwidth). Other
 // processes sharing the machine move both; compare ratios, over --benchmark_repetitions=5.
