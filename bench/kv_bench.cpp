@@ -9,7 +9,9 @@
 // read's buffer is as large.
 //
 // Run: build-*/bench/kv_bench [--benchmark_filter=...]. Names: stream/thr<t>,
-// decode/<f32|f16>/g<group>/<uniform|ragged>/thr<t>. Counters of a decode run: GB/s (K and V
+// decode/<f32|f16>/g<group>/<uniform|ragged>/thr<t>, and without the memory: hot/<type>/g<group>
+// (a decode step from L2) and prefill/<type>/g<group>/n4096 (a causal prompt), one thread in CPU
+// time against an FMA loop timed the same way (of_fma). Counters of a decode run: GB/s (K and V
 // bytes read per second), stream_GB/s (the streaming read with the same threads, measured just
 // before and after that run) and of_stream, their ratio (1.0 = at the bandwidth). Other
 // processes sharing the machine move both; compare ratios, over --benchmark_repetitions=5.
@@ -18,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <random>
@@ -226,6 +229,103 @@ void bm_decode(benchmark::State& state, kv::KvType t, int group, bool ragged, in
   state.counters["of_roofline"] = rate / std::min(stream, compute);
 }
 
+// fma_rate on the calling thread in its own CPU time (the runs below are timed in CPU time, which
+// other processes sharing the cores do not inflate).
+double fma_cpu_rate() {
+  static double best = 0;
+  if (best > 0) return best;
+  namespace simd = kernels::simd;
+  constexpr int64_t kSteps = int64_t(1) << 22;
+  auto cpu = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  };
+  for (int round = 0; round < 3; ++round) {
+    const double t0 = cpu();
+    const simd::V a = simd::set1(0.999f), b = simd::set1(1e-3f);
+    simd::V c[12];
+    for (int j = 0; j < 12; ++j) c[j] = simd::set1(float(j));
+    for (int64_t i = 0; i < kSteps; ++i) {
+      FAIRKV_UNROLL
+      for (int j = 0; j < 12; ++j) c[j] = simd::fma(c[j], a, b);
+    }
+    simd::V sum = c[0];
+    for (int j = 1; j < 12; ++j) sum = simd::add(sum, c[j]);
+    benchmark::DoNotOptimize(sum);
+    best = std::max(best, double(kSteps) * 12 * simd::kLanes / (cpu() - t0));
+  }
+  return best;
+}
+
+// The arithmetic alone: one decode step, one thread, over one store of kHotKeys keys that stays
+// in L2 (1 MiB of f16 K and V), repeated. ns per key and the share of the FMA rate it reaches
+// (2 x group x head_dim multiply-adds per key) show how far the kernel is from its arithmetic
+// bound, which under other processes' memory traffic the bandwidth runs cannot.
+void bm_hot(benchmark::State& state, kv::KvType t, int group) {
+  constexpr int64_t kHotKeys = 2048;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> z(0.0f, 1.0f);
+  std::vector<float> k(size_t(kHotKeys * kHeadDim)), v(k.size());
+  for (auto& x : k) x = z(rng);
+  for (auto& x : v) x = z(rng);
+  kv::HeadStore s(kHeadDim, t);
+  s.append(k.data(), v.data(), kHotKeys);
+  std::vector<float> q(size_t(group * kHeadDim)), out(q.size());
+  for (auto& x : q) x = z(rng);
+  kv::AttentionArgs a;
+  a.store = &s;
+  a.q = q.data();
+  a.group = group;
+  a.scale = 1.0f / std::sqrt(float(kHeadDim));
+  a.visible = kHotKeys - 1;
+  a.out = out.data();
+  for (auto _ : state) {
+    kv::attend(a);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * kHotKeys);
+  const double fmas = double(state.iterations()) * kHotKeys * 2.0 * group * kHeadDim;
+  state.counters["ns/key"] =
+      benchmark::Counter(double(kHotKeys) * 1e-9, benchmark::Counter::kIsIterationInvariantRate |
+                                                      benchmark::Counter::kInvert);
+  state.counters["of_fma"] = benchmark::Counter(fmas / fma_cpu_rate(), benchmark::Counter::kIsRate);
+}
+
+// A causal prefill of n tokens into an empty store, one KV head and its GQA group, one thread:
+// ms, the multiply-adds' rate, and the attend scratch's bytes afterwards (the prompt's n x n
+// scores are never held).
+void bm_prefill(benchmark::State& state, kv::KvType t, int group, int64_t n) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> z(0.0f, 1.0f);
+  std::vector<float> k(size_t(n * kHeadDim)), v(k.size());
+  for (auto& x : k) x = z(rng);
+  for (auto& x : v) x = z(rng);
+  kv::HeadStore s(kHeadDim, t);
+  s.append(k.data(), v.data(), n);
+  std::vector<float> q(size_t(n * group * kHeadDim)), out(q.size());
+  for (auto& x : q) x = z(rng);
+  kv::AttentionArgs a;
+  a.store = &s;
+  a.q = q.data();
+  a.n_tokens = n;
+  a.group = group;
+  a.scale = 1.0f / std::sqrt(float(kHeadDim));
+  a.visible = 0;
+  a.out = out.data();
+  for (auto _ : state) {
+    kv::attend(a);
+    benchmark::DoNotOptimize(out.data());
+  }
+  // n (n + 1) / 2 visible keys, each 2 x group x head_dim multiply-adds.
+  const double fmas = double(n) * double(n + 1) * group * kHeadDim;
+  state.counters["GMAC/s"] =
+      benchmark::Counter(fmas * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_fma"] =
+      benchmark::Counter(fmas / fma_cpu_rate(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["scratch_KiB"] = double(kv::attend_scratch_bytes()) / 1024.0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -251,6 +351,15 @@ int main(int argc, char** argv) {
               ->UseRealTime()
               ->Unit(benchmark::kMillisecond);
         }
+  for (kv::KvType t : {kv::KvType::F32, kv::KvType::F16})
+    for (int group : {8, 4, 1}) {
+      const std::string tg = std::string(kv::kv_type_name(t)) + "/g" + std::to_string(group);
+      benchmark::RegisterBenchmark(("hot/" + tg).c_str(), bm_hot, t, group)
+          ->Unit(benchmark::kMicrosecond);
+      benchmark::RegisterBenchmark(("prefill/" + tg + "/n4096").c_str(), bm_prefill, t, group,
+                                   int64_t(4096))
+          ->Unit(benchmark::kMillisecond);
+    }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

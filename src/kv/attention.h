@@ -6,6 +6,7 @@
 // devices merge exactly (split-K / flash-decoding), which the `split` placement relies on.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -42,6 +43,11 @@ struct AttentionArgs {
 void attend(const AttentionArgs& a);
 // Reference: materialised scores, plain softmax, double accumulation.
 void attend_ref(const AttentionArgs& a);
+
+// Bytes the calling thread's attend scratch holds (capacity, kept between calls): a few query
+// rows and one block of scores, whatever the number of tokens, so a long prefill needs no n x n
+// matrix (only `probs` grows with the store, for the window's rows).
+size_t attend_scratch_bytes();
 
 // Many independent calls (units x sequences, any mix of lengths) on a pool. Threads take calls
 // one at a time from a shared counter, so ragged lengths balance. When there are fewer calls than
