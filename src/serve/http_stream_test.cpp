@@ -1,7 +1,7 @@
 // The HTTP server's streams and load, in-process on stories260K: the server-sent event format,
 // a client that goes away mid-stream (its request is cancelled and its cache freed), a full
 // queue (503 with Retry-After), 32 concurrent clients of mixed lengths, some of them leaving,
-// each answered exactly as when alone, and the shutdown drain.
+// each answered exactly as when alone, the shutdown drain, and an engine that fails.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -257,6 +257,23 @@ TEST_F(HttpTest, ShutdownCancelsAfterTheGracePeriod) {
   EXPECT_EQ(json::parse(ev.data[ev.data.size() - 2])["error"]["code"], "shutting_down");
   EXPECT_EQ(whole.status, 503);
   EXPECT_EQ(whole.j["error"]["code"], "shutting_down");
+}
+
+TEST_F(HttpTest, AFailedEngineAnswers500AndHealthSays503) {
+  TestServer s(m());
+  s.backend->fail = true;
+  auto c = s.client();
+  const Reply r = post(c, "/v1/completions", json{{"prompt", "Once"}});
+  EXPECT_EQ(r.status, 500);
+  expect_error_shape(r);
+  EXPECT_NE(r.j["error"]["message"].get<std::string>().find("the device is lost"),
+            std::string::npos)
+      << r.body;
+  EXPECT_TRUE(s.http->engine_failure());
+  EXPECT_EQ(post(c, "/v1/completions", json{{"prompt", "Again"}}).status, 500);
+  EXPECT_EQ(get(c, "/health").status, 503);
+  s.http->shutdown(1);  // the engine's thread has ended already
+  EXPECT_TRUE(s.http->stopped());
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -53,6 +54,7 @@ class GatedBackend final : public Backend {
                         [&] { return held_; });
   }
   std::atomic<int> step_delay_us{0};
+  std::atomic<bool> fail{false};  // run() throws, as a lost device would
 
   int ranks() const override { return in_->ranks(); }
   int64_t n_vocab() const override { return in_->n_vocab(); }
@@ -68,6 +70,7 @@ class GatedBackend final : public Backend {
       held_ = false;
     }
     if (step_delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(step_delay_us));
+    if (fail) throw std::runtime_error("the device is lost");
     return in_->run(items);
   }
   int64_t rows(SeqId s) const override { return in_->rows(s); }
