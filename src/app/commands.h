@@ -44,5 +44,7 @@ void add_importance_command(CLI::App& app);  // HeadKV head importance (cmd_impo
 void add_perplexity_command(CLI::App& app);
 // Serve a file of requests with continuous batching (cmd_batch.cpp).
 void add_batch_command(CLI::App& app);
+// Serve the model over HTTP, OpenAI's API (cmd_serve.cpp).
+void add_serve_command(CLI::App& app);
 
 }  // namespace fairkv::app

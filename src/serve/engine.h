@@ -111,6 +111,7 @@ class Engine {
   // as many preempted (a preempted sequence keeps its slot while swapped out).
   static int open_limit(int parallel) { return 2 * parallel; }
   const EngineOptions& options() const { return opt_; }
+  int64_t context() const { return ctx_; }  // tokens per request, prompt and output
   Backend& backend() { return *backend_; }
 
  private:
