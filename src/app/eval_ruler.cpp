@@ -14,6 +14,7 @@
 #include "app/ruler.h"
 #include "app/svg_plot.h"
 #include "kernels/clock.h"
+#include "kernels/types.h"
 #include "model/chat_prompt.h"
 #include "model/forward.h"
 #include "model/prefill_compression.h"
@@ -157,6 +158,21 @@ void run_ruler(const RulerArgs& a) {
         auto answer = [&](kv::SequenceCache cache) {
           return m->tokenizer.decode(decode(*m, fwd, cache, first, s.n_predict));
         };
+        // CriticalKV's projected value norms depend on the prompt's cache alone: computed once
+        // per sample (they cost more than a decode), handed to every DefensiveKV collector.
+        std::vector<std::vector<float>> norms;
+        auto value_norms = [&]() -> const std::vector<std::vector<float>>& {
+          if (!norms.empty()) return norms;
+          for (int l = 0; l < L; ++l) {
+            const kernels::WeightMatrix& wo = m->weights.layers[size_t(l)].wo;
+            auto layer = kv::projected_value_norms(
+                full, l, mc.n_heads / H, wo.rows, [&wo](int64_t r, float* out) {
+                  kernels::dequantize_row(wo.type, wo.row(r), out, wo.cols);
+                });
+            for (auto& h : layer) norms.push_back(std::move(h));
+          }
+          return norms;
+        };
         const std::string full_text = answer(full);
         if (a.show)
           fmt::print(stderr, "\n{} {} #{}: expected [{}], full cache: \"{}\"\n", ctx, task, si + 1,
@@ -178,8 +194,13 @@ void run_ruler(const RulerArgs& a) {
                   const WindowProbs& w = probs[size_t(l * H + h)];
                   col.observe(l, h, w.probs.data(), w.group, w.window, w.n);
                 }
+            if (col.needs_value_norms()) {
+              const auto& vn = value_norms();
+              for (int l = 0; l < L; ++l)
+                for (int h = 0; h < H; ++h) col.set_value_norms(l, h, vn[size_t(l * H + h)]);
+            }
             kv::SequenceCache cache = full;
-            model::compress_prompt(col, mc, &m->weights, cache);
+            model::compress_prompt(col, mc, nullptr, cache);
             Cell& cell = cells[{ctx, task, p, bi}];
             cell.score += ruler::score(answer(std::move(cache)), s.answers);
             ++cell.n;

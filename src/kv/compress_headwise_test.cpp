@@ -156,5 +156,35 @@ TEST(TaskKV, ShareOneIsSnapKV) {
   }
 }
 
+TEST(TaskKV, HeadOutputsFromTheCacheSeparateTheHeads) {
+  // Three heads attend alike (a quarter on each of 4 tokens) but head 2's values are (4, 0)
+  // where the others' are zero: outputs (0,0) (0,0) (4,0), centre (4/3, 0), head 2 the far one.
+  // From the attention rows alone the heads are all at the centre and the tie goes to head 0.
+  const int H = 3;
+  const int64_t n = 4;
+  CompressionConfig c = test::config(Policy::TaskKV, 3, 1);
+  c.sinks = 1;
+  c.taskkv_middle = 0;
+  c.taskkv_share = 1.0 / 3;
+  c.resolve();
+  SequenceCache cache(1, H, 2, KvType::F32);
+  for (int h = 0; h < H; ++h) {
+    const float k[8] = {}, v[8] = {4, 0, 4, 0, 4, 0, 4, 0}, zero[8] = {};
+    cache.head(0, h).append(k, h == 2 ? v : zero, n);
+  }
+  const float row[4] = {0.25f, 0.25f, 0.25f, 0.25f};
+  ScoreCollector with(c, 1, H), without(c, 1, H);
+  for (int h = 0; h < H; ++h) {
+    with.observe(0, h, row, 1, 1, n);
+    without.observe(0, h, row, 1, 1, n);
+  }
+  ASSERT_TRUE(with.needs_head_outputs());
+  with.set_head_outputs(cache);
+  // Budget 3, window 1: the far head keeps its top 2 (all tied: the recent 1, 2), the others
+  // the sink 0; every head the window, 3.
+  EXPECT_EQ(with.select(n), (Selection{{0, 3}, {0, 3}, {1, 2, 3}}));
+  EXPECT_EQ(without.select(n), (Selection{{1, 2, 3}, {0, 3}, {0, 3}}));
+}
+
 }  // namespace
 }  // namespace fairkv::kv
