@@ -66,8 +66,16 @@ std::vector<int32_t> decode(const model::Model& m, model::Forward& fwd, kv::Sequ
 
 struct Cell {
   double score = 0;
+  double kept = 0;  // share of the prompt's rows kept over all heads, summed over samples
   int n = 0;
 };
+
+double kept_share(const kv::SequenceCache& c, int64_t P) {
+  double rows = 0;
+  for (int l = 0; l < c.n_layers(); ++l)
+    for (int h = 0; h < c.n_kv_heads(); ++h) rows += double(c.head(l, h).size());
+  return rows / (double(P) * c.n_layers() * c.n_kv_heads());
+}
 
 }  // namespace
 
@@ -179,6 +187,7 @@ void run_ruler(const RulerArgs& a) {
                      fmt::join(s.answers, ", "), full_text);
         Cell& fc = cells[{ctx, task, "full", 0}];
         fc.score += ruler::score(full_text, s.answers);
+        fc.kept += 1;
         ++fc.n;
         for (const auto& p : policies)
           for (size_t bi = 0; bi < shares.size(); ++bi) {
@@ -202,6 +211,7 @@ void run_ruler(const RulerArgs& a) {
             kv::SequenceCache cache = full;
             model::compress_prompt(col, mc, nullptr, cache);
             Cell& cell = cells[{ctx, task, p, bi}];
+            cell.kept += kept_share(cache, P);
             cell.score += ruler::score(answer(std::move(cache)), s.answers);
             ++cell.n;
           }
@@ -229,6 +239,7 @@ void run_ruler(const RulerArgs& a) {
           fmt::print(" {:>7.1f}", v);
           Cell& mc2 = mean[{p, bi}];
           mc2.score += v;
+          mc2.kept += c.kept / std::max(1, c.n);
           ++mc2.n;
           if (p != "full" || bi == 0)
             records.push_back({{"context", ctx},
@@ -236,12 +247,17 @@ void run_ruler(const RulerArgs& a) {
                                {"policy", p},
                                {"budget", p == "full" ? "100%" : fmt::format("{:g}%", shares[bi])},
                                {"score", v},
+                               {"kept", c.kept / std::max(1, c.n)},
                                {"samples", c.n}});
         }
         fmt::print("\n");
       }
   }
-  fmt::print("mean over tasks and contexts\n");
+  fmt::print(
+      "mean over tasks and contexts (in brackets: the share of the prompt's KV rows kept)\n");
+  fmt::print("{:<16} {:<12}", "task", "policy");
+  for (double sh : shares) fmt::print(" {:>15}", fmt::format("{:g}%", sh));
+  fmt::print("\n");
   std::vector<Series> series;
   for (const auto& p : all) {
     fmt::print("{:<16} {:<12}", "all", p);
@@ -249,7 +265,7 @@ void run_ruler(const RulerArgs& a) {
     for (size_t bi = 0; bi < shares.size(); ++bi) {
       const Cell& c = mean[{p, bi}];
       const double v = c.score / std::max(1, c.n);
-      fmt::print(" {:>7.1f}", v);
+      fmt::print(" {:>7.1f} ({:>4.0f}%)", v, 100 * c.kept / std::max(1, c.n));
       s.points.push_back({shares[bi], v});
     }
     fmt::print("\n");
