@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -125,7 +126,13 @@ void run_ruler(const RulerArgs& a) {
   const kv::CompressionConfig base = a.kv.config();
 
   kernels::ThreadPool pool(a.engine.n_threads());
-  const auto tmpl = model::chat_template(*m);
+  // Instruct models get their chat template; a base model without one the plain text.
+  std::optional<tokenizer::ChatTemplate> tmpl;
+  try {
+    tmpl = model::chat_template(*m);
+  } catch (const tokenizer::ChatTemplateError&) {
+    fmt::print(stderr, "ruler: the model has no chat template known here; plain prompts\n");
+  }
   const auto count = [&m](const std::string& t) {
     return int64_t(m->tokenizer.encode(t, false).size());
   };
@@ -142,7 +149,8 @@ void run_ruler(const RulerArgs& a) {
       for (size_t si = 0; si < samples.size(); ++si) {
         const auto& s = samples[si];
         const tokenizer::ChatMessage msg{"user", s.input};
-        auto ids = model::chat_prompt_ids(*m, tmpl, {&msg, 1});
+        auto ids = tmpl ? model::chat_prompt_ids(*m, *tmpl, {&msg, 1})
+                        : m->tokenizer.encode(s.input + "\n", m->tokenizer.add_bos());
         const auto prefix = m->tokenizer.encode(s.answer_prefix, false);
         ids.insert(ids.end(), prefix.begin(), prefix.end());
         const int64_t P = int64_t(ids.size());
