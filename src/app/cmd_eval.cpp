@@ -15,6 +15,7 @@
 
 #include "app/commands.h"
 #include "app/engine_options.h"
+#include "app/eval_ruler.h"
 #include "app/kv_options.h"
 #include "app/prompts.h"
 #include "app/svg_plot.h"
@@ -30,6 +31,11 @@ struct EvalArgs {
   std::string model, prompts, policies = "full,streaming,snapkv,pyramidkv,adakv",
                               budgets = "20%,40%,60%", json_out, svg_out;
   int n_predict = 32;
+  std::string suite, contexts = "1k,2k,4k", tasks;
+  int samples = 2;
+  uint64_t seed = 1;
+  bool show = false;
+  std::string dump;
   EngineOptions engine;
   KvOptions kv;
 };
@@ -180,19 +186,54 @@ void add_eval_command(CLI::App& app) {
       app.add_subcommand("eval", "Fidelity of KV compression policies vs the full cache");
   cmd->add_option("-m,--model", a->model, "GGUF model file")->required();
   cmd->add_option("--prompts", a->prompts,
-                  "Text file (one prompt per line), folder of .txt, or .jsonl")
-      ->required();
-  cmd->add_option("--policies", a->policies, "Comma-separated policies")->capture_default_str();
-  cmd->add_option("--budgets", a->budgets,
-                  "Comma-separated budgets: tokens per head (64) or shares (20%)")
+                  "Text file (one prompt per line), folder of .txt, or .jsonl");
+  auto* pol = cmd->add_option("--policies", a->policies,
+                              "Comma-separated policies (--suite ruler: every policy)")
+                  ->capture_default_str();
+  auto* bud = cmd->add_option("--budgets", a->budgets,
+                              "Comma-separated budgets: tokens per head (64) or shares (20%); "
+                              "--suite ruler: shares, 10%,20%,50%")
+                  ->capture_default_str();
+  cmd->add_option("--suite", a->suite, "Generated suite instead of --prompts: ruler")
+      ->check(CLI::IsMember({"ruler"}));
+  cmd->add_option("--contexts", a->contexts, "--suite ruler: context lengths (1k,2k,4k)")
       ->capture_default_str();
+  cmd->add_option("--tasks", a->tasks, "--suite ruler: comma-separated tasks (all)");
+  cmd->add_option("--samples", a->samples, "--suite ruler: samples per task and context")
+      ->capture_default_str();
+  cmd->add_option("--seed", a->seed, "--suite ruler: generation seed")->capture_default_str();
+  cmd->add_option("--dump", a->dump,
+                  "--suite ruler: write the samples as {prompt, answer} .jsonl and stop");
+  cmd->add_flag("--show", a->show, "--suite ruler: print each sample's answers and full output");
   cmd->add_option("-n,--n-predict", a->n_predict, "Continuation tokens scored per prompt")
       ->capture_default_str();
   add_engine_options(*cmd, a->engine);
   cmd->add_option("--json", a->json_out, "Write the records as JSON");
   cmd->add_option("--svg", a->svg_out, "Write a plot of top-1 agreement against budget");
   add_kv_options(*cmd, a->kv, /*with_policy=*/false);
-  cmd->callback([a] { run(*a); });
+  cmd->callback([a, pol, bud] {
+    if (a->suite == "ruler") {
+      if (!a->prompts.empty()) throw UsageError("--prompts: not with --suite ruler");
+      RulerArgs r;
+      r.model = a->model;
+      r.policies = pol->count() ? a->policies : "";
+      r.budgets = bud->count() ? a->budgets : "";
+      r.contexts = a->contexts;
+      r.tasks = a->tasks;
+      r.samples = a->samples;
+      r.seed = a->seed;
+      r.show = a->show;
+      r.dump = a->dump;
+      r.json_out = a->json_out;
+      r.svg_out = a->svg_out;
+      r.engine = a->engine;
+      r.kv = a->kv;
+      run_ruler(r);
+      return;
+    }
+    if (a->prompts.empty()) throw UsageError("--prompts: required (or --suite ruler)");
+    run(*a);
+  });
 }
 
 }  // namespace fairkv::app

@@ -39,7 +39,7 @@ const std::vector<CompressionOption>& compression_options() {
   static const std::vector<CompressionOption> opts = {
       {"--kv-policy",
        "KV compression after prefill: full, streaming, snapkv, pyramidkv, adakv, "
-       "headkv, cake, defensivekv",
+       "headkv, cake, defensivekv, zipvl, compresskv, taskkv",
        [](kv::CompressionConfig& c, const std::string& v) { c.policy = kv::parse_policy(v); }},
       {"--kv-budget", "Tokens kept per KV head on average, observation window included",
        [](kv::CompressionConfig& c, const std::string& v) {
@@ -88,8 +88,8 @@ const std::vector<CompressionOption>& compression_options() {
          if (k < 0) bad("--kv-sinks", "expected a non-negative integer, got " + v);
          c.sinks = k;
        }},
-      {"--kv-head-importance", "HeadKV head-importance JSON {layers, kv_heads, importance}",
-       nullptr},
+      {"--kv-head-importance",
+       "HeadKV / CompressKV head-importance JSON {layers, kv_heads, importance}", nullptr},
       {"--kv-headkv-beta", "HeadKV: share of the budget pooled by importance is 1/beta (1.01)",
        [](kv::CompressionConfig& c, const std::string& v) {
          const double b = parse_double("--kv-headkv-beta", v, "a number >= 1");
@@ -113,6 +113,36 @@ const std::vector<CompressionOption>& compression_options() {
          const double g = parse_double("--kv-cake-gamma", v, "a non-negative number");
          if (!(g >= 0)) bad("--kv-cake-gamma", "expected a non-negative number, got " + v);
          c.cake_gamma = g;
+       }},
+      {"--kv-zipvl-tau",
+       "ZipVL: the share of the window's attention each layer's kept tokens hold, in (0, 1] "
+       "(0.975)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double t = parse_double("--kv-zipvl-tau", v, "a number in (0, 1]");
+         if (!(t > 0 && t <= 1)) bad("--kv-zipvl-tau", "expected a number in (0, 1], got " + v);
+         c.zipvl_tau = t;
+       }},
+      {"--kv-compresskv-heads",
+       "CompressKV: semantic retrieval KV heads per layer (by --kv-head-importance) that choose "
+       "the layer's tokens (1)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const int64_t h = parse_int("--kv-compresskv-heads", v, "a positive integer");
+         if (h < 1 || h > 1 << 20)
+           bad("--kv-compresskv-heads", "expected a positive integer, got " + v);
+         c.compresskv_heads = int(h);
+       }},
+      {"--kv-taskkv-share", "Task-KV: share of each layer's heads that keep the full budget (0.5)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double s = parse_double("--kv-taskkv-share", v, "a number in [0, 1]");
+         if (!(s >= 0 && s <= 1)) bad("--kv-taskkv-share", "expected a number in [0, 1], got " + v);
+         c.taskkv_share = s;
+       }},
+      {"--kv-taskkv-middle",
+       "Task-KV: middle tokens (highest scored) the other heads keep besides sinks and window (8)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const int64_t m = parse_int("--kv-taskkv-middle", v, "a non-negative integer");
+         if (m < 0) bad("--kv-taskkv-middle", "expected a non-negative integer, got " + v);
+         c.taskkv_middle = m;
        }},
       {"--kv-critical",
        "DefensiveKV: CriticalKV's value-norm stage, on or off (on, as DefensiveKV's reference)",
@@ -168,7 +198,7 @@ kv::CompressionConfig KvOptions::config(const std::string& policy, int64_t budge
       c.ratio = 0;
     }
   }
-  if (c.policy == kv::Policy::HeadKV) {
+  if (c.policy == kv::Policy::HeadKV || c.policy == kv::Policy::CompressKV) {
     auto it = raw.find("--kv-head-importance");
     if (it != raw.end()) c.head_importance = read_head_importance(it->second);
   }

@@ -38,7 +38,7 @@ TEST(KvOptions, FlagsParseStrictlyWithClearErrors) {
             "--kv-budget: expected a positive integer, got '12x'");
   EXPECT_EQ(error_of([&] { set("--kv-policy", "snap"); }),
             "--kv-policy: unknown policy 'snap' (expected one of full, streaming, snapkv, "
-            "pyramidkv, adakv, headkv, cake, defensivekv)");
+            "pyramidkv, adakv, headkv, cake, defensivekv, zipvl, compresskv, taskkv)");
   EXPECT_EQ(error_of([&] { set("--kv-ratio", "1.5"); }),
             "--kv-ratio: expected a number in (0, 1], got 1.5");
   EXPECT_EQ(error_of([&] { set("--kv-pool-kernel", "4"); }),

@@ -14,8 +14,9 @@ namespace fairkv::kv {
 
 namespace {
 
-constexpr std::array<std::string_view, 8> kPolicyNames = {
-    "full", "streaming", "snapkv", "pyramidkv", "adakv", "headkv", "cake", "defensivekv"};
+constexpr std::array<std::string_view, 11> kPolicyNames = {
+    "full", "streaming",   "snapkv", "pyramidkv",  "adakv", "headkv",
+    "cake", "defensivekv", "zipvl",  "compresskv", "taskkv"};
 
 [[noreturn]] void bad(std::string_view option, const std::string& what) {
   throw std::invalid_argument(std::string(option) + ": " + what);
@@ -85,12 +86,17 @@ int CompressionConfig::resolved_pool_kernel() const {
 
 Pooling CompressionConfig::resolved_pooling() const {
   if (pooling) return *pooling;
+  if (policy == Policy::ZipVL) return Pooling::None;  // its mass is the plain attention
   return policy == Policy::AdaKV || policy == Policy::HeadKV ? Pooling::Max : Pooling::Avg;
 }
 
 double CompressionConfig::resolved_alpha() const {
   if (alpha) return *alpha;
   return policy == Policy::AdaKV ? 0.2 : 0.0;
+}
+
+bool CompressionConfig::needs_size() const {
+  return policy != Policy::Full && policy != Policy::ZipVL;
 }
 
 bool CompressionConfig::needs_scores() const {
@@ -108,7 +114,7 @@ void CompressionConfig::resolve() {
   if (ratio < 0 || ratio > 1 || !std::isfinite(ratio))
     bad("--kv-ratio", "expected a number in (0, 1], got " + fmt_double(ratio));
   if (budget > 0 && ratio > 0) bad("--kv-budget / --kv-ratio", "give one of them, not both");
-  if (policy != Policy::Full && budget == 0 && ratio == 0)
+  if (needs_size() && budget == 0 && ratio == 0)
     bad("--kv-policy " + std::string(policy_name(policy)),
         "needs a size: --kv-budget N (tokens per head) or --kv-ratio R");
   if (window < 1) bad("--kv-window", "expected a positive integer, got " + std::to_string(window));
@@ -138,14 +144,27 @@ void CompressionConfig::resolve() {
     bad("--kv-critical-mass", "expected a number in (0, 1], got " + fmt_double(critical_mass));
   if (critical_share && !(*critical_share >= 0 && *critical_share <= 1))
     bad("--kv-critical-share", "expected a number in [0, 1], got " + fmt_double(*critical_share));
-  if (policy == Policy::HeadKV && !head_importance)
-    bad("--kv-head-importance", "the headkv policy needs a head-importance file");
+  if (!(zipvl_tau > 0 && zipvl_tau <= 1))
+    bad("--kv-zipvl-tau", "expected a number in (0, 1], got " + fmt_double(zipvl_tau));
+  if ((policy == Policy::HeadKV || policy == Policy::CompressKV) && !head_importance)
+    bad("--kv-head-importance",
+        "the " + std::string(policy_name(policy)) + " policy needs a head-importance file");
+  if (compresskv_heads < 1)
+    bad("--kv-compresskv-heads",
+        "expected a positive integer, got " + std::to_string(compresskv_heads));
+  if (!(taskkv_share >= 0 && taskkv_share <= 1))
+    bad("--kv-taskkv-share", "expected a number in [0, 1], got " + fmt_double(taskkv_share));
+  if (taskkv_middle < 0)
+    bad("--kv-taskkv-middle",
+        "expected a non-negative integer, got " + std::to_string(taskkv_middle));
 }
 
 std::string CompressionConfig::describe() const {
   std::string s = policy_name(policy);
   if (policy == Policy::Full) return s;
-  s += budget > 0 ? " budget=" + std::to_string(budget) : " ratio=" + fmt_double(ratio);
+  if (policy == Policy::ZipVL) s += " tau=" + fmt_double(zipvl_tau);
+  if (budget > 0 || ratio > 0)
+    s += budget > 0 ? " budget=" + std::to_string(budget) : " ratio=" + fmt_double(ratio);
   if (policy == Policy::Streaming) return s + " sinks=" + std::to_string(sinks);
   s += " window=" + std::to_string(window) + " pool=" + pooling_name(resolved_pooling()) +
        std::to_string(resolved_pool_kernel()) + " gqa=" + gqa_combine_name(gqa);
@@ -157,6 +176,10 @@ std::string CompressionConfig::describe() const {
                           : " critical-mass=" + fmt_double(critical_mass);
   if (policy == Policy::PyramidKV) s += " beta=" + fmt_double(pyramid_beta);
   if (policy == Policy::HeadKV) s += " beta=" + fmt_double(headkv_beta);
+  if (policy == Policy::CompressKV) s += " sr-heads=" + std::to_string(compresskv_heads);
+  if (policy == Policy::TaskKV)
+    s += " share=" + fmt_double(taskkv_share) + " sinks=" + std::to_string(sinks) +
+         " middle=" + std::to_string(taskkv_middle);
   if (policy == Policy::Cake)
     s += " tau1=" + fmt_double(cake_tau1) + " tau2=" + fmt_double(cake_tau2) +
          " gamma=" + fmt_double(cake_gamma);
@@ -171,7 +194,8 @@ Selection select_tokens(const CompressionConfig& c, const PromptScores& s) {
   const size_t N = size_t(L) * size_t(H);
   Selection sel(N);
   const int64_t B = c.budget_for(n);
-  if (c.policy == Policy::Full || n <= B) {
+  const bool sized = c.budget > 0 || c.ratio > 0;
+  if (c.policy == Policy::Full || (n <= B && (sized || c.needs_size()))) {
     for (auto& v : sel) {
       v.resize(size_t(n));
       std::iota(v.begin(), v.end(), int64_t(0));
@@ -213,14 +237,31 @@ Selection select_tokens(const CompressionConfig& c, const PromptScores& s) {
       for (size_t i = 0; i < N; ++i) head_budget[i] = lb[i / size_t(H)];
       break;
     }
+    case Policy::CompressKV:
     case Policy::HeadKV: {
       const HeadImportance& imp = c.head_importance.value();
       if (imp.layers != L || imp.kv_heads != H)
-        throw std::invalid_argument("headkv: the importance file has " +
-                                    std::to_string(imp.layers) + " layers x " +
-                                    std::to_string(imp.kv_heads) + " KV heads, the model " +
-                                    std::to_string(L) + " x " + std::to_string(H));
-      head_budget = headkv_budgets(imp, avg, P, c.headkv_beta);
+        throw std::invalid_argument(
+            std::string(policy_name(c.policy)) + ": the importance file has " +
+            std::to_string(imp.layers) + " layers x " + std::to_string(imp.kv_heads) +
+            " KV heads, the model " + std::to_string(L) + " x " + std::to_string(H));
+      if (c.policy == Policy::HeadKV) {
+        head_budget = headkv_budgets(imp, avg, P, c.headkv_beta);
+      } else {
+        const auto lb = compresskv_budgets(s.heads, L, H, avg, P);
+        for (size_t i = 0; i < N; ++i) head_budget[i] = lb[i / size_t(H)];
+      }
+      break;
+    }
+    case Policy::ZipVL: {
+      // The layer's count by attention mass, capped by the budget when one is given.
+      const int64_t cap = sized ? avg : P;
+      for (int l = 0; l < L; ++l) {
+        std::vector<std::vector<float>> layer(static_cast<size_t>(H));
+        for (int h = 0; h < H; ++h) layer[size_t(h)] = s.heads[size_t(l) * H + h].score;
+        const int64_t k = zipvl_count(layer, c.zipvl_tau, cap);
+        for (int h = 0; h < H; ++h) head_budget[size_t(l) * H + h] = k;
+      }
       break;
     }
     case Policy::Cake: {
@@ -249,10 +290,19 @@ Selection select_tokens(const CompressionConfig& c, const PromptScores& s) {
                           return int64_t(h.value_norm.size()) >= P;
                         });
   for (int l = 0; l < L; ++l) {
+    std::vector<const HeadScores*> heads(static_cast<size_t>(H));
+    for (int h = 0; h < H; ++h) heads[size_t(h)] = &s.heads[size_t(l) * H + h];
     if (critical) {
-      std::vector<const HeadScores*> layer(static_cast<size_t>(H));
-      for (int h = 0; h < H; ++h) layer[size_t(h)] = &s.heads[size_t(l) * H + h];
-      auto chosen = critical_choose(c, layer, avg);
+      auto chosen = critical_choose(c, heads, avg);
+      for (int h = 0; h < H; ++h) sel[size_t(l) * H + h] = std::move(chosen[size_t(h)]);
+    } else if (c.policy == Policy::CompressKV) {
+      // The layer's retrieval heads choose for every head of the layer.
+      const auto& imp = c.head_importance->importance;
+      const auto chosen = compresskv_choose(heads, std::span(imp).subspan(size_t(l) * H, size_t(H)),
+                                            c.compresskv_heads, head_budget[size_t(l) * H]);
+      for (int h = 0; h < H; ++h) sel[size_t(l) * H + h] = chosen;
+    } else if (c.policy == Policy::TaskKV) {
+      auto chosen = taskkv_choose(c, heads, avg);
       for (int h = 0; h < H; ++h) sel[size_t(l) * H + h] = std::move(chosen[size_t(h)]);
     } else if (c.policy == Policy::AdaKV || c.policy == Policy::DefensiveKV) {
       std::vector<std::vector<float>> layer(static_cast<size_t>(H));
@@ -311,6 +361,8 @@ void ScoreCollector::observe(int layer, int kv_head, const float* probs, int gro
                                 ", " + std::to_string(kv_head) + ")");
   s_.heads[size_t(layer) * s_.n_kv_heads + kv_head] = score_head(c_, probs, group, window, n);
 }
+
+// needs_head_outputs() and set_head_outputs() are with Task-KV in compress_headwise.cpp.
 
 bool ScoreCollector::needs_value_norms() const {
   return c_.policy == Policy::DefensiveKV && c_.critical;

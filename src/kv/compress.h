@@ -62,6 +62,26 @@
 //               from the cache (projected_value_norms); callers that give none (empty
 //               HeadScores::value_norm, e.g. compress() on a bare tensor) get the attention-only
 //               selection.
+//   zipvl       ZipVL's rule (He et al., arXiv 2410.08584): per layer, the fewest prefix tokens
+//               whose attention mass, with the window's own, reaches tau (0.975) of the window's
+//               attention, the layer's attention being the mean over its KV heads of the window
+//               rows' attention (unpooled, GQA mean); every head of the layer keeps that many of
+//               its own highest-attention tokens. The size comes from tau: --kv-budget or
+//               --kv-ratio, when given, caps every head at that budget.
+//   compresskv  CompressKV (Lin et al., arXiv 2508.02401): the semantic retrieval heads,
+//               identified offline (the head-importance file of `fairkv importance`, as headkv),
+//               choose the tokens: in every layer the `compresskv_heads` (1) KV heads of highest
+//               importance average their SnapKV scores (avg pool 5) and every head of the layer
+//               keeps that top-k. Layer budgets follow each layer's eviction error, measured on
+//               the prompt: the window attention that a uniform split would evict, summed over
+//               the layer's heads (the paper measures it offline on calibration data).
+//   taskkv      Task-KV (He et al., arXiv 2501.15113): heads told apart by their distance from
+//               the layer's semantic centre (the mean of its heads' outputs over the window,
+//               sum_j a_j v_j with a the window rows' mean attention; from the attention rows
+//               alone when no cache is at hand, as compress() on a bare tensor). The
+//               `taskkv_share` (0.5) farthest heads of a layer, the heterogeneous ones, keep the
+//               full budget by SnapKV scores; the others keep the `sinks` first tokens, their
+//               `taskkv_middle` (8) highest-scored middle tokens and the window.
 #pragma once
 
 #include <cstdint>
@@ -79,7 +99,19 @@
 
 namespace fairkv::kv {
 
-enum class Policy { Full, Streaming, SnapKV, PyramidKV, AdaKV, HeadKV, Cake, DefensiveKV };
+enum class Policy {
+  Full,
+  Streaming,
+  SnapKV,
+  PyramidKV,
+  AdaKV,
+  HeadKV,
+  Cake,
+  DefensiveKV,
+  ZipVL,
+  CompressKV,
+  TaskKV
+};
 enum class Pooling { None, Avg, Max };
 enum class GqaCombine { Mean, Max };
 
@@ -114,7 +146,7 @@ struct CompressionConfig {
   double pyramid_beta = 20;     // > 1
   GqaCombine gqa = GqaCombine::Mean;
   int64_t sinks = 4;                              // streaming
-  std::optional<HeadImportance> head_importance;  // headkv's, required by that policy
+  std::optional<HeadImportance> head_importance;  // headkv's and compresskv's, required by them
   double headkv_beta = 1.01;                      // > 1
   double cake_tau1 = 1, cake_tau2 = 1, cake_gamma = 200;
   // DefensiveKV's CriticalKV stage (see the table above).
@@ -123,6 +155,13 @@ struct CompressionConfig {
   // In [0, 1]; unset: stage 1 by critical_mass. Default 0.5: on the pass-key set the mass rule
   // kept 2/5/9 of 24 at budgets 48/64/96 against 19/24/23 with the fixed split.
   std::optional<double> critical_share = 0.5;
+  double zipvl_tau = 0.975;   // in (0, 1]
+  int compresskv_heads = 1;   // semantic retrieval KV heads per layer, >= 1
+  double taskkv_share = 0.5;  // heterogeneous heads per layer, in [0, 1]
+  int64_t taskkv_middle = 8;  // middle tokens the other heads keep, >= 0
+
+  // Whether the policy needs --kv-budget or --kv-ratio (zipvl sizes itself by tau).
+  bool needs_size() const;
 
   // Checks every field (headkv needs head_importance) and fills the policy defaults (pool
   // kernel, pooling, alpha). Throws std::invalid_argument whose message names the command-line
@@ -153,6 +192,10 @@ struct HeadScores {
   std::vector<float> attention;
   double window_mass = 0;
   std::vector<float> value_norm;
+  // Task-KV: `attention` holds the window rows' mean attention over all n tokens (window
+  // included), and head_output the head's output sum_j a_j v_j (head_dim floats), filled after
+  // the prefill (ScoreCollector::set_head_outputs); empty means the attention row stands in.
+  std::vector<float> head_output;
 };
 
 // Reduces one head's window. probs: group x window x n, as described at the top of this file.
@@ -191,6 +234,10 @@ class ScoreCollector {
   // are used).
   bool needs_value_norms() const;
   void set_value_norms(int layer, int kv_head, std::vector<float> norms);
+  // Whether select() uses the heads' outputs (Task-KV): then call set_head_outputs() with the
+  // prefilled cache first.
+  bool needs_head_outputs() const;
+  void set_head_outputs(const SequenceCache& cache);
   // Selection for a prompt of n tokens; every head must have been observed unless the policy
   // needs no scores.
   Selection select(int64_t n_prompt) const;
@@ -233,6 +280,27 @@ std::vector<int64_t> cake_budgets(std::span<const double> preference, int64_t av
 std::vector<std::vector<float>> projected_value_norms(
     const SequenceCache& cache, int layer, int group, int64_t embd,
     const std::function<void(int64_t row, float* out)>& wo_row);
+
+// ZipVL's count for one layer: the fewest prefix tokens whose mean attention over the layer's
+// heads (scores[h], the heads' unpooled window attention, all of the same length), with the
+// window's own mass 1 - sum, reaches tau; at most `cap`.
+int64_t zipvl_count(std::span<const std::vector<float>> scores, double tau, int64_t cap);
+
+// CompressKV's per-layer choice budgets: heads[l * H + h] scored, `avg` chosen per head on
+// average, proportional to the mass a uniform split of `avg` per head would evict.
+std::vector<int64_t> compresskv_budgets(std::span<const HeadScores> heads, int n_layers,
+                                        int n_kv_heads, int64_t avg, int64_t available);
+// CompressKV's tokens of one layer: the top k of the mean score of the `sr_heads` heads of
+// highest importance (ties to the lower head index).
+std::vector<int64_t> compresskv_choose(std::span<const HeadScores* const> layer,
+                                       std::span<const double> importance, int sr_heads, int64_t k);
+// Task-KV's heterogeneous heads of one layer (sorted): the round(share x H) heads farthest (L2)
+// from the mean of the heads' vectors (head_output, else attention); ties to the lower index.
+std::vector<int> taskkv_heterogeneous(std::span<const HeadScores* const> layer, double share);
+// Task-KV's choice for one layer (prefix indices per head, sorted), `avg` per head on average.
+std::vector<std::vector<int64_t>> taskkv_choose(const CompressionConfig& c,
+                                                std::span<const HeadScores* const> layer,
+                                                int64_t avg);
 
 // DefensiveKV's CriticalKV selection for one layer (used by select_tokens): heads' scores,
 // attention, window mass and value norms (all of the same length), `avg` chosen per head on

@@ -244,4 +244,28 @@ std::vector<int64_t> cake_budgets(std::span<const double> preference, int64_t av
   return distribute(avg * int64_t(preference.size()), preference, cap);
 }
 
+int64_t zipvl_count(std::span<const std::vector<float>> scores, double tau, int64_t cap) {
+  if (scores.empty()) return 0;
+  const size_t P = scores[0].size();
+  std::vector<float> mean(P, 0.0f);
+  double prefix = 0;
+  for (size_t j = 0; j < P; ++j) {
+    double v = 0;
+    for (const auto& s : scores) v += s[j];
+    mean[j] = float(v / double(scores.size()));
+    prefix += mean[j];
+  }
+  // The window's rows sum to 1: what the prefix does not hold, the window (always kept) does.
+  double mass = std::max(0.0, 1.0 - prefix);
+  std::vector<int64_t> by_score(P);
+  std::iota(by_score.begin(), by_score.end(), int64_t(0));
+  // Highest first, ties to the more recent token, as top_k.
+  std::sort(by_score.begin(), by_score.end(), [&](int64_t a, int64_t b) {
+    return mean[size_t(a)] != mean[size_t(b)] ? mean[size_t(a)] > mean[size_t(b)] : a > b;
+  });
+  int64_t k = 0;
+  while (k < int64_t(P) && k < cap && mass < tau) mass += mean[size_t(by_score[size_t(k++)])];
+  return k;
+}
+
 }  // namespace fairkv::kv

@@ -170,6 +170,9 @@ HeadScores score_head(const CompressionConfig& c, const float* probs, int group,
       HeadScores h;
       h.score = pool1d(combine_group(window_means(probs, group, window, n, P), c.gqa),
                        c.resolved_pooling(), c.resolved_pool_kernel());
+      // Task-KV's semantic vector weighs every token the window sees, the window included.
+      if (c.policy == Policy::TaskKV)
+        h.attention = combine_group(window_means(probs, group, window, n, n), GqaCombine::Mean);
       return h;
     }
   }

@@ -39,6 +39,8 @@ void compress_prompt(kv::ScoreCollector& collector, const ModelConfig& model,
         collector.set_value_norms(l, h, std::move(norms[size_t(h)]));
     }
   }
+  // Task-KV's semantic vectors: the heads' outputs over the prompt's values.
+  if (collector.needs_head_outputs()) collector.set_head_outputs(cache);
   kv::apply_selection(collector.select(cache.n_past), cache);
 }
 

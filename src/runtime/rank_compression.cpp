@@ -16,6 +16,12 @@ RankCompression::RankCompression(const kv::CompressionConfig& config, const mode
     throw std::invalid_argument(
         "--kv-policy defensivekv on devices: CriticalKV's value-norm stage runs on one device "
         "only; add --kv-critical off");
+  // Task-KV compares every head of a layer by its output over the values, which the ranks do
+  // not gather either.
+  if (config.policy == kv::Policy::TaskKV)
+    throw std::invalid_argument(
+        "--kv-policy taskkv on devices: its heads' semantic vectors need every head's values on "
+        "one rank; it runs on one device only");
   const size_t units = size_t(c.n_layers) * size_t(c.n_kv_heads);
   for (size_t i = 0; i < n_items; ++i) {
     scores_[i].resize(units);

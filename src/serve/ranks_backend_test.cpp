@@ -185,6 +185,64 @@ TEST(RanksBackend, PromptsEndingTogetherUseTheirOwnConfigs) {
   }
 }
 
+// ZipVL (sized by its tau) and CompressKV (retrieval heads choose for their layer) on ranks keep
+// exactly the rows one device keeps, and give its outputs; Task-KV is refused by name.
+TEST(RanksBackend, ZipVLAndCompressKVEqualOneDevice) {
+  NEED_MODEL();
+  const auto ps = testing::prompts(m.config);
+  kv::CompressionConfig zip;
+  zip.policy = kv::Policy::ZipVL;
+  zip.zipvl_tau = 0.6;
+  zip.window = 4;
+  kv::CompressionConfig ckv;
+  ckv.policy = kv::Policy::CompressKV;
+  ckv.budget = 16;
+  ckv.window = 4;
+  kv::HeadImportance imp{m.config.n_layers, m.config.n_kv_heads, {}};
+  for (int i = 0; i < imp.layers * imp.kv_heads; ++i) imp.importance.push_back(double(i % 3 + 1));
+  ckv.head_importance = imp;
+  zip.resolve();
+  ckv.resolve();
+  const kv::CompressionConfig* comps[] = {&zip, &ckv};
+  const int n_predict = 5;
+  std::vector<Reference> refs;
+  for (size_t i = 0; i < 2; ++i) refs.push_back(testing::reference(m, ps[i], n_predict, comps[i]));
+  for (const auto& [planner, R] : {std::pair<std::string, int>{"split", 3}, {"tp", 4}}) {
+    SCOPED_TRACE(planner + " R=" + std::to_string(R));
+    RanksBackend b(m, testing::make_placement(m.config, planner, R), options(m));
+    std::vector<std::vector<int32_t>> out(2);
+    std::vector<StepItem> items(2);
+    for (size_t i = 0; i < 2; ++i) {
+      b.open(SeqId(i), 0);
+      items[i] = {SeqId(i), ps[i], comps[i], true};
+    }
+    for (int step = 0; step < n_predict; ++step) {
+      const auto logits = b.run(items);
+      for (size_t i = 0; i < 2; ++i) {
+        out[i].push_back(
+            model::argmax(logits.subspan(i * size_t(m.config.n_vocab), size_t(m.config.n_vocab))));
+        items[i] = {SeqId(i), {&out[i].back(), 1}, nullptr, false};
+      }
+      if (step == 0) {
+        for (size_t i = 0; i < 2; ++i) EXPECT_EQ(b.rows(SeqId(i)), refs[i].rows) << i;
+      }
+    }
+    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(out[i], refs[i].output) << i;
+  }
+  kv::CompressionConfig task;
+  task.policy = kv::Policy::TaskKV;
+  task.budget = 16;
+  task.window = 4;
+  RanksBackend b(m, testing::make_placement(m.config, "split", 2), options(m));
+  b.open(1, 0);
+  try {
+    b.run(std::vector<StepItem>{{1, ps[0], &task, true}});
+    ADD_FAILURE() << "taskkv ran on ranks";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("taskkv"), std::string::npos) << e.what();
+  }
+}
+
 // Past the host limit a swap drops the caches; the engine recomputes the sequence from its
 // tokens and it goes on as if nothing happened (full caches: the recomputation is exact).
 TEST(RanksBackend, SwapBeyondTheHostLimitDropsTheCache) {
@@ -344,6 +402,10 @@ TEST(RanksWire, ConfigsAndPlacementsTravelExactly) {
   c.head_importance = kv::HeadImportance{1, 2, {0.5, 1.5}};
   c.critical = false;
   c.critical_share.reset();
+  c.zipvl_tau = 0.8;
+  c.compresskv_heads = 2;
+  c.taskkv_share = 0.25;
+  c.taskkv_middle = 3;
   wire::Writer w;
   wire::put_config(w, c);
   placement::Placement p;
@@ -363,6 +425,10 @@ TEST(RanksWire, ConfigsAndPlacementsTravelExactly) {
   EXPECT_EQ(c2.head_importance->importance, c.head_importance->importance);
   EXPECT_FALSE(c2.critical_share.has_value());
   EXPECT_EQ(c2.alpha, c.alpha);
+  EXPECT_EQ(c2.zipvl_tau, c.zipvl_tau);
+  EXPECT_EQ(c2.compresskv_heads, c.compresskv_heads);
+  EXPECT_EQ(c2.taskkv_share, c.taskkv_share);
+  EXPECT_EQ(c2.taskkv_middle, c.taskkv_middle);
   ASSERT_EQ(p2.layers.size(), 1u);
   EXPECT_EQ(p2.layers[0].devices[1][0].offset, 1.0 / 3);  // bit for bit
   EXPECT_EQ(p2.layers[0].devices[1][0].share, 2.0 / 3);

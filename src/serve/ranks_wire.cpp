@@ -45,6 +45,10 @@ void put_config(Writer& w, const kv::CompressionConfig& c) {
   w.put(c.critical);
   w.put(c.critical_mass);
   put_optional(w, c.critical_share);
+  w.put(c.zipvl_tau);
+  w.put(c.compresskv_heads);
+  w.put(c.taskkv_share);
+  w.put(c.taskkv_middle);
 }
 
 kv::CompressionConfig get_config(Reader& r) {
@@ -73,6 +77,10 @@ kv::CompressionConfig get_config(Reader& r) {
   c.critical = r.get<bool>();
   c.critical_mass = r.get<double>();
   c.critical_share = get_optional<double>(r);
+  c.zipvl_tau = r.get<double>();
+  c.compresskv_heads = r.get<int>();
+  c.taskkv_share = r.get<double>();
+  c.taskkv_middle = r.get<int64_t>();
   return c;
 }
 
