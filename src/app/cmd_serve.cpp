@@ -46,7 +46,7 @@ void choose_chat_template(const ServeArgs& a, const model::Model& m, serve::Http
     try {
       ho.chat = model::chat_template(m, a.chat_template);
     } catch (const tokenizer::ChatTemplateError& e) {
-      throw UsageError(fmt::format("--chat-template: {} (expected {})", e.what(), families));
+      throw UsageError(fmt::format("--chat-template: {}", e.what()));
     }
     return;
   }

@@ -42,10 +42,11 @@ json body_object(const httplib::Request& req) {
 
 // Compares without stopping at the first difference, so that the time taken does not tell how
 // much of a guessed key was right.
-bool same_secret(const std::string& a, const std::string& b) {
-  unsigned diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= unsigned(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
-  return diff == 0 && !b.empty();
+bool same_secret(const std::string& given, const std::string& key) {
+  if (key.empty()) return false;
+  unsigned diff = given.size() == key.size() ? 0 : 1;
+  for (size_t i = 0; i < given.size(); ++i) diff |= unsigned(given[i] ^ key[i % key.size()]);
+  return diff == 0;
 }
 
 }  // namespace
@@ -303,6 +304,12 @@ int HttpServer::start() {
   I.svr.set_read_timeout(I.o.read_timeout_s);
   I.svr.set_write_timeout(I.o.write_timeout_s);
   I.svr.set_keep_alive_timeout(5);
+  // cpp-httplib's default sets SO_REUSEPORT, with which a second server binds the same port and
+  // silently takes half of its connections; SO_REUSEADDR alone still allows a quick restart.
+  I.svr.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   I.add_routes();
   int port = I.o.port;
   if (port == 0)
@@ -317,6 +324,18 @@ int HttpServer::start() {
   I.svr.raise_backlog(512);
   I.engine_thread = std::thread([&I] { I.engine_main(); });
   I.listen_thread = std::thread([&I] { I.svr.listen_after_bind(); });
+  // cpp-httplib's stop() does nothing until the accept loop has begun: a shutdown that came
+  // before it would leave the loop running and the join waiting for ever.
+  for (int ms = 0; !I.svr.is_running(); ++ms) {
+    if (ms == 10000) {
+      I.svr.stop();
+      I.engine.stop(true);
+      I.listen_thread.join();
+      I.engine_thread.join();
+      throw std::runtime_error("the HTTP listener did not start");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   std::lock_guard lock(I.mu);
   I.started = true;
   return port;

@@ -42,6 +42,16 @@ TEST_F(HttpTest, HealthModelsPropsAndThePage) {
     EXPECT_NE(page->body.find(part), std::string::npos) << part;
 }
 
+TEST_F(HttpTest, APortInUseIsRefused) {
+  TestServer s(m());
+  kernels::ThreadPool pool(1);
+  Engine e(m(), std::make_unique<SoloBackend>(m(), pool, SoloOptions{}), test_engine());
+  HttpOptions ho = test_http();
+  ho.port = s.port;
+  HttpServer second(m(), e, ho);
+  EXPECT_THROW(second.start(), std::runtime_error);  // not shared (no SO_REUSEPORT)
+}
+
 TEST_F(HttpTest, TokenizeAndDetokenizeRoundTrip) {
   TestServer s(m());
   auto c = s.client();
