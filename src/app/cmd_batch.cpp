@@ -94,9 +94,11 @@ struct Result {
 };
 
 void run_batch(const BatchArgs& a) {
+  set_activity("loading the model " + a.model);
   const auto m = model::Model::load(a.model, a.engine.load(a.model));
   if (a.serve.follow_if_not_rank0(*m, a.engine)) return;  // ranks 1.. of an mpirun job
   serve::Request defaults = a.serve.request_defaults();
+  set_activity("reading the requests " + a.requests);
   std::vector<Line> lines = read_request_file(a.requests, defaults);
   std::optional<tokenizer::ChatTemplate> chat;
   for (Line& l : lines) {
@@ -112,6 +114,7 @@ void run_batch(const BatchArgs& a) {
       r.prompt = l.spec.prompt_ids;
     }
   }
+  set_activity(fmt::format("serving the {} requests of {}", lines.size(), a.requests));
   serve::EngineOptions eo = a.serve.engine_options(a.kv);
   kernels::ThreadPool pool(a.engine.n_threads());
   std::unique_ptr<serve::Backend> backend = a.serve.make_backend(*m, pool, a.engine, a.kv, eo);
