@@ -45,20 +45,10 @@ std::vector<Line> read_request_file(const std::string& path, const serve::Reques
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UsageError(path + ": cannot read the request file (--requests)");
   std::vector<Line> lines;
-  std::string text;
-  for (int n = 1; std::getline(in, text); ++n) {
-    if (!text.empty() && text.back() == '\r') text.pop_back();
-    if (text.find_first_not_of(" \t") == std::string::npos) continue;
-    const std::string where = fmt::format("{}: line {}", path, n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      throw UsageError(fmt::format("{}: not JSON ({})", where, e.what()));
-    }
+  for (serve::RequestLine& r : serve::read_request_lines(in, defaults, path)) {
     Line l;
-    l.spec = serve::parse_request(j, defaults, where);
-    l.name = l.spec.request.tag.empty() ? fmt::format("line {}", n) : l.spec.request.tag;
+    l.spec = std::move(r.spec);
+    l.name = l.spec.request.tag.empty() ? fmt::format("line {}", r.line) : l.spec.request.tag;
     l.spec.request.tag = l.name;
     lines.push_back(std::move(l));
   }

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "placement/json_check.h"
 #include "placement/placement.h"
 #include "placement/planners.h"
 
@@ -205,6 +206,23 @@ TEST(PlacementJson, RoundTripAndErrors) {
   EXPECT_EQ(err(two), "");
   const auto ok = placement_from_json(two, "x.json");
   EXPECT_DOUBLE_EQ(ok.layers[0].devices[1][0].offset, 0.5);  // laid out in device order
+}
+
+// Error messages show a bad value cut short: json::dump recursed once per level, and a value
+// nested a million deep overflowed the stack while the message was written.
+TEST(PlacementJson, DeeplyNestedValuesAreRefusedBriefly) {
+  const std::string deep = std::string(1000000, '[') + std::string(1000000, ']');
+  try {
+    placement_from_json(nlohmann::json::parse("{\"devices\": " + deep + "}"), "d.json");
+    FAIL() << "accepted";
+  } catch (const FormatError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("d.json: devices: ", 0), 0u);
+    EXPECT_LT(std::string(e.what()).size(), 200u);
+  }
+  EXPECT_EQ(brief(nlohmann::json::parse(R"({"a":[1,2.5,"x"],"b":null})")),
+            R"({"a":[1,2.5,"x"],"b":null})");
+  EXPECT_EQ(brief(nlohmann::json(std::string(100, 'y')), 10), "\"yyyyyy...");
+  EXPECT_EQ(brief(nlohmann::json::parse(deep), 10), "[[[[[[[...");
 }
 
 // A query share holds the query heads its offsets round to; one that rounds to none would be
