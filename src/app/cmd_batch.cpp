@@ -45,20 +45,10 @@ std::vector<Line> read_request_file(const std::string& path, const serve::Reques
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UsageError(path + ": cannot read the request file (--requests)");
   std::vector<Line> lines;
-  std::string text;
-  for (int n = 1; std::getline(in, text); ++n) {
-    if (!text.empty() && text.back() == '\r') text.pop_back();
-    if (text.find_first_not_of(" \t") == std::string::npos) continue;
-    const std::string where = fmt::format("{}: line {}", path, n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      throw UsageError(fmt::format("{}: not JSON ({})", where, e.what()));
-    }
+  for (serve::RequestLine& r : serve::read_request_lines(in, defaults, path)) {
     Line l;
-    l.spec = serve::parse_request(j, defaults, where);
-    l.name = l.spec.request.tag.empty() ? fmt::format("line {}", n) : l.spec.request.tag;
+    l.spec = std::move(r.spec);
+    l.name = l.spec.request.tag.empty() ? fmt::format("line {}", r.line) : l.spec.request.tag;
     l.spec.request.tag = l.name;
     lines.push_back(std::move(l));
   }
@@ -94,9 +84,11 @@ struct Result {
 };
 
 void run_batch(const BatchArgs& a) {
+  set_activity("loading the model " + a.model);
   const auto m = model::Model::load(a.model, a.engine.load(a.model));
   if (a.serve.follow_if_not_rank0(*m, a.engine)) return;  // ranks 1.. of an mpirun job
   serve::Request defaults = a.serve.request_defaults();
+  set_activity("reading the requests " + a.requests);
   std::vector<Line> lines = read_request_file(a.requests, defaults);
   std::optional<tokenizer::ChatTemplate> chat;
   for (Line& l : lines) {
@@ -112,6 +104,7 @@ void run_batch(const BatchArgs& a) {
       r.prompt = l.spec.prompt_ids;
     }
   }
+  set_activity(fmt::format("serving the {} requests of {}", lines.size(), a.requests));
   serve::EngineOptions eo = a.serve.engine_options(a.kv);
   kernels::ThreadPool pool(a.engine.n_threads());
   std::unique_ptr<serve::Backend> backend = a.serve.make_backend(*m, pool, a.engine, a.kv, eo);

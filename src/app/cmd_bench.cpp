@@ -140,6 +140,7 @@ void run(const BenchArgs& a) {
   if (!a.prompts.empty() && a.model.empty())
     throw UsageError("--prompts: the lengths come from prefills of a model: give -m MODEL");
   std::unique_ptr<model::Model> m;
+  set_activity("loading the model " + a.model);
   if (!a.model.empty()) m = model::Model::load(a.model);
   placement::Profile prof;
   if (!a.prompts.empty()) {
@@ -179,10 +180,19 @@ void run(const BenchArgs& a) {
     w = &m->weights;
   } else {
     const int64_t ffn = a.ffn > 0 ? a.ffn : prof.ffn > 0 ? prof.ffn : 4 * prof.embedding();
+    // F16 weights of every layer (q, k, v, o, gate, up, down) and the 256-row embedding.
+    const double embd = double(prof.embedding()), hd = prof.head_dim;
+    check_fits(2.0 * embd *
+                   (256.0 + prof.layers * (2.0 * prof.query_heads * hd + 2.0 * prof.kv_heads * hd +
+                                           3.0 * double(ffn))),
+               fmt::format("bench: random F16 weights of the profile's shape ({} layers, embd {}, "
+                           "ffn {})",
+                           prof.layers, prof.embedding(), ffn));
     fmt::print(stderr,
                "bench: random F16 weights of the profile's shape ({} layers, {} query / {} KV "
                "heads, head size {}, embd {}, ffn {})\n",
                prof.layers, prof.query_heads, prof.kv_heads, prof.head_dim, prof.embedding(), ffn);
+    set_activity("making random weights of the profile's shape");
     synth = runtime::random_model(prof, ffn);
     c = &synth.config;
     w = &synth.weights;
@@ -209,6 +219,7 @@ void run(const BenchArgs& a) {
     s.planners = split_list(a.placements);
     fmt::print(stderr, "bench: R = {}, batch {}, {} layers, {} threads\n", s.devices, s.batch,
                c->n_layers, s.threads);
+    set_activity(fmt::format("benchmarking the placements on {} devices", s.devices));
     const auto rows = runtime::bench_placements(*c, *w, prof, s, progress_bar);
     fmt::print(
         "\nR = {} devices, batch {}, {} timed decode steps per placement x {} rounds; lengths: "

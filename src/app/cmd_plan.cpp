@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "app/commands.h"
+#include "app/engine_options.h"
 #include "formats/gguf_synth.h"
 #include "placement/evaluate.h"
 #include "placement/planners.h"
@@ -56,6 +58,44 @@ pl::SyntheticSpec shape_spec(const std::string& name) {
   s.embd = shape->n_embd;
   s.ffn = shape->n_ff;
   return s;
+}
+
+// Bytes of `tables` tables of L x H loads (a profile's mean and each of its samples).
+double table_bytes(double layers, double kv_heads, double tables) {
+  return tables * layers * (kv_heads * sizeof(double) + sizeof(std::vector<double>));
+}
+
+// The profile's memory, refused before it is read or generated when it cannot fit: a file is
+// parsed into a JSON tree first (16 bytes per number, at most ~8 per byte of text, then the
+// tables); a synthetic profile holds its mean and --samples tables.
+void check_profile_memory(const PlanArgs& a) {
+  if (!a.profile.empty()) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(a.profile, ec);
+    if (!ec) check_fits(12.0 * double(size), fmt::format("reading the profile {}", a.profile));
+    return;
+  }
+  const pl::SyntheticSpec s = shape_spec(a.shape);
+  check_fits(table_bytes(s.layers, s.kv_heads, 1.0 + a.samples),
+             fmt::format("--samples {}: a synthetic profile of {} layers x {} KV heads per sample",
+                         a.samples, s.layers, s.kv_heads));
+}
+
+// A plan's memory at its peak, refused before planning when it cannot fit: a layer holds at most
+// every unit once plus the replica budget, the planner keeps about three plans (the result, tp's
+// reference and the memory fit's) and weighs up to min(budget, units) + 6 candidates of one
+// layer at a time.
+void check_plan_memory(const pl::Profile& prof, pl::PlannerKind kind, int devices, int replicas) {
+  pl::PlanOptions o;
+  o.planner = kind;
+  o.devices = devices;
+  o.replicas = replicas;
+  const double k = pl::replica_budget(o, prof.kv_heads), units = prof.kv_heads;
+  const double layer = (units + k) * sizeof(pl::Share) + devices * sizeof(std::vector<pl::Share>);
+  check_fits((3.0 * prof.layers + std::min(k, units) + 6) * layer,
+             fmt::format("--planner {} --devices {}: a plan of {} layers x {} KV heads with up to "
+                         "{} replicas per layer",
+                         pl::planner_name(kind), devices, prof.layers, prof.kv_heads, k));
 }
 
 pl::Profile load_profile(const PlanArgs& a) {
@@ -263,6 +303,10 @@ void run(const PlanArgs& a) {
   if (a.batch < 1) throw UsageError("--batch: expected a batch size >= 1");
   if (a.samples < 0) throw UsageError("--samples: expected a count >= 0");
   if (a.node_limit < 1) throw UsageError("--node-limit: expected a count >= 1");
+  check_profile_memory(a);
+  set_activity(a.profile.empty()
+                   ? fmt::format("generating a synthetic profile ({} samples)", a.samples)
+                   : fmt::format("reading the profile {}", a.profile));
   const pl::Profile prof = load_profile(a);
   if (!a.write_profile.empty()) pl::write_profile(prof, a.write_profile);
   pl::CostModel cost;
@@ -286,18 +330,26 @@ void run(const PlanArgs& a) {
                 .c_str());
   if (a.compare) {
     if (!a.json.empty()) throw UsageError("--json writes one plan: leave out --compare");
+    for (int r : a.devices)
+      for (auto k : {pl::PlannerKind::FairCopy, pl::PlannerKind::Split})
+        check_plan_memory(prof, k, r, a.replicas);
+    set_activity("comparing the planners");
     print_compare(prof, cost, a, memory);
     return;
   }
   const int r = a.devices[0];
+  check_plan_memory(prof, kind, r, a.replicas);
+  set_activity(fmt::format("planning {} on {} devices", a.planner, r));
   const auto tp = tp_reference(prof, cost, r);
   const auto p = make_plan(prof, cost, kind, r, a, memory);
+  pl::PlanOptions budget;
+  budget.planner = kind;
+  budget.devices = r;
+  budget.replicas = a.replicas;
   std::puts(fmt::format("planner {} on {} devices{}", a.planner, r,
                         kind == pl::PlannerKind::FairCopy || kind == pl::PlannerKind::Split
                             ? fmt::format(", up to {} extra replicas per layer",
-                                          a.replicas >= 0                  ? a.replicas
-                                          : kind == pl::PlannerKind::Split ? 2 * (r - 1)
-                                                                           : r - 1)
+                                          pl::replica_budget(budget, prof.kv_heads))
                             : "")
                 .c_str());
   if (!p.note.empty()) std::puts(fmt::format("note: {}", p.note).c_str());

@@ -114,6 +114,7 @@ void run_devices(const RunArgs& a) {
   const kv::CompressionConfig kc = a.kv.config();
   if (kc.policy != kv::Policy::Full) r.compression = &kc;
   r.dev = a.dev;
+  set_activity(fmt::format("running on {} devices", a.dev.devices));
   run_on_devices(r);
 }
 
@@ -121,6 +122,7 @@ void run(const RunArgs& a) {
   if (a.dev.wanted()) return run_devices(a);
   const std::string text = prompt_text(a);
   if (a.n_predict < 0) throw UsageError("-n: expected a number of tokens >= 0");
+  set_activity("loading the model " + a.model);
   const auto m = model::Model::load(a.model, a.engine.load(a.model));
   kernels::ThreadPool pool(a.engine.n_threads());
 
@@ -167,6 +169,8 @@ void run(const RunArgs& a) {
     };
   }
 
+  set_activity(
+      fmt::format("generating {} tokens after a prompt of {}", a.n_predict, prompt.size()));
   const auto res = model::generate(*m, pool, prompt, opt, [&](int32_t tok) {
     if (m->tokenizer.is_eog(tok)) return;
     const std::string piece = m->tokenizer.decode_token(tok);

@@ -1,6 +1,6 @@
 // The subcommands of `fairkv`. Each registers itself on the CLI11 app and runs when chosen;
 // a command reports bad input by throwing fairkv::app::UsageError or any std::exception, which
-// main prints as "fairkv <cmd>: <message>" with exit code 1.
+// main prints as "fairkv: error: <message>" with exit code 1.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -30,6 +30,11 @@ inline std::vector<std::string> split_list(const std::string& s) {
 // The process's command line as main received it: what the ranks of an MPI job compare before
 // they start (runtime/job_fingerprint.h).
 std::vector<std::string>& command_line();
+
+// What the running command is doing now ("planning split on 1024 devices"), set as it goes: an
+// error that cannot say what it was about (std::bad_alloc) is printed by main with the command's
+// name and this (main.cpp).
+void set_activity(std::string what);
 
 void add_run_command(CLI::App& app);      // generate text (cmd_run.cpp)
 void add_inspect_command(CLI::App& app);  // describe a GGUF file (cmd_inspect.cpp)

@@ -2,9 +2,24 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <new>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "app/commands.h"
+
+namespace fairkv::app {
+
+namespace {
+std::string g_activity;
+}
+
+void set_activity(std::string what) {
+  g_activity = std::move(what);
+}
+
+}  // namespace fairkv::app
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -35,6 +50,14 @@ int main(int argc, char** argv) {
     app.parse(int(args.size()), args.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const std::bad_alloc&) {
+    // The allocator's exception says nothing of what the memory was for: the command does.
+    const auto cmds = app.get_subcommands();
+    const std::string& doing = fairkv::app::g_activity;
+    std::fprintf(stderr, "fairkv: error: %s: out of memory%s%s (std::bad_alloc)\n",
+                 cmds.empty() ? "fairkv" : cmds[0]->get_name().c_str(),
+                 doing.empty() ? "" : " while ", doing.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fairkv: error: %s\n", e.what());
     return 1;

@@ -4,8 +4,8 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
-#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,20 +21,45 @@ namespace fairkv::comm {
 
 namespace {
 
-// MPI counts are int: larger buffers go in pieces.
-constexpr size_t kMaxCount = size_t(INT_MAX);
+// The most bytes one MPI call moves; larger transfers go in pieces. MPI counts are int, and MPI
+// libraries derive offsets and sizes from them, not always in 64 bits (older Open MPI sources of
+// the non-blocking all-gather place rank r's block at r * count * extent with an int product;
+// Linux moves at most 2 GiB - 4 KiB per process_vm_readv), so one call's whole transfer, all
+// ranks' blocks together, stays well below INT_MAX bytes.
+constexpr size_t kDefaultChunkBytes = size_t(1) << 30;
+std::atomic<size_t> g_chunk_bytes{kDefaultChunkBytes};
 
 std::mutex g_mutex;  // guards the two below
 int g_live = 0;      // MpiComm objects alive
 bool g_initialized_here = false;
 
-void check(int rc, const char* call) {
+// A collective as the error messages name it: what, how many bytes, from which root.
+struct Call {
+  const char* what;
+  size_t bytes;
+  int root = -1;
+};
+
+std::string describe(const Call& c) {
+  std::string s = std::string(c.what) + " of " + std::to_string(c.bytes) + " bytes";
+  if (c.root >= 0) s += " from rank " + std::to_string(c.root);
+  return s;
+}
+
+void check(int rc, const char* call, const Call* in = nullptr) {
   if (rc == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
-  throw CommError(std::string(call) + " failed: " +
-                  (len > 0 ? std::string(text, size_t(len)) : "error " + std::to_string(rc)));
+  std::string msg = std::string(call) + (in ? " (" + describe(*in) + ")" : "") + " failed: " +
+                    (len > 0 ? std::string(text, size_t(len)) : "error " + std::to_string(rc));
+  int cls = 0;
+  // A message longer than its receive buffer: the ranks did not call this collective alike.
+  if (MPI_Error_class(rc, &cls) == MPI_SUCCESS && cls == MPI_ERR_TRUNCATE)
+    msg +=
+        "; another rank called it with a different size (every rank must call the same "
+        "collectives with the same sizes)";
+  throw CommError(msg);
 }
 
 // Point-to-point tags of the liveness check, apart from any collective's traffic.
@@ -84,14 +109,16 @@ class MpiComm final : public Communicator {
 
   void all_reduce_sum(float* data, size_t n) override {
     // Every rank loops over the same pieces: n is the same everywhere.
+    const size_t piece = std::max<size_t>(1, g_chunk_bytes / sizeof(float));
+    const Call call{"all-reduce", n * sizeof(float)};
     size_t done = 0;
     do {
-      const size_t count = std::min(kMaxCount, n - done);
+      const size_t count = std::min(piece, n - done);
       MPI_Request req;
       check(MPI_Iallreduce(MPI_IN_PLACE, data + done, int(count), MPI_FLOAT, MPI_SUM,
                            MPI_COMM_WORLD, &req),
-            "MPI_Iallreduce");
-      finish(req, "all-reduce");
+            "MPI_Iallreduce", &call);
+      finish(req, call);
       done += count;
     } while (done < n);
   }
@@ -99,16 +126,17 @@ class MpiComm final : public Communicator {
   void all_gather(const void* send, size_t bytes_per_rank, void* recv) override {
     char* out = static_cast<char*>(recv);
     char* mine = out + size_t(rank_) * bytes_per_rank;
-    if (bytes_per_rank <= kMaxCount) {
+    if (bytes_per_rank * size_t(size_) <= g_chunk_bytes) {
       // MPI forbids overlapping send and receive buffers; in place is spelled MPI_IN_PLACE.
+      const Call call{"all-gather", bytes_per_rank};
       MPI_Request req;
       check(MPI_Iallgather(send == mine ? MPI_IN_PLACE : send, int(bytes_per_rank), MPI_BYTE, recv,
                            int(bytes_per_rank), MPI_BYTE, MPI_COMM_WORLD, &req),
-            "MPI_Iallgather");
-      finish(req, "all-gather");
+            "MPI_Iallgather", &call);
+      finish(req, call);
       return;
     }
-    // Over 2 GiB per rank: one broadcast per rank, each in pieces.
+    // Larger: one broadcast per rank, each in pieces.
     if (send != mine) std::memcpy(mine, send, bytes_per_rank);
     for (int root = 0; root < size_; ++root) {
       broadcast(out + size_t(root) * bytes_per_rank, bytes_per_rank, root);
@@ -120,21 +148,25 @@ class MpiComm final : public Communicator {
       throw std::invalid_argument("broadcast: root " + std::to_string(root) +
                                   " is not a rank of a job of " + std::to_string(size_));
     }
+    const size_t piece = g_chunk_bytes;
+    const Call call{"broadcast", bytes, root};
     char* p = static_cast<char*>(data);
     size_t done = 0;
     do {
-      const size_t count = std::min(kMaxCount, bytes - done);
+      const size_t count = std::min(piece, bytes - done);
       MPI_Request req;
-      check(MPI_Ibcast(p + done, int(count), MPI_BYTE, root, MPI_COMM_WORLD, &req), "MPI_Ibcast");
-      finish(req, "broadcast");
+      check(MPI_Ibcast(p + done, int(count), MPI_BYTE, root, MPI_COMM_WORLD, &req), "MPI_Ibcast",
+            &call);
+      finish(req, call);
       done += count;
     } while (done < bytes);
   }
 
   void barrier() override {
     MPI_Request req;
-    check(MPI_Ibarrier(MPI_COMM_WORLD, &req), "MPI_Ibarrier");
-    finish(req, "barrier");
+    const Call call{"barrier", 0};
+    check(MPI_Ibarrier(MPI_COMM_WORLD, &req), "MPI_Ibarrier", &call);
+    finish(req, call);
   }
 
   [[noreturn]] void abort(const std::string& why) override {
@@ -145,16 +177,16 @@ class MpiComm final : public Communicator {
   // Waits for a collective, answering the other ranks' pings meanwhile. Past the timeout, pings
   // every rank: those that do not answer within a few seconds are stopped or gone, and the job
   // ends naming them (a rank still computing answers as soon as it reaches its collective).
-  void finish(MPI_Request& req, const char* what) {
+  void finish(MPI_Request& req, const Call& call) {
     const auto t0 = kernels::Clock::now();
     int done = 0;
     for (long spin = 0;; ++spin) {
-      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what);
+      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test", &call);
       if (done) return;
       answer_pings();
       if (spin < 20000) continue;  // decode-size collectives finish within microseconds
       std::this_thread::sleep_for(std::chrono::microseconds(50));
-      if (kernels::ms_since(t0) > 1000.0 * collective_timeout()) lost_ranks(what);
+      if (kernels::ms_since(t0) > 1000.0 * collective_timeout()) lost_ranks(call.what);
     }
   }
 
@@ -221,6 +253,10 @@ std::unique_ptr<Communicator> make_mpi_communicator() {
         "<program> ...");
   }
   return std::make_unique<MpiComm>();
+}
+
+void set_mpi_chunk_bytes(size_t bytes) {
+  g_chunk_bytes = bytes > 0 ? bytes : kDefaultChunkBytes;
 }
 
 void mpi_abort_job(const std::string& message) {

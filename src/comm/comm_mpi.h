@@ -23,6 +23,7 @@
 // results may differ from the threads backend's rank-order sum in the last bits.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -35,6 +36,11 @@ namespace fairkv::comm {
 // communicator's destruction calls MPI_Finalize. Throws std::runtime_error when the process was
 // not started by mpirun, or MPI was finalised already (MPI starts once per process).
 std::unique_ptr<Communicator> make_mpi_communicator();
+
+// The most bytes one MPI call moves (default 1 GiB, 0 restores it); larger transfers go in pieces
+// of this size, so that no count or offset inside MPI passes INT_MAX. Tests set a few bytes to
+// exercise the pieces without gigabytes. Applies to collectives started after the call.
+void set_mpi_chunk_bytes(size_t bytes);
 
 // Prints "fairkv: <message>" to stderr and ends the whole job (MPI_Abort, exit code 1).
 [[noreturn]] void mpi_abort_job(const std::string& message);

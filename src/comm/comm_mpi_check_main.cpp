@@ -6,6 +6,14 @@
 //                                            with "fairkv: rank 1 failed: injected failure ..."
 //   mpirun -np 2 comm_mpi_check kill         rank 1 SIGKILLs itself at collective 100, while
 //                                            rank 0 waits in it: mpirun must end the job
+//   mpirun -np R comm_mpi_check chunks       the collectives with MPI calls of 28 bytes at most
+//                                            (set_mpi_chunk_bytes): every transfer in pieces,
+//                                            most with a shorter last piece
+//   mpirun -np 2 comm_mpi_check huge         a broadcast of 2.5 GiB, past int counts, with the
+//                                            default pieces; prints "skipped" when the memory
+//                                            available is under what the two ranks need
+//   mpirun -np 2 comm_mpi_check mismatch     rank 1 calls a broadcast with fewer bytes than root
+//                                            0 sends: the job must end naming that broadcast
 //
 // Every rank can compute every rank's input (a hash of rank and index), so each checks the
 // results itself; a mismatch throws, which ends the job with the message (run_job).
@@ -14,11 +22,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "comm/comm.h"
+#include "comm/comm_mpi.h"
 #include "comm/test_util.h"
 
 namespace {
@@ -116,6 +126,53 @@ void collectives(Communicator& c) {
   if (c.rank() == 0) std::printf("comm_mpi_check: all checks passed on %d ranks\n", c.size());
 }
 
+// MemAvailable of /proc/meminfo in bytes (0 when unknown).
+uint64_t available_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kib = 0;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
+
+// One broadcast of more than 2 GiB from the last rank: 8-byte words every rank can recompute.
+void huge_broadcast(Communicator& c) {
+  const size_t bytes = (size_t(5) << 29) + 8;  // 2.5 GiB and a word
+  const uint64_t need = uint64_t(c.size()) * bytes + (uint64_t(1) << 30);
+  int skip = c.rank() == 0 && available_memory() < need;
+  c.broadcast(&skip, sizeof skip, 0);  // every rank decides alike
+  if (skip) {
+    if (c.rank() == 0)
+      std::printf(
+          "comm_mpi_check: skipped: %.1f GiB of memory available, the broadcast needs "
+          "%.1f GiB\n",
+          double(available_memory()) / (1 << 30), double(need) / (1 << 30));
+    return;
+  }
+  const int root = c.size() - 1;
+  auto word = [](size_t i) { return (0x5eedull + i) * 0x9e3779b97f4a7c15ull; };
+  std::vector<uint64_t> words(bytes / 8, 0);
+  if (c.rank() == root)
+    for (size_t i = 0; i < words.size(); ++i) words[i] = word(i);
+  c.broadcast(words.data(), bytes, root);
+  for (size_t i = 0; i < words.size(); ++i)
+    if (words[i] != word(i))
+      expect(false, "broadcast of " + std::to_string(bytes) + " bytes: wrong word " +
+                        std::to_string(i) + " on rank " + std::to_string(c.rank()));
+  c.barrier();
+  if (c.rank() == 0)
+    std::printf("comm_mpi_check: a broadcast of %zu bytes passed on %d ranks\n", bytes, c.size());
+}
+
+// Rank 1 expects fewer bytes than the root sends, as a rank that sized its buffer otherwise.
+void mismatch(Communicator& c) {
+  std::vector<unsigned char> data(1000, 1);
+  c.broadcast(data.data(), c.rank() == 1 ? 10 : data.size(), 0);
+  c.barrier();
+  std::printf("comm_mpi_check: rank %d finished: FAILED to end the job\n", c.rank());
+}
+
 // Rank 1 fails at collective 100 of a loop; the others are then inside that collective.
 void fail_midway(Communicator& c, bool kill) {
   std::vector<float> v(8192, 1.0f);
@@ -133,14 +190,22 @@ void fail_midway(Communicator& c, bool kill) {
 
 int main(int argc, char** argv) {
   const std::string mode = argc == 2 ? argv[1] : "";
-  if (mode != "collectives" && mode != "throw" && mode != "kill") {
-    std::fprintf(stderr, "usage: mpirun -np <ranks> %s collectives|throw|kill\n", argv[0]);
+  if (mode != "collectives" && mode != "throw" && mode != "kill" && mode != "chunks" &&
+      mode != "huge" && mode != "mismatch") {
+    std::fprintf(stderr,
+                 "usage: mpirun -np <ranks> %s collectives|throw|kill|chunks|huge|mismatch\n",
+                 argv[0]);
     return 2;
   }
   try {
     fairkv::comm::run_job("mpi", 0, [&](Communicator& c) {
-      if (mode == "collectives") {
+      if (mode == "collectives" || mode == "chunks") {
+        if (mode == "chunks") fairkv::comm::set_mpi_chunk_bytes(28);
         collectives(c);
+      } else if (mode == "huge") {
+        huge_broadcast(c);
+      } else if (mode == "mismatch") {
+        mismatch(c);
       } else {
         fail_midway(c, mode == "kill");
       }

@@ -12,9 +12,40 @@
 
 namespace fairkv::placement {
 
-std::string brief(const nlohmann::json& v) {
-  std::string s = v.dump();
-  if (s.size() > 40) s = s.substr(0, 37) + "...";
+namespace {
+
+// Appends v's compact JSON text to out, stopping once out holds `limit` characters. Every level
+// adds a character, so the recursion ends within `limit` levels: json::dump recurses once per
+// level of the whole value and overflows the stack on the deep nesting one line of a file can
+// hold ('[' x 1e6), and renders a huge value whole only to cut it.
+void render(const nlohmann::json& v, std::string& out, size_t limit) {
+  using nlohmann::json;
+  if (out.size() >= limit) return;
+  if (v.is_array() || v.is_object()) {
+    out += v.is_array() ? '[' : '{';
+    bool first = true;
+    for (auto it = v.begin(); it != v.end() && out.size() < limit; ++it) {
+      if (!first) out += ',';
+      first = false;
+      if (v.is_object()) out += json(it.key()).dump() + ':';
+      render(it.value(), out, limit);
+    }
+    out += v.is_array() ? ']' : '}';
+  } else if (v.is_string()) {
+    // Cut first (a long string is not copied whole); a cut inside a character is replaced.
+    out += json(v.get_ref<const std::string&>().substr(0, limit))
+               .dump(-1, ' ', false, json::error_handler_t::replace);
+  } else {
+    out += v.dump();
+  }
+}
+
+}  // namespace
+
+std::string brief(const nlohmann::json& v, size_t max_chars) {
+  std::string s;
+  render(v, s, max_chars + 1);
+  if (s.size() > max_chars) s = s.substr(0, max_chars - 3) + "...";
   return s;
 }
 

@@ -2,14 +2,16 @@
 // and the field path ("p.json: tokens[3][2]: expected a non-negative number, got \"abc\"").
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 namespace fairkv::placement {
 
-// A short rendering of a value for error messages.
-std::string brief(const nlohmann::json& v);
+// A short rendering of a value for error messages: its compact JSON, cut to max_chars (>= 4) with
+// "..." at the end; never renders more of a large or deeply nested value than that.
+std::string brief(const nlohmann::json& v, size_t max_chars = 40);
 
 struct JsonCheck {
   std::string where;  // the file (or other source) named first in every error

@@ -167,6 +167,25 @@ void check_layer(const LayerPlacement& layer, int kv_heads, int devices, const s
                       where, d, h));
 }
 
+std::pair<int, int> query_heads(const Share& s, int group) {
+  return {int(std::lround(s.offset * group)), int(std::lround((s.offset + s.share) * group))};
+}
+
+void check_query_shares(const Placement& p, int group, const std::string& where) {
+  for (size_t l = 0; l < p.layers.size(); ++l)
+    for (size_t d = 0; d < p.layers[l].devices.size(); ++d)
+      for (const Share& s : p.layers[l].devices[d]) {
+        if (s.kind != ShareKind::Query) continue;
+        const auto [q0, q1] = query_heads(s, group);
+        if (q1 <= q0)
+          throw FormatError(fmt::format(
+              "{}: layers[{}]: device {}: head {}: query share {} holds none of the unit's {} "
+              "query heads (its part [{:.9g}, {:.9g}) of them rounds to no whole head): a query "
+              "share must hold at least one",
+              where, l, d, s.head, s.share, group, s.offset * group, (s.offset + s.share) * group));
+      }
+}
+
 void summarize(Placement& p, const UnitTable& tokens, const CostModel& cost) {
   const size_t n = p.layers.size();
   p.max_load.assign(n, 0.0);

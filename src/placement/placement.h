@@ -17,6 +17,7 @@
 
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -78,6 +79,16 @@ void normalize(LayerPlacement& layer);
 // heads are in range and appear once per device, and that kinds are consistent. Throws
 // FormatError naming `where`.
 void check_layer(const LayerPlacement& layer, int kv_heads, int devices, const std::string& where);
+
+// The query heads [first, second) of a unit's `group` that a query share holds: its offsets
+// rounded to whole heads (the runtime's shards hold exactly these).
+std::pair<int, int> query_heads(const Share& s, int group);
+
+// Checks that every query share of a normalized placement holds at least one of its unit's
+// `group` query heads: a thinner one would serve the unit with no weights to serve it with. The
+// group is the model's, which a placement file does not carry, so this runs once the model is
+// known. Throws FormatError naming `where`, the layer, device, head and share.
+void check_query_shares(const Placement& p, int group, const std::string& where);
 
 // Fills max_load, lower_bound and replicas from the profile's tokens.
 void summarize(Placement& p, const UnitTable& tokens, const CostModel& cost);

@@ -129,15 +129,21 @@ Placement tp_unless_faster(Placement p, const Profile& profile, const CostModel&
 
 }  // namespace
 
+int replica_budget(const PlanOptions& o, int kv_heads) {
+  if (o.planner != PlannerKind::FairCopy && o.planner != PlannerKind::Split) return 0;
+  // Default: R - 1 batch replicas for fair-copy (each reads and holds the unit's weights); twice
+  // that for split, whose extra token slices cost neither weight reads nor weight memory.
+  const int64_t k = o.replicas >= 0                   ? o.replicas
+                    : o.planner == PlannerKind::Split ? 2 * (o.devices - 1)
+                                                      : o.devices - 1;
+  return int(std::min<int64_t>(k, int64_t(kv_heads) * (o.devices - 1)));
+}
+
 Placement plan(const Profile& profile, const CostModel& cost, const PlanOptions& o) {
   if (o.devices < 1 || o.devices > kMaxDevices)
     throw std::invalid_argument(
         fmt::format("devices: expected 1 to {}, got {}", kMaxDevices, o.devices));
-  // Default budget: R - 1 batch replicas for fair-copy (each reads and holds the unit's weights);
-  // twice that for split, whose extra token slices cost neither weight reads nor weight memory.
-  const int k = o.replicas >= 0                   ? o.replicas
-                : o.planner == PlannerKind::Split ? 2 * (o.devices - 1)
-                                                  : o.devices - 1;
+  const int k = replica_budget(o, profile.kv_heads);
   const bool replicating = o.planner == PlannerKind::FairCopy || o.planner == PlannerKind::Split;
   for (int r = k;; --r) {
     Placement p = plan_with(profile, cost, o, r);

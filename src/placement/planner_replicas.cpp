@@ -398,8 +398,9 @@ LayerPlan split_layer(std::span<const double> tokens, const CostModel& cost, int
   if (replicas >= devices - 1) {
     cands.push_back(wrap_around_layer(tokens, cost, devices));
     // Empty tails that keep every device full, within the replica budget: the cuts the fill
-    // does not need are spare.
-    for (int spare = 1; spare <= replicas; ++spare) {
+    // does not need are spare. The fill spends at most one per unit, so more change nothing.
+    const int most = std::min(replicas, int(tokens.size()));
+    for (int spare = 1; spare <= most; ++spare) {
       const auto h = wrap_around(tokens, cost, devices, spare);
       if (holding_replicas(h) > replicas) break;
       cands.push_back(to_layer(h, devices, ShareKind::Tokens));

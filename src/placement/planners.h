@@ -79,6 +79,11 @@ struct PlanOptions {
   bool tp_unless_faster = true;
 };
 
+// The extra replicas per layer that fair-copy and split may add (0 for the others): the option's
+// or the default budget, at most every unit on every other device, beyond which none could be
+// placed (a larger budget only made the searches loop longer).
+int replica_budget(const PlanOptions& options, int kv_heads);
+
 // A plan does not fit the devices' memory; the message says which device needs what.
 struct DoesNotFit : std::runtime_error {
   using std::runtime_error::runtime_error;

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <nlohmann/json.hpp>
 
 #include "placement/test_util.h"
@@ -290,6 +292,36 @@ TEST(Plan, EveryPlannerCoversEveryUnitAndIsDeterministic) {
         }
       }
     }
+}
+
+// A replica is a (unit, device) pair beyond one per unit, so a layer has at most units x (R - 1):
+// a larger budget is that one. It used to make split's searches loop once per replica asked
+// for (--replicas 2000000000 ran for hours, its candidates growing by gigabytes).
+TEST(Plan, ReplicaBudgetStopsAtEveryUnitOnEveryDevice) {
+  PlanOptions o;
+  o.devices = 4;
+  o.planner = PlannerKind::Split;
+  EXPECT_EQ(replica_budget(o, 3), 6);  // default 2 (R - 1)
+  o.replicas = 5;
+  EXPECT_EQ(replica_budget(o, 3), 5);
+  o.replicas = std::numeric_limits<int>::max();
+  EXPECT_EQ(replica_budget(o, 3), 9);
+  o.planner = PlannerKind::FairCopy;
+  EXPECT_EQ(replica_budget(o, 3), 9);
+  o.replicas = -1;
+  EXPECT_EQ(replica_budget(o, 3), 3);  // default R - 1
+  o.planner = PlannerKind::Tp;
+  EXPECT_EQ(replica_budget(o, 3), 0);
+
+  const auto prof = random_profile(7, 4, 4, 2, 1.0);
+  const auto cost = cost_model_for(prof, 4);
+  for (auto kind : {PlannerKind::FairCopy, PlannerKind::Split}) {
+    o.planner = kind;
+    o.replicas = 12;
+    const auto most = plan(prof, cost, o);
+    o.replicas = std::numeric_limits<int>::max();
+    EXPECT_EQ(placement_to_json(plan(prof, cost, o)).dump(), placement_to_json(most).dump());
+  }
 }
 
 TEST(Plan, PlannersImproveOnTp) {

@@ -2,12 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
+#include "placement/json_check.h"
 #include "placement/placement.h"
 #include "placement/planners.h"
 
@@ -203,6 +206,52 @@ TEST(PlacementJson, RoundTripAndErrors) {
   EXPECT_EQ(err(two), "");
   const auto ok = placement_from_json(two, "x.json");
   EXPECT_DOUBLE_EQ(ok.layers[0].devices[1][0].offset, 0.5);  // laid out in device order
+}
+
+// Error messages show a bad value cut short: json::dump recursed once per level, and a value
+// nested a million deep overflowed the stack while the message was written.
+TEST(PlacementJson, DeeplyNestedValuesAreRefusedBriefly) {
+  const std::string deep = std::string(1000000, '[') + std::string(1000000, ']');
+  try {
+    placement_from_json(nlohmann::json::parse("{\"devices\": " + deep + "}"), "d.json");
+    FAIL() << "accepted";
+  } catch (const FormatError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("d.json: devices: ", 0), 0u);
+    EXPECT_LT(std::string(e.what()).size(), 200u);
+  }
+  EXPECT_EQ(brief(nlohmann::json::parse(R"({"a":[1,2.5,"x"],"b":null})")),
+            R"({"a":[1,2.5,"x"],"b":null})");
+  EXPECT_EQ(brief(nlohmann::json(std::string(100, 'y')), 10), "\"yyyyyy...");
+  EXPECT_EQ(brief(nlohmann::json::parse(deep), 10), "[[[[[[[...");
+}
+
+// A query share holds the query heads its offsets round to; one that rounds to none would be
+// served without weights, so it is refused once the model's group is known.
+TEST(PlacementJson, QuerySharesHoldAQueryHead) {
+  const auto two = [](double first) {
+    return placement_from_json(
+        nlohmann::json::parse(fmt::format(R"({{"devices": 2, "kv_heads": 1, "layers": [[
+          [{{"head": 0, "share": {}, "kind": "query"}}],
+          [{{"head": 0, "share": {}, "kind": "query"}}]]]}})",
+                                          first, 1 - first)),
+        "q.json");
+  };
+  const Placement thin = two(1e-9);  // a valid file: shares sum to 1
+  EXPECT_EQ(query_heads(thin.layers[0].devices[0][0], 2), std::make_pair(0, 0));
+  EXPECT_EQ(query_heads(thin.layers[0].devices[1][0], 2), std::make_pair(0, 2));
+  try {
+    check_query_shares(thin, 2, "q.json");
+    FAIL() << "a query share of 1e-9 was accepted";
+  } catch (const FormatError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "q.json: layers[0]: device 0: head 0: query share 1e-09 holds none of the unit's 2 "
+              "query heads (its part [0, 2e-09) of them rounds to no whole head): a query share "
+              "must hold at least one");
+  }
+  EXPECT_THROW(check_query_shares(two(0.2), 2, "q.json"), FormatError);  // 0.4 of a head
+  EXPECT_NO_THROW(check_query_shares(two(0.3), 2, "q.json"));            // heads [0, 1), [1, 2)
+  EXPECT_NO_THROW(check_query_shares(two(0.5), 8, "q.json"));
+  EXPECT_THROW(check_query_shares(two(0.5), 1, "q.json"), FormatError);  // [0.5, 1) rounds to none
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 // count and batch size, on a real model and on a synthetic GQA model.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -264,6 +266,46 @@ TEST(Exec, ResolvesPlannerNamesAndPlacementFiles) {
       resolve_placement("tp", FAIRKV_SOURCE_DIR "/data/profiles/retrieval-4L-adakv-64.json", c, 2,
                         cost_for(*m, 1)),
       std::invalid_argument);  // another model's profile
+}
+
+// A placement file whose query share is too thin for a query head of the model's (1e-9 of a
+// group of 2) is valid JSON with shares summing to 1; it is refused when resolved, naming the
+// file, layer, head and share, instead of failing inside the ranks.
+TEST(Exec, RefusesAQueryShareWithoutAQueryHead) {
+  const std::string path = std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  const auto m = model::Model::load(path);
+  const model::ModelConfig& c = m->config;
+  ASSERT_EQ(c.group(), 2);
+  pl::Placement p = resolve_placement("tp", "", c, 2, cost_for(*m, 1));
+  const std::string file = ::testing::TempDir() + "/exec_test_thin_query.json";
+  for (double thin : {1e-9, 0.2, 0.3}) {
+    pl::LayerPlacement& layer = p.layers[1];
+    auto& dev0 = layer.devices[0];
+    auto& dev1 = layer.devices[1];
+    // Head 0 of layer 1 split by query heads between the devices, `thin` of it on device 0.
+    dev1.erase(
+        std::remove_if(dev1.begin(), dev1.end(), [](const pl::Share& s) { return s.head == 0; }),
+        dev1.end());
+    dev0[0] = {0, thin, pl::ShareKind::Query, 0.0};
+    dev1.push_back({0, 1 - thin, pl::ShareKind::Query, 0.0});
+    pl::normalize(layer);
+    pl::write_placement(p, file);
+    if (thin == 0.3) {  // query heads [0, 1) and [1, 2): served
+      EXPECT_NO_THROW(resolve_placement(file, "", c, 2, cost_for(*m, 1)));
+      continue;
+    }
+    try {
+      resolve_placement(file, "", c, 2, cost_for(*m, 1));
+      ADD_FAILURE() << "query share " << thin << " accepted";
+    } catch (const pl::FormatError& e) {
+      const std::string what = e.what();
+      EXPECT_EQ(what.rfind(file + ": layers[1]: device 0: head 0: query share ", 0), 0u) << what;
+      EXPECT_NE(what.find(fmt::format("share {} holds none of the unit's 2 query heads", thin)),
+                std::string::npos)
+          << what;
+    }
+  }
 }
 
 }  // namespace

@@ -84,6 +84,7 @@ placement::Placement resolve_placement(const std::string& what, const std::strin
   if (devices > 0 && p.devices != devices)
     throw std::invalid_argument(
         fmt::format("{}: the placement is for {} devices, not {}", where, p.devices, devices));
+  placement::check_query_shares(p, c.group(), where);
   return p;
 }
 

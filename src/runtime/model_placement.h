@@ -43,7 +43,8 @@ placement::CostModel run_cost_model(const model::ModelConfig& c, kernels::DType 
 // The placement `what` names for the model: a planner name (tp, balanced, fair-copy, split),
 // planned on the fly with `cost` from the profile at profile_path (when empty: every unit equally
 // long, so only tp's layout matters), or the path of a `fairkv plan --json` file. Throws
-// std::invalid_argument naming the file and what does not match the model or the devices.
+// std::invalid_argument naming the file and what does not match the model or the devices, and
+// placement::FormatError for a query share too thin to hold a query head of the model's.
 placement::Placement resolve_placement(const std::string& what, const std::string& profile_path,
                                        const model::ModelConfig& c, int devices,
                                        const placement::CostModel& cost);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <tuple>
 
 #include "kernels/types.h"
 
@@ -31,8 +32,7 @@ std::vector<std::vector<HeldUnit>> held_units(const placement::Placement& p, int
       HeldUnit u;
       u.head = s.head;
       if (s.kind == placement::ShareKind::Query) {
-        u.q0 = int(std::lround(s.offset * group));
-        u.q1 = int(std::lround((s.offset + s.share) * group));
+        std::tie(u.q0, u.q1) = placement::query_heads(s, group);
       } else {
         u.q0 = 0;
         u.q1 = group;

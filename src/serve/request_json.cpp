@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "placement/json_check.h"
+
 namespace fairkv::serve {
 
 namespace {
@@ -19,10 +21,8 @@ struct Reader {
 
   [[noreturn]] void fail(const std::string& field, const std::string& expected,
                          const json& got) const {
-    std::string text = got.dump();
-    if (text.size() > 60) text = text.substr(0, 57) + "...";
-    throw std::invalid_argument(
-        fmt::format("{}: field \"{}\": expected {}, got {}", where, field, expected, text));
+    throw std::invalid_argument(fmt::format("{}: field \"{}\": expected {}, got {}", where, field,
+                                            expected, placement::brief(got, 60)));
   }
   const json* get(const char* field) const {
     auto it = obj.find(field);
@@ -225,6 +225,25 @@ RequestSpec parse_request(const json& obj, const Request& defaults, const std::s
   }
   spec.arrival_s = r.number("arrival", 0, 1e7, 0);
   return spec;
+}
+
+std::vector<RequestLine> read_request_lines(std::istream& in, const Request& defaults,
+                                            const std::string& where) {
+  std::vector<RequestLine> out;
+  std::string text;
+  for (int n = 1; std::getline(in, text); ++n) {
+    if (!text.empty() && text.back() == '\r') text.pop_back();
+    if (text.find_first_not_of(" \t") == std::string::npos) continue;
+    const std::string at = fmt::format("{}: line {}", where, n);
+    json j;
+    try {
+      j = json::parse(text);
+    } catch (const json::exception& e) {
+      throw std::invalid_argument(fmt::format("{}: not JSON ({})", at, e.what()));
+    }
+    out.push_back({n, parse_request(j, defaults, at)});
+  }
+  return out;
 }
 
 }  // namespace fairkv::serve

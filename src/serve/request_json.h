@@ -2,6 +2,7 @@
 // extensions): what a request file line of `fairkv batch` holds and what the HTTP server reads.
 #pragma once
 
+#include <istream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -34,5 +35,17 @@ struct RequestSpec {
 // with `where` and names the field and what was expected. Exactly one of prompt and messages.
 RequestSpec parse_request(const nlohmann::json& obj, const Request& defaults,
                           const std::string& where, const std::vector<std::string>& ignored = {});
+
+// One request of a request file and its line number (from 1).
+struct RequestLine {
+  int line = 0;
+  RequestSpec spec;
+};
+
+// The requests of a request file (`fairkv batch --requests`): one JSON object per line as
+// parse_request reads it; blank lines are skipped and a CR before the newline dropped. A line that
+// is not JSON or not a request throws std::invalid_argument starting with "<where>: line N: ".
+std::vector<RequestLine> read_request_lines(std::istream& in, const Request& defaults,
+                                            const std::string& where);
 
 }  // namespace fairkv::serve
