@@ -3,7 +3,7 @@
 # Sourced by scripts/demo and scripts/test.
 fairkv_packages=(g++ cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev libfmt-dev
   libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev libopenmpi-dev openmpi-bin
-  libcpp-httplib-dev python3 python3-pip python3-venv)
+  libcpp-httplib-dev python3 python3-pip python3-venv iproute2)
 
 fairkv_install_deps() {
   local missing=()

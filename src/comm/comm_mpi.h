@@ -39,7 +39,8 @@ std::unique_ptr<Communicator> make_mpi_communicator();
 
 // The most bytes one MPI call moves (default 1 GiB, 0 restores it); larger transfers go in pieces
 // of this size, so that no count or offset inside MPI passes INT_MAX. Tests set a few bytes to
-// exercise the pieces without gigabytes. Applies to collectives started after the call.
+// exercise the pieces without gigabytes. Applies to collectives started after the call; every
+// rank must set the same size, or their pieces no longer match.
 void set_mpi_chunk_bytes(size_t bytes);
 
 // Prints "fairkv: <message>" to stderr and ends the whole job (MPI_Abort, exit code 1).
