@@ -5,10 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <vector>
 
+#include "fuzz/corpus_files.h"
 #include "fuzz/json_inputs.h"
 
 namespace fairkv::app {
@@ -20,14 +19,11 @@ TEST(JsonCorpus, EveryFileIsReadOrRefusedNamingTheInput) {
   const fs::path dir = fs::path(FAIRKV_SOURCE_DIR) / "fuzz" / "corpus" / "json";
   if (!fs::is_directory(dir)) GTEST_SKIP() << dir << " is absent";
   int read = 0, refused = 0;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (!e.is_regular_file()) continue;
-    SCOPED_TRACE(e.path().string());
-    std::ifstream in(e.path(), std::ios::binary);
-    const std::vector<uint8_t> b((std::istreambuf_iterator<char>(in)), {});
+  for (const fuzz::CorpusFile& f : fuzz::corpus_files(dir)) {
+    SCOPED_TRACE(f.path.string());
     std::string why;
-    const bool ok = fuzz::read_json_input(b.data(), b.size(), &why);
-    const std::string name = e.path().filename().string();
+    const bool ok = fuzz::read_json_input(f.bytes.data(), f.bytes.size(), &why);
+    const std::string& name = f.name;
     const bool bad = name.rfind("bad-", 0) == 0;
     const bool seed = name.find('-') != std::string::npos;  // hashes have none
     if (ok) {
