@@ -2,10 +2,12 @@
 
 Starts the fairkv binary on a free port and checks, through the openai package:
   - stories260K: /v1/models, completions (non-streamed and streamed, the stream's text equal to
-    the whole answer, usage last), refusals as the client's typed errors (chat without a chat
-    template, unknown model, n > 1, logprobs, a wrong API key), and the SIGTERM drain (a running
-    stream finishes, the process exits 0);
-  - SmolLM2-135M-Instruct when present: chat (non-streamed and streamed, greedy: equal);
+    the whole answer, usage last), logprobs read by the client (streamed equal to whole, greedy:
+    the most likely), refusals as the client's typed errors (chat without a chat template,
+    unknown model, n > 1, logprobs out of range, a wrong API key), and the SIGTERM drain (a
+    running stream finishes, the process exits 0);
+  - SmolLM2-135M-Instruct when present: chat (non-streamed and streamed, greedy: equal), chat
+    logprobs (logprobs: true, top_logprobs) through the client, streamed and not;
   - chat rendering byte for byte against jinja2 (as Hugging Face's apply_chat_template sets it
     up): SmolLM2's own tokenizer.chat_template, and the ChatML, Llama 3, Llama 2 and Mistral
     template strings of data/chat_templates/ with --chat-template picking each family, over
@@ -149,6 +151,31 @@ class Stories(unittest.TestCase):
         self.assertEqual(finish, whole.choices[0].finish_reason)
         self.assertEqual(usage.completion_tokens, u.completion_tokens)
 
+    def test_completion_logprobs_whole_and_streamed(self):
+        args = dict(model=self.model, prompt="Once upon a time", max_tokens=16, temperature=0,
+                    logprobs=3)
+        whole = self.client.completions.create(**args)
+        lp = whole.choices[0].logprobs
+        n = whole.usage.completion_tokens
+        self.assertEqual(len(lp.tokens), n)
+        self.assertEqual(len(lp.token_logprobs), n)
+        self.assertEqual(len(lp.text_offset), n)
+        self.assertEqual(len(lp.top_logprobs), n)
+        self.assertTrue("".join(lp.tokens).startswith(whole.choices[0].text))
+        for tok, v, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+            self.assertLessEqual(v, 0)
+            self.assertIn(len(top), (3, 4))
+            self.assertEqual(max(top.values()), v)  # greedy: the most likely
+            self.assertEqual(top[tok], v)
+        tokens, values = [], []
+        for chunk in self.client.completions.create(**args, stream=True):
+            for c in chunk.choices:
+                if c.logprobs:
+                    tokens += c.logprobs.tokens
+                    values += c.logprobs.token_logprobs
+        self.assertEqual(tokens, lp.tokens)
+        self.assertEqual(values, lp.token_logprobs)
+
     def test_seeded_sampling_is_reproducible(self):
         args = dict(model=self.model, prompt="The cat", max_tokens=16, temperature=0.9, seed=7)
         a = self.client.completions.create(**args).choices[0].text
@@ -166,8 +193,8 @@ class Stories(unittest.TestCase):
             self.client.completions.create(model=self.model, prompt="x", n=2)
         self.assertEqual(e.exception.body["param"], "n")
         with self.assertRaises(openai.BadRequestError) as e:
-            self.client.completions.create(model=self.model, prompt="x", logprobs=2)
-        self.assertIn("not supported yet", str(e.exception))
+            self.client.completions.create(model=self.model, prompt="x", logprobs=21)
+        self.assertEqual(e.exception.body["param"], "logprobs")
         with self.assertRaises(openai.BadRequestError) as e:
             self.client.completions.create(model=self.model, prompt="x", temperature=-1)
         self.assertEqual(e.exception.body["param"], "temperature")
@@ -299,6 +326,27 @@ class SmolLM2(unittest.TestCase):
         self.assertEqual(text, msg.content)
         self.assertEqual(finish, whole.choices[0].finish_reason)
         self.assertEqual(usage.prompt_tokens, whole.usage.prompt_tokens)
+
+    def test_chat_logprobs_whole_and_streamed(self):
+        args = dict(model="smollm2", max_tokens=12, temperature=0, logprobs=True, top_logprobs=3,
+                    messages=[{"role": "user", "content": "Name a colour."}])
+        whole = self.client.chat.completions.create(**args)
+        content = whole.choices[0].logprobs.content
+        self.assertEqual(len(content), whole.usage.completion_tokens)
+        for t in content:
+            self.assertEqual(len(t.top_logprobs), 3)
+            self.assertEqual(t.top_logprobs[0].token, t.token)  # greedy
+            self.assertEqual(t.top_logprobs[0].logprob, t.logprob)
+            self.assertGreaterEqual(t.top_logprobs[1].logprob, t.top_logprobs[2].logprob)
+            if "\ufffd" not in t.token:
+                self.assertEqual(bytes(t.bytes).decode(), t.token)
+        streamed = []
+        for chunk in self.client.chat.completions.create(**args, stream=True):
+            for c in chunk.choices:
+                if c.logprobs and c.logprobs.content:
+                    streamed += c.logprobs.content
+        self.assertEqual([(t.token, t.logprob) for t in streamed],
+                         [(t.token, t.logprob) for t in content])
 
     def test_completion(self):
         out = self.client.completions.create(

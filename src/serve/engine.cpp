@@ -60,6 +60,11 @@ struct Engine::Seq {
   bool swapped = false;         // preempted with its cache swapped out (else dropped)
   int64_t max_rows = 0;         // per head: prompt + output
   bool cancel = false;
+  // With logprobs: those of tokens whose text is still held back, and where each token's text
+  // ends in the generated text; released_bytes: how much of that text has been sent.
+  std::vector<TokenLogprob> held_logprobs;
+  std::vector<size_t> held_ends;
+  size_t text_bytes = 0, released_bytes = 0;
 
   Seq(Request r, const kv::CompressionConfig& c, int64_t n_vocab)
       : req(std::move(r)), compression(c), sampler(req.sampling, n_vocab), stop(req.stop) {
@@ -111,6 +116,9 @@ RequestId Engine::submit(Request r, EventFn on_event) {
       refuse(K::Invalid, fmt::format("stop tokens: {} is outside the vocabulary [0, {})", t, V));
   if (r.max_tokens < 1)
     refuse(K::Invalid, fmt::format("max_tokens: expected at least 1, got {}", r.max_tokens));
+  if (r.logprobs < -1 || r.logprobs > kMaxTopLogprobs)
+    refuse(K::Invalid, fmt::format("logprobs: expected -1 (none) or 0 to {} alternatives, got {}",
+                                   kMaxTopLogprobs, r.logprobs));
   if (int64_t(r.prompt.size()) >= ctx_)
     refuse(K::TooLarge, fmt::format("prompt: {} tokens do not fit the context of {} tokens "
                                     "(prompt + at least one output token)",
@@ -319,12 +327,24 @@ void Engine::finish(Seq& s, FinishReason why, const std::string& text) {
   e.text = std::move(tail);
   e.finish = why;
   e.stats = &s.stats;
+  if (why != FinishReason::Cancelled && why != FinishReason::Error)
+    e.logprobs = std::move(s.held_logprobs);  // every token's, past a stop string's start too
   if (s.on_event) s.on_event(e);
   const RequestId id = s.id;  // s dies with its entry
   seqs_.erase(id);
 }
 
-void Engine::deliver(Seq& s, int32_t token) {
+void Engine::deliver(Seq& s, int32_t token, std::span<const float> logits) {
+  std::string piece = m_.tokenizer.decode_token(token);
+  if (s.req.logprobs >= 0) {
+    // Computed from the raw row here, where the token is sampled, only for those who ask.
+    TokenLogprob lp = token_logprob(logits, token, s.req.logprobs);
+    lp.text = piece;
+    for (TopLogprob& t : lp.top) t.text = m_.tokenizer.decode_token(t.token);
+    s.held_logprobs.push_back(std::move(lp));
+    s.text_bytes += piece.size();
+    s.held_ends.push_back(s.text_bytes);
+  }
   s.output.push_back(token);
   ++s.stats.generated_tokens;
   ++counters_.generated_tokens;
@@ -334,12 +354,22 @@ void Engine::deliver(Seq& s, int32_t token) {
   const bool stop_token = std::find(s.req.stop_tokens.begin(), s.req.stop_tokens.end(), token) !=
                           s.req.stop_tokens.end();
   if (eog || stop_token) return finish(s, FinishReason::Stop);
-  StopMatcher::Output fed = s.stop.feed(m_.tokenizer.decode_token(token));
+  StopMatcher::Output fed = s.stop.feed(piece);
   if (fed.stopped) return finish(s, FinishReason::Stop, fed.text);
   Event e;
   e.id = s.id;
   e.token = token;
+  s.released_bytes += fed.text.size();
   e.text = std::move(fed.text);
+  // The logprobs of the tokens whose text is now wholly sent go with it.
+  size_t done = 0;
+  while (done < s.held_ends.size() && s.held_ends[done] <= s.released_bytes) ++done;
+  if (done > 0) {
+    e.logprobs.assign(std::make_move_iterator(s.held_logprobs.begin()),
+                      std::make_move_iterator(s.held_logprobs.begin() + ptrdiff_t(done)));
+    s.held_logprobs.erase(s.held_logprobs.begin(), s.held_logprobs.begin() + ptrdiff_t(done));
+    s.held_ends.erase(s.held_ends.begin(), s.held_ends.begin() + ptrdiff_t(done));
+  }
   if (s.on_event) s.on_event(e);
   const int64_t len = int64_t(s.req.prompt.size() + s.output.size());
   if (int(s.output.size()) >= s.req.max_tokens || len >= ctx_) finish(s, FinishReason::Length);
@@ -411,7 +441,7 @@ bool Engine::step() {
       ++s.fed;
       if (s.fed < s.output.size()) continue;  // still feeding back a recomputed output
     }
-    deliver(s, s.sampler.sample(row));
+    deliver(s, s.sampler.sample(row), row);
   }
   ++counters_.steps;
   publish_stats(kernels::ms_since(t0));

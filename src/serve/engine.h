@@ -30,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -123,7 +124,7 @@ class Engine {
   void preempt(Seq& s);
   Seq* choose_victim();
   void finish(Seq& s, FinishReason why, const std::string& text = {});
-  void deliver(Seq& s, int32_t token);
+  void deliver(Seq& s, int32_t token, std::span<const float> logits);
   void publish_stats(double step_ms);
   void maybe_replan();
   double now_ms() const;

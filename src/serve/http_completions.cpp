@@ -18,6 +18,7 @@ void Channel::push(const Event& e) {
     error_ = e.text;  // the reason, not output
   else
     text_ += e.text;
+  logprobs_.insert(logprobs_.end(), e.logprobs.begin(), e.logprobs.end());
   if (e.finish != FinishReason::None) {
     finished_ = true;
     finish_ = e.finish;
@@ -37,9 +38,10 @@ void Channel::fail(const std::string& why) {
 
 Channel::Piece Channel::take() {
   std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] { return finished_ || !text_.empty(); });
+  cv_.wait(lock, [&] { return finished_ || !text_.empty() || !logprobs_.empty(); });
   Piece p;
   p.text.swap(text_);
+  p.logprobs.swap(logprobs_);
   p.finished = finished_;
   return p;
 }
@@ -135,6 +137,8 @@ struct Stream {
   ResponseHead head;
   RequestId id = 0;
   bool include_usage = false, started = false;
+  bool logprobs = false;
+  int64_t text_offset = 0;  // of the next token's logprobs (completions' text_offset)
   std::shared_ptr<ActiveAnswer> active;
 };
 
@@ -160,6 +164,7 @@ void HttpServer::Impl::handle_completion(Api api, const httplib::Request& req,
                         .count(),
                     o.alias};
   if (r.tag.empty()) r.tag = head.id;
+  const bool logprobs = r.logprobs >= 0;
   auto ch = std::make_shared<Channel>();
   const RequestId id = submit(std::move(r), ch);
 
@@ -168,8 +173,11 @@ void HttpServer::Impl::handle_completion(Api api, const httplib::Request& req,
     release(id, *ch);
     if (!ended_well(ch->finish())) throw ended_error(*ch);
     const RequestStats& s = ch->stats();
-    res.set_content(dump(response_json(head, ch->take().text, finish_reason_name(ch->finish()),
-                                       {s.prompt_tokens, s.generated_tokens}, &s)),
+    const Channel::Piece p = ch->take();
+    int64_t offset = 0;
+    const json lp = logprobs ? logprobs_json(api, p.logprobs, offset) : json();
+    res.set_content(dump(response_json(head, p.text, finish_reason_name(ch->finish()),
+                                       {s.prompt_tokens, s.generated_tokens}, &s, lp)),
                     "application/json; charset=utf-8");
     return;
   }
@@ -179,6 +187,7 @@ void HttpServer::Impl::handle_completion(Api api, const httplib::Request& req,
   st->head = head;
   st->id = id;
   st->include_usage = ar.include_usage;
+  st->logprobs = logprobs;
   st->active = active;
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -195,7 +204,12 @@ void HttpServer::Impl::handle_completion(Api api, const httplib::Request& req,
             return false;
         }
         const Channel::Piece p = st->ch->take();
-        if (!p.text.empty() && !write(sse(chunk_json(h, p.text, std::nullopt)))) return false;
+        // Each chunk carries the logprobs of the tokens whose text it completes.
+        const bool has_lp = st->logprobs && !p.logprobs.empty();
+        const json lp = has_lp ? logprobs_json(h.api, p.logprobs, st->text_offset) : json();
+        if ((!p.text.empty() || has_lp) &&
+            !write(sse(chunk_json(h, p.text, std::nullopt, false, lp))))
+          return false;
         if (!p.finished) return true;
         const FinishReason f = st->ch->finish();
         if (ended_well(f)) {

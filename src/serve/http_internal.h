@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "serve/http_server.h"
 #include "serve/openai_json.h"
@@ -25,7 +26,8 @@ namespace fairkv::serve {
 class Channel {
  public:
   struct Piece {
-    std::string text;  // released since the last take
+    std::string text;                    // released since the last take
+    std::vector<TokenLogprob> logprobs;  // those of the tokens that text completes
     bool finished = false;
   };
   void push(const Event& e);
@@ -44,6 +46,7 @@ class Channel {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::string text_;
+  std::vector<TokenLogprob> logprobs_;
   bool finished_ = false;
   FinishReason finish_ = FinishReason::None;
   RequestStats stats_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <vector>
 
 #include <fmt/format.h>
@@ -46,11 +47,6 @@ void refuse_unsupported(Api api, const json& j) {
         "n", fmt::format("n = {} (one choice per request; n = 1 only) is", short_dump(*n)));
   if (const json* b = get(j, "best_of"); b && !(b->is_number_integer() && b->get<int64_t>() == 1))
     throw unsupported("best_of", "best_of other than 1 is");
-  if (const json* l = get(j, "logprobs"); l && !(l->is_boolean() && !l->get<bool>()))
-    throw unsupported("logprobs", "log probabilities are");
-  if (const json* t = get(j, "top_logprobs");
-      t && !(t->is_number_integer() && t->get<int64_t>() == 0))
-    throw unsupported("top_logprobs", "log probabilities are");
   if (flag(j, "echo")) throw unsupported("echo", "echoing the prompt is");
   if (const json* s = get(j, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
     throw unsupported("suffix", "a suffix (fill in the middle) is");
@@ -70,6 +66,32 @@ void refuse_unsupported(Api api, const json& j) {
     throw bad("prompt",
               "\"prompt\" belongs to /v1/completions; /v1/chat/completions takes \"messages\"");
   if (j.contains("arrival")) throw bad("arrival", "unknown field \"arrival\" (request files only)");
+}
+
+int64_t count_in(const json& v, const char* field, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer() || v.get<int64_t>() < lo || v.get<int64_t>() > hi ||
+      (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)))
+    throw bad(field, fmt::format("\"{}\": expected an integer in [{}, {}], got {}", field, lo, hi,
+                                 short_dump(v)));
+  return v.get<int64_t>();
+}
+
+// The request's logprobs as the engine takes them (-1: none). Completions: "logprobs": n
+// alternatives; chat: "logprobs": true with "top_logprobs": n (as OpenAI and vLLM spell them).
+int parse_logprobs(Api api, const json& j) {
+  const json* l = get(j, "logprobs");
+  const json* t = get(j, "top_logprobs");
+  if (api == Api::Completions) {
+    if (t && !(t->is_number_integer() && t->get<int64_t>() == 0))
+      throw bad("top_logprobs",
+                "\"top_logprobs\" belongs to /v1/chat/completions; /v1/completions takes "
+                "\"logprobs\": the number of alternatives");
+    return l ? int(count_in(*l, "logprobs", 0, kMaxTopLogprobs)) : -1;
+  }
+  const bool on = flag(j, "logprobs");
+  const int top = t ? int(count_in(*t, "top_logprobs", 0, kMaxTopLogprobs)) : 0;
+  if (top > 0 && !on) throw bad("top_logprobs", "\"top_logprobs\": requires \"logprobs\": true");
+  return on ? top : -1;
 }
 
 // OpenAI's richer message shapes, as the engine's {role, content} strings.
@@ -169,6 +191,7 @@ ApiRequest parse_api_request(Api api, const std::string& body, const Request& de
 
   ApiRequest out;
   out.stream = flag(j, "stream");
+  const int logprobs = parse_logprobs(api, j);
   if (const json* so = get(j, "stream_options")) {
     if (!out.stream)
       throw bad("stream_options", "\"stream_options\": only allowed when \"stream\" is true");
@@ -215,6 +238,7 @@ ApiRequest parse_api_request(Api api, const std::string& body, const Request& de
     if (msg.starts_with("request: ")) msg = msg.substr(9);
     throw ApiError(400, msg, "invalid_request_error", param_of(msg));
   }
+  out.spec.request.logprobs = logprobs;
   return out;
 }
 
@@ -237,7 +261,7 @@ json head(const ResponseHead& h, const char* object) {
 }  // namespace
 
 json response_json(const ResponseHead& h, const std::string& text, const std::string& finish,
-                   const Usage& u, const RequestStats* s) {
+                   const Usage& u, const RequestStats* s, const json& logprobs) {
   const bool chat = h.api == Api::Chat;
   json j = head(h, chat ? "chat.completion" : "text_completion");
   json choice = {{"index", 0}};
@@ -245,7 +269,7 @@ json response_json(const ResponseHead& h, const std::string& text, const std::st
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   else
     choice["text"] = text;
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs;
   choice["finish_reason"] = finish;
   j["choices"] = json::array({choice});
   j["usage"] = usage(u);
@@ -266,7 +290,7 @@ json response_json(const ResponseHead& h, const std::string& text, const std::st
 }
 
 json chunk_json(const ResponseHead& h, const std::string& text,
-                const std::optional<std::string>& finish, bool role) {
+                const std::optional<std::string>& finish, bool role, const json& logprobs) {
   const bool chat = h.api == Api::Chat;
   json j = head(h, chat ? "chat.completion.chunk" : "text_completion");
   json choice = {{"index", 0}};
@@ -278,7 +302,7 @@ json chunk_json(const ResponseHead& h, const std::string& text,
   } else {
     choice["text"] = text;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs;
   choice["finish_reason"] = finish ? json(*finish) : json();
   j["choices"] = json::array({choice});
   return j;
@@ -289,6 +313,62 @@ json usage_chunk_json(const ResponseHead& h, const Usage& u) {
   j["choices"] = json::array();
   j["usage"] = usage(u);
   return j;
+}
+
+namespace {
+
+// vLLM's stand-in for a logprob JSON cannot carry (-inf: a token the logits rule out).
+double finite(float lp) {
+  return std::isfinite(lp) ? double(lp) : -9999.0;
+}
+
+json bytes_of(const std::string& s) {
+  json b = json::array();
+  for (char c : s) b.push_back(int(static_cast<unsigned char>(c)));
+  return b;
+}
+
+// Characters of UTF-8 text (bytes that do not continue a character), as text_offset counts.
+int64_t chars_of(const std::string& s) {
+  int64_t n = 0;
+  for (char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+}  // namespace
+
+json logprobs_json(Api api, std::span<const TokenLogprob> lps, int64_t& text_offset) {
+  if (api == Api::Chat) {
+    json content = json::array();
+    for (const TokenLogprob& lp : lps) {
+      json top = json::array();
+      for (const TopLogprob& t : lp.top)
+        top.push_back(
+            {{"token", t.text}, {"logprob", finite(t.logprob)}, {"bytes", bytes_of(t.text)}});
+      content.push_back({{"token", lp.text},
+                         {"logprob", finite(lp.logprob)},
+                         {"bytes", bytes_of(lp.text)},
+                         {"top_logprobs", top}});
+    }
+    return {{"content", content}};
+  }
+  json tokens = json::array(), values = json::array(), tops = json::array(),
+       offsets = json::array();
+  for (const TokenLogprob& lp : lps) {
+    tokens.push_back(lp.text);
+    values.push_back(finite(lp.logprob));
+    // As OpenAI's legacy completions: the n most likely, and the chosen token beside them.
+    json top = json::object();
+    for (const TopLogprob& t : lp.top) top[t.text] = finite(t.logprob);
+    if (!top.contains(lp.text)) top[lp.text] = finite(lp.logprob);
+    tops.push_back(top);
+    offsets.push_back(text_offset);
+    text_offset += chars_of(lp.text);
+  }
+  return {{"tokens", tokens},
+          {"token_logprobs", values},
+          {"top_logprobs", tops},
+          {"text_offset", offsets}};
 }
 
 std::string sse(const json& j) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 
@@ -53,10 +54,12 @@ struct ApiRequest {
 
 // Reads a body of `api`. `model` is the name the server answers to: a body naming another model
 // is refused (404 model_not_found, as OpenAI and vLLM do). Fields the engine cannot honour are
-// refused by name rather than ignored: n other than 1, logprobs, top_logprobs, echo, suffix,
-// tools, a response_format other than text. Harmless ones (user, metadata, store...) are
-// skipped. Chat contents given as [{"type": "text", "text"}] parts are joined, and the
-// "developer" role is read as "system". Throws ApiError (400, or 404 for the model).
+// refused by name rather than ignored: n other than 1, echo, suffix, tools, a response_format
+// other than text. Log-probabilities are read into spec.request.logprobs: completions'
+// "logprobs": n, chat's "logprobs": true with "top_logprobs": n (n in [0, 20]). Harmless ones
+// (user, metadata, store...) are skipped. Chat contents given as [{"type": "text", "text"}] parts
+// are joined, and the "developer" role is read as "system". Throws ApiError (400, or 404 for the
+// model).
 ApiRequest parse_api_request(Api api, const std::string& body, const Request& defaults,
                              const std::string& model);
 
@@ -74,14 +77,23 @@ struct Usage {
 
 // The non-streamed response: one choice with its text (or message) and finish_reason, usage,
 // and llama-server's "timings" (ms) when stats are given.
+// `logprobs`: the choice's (logprobs_json), null when not asked for.
 nlohmann::json response_json(const ResponseHead& h, const std::string& text,
                              const std::string& finish_reason, const Usage& u,
-                             const RequestStats* stats = nullptr);
+                             const RequestStats* stats = nullptr,
+                             const nlohmann::json& logprobs = nullptr);
 
 // One streamed chunk: a piece of text (chat: the delta's content; `role` adds the assistant
 // role, as the first chunk does), or the last one with the finish_reason and an empty delta.
 nlohmann::json chunk_json(const ResponseHead& h, const std::string& text,
-                          const std::optional<std::string>& finish_reason, bool role = false);
+                          const std::optional<std::string>& finish_reason, bool role = false,
+                          const nlohmann::json& logprobs = nullptr);
+
+// A choice's "logprobs" for these tokens. Completions: {tokens, token_logprobs, top_logprobs
+// ({token: logprob} maps of the n most likely and the chosen one), text_offset (characters from
+// the start of the generated text; text_offset carries it from one chunk to the next)}. Chat:
+// {content: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}.
+nlohmann::json logprobs_json(Api api, std::span<const TokenLogprob> lps, int64_t& text_offset);
 // The chunk after the last one when stream_options.include_usage: no choices, the usage.
 nlohmann::json usage_chunk_json(const ResponseHead& h, const Usage& u);
 

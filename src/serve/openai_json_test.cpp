@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "serve/engine.h"
 
@@ -78,12 +80,11 @@ TEST(OpenAiJson, RefusalsCarryStatusTypeParamAndCode) {
        "'tiny'"},
       {Api::Completions, R"({"model": 3, "prompt": "x"})", 400, "model", "", "string"},
       {Api::Completions, R"({"prompt": "x", "n": 2})", 400, "n", "unsupported_parameter", "n = 1"},
-      {Api::Completions, R"({"prompt": "x", "logprobs": 2})", 400, "logprobs",
-       "unsupported_parameter", "not supported yet"},
-      {Api::Chat, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", 400,
-       "logprobs", "unsupported_parameter", "not supported yet"},
+      {Api::Completions, R"({"prompt": "x", "logprobs": 21})", 400, "logprobs", "", "[0, 20]"},
+      {Api::Chat, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 2})", 400,
+       "logprobs", "", "true or false"},
       {Api::Chat, R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})", 400,
-       "top_logprobs", "unsupported_parameter", "not supported yet"},
+       "top_logprobs", "", "\"logprobs\": true"},
       {Api::Chat, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{}]})", 400,
        "tools", "unsupported_parameter", "tool calls"},
       {Api::Completions, R"({"prompt": "x", "echo": true})", 400, "echo", "unsupported_parameter",
@@ -179,6 +180,47 @@ TEST(OpenAiJson, ResponsesAndChunksAreShapedAsOpenAis) {
 
   EXPECT_EQ(sse(json{{"a", 1}}), "data: {\"a\":1}\n\n");
   EXPECT_EQ(dump(json("\xff")), "\"\xEF\xBF\xBD\"");  // invalid UTF-8 replaced, not thrown
+}
+
+TEST(OpenAiJson, LogprobsAreReadPerApi) {
+  auto lp = [](Api api, const std::string& body) {
+    return parse_api_request(api, body, Request{}, "tiny").spec.request.logprobs;
+  };
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
+  EXPECT_EQ(lp(Api::Completions, R"({"prompt": "x"})"), -1);
+  EXPECT_EQ(lp(Api::Completions, R"({"prompt": "x", "logprobs": 0})"), 0);
+  EXPECT_EQ(lp(Api::Completions, R"({"prompt": "x", "logprobs": 20})"), 20);
+  EXPECT_EQ(lp(Api::Chat, "{" + msgs + "}"), -1);
+  EXPECT_EQ(lp(Api::Chat, "{" + msgs + R"(, "logprobs": false, "top_logprobs": 0})"), -1);
+  EXPECT_EQ(lp(Api::Chat, "{" + msgs + R"(, "logprobs": true})"), 0);
+  EXPECT_EQ(lp(Api::Chat, "{" + msgs + R"(, "logprobs": true, "top_logprobs": 7})"), 7);
+}
+
+TEST(OpenAiJson, LogprobsAreShapedAsOpenAis) {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<TokenLogprob> lps(2);
+  lps[0] = {5, -0.5f, "H\xC3\xA9", {{5, -0.5f, "H\xC3\xA9"}, {6, -1.5f, "Ho"}}};
+  lps[1] = {9, -inf, "!", {{5, -0.25f, "H\xC3\xA9"}}};  // sampled outside the top
+  int64_t offset = 4;
+  const json c = logprobs_json(Api::Completions, lps, offset);
+  EXPECT_EQ(c["tokens"], json::parse(R"(["H\u00e9", "!"])"));
+  // -inf is vLLM's -9999, which JSON can carry.
+  EXPECT_EQ(c["token_logprobs"], json::parse("[-0.5, -9999.0]"));
+  EXPECT_EQ(c["top_logprobs"],
+            json::parse(R"([{"H\u00e9": -0.5, "Ho": -1.5}, {"H\u00e9": -0.25, "!": -9999.0}])"));
+  EXPECT_EQ(c["text_offset"], json::parse("[4, 6]"));  // characters: "Hé" is two
+  EXPECT_EQ(offset, 7);
+  int64_t unused = 0;
+  const json ch = logprobs_json(Api::Chat, lps, unused);
+  EXPECT_EQ(ch, json::parse(R"({"content": [
+      {"token": "H\u00e9", "logprob": -0.5, "bytes": [72, 195, 169],
+       "top_logprobs": [{"token": "H\u00e9", "logprob": -0.5, "bytes": [72, 195, 169]},
+                        {"token": "Ho", "logprob": -1.5, "bytes": [72, 111]}]},
+      {"token": "!", "logprob": -9999.0, "bytes": [33],
+       "top_logprobs": [{"token": "H\u00e9", "logprob": -0.25, "bytes": [72, 195, 169]}]}]})"));
+  const ResponseHead head{Api::Chat, "chatcmpl-1", 1, "tiny"};
+  EXPECT_EQ(response_json(head, "x", "stop", {1, 1}, nullptr, ch)["choices"][0]["logprobs"], ch);
+  EXPECT_EQ(chunk_json(head, "x", std::nullopt, false, ch)["choices"][0]["logprobs"], ch);
 }
 
 }  // namespace

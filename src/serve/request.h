@@ -14,6 +14,7 @@
 
 #include "kv/compress.h"
 #include "model/sampler.h"
+#include "serve/logprobs.h"
 
 namespace fairkv::serve {
 
@@ -38,7 +39,10 @@ struct Request {
   // This request's KV policy and budget; none: the engine's default.
   std::optional<kv::CompressionConfig> compression;
   int priority = 0;  // higher is admitted first and preempted last
-  std::string tag;   // the caller's name for it, echoed in stats (a line number, an HTTP id)
+  // Log-probabilities to report with each generated token (logprobs.h): -1 none; n in
+  // [0, kMaxTopLogprobs]: the chosen token's and the n most likely tokens'.
+  int logprobs = -1;
+  std::string tag;  // the caller's name for it, echoed in stats (a line number, an HTTP id)
 };
 
 // Timings and counts of one request, in milliseconds since the engine started.
@@ -61,6 +65,9 @@ struct Event {
   std::string text;    // text released by this event (the final one releases what was held)
   FinishReason finish = FinishReason::None;  // set on the final event only
   const RequestStats* stats = nullptr;       // on the final event
+  // With Request::logprobs: those of the tokens whose text this event completes (a token held
+  // back with a possible stop string waits with its text; the final event carries the rest).
+  std::vector<TokenLogprob> logprobs;
 };
 
 // Called on the engine's thread, in token order, never after the final event.
