@@ -6,6 +6,7 @@
 
 #include "model/chat_prompt.h"
 #include "serve/http_internal.h"
+#include "serve/peer_socket.h"
 
 namespace fairkv::serve {
 
@@ -49,6 +50,11 @@ Channel::Piece Channel::take() {
 void Channel::wait_finished() {
   std::unique_lock lock(mu_);
   cv_.wait(lock, [&] { return finished_; });
+}
+
+bool Channel::wait_finished(std::chrono::milliseconds for_) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, for_, [&] { return finished_; });
 }
 
 bool Channel::finished() const {
@@ -169,7 +175,17 @@ void HttpServer::Impl::handle_completion(Api api, const httplib::Request& req,
   const RequestId id = submit(std::move(r), ch);
 
   if (!ar.stream) {
-    ch->wait_finished();
+    // The answer is written once complete; meanwhile the connection is watched so that a client
+    // that goes away cancels its request (peer_socket.h says how, and why not otherwise).
+    const int fd =
+        find_connection_fd(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+    while (!ch->wait_finished(std::chrono::milliseconds(fd >= 0 ? 20 : 1000))) {
+      if (fd >= 0 && peer_closed(fd)) {
+        release(id, *ch);
+        res.status = 499;  // nginx's "client closed request": no one reads it
+        return;
+      }
+    }
     release(id, *ch);
     if (!ended_well(ch->finish())) throw ended_error(*ch);
     const RequestStats& s = ch->stats();

@@ -36,6 +36,8 @@ class Channel {
   // Waits for text or the end and takes what arrived.
   Piece take();
   void wait_finished();
+  // Waits up to `for_` for the end; whether it came.
+  bool wait_finished(std::chrono::milliseconds for_);
   bool finished() const;
   // Valid once finished.
   FinishReason finish() const { return finish_; }

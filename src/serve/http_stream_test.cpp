@@ -1,7 +1,8 @@
 // The HTTP server's streams and load, in-process on stories260K: the server-sent event format,
-// a client that goes away mid-stream (its request is cancelled and its cache freed), a full
-// queue (503 with Retry-After), 32 concurrent clients of mixed lengths, some of them leaving,
-// each answered exactly as when alone, the shutdown drain, and an engine that fails.
+// a client that goes away mid-stream or before a non-streamed answer (its request is cancelled
+// and its cache freed), a full queue (503 with Retry-After), 32 concurrent clients of mixed
+// lengths, some of them leaving, each answered exactly as when alone, the shutdown drain, and an
+// engine that fails.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -98,6 +99,40 @@ TEST_F(HttpTest, ClientLeavingMidStreamCancelsAndFreesTheCache) {
   // The server goes on serving.
   auto c = s.client();
   EXPECT_EQ(post(c, "/v1/completions", json{{"prompt", "Hi"}}).status, 200);
+}
+
+TEST_F(HttpTest, ClientLeavingANonStreamedRequestCancelsIt) {
+  TestServer s(m());
+  s.backend->step_delay_us = 2000;  // 400 tokens would take most of a second
+  const std::string body =
+      json{{"prompt", "Once upon a time"}, {"max_tokens", 400}, {"ignore_eos", true}}.dump();
+  // A raw client: it sends the request and leaves before any answer comes.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(uint16_t(s.port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string req =
+      "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(write(fd, req.data(), req.size()), ssize_t(req.size()));
+  ASSERT_TRUE(s.wait_for([](const EngineStats& st) { return st.ranks[0].kv_bytes > 0; }));
+  close(fd);
+  ASSERT_TRUE(s.wait_for([](const EngineStats& st) {
+    return st.cancelled == 1 && st.running == 0 && st.ranks[0].kv_bytes == 0;
+  })) << "cancelled "
+      << s.engine->stats().cancelled;
+  EXPECT_LT(s.engine->stats().generated_tokens, 400);
+  EXPECT_EQ(s.http->metrics().snapshot().finished[size_t(FinishReason::Cancelled)], 1);
+  // A client that stays gets its whole answer, however long the wait: it is not taken for gone.
+  s.backend->step_delay_us = 0;
+  auto c = s.client();
+  const Reply r = post(c, "/v1/completions", body);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.j["usage"]["completion_tokens"], 400);
+  EXPECT_EQ(s.engine->stats().cancelled, 1);
 }
 
 TEST_F(HttpTest, FullQueueIs503WithRetryAfter) {
