@@ -73,16 +73,18 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
   if (dev.devices < 1) throw UsageError("--devices: expected at least 1");
   if (dev.comm != "threads" && dev.comm != "mpi")
     throw UsageError("--comm: expected threads or mpi, got '" + dev.comm + "'");
+  // Each reserved store costs up to 4 of the process's map entries (vm.max_map_count is 65530
+  // by default): beyond that, ordinary stores. Ranks as threads share one process, and each
+  // may hold every unit.
+  const int64_t stores =
+      int64_t(m.config.n_layers) * m.config.n_kv_heads * serve::Engine::open_limit(parallel);
+  const int64_t stores_per_process = stores * (dev.comm == "threads" ? dev.devices : 1);
   if (dev.devices == 1 && dev.comm == "threads") {
     serve::SoloOptions so;
     so.kv_type = kv.kv_type();
     so.activations = e.act();
     so.batch_invariant = !fast_batching;
-    // Each reserved store costs up to 4 of the process's map entries (vm.max_map_count is 65530
-    // by default): beyond that, ordinary stores.
-    const int64_t stores =
-        int64_t(m.config.n_layers) * m.config.n_kv_heads * serve::Engine::open_limit(parallel);
-    so.reserve_address_space = stores * 4 < 48000;
+    so.reserve_address_space = stores_per_process * 4 < 48000;
     so.swap_host_bytes = swap;
     so.swap_dir = swap_dir;
     so.swap_file_bytes = swap_dir.empty() ? 0 : swap * 4;
@@ -100,6 +102,7 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
   ro.activations = e.act();
   ro.batching = fast_batching ? kernels::Batching::Fastest : kernels::Batching::Invariant;
   ro.n_slots = serve::Engine::open_limit(parallel);
+  ro.reserve_address_space = stores_per_process * 4 < 48000;
   ro.cost = cost;
   ro.host_swap_bytes = swap;
   ro.swap_dir = swap_dir;

@@ -100,7 +100,10 @@ void RankForward::redistribute(std::span<RankSequence* const> seqs, int n_slots,
         const auto [b, e] = whole ? (is_tail(now, rank) ? std::pair<int64_t, int64_t>{0, total}
                                                         : std::pair<int64_t, int64_t>{0, 0})
                                   : rows_kept(now, rank, seqs[s]->slot, n_slots, total);
+        // A store on a reserved range keeps one of the same size: its rows change, its limit not.
+        const int64_t reserved = store.reserved_rows();
         store.clear();
+        if (reserved > 0) store.reserve_virtual(reserved);
         if (e > b) store.append(&keys[size_t(b * hd)], &vals[size_t(b * hd)], e - b);
       }
     }

@@ -478,7 +478,6 @@ TEST(EngineOnRanks, LogitsDoNotDependOnTheBatch) {
 TEST_F(EngineTest, PreemptionOnRanksChangesNoOutput) {
   const placement::CostModel cost =
       runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
-  const placement::Placement p = test_placement(m(), placement::PlannerKind::FairCopy, 2, cost);
   std::vector<Request> reqs;
   for (size_t i = 0; i < std::size(kTexts); ++i) {
     Request r = make(prompt(kTexts[i]), 60, i % 2 ? 0.8f : 0.0f, 7 + i);
@@ -486,15 +485,20 @@ TEST_F(EngineTest, PreemptionOnRanksChangesNoOutput) {
     reqs.push_back(r);
   }
   // Swapped to host memory; to spill files (no host room); dropped and recomputed (no room).
+  // Batch slices on 2 ranks, then token slices on 3 (their rows move between ranks).
   const std::filesystem::path spill =
       std::filesystem::temp_directory_path() / ("fairkv-spill-" + std::to_string(::getpid()));
   std::filesystem::create_directories(spill);
-  for (int where : {0, 1, 2}) {
+  for (int where : {0, 1, 2, 3}) {
+    const placement::Placement p =
+        where < 3 ? test_placement(m(), placement::PlannerKind::FairCopy, 2, cost)
+                  : test_placement(m(), placement::PlannerKind::Split, 3, cost);
+    SCOPED_TRACE(p.planner + " on " + std::to_string(p.devices) + " ranks");
     EngineOptions eo = small_engine(4);
     eo.replan_cost = cost;
     RanksOptions ro;
     ro.n_slots = Engine::open_limit(eo.parallel);
-    ro.host_swap_bytes = where == 0 ? size_t(1) << 30 : 0;
+    ro.host_swap_bytes = where == 0 || where == 3 ? size_t(1) << 30 : 0;
     if (where == 1) {
       ro.swap_dir = spill.string();
       ro.file_swap_bytes = size_t(1) << 30;

@@ -23,6 +23,14 @@ std::vector<uint8_t> seq_command(Op op, SeqId seq) {
   return std::move(w.bytes());
 }
 
+std::vector<uint8_t> open_command(SeqId seq, int64_t max_rows) {
+  Writer w;
+  w.put(Op::Open);
+  w.put(seq);
+  w.put(max_rows);
+  return std::move(w.bytes());
+}
+
 std::vector<uint8_t> run_command(std::span<const StepItem> items) {
   // Each distinct config once, resolved (the ranks' RankCompression needs it so).
   std::vector<const kv::CompressionConfig*> distinct;
@@ -143,7 +151,7 @@ bool RankWorker::step(std::vector<uint8_t>* msg) {
   }
   const SeqId id = in.get<SeqId>();
   if (op == Op::Open) {
-    open(id);
+    open(id, in.get<int64_t>());
     return true;
   }
   Seq& s = seqs_.at(id);  // rank 0 checked that it is open
@@ -200,11 +208,24 @@ int RankWorker::choose_slot() const {
   return best;
 }
 
-void RankWorker::open(SeqId seq) {
+void RankWorker::open(SeqId seq, int64_t max_rows) {
   const int slot = choose_slot();
   slot_used_.at(size_t(slot)) = 1;
   Seq& s = seqs_[seq];
   s.rs = std::make_unique<RankSequence>(m_.config, o_.kv_type, slot);
+  s.max_rows = max_rows;
+  reserve(s);
+  publish();  // rank 0 learns where the new sequence's rows will go
+}
+
+void RankWorker::reserve(Seq& s) {
+  if (!o_.reserve_address_space || s.max_rows <= 0) return;
+  // Only the units this rank holds: re-planning changes shares, never holders, so no other
+  // store of this rank ever gets a row (one that did would grow as an ordinary store).
+  for (int l = 0; l < m_.config.n_layers; ++l)
+    for (int h = 0; h < m_.config.n_kv_heads; ++h)
+      if (runtime::part_of(parts_[size_t(l)][size_t(h)], comm_.rank()))
+        s.rs->cache.head(l, h).reserve_virtual(s.max_rows);
 }
 
 void RankWorker::run(Reader& in) {
@@ -308,6 +329,8 @@ void RankWorker::swap_out(Seq& s) {
     swap_ = SwapPlace::File;
   } else {
     s.rs->cache.clear();
+    s.rs->cache.n_past = 0;
+    reserve(s);
     s.prompt_open = true;  // recomputed from its tokens, as a new prompt
     swap_ = SwapPlace::None;
   }
@@ -364,19 +387,28 @@ void RankWorker::replan(const placement::CostModel& cost) {
 void RankWorker::publish() {
   const int L = m_.config.n_layers, H = m_.config.n_kv_heads, rank = comm_.rank();
   const size_t U = size_t(L) * size_t(H);
-  std::vector<double> mine(4 + U, 0.0);
+  reported_.clear();
+  for (const auto& [id, s] : seqs_)
+    if (!s.swapped) reported_.push_back(id);
+  std::vector<double> mine(4 + U + reported_.size() * U, 0.0);
   running_ = 0;
   for (const auto& [id, s] : seqs_) {
     if (s.swapped) {
       mine[s.swapped->in_file() ? 2 : 1] += double(s.swapped->bytes());
       continue;
     }
+    double* append = &mine[4 + U + size_t(running_) * U];
     ++running_;
-    mine[0] += double(s.rs->cache.bytes());
+    mine[0] += double(s.rs->cache.committed_bytes());
     for (int l = 0; l < L; ++l)
-      for (int h = 0; h < H; ++h)
-        if (runtime::counts(parts_[size_t(l)][size_t(h)], rank))
-          mine[3 + size_t(l * H + h)] += double(s.rs->cache.head(l, h).size());
+      for (int h = 0; h < H; ++h) {
+        const auto& parts = parts_[size_t(l)][size_t(h)];
+        const kv::HeadStore& store = s.rs->cache.head(l, h);
+        if (runtime::counts(parts, rank)) mine[4 + size_t(l * H + h)] += double(store.size());
+        append[l * H + h] = runtime::role_of(parts, rank, s.rs->slot, o_.n_slots).append
+                                ? double(store.size())
+                                : -1.0;
+      }
   }
   mine[3] = step_ms_;
   std::vector<double> all(mine.size() * size_t(comm_.size()));
@@ -389,6 +421,7 @@ void RankWorker::publish() {
     rep.file_bytes = p[2];
     rep.step_ms = p[3];
     rep.unit_rows.assign(p + 4, p + 4 + U);
+    rep.append_rows.assign(p + 4 + U, p + mine.size());
   }
 }
 

@@ -28,19 +28,25 @@ enum class Op : uint8_t { Open, Close, Run, Rows, SwapOut, SwapIn, Replan, Shutd
 
 // The commands' bytes, built on rank 0 (run_command resolves the items' configs).
 std::vector<uint8_t> seq_command(Op op, SeqId seq);
+// Open: the sequence's rows per head at most (what its stores reserve).
+std::vector<uint8_t> open_command(SeqId seq, int64_t max_rows);
 std::vector<uint8_t> run_command(std::span<const StepItem> items);
 std::vector<uint8_t> replan_command(const placement::CostModel& cost);
 std::vector<uint8_t> shutdown_command();
 
 // What a rank reports after each command that changed its caches, gathered on every rank.
 struct RankReport {
-  double kv_bytes = 0;    // kept rows of its live caches
+  double kv_bytes = 0;    // committed bytes of its live caches (what --kv-memory limits)
   double host_bytes = 0;  // its swapped-out copies in host memory
   double file_bytes = 0;  // and in spill files
   double step_ms = 0;     // its last run
   // [layer * H + head]: rows of the running sequences it keeps and that count towards the
   // unit's length (runtime::counts), so that the ranks' sum is each unit's total.
   std::vector<double> unit_rows;
+  // [i * L * H + layer * H + head] for the i-th running sequence (RankWorker::reported()): the
+  // rows of the store it appends new rows to, -1 where it appends none, so that rank 0 can say
+  // what a step's rows will commit on every rank (RanksBackend::growth_bytes).
+  std::vector<double> append_rows;
 };
 
 class RankWorker {
@@ -59,6 +65,8 @@ class RankWorker {
   SwapPlace swap_result() const { return swap_; }
   bool replanned() const { return replanned_; }
   const std::vector<RankReport>& reports() const { return reports_; }
+  // The running sequences in the order of RankReport::append_rows.
+  const std::vector<SeqId>& reported() const { return reported_; }
   int running() const { return running_; }
 
   struct Seq {
@@ -67,6 +75,7 @@ class RankWorker {
     std::optional<kv::SwappedCache> swapped;  // in host memory, bit for bit
     placement::Placement swapped_under;       // the shares that laid out the swapped rows
     int64_t swapped_rows = 0;
+    int64_t max_rows = 0;  // per head, what its stores reserve
   };
   // Rank 0 checks the engine's calls against these before sending them.
   const Seq* find(SeqId seq) const;
@@ -74,7 +83,10 @@ class RankWorker {
   const runtime::RankForward& forward() const { return *fwd_; }
 
  private:
-  void open(SeqId seq);
+  void open(SeqId seq, int64_t max_rows);
+  // Reserves an address range of s.max_rows rows for each store of a unit this rank holds
+  // (kv::HeadStore::reserve_virtual): they grow in place and commit pages as rows arrive.
+  void reserve(Seq& s);
   void run(wire::Reader& in);
   void swap_out(Seq& s);
   void swap_in(Seq& s);
@@ -101,6 +113,7 @@ class RankWorker {
   bool replanned_ = false;
   double step_ms_ = 0;
   std::vector<RankReport> reports_;
+  std::vector<SeqId> reported_;
   int running_ = 0;
 };
 

@@ -3,12 +3,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <stdexcept>
 
 #include "placement/rebalance.h"
 #include "runtime/rank_compression.h"
+#include "runtime/unit_parts.h"
 #include "serve/rank_worker.h"
 #include "serve/ranks_wire.h"
 
@@ -29,6 +31,7 @@ std::vector<uint8_t> setup_message(const model::ModelConfig& c, const placement:
   w.put(o.activations);
   w.put(o.batching);
   w.put(o.n_slots);
+  w.put(uint8_t(o.reserve_address_space));
   w.put(o.host_swap_bytes);
   w.put_string(o.swap_dir);
   w.put(o.file_swap_bytes);
@@ -49,6 +52,7 @@ placement::Placement read_setup(const std::vector<uint8_t>& bytes, const model::
   o.activations = r.get<kernels::Activations>();
   o.batching = r.get<kernels::Batching>();
   o.n_slots = r.get<int>();
+  o.reserve_address_space = r.get<uint8_t>() != 0;
   o.host_swap_bytes = r.get<size_t>();
   o.swap_dir = r.get_string();
   o.file_swap_bytes = r.get<size_t>();
@@ -173,42 +177,63 @@ size_t RanksBackend::row_bytes() const {
          size_t(c.n_kv_heads);
 }
 
-double RanksBackend::max_rank_fraction() const {
-  // Of a sequence's rows, the most one rank may hold: a whole unit, a query slice (every holder
-  // keeps the whole KV) or a batch slice (the sequence may be its) count whole, a token slice by
-  // its share.
-  const placement::Placement& p = placement();
-  std::vector<double> held(static_cast<size_t>(R_), 0.0);
-  double units = 0;
-  for (const auto& layer : p.layers) {
-    units += p.kv_heads;
-    for (int d = 0; d < R_; ++d) {
-      std::vector<double> of_head(static_cast<size_t>(p.kv_heads), 0.0);
-      for (const placement::Share& s : layer.devices[size_t(d)]) {
-        const double f = s.kind == placement::ShareKind::Tokens ? s.share : 1.0;
-        of_head[size_t(s.head)] = std::min(1.0, of_head[size_t(s.head)] + f);
+size_t RanksBackend::store_bytes(int64_t rows, int64_t max_rows) const {
+  const int64_t hd = m_.config.head_dim;
+  if (!o_.reserve_address_space || max_rows <= 0)
+    return size_t(rows) * 2 * size_t(hd) * kv::kv_type_bytes(o_.kv_type);
+  return kv::HeadStore::reserved_bytes(std::min(rows, max_rows), max_rows, hd, o_.kv_type);
+}
+
+size_t RanksBackend::bytes_for(int64_t rows, int64_t max_rows) const {
+  const auto parts = runtime::unit_parts(placement());
+  size_t most = 0;
+  for (int d = 0; d < R_; ++d) {
+    size_t b = 0;
+    for (const auto& layer : parts)
+      for (const auto& unit : layer) {
+        const runtime::UnitPart* part = runtime::part_of(unit, d);
+        if (!part) continue;
+        int64_t held = rows;
+        if (part->share.kind == placement::ShareKind::Tokens && !runtime::is_tail(unit, d))
+          held = std::min(rows, int64_t(std::ceil(part->share.share * double(rows))) + 1);
+        b += store_bytes(held, max_rows);
       }
-      for (double f : of_head) held[size_t(d)] += f;
-    }
+    most = std::max(most, b);
   }
-  return units > 0 ? *std::max_element(held.begin(), held.end()) / units : 1.0;
+  return most;
 }
 
-size_t RanksBackend::bytes_for(int64_t rows, int64_t /*max_rows*/) const {
-  return size_t(double(rows) * double(row_bytes()) * max_rank_fraction());
+size_t RanksBackend::growth_bytes(SeqId seq, int64_t new_rows) const {
+  const RankWorker::Seq* s = worker_->find(seq);
+  const std::vector<SeqId>& ids = worker_->reported();
+  const auto at = std::find(ids.begin(), ids.end(), seq);
+  if (!s || at == ids.end()) return bytes_for(new_rows, 0);  // not running: nothing reported
+  const size_t U = size_t(m_.config.n_layers) * size_t(m_.config.n_kv_heads);
+  const size_t first = size_t(at - ids.begin()) * U;
+  size_t most = 0;
+  for (const RankReport& rep : worker_->reports()) {
+    size_t b = 0;
+    for (size_t u = 0; u < U; ++u) {
+      const double rows = rep.append_rows[first + u];
+      if (rows < 0) continue;
+      b += store_bytes(int64_t(rows) + new_rows, s->max_rows) -
+           store_bytes(int64_t(rows), s->max_rows);
+    }
+    most = std::max(most, b);
+  }
+  return most;
 }
 
-size_t RanksBackend::growth_bytes(SeqId /*seq*/, int64_t new_rows) const {
-  return bytes_for(new_rows, 0);
-}
-
-void RanksBackend::open(SeqId seq, int64_t /*max_rows*/) {
+void RanksBackend::open(SeqId seq, int64_t max_rows) {
   check_usable();
   if (worker_->find(seq)) throw std::invalid_argument(fmt::format("ranks: {} is open", seq));
   if (!worker_->slot_free())
     throw std::invalid_argument(fmt::format(
         "ranks: cannot open {}: all {} slots are taken (RanksOptions::n_slots)", seq, o_.n_slots));
-  command(seq_command(Op::Open, seq));
+  if (max_rows < 0)
+    throw std::invalid_argument(
+        fmt::format("ranks: open {}: max_rows {}: expected >= 0", seq, max_rows));
+  command(open_command(seq, max_rows));
 }
 
 void RanksBackend::close(SeqId seq) {

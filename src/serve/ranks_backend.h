@@ -51,6 +51,10 @@ struct RanksOptions {
   // Batch slots: the most sequences open at once, swapped out or not (a sequence keeps its slot
   // from open to close). The engine's maximum number of concurrent sequences.
   int n_slots = 1;
+  // As SoloOptions's: each rank's stores of a sequence sit on address ranges reserved for its
+  // max rows, committed as rows arrive (kv::HeadStore::reserve_virtual), and committed bytes are
+  // what --kv-memory counts on every rank. Off: ordinary stores that grow by a quarter.
+  bool reserve_address_space = true;
   // loads()'s predicted step time per rank; none: predicted_ms stays 0.
   std::optional<placement::CostModel> cost;
   // The time of one load of `cost` (runtime::Calibration::ms_per_load); 0: FAIRKV.md's model,
@@ -81,19 +85,25 @@ class RanksBackend final : public Backend {
   int ranks() const override { return R_; }
   int64_t n_vocab() const override;
   size_t row_bytes() const override;
-  // Throws std::invalid_argument when seq is open already or every slot is taken. max_rows is
-  // not needed: each rank's stores grow as their rows arrive.
+  // Throws std::invalid_argument when seq is open already or every slot is taken. Each rank
+  // reserves max_rows rows for every store of seq in a unit it holds (0: unknown, ordinary
+  // stores).
   void open(SeqId seq, int64_t max_rows) override;
   void close(SeqId seq) override;
   std::span<const float> run(std::span<const StepItem> items) override;
   // A collective. A swapped-out sequence: the rows it had; a dropped one: 0.
   int64_t rows(SeqId seq) const override;
-  // As of the last command that changed a cache: kv_bytes counts each rank's kept rows
-  // (kv::SequenceCache::bytes(), K and V; the allocation may exceed it by a quarter while decode
-  // grows a store), step_ms the last run() on each rank.
+  // As of the last command that changed a cache: kv_bytes counts each rank's committed bytes
+  // (kv::SequenceCache::committed_bytes(): the pages its rows touch on reserved ranges), step_ms
+  // the last run() on each rank.
   std::vector<RankLoad> loads() const override;
-  // The rows' bytes times the most of a sequence one rank may hold under the placement in force.
+  // The most one rank would commit for a new sequence holding `rows` rows per head, under the
+  // placement in force: whole units, query slices, batch slices (the sequence may be the
+  // part's) and a token slice's tail (which appends every new row) hold them all, the other
+  // token slices their share; pages counted as reserved stores of max_rows rows commit them.
   size_t bytes_for(int64_t rows, int64_t max_rows) const override;
+  // Exact: from every rank's reported store sizes of seq, the pages its appending stores would
+  // add on the rank where they add the most.
   size_t growth_bytes(SeqId seq, int64_t new_rows) const override;
   // Host (a copy in this process's memory on every rank) or None (over host_swap_bytes: the
   // caches are cleared, and the sequence stays open, empty, to be recomputed from its tokens).
@@ -111,7 +121,8 @@ class RanksBackend final : public Backend {
   const placement::Placement& placement() const;
 
  private:
-  double max_rank_fraction() const;
+  // Bytes a store of `rows` rows commits (reserved for max_rows, or ordinary).
+  size_t store_bytes(int64_t rows, int64_t max_rows) const;
   // Broadcasts a command and executes it here. A failure inside the ranks' collectives breaks
   // the backend: later calls throw.
   void command(std::vector<uint8_t> msg) const;

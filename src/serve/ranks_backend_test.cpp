@@ -323,31 +323,84 @@ TEST(RanksBackend, PromptRowsAreDealtOutWhenThePromptEnds) {
   const placement::Placement p = testing::make_placement(c, "split", 3);
   const auto parts = runtime::unit_parts(p);
   const RanksOptions o = options(m);
-  // Rank r's bytes for a sequence in slot 0 of `total` rows per unit.
+  // Rank r's committed bytes for a sequence in slot 0 of `total` rows per unit: each store of
+  // its rows on a range reserved for max_rows rows commits the pages those rows touch.
+  const int64_t max_rows = int64_t(ps[1].size()) + 8;
   auto expected = [&](int r, int64_t total, bool dealt) {
-    int64_t rows = 0;
+    size_t bytes = 0;
     bool split = false;
     for (int l = 0; l < c.n_layers; ++l)
       for (int h = 0; h < c.n_kv_heads; ++h) {
         const auto& u = parts[size_t(l)][size_t(h)];
         const bool tokens = u.size() > 1 && u.front().share.kind == placement::ShareKind::Tokens;
         split = split || tokens;
+        int64_t rows = 0;
         if (tokens && !dealt)
-          rows += runtime::is_tail(u, r) ? total : 0;
+          rows = runtime::is_tail(u, r) ? total : 0;
         else
-          rows += runtime::rows_held(p, l, h, r, 0, o.n_slots, total).second -
-                  runtime::rows_held(p, l, h, r, 0, o.n_slots, total).first;
+          rows = runtime::rows_held(p, l, h, r, 0, o.n_slots, total).second -
+                 runtime::rows_held(p, l, h, r, 0, o.n_slots, total).first;
+        bytes += kv::HeadStore::reserved_bytes(rows, max_rows, c.head_dim, kv::KvType::F32);
       }
     EXPECT_TRUE(split) << "the placement has no token slices";
-    return size_t(rows) * 2 * size_t(c.head_dim) * 4;
+    return bytes;
   };
   RanksBackend b(m, p, o);
-  b.open(1, 0);
+  b.open(1, max_rows);
   b.run(std::vector<StepItem>{{1, {ps[1].data(), 20}}});
   for (int r = 0; r < 3; ++r) EXPECT_EQ(b.loads()[size_t(r)].kv_bytes, expected(r, 20, false));
   b.run(std::vector<StepItem>{{1, {ps[1].data() + 20, ps[1].size() - 20}, nullptr, true}});
   const int64_t n = int64_t(ps[1].size());
   for (int r = 0; r < 3; ++r) EXPECT_EQ(b.loads()[size_t(r)].kv_bytes, expected(r, n, true));
+}
+
+// Each rank's stores of a sequence sit on ranges reserved for its max rows: what a rank reports
+// is the pages its rows touch, never less than its kept rows' bytes nor more than a page per
+// region (K, V) of each store beyond them; growth_bytes says exactly what a step's rows add on
+// the rank they add the most to; bytes_for bounds a new sequence's commitment; closing frees it.
+TEST(RanksBackend, ReservedStoresCommitThePagesOfTheirRows) {
+  NEED_MODEL();
+  const model::ModelConfig& c = m.config;
+  const auto ps = testing::prompts(c);
+  const size_t per_row = 2 * size_t(c.head_dim) * 4, page = 4096;
+  const size_t stores = size_t(c.n_layers) * size_t(c.n_kv_heads);
+  for (const char* planner : {"fair-copy", "split", "tp"}) {
+    SCOPED_TRACE(planner);
+    const int R = std::string(planner) == "split" ? 3 : 2;
+    RanksBackend b(m, testing::make_placement(c, planner, R), options(m));
+    const int64_t n = int64_t(ps[0].size()), max_rows = n + 300;
+    b.open(1, max_rows);
+    EXPECT_EQ(b.max_rank_bytes(), 0u);  // reserved, nothing committed yet
+    // The first chunk: its rows go where growth_bytes said, within what bytes_for allows.
+    const size_t grow = b.growth_bytes(1, 16);
+    b.run(std::vector<StepItem>{{1, {ps[0].data(), 16}}});
+    EXPECT_EQ(b.max_rank_bytes(), grow);
+    EXPECT_LE(b.max_rank_bytes(), b.bytes_for(16, max_rows));
+    b.run(std::vector<StepItem>{{1, {ps[0].data() + 16, size_t(n - 16)}, nullptr, true}});
+    EXPECT_LE(b.max_rank_bytes(), b.bytes_for(n, max_rows));
+    std::vector<int32_t> out = {ps[0][0]};
+    int crossings = 0;
+    for (int t = 0; t < 300 - 1; ++t) {
+      std::vector<size_t> before;
+      for (const RankLoad& l : b.loads()) before.push_back(l.kv_bytes);
+      const size_t want = b.growth_bytes(1, 1);
+      b.run(std::vector<StepItem>{{1, {&out[0], 1}}});
+      size_t most = 0;
+      for (int r = 0; r < R; ++r)
+        most = std::max(most, b.loads()[size_t(r)].kv_bytes - before[size_t(r)]);
+      EXPECT_EQ(most, want) << "decode step " << t;
+      crossings += want > 0;
+      const size_t kept = size_t(b.rows(1)) * per_row;
+      size_t total = 0;
+      for (const RankLoad& l : b.loads()) total += l.kv_bytes;
+      EXPECT_GE(total, kept);
+      EXPECT_LE(total, kept + size_t(R) * stores * 2 * page);
+    }
+    EXPECT_GT(crossings, 0);  // decode rows did commit new pages
+    EXPECT_LE(b.max_rank_bytes(), b.bytes_for(max_rows, max_rows));
+    b.close(1);
+    EXPECT_EQ(b.max_rank_bytes(), 0u);
+  }
 }
 
 // The engine's mistakes are refused before any rank starts, and the backend goes on.
