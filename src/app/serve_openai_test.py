@@ -13,7 +13,8 @@ Starts the fairkv binary on a free port and checks, through the openai package:
     template strings of data/chat_templates/ with --chat-template picking each family, over
     conversations that the C++ tests do not cover (unicode spaces that `trim` removes, quotes and
     braces, empty contents, long exchanges, conversations the templates refuse);
-  - under mpirun when given: 2 ranks (--devices 2 --comm mpi) answer as one device does.
+  - under mpirun when given: 2 ranks (--devices 2 --comm mpi) answer as one device does, logprobs
+    included (within float tolerance).
 
 Usage: serve_openai_test.py FAIRKV STORIES260K SMOLLM2 TEMPLATE_DIR [MPIEXEC ARGS...]
 Exit 77 when stories260K is absent; SmolLM2's checks skip (and say so) when it is absent.
@@ -362,7 +363,7 @@ class SmolLM2(unittest.TestCase):
 @unittest.skipUnless(MPI, "no mpiexec given")
 class Mpi(unittest.TestCase):
     def test_two_ranks_answer_as_one_device(self):
-        args = dict(prompt="Once upon a time", max_tokens=24, temperature=0)
+        args = dict(prompt="Once upon a time", max_tokens=24, temperature=0, logprobs=3)
         one = Server(STORIES)
         try:
             c = one.client()
@@ -374,6 +375,11 @@ class Mpi(unittest.TestCase):
             c = two.client()
             got = c.completions.create(model=c.models.list().data[0].id, **args)
             self.assertEqual(got.choices[0].text, want.choices[0].text)
+            # Logprobs: gathered logits on rank 0, equal to one device's within float sums.
+            a, b = got.choices[0].logprobs, want.choices[0].logprobs
+            self.assertEqual(a.tokens, b.tokens)
+            for x, y in zip(a.token_logprobs, b.token_logprobs):
+                self.assertAlmostEqual(x, y, delta=1e-4)
         finally:
             # SIGTERM to rank 0: it drains and ends the other ranks, and mpirun exits 0 (a
             # SIGTERM to mpirun drains too, but OpenMPI then reports the job as failed).
