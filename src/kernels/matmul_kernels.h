@@ -123,7 +123,7 @@ int64_t q8_panels(int64_t n_tokens);
 int64_t q8_row_tile();
 void q8_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
                int64_t r_begin, int64_t r_end);
-// --- qk_vnni.cpp: Q4_K / Q5_K / Q6_K weights times Q8_K activations, many tokens (prefill):
+// --- qk_vnni.cpp: K-quant weights (Q2_K .. Q6_K) times Q8_K activations, many tokens (prefill):
 // activations packed in panels of tokens, rows in tiles of qk_row_tile().
 bool qk_handles(DType t);
 size_t qk_packed_bytes(int64_t n_tokens, int64_t cols);
