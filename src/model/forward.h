@@ -60,7 +60,9 @@ class Forward {
   // Called with every intermediate result of run() (all rows of the batch), under the name
   // llama.cpp's graph gives it with the layer (attn_norm-3, Qcur-3 after rope, kqv_out-3,
   // ffn_out-3, l_out-3, result_norm, result_output, ...), as its eval callback (cb_eval) sees
-  // them: for comparing the two engines' arithmetic layer by layer. Empty: nothing is called.
+  // them, and Qcur_norope-3 (the queries before rope, which llama.cpp's dump overwrites): for
+  // comparing the two engines' arithmetic layer by layer (model/layer_compare_main.cpp).
+  // Empty: nothing is called.
   using Tap =
       std::function<void(const std::string& name, const float* data, int64_t rows, int64_t cols)>;
   void set_tap(Tap tap) { tap_ = std::move(tap); }
