@@ -481,11 +481,7 @@ void write_probs(const HeadStore& st, const float* q, int64_t begin, int64_t lim
 void attend(const AttentionArgs& a) {
   if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
     throw std::invalid_argument("attend: store, q and out are required, group >= 1, begin >= 0");
-  if (a.ggml_order) {
-    if (a.store->type() != KvType::F32 || a.lse || a.probs)
-      throw std::invalid_argument("attend: ggml_order needs an f32 store, no lse and no probs");
-    return attend_ggml(a);
-  }
+  if (a.ggml_order) return attend_ggml(a);
   const HeadStore& st = *a.store;
   const int64_t d = st.head_dim(), G = a.group, dp = round_up(d, kLanes);
   const int64_t end = std::min<int64_t>(a.end, st.size());

@@ -9,6 +9,7 @@
 // (they start at row 0), so the rows are padded here to the next multiple of 64 only.
 #include <algorithm>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/ggml_ops.h"
@@ -17,6 +18,10 @@
 namespace fairkv::kv {
 
 void attend_ggml(const AttentionArgs& a) {
+  if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
+    throw std::invalid_argument("attend: store, q and out are required, group >= 1, begin >= 0");
+  if (a.store->type() != KvType::F32 || a.lse || a.probs)
+    throw std::invalid_argument("attend: ggml_order needs an f32 store, no lse and no probs");
   const HeadStore& st = *a.store;
   const int64_t d = st.head_dim();
   const int64_t end = std::min<int64_t>(a.end, st.size());
