@@ -19,8 +19,10 @@ int EngineOptions::n_threads() const {
 
 kernels::Activations EngineOptions::act() const {
   if (activations == "ggml") return kernels::Activations::LikeGgml;
+  if (activations == "ggml-order") return kernels::Activations::GgmlOrder;
   if (activations == "f32") return kernels::Activations::Float32;
-  throw std::invalid_argument("--activations: expected ggml or f32, got '" + activations + "'");
+  throw std::invalid_argument("--activations: expected ggml, ggml-order or f32, got '" +
+                              activations + "'");
 }
 
 uint64_t available_memory() {
@@ -63,7 +65,8 @@ void add_engine_options(CLI::App& cmd, EngineOptions& o) {
       ->check(CLI::Range(1, kernels::kMaxThreads));
   cmd.add_option("--activations", o.activations,
                  "Inputs of the linear layers: ggml (rounded to the weight type as llama.cpp "
-                 "does; faster) or f32 (exact)")
+                 "does; faster), ggml-order (also llama.cpp's order of operations in every "
+                 "step, for bitwise comparisons; slower) or f32 (exact)")
       ->capture_default_str();
   cmd.add_flag("--mmap,!--no-mmap", o.mmap,
                "Map the model file instead of reading it into memory (huge pages): faster start, "

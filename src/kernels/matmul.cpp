@@ -64,11 +64,12 @@ void for_row_chunks(ThreadPool& pool, const WeightMatrix& w, int64_t tile, const
 
 // The kernel family matmul() runs, by token count, type and mode; pick_path(w, 1, act) is also
 // what Batching::Invariant runs for every token.
-enum class Path { Q8Vnni, QkVnni, QMatmul, Bf16, F16Decode, RoundedF32, F32 };
+enum class Path { GgmlOrder, Q8Vnni, QkVnni, QMatmul, Bf16, F16Decode, RoundedF32, F32 };
 
 Path pick_path(const WeightMatrix& w, int64_t n_tokens, Activations act) {
   if (act == Activations::Float32 || w.type == DType::F32) return Path::F32;
 #if defined(FAIRKV_HAVE_VNNI_KERNELS)
+  if (act == Activations::GgmlOrder && detail::ggml_order_handles(w.type)) return Path::GgmlOrder;
   if (detail::q8_handles(w.type)) return Path::Q8Vnni;
   if (detail::qk_handles(w.type) && n_tokens >= kGemmMinTokens) return Path::QkVnni;
 #endif
@@ -152,6 +153,16 @@ void matmul_apart(const WeightMatrix& w, const float* x, int64_t n_tokens, float
   const Path path = pick_path(w, 1, act);
   switch (path) {
 #if defined(FAIRKV_HAVE_VNNI_KERNELS)
+    case Path::GgmlOrder: {  // every row and token on its own: invariant as it is
+      const size_t bytes = detail::ggml_order_token_bytes(type, cols);
+      const uint8_t* xp = pack_apart(
+          pool, x, n_tokens, cols, bytes,
+          [&](const float* xt, uint8_t* o) { detail::ggml_order_pack(type, xt, cols, o, 0, 1); });
+      for_row_chunks(pool, w, detail::kGemvRows, [&](int64_t rb, int64_t re) {
+        detail::ggml_order_matmul(w, xp, n_tokens, y, rb, re);
+      });
+      return;
+    }
     case Path::Q8Vnni: {
       const size_t bytes = detail::q8_packed_bytes(type, 1, cols);
       const uint8_t* xp =
@@ -229,7 +240,9 @@ const char* batching_name(Batching b) {
 }
 
 const char* activations_name(Activations a) {
-  return a == Activations::Float32 ? "float32" : "like-ggml";
+  return a == Activations::Float32    ? "float32"
+         : a == Activations::LikeGgml ? "like-ggml"
+                                      : "ggml-order";
 }
 
 const char* kernels_isa() {
@@ -258,6 +271,10 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, T
   }
   const Path path = pick_path(w, n_tokens, act);
 #if defined(FAIRKV_HAVE_VNNI_KERNELS)
+  if (path == Path::GgmlOrder) {
+    matmul_apart(w, x, n_tokens, y, pool, act);
+    return;
+  }
   if (path == Path::Q8Vnni) {
     thread_local std::vector<uint8_t> packed;
     uint8_t* xp = scratch(packed, detail::q8_packed_bytes(w.type, n_tokens, w.cols));

@@ -34,7 +34,13 @@ struct WeightMatrix {
 //    ~1e-2 for the Q8_0 blocks. It is also faster where the CPU has the instructions: BF16 uses
 //    AVX512-BF16 dot products and Q8_0 / Q4_0 use AVX512-VNNI int8 dot products (2.5-3x the
 //    prefill rate), and F16 decode reads fp16 activations (~20% more bandwidth per core).
-enum class Activations { Float32, LikeGgml };
+//  GgmlOrder: LikeGgml's rounding, and for Q8_0, Q4_0 and Q4_1 weights also ggml's order of
+//    operations inside each dot product (ggml_order.cpp), so that the results are bitwise
+//    llama.cpp's CPU results wherever it runs ggml_vec_dot (every Q4_1 product, decode for
+//    Q8_0 / Q4_0). Slower (one chain of FMAs per row and token); for exact comparisons with
+//    llama.cpp (the SmolLM2 goldens). Other types as LikeGgml. The model's other steps take
+//    ggml's arithmetic in this mode too (model/layer_steps.h).
+enum class Activations { Float32, LikeGgml, GgmlOrder };
 const char* activations_name(Activations a);
 
 // Whether a token's result may depend on the other tokens of the call.

@@ -123,7 +123,15 @@ int64_t q8_panels(int64_t n_tokens);
 int64_t q8_row_tile();
 void q8_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
                int64_t r_begin, int64_t r_end);
-// --- qk_vnni.cpp: Q4_K / Q5_K / Q6_K weights times Q8_K activations, many tokens (prefill):
+// --- ggml_order.cpp: Q8_0 / Q4_0 / Q4_1 weights in ggml_vec_dot's order of operations
+// (Activations::GgmlOrder); activations packed per token as ggml's Q8_0 / Q8_1 blocks.
+bool ggml_order_handles(DType t);
+size_t ggml_order_token_bytes(DType t, int64_t cols);
+void ggml_order_pack(DType t, const float* x, int64_t cols, uint8_t* out, int64_t t_begin,
+                     int64_t t_end);
+void ggml_order_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
+                       int64_t r_begin, int64_t r_end);
+// --- qk_vnni.cpp: K-quant weights (Q2_K .. Q6_K) times Q8_K activations, many tokens (prefill):
 // activations packed in panels of tokens, rows in tiles of qk_row_tile().
 bool qk_handles(DType t);
 size_t qk_packed_bytes(int64_t n_tokens, int64_t cols);

@@ -78,7 +78,7 @@ std::vector<float> rounded(DType t, const std::vector<float>& x, int64_t n_token
 }
 
 const DType kTypes[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
-const Activations kModes[] = {Activations::Float32, Activations::LikeGgml};
+const Activations kModes[] = {Activations::Float32, Activations::LikeGgml, Activations::GgmlOrder};
 
 TEST(Matmul, EveryTypeMatchesReferenceOnOddShapes) {
   ThreadPool pool1(1), pool3(3);

@@ -1,13 +1,15 @@
-// Prefill for Q4_K, Q5_K and Q6_K weights with AVX512-VNNI: a packed, register-blocked panel
+// Prefill for the K-quants (Q2_K .. Q6_K) with AVX512-VNNI: a packed, register-blocked panel
 // kernel (tokens along the lanes, as q8_vnni.cpp's) in the arithmetic of ggml's
 // ggml_vec_dot_q*_K_q8_K. Per 256-element super-block, per row and token:
 //   isum = sum over sub-blocks j of sc_j * (u_j . x_j)                  (exact, int32)
-//   Q4_K / Q5_K: y += (d_x * d_w) * isum - (d_x * dmin_w) * sum_j m_j * bsums_j
-//   Q6_K:        y += (d_x * d_w) * (isum - 32 * sum_j sc_j * bsums_j)   (u = level + 32)
-// the same integers and float factors as qdot_k.cpp (the decode kernels), summed in another
-// order. Sub-block products go through vpdpbusd into their own int32 accumulators, which are
-// then scaled by the sub-block's scale (vpmulld) into isum: the scales times the levels do not
-// fit the u8 operand. The bsums terms take vpdpwssd over pairs of 16-element sums.
+//   Q2_K / Q4_K / Q5_K: y += (d_x * d_w) * isum - (d_x * dmin_w) * sum_j m_j * bsums_j
+//   Q3_K / Q6_K:        y += (d_x * d_w) * (isum - off * sum_j sc_j * bsums_j)
+// where u are the levels as unsigned bytes: Q3_K's (-4..3) and Q6_K's (-32..31) offset by
+// off = 4 and 32, taken back exactly through the bsums. The same integers and float factors as
+// qdot_k.cpp (the decode kernels), summed in another order. Sub-block products go through
+// vpdpbusd into their own int32 accumulators, which are then scaled by the sub-block's scale
+// (vpmulld) into isum: the scales times the levels do not fit the u8 operand. The bsums terms
+// take vpdpwssd over pairs of 16-element sums.
 #include "kernels/matmul_kernels.h"
 #include "kernels/simd.h"
 
@@ -27,7 +29,11 @@ constexpr int64_t kTilesPerBlock = 16;
 
 // Elements per sub-block with its own scale.
 template <DType T>
-constexpr int kSub = T == DType::Q6_K ? 16 : 32;
+constexpr int kSub = T == DType::Q4_K || T == DType::Q5_K ? 32 : 16;
+// Whether the bsums term is an offset folded into isum (scaled by d) rather than mins (dmin).
+constexpr bool folds(DType t) {
+  return t == DType::Q3_K || t == DType::Q6_K;
+}
 
 // Panel layout, per panel of kPanel tokens and per super-block s: qs[cols/4][kPanel][4] int8 |
 // d[ns][kPanel] float | bs[ns][8][kPanel] int32, each the int16 pair (bsums[2i], bsums[2i+1]).
@@ -66,7 +72,28 @@ template <DType T>
 void unpack_row(const typename BlockOf<T>::type& b, Tile& t, int r) {
   uint8_t* u = t.u[r];
   t.d[r] = simd::half_to_float(b.d);
-  if constexpr (T == DType::Q6_K) {
+  if constexpr (T == DType::Q2_K || T == DType::Q3_K) {
+    // Group c: 2 bits at shift 2 * (c % 4) of bytes 32 * (c / 4) ..; Q3_K's third bit is bit c
+    // of hmask (level + 4, so u = level + 4 in 0..7).
+    for (int c = 0; c < 8; ++c) {
+      __m256i v = bits(ld32(b.qs + 32 * (c / 4)), 2 * (c % 4), 3);
+      if constexpr (T == DType::Q3_K)
+        v = _mm256_or_si256(v, _mm256_slli_epi16(bits(ld32(b.hmask), c, 1), 2));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(u + 32 * c), v);
+    }
+    if constexpr (T == DType::Q2_K) {
+      t.dmin[r] = simd::half_to_float(b.dmin);
+      for (int j = 0; j < 16; ++j) t.sc[r][j] = b.scales[j] & 0x0f;
+      for (int i = 0; i < 8; ++i)
+        t.coef[r][i] = pair16(b.scales[2 * i] >> 4, b.scales[2 * i + 1] >> 4);
+    } else {
+      t.dmin[r] = 0.0f;
+      int8_t s[16];
+      q3k_scales(b.scales, s);
+      for (int j = 0; j < 16; ++j) t.sc[r][j] = s[j];
+      for (int i = 0; i < 8; ++i) t.coef[r][i] = pair16(-4 * s[2 * i], -4 * s[2 * i + 1]);
+    }
+  } else if constexpr (T == DType::Q6_K) {
     t.dmin[r] = 0.0f;
     for (int c = 0; c < 8; ++c) {  // 32 elements: group g of half c / 4
       const int g = c % 4;
@@ -153,7 +180,7 @@ void micro(const Tile& t, const uint8_t* xqs, const float* xd, const int32_t* xb
       }
     }
   }
-  // sum_i coef_i . (bsums 2i, 2i + 1): the mins' term, or Q6_K's offset (folded into isum).
+  // sum_i coef_i . (bsums 2i, 2i + 1): the mins' term, or Q3_K's / Q6_K's offset (into isum).
   __m512i cs[R][NV];
   FAIRKV_UNROLL
   for (int r = 0; r < R; ++r) {
@@ -179,7 +206,7 @@ void micro(const Tile& t, const uint8_t* xqs, const float* xd, const int32_t* xb
     for (int r = 0; r < R; ++r) {
       float* cp = c + r * kPanel + v * 16;
       __m512 acc = first ? _mm512_setzero_ps() : _mm512_loadu_ps(cp);
-      if constexpr (T == DType::Q6_K) {
+      if constexpr (folds(T)) {
         const __m512i all = _mm512_add_epi32(isum[r][v], cs[r][v]);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(all), _mm512_mul_ps(dx, _mm512_set1_ps(t.d[r])),
                               acc);
@@ -233,7 +260,7 @@ void gemm(const WeightMatrix& w, const uint8_t* xp, int64_t n_tokens, float* y, 
 }  // namespace
 
 bool qk_handles(DType t) {
-  return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+  return is_k_quant(t);
 }
 
 int64_t qk_panels(int64_t n_tokens) {
@@ -283,6 +310,10 @@ void qk_pack(const float* x, int64_t n_tokens, int64_t cols, uint8_t* out, int64
 void qk_matmul(const WeightMatrix& w, const uint8_t* xpacked, int64_t n_tokens, float* y,
                int64_t r_begin, int64_t r_end) {
   switch (w.type) {
+    case DType::Q2_K:
+      return gemm<DType::Q2_K>(w, xpacked, n_tokens, y, r_begin, r_end);
+    case DType::Q3_K:
+      return gemm<DType::Q3_K>(w, xpacked, n_tokens, y, r_begin, r_end);
     case DType::Q4_K:
       return gemm<DType::Q4_K>(w, xpacked, n_tokens, y, r_begin, r_end);
     case DType::Q5_K:

@@ -2,7 +2,8 @@
 // as llama.cpp's x86 CPU backend quantizes them for the weight type, then the per-type row
 // kernels of qdot_legacy.cpp / qdot_k.cpp over groups of up to kQTokens tokens.
 //
-// Prefill reuses the decode kernels in a blocked loop: a chunk of rows (matmul.cpp hands out
+// Prefill (where qk_vnni.cpp / q8_vnni.cpp do not take it: builds without AVX512-VNNI) reuses
+// the decode kernels in a blocked loop: a chunk of rows (matmul.cpp hands out
 // ~64 KiB of weights at a time) is swept once per group of 8 tokens, so its weights are read
 // from memory once and from L2 afterwards, and each weight block is unpacked once per 8 tokens.
 #include <algorithm>

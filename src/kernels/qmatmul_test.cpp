@@ -154,9 +154,10 @@ TEST(QMatmul, ColumnSliceViewEqualsDenseCopy) {
 TEST(QMatmul, DecodeAndPrefillAgreeForOneToken) {
   // A token's result must not depend on how many tokens share the call (the kernels group
   // tokens by 8; each token's products are summed in the same order in every group size).
-  // With AVX512-VNNI the legacy types and Q4_K / Q5_K / Q6_K take packed panel kernels for
-  // prefill (q8_vnni.cpp, qk_vnni.cpp; tokens along the lanes), which sum the blocks in another
-  // order than decode, as for Q8_0 / Q4_0: only Q2_K and Q3_K keep this property there.
+  // With AVX512-VNNI every type here takes packed panel kernels for prefill (q8_vnni.cpp,
+  // qk_vnni.cpp; tokens along the lanes), which sum the blocks in another order than decode, as
+  // for Q8_0 / Q4_0: the property holds there only under Batching::Invariant
+  // (matmul_invariance_test.cpp).
   ThreadPool pool(1);
   uint32_t seed = 900;
   for (DType t : kNewTypes) {

@@ -481,6 +481,7 @@ void write_probs(const HeadStore& st, const float* q, int64_t begin, int64_t lim
 void attend(const AttentionArgs& a) {
   if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
     throw std::invalid_argument("attend: store, q and out are required, group >= 1, begin >= 0");
+  if (a.ggml_order) return attend_ggml(a);
   const HeadStore& st = *a.store;
   const int64_t d = st.head_dim(), G = a.group, dp = round_up(d, kLanes);
   const int64_t end = std::min<int64_t>(a.end, st.size());
@@ -545,7 +546,8 @@ void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& poo
     const AttentionArgs& a = calls[size_t(i)];
     first_task[size_t(i)] = int64_t(tasks.size());
     const int64_t lo = a.begin, hi = std::min<int64_t>({a.end, a.store->size(), a.visible + 1});
-    const bool sliceable = a.n_tokens == 1 && !a.probs && hi - lo >= 2 * kMinSlice;
+    // ggml_order calls stay whole: their softmax is one row, as llama.cpp's.
+    const bool sliceable = a.n_tokens == 1 && !a.probs && !a.ggml_order && hi - lo >= 2 * kMinSlice;
     const int64_t slices = sliceable ? std::clamp<int64_t>((hi - lo) / kMinSlice, 1, want) : 1;
     for (int64_t s = 0; s < slices; ++s)
       tasks.push_back({i, slices == 1 ? a.begin : lo + (hi - lo) * s / slices,

@@ -37,10 +37,15 @@ struct AttentionArgs {
   // attention that compression methods score by.
   float* probs = nullptr;
   int64_t probs_tokens = 0;
+  // llama.cpp's arithmetic instead of the fast kernel (attention_ggml.cpp): scores, softmax and
+  // sums in ggml's order, for an f32 store, without lse or probs (Activations::GgmlOrder).
+  bool ggml_order = false;
 };
 
 // Fast kernel (SIMD over head_dim, one pass with online softmax).
 void attend(const AttentionArgs& a);
+// The ggml_order form of attend (attention_ggml.cpp).
+void attend_ggml(const AttentionArgs& a);
 // Reference: materialised scores, plain softmax, double accumulation.
 void attend_ref(const AttentionArgs& a);
 

@@ -1,6 +1,7 @@
 #include "model/forward.h"
 
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "kv/attention.h"
@@ -88,24 +89,43 @@ const std::vector<float>& Forward::run(std::span<BatchItem> batch, const WindowO
   for (size_t i = 0; i < batch.size(); ++i)
     steps_.embed(w_.tok_embd, batch[i].tokens, &x_[row_of_item_[i] * E]);
 
+  auto tap = [&](const char* name, int l, const std::vector<float>& v, int64_t cols) {
+    if (tap_) tap_(l < 0 ? name : name + ("-" + std::to_string(l)), v.data(), rows, cols);
+  };
+  tap("inp_embd", -1, x_, E);
   for (int l = 0; l < c_.n_layers; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
     // Attention block.
     steps_.norm(L.attn_norm, x_.data(), rows, xn_.data());
+    tap("attn_norm", l, xn_, E);
     steps_.qkv(L.wq, L.wk, L.wv, L.bq, L.bk, L.bv, xn_.data(), rows, q_.data(), k_.data(),
                v_.data());
+    tap("Qcur_norope", l, q_, qd);
     for (size_t i = 0; i < batch.size(); ++i) {
       const int64_t row0 = row_of_item_[i];
       steps_.rope(&q_[row0 * qd], c_.n_heads, &k_[row0 * kvd], c_.n_kv_heads,
                   int64_t(batch[i].tokens.size()), batch[i].cache->n_past);
     }
+    tap("Qcur", l, q_, qd);
+    tap("Kcur", l, k_, kvd);
+    tap("Vcur", l, v_, kvd);
     attention(batch, l, observer);
+    tap("kqv_out", l, att_, qd);
     steps_.output_projection(L.wo, att_.data(), rows, xn_.data());
+    tap("attn_out", l, xn_, E);
     steps_.residual(x_.data(), xn_.data(), rows);
+    tap("ffn_inp", l, x_, E);
     // MLP block (SwiGLU).
     steps_.norm(L.ffn_norm, x_.data(), rows, xn_.data());
+    tap("ffn_norm", l, xn_, E);
     steps_.mlp(L.w_gate, L.w_up, L.w_down, xn_.data(), rows, ff_gate_, ff_up_, xn_.data());
+    if (tap_) {
+      tap("ffn_swiglu", l, ff_gate_, ff);  // silu(gate) * up, in place of gate
+      tap("ffn_up", l, ff_up_, ff);
+    }
+    tap("ffn_out", l, xn_, E);
     steps_.residual(x_.data(), xn_.data(), rows);
+    tap("l_out", l, x_, E);
   }
   for (size_t i = 0; i < batch.size(); ++i)
     batch[i].cache->n_past += int64_t(batch[i].tokens.size());
@@ -113,6 +133,10 @@ const std::vector<float>& Forward::run(std::span<BatchItem> batch, const WindowO
   // Output rows: final norm of the rows that need logits, then the vocabulary projection.
   logits_.resize(out_rows_.size() * size_t(c_.n_vocab));
   steps_.logits(w_.output_norm, w_.output, x_.data(), out_rows_, rows_out_, logits_.data());
+  if (tap_) {
+    tap_("result_norm", rows_out_.data(), int64_t(out_rows_.size()), E);
+    tap_("result_output", logits_.data(), int64_t(out_rows_.size()), c_.n_vocab);
+  }
   return logits_;
 }
 

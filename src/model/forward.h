@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "kernels/matmul.h"
@@ -56,6 +57,16 @@ class Forward {
   const std::vector<float>& run(std::span<BatchItem> batch,
                                 const WindowObserver* observer = nullptr);
 
+  // Called with every intermediate result of run() (all rows of the batch), under the name
+  // llama.cpp's graph gives it with the layer (attn_norm-3, Qcur-3 after rope, kqv_out-3,
+  // ffn_out-3, l_out-3, result_norm, result_output, ...), as its eval callback (cb_eval) sees
+  // them, and Qcur_norope-3 (the queries before rope, which llama.cpp's dump overwrites): for
+  // comparing the two engines' arithmetic layer by layer (model/layer_compare_main.cpp).
+  // Empty: nothing is called.
+  using Tap =
+      std::function<void(const std::string& name, const float* data, int64_t rows, int64_t cols)>;
+  void set_tap(Tap tap) { tap_ = std::move(tap); }
+
  private:
   void attention(std::span<BatchItem> batch, int layer, const WindowObserver* observer);
 
@@ -64,6 +75,7 @@ class Forward {
   kernels::ThreadPool& pool_;
   kernels::Batching batching_;
   LayerSteps steps_;
+  Tap tap_;
   // Activations, rows = all tokens of the batch.
   std::vector<float> x_, xn_, q_, k_, v_, att_, ff_gate_, ff_up_, logits_, rows_out_;
   std::vector<int64_t> row_of_item_;  // first row of each item

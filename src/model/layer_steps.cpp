@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/ggml_ops.h"
 #include "kernels/ops.h"
 
 namespace fairkv::model {
@@ -71,7 +72,8 @@ void LayerSteps::embed(const kernels::WeightMatrix& tok_embd, std::span<const in
 
 void LayerSteps::norm(const float* weight, const float* x, int64_t rows, float* y) const {
   const int64_t E = c_.n_embd;
-  for (int64_t r = 0; r < rows; ++r) kernels::rmsnorm(y + r * E, x + r * E, weight, E, c_.norm_eps);
+  const auto rmsnorm = ggml_order() ? kernels::rmsnorm_ggml : kernels::rmsnorm;
+  for (int64_t r = 0; r < rows; ++r) rmsnorm(y + r * E, x + r * E, weight, E, c_.norm_eps);
 }
 
 void LayerSteps::linear(const kernels::WeightMatrix& w, const float* x, int64_t rows,
@@ -99,11 +101,12 @@ void LayerSteps::qkv(const kernels::WeightMatrix& wq, const kernels::WeightMatri
 void LayerSteps::rope(float* q, int64_t q_heads, float* k, int64_t k_heads, int64_t n,
                       int64_t pos0) const {
   const int64_t hd = c_.head_dim;
+  const auto rope = ggml_order() ? kernels::rope_ggml : kernels::rope;
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t j = 0; j < q_heads; ++j)
-      kernels::rope(q + (t * q_heads + j) * hd, hd, pos0 + t, c_.rope_base, c_.rope_style);
+      rope(q + (t * q_heads + j) * hd, hd, pos0 + t, c_.rope_base, c_.rope_style);
     for (int64_t j = 0; j < k_heads; ++j)
-      kernels::rope(k + (t * k_heads + j) * hd, hd, pos0 + t, c_.rope_base, c_.rope_style);
+      rope(k + (t * k_heads + j) * hd, hd, pos0 + t, c_.rope_base, c_.rope_style);
   }
 }
 
@@ -127,6 +130,8 @@ kv::AttentionArgs LayerSteps::unit_attention(kv::HeadStore& store, const float* 
   a.n_tokens = n;
   a.group = heads;
   a.scale = 1.0f / std::sqrt(float(c_.head_dim));
+  // llama.cpp's attention where it applies: an f32 store, the whole softmax here (no lse).
+  a.ggml_order = ggml_order() && store.type() == kv::KvType::F32 && !lse;
   a.visible = append ? before : store.size();
   a.out = out;
   a.lse = lse;
@@ -134,6 +139,7 @@ kv::AttentionArgs LayerSteps::unit_attention(kv::HeadStore& store, const float* 
 }
 
 void LayerSteps::request_window(kv::AttentionArgs& a, int64_t window, std::vector<float>& probs) {
+  a.ggml_order = false;  // the fast kernel writes the window's probabilities
   a.probs_tokens = std::min(window, a.n_tokens);
   probs.assign(size_t(a.probs_tokens * a.group * a.store->size()), 0.0f);
   a.probs = probs.data();
@@ -165,7 +171,10 @@ void LayerSteps::mlp(const kernels::WeightMatrix& gate, const kernels::WeightMat
   u.resize(size_t(rows * nf));
   linear(gate, xn, rows, g.data());
   linear(up, xn, rows, u.data());
-  if (segments_.empty() && batching_ == kernels::Batching::Fastest) {
+  if (ggml_order()) {  // row by row, as ggml_vec_swiglu_f32 runs
+    for (int64_t r = 0; r < rows; ++r)
+      kernels::silu_mul_ggml(&g[size_t(r * nf)], &u[size_t(r * nf)], nf);
+  } else if (segments_.empty() && batching_ == kernels::Batching::Fastest) {
     kernels::silu_mul(g.data(), u.data(), rows * nf);
   } else {
     // silu_mul's scalar tail rounds otherwise than its vector body: row by row, each element
@@ -182,7 +191,8 @@ void LayerSteps::logits(const float* output_norm, const kernels::WeightMatrix& o
   const int64_t E = c_.n_embd, n = int64_t(rows.size());
   normed.resize(size_t(n * E));
   for (int64_t i = 0; i < n; ++i)
-    kernels::rmsnorm(&normed[size_t(i * E)], x + rows[size_t(i)] * E, output_norm, E, c_.norm_eps);
+    (ggml_order() ? kernels::rmsnorm_ggml : kernels::rmsnorm)(
+        &normed[size_t(i * E)], x + rows[size_t(i)] * E, output_norm, E, c_.norm_eps);
   // The segments in logits rows: consecutive rows whose x rows lie in the same segment.
   std::vector<RowSegment> segs;
   if (!segments_.empty()) {

@@ -115,6 +115,8 @@ class LayerSteps {
               std::span<const int64_t> rows, std::vector<float>& normed, float* logits) const;
 
  private:
+  // Activations::GgmlOrder: every step in llama.cpp's arithmetic (kernels/ggml_ops.h).
+  bool ggml_order() const { return act_ == kernels::Activations::GgmlOrder; }
   // y = W x over `rows` rows, one call per segment of segs (all rows in one call when empty).
   void matmul_segments(const kernels::WeightMatrix& w, const float* x, int64_t rows, float* y,
                        std::span<const RowSegment> segs) const;
