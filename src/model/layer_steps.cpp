@@ -160,6 +160,13 @@ void LayerSteps::residual(float* x, const float* y, int64_t rows) const {
 void LayerSteps::mlp(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up,
                      const kernels::WeightMatrix& down, const float* xn, int64_t rows,
                      std::vector<float>& g, std::vector<float>& u, float* y) const {
+  swiglu(gate, up, xn, rows, g, u);
+  linear(down, g.data(), rows, y);
+}
+
+void LayerSteps::swiglu(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up,
+                        const float* xn, int64_t rows, std::vector<float>& g,
+                        std::vector<float>& u) const {
   const int64_t nf = gate.rows;
   g.resize(size_t(rows * nf));
   u.resize(size_t(rows * nf));
@@ -173,7 +180,6 @@ void LayerSteps::mlp(const kernels::WeightMatrix& gate, const kernels::WeightMat
     for (int64_t r = 0; r < rows; ++r)
       kernels::silu_mul(&g[size_t(r * nf)], &u[size_t(r * nf)], nf);
   }
-  linear(down, g.data(), rows, y);
 }
 
 void LayerSteps::logits(const float* output_norm, const kernels::WeightMatrix& output,

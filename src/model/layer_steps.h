@@ -104,6 +104,9 @@ class LayerSteps {
   // x += y over `rows` rows of n_embd.
   void residual(float* x, const float* y, int64_t rows) const;
 
+  // g = silu(gate xn) * (up xn): rows x gate.rows, with u sized alike as scratch.
+  void swiglu(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up, const float* xn,
+              int64_t rows, std::vector<float>& g, std::vector<float>& u) const;
   // y = down(silu(gate xn) * (up xn)), with g and u sized to rows x gate.rows as scratch.
   void mlp(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up,
            const kernels::WeightMatrix& down, const float* xn, int64_t rows, std::vector<float>& g,

@@ -115,7 +115,9 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
   calls_.clear();
   for (int64_t task = 0; task < n_tasks; ++task)
     if (tasks_[size_t(task)].active) calls_.push_back(tasks_[size_t(task)].args);
-  if (!calls_.empty()) kv::attend_batch(calls_, pool_);
+  // Cut into token slices only when rows may depend on their batch and on R (see the header).
+  const bool slice = batching_ == kernels::Batching::Fastest && reduction_ == Reduction::Partial;
+  if (!calls_.empty()) kv::attend_batch(calls_, pool_, slice);
   // Phase 3: outputs (and log-sum-exps of token slices) into the layer's rows.
   pool_.parallel_for(n_tasks, [&](int64_t begin, int64_t end, int) {
     for (int64_t task = begin; task < end; ++task) {
