@@ -4,7 +4,9 @@
 # device; under a tight --kv-memory the same outputs again; bad files and options are refused by
 # name with exit code 1.
 # Usage: batch_check.sh solo|devices|errors|mpi FAIRKV MODEL [MPIEXEC ARGS...]
+# BATCH_ARGS (environment): more options for every run, e.g. --activations ggml.
 set -u
+BATCH_ARGS=${BATCH_ARGS-}
 mode=$1 fairkv=$2 model=$3
 shift 3
 [ -f "$model" ] || { echo "skipped: $model is absent"; exit 77; }
@@ -25,7 +27,7 @@ JSON
 outputs() {
   file=$1
   shift
-  "$fairkv" batch -m "$model" --requests "$file" --json --kv-window 8 "$@" 2>"$dir/err" |
+  "$fairkv" batch -m "$model" --requests "$file" --json --kv-window 8 $BATCH_ARGS "$@" 2>"$dir/err" |
     sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//'
 }
 
@@ -80,25 +82,39 @@ JSON
     done
     ;;
   devices)
-    # Greedy requests only: their outputs on ranks equal one device's.
-    grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
-    ref=$(outputs "$dir/greedy.jsonl")
-    for planner in tp fair-copy split; do
-      for R in 2 3; do
+    # Every request, greedy and seeded: the canonical reduction gives one device's floats on R
+    # ranks under tp and the FairKV planners. Token slices (split) merge softmaxes in another
+    # order: greedy requests only there.
+    ref=$(outputs "$dir/req.jsonl")
+    for planner in tp balanced fair-copy; do
+      for R in 1 2 3 4; do
         check "$planner R=$R" "$ref" \
-          "$(outputs "$dir/greedy.jsonl" --devices $R --placement $planner)"
+          "$(outputs "$dir/req.jsonl" --devices $R --placement $planner)"
       done
     done
     check "fair-copy R=2 fixed shares" "$ref" \
-      "$(outputs "$dir/greedy.jsonl" --devices 2 --placement fair-copy --no-replan)"
-    ;;
-  mpi)
+      "$(outputs "$dir/req.jsonl" --devices 2 --placement fair-copy --no-replan)"
     grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
     ref=$(outputs "$dir/greedy.jsonl")
-    got=$("$@" "$fairkv" batch -m "$model" --requests "$dir/greedy.jsonl" --json --kv-window 8 \
-      --devices 2 --comm mpi --placement split 2>"$dir/err" |
-      sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//')
-    check "split on 2 MPI ranks" "$ref" "$got"
+    for R in 2 3; do
+      check "split R=$R" "$ref" "$(outputs "$dir/greedy.jsonl" --devices $R --placement split)"
+    done
+    ;;
+  mpi)
+    mpirun="$*"  # the launcher and its options (no spaces inside them)
+    # mpi_outputs FILE PLANNER: the outputs on 2 MPI ranks.
+    mpi_outputs() {
+      $mpirun "$fairkv" batch -m "$model" --requests "$1" --json --kv-window 8 --devices 2 \
+        --comm mpi --placement "$2" $BATCH_ARGS 2>"$dir/err" |
+        sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//'
+    }
+    ref=$(outputs "$dir/req.jsonl")
+    for planner in tp fair-copy; do
+      check "$planner on 2 MPI ranks" "$ref" "$(mpi_outputs "$dir/req.jsonl" $planner)"
+    done
+    grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
+    check "split on 2 MPI ranks" "$(outputs "$dir/greedy.jsonl")" \
+      "$(mpi_outputs "$dir/greedy.jsonl" split)"
     ;;
   errors)
     # refuse NAME PATTERN ARGS...: exit code 1 and PATTERN on stderr.

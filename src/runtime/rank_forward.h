@@ -5,7 +5,9 @@
 // ranks by log-sum-exp) and query slices (tp's replication when devices outnumber KV heads). The
 // attention and MLP partial outputs meet in an all-reduce, as in standard tensor parallelism, so
 // the replicated activations stay identical on every rank and greedy outputs equal the
-// single-device engine's up to float summation order. The layer is a composition of the same
+// single-device engine's up to float summation order; or, with Reduction::Canonical, each rank
+// computes whole rows of Wo and of the down projection over the gathered attention and SwiGLU
+// rows, so that every float is the single-device engine's. The layer is a composition of the same
 // steps as model::Forward's (model/layer_steps.h) over the rank's slices of the weights, with the
 // collectives between them.
 //

@@ -367,7 +367,9 @@ TEST_F(EngineTest, LengthLimitsAndStats) {
 }
 
 // The engine on R ranks (threads) under tp and FairKV placements, with dynamic re-planning: every
-// request's greedy output equals the one-device engine's, and re-planning changes none.
+// request's greedy and seeded output equals the one-device engine's (the canonical reduction
+// computes one device's floats; token slices only up to rounding, so greedy there), and
+// re-planning changes none.
 TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
   kv::CompressionConfig c;
   c.policy = kv::Policy::AdaKV;
@@ -376,8 +378,9 @@ TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
   const placement::CostModel cost =
       runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
   int replans = 0;
-  for (int R : {2, 3}) {
-    for (const std::string planner : {"tp", "fair-copy", "split"}) {
+  for (int R : {1, 2, 3, 4}) {
+    for (const std::string planner : {"tp", "balanced", "fair-copy", "split"}) {
+      const float temp = planner == "split" ? 0.0f : 0.8f;
       EngineOptions eo = small_engine(3);
       eo.compression = c;
       eo.replan_cost = cost;
@@ -392,7 +395,7 @@ TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
       Harness one(m(), eo);
       std::vector<RequestId> ids, one_ids;
       for (size_t i = 0; i < std::size(kTexts); ++i) {
-        const Request r = make(prompt(kTexts[i]), 10 + int(i) * 4, 0, 0);
+        const Request r = make(prompt(kTexts[i]), 10 + int(i) * 4, i % 2 ? temp : 0, 7 + i);
         ids.push_back(h.submit(r));
         one_ids.push_back(one.submit(r));
         h.engine->step();
