@@ -115,6 +115,12 @@ void LayerSteps::scatter(const float* src, int64_t n, int64_t width, float* dst,
   for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * width, width, dst + t * stride);
 }
 
+void LayerSteps::copy_rows(const float* src, int64_t src_stride, int64_t n, int64_t width,
+                           float* dst, int64_t dst_stride) {
+  if (width <= 0) return;
+  for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * src_stride, width, dst + t * dst_stride);
+}
+
 kv::AttentionArgs LayerSteps::unit_attention(kv::HeadStore& store, const float* q, int64_t n,
                                              int heads, const float* k, const float* v, float* out,
                                              float* lse) const {

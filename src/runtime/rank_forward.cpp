@@ -193,6 +193,7 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
         steps_.rope(&q_[row0_[i] * nq], nq / c_.head_dim, &k_[row0_[i] * nkv], nkv / c_.head_dim,
                     int64_t(batch[i].tokens.size()), batch[i].seq->cache.n_past);
     }
+    if (reduction_ == Reduction::Canonical) group_queries(batch, l, rows);
     // Every rank takes part in the layer's collectives, with or without units.
     attention(batch, l, n_slots, observer);
     const int64_t nf = S.gate.rows;

@@ -179,6 +179,7 @@ class RankForward {
     bool served = false, active = false;
   };
   std::vector<Task> tasks_;
+  std::vector<std::vector<float>> group_q_;  // [view of the layer]: see group_queries
   std::vector<kv::AttentionArgs> calls_;
   std::vector<int64_t> row0_;
   std::vector<int64_t> out_rows_;  // the last row of each item, which gets logits
@@ -188,6 +189,14 @@ class RankForward {
   // rank (att_ in the model's column order into attg_), the whole SwiGLU rows (ff_gate_'s slices
   // into ffg_), and y_ = w x computed as rows [e0, e1) per rank of the full matrix w, gathered.
   void gather_attention(const ShardLayer& S, int layer, int64_t rows);
+  // Canonical reduction, a query slice: the whole group's queries (rows x group x head_dim, from
+  // the full Wq's rows of the group, roped) into group_q_[view], so that the slice attends the
+  // group as one device does (the attention kernel's sums for a head depend on the group's size)
+  // and keeps its own heads' outputs.
+  void group_queries(std::span<RankItem> batch, int layer, int64_t rows);
+  bool whole_group(const UnitView& u) const {
+    return reduction_ == Reduction::Canonical && u.held && u.q1 - u.q0 < c_.group();
+  }
   void gather_swiglu(int64_t nf, int64_t rows);
   void canonical_product(const kernels::WeightMatrix& w, const float* x, int64_t rows);
   std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,

@@ -35,13 +35,6 @@ bool column_block(const kernels::WeightMatrix& m, int64_t c0, int64_t c1,
   return true;
 }
 
-// n rows of `width` floats from src (rows src_stride apart) to dst (rows dst_stride apart).
-void copy_rows(const float* src, int64_t src_stride, int64_t n, int64_t width, float* dst,
-               int64_t dst_stride) {
-  if (width <= 0) return;
-  for (int64_t r = 0; r < n; ++r) std::copy_n(src + r * src_stride, width, dst + r * dst_stride);
-}
-
 // The packed biases of a shard layer, null when the model has none.
 const float* bias(const std::vector<float>& b) {
   return b.empty() ? nullptr : b.data();
@@ -131,6 +124,25 @@ void RankForward::gather_attention(const ShardLayer& S, int layer, int64_t rows)
   all_reduce_sum(attg_.data(), attg_.size());
 }
 
+void RankForward::group_queries(std::span<RankItem> batch, int layer, int64_t rows) {
+  const auto& views = views_[size_t(layer)];
+  const model::LayerWeights& L = full_.layers[size_t(layer)];
+  const int64_t hd = c_.head_dim, width = c_.group() * hd;
+  group_q_.resize(views.size());
+  for (size_t v = 0; v < views.size(); ++v) {
+    const UnitView& u = views[v];
+    if (!whole_group(u)) continue;
+    const int64_t r0 = u.head * width;
+    std::vector<float>& q = group_q_[v];
+    q.resize(size_t(rows * width));
+    steps_.linear(row_block(L.wq, r0, r0 + width), xn_.data(), rows, q.data());
+    LayerSteps::add_bias(q.data(), L.bq ? L.bq + r0 : nullptr, rows, width);
+    for (size_t i = 0; i < batch.size(); ++i)
+      steps_.rope(&q[size_t(row0_[i] * width)], c_.group(), nullptr, 0,
+                  int64_t(batch[i].tokens.size()), batch[i].seq->cache.n_past);
+  }
+}
+
 // The whole SwiGLU rows (rows x n_ff) from every rank's slice of them (ff_ranges_), gathered in
 // blocks of the largest slice.
 void RankForward::gather_swiglu(int64_t nf, int64_t rows) {
@@ -138,14 +150,14 @@ void RankForward::gather_swiglu(int64_t nf, int64_t rows) {
   int64_t block = 0;
   for (const auto& [f0, f1] : ff_ranges_) block = std::max(block, f1 - f0);
   part_.assign(size_t(rows * block), 0.0f);
-  if (nf > 0) copy_rows(ff_gate_.data(), nf, rows, nf, part_.data(), block);
+  if (nf > 0) LayerSteps::copy_rows(ff_gate_.data(), nf, rows, nf, part_.data(), block);
   gathered_.resize(size_t(R) * part_.size());
   all_gather(part_.data(), part_.size() * sizeof(float), gathered_.data());
   ffg_.resize(size_t(rows * c_.n_ff));
   for (int q = 0; q < R; ++q) {
     const auto [f0, f1] = ff_ranges_[size_t(q)];
-    copy_rows(&gathered_[size_t(q) * part_.size()], block, rows, f1 - f0, &ffg_[size_t(f0)],
-              c_.n_ff);
+    LayerSteps::copy_rows(&gathered_[size_t(q) * part_.size()], block, rows, f1 - f0,
+                          &ffg_[size_t(f0)], c_.n_ff);
   }
 }
 
@@ -162,14 +174,15 @@ void RankForward::canonical_product(const kernels::WeightMatrix& w, const float*
   if (e1 > e0) {
     tmp_.resize(size_t(rows * (e1 - e0)));
     steps_.linear(row_block(w, e0, e1), x, rows, tmp_.data());
-    copy_rows(tmp_.data(), e1 - e0, rows, e1 - e0, part_.data(), block);
+    LayerSteps::copy_rows(tmp_.data(), e1 - e0, rows, e1 - e0, part_.data(), block);
   }
   gathered_.resize(size_t(R) * part_.size());
   all_gather(part_.data(), part_.size() * sizeof(float), gathered_.data());
   y_.resize(size_t(rows * E));
   for (int q = 0; q < R; ++q) {
     const int64_t q0 = std::min(E, q * block), q1 = std::min(E, q0 + block);
-    copy_rows(&gathered_[size_t(q) * part_.size()], block, rows, q1 - q0, &y_[size_t(q0)], E);
+    LayerSteps::copy_rows(&gathered_[size_t(q) * part_.size()], block, rows, q1 - q0,
+                          &y_[size_t(q0)], E);
   }
 }
 

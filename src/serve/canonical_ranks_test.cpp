@@ -1,15 +1,18 @@
 // The canonical reduction (runtime::Reduction::Canonical): R ranks compute one device's floats.
 // Driven as the engine drives a backend (testing::drive: chunked prompts beside other sequences'
-// decode steps, a close and an open midway, replans), every logits row on R = 1..4 thread ranks
-// under tp, balanced and fair-copy is bitwise SoloBackend's, with full caches and Ada-KV: on
+// decode steps, a close and an open midway), every logits row on R = 1..4 thread ranks under tp,
+// balanced and fair-copy (batch slices) is bitwise SoloBackend's, with full caches and Ada-KV: on
 // stories260K (f32), a synthetic Q8_0 model and SmolLM2 Q4_1 with llama.cpp's rounding (on which
 // a near-tie flipped a greedy token between 1 and 2 ranks under the partial all-reduce). The
-// partial reduction is checked to differ there, so the comparison can fail.
+// partial reduction is checked to differ there, so the comparison can fail. Token slices (split,
+// and rebalancing, which re-divides replicated units into token slices) merge softmaxes over the
+// parts by log-sum-exp, one device over all rows in one pass: equal up to rounding, not checked.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -71,25 +74,30 @@ void expect_bitwise_on_every_placement(const ModelCase& mc, std::vector<int> dev
   const auto ps = testing::prompts(m->config);
   const size_t V = size_t(m->config.n_vocab);
   const kv::CompressionConfig ada = testing::adakv();
-  for (const kv::CompressionConfig* comp : {static_cast<const kv::CompressionConfig*>(nullptr),
-                                            &ada}) {
+  int placements = 0;
+  for (const kv::CompressionConfig* comp :
+       {static_cast<const kv::CompressionConfig*>(nullptr), &ada}) {
     Schedule s;
     s.comp = comp;
     s.n_predict = n_predict;
-    s.replan_at = {2, 6};
-    s.replan_cost = runtime::run_cost_model(m->config, m->weights.layers[0].wq.type,
-                                            kv::KvType::F32, 4);
     const Outcome one = solo(*m, mc.act, s, ps);
     for (int R : devices)
       for (const std::string& planner : planners) {
         SCOPED_TRACE(planner + " on " + std::to_string(R) + " ranks, " +
                      (comp ? "Ada-KV" : "full cache"));
-        const placement::Placement p = testing::make_placement(m->config, planner, R);
+        placement::Placement p;
+        try {
+          p = testing::make_placement(m->config, planner, R);
+        } catch (const std::invalid_argument&) {
+          continue;  // tp needs R to fit the KV heads
+        }
+        ++placements;
         const Outcome got = ranks(*m, mc.act, p, runtime::Reduction::Canonical, s, ps);
         EXPECT_EQ(got.outputs, one.outputs);
         EXPECT_EQ(differing_rows(got, one, V), 0);
       }
   }
+  EXPECT_GE(placements, 2 * int(devices.size()));
 }
 
 TEST(CanonicalRanks, Stories260KLogitsAreOneDevicesOnEveryPlacement) {
@@ -98,8 +106,7 @@ TEST(CanonicalRanks, Stories260KLogitsAreOneDevicesOnEveryPlacement) {
 }
 
 TEST(CanonicalRanks, QuantizedModelLogitsAreOneDevicesOnEveryPlacement) {
-  const std::string q8 =
-      std::string(FAIRKV_SHARED_DIR) + "/models/synthetic/llama-gqa4-q8_0.gguf";
+  const std::string q8 = std::string(FAIRKV_SHARED_DIR) + "/models/synthetic/llama-gqa4-q8_0.gguf";
   for (kernels::Activations act : {kernels::Activations::Float32, kernels::Activations::LikeGgml}) {
     SCOPED_TRACE(kernels::activations_name(act));
     expect_bitwise_on_every_placement({q8, act}, {2, 3, 4}, {"tp", "balanced", "fair-copy"}, 6);
@@ -125,8 +132,8 @@ TEST(CanonicalRanks, PartialReductionDiffersInTheLastBits) {
   s.n_predict = 4;
   const Outcome one = solo(*m, kernels::Activations::Float32, s, ps);
   const placement::Placement p = testing::make_placement(m->config, "tp", 2);
-  const Outcome got = ranks(*m, kernels::Activations::Float32, p, runtime::Reduction::Partial, s,
-                            ps);
+  const Outcome got =
+      ranks(*m, kernels::Activations::Float32, p, runtime::Reduction::Partial, s, ps);
   EXPECT_GT(differing_rows(got, one, size_t(m->config.n_vocab)), 0);
   for (size_t i = 0; i < one.logits.size(); ++i)
     EXPECT_LT(testing::rel_diff(got.logits[i], one.logits[i]), 1e-4);
