@@ -88,8 +88,12 @@ JSON
     ref=$(outputs "$dir/req.jsonl")
     for planner in tp balanced fair-copy; do
       for R in 1 2 3 4; do
-        check "$planner R=$R" "$ref" \
-          "$(outputs "$dir/req.jsonl" --devices $R --placement $planner)"
+        got=$(outputs "$dir/req.jsonl" --devices $R --placement $planner)
+        if grep -q "needs the device count" "$dir/err"; then
+          echo "skipped: $planner R=$R (the model's heads do not divide over $R ranks)"
+          continue
+        fi
+        check "$planner R=$R" "$ref" "$got"
       done
     done
     check "fair-copy R=2 fixed shares" "$ref" \
