@@ -369,8 +369,8 @@ TEST_F(EngineTest, LengthLimitsAndStats) {
 
 // The engine on R ranks (threads) under tp and FairKV placements, with dynamic re-planning: every
 // request's greedy and seeded output equals the one-device engine's (the canonical reduction
-// computes one device's floats; token slices only up to rounding, so greedy there), and
-// re-planning changes none.
+// computes one device's floats; token slices, which split plans and re-planning makes of
+// replicated units, agree up to rounding: greedy only under split), and re-planning changes none.
 TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
   kv::CompressionConfig c;
   c.policy = kv::Policy::AdaKV;
