@@ -4,7 +4,10 @@
 # device; under a tight --kv-memory the same outputs again; bad files and options are refused by
 # name with exit code 1.
 # Usage: batch_check.sh solo|devices|errors|mpi FAIRKV MODEL [MPIEXEC ARGS...]
+# BATCH_ARGS (environment): more options for every run, e.g. --activations ggml;
+# BATCH_TOKEN_SLICES=0: leave out the token-slice checks (not bitwise: near-ties may flip).
 set -u
+BATCH_ARGS=${BATCH_ARGS-}
 mode=$1 fairkv=$2 model=$3
 shift 3
 [ -f "$model" ] || { echo "skipped: $model is absent"; exit 77; }
@@ -25,7 +28,7 @@ JSON
 outputs() {
   file=$1
   shift
-  "$fairkv" batch -m "$model" --requests "$file" --json --kv-window 8 "$@" 2>"$dir/err" |
+  "$fairkv" batch -m "$model" --requests "$file" --json --kv-window 8 $BATCH_ARGS "$@" 2>"$dir/err" |
     sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//'
 }
 
@@ -80,25 +83,49 @@ JSON
     done
     ;;
   devices)
-    # Greedy requests only: their outputs on ranks equal one device's.
-    grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
-    ref=$(outputs "$dir/greedy.jsonl")
-    for planner in tp fair-copy split; do
-      for R in 2 3; do
-        check "$planner R=$R" "$ref" \
-          "$(outputs "$dir/greedy.jsonl" --devices $R --placement $planner)"
+    # Every request, greedy and seeded: the canonical reduction gives one device's floats on R
+    # ranks under tp and the FairKV planners with fixed shares.
+    ref=$(outputs "$dir/req.jsonl")
+    for planner in tp balanced fair-copy; do
+      for R in 1 2 3 4; do
+        got=$(outputs "$dir/req.jsonl" --devices $R --placement $planner --no-replan)
+        if grep -q "needs the device count" "$dir/err"; then
+          echo "skipped: $planner R=$R (the model's heads do not divide over $R ranks)"
+          continue
+        fi
+        check "$planner R=$R" "$ref" "$got"
       done
     done
-    check "fair-copy R=2 fixed shares" "$ref" \
-      "$(outputs "$dir/greedy.jsonl" --devices 2 --placement fair-copy --no-replan)"
+    # Token slices (split, and re-planning, which re-divides replicated units into them) merge
+    # softmaxes in another order than one device: equal up to rounding, so greedy requests, and
+    # not on models with near-ties (BATCH_TOKEN_SLICES=0).
+    if [ "${BATCH_TOKEN_SLICES-1}" = 1 ]; then
+      grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
+      ref=$(outputs "$dir/greedy.jsonl")
+      check "fair-copy R=2 re-planned" "$ref" \
+        "$(outputs "$dir/greedy.jsonl" --devices 2 --placement fair-copy)"
+      for R in 2 3; do
+        check "split R=$R" "$ref" "$(outputs "$dir/greedy.jsonl" --devices $R --placement split)"
+      done
+    fi
     ;;
   mpi)
+    mpirun="$*"  # the launcher and its options (no spaces inside them)
+    # mpi_outputs FILE PLANNER [OPTIONS]: the outputs on 2 MPI ranks.
+    mpi_outputs() {
+      file=$1 planner=$2
+      shift 2
+      $mpirun "$fairkv" batch -m "$model" --requests "$file" --json --kv-window 8 --devices 2 \
+        --comm mpi --placement "$planner" $BATCH_ARGS "$@" 2>"$dir/err" |
+        sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//'
+    }
+    ref=$(outputs "$dir/req.jsonl")
+    for planner in tp fair-copy; do
+      check "$planner on 2 MPI ranks" "$ref" "$(mpi_outputs "$dir/req.jsonl" $planner --no-replan)"
+    done
     grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
-    ref=$(outputs "$dir/greedy.jsonl")
-    got=$("$@" "$fairkv" batch -m "$model" --requests "$dir/greedy.jsonl" --json --kv-window 8 \
-      --devices 2 --comm mpi --placement split 2>"$dir/err" |
-      sed 's/,"tpot_ms".*//; s/"preemptions":[0-9]*,//')
-    check "split on 2 MPI ranks" "$ref" "$got"
+    check "split on 2 MPI ranks" "$(outputs "$dir/greedy.jsonl")" \
+      "$(mpi_outputs "$dir/greedy.jsonl" split)"
     ;;
   errors)
     # refuse NAME PATTERN ARGS...: exit code 1 and PATTERN on stderr.

@@ -101,6 +101,11 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
   ro.kv_type = kv.kv_type();
   ro.activations = e.act();
   ro.batching = fast_batching ? kernels::Batching::Fastest : kernels::Batching::Invariant;
+  try {
+    ro.reduction = runtime::reduction_from_name(reduction, "--reduction");
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   ro.n_slots = serve::Engine::open_limit(parallel);
   ro.reserve_address_space = stores_per_process * 4 < 48000;
   ro.cost = cost;
@@ -143,6 +148,12 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
   cmd.add_flag("--no-batch-invariance", o.fast_batching,
                "Faster batched decode whose rows may differ by float rounding with the batch "
                "(a seeded request's output may then depend on its neighbours)");
+  cmd.add_option("--reduction", o.reduction,
+                 "With --devices: 'canonical' sums every layer's output in one device's order, so "
+                 "R ranks give one device's bits under any placement but token slices; 'partial' "
+                 "all-reduces the ranks' partial sums (tensor parallelism: fewer bytes moved, "
+                 "outputs may differ with R by float rounding)")
+      ->capture_default_str();
   cmd.add_option("-n,--n-predict", o.n_predict, "Default max_tokens of a request")
       ->capture_default_str();
   add_rank_options(cmd, o.dev);

@@ -26,6 +26,9 @@ struct ServeOptions {
   std::string kv_memory = "0", swap_space = "1G", swap_dir;
   size_t queue_size = 256;
   bool fast_batching = false;  // --no-batch-invariance
+  // --reduction: how ranks sum a layer's output (runtime::Reduction): "canonical" (one device's
+  // order, the same bits on any R) or "partial" (tensor parallelism's all-reduce).
+  std::string reduction = "canonical";
   int n_predict = 128;
   // Ranks: --devices R under --placement, ranks as threads or the processes of an mpirun job.
   DeviceOptions dev;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/matmul.h"
@@ -94,6 +95,39 @@ TEST(MatmulInvariance, StridedViewRowsEqualTheirOneTokenCalls) {
     const WeightMatrix view{t, rows, cols, data.data() + row_bytes(t, c0), row_bytes(t, full_cols)};
     expect_rows_equal_one_token_calls(view, seed);
     seed += 10;
+  }
+}
+
+// Tensor parallelism cuts a matrix by output rows ([r0, r1) on each rank); a rank's rows must be
+// bitwise the whole product's, in both batching modes and with other thread counts, or R ranks
+// could not reproduce one device's sums (runtime::RankForward's canonical reduction relies on it).
+TEST(MatmulInvariance, RowBlocksEqualTheirRowsOfTheWholeProduct) {
+  uint32_t seed = 900;
+  ThreadPool pool1(1), pool2(2);
+  for (DType t : kAllDTypes) {
+    const int64_t rows = 150, cols = 512;
+    const std::vector<uint8_t> data = random_weights(t, rows, cols, seed++);
+    const WeightMatrix w{t, rows, cols, data.data(), 0};
+    for (Activations act : kModes) {
+      const std::vector<float> x = random_x(kMaxTokens * cols, seed++);
+      for (Batching b : {Batching::Fastest, Batching::Invariant})
+        for (int64_t n : kTokenCounts) {
+          std::vector<float> whole(size_t(n * rows));
+          matmul(w, x.data(), n, whole.data(), pool2, act, b);
+          for (const auto& [r0, r1] :
+               {std::pair<int64_t, int64_t>{0, 50}, {50, 101}, {101, 150}, {7, 8}, {13, 150}}) {
+            const WeightMatrix part{t, r1 - r0, cols, w.row(r0), w.stride()};
+            std::vector<float> y(size_t(n * (r1 - r0)));
+            matmul(part, x.data(), n, y.data(), r0 % 2 ? pool1 : pool2, act, b);
+            for (int64_t k = 0; k < n; ++k)
+              ASSERT_EQ(std::memcmp(&y[size_t(k * (r1 - r0))], &whole[size_t(k * rows + r0)],
+                                    size_t(r1 - r0) * sizeof(float)),
+                        0)
+                  << label(part, act, n, pool1) << " " << batching_name(b) << ": rows [" << r0
+                  << ", " << r1 << ") of token " << k << " differ from the whole product's";
+          }
+        }
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 // Element-wise and row-wise operations of the transformer, float32 in and out.
 #include "kernels/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -111,7 +112,17 @@ void silu_mul(float* gate, const float* up, int64_t n) {
     const V e = simd::exp(simd::sub(zero, g));
     simd::store(gate + i, simd::mul(simd::div(g, simd::add(one, e)), simd::load(up + i)));
   }
-  for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  // The tail through the same vector formula (simd::exp rounds otherwise than std::exp), so an
+  // element's result does not depend on where its row or slice starts: tensor-parallel ranks
+  // apply SwiGLU to their slices of the rows that one device does at once.
+  if (i < n) {
+    alignas(64) float g[kLanes] = {}, u[kLanes] = {};
+    std::copy_n(gate + i, n - i, g);
+    std::copy_n(up + i, n - i, u);
+    const V e = simd::exp(simd::sub(zero, simd::load(g)));
+    simd::store(g, simd::mul(simd::div(simd::load(g), simd::add(one, e)), simd::load(u)));
+    std::copy_n(g, n - i, gate + i);
+  }
 }
 
 void add(float* y, const float* x, int64_t n) {

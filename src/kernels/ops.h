@@ -18,7 +18,7 @@ void rope(float* x, int64_t head_dim, int64_t pos, float base, RopeStyle style);
 // are -inf (or n == 0) every output is 0 and the result is -inf. exp is vectorised (~2 ulp),
 // the normaliser summed in double.
 float softmax(float* x, int64_t n);
-// gate[i] = silu(gate[i]) * up[i]
+// gate[i] = silu(gate[i]) * up[i], each element by the same (vector) formula wherever it sits.
 void silu_mul(float* gate, const float* up, int64_t n);
 // y[i] += x[i]
 void add(float* y, const float* x, int64_t n);

@@ -58,6 +58,9 @@ size_t attend_scratch_bytes();
 // one at a time from a shared counter, so ragged lengths balance. When there are fewer calls than
 // threads, single-token calls over long stores (decode) are cut into token slices that run in
 // parallel and are merged with merge_partials: the result equals attend's up to float rounding.
-void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& pool);
+// slice = false never cuts a call: every result is then bitwise attend's, whatever the other
+// calls and the thread count (batch invariance, and R ranks reproducing one device).
+void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& pool,
+                  bool slice = true);
 
 }  // namespace fairkv::kv

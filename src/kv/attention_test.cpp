@@ -449,6 +449,12 @@ TEST(AttendBatch, SlicedDecodeEqualsSingleCall) {
   attend(a);
   expect_close(o, o1, 1e-5f, "out");
   expect_close(lse, lse1, 1e-6f, "lse");
+  // Without slicing the call is attend's, bit for bit (what invariant batching relies on).
+  a.out = o.data();
+  a.lse = lse.data();
+  attend_batch(std::span<const AttentionArgs>(&a, 1), pool, /*slice=*/false);
+  EXPECT_EQ(std::memcmp(o.data(), o1.data(), o.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(lse.data(), lse1.data(), lse.size() * sizeof(float)), 0);
 }
 
 }  // namespace

@@ -118,6 +118,12 @@ void LayerSteps::scatter(const float* src, int64_t n, int64_t width, float* dst,
   for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * width, width, dst + t * stride);
 }
 
+void LayerSteps::copy_rows(const float* src, int64_t src_stride, int64_t n, int64_t width,
+                           float* dst, int64_t dst_stride) {
+  if (width <= 0) return;
+  for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * src_stride, width, dst + t * dst_stride);
+}
+
 kv::AttentionArgs LayerSteps::unit_attention(kv::HeadStore& store, const float* q, int64_t n,
                                              int heads, const float* k, const float* v, float* out,
                                              float* lse) const {
@@ -166,6 +172,13 @@ void LayerSteps::residual(float* x, const float* y, int64_t rows) const {
 void LayerSteps::mlp(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up,
                      const kernels::WeightMatrix& down, const float* xn, int64_t rows,
                      std::vector<float>& g, std::vector<float>& u, float* y) const {
+  swiglu(gate, up, xn, rows, g, u);
+  linear(down, g.data(), rows, y);
+}
+
+void LayerSteps::swiglu(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up,
+                        const float* xn, int64_t rows, std::vector<float>& g,
+                        std::vector<float>& u) const {
   const int64_t nf = gate.rows;
   g.resize(size_t(rows * nf));
   u.resize(size_t(rows * nf));
@@ -182,7 +195,6 @@ void LayerSteps::mlp(const kernels::WeightMatrix& gate, const kernels::WeightMat
     for (int64_t r = 0; r < rows; ++r)
       kernels::silu_mul(&g[size_t(r * nf)], &u[size_t(r * nf)], nf);
   }
-  linear(down, g.data(), rows, y);
 }
 
 void LayerSteps::logits(const float* output_norm, const kernels::WeightMatrix& output,

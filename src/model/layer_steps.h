@@ -82,6 +82,9 @@ class LayerSteps {
   // or back (scatter): a unit's columns of the layer's rows are contiguous only per token.
   static void gather(const float* src, int64_t stride, int64_t n, int64_t width, float* dst);
   static void scatter(const float* src, int64_t n, int64_t width, float* dst, int64_t stride);
+  // n rows of `width` floats from src (rows src_stride apart) to dst (rows dst_stride apart).
+  static void copy_rows(const float* src, int64_t src_stride, int64_t n, int64_t width, float* dst,
+                        int64_t dst_stride);
 
   // One unit's share of attention for the n new rows of one sequence. When this share stores the
   // new rows (k and v non-null, n x head_dim each) they are appended first. Returns the call
@@ -104,6 +107,9 @@ class LayerSteps {
   // x += y over `rows` rows of n_embd.
   void residual(float* x, const float* y, int64_t rows) const;
 
+  // g = silu(gate xn) * (up xn): rows x gate.rows, with u sized alike as scratch.
+  void swiglu(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up, const float* xn,
+              int64_t rows, std::vector<float>& g, std::vector<float>& u) const;
   // y = down(silu(gate xn) * (up xn)), with g and u sized to rows x gate.rows as scratch.
   void mlp(const kernels::WeightMatrix& gate, const kernels::WeightMatrix& up,
            const kernels::WeightMatrix& down, const float* xn, int64_t rows, std::vector<float>& g,

@@ -79,12 +79,18 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
       if (!role.serve) continue;
       const int64_t n = int64_t(it.tokens.size());
       const int64_t row0 = row0_[item];
-      const int64_t qh = u.q1 - u.q0;
+      // A query slice under the canonical reduction attends its whole group (group_queries).
+      const bool whole = whole_group(u);
+      const int64_t qh = whole ? group : u.q1 - u.q0, width = qh * hd;
       kv::HeadStore& store = it.seq->cache.head(layer, u.head);
-      s.q.resize(size_t(n * u.q_rows));
-      s.out.assign(size_t(n * u.q_rows), 0.0f);
+      s.q.resize(size_t(n * width));
+      s.out.assign(size_t(n * width), 0.0f);
       s.lse.assign(size_t(n * qh), kNegInf);
-      LayerSteps::gather(q_at(u, row0), stride_of(u), n, u.q_rows, s.q.data());
+      if (whole)
+        LayerSteps::gather(&group_q_[size_t(task % n_units)][size_t(row0 * width)], width, n, width,
+                           s.q.data());
+      else
+        LayerSteps::gather(q_at(u, row0), stride_of(u), n, u.q_rows, s.q.data());
       if (role.append) {  // never a KV-only view: appending is the tail's (or a whole unit's)
         s.k.resize(size_t(n * hd));
         s.v.resize(size_t(n * hd));
@@ -108,14 +114,18 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
       if (observe) {
         LayerSteps::window_by_head(a, s.probs, s.by_head);
         const int64_t w = a.probs_tokens, len = store.size();
-        observer->observe(item, layer, u.head, u.q0, u.q1, s.by_head.data(), w, len);
+        const int64_t first = whole ? u.q0 : 0;  // its own heads' rows, head-major
+        observer->observe(item, layer, u.head, u.q0, u.q1, &s.by_head[size_t(first * w * len)], w,
+                          len);
       }
     }
   });
   calls_.clear();
   for (int64_t task = 0; task < n_tasks; ++task)
     if (tasks_[size_t(task)].active) calls_.push_back(tasks_[size_t(task)].args);
-  if (!calls_.empty()) kv::attend_batch(calls_, pool_);
+  // Cut into token slices only when rows may depend on their batch and on R (see the header).
+  const bool slice = batching_ == kernels::Batching::Fastest && reduction_ == Reduction::Partial;
+  if (!calls_.empty()) kv::attend_batch(calls_, pool_, slice);
   // Phase 3: outputs (and log-sum-exps of token slices) into the layer's rows.
   pool_.parallel_for(n_tasks, [&](int64_t begin, int64_t end, int) {
     for (int64_t task = begin; task < end; ++task) {
@@ -126,7 +136,11 @@ void RankForward::attention(std::span<RankItem> batch, int layer, int n_slots,
       const UnitView& u = views[size_t(task % n_units)];
       const int64_t n = int64_t(batch[item].tokens.size()), row0 = row0_[item];
       const int64_t qh = u.q1 - u.q0;
-      LayerSteps::scatter(s.out.data(), n, u.q_rows, att_at(u, row0), stride_of(u));
+      if (whole_group(u))  // its own heads of the group's outputs
+        LayerSteps::copy_rows(&s.out[size_t(u.q0 * hd)], group * hd, n, u.q_rows, att_at(u, row0),
+                              stride_of(u));
+      else
+        LayerSteps::scatter(s.out.data(), n, u.q_rows, att_at(u, row0), stride_of(u));
       const auto at = std::find(splits.begin(), splits.end(), u.head);
       if (at != splits.end()) {
         const int64_t si = at - splits.begin();

@@ -16,6 +16,17 @@ using placement::ShareKind;
 RankSequence::RankSequence(const model::ModelConfig& c, kv::KvType type, int slot)
     : cache(c.n_layers, c.n_kv_heads, c.head_dim, type), slot(slot) {}
 
+const char* reduction_name(Reduction r) {
+  return r == Reduction::Canonical ? "canonical" : "partial";
+}
+
+Reduction reduction_from_name(const std::string& name, const std::string& option) {
+  if (name == "partial") return Reduction::Partial;
+  if (name == "canonical") return Reduction::Canonical;
+  throw std::invalid_argument(
+      fmt::format("{}: '{}' is not a reduction; expected 'partial' or 'canonical'", option, name));
+}
+
 void SegmentTimes::clear(int layers) {
   attention_ms.assign(size_t(layers), 0.0);
   mlp_ms.assign(size_t(layers), 0.0);
@@ -25,13 +36,14 @@ void SegmentTimes::clear(int layers) {
 RankForward::RankForward(const model::ModelConfig& c, const model::Weights& full,
                          const ShardedWeights& shard, const placement::Placement& p,
                          comm::Communicator& comm, kernels::ThreadPool& pool,
-                         kernels::Activations act, kernels::Batching batching)
+                         kernels::Activations act, kernels::Batching batching, Reduction reduction)
     : c_(c),
       full_(full),
       shard_(shard),
       comm_(comm),
       pool_(pool),
       batching_(batching),
+      reduction_(reduction),
       steps_(c, pool, act, batching) {
   if (p.devices != comm.size())
     throw std::invalid_argument(
@@ -45,6 +57,14 @@ RankForward::RankForward(const model::ModelConfig& c, const model::Weights& full
         "placement '{}' is for {} layers and {} KV heads; the model has {} layers and {} KV heads",
         p.planner, p.layers.size(), p.kv_heads, c.n_layers, c.n_kv_heads));
   set_placement(p);
+  // Every rank's SwiGLU slice, as shard_weights cut it.
+  for (int q = 0; q < comm.size(); ++q) {
+    int64_t f0 = 0, f1 = 0;
+    mlp_range(c.n_ff, q, comm.size(), kernels::block_size(full.layers[0].w_down.type), &f0, &f1);
+    ff_ranges_.push_back({f0, f1});
+  }
+  if (ff_ranges_[size_t(comm.rank())] != std::pair{shard.ff_begin, shard.ff_end})
+    throw std::logic_error("rank forward: the shard's MLP slice is not mlp_range's");
 }
 
 void RankForward::set_placement(const placement::Placement& p) {
@@ -173,14 +193,30 @@ const std::vector<float>& RankForward::run(std::span<RankItem> batch, int n_slot
         steps_.rope(&q_[row0_[i] * nq], nq / c_.head_dim, &k_[row0_[i] * nkv], nkv / c_.head_dim,
                     int64_t(batch[i].tokens.size()), batch[i].seq->cache.n_past);
     }
+    if (reduction_ == Reduction::Canonical) group_queries(batch, l, rows);
     // Every rank takes part in the layer's collectives, with or without units.
     attention(batch, l, n_slots, observer);
+    const int64_t nf = S.gate.rows;
+    if (reduction_ == Reduction::Canonical) {
+      const model::LayerWeights& L = full_.layers[size_t(l)];
+      gather_attention(S, l, rows);
+      canonical_product(L.wo, attg_.data(), rows);
+      steps_.residual(x_.data(), y_.data(), rows);
+      if (timing) timing->attention_ms[size_t(l)] += ms_between(t0, Clock::now());
+      t0 = Clock::now();
+      steps_.norm(L.ffn_norm, x_.data(), rows, xn_.data());
+      if (nf > 0) steps_.swiglu(S.gate, S.up, xn_.data(), rows, ff_gate_, ff_up_);
+      gather_swiglu(nf, rows);
+      canonical_product(L.w_down, ffg_.data(), rows);
+      steps_.residual(x_.data(), y_.data(), rows);
+      if (timing) timing->mlp_ms[size_t(l)] += ms_between(t0, Clock::now());
+      continue;
+    }
     if (projects) apply_wo(S, l, rows);
     if (timing) timing->attention_ms[size_t(l)] += ms_between(t0, Clock::now());
     reduce_into_x(projects);
 
     t0 = Clock::now();
-    const int64_t nf = S.gate.rows;
     if (nf > 0) {
       steps_.norm(S.ffn_norm, x_.data(), rows, xn_.data());
       steps_.mlp(S.gate, S.up, S.down, xn_.data(), rows, ff_gate_, ff_up_, y_.data());

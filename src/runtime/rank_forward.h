@@ -5,7 +5,9 @@
 // ranks by log-sum-exp) and query slices (tp's replication when devices outnumber KV heads). The
 // attention and MLP partial outputs meet in an all-reduce, as in standard tensor parallelism, so
 // the replicated activations stay identical on every rank and greedy outputs equal the
-// single-device engine's up to float summation order. The layer is a composition of the same
+// single-device engine's up to float summation order; or, with Reduction::Canonical, each rank
+// computes whole rows of Wo and of the down projection over the gathered attention and SwiGLU
+// rows, so that every float is the single-device engine's. The layer is a composition of the same
 // steps as model::Forward's (model/layer_steps.h) over the rank's slices of the weights, with the
 // collectives between them.
 //
@@ -28,6 +30,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -75,6 +78,23 @@ struct SegmentTimes {
   void clear(int layers);
 };
 
+// How a layer's attention and MLP outputs are summed over the ranks.
+//  Partial: as tensor parallelism does it: each rank applies Wo to its units' outputs and the
+//    down projection to its MLP slice, and one all-reduce per block sums the partial vectors, so
+//    the float order of every output depends on R and on the placement.
+//  Canonical: one device's order, whatever R and the placement: the units' attention outputs
+//    (disjoint columns) and the SwiGLU activations (disjoint slices) are gathered, which is exact,
+//    and each rank computes whole dot products for its ceil(E / R) output rows of Wo and of the
+//    down projection (read from the full weights), which are gathered too. Every float of the
+//    residual stream is then the one model::Forward computes, and so are the logits. It moves
+//    more (the attention and SwiGLU rows besides the output rows) over four collectives per layer
+//    instead of two. Token slices (`split`) are the exception: their log-sum-exp merge over the
+//    parts is exact only up to rounding (docs/serving.md).
+enum class Reduction { Partial, Canonical };
+const char* reduction_name(Reduction r);
+// "partial" or "canonical"; throws std::invalid_argument naming `option` otherwise.
+Reduction reduction_from_name(const std::string& name, const std::string& option);
+
 class RankForward {
  public:
   // `full` provides the replicated tensors (embeddings, output norm, output matrix); `shard` the
@@ -83,11 +103,15 @@ class RankForward {
   // act, batching: the linear layers' activation and batching modes (kernels/matmul.h), as
   // model::Forward takes them: with Invariant, an item's results do not depend on the others in
   // its batch (each rank's partial sums are batch-invariant, and the collectives sum them in
-  // rank order).
+  // rank order). With Invariant or a Canonical reduction, decode attention calls are never cut
+  // into token slices (kv::attend_batch), whose merge would depend on the batch and the threads.
+  // reduction: see Reduction; Canonical with the model::Forward's act and batching gives its
+  // logits bit for bit on any R under any placement without token slices.
   RankForward(const model::ModelConfig& c, const model::Weights& full, const ShardedWeights& shard,
               const placement::Placement& p, comm::Communicator& comm, kernels::ThreadPool& pool,
               kernels::Activations act = kernels::Activations::Float32,
-              kernels::Batching batching = kernels::Batching::Fastest);
+              kernels::Batching batching = kernels::Batching::Fastest,
+              Reduction reduction = Reduction::Partial);
 
   // Runs the batch (the same items in the same order on every rank; n_slots sequences in all)
   // and returns the logits of each item's last token, item by item, identical on every rank.
@@ -128,7 +152,9 @@ class RankForward {
   comm::Communicator& comm_;
   kernels::ThreadPool& pool_;
   kernels::Batching batching_;
+  Reduction reduction_;
   model::LayerSteps steps_;
+  std::vector<std::pair<int64_t, int64_t>> ff_ranges_;     // [rank]: its SwiGLU slice (shard.h)
   std::vector<std::vector<std::vector<UnitPart>>> parts_;  // [layer][head]
   std::vector<std::vector<int>> split_heads_;              // [layer]: heads with token slices
   // A unit this rank serves in a layer. Held units' queries and outputs sit in q_ / att_ at
@@ -153,13 +179,28 @@ class RankForward {
     bool served = false, active = false;
   };
   std::vector<Task> tasks_;
+  std::vector<std::vector<float>> group_q_;  // [view of the layer]: see group_queries
   std::vector<kv::AttentionArgs> calls_;
   std::vector<int64_t> row0_;
   std::vector<int64_t> out_rows_;  // the last row of each item, which gets logits
   void project(const ShardLayer& S, int layer, int64_t rows);
   void apply_wo(const ShardLayer& S, int layer, int64_t rows);
+  // Canonical reduction (rank_projection.cpp): the layer's whole attention output rows on every
+  // rank (att_ in the model's column order into attg_), the whole SwiGLU rows (ff_gate_'s slices
+  // into ffg_), and y_ = w x computed as rows [e0, e1) per rank of the full matrix w, gathered.
+  void gather_attention(const ShardLayer& S, int layer, int64_t rows);
+  // Canonical reduction, a query slice: the whole group's queries (rows x group x head_dim, from
+  // the full Wq's rows of the group, roped) into group_q_[view], so that the slice attends the
+  // group as one device does (the attention kernel's sums for a head depend on the group's size)
+  // and keeps its own heads' outputs.
+  void group_queries(std::span<RankItem> batch, int layer, int64_t rows);
+  bool whole_group(const UnitView& u) const {
+    return reduction_ == Reduction::Canonical && u.held && u.q1 - u.q0 < c_.group();
+  }
+  void gather_swiglu(int64_t nf, int64_t rows);
+  void canonical_product(const kernels::WeightMatrix& w, const float* x, int64_t rows);
   std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,
-      rows_out_, qx_, tmp_, qk_, attk_, gathered_;
+      rows_out_, qx_, tmp_, qk_, attk_, gathered_, attg_, ffg_, part_;
 };
 
 }  // namespace fairkv::runtime

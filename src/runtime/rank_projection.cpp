@@ -106,4 +106,84 @@ void RankForward::apply_wo(const ShardLayer& S, int layer, int64_t rows) {
   }
 }
 
+// The units' attention outputs of every row, in the model's column order (unit by unit, query
+// head by query head), on every rank. Each column is written by one rank alone (a batch slice by
+// the one serving that row's sequence; a token slice by its tail, after the merge), the others
+// add zeros, so the all-reduce moves exact values and its order does not matter.
+void RankForward::gather_attention(const ShardLayer& S, int layer, int64_t rows) {
+  const int64_t qd = c_.q_dim(), hd = c_.head_dim, nq = S.wq.rows;
+  attg_.assign(size_t(rows * qd), 0.0f);
+  const auto& projects = projects_[size_t(layer)];
+  for (size_t i = 0; i < S.units.size(); ++i) {
+    if (!projects[i]) continue;
+    const HeldUnit& u = S.units[i];
+    const int64_t col = (int64_t(u.head) * c_.group() + u.q0) * hd;
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(&att_[size_t(r * nq + u.q_row)], u.q_rows, &attg_[size_t(r * qd + col)]);
+  }
+  all_reduce_sum(attg_.data(), attg_.size());
+}
+
+void RankForward::group_queries(std::span<RankItem> batch, int layer, int64_t rows) {
+  const auto& views = views_[size_t(layer)];
+  const model::LayerWeights& L = full_.layers[size_t(layer)];
+  const int64_t hd = c_.head_dim, width = c_.group() * hd;
+  group_q_.resize(views.size());
+  for (size_t v = 0; v < views.size(); ++v) {
+    const UnitView& u = views[v];
+    if (!whole_group(u)) continue;
+    const int64_t r0 = u.head * width;
+    std::vector<float>& q = group_q_[v];
+    q.resize(size_t(rows * width));
+    steps_.linear(row_block(L.wq, r0, r0 + width), xn_.data(), rows, q.data());
+    LayerSteps::add_bias(q.data(), L.bq ? L.bq + r0 : nullptr, rows, width);
+    for (size_t i = 0; i < batch.size(); ++i)
+      steps_.rope(&q[size_t(row0_[i] * width)], c_.group(), nullptr, 0,
+                  int64_t(batch[i].tokens.size()), batch[i].seq->cache.n_past);
+  }
+}
+
+// The whole SwiGLU rows (rows x n_ff) from every rank's slice of them (ff_ranges_), gathered in
+// blocks of the largest slice.
+void RankForward::gather_swiglu(int64_t nf, int64_t rows) {
+  const int R = comm_.size();
+  int64_t block = 0;
+  for (const auto& [f0, f1] : ff_ranges_) block = std::max(block, f1 - f0);
+  part_.assign(size_t(rows * block), 0.0f);
+  if (nf > 0) LayerSteps::copy_rows(ff_gate_.data(), nf, rows, nf, part_.data(), block);
+  gathered_.resize(size_t(R) * part_.size());
+  all_gather(part_.data(), part_.size() * sizeof(float), gathered_.data());
+  ffg_.resize(size_t(rows * c_.n_ff));
+  for (int q = 0; q < R; ++q) {
+    const auto [f0, f1] = ff_ranges_[size_t(q)];
+    LayerSteps::copy_rows(&gathered_[size_t(q) * part_.size()], block, rows, f1 - f0,
+                          &ffg_[size_t(f0)], c_.n_ff);
+  }
+}
+
+// y_ = w x (rows x w.rows) with each output row a whole dot product, as one device computes it:
+// rank q computes rows [q * b, (q + 1) * b) of w, b = ceil(w.rows / R) (the last ones fewer), and
+// the blocks are all-gathered. Batching and activation rounding are the LayerSteps' own, so a row
+// of y is bitwise model::Forward's (kernels::matmul gives a block of rows the whole product's
+// bits).
+void RankForward::canonical_product(const kernels::WeightMatrix& w, const float* x, int64_t rows) {
+  const int R = comm_.size();
+  const int64_t E = w.rows, block = (E + R - 1) / R;
+  const int64_t e0 = std::min(E, comm_.rank() * block), e1 = std::min(E, e0 + block);
+  part_.assign(size_t(rows * block), 0.0f);
+  if (e1 > e0) {
+    tmp_.resize(size_t(rows * (e1 - e0)));
+    steps_.linear(row_block(w, e0, e1), x, rows, tmp_.data());
+    LayerSteps::copy_rows(tmp_.data(), e1 - e0, rows, e1 - e0, part_.data(), block);
+  }
+  gathered_.resize(size_t(R) * part_.size());
+  all_gather(part_.data(), part_.size() * sizeof(float), gathered_.data());
+  y_.resize(size_t(rows * E));
+  for (int q = 0; q < R; ++q) {
+    const int64_t q0 = std::min(E, q * block), q1 = std::min(E, q0 + block);
+    LayerSteps::copy_rows(&gathered_[size_t(q) * part_.size()], block, rows, q1 - q0,
+                          &y_[size_t(q0)], E);
+  }
+}
+
 }  // namespace fairkv::runtime

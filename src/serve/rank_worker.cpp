@@ -104,7 +104,7 @@ RankWorker::RankWorker(comm::Communicator& comm, const model::Model& m,
       o_(o),
       shard_(runtime::shard_weights(m.config, m.weights, p, comm.rank())),
       fwd_(std::make_unique<runtime::RankForward>(m.config, m.weights, shard_, p, comm, pool,
-                                                  o.activations, o.batching)),
+                                                  o.activations, o.batching, o.reduction)),
       slot_used_(size_t(o.n_slots), 0),
       reports_(size_t(comm.size())) {
   parts_ = runtime::unit_parts(p);

@@ -30,6 +30,7 @@ std::vector<uint8_t> setup_message(const model::ModelConfig& c, const placement:
   w.put(o.kv_type);
   w.put(o.activations);
   w.put(o.batching);
+  w.put(o.reduction);
   w.put(o.n_slots);
   w.put(uint8_t(o.reserve_address_space));
   w.put(o.host_swap_bytes);
@@ -51,6 +52,7 @@ placement::Placement read_setup(const std::vector<uint8_t>& bytes, const model::
   o.kv_type = r.get<kv::KvType>();
   o.activations = r.get<kernels::Activations>();
   o.batching = r.get<kernels::Batching>();
+  o.reduction = r.get<runtime::Reduction>();
   o.n_slots = r.get<int>();
   o.reserve_address_space = r.get<uint8_t>() != 0;
   o.host_swap_bytes = r.get<size_t>();

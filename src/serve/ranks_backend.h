@@ -34,6 +34,7 @@
 #include "model/model.h"
 #include "placement/cost.h"
 #include "placement/placement.h"
+#include "runtime/rank_forward.h"
 #include "serve/backend.h"
 
 namespace fairkv::serve {
@@ -48,6 +49,9 @@ struct RanksOptions {
   // Invariant: each sequence's results independent of the others in its step (see
   // runtime::RankForward), so that a request's output does not depend on its neighbours.
   kernels::Batching batching = kernels::Batching::Invariant;
+  // Canonical: every float as one device computes it, on any R under any placement but token
+  // slices (runtime::Reduction), so a request's output does not depend on the rank count either.
+  runtime::Reduction reduction = runtime::Reduction::Canonical;
   // Batch slots: the most sequences open at once, swapped out or not (a sequence keeps its slot
   // from open to close). The engine's maximum number of concurrent sequences.
   int n_slots = 1;
