@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <type_traits>
@@ -55,9 +57,16 @@ struct Scratch {
   std::vector<float> amx;  // amx::Rows::scratch, 64-byte aligned within
 };
 
-std::atomic<bool> g_allow_amx{true};
+// Off unless asked for: on this project's machine the AMX kernel is slower than the AVX-512 one
+// (docs/benchmarks.md, "Attention on AMX").
+bool amx_from_env() {
+  const char* env = std::getenv("FAIRKV_AMX");
+  return env && *env && std::strcmp(env, "0") != 0;
+}
+std::atomic<bool> g_allow_amx{amx_from_env()};
 
-// The AMX kernel for this store, where the CPU has it: f16 elements, whole 16-dimension tiles.
+// The AMX kernel for this store where allowed and the CPU has it: f16 elements, head_dim in
+// pairs of 16-dimension tiles.
 bool use_amx(const HeadStore& st) {
   return st.type() == KvType::F16 && st.head_dim() % 32 == 0 &&
          g_allow_amx.load(std::memory_order_relaxed) && amx::available();

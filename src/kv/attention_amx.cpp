@@ -11,7 +11,6 @@
 // pieces only, which skip lo.
 #include "kv/attention_amx.h"
 
-#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__) && defined(__linux__) && \
@@ -53,9 +52,9 @@ constexpr int64_t kTileFloats = kTile * 16;  // a 16-row tile of 64-byte rows
 // Scratch layout (floats), for head_dim d (d16 = d / 16 tiles of dimensions or columns):
 //   qa: d16 x 32 rows x 16   the query pieces, tile 0 then tile 1 of each dimension tile
 //   kb: d16 x 256            one panel's keys as (hi, lo) lanes, per dimension tile
-//   pa: 4 x 256              the probabilities' pieces, per 16 keys
+//   pa: 4 x 2 x 256          the probabilities' pieces, per 16 keys (two tiles)
 //   vb: d16 x 64 x 16        a block's values as (hi, lo) lanes, per column tile
-//   cb: max(8, d16) x 256    tiles stored for the epilogues
+//   cb: max(4, d16) x 512    tiles stored for the epilogues (two per panel or column tile)
 struct Layout {
   float *qa, *kb, *pa, *vb, *cb;
 };
@@ -66,7 +65,7 @@ Layout layout(const Rows& r) {
   l.qa = r.scratch;
   l.kb = l.qa + d16 * 2 * kTileFloats;
   l.pa = l.kb + d16 * kTileFloats;
-  l.vb = l.pa + 4 * kTileFloats;
+  l.vb = l.pa + 4 * 2 * kTileFloats;
   l.cb = l.vb + d16 * kBlock * 16;
   return l;
 }
@@ -229,19 +228,21 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
   const int n = rows.n;
   const int64_t chunks = (nb + kTile - 1) / kTile;
   const __m512i pick = _mm512_load_si512(kPickHalves.w);
-  // The probabilities' two pieces, rows [first pieces of rows 0..n)[second pieces], keys >= nb
-  // zero.
+  // The probabilities' three pieces, rows [first pieces of rows 0..n)[second][third] over two
+  // tiles (as the queries'), keys >= nb zero.
   for (int64_t kc = 0; kc < chunks; ++kc) {
     const int64_t left = nb - kc * kTile;
     const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-    float* pa = l.pa + kc * kTileFloats;
+    float* pa = l.pa + kc * 2 * kTileFloats;
     for (int r = 0; r < n; ++r) {
       const __m512 x = _mm512_maskz_loadu_ps(m, prob + r * p_stride + kc * kTile);
-      const __m512 h = round_bf16(x);
-      _mm512_store_si512(pa + r * 16, both_halves(h));
-      _mm512_store_si512(pa + (n + r) * 16, both_halves(round_bf16(_mm512_sub_ps(x, h))));
+      const __m512 p1 = round_bf16(x), p2 = round_bf16(_mm512_sub_ps(x, p1));
+      const __m512 p3 = round_bf16(_mm512_sub_ps(_mm512_sub_ps(x, p1), p2));
+      _mm512_store_si512(pa + r * 16, both_halves(p1));
+      _mm512_store_si512(pa + (n + r) * 16, both_halves(p2));
+      _mm512_store_si512(pa + (2 * n + r) * 16, both_halves(p3));
     }
-    for (int r = 2 * n; r < 16; ++r) _mm512_store_si512(pa + r * 16, _mm512_setzero_si512());
+    for (int r = 3 * n; r < 32; ++r) _mm512_store_si512(pa + r * 16, _mm512_setzero_si512());
   }
   // The block's values as lanes, row-major like V (rows past the block zero, never stale NaNs),
   // all before the first tile load (see scores_impl).
@@ -256,39 +257,48 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
     for (int64_t cc = 0; cc < d16; ++cc)
       _mm512_store_si512(l.vb + (j * d16 + cc) * 16, _mm512_setzero_si512());
   FAIRKV_AMX_BARRIER();
-  // Two column tiles at a time, on two sets of registers by the parity of the key tile (see
-  // scores_impl).
+  // Two column tiles at a time: tmm0, tmm1 take the first 16 piece rows of column tiles cc and
+  // cc + 1, tmm2, tmm3 the rest (n > 5).
+  const bool two = 3 * n > 16;
   const int64_t vstride = d16 * 64;
   for (int64_t cc = 0; cc < d16; cc += 2) {
     _tile_zero(0);
     _tile_zero(1);
+    if (two) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
     const float* vb = l.vb + cc * 16;
     for (int64_t kc = 0; kc < chunks; ++kc) {
       const float* b = vb + kc * kTile * d16 * 16;
-      if (kc % 2 == 0) {
-        _tile_loadd(2, l.pa + kc * kTileFloats, 64);
-        _tile_loadd(3, b, vstride);
-        _tile_dpbf16ps(0, 2, 3);
-        _tile_loadd(4, b + 16, vstride);
-        _tile_dpbf16ps(1, 2, 4);
-      } else {
-        _tile_loadd(5, l.pa + kc * kTileFloats, 64);
-        _tile_loadd(6, b, vstride);
-        _tile_dpbf16ps(0, 5, 6);
-        _tile_loadd(7, b + 16, vstride);
-        _tile_dpbf16ps(1, 5, 7);
+      const float* pa = l.pa + kc * 2 * kTileFloats;
+      _tile_loadd(4, pa, 64);
+      _tile_loadd(6, b, vstride);
+      _tile_loadd(7, b + 16, vstride);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      if (two) {
+        _tile_loadd(5, pa + kTileFloats, 64);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
       }
     }
-    _tile_stored(0, l.cb + cc * kTileFloats, 64);
-    _tile_stored(1, l.cb + (cc + 1) * kTileFloats, 64);
+    float* cb = l.cb + cc * 2 * kTileFloats;
+    _tile_stored(0, cb, 64);
+    _tile_stored(1, cb + 2 * kTileFloats, 64);
+    if (two) {
+      _tile_stored(2, cb + kTileFloats, 64);
+      _tile_stored(3, cb + 3 * kTileFloats, 64);
+    }
   }
   for (int64_t cc = 0; cc < d16; ++cc) {
-    const float* cb = l.cb + cc * kTileFloats;
+    const float* cb = l.cb + cc * 2 * kTileFloats;
     for (int r = 0; r < n; ++r) {
       float* dst = o[r] + cc * kTile;
       const __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(dst), _mm512_set1_ps(corr[r]));
-      const __m512 add =
-          _mm512_add_ps(_mm512_load_ps(cb + r * 16), _mm512_load_ps(cb + (n + r) * 16));
+      const __m512 add = _mm512_add_ps(
+          _mm512_add_ps(_mm512_load_ps(cb + r * 16), _mm512_load_ps(cb + (n + r) * 16)),
+          _mm512_load_ps(cb + (2 * n + r) * 16));
       _mm512_storeu_ps(dst, _mm512_add_ps(acc, add));
     }
   }
@@ -311,8 +321,6 @@ FAIRKV_AMX_FN void release() {
 }
 
 bool detect() {
-  const char* env = std::getenv("FAIRKV_NO_AMX");
-  if (env && *env && std::strcmp(env, "0") != 0) return false;
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
   const bool fma = c & (1u << 12), osxsave = c & (1u << 27), f16c = c & (1u << 29);
@@ -336,8 +344,8 @@ bool detect() {
 
 size_t scratch_floats(int64_t d) {
   const int64_t d16 = d / kTile;
-  return size_t(d16 * 3 * kTileFloats + 4 * kTileFloats + d16 * kBlock * 16 +
-                (d16 > 8 ? d16 : 8) * kTileFloats);
+  return size_t(d16 * 3 * kTileFloats + 8 * kTileFloats + d16 * kBlock * 16 +
+                (d16 > 4 ? d16 : 4) * 2 * kTileFloats);
 }
 
 #if defined(FAIRKV_AMX_BUILD)

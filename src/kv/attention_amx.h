@@ -33,8 +33,7 @@ enum class Elem { F16, BF16 };
 
 // Whether the kernels can run here: the build knows AMX (x86-64 Linux, GCC or Clang), the CPU
 // has AMX-TILE, AMX-BF16, AVX-512 (F, BW, VL, DQ), FMA and F16C, the OS saves AVX-512 state, and
-// Linux granted this process the tile data (asked once per process; thread-safe). A non-empty
-// FAIRKV_NO_AMX other than "0" in the environment makes it false.
+// Linux granted this process the tile data (asked once per process; thread-safe).
 bool available();
 
 // The rows of one pass and their scratch.
