@@ -347,8 +347,8 @@ int main(int argc, char** argv) {
         ->Iterations(1);
   // f16 also on AMX where the CPU and the OS allow it (names ending in /amx; kv/attention.h),
   // registered beside the AVX-512 runs so that one invocation alternates the two.
-  const std::vector<bool> kernels = kv::amx::available() ? std::vector<bool>{false, true}
-                                                          : std::vector<bool>{false};
+  const std::vector<bool> kernels =
+      kv::amx::available() ? std::vector<bool>{false, true} : std::vector<bool>{false};
   auto suffix = [](bool amx) { return std::string(amx ? "/amx" : ""); };
   for (kv::KvType t : {kv::KvType::F32, kv::KvType::F16})
     for (bool ragged : {false, true})
@@ -370,8 +370,8 @@ int main(int argc, char** argv) {
         const std::string tg = std::string(kv::kv_type_name(t)) + "/g" + std::to_string(group);
         benchmark::RegisterBenchmark(("hot/" + tg + suffix(amx)).c_str(), bm_hot, t, group, amx)
             ->Unit(benchmark::kMicrosecond);
-        benchmark::RegisterBenchmark(("prefill/" + tg + "/n4096" + suffix(amx)).c_str(),
-                                     bm_prefill, t, group, int64_t(4096), amx)
+        benchmark::RegisterBenchmark(("prefill/" + tg + "/n4096" + suffix(amx)).c_str(), bm_prefill,
+                                     t, group, int64_t(4096), amx)
             ->Unit(benchmark::kMillisecond);
       }
   benchmark::RunSpecifiedBenchmarks();

@@ -459,8 +459,7 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
     if (whole > 0)
       amx::scores(rows, amx::Elem::F16, K + r0 * d, int(whole / kKeyPanel), w.s.data(), kBlock,
                   {K + next * d, int64_t(ahead * row_bytes)});
-    if (whole < nb)
-      score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
+    if (whole < nb) score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
     const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
     for (int r = 0; r < p.n; ++r) {
       float* s = &w.s[size_t(r * kBlock)];

@@ -3,12 +3,18 @@
 // -march=native) then still compiles them, and no inline function shared with other files is
 // compiled here for a CPU that only available() has checked for.
 //
-// Tiles (configured by begin() for n query rows, R = 3n query-piece rows):
-//   tmm0, tmm1: scores, piece rows [0, 16) and [16, R)   tmm2, tmm3: the query pieces' A tiles
-//   tmm4, tmm5: B tiles of hi (converted elements) and lo  tmm6: values, 2n rows (two pieces)
-//   tmm7: the probabilities' A tile
-// Piece rows are [piece 1 of rows 0..n)[piece 2][piece 3], so tmm1 (used when n > 5) holds third
-// pieces only, which skip lo.
+// Tiles (every one 16 rows x 64 bytes; rows past the pieces are zero):
+//   scores: tmm0, tmm1 accumulate piece rows [0, 16) and [16, 3n) (tmm1 only for n > 5) of a
+//           panel; tmm2/tmm3 and tmm5/tmm6 the query pieces' A tiles, tmm4/tmm7 the keys' B
+//           tiles, in two sets by the parity of the dimension tile
+//   values: tmm0..tmm3 accumulate two column tiles (x two row tiles for n > 5), tmm4/tmm5 the
+//           probabilities' A tiles, tmm6/tmm7 the values' B tiles
+// Piece rows are [piece 1 of rows 0..n)[piece 2][piece 3].
+//
+// Measured (docs/benchmarks.md, "Attention on AMX"): slower than the AVX-512 kernel on this
+// project's machine. A tile load of data still in the store buffer waits for it to reach the
+// cache, so converting a block and multiplying it do not overlap; converting the next panel
+// between the current panel's products was tried and was slower still.
 #include "kv/attention_amx.h"
 
 #include <cstring>
@@ -116,7 +122,8 @@ struct Prefetcher {
   const char* at;
   int64_t lines, steps, due = 0, line = 0;
   Prefetcher(Ahead a, int64_t n_steps)
-      : at(static_cast<const char*>(a.at)), lines(a.at ? a.bytes / 64 : 0),
+      : at(static_cast<const char*>(a.at)),
+        lines(a.at ? a.bytes / 64 : 0),
         steps(n_steps > 0 ? n_steps : 1) {}
   void tick() {
     for (due += lines; due >= steps; due -= steps) __builtin_prefetch(at + 64 * line++, 0, 2);
@@ -179,7 +186,8 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
       pf.tick();
       FAIRKV_AMX_UNROLL
       for (int64_t i = 0; i < kTile; ++i)
-        _mm512_store_si512(l.kb + (c * kTile + i) * 16, lanes<E>(P + (c * kTile + i) * kTile, pick));
+        _mm512_store_si512(l.kb + (c * kTile + i) * 16,
+                           lanes<E>(P + (c * kTile + i) * kTile, pick));
     }
     FAIRKV_AMX_BARRIER();
     // Two sets of tile registers, alternating: a tile load into a register that a product
@@ -312,7 +320,8 @@ FAIRKV_AMX_FN void configure() {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
-  // Not _tile_loadconfig: its asm tells GCC it reads 8 bytes, so the rest of cfg could go unwritten.
+  // Not _tile_loadconfig: its asm tells GCC it reads 8 bytes, so the rest of cfg could go
+  // unwritten.
   asm volatile("ldtilecfg %0" ::"m"(cfg));
 }
 
@@ -381,7 +390,7 @@ void scores(const Rows& rows, Elem e, const uint16_t* K, int n_panels, float* s,
             Ahead ahead) {
   using Fn = void (*)(const Rows&, const uint16_t*, int, float*, int64_t, Ahead);
   const bool f16 = e == Elem::F16;
-  const Fn fn = rows.d == 128 ? (f16 ? scores_impl<Elem::F16, 8> : scores_impl<Elem::BF16, 8>)
+  const Fn fn = rows.d == 128  ? (f16 ? scores_impl<Elem::F16, 8> : scores_impl<Elem::BF16, 8>)
                 : rows.d == 64 ? (f16 ? scores_impl<Elem::F16, 4> : scores_impl<Elem::BF16, 4>)
                                : (f16 ? scores_impl<Elem::F16, 0> : scores_impl<Elem::BF16, 0>);
   fn(rows, K, n_panels, s, s_stride, ahead);
@@ -392,7 +401,7 @@ void values(const Rows& rows, Elem e, const uint16_t* V, int64_t nb, const float
   using Fn = void (*)(const Rows&, const uint16_t*, int64_t, const float*, int64_t, const float*,
                       float* const*, Ahead);
   const bool f16 = e == Elem::F16;
-  const Fn fn = rows.d == 128 ? (f16 ? values_impl<Elem::F16, 8> : values_impl<Elem::BF16, 8>)
+  const Fn fn = rows.d == 128  ? (f16 ? values_impl<Elem::F16, 8> : values_impl<Elem::BF16, 8>)
                 : rows.d == 64 ? (f16 ? values_impl<Elem::F16, 4> : values_impl<Elem::BF16, 4>)
                                : (f16 ? values_impl<Elem::F16, 0> : values_impl<Elem::BF16, 0>);
   fn(rows, V, nb, prob, p_stride, corr, o, ahead);

@@ -4,21 +4,21 @@
 // Decode over an f16 cache with a GQA group of 4-8 is bound by multiply-adds on AVX-512 (2 x
 // group x head_dim per key, kv_bench hot/f16/g8: 36 ns per key from L2, slower than the memory
 // delivers it). AMX multiplies 16 x 32 bf16 by 32 x 16 bf16 into 16 x 16 float32 per instruction,
-// so the work per key becomes the conversion of its elements, the same for every group size.
+// so the products leave the vector ports; what stays there is the conversion of every element
+// into tile lanes, the same for every group size. On this project's machine that conversion, the
+// tile loads that wait for it and the tile stores cost more than the FMAs they replace (55-60 ns
+// per key at group 8, docs/benchmarks.md), so attend uses this only when asked (attention.h).
 //
 // Exactness: an f16 element (11 significant bits) is exactly hi + lo, two bf16 values (hi its top
-// 8 bits, lo the rest), and a float32 query is within 2^-24 of three bf16 pieces, each rounded
-// from what the previous left. Scores sum the pieces' products with hi and lo (bf16 products are
-// exact in float32; the query's third piece times lo, ~2^-24 of a product, is left out), values
-// the products of the probability's two pieces (within 2^-16) with hi and lo, in float32 as
-// FMAs would. A tile row holds the float32 bit patterns of 16 lanes: the converted key or value
-// elements, whose upper halves are hi (for lo, computed as x - hi, the lower halves are zero),
-// paired with query or probability lanes whose lower halves are zero, so that the lower halves of
-// the keys' lanes (the bits below hi) are multiplied by zero and no element needs repacking.
+// 8 bits, lo the rest), and a float32 query or probability is within 2^-24 of three bf16 pieces,
+// each rounded from what the previous left. A tile lane holds hi in its upper half and lo in its
+// lower half; the A operand holds each piece in both halves, so one pair product is piece x
+// (hi + lo), exact in float32, summed in float32 as FMAs would. bf16 elements are one piece (the
+// lower half zero).
 //
 // Keys come as the store keeps them (cache.h: panels of kKeyPanel keys, dimension-major), values
-// row-major; bf16 elements need no lo (one piece), so a bf16 store reads the same way at less
-// work. Only where available() says so; everything else falls back to attention.cpp's kernels.
+// row-major, as raw 16-bit elements (f16, or bf16 for a bf16 store). Only where available() says
+// so; everything else falls back to attention.cpp's kernels.
 #pragma once
 
 #include <cstddef>
@@ -39,7 +39,7 @@ bool available();
 // The rows of one pass and their scratch.
 struct Rows {
   int n = 0;                 // query rows, 1..kRows
-  int64_t d = 0;             // head_dim, a multiple of 16
+  int64_t d = 0;             // head_dim, a multiple of 32
   float* scratch = nullptr;  // scratch_floats(d) floats, 64-byte aligned, owned by the caller
 };
 size_t scratch_floats(int64_t d);
@@ -55,8 +55,8 @@ struct Ahead {
   int64_t bytes = 0;
 };
 
-// s[r * s_stride + t] = scale * q_r . k_t for the n_panels * 16 keys of the whole panels at K
-// (panel p at K + p * d * 16 elements, element i of its key t at i * 16 + t).
+// s[r * s_stride + t] = scale * q_r . k_t for the n_panels (<= 4) * 16 keys of the whole panels
+// at K (panel p at K + p * d * 16 elements, element i of its key t at i * 16 + t).
 void scores(const Rows& rows, Elem e, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
             Ahead ahead = {});
 

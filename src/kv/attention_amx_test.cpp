@@ -117,11 +117,15 @@ TEST_F(AmxAttend, SlicesMatchReference) {
   std::mt19937 rng(22);
   const HeadStore s = random_store(777, 128, rng);
   for (int group : {1, 4, 8})
-    for (auto [b, e] : {std::pair<int64_t, int64_t>{0, 1}, {3, 50}, {17, 700}, {64, 129},
-                        {500, 777}, {300, 300}}) {
-      expect_decode(s, randn(group * 128, rng), group, b, e,
-                    "g" + std::to_string(group) + " [" + std::to_string(b) + ", " +
-                        std::to_string(e) + ")");
+    for (auto [b, e] : {std::pair<int64_t, int64_t>{0, 1},
+                        {3, 50},
+                        {17, 700},
+                        {64, 129},
+                        {500, 777},
+                        {300, 300}}) {
+      expect_decode(
+          s, randn(group * 128, rng), group, b, e,
+          "g" + std::to_string(group) + " [" + std::to_string(b) + ", " + std::to_string(e) + ")");
     }
 }
 
