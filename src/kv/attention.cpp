@@ -58,7 +58,7 @@ struct Scratch {
 };
 
 // Off unless asked for: on this project's machine the AMX kernel is slower than the AVX-512 one
-// (docs/benchmarks.md, "Attention on AMX").
+// (docs/benchmarks.md, "Issue 19, item 1 on AMX").
 bool amx_from_env() {
   const char* env = std::getenv("FAIRKV_AMX");
   return env && *env && std::strcmp(env, "0") != 0;

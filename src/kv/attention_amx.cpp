@@ -11,7 +11,7 @@
 //           probabilities' A tiles, tmm6/tmm7 the values' B tiles
 // Piece rows are [piece 1 of rows 0..n)[piece 2][piece 3].
 //
-// Measured (docs/benchmarks.md, "Attention on AMX"): slower than the AVX-512 kernel on this
+// Measured (docs/benchmarks.md, "Issue 19, item 1 on AMX"): slower than the AVX-512 kernel on this
 // project's machine. A tile load of data still in the store buffer waits for it to reach the
 // cache, so converting a block and multiplying it do not overlap; converting the next panel
 // between the current panel's products was tried and was slower still.
