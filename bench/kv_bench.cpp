@@ -15,6 +15,7 @@
 // bytes read per second), stream_GB/s (the streaming read with the same threads, measured just
 // before and after that run) and of_stream, their ratio (1.0 = at the bandwidth). Other
 // processes sharing the machine move both; compare ratios, over --benchmark_repetitions=5.
+// f16 names ending in /amx run the AMX kernel (kv/attention_amx.h) where the CPU has it.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -32,6 +33,7 @@
 #include "kernels/simd.h"
 #include "kernels/threadpool.h"
 #include "kv/attention.h"
+#include "kv/attention_amx.h"
 #include "kv/cache.h"
 
 namespace {
@@ -181,7 +183,9 @@ const std::vector<Layer>& layers(kv::KvType t, bool ragged) {
   return ls;
 }
 
-void bm_decode(benchmark::State& state, kv::KvType t, int group, bool ragged, int threads) {
+void bm_decode(benchmark::State& state, kv::KvType t, int group, bool ragged, int threads,
+               bool amx) {
+  kv::attend_allow_amx(amx);
   const std::vector<Layer>& ls = layers(t, ragged);
   std::mt19937 rng(2);
   std::normal_distribution<float> z(0.0f, 1.0f);
@@ -262,7 +266,8 @@ double fma_cpu_rate() {
 // in L2 (1 MiB of f16 K and V), repeated. ns per key and the share of the FMA rate it reaches
 // (2 x group x head_dim multiply-adds per key) show how far the kernel is from its arithmetic
 // bound, which under other processes' memory traffic the bandwidth runs cannot.
-void bm_hot(benchmark::State& state, kv::KvType t, int group) {
+void bm_hot(benchmark::State& state, kv::KvType t, int group, bool amx) {
+  kv::attend_allow_amx(amx);
   constexpr int64_t kHotKeys = 2048;
   std::mt19937 rng(3);
   std::normal_distribution<float> z(0.0f, 1.0f);
@@ -295,7 +300,8 @@ void bm_hot(benchmark::State& state, kv::KvType t, int group) {
 // A causal prefill of n tokens into an empty store, one KV head and its GQA group, one thread:
 // ms, the multiply-adds' rate, and the attend scratch's bytes afterwards (the prompt's n x n
 // scores are never held).
-void bm_prefill(benchmark::State& state, kv::KvType t, int group, int64_t n) {
+void bm_prefill(benchmark::State& state, kv::KvType t, int group, int64_t n, bool amx) {
+  kv::attend_allow_amx(amx);
   std::mt19937 rng(4);
   std::normal_distribution<float> z(0.0f, 1.0f);
   std::vector<float> k(size_t(n * kHeadDim)), v(k.size());
@@ -339,27 +345,35 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("fma/thr" + std::to_string(th)).c_str(), bm_fma, th)
         ->UseManualTime()
         ->Iterations(1);
+  // f16 also on AMX where the CPU and the OS allow it (names ending in /amx; kv/attention.h),
+  // registered beside the AVX-512 runs so that one invocation alternates the two.
+  const std::vector<bool> kernels =
+      kv::amx::available() ? std::vector<bool>{false, true} : std::vector<bool>{false};
+  auto suffix = [](bool amx) { return std::string(amx ? "/amx" : ""); };
   for (kv::KvType t : {kv::KvType::F32, kv::KvType::F16})
     for (bool ragged : {false, true})
       for (int group : {8, 4, 1})
-        for (int th : {1, 2}) {
-          if (ragged && group != 8) continue;
-          const std::string name = std::string("decode/") + kv::kv_type_name(t) + "/g" +
-                                   std::to_string(group) + (ragged ? "/ragged" : "/uniform") +
-                                   "/thr" + std::to_string(th);
-          benchmark::RegisterBenchmark(name.c_str(), bm_decode, t, group, ragged, th)
-              ->UseRealTime()
-              ->Unit(benchmark::kMillisecond);
-        }
+        for (int th : {1, 2})
+          for (bool amx : kernels) {
+            if ((ragged && group != 8) || (amx && t != kv::KvType::F16)) continue;
+            const std::string name = std::string("decode/") + kv::kv_type_name(t) + "/g" +
+                                     std::to_string(group) + (ragged ? "/ragged" : "/uniform") +
+                                     "/thr" + std::to_string(th) + suffix(amx);
+            benchmark::RegisterBenchmark(name.c_str(), bm_decode, t, group, ragged, th, amx)
+                ->UseRealTime()
+                ->Unit(benchmark::kMillisecond);
+          }
   for (kv::KvType t : {kv::KvType::F32, kv::KvType::F16})
-    for (int group : {8, 4, 1}) {
-      const std::string tg = std::string(kv::kv_type_name(t)) + "/g" + std::to_string(group);
-      benchmark::RegisterBenchmark(("hot/" + tg).c_str(), bm_hot, t, group)
-          ->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark(("prefill/" + tg + "/n4096").c_str(), bm_prefill, t, group,
-                                   int64_t(4096))
-          ->Unit(benchmark::kMillisecond);
-    }
+    for (int group : {8, 4, 1})
+      for (bool amx : kernels) {
+        if (amx && t != kv::KvType::F16) continue;
+        const std::string tg = std::string(kv::kv_type_name(t)) + "/g" + std::to_string(group);
+        benchmark::RegisterBenchmark(("hot/" + tg + suffix(amx)).c_str(), bm_hot, t, group, amx)
+            ->Unit(benchmark::kMicrosecond);
+        benchmark::RegisterBenchmark(("prefill/" + tg + "/n4096" + suffix(amx)).c_str(), bm_prefill,
+                                     t, group, int64_t(4096), amx)
+            ->Unit(benchmark::kMillisecond);
+      }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

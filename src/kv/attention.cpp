@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <type_traits>
@@ -27,6 +29,7 @@
 
 #include "kernels/simd.h"
 #include "kv/attention.h"
+#include "kv/attention_amx.h"
 
 namespace fairkv::kv {
 
@@ -50,8 +53,24 @@ int64_t round_up(int64_t x, int64_t m) {
 
 struct Scratch {
   std::vector<float> kbuf, vbuf, qbuf, obuf, krow;
-  std::vector<float> s;  // kMaxRows x kBlock scores, then probabilities
+  std::vector<float> s;    // kMaxRows x kBlock scores, then probabilities
+  std::vector<float> amx;  // amx::Rows::scratch, 64-byte aligned within
 };
+
+// Off unless asked for: on this project's machine the AMX kernel is slower than the AVX-512 one
+// (docs/benchmarks.md, "Issue 19, item 1 on AMX").
+bool amx_from_env() {
+  const char* env = std::getenv("FAIRKV_AMX");
+  return env && *env && std::strcmp(env, "0") != 0;
+}
+std::atomic<bool> g_allow_amx{amx_from_env()};
+
+// The AMX kernel for this store where allowed and the CPU has it: f16 elements, head_dim in
+// pairs of 16-dimension tiles.
+bool use_amx(const HeadStore& st) {
+  return st.type() == KvType::F16 && st.head_dim() % 32 == 0 &&
+         g_allow_amx.load(std::memory_order_relaxed) && amx::available();
+}
 
 thread_local Scratch t_scratch;  // per thread, kept between calls
 
@@ -417,6 +436,47 @@ float softmax_step(float* s, int64_t lo, int64_t hi, int64_t nb, float& m, float
   return corr;
 }
 
+// run_pass on AMX (attention_amx.h): whole panels scored by amx::scores (the store's last,
+// partial panel by score_keys), the values by amx::values, the online softmax as below.
+void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scratch& w) {
+  const int64_t d = st.head_dim();
+  int64_t hi = begin;
+  for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
+  w.s.resize(size_t(kMaxRows * kBlock));
+  const size_t floats = amx::scratch_floats(d) + 16;
+  if (w.amx.size() < floats) w.amx.resize(floats);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(w.amx.data());
+  amx::Rows rows{p.n, d, w.amx.data() + (64 - at % 64) % 64 / sizeof(float)};
+  amx::begin(rows, p.q, scale);
+  const auto* K = static_cast<const uint16_t*>(st.k_data());
+  const auto* V = static_cast<const uint16_t*>(st.v_data());
+  const size_t row_bytes = size_t(d) * sizeof(uint16_t);
+  float corr[kMaxRows];
+  for (int64_t r0 = begin / kKeyPanel * kKeyPanel; r0 < hi; r0 += kBlock) {
+    const int64_t nb = std::min(kBlock, hi - r0);
+    const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
+    const int64_t next = r0 + kBlock, ahead = std::clamp<int64_t>(hi - next, 0, kBlock);
+    if (whole > 0)
+      amx::scores(rows, amx::Elem::F16, K + r0 * d, int(whole / kKeyPanel), w.s.data(), kBlock,
+                  {K + next * d, int64_t(ahead * row_bytes)});
+    if (whole < nb) score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
+    const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
+    for (int r = 0; r < p.n; ++r) {
+      float* s = &w.s[size_t(r * kBlock)];
+      const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
+      if (visible <= lo) {
+        corr[r] = 1.0f;
+        std::fill(s, s + nb, 0.0f);
+      } else {
+        corr[r] = softmax_step(s, lo, visible, nb, p.m[r], p.l[r]);
+      }
+    }
+    amx::values(rows, amx::Elem::F16, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o,
+                {V + next * d, int64_t(ahead * row_bytes)});
+  }
+  amx::end();
+}
+
 void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t dp, Scratch& w) {
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
@@ -488,11 +548,13 @@ void attend(const AttentionArgs& a) {
   const int64_t rows = a.n_tokens * G;
   const int64_t first_probs = a.n_tokens - (a.probs ? a.probs_tokens : 0);
   Scratch& w = t_scratch;
-  w.qbuf.assign(size_t(std::min<int64_t>(rows, kMaxRows) * dp), 0.0f);
-  w.obuf.resize(size_t(std::min<int64_t>(rows, kMaxRows) * dp));
-  for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
+  const bool amx = use_amx(st);
+  const int64_t pass_rows = amx ? amx::kRows : kMaxRows;
+  w.qbuf.assign(size_t(std::min<int64_t>(rows, pass_rows) * dp), 0.0f);
+  w.obuf.resize(size_t(std::min<int64_t>(rows, pass_rows) * dp));
+  for (int64_t r0 = 0; r0 < rows; r0 += pass_rows) {
     Pass p;
-    p.n = int(std::min<int64_t>(kMaxRows, rows - r0));
+    p.n = int(std::min<int64_t>(pass_rows, rows - r0));
     for (int r = 0; r < p.n; ++r) {
       const int64_t row = r0 + r, t = row / G;
       float* qp = w.qbuf.data() + r * dp;
@@ -504,7 +566,10 @@ void attend(const AttentionArgs& a) {
       p.m[r] = kNegInf;
       p.l[r] = 0.0f;
     }
-    run_pass(st, p, a.begin, a.scale, dp, w);
+    if (amx)
+      run_pass_amx(st, p, a.begin, a.scale, w);
+    else
+      run_pass(st, p, a.begin, a.scale, dp, w);
     for (int r = 0; r < p.n; ++r) {
       const int64_t row = r0 + r, t = row / G;
       const bool empty = p.l[r] == 0.0f;
@@ -523,84 +588,20 @@ void attend(const AttentionArgs& a) {
   }
 }
 
+void attend_allow_amx(bool allow) {
+  g_allow_amx.store(allow, std::memory_order_relaxed);
+}
+
+bool attend_uses_amx(const HeadStore& store) {
+  return use_amx(store);
+}
+
 size_t attend_scratch_bytes() {
   const Scratch& w = t_scratch;
   size_t n = 0;
-  for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.krow, &w.s}) n += v->capacity();
+  for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.krow, &w.s, &w.amx})
+    n += v->capacity();
   return n * sizeof(float);
-}
-
-void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& pool, bool slice) {
-  const int T = pool.size();
-  const int64_t n = int64_t(calls.size());
-  // Decode calls over long stores are cut into token slices when the calls alone cannot keep
-  // every thread busy; slices shorter than kMinSlice keys are not worth their merge.
-  constexpr int64_t kMinSlice = 2048;
-  struct Task {
-    int64_t call, begin, end;
-  };
-  std::vector<Task> tasks;
-  std::vector<int64_t> first_task(size_t(n) + 1, 0);
-  const int64_t want = n < T ? (2 * T + n - 1) / std::max<int64_t>(n, 1) : 1;
-  for (int64_t i = 0; i < n; ++i) {
-    const AttentionArgs& a = calls[size_t(i)];
-    first_task[size_t(i)] = int64_t(tasks.size());
-    const int64_t lo = a.begin, hi = std::min<int64_t>({a.end, a.store->size(), a.visible + 1});
-    // ggml_order calls stay whole: their softmax is one row, as llama.cpp's.
-    const bool sliceable =
-        slice && a.n_tokens == 1 && !a.probs && !a.ggml_order && hi - lo >= 2 * kMinSlice;
-    const int64_t slices = sliceable ? std::clamp<int64_t>((hi - lo) / kMinSlice, 1, want) : 1;
-    for (int64_t s = 0; s < slices; ++s)
-      tasks.push_back({i, slices == 1 ? a.begin : lo + (hi - lo) * s / slices,
-                       slices == 1 ? a.end : lo + (hi - lo) * (s + 1) / slices});
-  }
-  first_task[size_t(n)] = int64_t(tasks.size());
-  // Longest first (keys times query rows, plus a few rows' worth for the read), so that ragged
-  // lengths end together instead of one long call starting last.
-  std::vector<int64_t> order(tasks.size());
-  std::vector<double> cost(tasks.size());
-  for (size_t k = 0; k < tasks.size(); ++k) {
-    const AttentionArgs& a = calls[size_t(tasks[k].call)];
-    const int64_t hi = std::min<int64_t>({tasks[k].end, a.store->size(), a.visible + a.n_tokens});
-    cost[k] = double(std::max<int64_t>(0, hi - tasks[k].begin)) * double(a.n_tokens * a.group + 4);
-    order[k] = int64_t(k);
-  }
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t x, int64_t y) { return cost[size_t(x)] > cost[size_t(y)]; });
-  // Partial outputs of sliced calls: group x head_dim and group floats per task.
-  std::vector<std::vector<float>> part_out(tasks.size()), part_lse(tasks.size());
-  auto sliced = [&](int64_t call) {
-    return first_task[size_t(call) + 1] - first_task[size_t(call)] > 1;
-  };
-  std::atomic<int64_t> next{0};
-  pool.parallel_for(T, [&](int64_t, int64_t, int) {
-    for (int64_t i; (i = next.fetch_add(1)) < int64_t(tasks.size());) {
-      const int64_t k = order[size_t(i)];
-      const Task& t = tasks[size_t(k)];
-      AttentionArgs a = calls[size_t(t.call)];
-      if (sliced(t.call)) {
-        const int64_t d = a.store->head_dim();
-        part_out[size_t(k)].resize(size_t(a.group * d));
-        part_lse[size_t(k)].resize(size_t(a.group));
-        a.begin = t.begin;
-        a.end = t.end;
-        a.out = part_out[size_t(k)].data();
-        a.lse = part_lse[size_t(k)].data();
-      }
-      attend(a);
-    }
-  });
-  for (int64_t i = 0; i < n; ++i) {
-    if (!sliced(i)) continue;
-    const AttentionArgs& a = calls[size_t(i)];
-    const int64_t f = first_task[size_t(i)], cnt = first_task[size_t(i) + 1] - f;
-    std::vector<const float*> outs, lses;
-    for (int64_t k = f; k < f + cnt; ++k) {
-      outs.push_back(part_out[size_t(k)].data());
-      lses.push_back(part_lse[size_t(k)].data());
-    }
-    merge_partials(int(cnt), outs.data(), lses.data(), a.group, a.store->head_dim(), a.out, a.lse);
-  }
 }
 
 }  // namespace fairkv::kv

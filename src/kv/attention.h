@@ -46,6 +46,13 @@ struct AttentionArgs {
 void attend(const AttentionArgs& a);
 // The ggml_order form of attend (attention_ggml.cpp).
 void attend_ggml(const AttentionArgs& a);
+// Whether attend runs this store on AMX (kv/attention_amx.h: an f16 store, head_dim a multiple
+// of 32, a CPU with AMX that Linux lets the process use, and AMX allowed) rather than on the
+// AVX-512 / AVX2 / portable kernel. AMX is off by default (slower than AVX-512 on the machine it
+// was measured on, docs/benchmarks.md); attend_allow_amx(true), or FAIRKV_AMX=1 in the
+// environment at start, turns it on for the whole process.
+bool attend_uses_amx(const HeadStore& store);
+void attend_allow_amx(bool allow);
 // Reference: materialised scores, plain softmax, double accumulation.
 void attend_ref(const AttentionArgs& a);
 
