@@ -51,5 +51,7 @@ void add_perplexity_command(CLI::App& app);
 void add_batch_command(CLI::App& app);
 // Serve the model over HTTP, OpenAI's API (cmd_serve.cpp).
 void add_serve_command(CLI::App& app);
+// Benchmark an OpenAI-compatible server, as vLLM's bench serve (cmd_bench_serve.cpp).
+void add_bench_serve_command(CLI::App& app);
 
 }  // namespace fairkv::app
