@@ -16,9 +16,7 @@ namespace {
 
 httplib::Client client(const Target& t) {
   httplib::Client c(t.host, t.port);
-  const auto secs = [](double s, auto f) {
-    f(time_t(s), time_t((s - double(time_t(s))) * 1e6));
-  };
+  const auto secs = [](double s, auto f) { f(time_t(s), time_t((s - double(time_t(s))) * 1e6)); };
   secs(t.connect_timeout_s, [&](time_t s, time_t us) { c.set_connection_timeout(s, us); });
   secs(t.timeout_s, [&](time_t s, time_t us) { c.set_read_timeout(s, us); });
   secs(t.timeout_s, [&](time_t s, time_t us) { c.set_write_timeout(s, us); });
@@ -85,12 +83,11 @@ std::string first_model(const Target& t) {
   const httplib::Result res = c.Get("/v1/models");
   if (!res) throw std::runtime_error(unreachable(t, res.error()));
   if (res->status != 200)
-    throw std::runtime_error(fmt::format("{}/v1/models answered HTTP {}: {}", t.url(),
-                                         res->status, error_message(res->body)));
+    throw std::runtime_error(fmt::format("{}/v1/models answered HTTP {}: {}", t.url(), res->status,
+                                         error_message(res->body)));
   const json j = json::parse(res->body, nullptr, false);
   if (!j.is_object() || !j.contains("data") || !j["data"].is_array() || j["data"].empty() ||
-      !j["data"][0].is_object() || !j["data"][0].contains("id") ||
-      !j["data"][0]["id"].is_string())
+      !j["data"][0].is_object() || !j["data"][0].contains("id") || !j["data"][0]["id"].is_string())
     throw std::runtime_error(fmt::format(
         "{}/v1/models did not list a model (expected {{\"data\": [{{\"id\": ...}}]}}); name it "
         "with --model",
@@ -158,11 +155,13 @@ void StreamParser::event(std::string_view data, double t) {
   }
   const json j = json::parse(data, nullptr, false);
   if (!j.is_object()) {
-    if (error_.empty()) error_ = "a stream event that is not JSON: " + std::string(data.substr(0, 120));
+    if (error_.empty())
+      error_ = "a stream event that is not JSON: " + std::string(data.substr(0, 120));
     return;
   }
   if (j.contains("error")) {
-    if (error_.empty()) error_ = "the stream ended with an error: " + error_message(std::string(data));
+    if (error_.empty())
+      error_ = "the stream ended with an error: " + error_message(std::string(data));
     return;
   }
   if (j.contains("usage") && j["usage"].is_object()) {
@@ -236,9 +235,10 @@ RequestResult send_request(const Target& t, const BenchRequest& request) {
     if (!res) {
       r.error = res.error() == httplib::Error::Connection ? unreachable(t, res.error())
                 : res.error() == httplib::Error::Read
-                    ? fmt::format("no answer within --timeout {} s, or the connection closed "
-                                  "mid-answer (Read)",
-                                  t.timeout_s)
+                    ? fmt::format(
+                          "no answer within --timeout {} s, or the connection closed "
+                          "mid-answer (Read)",
+                          t.timeout_s)
                     : fmt::format("HTTP request failed ({})", httplib::to_string(res.error()));
       // What the stream measured before it broke is dropped: the request failed.
       return r;

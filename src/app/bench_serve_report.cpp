@@ -77,8 +77,8 @@ std::string sweep_table(const std::vector<RunReport>& runs) {
     const RunMetrics& m = r.metrics;
     o += fmt::format("| {} | {:.2f} | {:.1f} | {:.0f} / {:.0f} | {:.1f} / {:.1f} | {:.1f} | {} |\n",
                      rate_name(r.plan.rate), m.request_throughput, m.output_throughput,
-                     m.ttft_ms.median, m.ttft_ms.p99, m.tpot_ms.median, m.tpot_ms.p99,
-                     m.itl_ms.p99, m.failed);
+                     m.ttft_ms.median, m.ttft_ms.p99, m.tpot_ms.median, m.tpot_ms.p99, m.itl_ms.p99,
+                     m.failed);
   }
   return o;
 }
@@ -113,8 +113,7 @@ json run_json(const RunReport& r, const Slo& slo) {
   summary_json(j, "itl", m.itl_ms);
   summary_json(j, "e2el", m.e2el_ms);
   json input_lens = json::array(), output_lens = json::array(), requested = json::array(),
-       ttfts = json::array(), e2els = json::array(), itls = json::array(),
-       errors = json::array();
+       ttfts = json::array(), e2els = json::array(), itls = json::array(), errors = json::array();
   for (const RequestResult& q : r.outcome.results) {
     input_lens.push_back(q.prompt_tokens);
     output_lens.push_back(q.output_tokens);

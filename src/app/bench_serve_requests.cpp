@@ -72,7 +72,8 @@ std::vector<BenchRequest> load_dataset(const std::string& path, size_t n) {
     };
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object())
-      throw where("expected one JSON object per line, like {\"prompt\": \"...\", \"max_tokens\": 64}");
+      throw where(
+          "expected one JSON object per line, like {\"prompt\": \"...\", \"max_tokens\": 64}");
     BenchRequest r;
     if (!j.contains("prompt") || !j["prompt"].is_string() || j["prompt"].get<std::string>().empty())
       throw where("\"prompt\": expected a non-empty string");

@@ -57,8 +57,8 @@ RunOutcome run_requests(const Target& target, const std::vector<BenchRequest>& r
       }
     });
   for (size_t i = 0; i < n; ++i) {
-    std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
-                                              std::chrono::duration<double>(at[i])));
+    std::this_thread::sleep_until(
+        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(at[i])));
     std::lock_guard lock(mu);
     arrived.push_back(i);
     cv.notify_one();

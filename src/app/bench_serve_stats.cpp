@@ -62,8 +62,7 @@ Slo parse_slo(const std::vector<std::string>& items) {
                                  : key == "e2el" ? &slo.e2el_ms
                                                  : nullptr;
     if (colon == std::string::npos || !dst)
-      throw std::invalid_argument("--goodput: '" + item +
-                                  "' is not ttft:MS, tpot:MS or e2el:MS");
+      throw std::invalid_argument("--goodput: '" + item + "' is not ttft:MS, tpot:MS or e2el:MS");
     const std::string num = item.substr(colon + 1);
     size_t used = 0;
     double v = -1;

@@ -88,8 +88,7 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
   // Options first: nothing is sent before every one of them is known to be usable.
   Target target;
   if (!a.base_url.empty()) {
-    if (host_or_port_given)
-      throw UsageError("give --base-url or --host/--port, not both");
+    if (host_or_port_given) throw UsageError("give --base-url or --host/--port, not both");
     try {
       parse_base_url(a.base_url, target);
     } catch (const std::invalid_argument& e) {
@@ -148,9 +147,8 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
   // unknown model, a prompt too long) says so here, once, rather than in every failed request.
   const RequestResult test = send_request(target, requests.front());
   if (!test.ok)
-    throw std::runtime_error(
-        fmt::format("the test request to {}{} failed: {}", target.url(), target.endpoint,
-                    test.error));
+    throw std::runtime_error(fmt::format("the test request to {}{} failed: {}", target.url(),
+                                         target.endpoint, test.error));
   std::printf("Initial test run completed.\n");
   if (!test.usage)
     std::printf(
@@ -162,10 +160,10 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
   for (double rate : rates) {
     RunReport r;
     r.plan = {rate, arrival, a.burstiness, a.max_concurrency, a.seed, tty};
-    std::printf("\nRequest rate %s, %s arrivals%s\n", rate_name(rate).c_str(),
-                std::isfinite(rate) ? a.arrival.c_str() : "all at once",
-                a.max_concurrency ? fmt::format(", at most {} at once", a.max_concurrency).c_str()
-                                  : "");
+    std::printf(
+        "\nRequest rate %s, %s arrivals%s\n", rate_name(rate).c_str(),
+        std::isfinite(rate) ? a.arrival.c_str() : "all at once",
+        a.max_concurrency ? fmt::format(", at most {} at once", a.max_concurrency).c_str() : "");
     std::fflush(stdout);
     r.outcome = run_requests(target, requests, r.plan);
     r.metrics = compute_metrics(r.outcome.results, r.outcome.duration, slo);
@@ -187,16 +185,11 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
   if (runs.size() > 1) std::printf("\n%s", sweep_table(runs).c_str());
 
   if (!a.result_file.empty()) {
-    json j = {{"date", utc_now()},
-              {"base_url", target.url()},
-              {"endpoint", target.endpoint},
-              {"model_id", target.model},
-              {"dataset", dataset},
-              {"num_prompts", requests.size()},
-              {"seed", a.seed},
-              {"ignore_eos", a.ignore_eos},
-              {"temperature", a.temperature},
-              {"runs", json::array()}};
+    json j = {
+        {"date", utc_now()},        {"base_url", target.url()},   {"endpoint", target.endpoint},
+        {"model_id", target.model}, {"dataset", dataset},         {"num_prompts", requests.size()},
+        {"seed", a.seed},           {"ignore_eos", a.ignore_eos}, {"temperature", a.temperature},
+        {"runs", json::array()}};
     if (slo.any()) {
       json g = json::object();
       if (slo.ttft_ms) g["ttft"] = *slo.ttft_ms;
@@ -207,12 +200,11 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
     for (const RunReport& r : runs) j["runs"].push_back(run_json(r, slo));
     write_file(a.result_file, j.dump(1) + "\n", "--result-file");
   }
-  if (!a.svg.empty())
-    write_file(a.svg, sweep_svg(runs, target.model), "--svg");
+  if (!a.svg.empty()) write_file(a.svg, sweep_svg(runs, target.model), "--svg");
   for (const RunReport& r : runs)
     if (r.metrics.completed == 0)
-      throw std::runtime_error(fmt::format("no request completed at request rate {}",
-                                           rate_name(r.plan.rate)));
+      throw std::runtime_error(
+          fmt::format("no request completed at request rate {}", rate_name(r.plan.rate)));
 }
 
 }  // namespace
@@ -224,8 +216,8 @@ void add_bench_serve_command(CLI::App& app) {
       "Benchmark an OpenAI-compatible server (fairkv serve, llama-server): TTFT, TPOT, ITL, "
       "throughput and goodput under a request rate");
   cmd->add_option("--base-url", a->base_url, "Server address, http://HOST:PORT");
-  auto* host = cmd->add_option("--host", a->host, "Server host (without --base-url)")
-                   ->capture_default_str();
+  auto* host =
+      cmd->add_option("--host", a->host, "Server host (without --base-url)")->capture_default_str();
   auto* port = cmd->add_option("--port", a->port, "Server port (without --base-url)")
                    ->check(CLI::Range(1, 65535))
                    ->capture_default_str();
