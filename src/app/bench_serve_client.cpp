@@ -36,9 +36,17 @@ std::string error_message(const std::string& body) {
   return body.substr(0, 200);
 }
 
-std::string unreachable(const Target& t, httplib::Error e) {
-  return fmt::format("cannot reach the server at {} ({}): is it running, and is that its address?",
-                     t.url(), httplib::to_string(e));
+// Why a request got no HTTP answer, in words a user can act on.
+std::string transport_error(const Target& t, httplib::Error e) {
+  if (e == httplib::Error::Connection || e == httplib::Error::ConnectionTimeout)
+    return fmt::format(
+        "cannot reach the server at {} ({}): is it running, and is that its address?", t.url(),
+        httplib::to_string(e));
+  if (e == httplib::Error::Read)
+    return fmt::format(
+        "no answer from {} within --timeout {} s, or the connection closed mid-answer (Read)",
+        t.url(), t.timeout_s);
+  return fmt::format("HTTP request to {} failed ({})", t.url(), httplib::to_string(e));
 }
 
 }  // namespace
@@ -81,7 +89,7 @@ void parse_base_url(const std::string& url, Target& t) {
 std::string first_model(const Target& t) {
   httplib::Client c = client(t);
   const httplib::Result res = c.Get("/v1/models");
-  if (!res) throw std::runtime_error(unreachable(t, res.error()));
+  if (!res) throw Unreachable(transport_error(t, res.error()));
   if (res->status != 200)
     throw std::runtime_error(fmt::format("{}/v1/models answered HTTP {}: {}", t.url(), res->status,
                                          error_message(res->body)));
@@ -233,13 +241,7 @@ RequestResult send_request(const Target& t, const BenchRequest& request) {
     const httplib::Result res = c.send(req);
     const double end = now();
     if (!res) {
-      r.error = res.error() == httplib::Error::Connection ? unreachable(t, res.error())
-                : res.error() == httplib::Error::Read
-                    ? fmt::format(
-                          "no answer within --timeout {} s, or the connection closed "
-                          "mid-answer (Read)",
-                          t.timeout_s)
-                    : fmt::format("HTTP request failed ({})", httplib::to_string(res.error()));
+      r.error = transport_error(t, res.error());
       // What the stream measured before it broke is dropped: the request failed.
       return r;
     }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,8 +32,13 @@ struct Target {
 // std::invalid_argument naming --base-url and what was expected.
 void parse_base_url(const std::string& url, Target& target);
 
-// GET /v1/models: the first model's id. Throws std::runtime_error saying the server cannot be
-// reached (and the address tried) or what it answered.
+// The server cannot be reached, or does not answer within --timeout.
+struct Unreachable : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// GET /v1/models: the first model's id. Throws Unreachable (naming the address tried), or
+// std::runtime_error with what the server answered.
 std::string first_model(const Target& target);
 
 // POST /tokenize {"content": text}: how many tokens the server's tokenizer makes of text

@@ -92,6 +92,7 @@ json run_json(const RunReport& r, const Slo& slo) {
   else
     j["request_rate"] = "inf";
   j["burstiness"] = r.plan.burstiness;
+  j["seed"] = r.plan.seed;
   j["arrival"] = r.plan.arrival == Arrival::Fixed ? "fixed" : "poisson";
   j["max_concurrency"] = r.plan.max_concurrency ? json(r.plan.max_concurrency) : json(nullptr);
   j["peak_concurrency"] = r.outcome.peak_concurrency;

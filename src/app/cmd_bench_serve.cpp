@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -119,8 +120,19 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
     throw UsageError("--svg plots a sweep: give --request-rate a list of rates, e.g. 1,2,4,8");
 
   // The server: its model's name (which also proves it answers), and its tokenizer's words.
-  target.model = a.model.empty() ? first_model(target) : a.model;
+  if (a.model.empty()) {
+    target.model = first_model(target);
+  } else {
+    target.model = a.model;
+    try {
+      first_model(target);  // only whether it answers: a server may list no models
+    } catch (const Unreachable&) {
+      throw;
+    } catch (const std::exception&) {
+    }
+  }
   std::vector<BenchRequest> requests;
+  std::function<std::vector<BenchRequest>(uint64_t)> make_random;
   std::string dataset;
   if (!a.dataset_path.empty()) {
     requests = load_dataset(a.dataset_path, a.num_prompts);
@@ -135,8 +147,13 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
                    "note: the server has no POST /tokenize: random prompts have "
                    "--random-input-len words, about one token each\n");
     }
-    requests = random_requests(a.num_prompts, a.input_len, a.output_len, a.range_ratio, a.seed,
-                               tokens_per_word);
+    // Each run of a sweep draws its own prompts (seed + run): a server with a prompt cache
+    // (llama-server's) would otherwise skip the prefill of every run after the first.
+    make_random = [&a, tokens_per_word](uint64_t seed) {
+      return random_requests(a.num_prompts, a.input_len, a.output_len, a.range_ratio, seed,
+                             tokens_per_word);
+    };
+    requests = make_random(a.seed);
     dataset = fmt::format("random (input {} tokens, output {}, range ratio {}, {:.2f} tokens/word)",
                           a.input_len, a.output_len, a.range_ratio, tokens_per_word);
   }
@@ -145,7 +162,10 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
 
   // One request alone first, as vLLM does: a server that refuses the benchmark's requests (an
   // unknown model, a prompt too long) says so here, once, rather than in every failed request.
-  const RequestResult test = send_request(target, requests.front());
+  // Its prompt is none of the runs' (for random requests), so that no run finds it cached.
+  BenchRequest first = requests.front();
+  if (make_random) first = make_random(a.seed + rates.size()).front();
+  const RequestResult test = send_request(target, first);
   if (!test.ok)
     throw std::runtime_error(fmt::format("the test request to {}{} failed: {}", target.url(),
                                          target.endpoint, test.error));
@@ -157,9 +177,11 @@ void run_bench_serve(const BenchServeArgs& a, bool host_or_port_given) {
 
   std::vector<RunReport> runs;
   const bool tty = isatty(STDERR_FILENO);
-  for (double rate : rates) {
+  for (size_t run = 0; run < rates.size(); ++run) {
+    const double rate = rates[run];
     RunReport r;
-    r.plan = {rate, arrival, a.burstiness, a.max_concurrency, a.seed, tty};
+    r.plan = {rate, arrival, a.burstiness, a.max_concurrency, a.seed + run, tty};
+    if (make_random && run > 0) requests = make_random(r.plan.seed);
     std::printf(
         "\nRequest rate %s, %s arrivals%s\n", rate_name(rate).c_str(),
         std::isfinite(rate) ? a.arrival.c_str() : "all at once",
