@@ -53,5 +53,7 @@ void add_batch_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 // Prefill and decode speed at a depth, as llama-bench (cmd_bench_model.cpp).
 void add_bench_model_command(CLI::App& app);
+// Benchmark an OpenAI-compatible server, as vLLM's bench serve (cmd_bench_serve.cpp).
+void add_bench_serve_command(CLI::App& app);
 
 }  // namespace fairkv::app

@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   fairkv::app::add_batch_command(app);
   fairkv::app::add_serve_command(app);
   fairkv::app::add_bench_model_command(app);
+  fairkv::app::add_bench_serve_command(app);
   // llama.cpp's `-cnv` is a many-letter name behind one dash, which CLI11 refuses to declare:
   // it is spelt as its long form before parsing.
   static char conversation[] = "--conversation";

@@ -86,4 +86,19 @@ std::string svg_line_chart(const std::string& title, const std::string& x_label,
   return o;
 }
 
+std::string svg_stack(const std::vector<std::string>& charts) {
+  // Each chart is a nested <svg> placed by its y attribute; they share svg_line_chart's size.
+  const double W = 720, H = 440;
+  std::string o =
+      fmt::format("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\">\n", W,
+                  H * double(charts.size()));
+  for (size_t i = 0; i < charts.size(); ++i) {
+    std::string c = charts[i];
+    if (c.rfind("<svg ", 0) == 0) c.insert(5, fmt::format("y=\"{}\" ", H * double(i)));
+    o += c;
+  }
+  o += "</svg>\n";
+  return o;
+}
+
 }  // namespace fairkv::app

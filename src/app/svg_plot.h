@@ -15,4 +15,7 @@ struct Series {
 std::string svg_line_chart(const std::string& title, const std::string& x_label,
                            const std::string& y_label, const std::vector<Series>& series);
 
+// Charts made by svg_line_chart, one under the other, as one SVG document.
+std::string svg_stack(const std::vector<std::string>& charts);
+
 }  // namespace fairkv::app
