@@ -37,6 +37,10 @@ struct AttentionArgs {
   // attention that compression methods score by.
   float* probs = nullptr;
   int64_t probs_tokens = 0;
+  // Optional: the float32 keys of the store's last n_tokens rows as they were appended
+  // (n_tokens x head_dim). For a quantized K cache, `probs` is then scored against these rather
+  // than the quantized rows (eviction scores computed before quantization).
+  const float* fresh_keys = nullptr;
 };
 
 // Fast kernel (SIMD over head_dim, one pass with online softmax).

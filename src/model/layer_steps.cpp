@@ -130,6 +130,7 @@ kv::AttentionArgs LayerSteps::unit_attention(kv::HeadStore& store, const float* 
   a.visible = append ? before : store.size();
   a.out = out;
   a.lse = lse;
+  if (append) a.fresh_keys = k;
   return a;
 }
 
