@@ -238,7 +238,7 @@ TEST_P(AttendVsRef, ReservedStoreAttendsIdentically) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttendVsRef,
-                         ::testing::Combine(::testing::Values(KvType::F32, KvType::F16),
+                         ::testing::Combine(::testing::Values(KvType::F32, KvType::F16, KvType::BF16),
                                             ::testing::Values(1, 2, 3, 4, 8),
                                             ::testing::Values(int64_t(8), int64_t(16), int64_t(32),
                                                               int64_t(64), int64_t(128),
