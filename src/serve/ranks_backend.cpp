@@ -45,7 +45,7 @@ placement::Placement read_setup(const std::vector<uint8_t>& bytes, const model::
           "this rank's model differs from rank 0's (layers, heads or sizes): every rank must load "
           "the same model");
   placement::Placement p = wire::get_placement(r);
-  o.kv_type = r.get<kv::KvType>();
+  o.kv_type = r.get<kv::KvTypes>();
   o.activations = r.get<kernels::Activations>();
   o.batching = r.get<kernels::Batching>();
   o.n_slots = r.get<int>();
@@ -169,8 +169,7 @@ int64_t RanksBackend::n_vocab() const {
 
 size_t RanksBackend::row_bytes() const {
   const model::ModelConfig& c = m_.config;
-  return 2 * size_t(c.head_dim) * kv::kv_type_bytes(o_.kv_type) * size_t(c.n_layers) *
-         size_t(c.n_kv_heads);
+  return o_.kv_type.token_bytes(c.head_dim) * size_t(c.n_layers) * size_t(c.n_kv_heads);
 }
 
 double RanksBackend::max_rank_fraction() const {
