@@ -28,6 +28,7 @@ void check_profile_shape(const placement::Profile& prof, const model::ModelConfi
 placement::CostModel run_cost_model(const model::ModelConfig& c, kernels::DType weight_type,
                                     kv::KvTypes kv_type, int batch, const Calibration& cal) {
   if (batch < 1) throw std::invalid_argument(fmt::format("batch must be >= 1, got {}", batch));
+  kv::check_kv_types(kv_type, c.head_dim);
   if (!(cal.kv_time_factor > 0) || !std::isfinite(cal.kv_time_factor))
     throw std::invalid_argument(
         fmt::format("the KV time factor must be positive, got {}", cal.kv_time_factor));
