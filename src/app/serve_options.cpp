@@ -73,6 +73,11 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
   if (dev.devices < 1) throw UsageError("--devices: expected at least 1");
   if (dev.comm != "threads" && dev.comm != "mpi")
     throw UsageError("--comm: expected threads or mpi, got '" + dev.comm + "'");
+  try {  // a head size the cache types cannot hold is refused now, not at the first request
+    kv::check_kv_types(kv.kv_type(), m.config.head_dim);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   if (dev.devices == 1 && dev.comm == "threads") {
     serve::SoloOptions so;
     so.kv_type = kv.kv_type();

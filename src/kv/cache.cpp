@@ -88,7 +88,10 @@ bool kv_type_quantized(KvType t) {
 }
 
 size_t kv_row_bytes(KvType t, int64_t head_dim) {
-  if (kv_type_quantized(t)) return kernels::row_bytes(kv_dtype(t), head_dim);
+  if (kv_type_quantized(t)) {
+    check_kv_type(t, head_dim, "KV cache type");
+    return kernels::row_bytes(kv_dtype(t), head_dim);
+  }
   return size_t(head_dim) * element_bytes(t);
 }
 
@@ -102,6 +105,11 @@ void check_kv_type(KvType t, int64_t head_dim, const std::string& what) {
 void check_kv_types(KvTypes t, int64_t head_dim) {
   check_kv_type(t.k, head_dim, "--cache-type-k");
   check_kv_type(t.v, head_dim, "--cache-type-v");
+}
+
+size_t KvTypes::token_bytes(int64_t head_dim) const {
+  check_kv_types(*this, head_dim);
+  return kv_row_bytes(k, head_dim) + kv_row_bytes(v, head_dim);
 }
 
 std::string kv_types_name(KvTypes t) {

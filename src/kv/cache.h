@@ -26,7 +26,8 @@ KvType parse_kv_type(const std::string& s, const std::string& what);
 bool kv_type_quantized(KvType t);
 // The element type (kernels/types.h) whose rows a store of type t holds.
 kernels::DType kv_dtype(KvType t);
-// Bytes of one row of head_dim elements (head_dim a multiple of 32 for the quantized types).
+// Bytes of one row of head_dim elements (head_dim a multiple of 32 for the quantized types, else
+// it throws as check_kv_type, naming the type).
 size_t kv_row_bytes(KvType t, int64_t head_dim);
 // Throws std::invalid_argument naming `what` when head_dim cannot be stored in t.
 void check_kv_type(KvType t, int64_t head_dim, const std::string& what);
@@ -38,10 +39,8 @@ struct KvTypes {
   KvTypes() = default;
   KvTypes(KvType t) : k(t), v(t) {}  // NOLINT(google-explicit-constructor): the common case
   KvTypes(KvType kt, KvType vt) : k(kt), v(vt) {}
-  // Bytes of one token of one head: a key row and a value row.
-  size_t token_bytes(int64_t head_dim) const {
-    return kv_row_bytes(k, head_dim) + kv_row_bytes(v, head_dim);
-  }
+  // Bytes of one token of one head: a key row and a value row. Throws as check_kv_types.
+  size_t token_bytes(int64_t head_dim) const;
   friend bool operator==(const KvTypes&, const KvTypes&) = default;
 };
 // "f16" when both are f16, else "K q8_0 / V f16".
