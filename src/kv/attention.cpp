@@ -393,6 +393,10 @@ void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const 
   const int64_t d = st.head_dim();
   constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
   const KvType vt = st.types().v;
+  if (kv_type_quantized(vt) && detail::pv_quant(st, p.o, p.n, r0, nb, prob, kBlock, corr)) {
+    ahead.finish();
+    return;
+  }
 #if defined(FAIRKV_AVX512)
   if (dp == d) {
     if (vt == KvType::F16)

@@ -150,6 +150,61 @@ FAIRKV_TARGET_VNNI void dequantize_avx512(const uint8_t* row, int64_t nb, float*
   }
 }
 
+// pv_quant for NR (1..8) rows: a block of 32 values is two vectors, converted and scaled once
+// and accumulated into NR x 2 registers for every key of the call.
+template <KvType T, int NR>
+FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t vr, int64_t nb,
+                                      int64_t blocks, const float* prob, int64_t ps,
+                                      const float* corr) {
+  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512 acc[NR][2];
+    for (int r = 0; r < NR; ++r) {
+      const __m512 c = _mm512_set1_ps(corr[r]);
+      acc[r][0] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK), c);
+      acc[r][1] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK + 16), c);
+    }
+    const uint8_t* blk = V + size_t(b) * kB;
+    for (int64_t j = 0; j < nb; ++j, blk += vr) {
+      const __m512 d = _mm512_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk)));
+      __m128i lo, hi;
+      if constexpr (T == KvType::Q8_0) {
+        lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18));
+      } else {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        const __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
+        lo = _mm_sub_epi8(_mm_and_si128(v, m), e);
+        hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e);
+      }
+      const __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d);
+      const __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d);
+      for (int r = 0; r < NR; ++r) {
+        const __m512 p = _mm512_set1_ps(prob[r * ps + j]);
+        acc[r][0] = _mm512_fmadd_ps(p, x0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(p, x1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      _mm512_storeu_ps(o[r] + b * kQK, acc[r][0]);
+      _mm512_storeu_ps(o[r] + b * kQK + 16, acc[r][1]);
+    }
+  }
+}
+
+template <KvType T>
+FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, size_t vr,
+                                     int64_t nb, int64_t blocks, const float* prob, int64_t ps,
+                                     const float* corr) {
+  using Fn = void (*)(float* const*, const uint8_t*, size_t, int64_t, int64_t, const float*,
+                      int64_t, const float*);
+  static constexpr Fn table[] = {&pv_quant_rows<T, 1>, &pv_quant_rows<T, 2>, &pv_quant_rows<T, 3>,
+                                 &pv_quant_rows<T, 4>, &pv_quant_rows<T, 5>, &pv_quant_rows<T, 6>,
+                                 &pv_quant_rows<T, 7>, &pv_quant_rows<T, 8>};
+  for (int r = 0; r < n; r += 8)
+    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, prob + r * ps, ps, corr + r);
+}
+
 bool cpu_has_vnni() {
   static const bool has = __builtin_cpu_supports("avx512f") &&
                           __builtin_cpu_supports("avx512bw") &&
@@ -222,6 +277,24 @@ void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQuerie
   }
 #endif
   quant_scores_portable(st, k0, nk, q, n, scale, s, s_stride);
+}
+
+bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
+              const float* prob, int64_t prob_stride, const float* corr) {
+#if defined(FAIRKV_QUANT_VNNI)
+  if (!cpu_has_vnni()) return false;
+  const size_t vr = st.v_row_bytes();
+  const auto* V = static_cast<const uint8_t*>(st.v_data()) + size_t(r0) * vr;
+  const int64_t blocks = st.head_dim() / kQK;
+  if (st.types().v == KvType::Q8_0)
+    pv_quant_all<KvType::Q8_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr);
+  else
+    pv_quant_all<KvType::Q4_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr);
+  return true;
+#else
+  (void)st, (void)o, (void)n, (void)r0, (void)nb, (void)prob, (void)prob_stride, (void)corr;
+  return false;
+#endif
 }
 
 void dequantize_values(const HeadStore& st, int64_t r0, int64_t n, int64_t dp, float* out) {

@@ -37,6 +37,13 @@ void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const Qu
 // Whether quant_scores takes the AVX512-VNNI path on this CPU.
 bool quant_scores_vnni();
 
+// o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
+// rows, reading the quantized values in place (each block widened once for all rows, its scale
+// applied once). Returns false, doing nothing, where the CPU lacks AVX-512 (the caller then
+// dequantizes a block of rows and uses its float32 kernel).
+bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
+              const float* prob, int64_t prob_stride, const float* corr);
+
 // Values [r0, r0 + n) as float32 rows of stride dp (zero padded past head_dim).
 void dequantize_values(const HeadStore& st, int64_t r0, int64_t n, int64_t dp, float* out);
 
