@@ -84,6 +84,28 @@ FAIRKV_TARGET_VNNI inline __m512i key_pair(const uint8_t* row, int64_t b, bool t
   }
 }
 
+// The lane sums of sixteen vectors as one vector (element j: the sum of a[j]'s lanes): halves,
+// quarters, pairs and single lanes of two vectors at a time are added side by side (45 adds and
+// shuffles for sixteen sums, where one horizontal sum each takes about eight), and one permute
+// puts the sums in order.
+FAIRKV_TARGET_VNNI inline __m512 reduce16(const __m512* a) {
+  __m512 t[8], u[4], v[2];
+  for (int i = 0; i < 8; ++i)  // 256-bit halves: a[i] low, a[i + 8] high
+    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 8], 0x44),
+                         _mm512_shuffle_f32x4(a[i], a[i + 8], 0xEE));
+  for (int i = 0; i < 4; ++i)  // 128-bit lanes: keys i, i + 8, i + 4, i + 12
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[i], t[i + 4], 0x88),
+                         _mm512_shuffle_f32x4(t[i], t[i + 4], 0xDD));
+  for (int i = 0; i < 2; ++i)  // pairs of lanes
+    v[i] = _mm512_add_ps(_mm512_shuffle_ps(u[i], u[i + 2], 0x44),
+                         _mm512_shuffle_ps(u[i], u[i + 2], 0xEE));
+  const __m512 w =
+      _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+  // w holds keys 0 2 1 3 8 10 9 11 4 6 5 7 12 14 13 15.
+  const __m512i order = _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
+  return _mm512_permutexvar_ps(order, w);
+}
+
 template <KvType T>
 FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
                                     const QuantQueries& q, int n, float scale, float* s,
@@ -113,18 +135,29 @@ FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
     }
   const size_t kr = st.k_row_bytes();
   const auto* K = static_cast<const uint8_t*>(st.k_data()) + size_t(k0) * kr;
-  for (int64_t j = 0; j < nk; ++j) {
-    const uint8_t* row = K + size_t(j) * kr;
-    __m512i kp[kMaxPairs];
-    __m512 dk[kMaxPairs];
-    for (int64_t p = 0; p < pairs; ++p) kp[p] = key_pair<T>(row, 2 * p, 2 * p + 1 < nb, dk[p]);
+  // Sixteen keys at a time: their bytes made unsigned and their scales spread once, for every
+  // row; each row's sixteen partial-sum vectors then reduce together (reduce16).
+  alignas(64) __m512i kp[16][kMaxPairs];
+  alignas(64) __m512 dk[16][kMaxPairs];
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t j0 = 0; j0 < nk; j0 += 16) {
+    const int m = int(std::min<int64_t>(16, nk - j0));
+    for (int j = 0; j < m; ++j)
+      for (int64_t p = 0; p < pairs; ++p)
+        kp[j][p] = key_pair<T>(K + size_t(j0 + j) * kr, 2 * p, 2 * p + 1 < nb, dk[j][p]);
     for (int r = 0; r < n; ++r) {
-      __m512 acc = _mm512_setzero_ps();
-      for (int64_t p = 0; p < pairs; ++p) {
-        const __m512i dot = _mm512_dpbusd_epi32(corr[r][p], kp[p], qv[r][p]);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dk[p], dq[r][p]), acc);
+      __m512 acc[16];
+      for (int j = 0; j < 16; ++j) {
+        acc[j] = _mm512_setzero_ps();
+        if (j >= m) continue;
+        for (int64_t p = 0; p < pairs; ++p) {
+          const __m512i dot = _mm512_dpbusd_epi32(corr[r][p], kp[j][p], qv[r][p]);
+          acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dk[j][p], dq[r][p]),
+                                   acc[j]);
+        }
       }
-      s[r * ss + j] = _mm512_reduce_add_ps(acc) * scale;
+      _mm512_mask_storeu_ps(s + r * ss + j0, __mmask16((1u << m) - 1),
+                            _mm512_mul_ps(reduce16(acc), sc));
     }
   }
 }
