@@ -90,12 +90,15 @@ FAIRKV_TARGET_VNNI inline __m512i key_pair(const uint8_t* row, int64_t b, bool t
 // puts the sums in order.
 FAIRKV_TARGET_VNNI inline __m512 reduce16(const __m512* a) {
   __m512 t[8], u[4], v[2];
+  FAIRKV_UNROLL
   for (int i = 0; i < 8; ++i)  // 256-bit halves: a[i] low, a[i + 8] high
     t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 8], 0x44),
                          _mm512_shuffle_f32x4(a[i], a[i + 8], 0xEE));
+  FAIRKV_UNROLL
   for (int i = 0; i < 4; ++i)  // 128-bit lanes: keys i, i + 8, i + 4, i + 12
     u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[i], t[i + 4], 0x88),
                          _mm512_shuffle_f32x4(t[i], t[i + 4], 0xDD));
+  FAIRKV_UNROLL
   for (int i = 0; i < 2; ++i)  // pairs of lanes
     v[i] = _mm512_add_ps(_mm512_shuffle_ps(u[i], u[i + 2], 0x44),
                          _mm512_shuffle_ps(u[i], u[i + 2], 0xEE));
@@ -147,6 +150,7 @@ FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
         kp[j][p] = key_pair<T>(K + size_t(j0 + j) * kr, 2 * p, 2 * p + 1 < nb, dk[j][p]);
     for (int r = 0; r < n; ++r) {
       __m512 acc[16];
+      FAIRKV_UNROLL
       for (int j = 0; j < 16; ++j) {
         acc[j] = _mm512_setzero_ps();
         if (j >= m) continue;
@@ -192,6 +196,7 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
   constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
   for (int64_t b = 0; b < blocks; ++b) {
     __m512 acc[NR][2];
+    FAIRKV_UNROLL
     for (int r = 0; r < NR; ++r) {
       const __m512 c = _mm512_set1_ps(corr[r]);
       acc[r][0] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK), c);
@@ -212,12 +217,14 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
       }
       const __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d);
       const __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d);
+      FAIRKV_UNROLL
       for (int r = 0; r < NR; ++r) {
         const __m512 p = _mm512_set1_ps(prob[r * ps + j]);
         acc[r][0] = _mm512_fmadd_ps(p, x0, acc[r][0]);
         acc[r][1] = _mm512_fmadd_ps(p, x1, acc[r][1]);
       }
     }
+    FAIRKV_UNROLL
     for (int r = 0; r < NR; ++r) {
       _mm512_storeu_ps(o[r] + b * kQK, acc[r][0]);
       _mm512_storeu_ps(o[r] + b * kQK + 16, acc[r][1]);
