@@ -215,8 +215,7 @@ void add_kv_type_options(CLI::App& cmd, KvOptions& o) {
   cmd.add_option("--cache-type-k", o.type_k,
                  "KV cache type of keys (-ctk): f32, f16, bf16, q8_0, q4_0 (default: --kv-type); "
                  "q8_0 / q4_0 need a head size that is a multiple of 32");
-  cmd.add_option("--cache-type-v", o.type_v,
-                 "KV cache type of values (-ctv), as --cache-type-k");
+  cmd.add_option("--cache-type-v", o.type_v, "KV cache type of values (-ctv), as --cache-type-k");
 }
 
 void add_kv_options(CLI::App& cmd, KvOptions& o, bool with_policy) {

@@ -27,8 +27,8 @@ struct CompressionOption {
 const std::vector<CompressionOption>& compression_options();
 
 struct KvOptions {
-  std::string type = "f32";     // --kv-type: keys and values
-  std::string type_k, type_v;   // --cache-type-k / --cache-type-v (-ctk / -ctv): override type
+  std::string type = "f32";    // --kv-type: keys and values
+  std::string type_k, type_v;  // --cache-type-k / --cache-type-v (-ctk / -ctv): override type
   std::string stats_out;
   std::map<std::string, std::string> raw;  // flag -> text, parsed by compression_options()
 
@@ -41,8 +41,8 @@ struct KvOptions {
 
 // --kv-type, --cache-type-k and --cache-type-v alone.
 void add_kv_type_options(CLI::App& cmd, KvOptions& o);
-// The types and the compression options. with_policy: register --kv-policy/--kv-budget/--kv-ratio (eval sweeps them with its own
-// flags instead).
+// The types and the compression options. with_policy: register --kv-policy/--kv-budget/--kv-ratio
+// (eval sweeps them with its own flags instead).
 void add_kv_options(CLI::App& cmd, KvOptions& o, bool with_policy = true);
 
 }  // namespace fairkv::app

@@ -58,7 +58,8 @@ TEST_P(LongPrefill, MatchesReferenceOnSlicesOfThePrompt) {
   s.append(k.data(), v.data(), c.held);  // earlier chunks, then this one
   s.append(k.data() + c.held * d, v.data() + c.held * d, n);
   // Quantized keys score a q8_0 query: one it holds exactly leaves only float rounding.
-  const auto q = kv_type_quantized(c.type.k) ? test::q8_exact(n * G * d, rng) : randn(n * G * d, rng);
+  const auto q =
+      kv_type_quantized(c.type.k) ? test::q8_exact(n * G * d, rng) : randn(n * G * d, rng);
   std::vector<float> o(sz(n * G * d)), lse(sz(n * G)), p(sz(W * G * len), -1.0f);
   AttentionArgs a;
   a.store = &s;
@@ -110,10 +111,9 @@ INSTANTIATE_TEST_SUITE_P(Prompts, LongPrefill,
                          [](const auto& info) {
                            const LongCase& c = info.param;
                            return std::string(kv_type_name(c.type.k)) + "_" +
-                                  kv_type_name(c.type.v) + "_d" +
-                                  std::to_string(c.head_dim) + "_g" + std::to_string(c.group) +
-                                  "_held" + std::to_string(c.held) + "_n" +
-                                  std::to_string(c.prompt);
+                                  kv_type_name(c.type.v) + "_d" + std::to_string(c.head_dim) +
+                                  "_g" + std::to_string(c.group) + "_held" +
+                                  std::to_string(c.held) + "_n" + std::to_string(c.prompt);
                          });
 
 }  // namespace

@@ -127,14 +127,15 @@ FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
       const bool two = b + 1 < nb;
       const int8_t* qb = q.q.data() + (r * nb + b) * kQK;
       const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb));
-      const __m256i hi =
-          two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + kQK)) : _mm256_setzero_si256();
+      const __m256i hi = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + kQK))
+                             : _mm256_setzero_si256();
       qv[r][p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
       const int32_t c0 = -kOffset * q.sum[size_t(r * nb + b)];
       const int32_t c1 = two ? -kOffset * q.sum[size_t(r * nb + b + 1)] : 0;
       corr[r][p] = _mm512_setr_epi32(c0, 0, 0, 0, 0, 0, 0, 0, c1, 0, 0, 0, 0, 0, 0, 0);
       const float d0 = q.d[size_t(r * nb + b)], d1 = two ? q.d[size_t(r * nb + b + 1)] : 0.0f;
-      dq[r][p] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1), 1);
+      dq[r][p] =
+          _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1), 1);
     }
   const size_t kr = st.k_row_bytes();
   const auto* K = static_cast<const uint8_t*>(st.k_data()) + size_t(k0) * kr;
@@ -156,8 +157,8 @@ FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
         if (j >= m) continue;
         for (int64_t p = 0; p < pairs; ++p) {
           const __m512i dot = _mm512_dpbusd_epi32(corr[r][p], kp[j][p], qv[r][p]);
-          acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dk[j][p], dq[r][p]),
-                                   acc[j]);
+          acc[j] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dk[j][p], dq[r][p]), acc[j]);
         }
       }
       _mm512_mask_storeu_ps(s + r * ss + j0, __mmask16((1u << m) - 1),
@@ -246,8 +247,7 @@ FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, s
 }
 
 bool cpu_has_vnni() {
-  static const bool has = __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") &&
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") &&
                           __builtin_cpu_supports("avx512dq") &&
                           __builtin_cpu_supports("avx512vnni");

@@ -20,10 +20,10 @@ namespace fairkv::kv::detail {
 // Query rows as Q8_0 blocks (ggml's AVX quantize_row_q8_0) and the per-block sums the offsets
 // need, for head_dim a multiple of 32.
 struct QuantQueries {
-  int64_t blocks = 0;           // per row
-  std::vector<int8_t> q;        // rows x blocks x 32
-  std::vector<float> d;         // rows x blocks
-  std::vector<int32_t> sum;     // rows x blocks
+  int64_t blocks = 0;        // per row
+  std::vector<int8_t> q;     // rows x blocks x 32
+  std::vector<float> d;      // rows x blocks
+  std::vector<int32_t> sum;  // rows x blocks
   void set(const float* const* rows, int n, int64_t head_dim);
 };
 
@@ -51,7 +51,7 @@ void dequantize_values(const HeadStore& st, int64_t r0, int64_t n, int64_t dp, f
 // lim) (zero elsewhere in [0, size)), scored in float32 against unquantized keys: rows at or
 // after `fresh_from` from `fresh` (the rows as computed, before the store converted them;
 // row-major, head_dim each), older rows dequantized from the store.
-void window_probs_f32(const HeadStore& st, const float* q, int64_t begin, int64_t lim,
-                      float scale, const float* fresh, int64_t fresh_from, float* out);
+void window_probs_f32(const HeadStore& st, const float* q, int64_t begin, int64_t lim, float scale,
+                      const float* fresh, int64_t fresh_from, float* out);
 
 }  // namespace fairkv::kv::detail

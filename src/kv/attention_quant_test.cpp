@@ -151,8 +151,8 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, QuantAttendVsRef,
     ::testing::Combine(::testing::Values(KvTypes(KvType::Q8_0), KvTypes(KvType::Q4_0),
                                          KvTypes(KvType::Q8_0, KvType::F16),
-                                         KvTypes(KvType::F16, KvType::Q8_0),
-                                         KvTypes(KvType::BF16), KvTypes(KvType::Q4_0, KvType::BF16)),
+                                         KvTypes(KvType::F16, KvType::Q8_0), KvTypes(KvType::BF16),
+                                         KvTypes(KvType::Q4_0, KvType::BF16)),
                        ::testing::Values(1, 2, 4, 5, 8), ::testing::Values(32, 64, 96, 128)),
     [](const auto& info) {
       const KvTypes t = std::get<0>(info.param);

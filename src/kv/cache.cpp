@@ -174,14 +174,14 @@ size_t HeadStore::committed_bytes() const {
 }
 
 size_t HeadStore::reserved_bytes(int64_t rows, int64_t max_rows, int64_t head_dim, KvTypes t) {
-  const Pages p = pages_of(rows, kv_row_bytes(t.k, head_dim), kv_row_bytes(t.v, head_dim), max_rows);
+  const Pages p =
+      pages_of(rows, kv_row_bytes(t.k, head_dim), kv_row_bytes(t.v, head_dim), max_rows);
   const size_t shared = p.v_end > p.v_begin && p.k_end > p.v_begin ? p.k_end - p.v_begin : 0;
   return p.k_end + (p.v_end - p.v_begin) - shared;
 }
 
 size_t HeadStore::committed_bytes_at(int64_t rows) const {
-  if (!vm_.data())
-    return std::max(kv_.capacity(), size_t(rows) * (k_row_bytes() + v_row_bytes()));
+  if (!vm_.data()) return std::max(kv_.capacity(), size_t(rows) * (k_row_bytes() + v_row_bytes()));
   return reserved_bytes(rows, cap_, head_dim_, types_);
 }
 
@@ -384,8 +384,7 @@ void HeadStore::seal_panels(int64_t from) {
 }
 
 void HeadStore::v_row(int64_t i, float* out) const {
-  kernels::dequantize_row(kv_dtype(types_.v), v_ptr() + size_t(i) * v_row_bytes(), out,
-                          head_dim_);
+  kernels::dequantize_row(kv_dtype(types_.v), v_ptr() + size_t(i) * v_row_bytes(), out, head_dim_);
 }
 
 SequenceCache::SequenceCache(int n_layers, int n_kv_heads, int64_t head_dim, KvTypes types)

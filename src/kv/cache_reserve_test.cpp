@@ -26,7 +26,6 @@ std::vector<float> random_rows(int64_t n, int64_t d, uint32_t seed) {
   return x;
 }
 
-
 size_t pages(size_t n) {
   const size_t pg = store_page_size();
   return (n + pg - 1) / pg * pg;

@@ -44,8 +44,8 @@ KvTypes decode(int64_t x) {
 
 std::vector<int64_t> describe(const SequenceCache& c) {
   const int n = c.n_layers() * c.n_kv_heads();
-  std::vector<int64_t> meta = {kMagic, c.n_layers(), c.n_kv_heads(), c.head_dim(), encode(c.types()), c.n_past,
-                               n};
+  std::vector<int64_t> meta = {
+      kMagic, c.n_layers(), c.n_kv_heads(), c.head_dim(), encode(c.types()), c.n_past, n};
   for (int i = 0; i < n; ++i) {
     const HeadStore& s = c.head(i / c.n_kv_heads(), i % c.n_kv_heads());
     meta.push_back(s.size());
@@ -98,8 +98,7 @@ size_t total_bytes(const int64_t* meta, const std::string& where) {
 // Replaces the cache with the one a checked header and table describe, stores sized (and
 // reserved) but their bytes unwritten, and returns where those bytes go.
 std::vector<iovec> rebuild(const int64_t* meta, SequenceCache& cache) {
-  cache =
-      SequenceCache(int(meta[1]), int(meta[2]), meta[3], decode(meta[4]));
+  cache = SequenceCache(int(meta[1]), int(meta[2]), meta[3], decode(meta[4]));
   cache.n_past = meta[5];
   for (int64_t i = 0; i < meta[6]; ++i) {
     HeadStore& s = cache.head(int(i / meta[2]), int(i % meta[2]));

@@ -166,7 +166,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Mode{KvType::F16, false, true}, Mode{KvType::F32, true, true},
                       Mode{{KvType::Q8_0, KvType::Q4_0}, true, false},
                       Mode{{KvType::Q4_0, KvType::BF16}, false, true},
-                      Mode{KvType::Q8_0, false, false}, Mode{{KvType::BF16, KvType::Q8_0}, true, true}),
+                      Mode{KvType::Q8_0, false, false},
+                      Mode{{KvType::BF16, KvType::Q8_0}, true, true}),
     [](const auto& info) {
       return std::string(kv_type_name(info.param.type.k)) + "_" + kv_type_name(info.param.type.v) +
              (info.param.reserved ? "_reserved" : "_ordinary") +

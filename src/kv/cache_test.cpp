@@ -85,14 +85,12 @@ TEST_P(HeadStoreTest, AppendThenKeepHoldsExactlyTheChosenRows) {
   }
   // Fewer keys than a panel stay row-major at the documented stride, and so do the values.
   std::vector<float> raw(static_cast<size_t>(d));
-  kernels::dequantize_row(kv_dtype(t.k),
-                          static_cast<const uint8_t*>(s.k_data()) + 3 * s.k_row_bytes(), raw.data(),
-                          d);
+  kernels::dequantize_row(
+      kv_dtype(t.k), static_cast<const uint8_t*>(s.k_data()) + 3 * s.k_row_bytes(), raw.data(), d);
   s.k_row(3, row.data());
   EXPECT_EQ(raw, row);
-  kernels::dequantize_row(kv_dtype(t.v),
-                          static_cast<const uint8_t*>(s.v_data()) + 5 * s.v_row_bytes(), raw.data(),
-                          d);
+  kernels::dequantize_row(
+      kv_dtype(t.v), static_cast<const uint8_t*>(s.v_data()) + 5 * s.v_row_bytes(), raw.data(), d);
   s.v_row(5, row.data());
   EXPECT_EQ(raw, row);
 
@@ -210,21 +208,19 @@ TEST(HeadStore, LargeStoreIsHugePageAlignedAndExact) {
   EXPECT_EQ(s.capacity_bytes(), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, HeadStoreTest,
-                         ::testing::Values(KvTypes(KvType::F32), KvTypes(KvType::F16),
-                                           KvTypes(KvType::BF16), KvTypes(KvType::Q8_0),
-                                           KvTypes(KvType::Q4_0),
-                                           KvTypes(KvType::Q8_0, KvType::F16),
-                                           KvTypes(KvType::BF16, KvType::Q4_0)),
-                         [](const auto& info) {
-                           return std::string(kv_type_name(info.param.k)) + "_" +
-                                  kv_type_name(info.param.v);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Types, HeadStoreTest,
+    ::testing::Values(KvTypes(KvType::F32), KvTypes(KvType::F16), KvTypes(KvType::BF16),
+                      KvTypes(KvType::Q8_0), KvTypes(KvType::Q4_0),
+                      KvTypes(KvType::Q8_0, KvType::F16), KvTypes(KvType::BF16, KvType::Q4_0)),
+    [](const auto& info) {
+      return std::string(kv_type_name(info.param.k)) + "_" + kv_type_name(info.param.v);
+    });
 
 // The q8_0 / q4_0 rows of a store are llama.cpp's blocks, checked against the block definitions
 // written out here: q8_0 d = amax / 127, q = round(x * (1 / d)); q4_0 d = max / -8 (max: the
-// element of largest magnitude, signed), q = min(15, (int)(x * (1 / d) + 8.5)), element i in the low nibble of
-// byte i and element i + 16 in its high nibble.
+// element of largest magnitude, signed), q = min(15, (int)(x * (1 / d) + 8.5)), element i in the
+// low nibble of byte i and element i + 16 in its high nibble.
 TEST(HeadStore, QuantizedRowsAreGgmlBlocks) {
   const int64_t d = 64;
   const auto k = random_rows(3, d, 21), v = random_rows(3, d, 22);

@@ -556,8 +556,7 @@ namespace {
 // A q8_0 cache holds 34 bytes per 32 elements where f32 holds 128: the backend's bytes per row
 // follow the type, and under one memory limit admission runs as many more requests as fit.
 TEST(EngineMemory, QuantizedCacheIsAdmittedByItsOwnBytes) {
-  const std::string path =
-      std::string(FAIRKV_SHARED_DIR) + "/models/synthetic/llama-gqa4-f32.gguf";
+  const std::string path = std::string(FAIRKV_SHARED_DIR) + "/models/synthetic/llama-gqa4-f32.gguf";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
   const auto m = model::Model::load(path);
   std::vector<int32_t> prompt;
@@ -578,8 +577,10 @@ TEST(EngineMemory, QuantizedCacheIsAdmittedByItsOwnBytes) {
       const model::ModelConfig& c = m->config;
       EXPECT_EQ(need, size_t(rows) * size_t(c.n_layers) * size_t(c.n_kv_heads) *
                           kv::KvTypes(t).token_bytes(c.head_dim));
-      if (t == kv::KvType::F32) f32_need = need;
-      else EXPECT_EQ(need * 128, f32_need * 34);
+      if (t == kv::KvType::F32)
+        f32_need = need;
+      else
+        EXPECT_EQ(need * 128, f32_need * 34);
     }
     // Room for one request's f32 rows and a half: one runs on f32, three on q8_0.
     eo.kv_memory = f32_need * 3 / 2;
