@@ -246,6 +246,56 @@ FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, s
     table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, prob + r * ps, ps, corr + r);
 }
 
+#define FAIRKV_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// One row of keys against one query row per block: vpmaddubsw wants an unsigned operand, so it
+// takes |k| and q with k's sign (ggml's mul_sum_i8_pairs), pairs of products never overflowing
+// int16 (2 x 127 x 127; q4_0's nibbles are taken as the signed -8..7 they stand for).
+template <KvType T>
+FAIRKV_TARGET_AVX2 void scores_avx2(const HeadStore& st, int64_t k0, int64_t nk,
+                                    const QuantQueries& q, int n, float scale, float* s,
+                                    int64_t ss) {
+  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  const size_t kr = st.k_row_bytes();
+  const int64_t nb = q.blocks;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t j = 0; j < nk; ++j) {
+    const uint8_t* row = static_cast<const uint8_t*>(st.k_data()) + size_t(k0 + j) * kr;
+    for (int r = 0; r < n; ++r) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + size_t(b) * kB;
+        __m256i k;
+        if constexpr (T == KvType::Q8_0) {
+          k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+        } else {
+          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+          const __m128i m = _mm_set1_epi8(15);
+          k = _mm256_sub_epi8(
+              _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m)),
+              _mm256_set1_epi8(8));
+        }
+        const __m256i qb =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.q.data() + (r * nb + b) * kQK));
+        const __m256i dot16 = _mm256_maddubs_epi16(_mm256_sign_epi8(k, k), _mm256_sign_epi8(qb, k));
+        const __m256i dot = _mm256_madd_epi16(dot16, ones);
+        const float d =
+            _cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk)) * q.d[size_t(r * nb + b)];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d), acc);
+      }
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      s[r * ss + j] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2))) * scale;
+    }
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return has;
+}
+
 bool cpu_has_vnni() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") &&
@@ -297,6 +347,21 @@ void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const Qu
   }
 }
 
+bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                       float scale, float* s, int64_t s_stride) {
+#if defined(FAIRKV_QUANT_VNNI)
+  if (!cpu_has_avx2()) return false;
+  if (st.types().k == KvType::Q8_0)
+    scores_avx2<KvType::Q8_0>(st, k0, nk, q, n, scale, s, s_stride);
+  else
+    scores_avx2<KvType::Q4_0>(st, k0, nk, q, n, scale, s, s_stride);
+  return true;
+#else
+  (void)st, (void)k0, (void)nk, (void)q, (void)n, (void)scale, (void)s, (void)s_stride;
+  return false;
+#endif
+}
+
 bool quant_scores_vnni() {
 #if defined(FAIRKV_QUANT_VNNI)
   return cpu_has_vnni();
@@ -316,6 +381,7 @@ void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQuerie
     return;
   }
 #endif
+  if (quant_scores_avx2(st, k0, nk, q, n, scale, s, s_stride)) return;
   quant_scores_portable(st, k0, nk, q, n, scale, s, s_stride);
 }
 

@@ -7,7 +7,8 @@
 // k + 128, a sign-bit flip; q4_0: its nibbles 0..15 as stored) so that AVX512-VNNI's vpdpbusd
 // (u8 x s8) takes them directly, and the offset taken back as offset x sum(q) per block, which
 // is the query's and computed once. The kernel is chosen at run time by CPUID: AVX512-VNNI where
-// the CPU has it, else a portable loop with the same integer sums.
+// the CPU has it, else AVX2 (ggml's sign trick: |k| x sign(q, k) with vpmaddubsw), else a
+// portable loop, all with the same integer sums.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +32,9 @@ struct QuantQueries {
 // the row-major quantized keys of the store.
 void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
                   float scale, float* s, int64_t s_stride);
+// The same with the AVX2 kernel (for tests); false, doing nothing, where the CPU lacks AVX2.
+bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                       float scale, float* s, int64_t s_stride);
 // The same with the portable loop, whatever the CPU (for tests).
 void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q,
                            int n, float scale, float* s, int64_t s_stride);

@@ -57,10 +57,12 @@ TEST(QuantScores, IntegerDotProductsMatchDequantizedBlocks) {
       detail::QuantQueries qq;
       qq.set(rows.data(), int(n), d);
       const int64_t k0 = 3, nk = 40;
-      std::vector<float> fast(sz(n * nk)), port(fast.size());
+      std::vector<float> fast(sz(n * nk)), port(fast.size()), avx2(fast.size());
       detail::quant_scores(s, k0, nk, qq, int(n), 0.5f, fast.data(), nk);
       detail::quant_scores_portable(s, k0, nk, qq, int(n), 0.5f, port.data(), nk);
+      const bool has_avx2 = detail::quant_scores_avx2(s, k0, nk, qq, int(n), 0.5f, avx2.data(), nk);
       std::vector<float> key(sz(d));
+      ASSERT_TRUE(has_avx2 || !__builtin_cpu_supports("avx2"));
       const std::string what = std::string(kv_type_name(t)) + " d" + std::to_string(d) +
                                (detail::quant_scores_vnni() ? " vnni" : " portable");
       for (int64_t j = 0; j < nk; ++j) {
@@ -73,6 +75,9 @@ TEST(QuantScores, IntegerDotProductsMatchDequantizedBlocks) {
           const double tol = 1e-5 * (1 + std::fabs(want));
           ASSERT_NEAR(port[sz(r * nk + j)], want, tol) << what << " key " << j << " row " << r;
           ASSERT_NEAR(fast[sz(r * nk + j)], want, tol) << what << " key " << j << " row " << r;
+          if (has_avx2) {
+            ASSERT_NEAR(avx2[sz(r * nk + j)], want, tol) << "avx2 key " << j << " row " << r;
+          }
         }
       }
     }
