@@ -165,7 +165,7 @@ const std::vector<Layer>& layers(kv::KvType t, bool ragged) {
   for (auto& x : noise) x = z(rng);
   std::uniform_int_distribution<int64_t> offset(0, kChunk);
   const double weights[kHeads] = {0.125, 2.0, 0.5, 1.5, 0.25, 1.0, 1.875, 0.75};  // mean 1
-  const size_t layer_bytes = size_t(kHeads * kTokens * 2 * kHeadDim) * kv::kv_type_bytes(t);
+  const size_t layer_bytes = size_t(kHeads * kTokens) * kv::KvTypes(t).token_bytes(kHeadDim);
   const size_t n_layers = (beyond_cache_bytes() + layer_bytes - 1) / layer_bytes;
   for (size_t i = 0; i < n_layers; ++i) {
     Layer& l = ls.emplace_back();
@@ -227,7 +227,9 @@ void bm_decode(benchmark::State& state, kv::KvType t, int group, bool ragged, in
   // The roofline: a key costs group x head_dim FMAs for its score and as many for its value,
   // for 2 x head_dim elements read, so the arithmetic alone caps the read at fma_rate / (FMAs
   // per byte); the bound is the lower of that and the streaming read.
-  const double fmas_per_byte = double(group) / double(kv::kv_type_bytes(t));
+  // (Quantized keys score with integer dot products, not FMAs: the figure is then only a guide.)
+  const double fmas_per_byte =
+      double(group) * 2.0 * kHeadDim / double(kv::KvTypes(t).token_bytes(kHeadDim));
   const double compute = fma_rate(threads) / fmas_per_byte;
   state.counters["roofline_GB/s"] = std::min(stream, compute) / 1e9;
   state.counters["of_roofline"] = rate / std::min(stream, compute);
@@ -350,7 +352,9 @@ int main(int argc, char** argv) {
   const std::vector<bool> kernels =
       kv::amx::available() ? std::vector<bool>{false, true} : std::vector<bool>{false};
   auto suffix = [](bool amx) { return std::string(amx ? "/amx" : ""); };
-  for (kv::KvType t : {kv::KvType::F32, kv::KvType::F16})
+  const kv::KvType types[] = {kv::KvType::F32, kv::KvType::F16, kv::KvType::BF16, kv::KvType::Q8_0,
+                              kv::KvType::Q4_0};
+  for (kv::KvType t : types)
     for (bool ragged : {false, true})
       for (int group : {8, 4, 1})
         for (int th : {1, 2})
@@ -363,7 +367,7 @@ int main(int argc, char** argv) {
                 ->UseRealTime()
                 ->Unit(benchmark::kMillisecond);
           }
-  for (kv::KvType t : {kv::KvType::F32, kv::KvType::F16})
+  for (kv::KvType t : types)
     for (int group : {8, 4, 1})
       for (bool amx : kernels) {
         if (amx && t != kv::KvType::F16) continue;

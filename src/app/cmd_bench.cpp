@@ -168,7 +168,7 @@ void run(const BenchArgs& a) {
     for (double t : row) kv += t;
   int most = 1;
   for (const auto& d : split_list(a.devices)) most = std::max(most, std::atoi(d.c_str()));
-  check_fits(kv * a.batch * 2.0 * prof.head_dim * double(kv::kv_type_bytes(a.kv.kv_type())) / most,
+  check_fits(kv * a.batch * double(a.kv.kv_type().token_bytes(prof.head_dim)) / most,
              fmt::format("bench: the KV caches of batch {} at the profile's lengths over {} "
                          "devices",
                          a.batch, most));

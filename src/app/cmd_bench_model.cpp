@@ -120,7 +120,7 @@ class Bench {
   const model::Model& m_;
   model::Forward fwd_;
   const BenchModelArgs& a_;
-  kv::KvType type_;
+  kv::KvTypes type_;
   std::vector<int32_t> tokens_;
   std::mt19937 rng_{1234};
 };
@@ -138,15 +138,19 @@ void bench_model(const BenchModelArgs& a) {
       if (n > 0) tests.push_back({0, n, d, {}});
   }
   if (tests.empty()) throw UsageError("-p and -n are all 0: nothing to measure");
-  const kv::KvType type = a.kv.kv_type();
+  const kv::KvTypes type = a.kv.kv_type();
 
   set_activity("loading the model " + a.model);
   const auto m = model::Model::load(a.model, a.engine.load(a.model));
   const model::ModelConfig& c = m->config;
   int64_t most = 0;
   for (const Test& t : tests) most = std::max(most, t.n_depth + t.n_prompt + t.n_gen);
-  check_fits(double(most) * c.n_layers * c.n_kv_heads * 2.0 * double(c.head_dim) *
-                 double(kv::kv_type_bytes(type)),
+  try {
+    kv::check_kv_types(type, c.head_dim);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+  check_fits(double(most) * c.n_layers * c.n_kv_heads * double(type.token_bytes(c.head_dim)),
              fmt::format("-d/-p/-n: the KV cache of {} tokens", most));
   int64_t params = 0;
   for (const auto& t : m->file.tensors()) params += t.n_elements;
@@ -178,8 +182,8 @@ void bench_model(const BenchModelArgs& a) {
                           {"model_size", size},
                           {"model_n_params", params},
                           {"n_threads", threads},
-                          {"type_k", kv::kv_type_name(type)},
-                          {"type_v", kv::kv_type_name(type)},
+                          {"type_k", kv::kv_type_name(type.k)},
+                          {"type_v", kv::kv_type_name(type.v)},
                           {"n_ubatch", a.ubatch},
                           {"activations", a.engine.activations},
                           {"n_prompt", t.n_prompt},
@@ -199,12 +203,13 @@ void bench_model(const BenchModelArgs& a) {
     for (const Test& t : tests) all.push_back(row_json(t));
     std::printf("%s\n", all.dump(2).c_str());
   } else {
-    std::printf("| model | size | params | threads | type_k | test | t/s |\n");
-    std::printf("| --- | ---: | ---: | ---: | --- | ---: | ---: |\n");
+    std::printf("| model | size | params | threads | type_k | type_v | test | t/s |\n");
+    std::printf("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |\n");
     for (const Test& t : tests)
-      std::printf("| %s | %.2f MiB | %.2f M | %d | %s | %s | %.2f ± %.2f |\n", name.c_str(),
-                  double(size) / (1 << 20), double(params) / 1e6, threads, kv::kv_type_name(type),
-                  t.name().c_str(), mean(t.rates()), stddev(t.rates()));
+      std::printf("| %s | %.2f MiB | %.2f M | %d | %s | %s | %s | %.2f ± %.2f |\n", name.c_str(),
+                  double(size) / (1 << 20), double(params) / 1e6, threads,
+                  kv::kv_type_name(type.k), kv::kv_type_name(type.v), t.name().c_str(),
+                  mean(t.rates()), stddev(t.rates()));
   }
   std::fflush(stdout);
 }
@@ -231,7 +236,7 @@ void add_bench_model_command(CLI::App& app) {
   cmd->add_option("-o,--output", a->output, "md, jsonl or json (llama-bench's field names)")
       ->capture_default_str();
   cmd->add_flag("--no-warmup", a->no_warmup, "Skip the warm-up step");
-  cmd->add_option("--kv-type", a->kv.type, "KV cache type: f32 or f16")->capture_default_str();
+  add_kv_type_options(*cmd, a->kv);
   add_engine_options(*cmd, a->engine);
   cmd->callback([a] { bench_model(*a); });
 }

@@ -9,6 +9,7 @@
 
 #include "app/commands.h"
 #include "app/engine_options.h"
+#include "app/kv_options.h"
 #include "kernels/clock.h"
 #include "kernels/threadpool.h"
 #include "model/model.h"
@@ -19,7 +20,8 @@ namespace fairkv::app {
 namespace {
 
 struct PerplexityArgs {
-  std::string model, file, kv_type = "f32";
+  std::string model, file;
+  KvOptions kv;  // only its types
   EngineOptions engine;
   model::PerplexityOptions opt;
 };
@@ -29,12 +31,11 @@ void perplexity(const PerplexityArgs& a) {
   if (!in) throw UsageError(a.file + ": cannot read the text file (-f)");
   const std::string text((std::istreambuf_iterator<char>(in)), {});
   model::PerplexityOptions opt = a.opt;
-  if (a.kv_type == "f32")
-    opt.kv_type = kv::KvType::F32;
-  else if (a.kv_type == "f16")
-    opt.kv_type = kv::KvType::F16;
-  else
-    throw UsageError("--kv-type: expected f32 or f16, got '" + a.kv_type + "'");
+  try {
+    opt.kv_type = a.kv.kv_type();
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   opt.activations = a.engine.act();
   // llama-perplexity's n_batch is at most the n_seq chunks it runs side by side.
   if (opt.n_batch > opt.n_ctx) opt.n_batch -= opt.n_batch % opt.n_ctx;
@@ -86,8 +87,7 @@ void add_perplexity_command(CLI::App& app) {
                   "Tokens per forward call; from 2 x ctx-size on, chunks run side by side")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--kv-type", a->kv_type, "KV cache element type: f32 or f16")
-      ->capture_default_str();
+  add_kv_type_options(*cmd, a->kv);
   add_engine_options(*cmd, a->engine);
   cmd->callback([a] { perplexity(*a); });
 }

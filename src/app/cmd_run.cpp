@@ -129,9 +129,9 @@ void run(const RunArgs& a) {
   const auto prompt = prompt_ids(a, *m, text);
   const model::ModelConfig& c = m->config;
   const int64_t tokens = a.ctx_size > 0 ? a.ctx_size : int64_t(prompt.size()) + a.n_predict;
-  check_fits(double(tokens) * c.n_layers * c.n_kv_heads * 2.0 * c.head_dim *
-                 double(kv::kv_type_bytes(a.kv.kv_type())),
-             fmt::format("-n/-c: the KV cache of {} tokens", tokens));
+  check_fits(
+      double(tokens) * c.n_layers * c.n_kv_heads * double(a.kv.kv_type().token_bytes(c.head_dim)),
+      fmt::format("-n/-c: the KV cache of {} tokens", tokens));
   model::GenerateOptions opt;
   opt.n_predict = a.n_predict;
   opt.ctx_size = a.ctx_size;

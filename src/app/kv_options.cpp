@@ -179,10 +179,10 @@ const std::vector<CompressionOption>& compression_options() {
   return opts;
 }
 
-kv::KvType KvOptions::kv_type() const {
-  if (type == "f32") return kv::KvType::F32;
-  if (type == "f16") return kv::KvType::F16;
-  throw std::invalid_argument("--kv-type: expected f32 or f16, got '" + type + "'");
+kv::KvTypes KvOptions::kv_type() const {
+  const kv::KvType both = kv::parse_kv_type(type, "--kv-type");
+  return {type_k.empty() ? both : kv::parse_kv_type(type_k, "--cache-type-k"),
+          type_v.empty() ? both : kv::parse_kv_type(type_v, "--cache-type-v")};
 }
 
 kv::CompressionConfig KvOptions::config(const std::string& policy, int64_t budget) const {
@@ -206,8 +206,20 @@ kv::CompressionConfig KvOptions::config(const std::string& policy, int64_t budge
   return c;
 }
 
+void add_kv_type_options(CLI::App& cmd, KvOptions& o) {
+  cmd.add_option("--kv-type", o.type,
+                 "KV cache element type of keys and values: f32, f16, bf16, q8_0 or q4_0")
+      ->capture_default_str();
+  // llama.cpp's -ctk / -ctv are many letters behind one dash, which CLI11 cannot declare: main()
+  // spells them as these long forms before parsing.
+  cmd.add_option("--cache-type-k", o.type_k,
+                 "KV cache type of keys (-ctk): f32, f16, bf16, q8_0, q4_0 (default: --kv-type); "
+                 "q8_0 / q4_0 need a head size that is a multiple of 32");
+  cmd.add_option("--cache-type-v", o.type_v, "KV cache type of values (-ctv), as --cache-type-k");
+}
+
 void add_kv_options(CLI::App& cmd, KvOptions& o, bool with_policy) {
-  cmd.add_option("--kv-type", o.type, "KV cache element type: f32 or f16")->capture_default_str();
+  add_kv_type_options(cmd, o);
   for (const auto& opt : compression_options()) {
     const std::string flag = opt.flag;
     if (!with_policy && (flag == "--kv-policy" || flag == "--kv-budget" || flag == "--kv-ratio"))

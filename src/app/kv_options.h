@@ -27,19 +27,22 @@ struct CompressionOption {
 const std::vector<CompressionOption>& compression_options();
 
 struct KvOptions {
-  std::string type = "f32";
+  std::string type = "f32";    // --kv-type: keys and values
+  std::string type_k, type_v;  // --cache-type-k / --cache-type-v (-ctk / -ctv): override type
   std::string stats_out;
   std::map<std::string, std::string> raw;  // flag -> text, parsed by compression_options()
 
-  kv::KvType kv_type() const;
+  kv::KvTypes kv_type() const;
   // The configuration given on the command line, with policy and budget overridden when given
   // (eval sweeps them), resolved: throws std::invalid_argument naming the flag, and
   // std::runtime_error naming the file for a bad --kv-head-importance.
   kv::CompressionConfig config(const std::string& policy = "", int64_t budget = 0) const;
 };
 
-// with_policy: register --kv-policy/--kv-budget/--kv-ratio (eval sweeps them with its own
-// flags instead).
+// --kv-type, --cache-type-k and --cache-type-v alone.
+void add_kv_type_options(CLI::App& cmd, KvOptions& o);
+// The types and the compression options. with_policy: register --kv-policy/--kv-budget/--kv-ratio
+// (eval sweeps them with its own flags instead).
 void add_kv_options(CLI::App& cmd, KvOptions& o, bool with_policy = true);
 
 }  // namespace fairkv::app

@@ -41,13 +41,20 @@ int main(int argc, char** argv) {
   fairkv::app::add_serve_command(app);
   fairkv::app::add_bench_model_command(app);
   fairkv::app::add_bench_serve_command(app);
-  // llama.cpp's `-cnv` is a many-letter name behind one dash, which CLI11 refuses to declare:
-  // it is spelt as its long form before parsing.
+  // llama.cpp's `-cnv`, `-ctk` and `-ctv` are many-letter names behind one dash, which CLI11
+  // refuses to declare: they are spelt as their long forms before parsing.
   static char conversation[] = "--conversation";
+  static char cache_type_k[] = "--cache-type-k";
+  static char cache_type_v[] = "--cache-type-v";
   std::vector<char*> args(argv, argv + argc);
   fairkv::app::command_line().assign(argv, argv + argc);
   for (char*& arg : args)
-    if (std::strcmp(arg, "-cnv") == 0) arg = conversation;
+    if (std::strcmp(arg, "-cnv") == 0)
+      arg = conversation;
+    else if (std::strcmp(arg, "-ctk") == 0)
+      arg = cache_type_k;
+    else if (std::strcmp(arg, "-ctv") == 0)
+      arg = cache_type_v;
   try {
     app.parse(int(args.size()), args.data());
   } catch (const CLI::ParseError& e) {

@@ -9,7 +9,7 @@
 namespace fairkv::app {
 
 placement::Profile measure_profile(const model::Model& m, const std::vector<Prompt>& prompts,
-                                   const kv::CompressionConfig& kc, kv::KvType kv_type,
+                                   const kv::CompressionConfig& kc, kv::KvTypes kv_type,
                                    kernels::Activations act, kernels::ThreadPool& pool,
                                    const std::string& source) {
   auto comp = model::make_prefill_compression(kc, m);

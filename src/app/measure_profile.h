@@ -19,7 +19,7 @@ namespace fairkv::app {
 // The profile's tokens are the mean of the samples; `source` says where it came from. Progress
 // goes to stderr.
 placement::Profile measure_profile(const model::Model& m, const std::vector<Prompt>& prompts,
-                                   const kv::CompressionConfig& kc, kv::KvType kv_type,
+                                   const kv::CompressionConfig& kc, kv::KvTypes kv_type,
                                    kernels::Activations act, kernels::ThreadPool& pool,
                                    const std::string& source);
 

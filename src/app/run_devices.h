@@ -38,7 +38,7 @@ struct DeviceRun {
   int n_predict = 64;
   int64_t ctx_size = 0;  // -c: prompt + continuation must fit (0: no limit)
   int threads = 1;       // of the machine; the ranks of --comm threads share them
-  kv::KvType kv_type = kv::KvType::F32;
+  kv::KvTypes kv_type = kv::KvType::F32;
   const kv::CompressionConfig* compression = nullptr;  // null: keep every token
   kernels::Activations activations = kernels::Activations::Float32;
   DeviceOptions dev;

@@ -79,6 +79,11 @@ std::unique_ptr<serve::Backend> ServeOptions::make_backend(const model::Model& m
   const int64_t stores =
       int64_t(m.config.n_layers) * m.config.n_kv_heads * serve::Engine::open_limit(parallel);
   const int64_t stores_per_process = stores * (dev.comm == "threads" ? dev.devices : 1);
+  try {  // a head size the cache types cannot hold is refused now, not at the first request
+    kv::check_kv_types(kv.kv_type(), m.config.head_dim);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   if (dev.devices == 1 && dev.comm == "threads") {
     serve::SoloOptions so;
     so.kv_type = kv.kv_type();

@@ -30,6 +30,7 @@
 #include "kernels/simd.h"
 #include "kv/attention.h"
 #include "kv/attention_amx.h"
+#include "kv/attention_quant.h"
 
 namespace fairkv::kv {
 
@@ -53,8 +54,9 @@ int64_t round_up(int64_t x, int64_t m) {
 
 struct Scratch {
   std::vector<float> kbuf, vbuf, qbuf, obuf, krow;
-  std::vector<float> s;    // kMaxRows x kBlock scores, then probabilities
-  std::vector<float> amx;  // amx::Rows::scratch, 64-byte aligned within
+  std::vector<float> s;     // kMaxRows x kBlock scores, then probabilities
+  std::vector<float> amx;   // amx::Rows::scratch, 64-byte aligned within
+  detail::QuantQueries qq;  // a pass's query rows as q8_0 blocks, for quantized keys
 };
 
 // Off unless asked for: on this project's machine the AMX kernel is slower than the AVX-512 one
@@ -68,7 +70,7 @@ std::atomic<bool> g_allow_amx{amx_from_env()};
 // The AMX kernel for this store where allowed and the CPU has it: f16 elements, head_dim in
 // pairs of 16-dimension tiles.
 bool use_amx(const HeadStore& st) {
-  return st.type() == KvType::F16 && st.head_dim() % 32 == 0 &&
+  return st.types().k == KvType::F16 && st.types().v == KvType::F16 && st.head_dim() % 32 == 0 &&
          g_allow_amx.load(std::memory_order_relaxed) && amx::available();
 }
 
@@ -80,22 +82,35 @@ const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
                         std::vector<float>& buf) {
   const int64_t d = st.head_dim();
   const void* base = st.v_data();
-  if (st.type() == KvType::F32 && dp == d) return static_cast<const float*>(base) + r0 * d;
+  const KvType t = st.types().v;
+  if (t == KvType::F32 && dp == d) return static_cast<const float*>(base) + r0 * d;
   buf.resize(size_t(n * dp));
+  if (kv_type_quantized(t)) {
+    detail::dequantize_values(st, r0, n, dp, buf.data());
+    return buf.data();
+  }
   for (int64_t j = 0; j < n; ++j) {
     float* dst = buf.data() + j * dp;
-    if (st.type() == KvType::F32) {
+    if (t == KvType::F32) {
       std::copy_n(static_cast<const float*>(base) + (r0 + j) * d, d, dst);
     } else {
       const uint16_t* src = static_cast<const uint16_t*>(base) + (r0 + j) * d;
+      const bool bf16 = t == KvType::BF16;
       int64_t i = 0;
-      for (; i + kLanes <= d; i += kLanes) simd::store(dst + i, simd::load_f16(src + i));
-      for (; i < d; ++i) dst[i] = simd::half_to_float(src[i]);
+      for (; i + kLanes <= d; i += kLanes)
+        simd::store(dst + i, bf16 ? simd::load_bf16(src + i) : simd::load_f16(src + i));
+      for (; i < d; ++i)
+        dst[i] = bf16 ? kernels::bf16_to_fp32(src[i]) : simd::half_to_float(src[i]);
     }
     std::fill(dst + d, dst + dp, 0.0f);
   }
   return buf.data();
 }
+
+// bf16 elements of a panel (the bits as stored), told apart from f16's uint16_t by type.
+struct Bf16 {
+  uint16_t bits;
+};
 
 #if defined(FAIRKV_AVX512)
 // 16 float32 elements from p (converted from f16 in registers).
@@ -157,6 +172,8 @@ void score_panels(const float* q, int64_t qs, const T* P, int64_t d, float scale
       const T* src = P + (v / kPanelVecs) * pstride + i * kKeyPanel + (v % kPanelVecs) * kLanes;
       if constexpr (std::is_same_v<T, uint16_t>)
         k[v] = simd::load_f16(src);
+      else if constexpr (std::is_same_v<T, Bf16>)
+        k[v] = simd::load_bf16(reinterpret_cast<const uint16_t*>(src));
       else
         k[v] = simd::load(src);
     }
@@ -209,9 +226,12 @@ void score_keys(const HeadStore& st, int64_t k0, int n_panels, int n, const floa
   const int64_t d = st.head_dim();
   const size_t at = size_t(k0 * d);  // elements: a panel starts where its first key's row would
   auto in_place = [&](auto np, auto rows) {
-    if (st.type() == KvType::F16)
+    if (st.types().k == KvType::F16)
       score_panel_rows<np()>(rows, n, q, qs, static_cast<const uint16_t*>(st.k_data()) + at, d,
                              scale, s, ahead);
+    else if (st.types().k == KvType::BF16)
+      score_panel_rows<np()>(rows, n, q, qs, static_cast<const Bf16*>(st.k_data()) + at, d, scale,
+                             s, ahead);
     else
       score_panel_rows<np()>(rows, n, q, qs, static_cast<const float*>(st.k_data()) + at, d, scale,
                              s, ahead);
@@ -391,18 +411,25 @@ void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const 
         const float* corr, Scratch& w, Prefetch& ahead) {
   const int64_t d = st.head_dim();
   constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
+  const KvType vt = st.types().v;
+  if (kv_type_quantized(vt) && detail::pv_quant(st, p.o, p.n, r0, nb, prob, kBlock, corr)) {
+    ahead.finish();
+    return;
+  }
 #if defined(FAIRKV_AVX512)
   if (dp == d) {
-    if (st.type() == KvType::F16)
+    if (vt == KvType::F16)
       pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
-    else
+    else if (vt == KvType::F32)
       pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
+    else  // bf16, q8_0, q4_0: converted a block at a time, then as f32
+      pv_fast(p, value_rows(st, r0, nb, dp, w.vbuf), d, nb, dp, prob, corr, ahead);
     ahead.finish();
     return;
   }
 #endif
   ahead.steps = std::max<int64_t>(1, nb * (dp / kLanes));
-  if (dp == d && st.type() == KvType::F16) {
+  if (dp == d && vt == KvType::F16) {
     pv_dispatch_impl<true>(rows, p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp,
                            prob, corr, ahead);
   } else {
@@ -482,12 +509,18 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
   w.s.resize(size_t(kMaxRows * kBlock));
   float corr[kMaxRows];
-  const size_t row_bytes = size_t(st.head_dim()) * kv_type_bytes(st.type());
+  const size_t k_row = st.k_row_bytes(), v_row = st.v_row_bytes();
+  const bool quant_keys = kv_type_quantized(st.types().k);
+  if (quant_keys) w.qq.set(p.q, p.n, st.head_dim());
   // Blocks start on a panel boundary; keys before `begin` are masked.
   const int64_t start = begin / kKeyPanel * kKeyPanel;
   for (int64_t r0 = start; r0 < hi; r0 += kBlock) {
     const int64_t nb = std::min(kBlock, hi - r0);
-    for (int64_t j0 = 0; j0 < nb;) {
+    if (quant_keys) {
+      // Row-major blocks, read in order: the hardware prefetchers follow them.
+      detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), kBlock);
+    }
+    for (int64_t j0 = quant_keys ? nb : 0; j0 < nb;) {
       // Two panels at a time where both are whole; on AVX-512 also for a prefill's 16 rows, in
       // calls of eight that each convert the panels again (kv_bench prefill: 12-15% faster than
       // one panel for all 16, each broadcast serving one FMA). Narrower vectors: not measured.
@@ -496,8 +529,8 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
       Prefetch ahead;
       const int64_t next = r0 + j0 + kPrefetchKeys;
       if (next + np * kKeyPanel <= hi) {
-        ahead.at = static_cast<const char*>(st.k_data()) + size_t(next) * row_bytes;
-        ahead.lines = int64_t(size_t(np * kKeyPanel) * row_bytes / 64);
+        ahead.at = static_cast<const char*>(st.k_data()) + size_t(next) * k_row;
+        ahead.lines = int64_t(size_t(np * kKeyPanel) * k_row / 64);
       }
       score_keys(st, r0 + j0, np, p.n, p.q[0], dp, scale, &w.s[size_t(j0)], w, ahead);
       j0 += np * kKeyPanel;
@@ -516,8 +549,8 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
     // The next block's values, fetched while this block's are used.
     Prefetch vahead;
     if (r0 + kBlock < hi) {
-      vahead.at = static_cast<const char*>(st.v_data()) + size_t(r0 + kBlock) * row_bytes;
-      vahead.lines = int64_t(size_t(std::min(kBlock, hi - r0 - kBlock)) * row_bytes / 64);
+      vahead.at = static_cast<const char*>(st.v_data()) + size_t(r0 + kBlock) * v_row;
+      vahead.lines = int64_t(size_t(std::min(kBlock, hi - r0 - kBlock)) * v_row / 64);
     }
     pv(st, p, r0, nb, dp, w.s.data(), corr, w, vahead);
   }
@@ -581,6 +614,13 @@ void attend(const AttentionArgs& a) {
         float* dst = a.probs + (row - first_probs * G) * st.size();
         if (empty)
           std::fill(dst, dst + st.size(), 0.0f);
+        else if (kv_type_quantized(st.types().k))
+          // Eviction scores come from the keys as computed, not as quantized: a quantized cache
+          // should keep the tokens an f32 cache would keep, so that compression and quantization
+          // err independently. The prompt's rows are at hand in float32 (fresh_keys); rows of
+          // earlier chunks are dequantized, the best left of them.
+          detail::window_probs_f32(st, p.q[r], a.begin, p.lim[r], a.scale, a.fresh_keys,
+                                   st.size() - a.n_tokens, dst);
         else
           write_probs(st, p.q[r], a.begin, p.lim[r], lse, a.scale, w, dst);
       }

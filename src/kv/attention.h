@@ -40,6 +40,10 @@ struct AttentionArgs {
   // llama.cpp's arithmetic instead of the fast kernel (attention_ggml.cpp): scores, softmax and
   // sums in ggml's order, for an f32 store, without lse or probs (Activations::GgmlOrder).
   bool ggml_order = false;
+  // Optional: the float32 keys of the store's last n_tokens rows as they were appended
+  // (n_tokens x head_dim). For a quantized K cache, `probs` is then scored against these rather
+  // than the quantized rows (eviction scores computed before quantization).
+  const float* fresh_keys = nullptr;
 };
 
 // Fast kernel (SIMD over head_dim, one pass with online softmax).

@@ -20,7 +20,7 @@ namespace fairkv::kv {
 void attend_ggml(const AttentionArgs& a) {
   if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
     throw std::invalid_argument("attend: store, q and out are required, group >= 1, begin >= 0");
-  if (a.store->type() != KvType::F32 || a.lse || a.probs)
+  if (a.store->types().k != KvType::F32 || a.store->types().v != KvType::F32 || a.lse || a.probs)
     throw std::invalid_argument("attend: ggml_order needs an f32 store, no lse and no probs");
   const HeadStore& st = *a.store;
   const int64_t d = st.head_dim();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kv/attention.h"
+#include "kv/attention_test_util.h"
 
 namespace fairkv::kv {
 namespace {
@@ -37,7 +38,7 @@ void expect_close(const float* got, const float* want, int64_t n, float tol,
 }
 
 struct LongCase {
-  KvType type;
+  KvTypes type;
   int64_t head_dim;
   int group;
   int64_t held, prompt;  // rows the store held before, tokens of the prompt appended to them
@@ -56,7 +57,9 @@ TEST_P(LongPrefill, MatchesReferenceOnSlicesOfThePrompt) {
   const auto k = randn(len * d, rng), v = randn(len * d, rng);
   s.append(k.data(), v.data(), c.held);  // earlier chunks, then this one
   s.append(k.data() + c.held * d, v.data() + c.held * d, n);
-  const auto q = randn(n * G * d, rng);
+  // Quantized keys score a q8_0 query: one it holds exactly leaves only float rounding.
+  const auto q =
+      kv_type_quantized(c.type.k) ? test::q8_exact(n * G * d, rng) : randn(n * G * d, rng);
   std::vector<float> o(sz(n * G * d)), lse(sz(n * G)), p(sz(W * G * len), -1.0f);
   AttentionArgs a;
   a.store = &s;
@@ -86,7 +89,7 @@ TEST_P(LongPrefill, MatchesReferenceOnSlicesOfThePrompt) {
     r.probs = t1 == n ? p_ref.data() : nullptr;
     r.probs_tokens = t1 == n ? W : 0;
     attend_ref(r);
-    const std::string what = std::string(kv_type_name(c.type)) + " d" + std::to_string(d) + " g" +
+    const std::string what = kv_types_name(c.type) + " d" + std::to_string(d) + " g" +
                              std::to_string(G) + " tokens " + std::to_string(t0);
     expect_close(o.data() + t0 * G * d, o_ref.data(), rows * d, 2e-5f, what + " out");
     expect_close(lse.data() + t0 * G, lse_ref.data(), rows, 2e-6f, what + " lse");
@@ -100,13 +103,17 @@ INSTANTIATE_TEST_SUITE_P(Prompts, LongPrefill,
                                            LongCase{KvType::F16, 40, 1, 1500, 1500},
                                            LongCase{KvType::F32, 128, 1, 0, 3000},
                                            LongCase{KvType::F32, 64, 8, 700, 2300},
-                                           LongCase{KvType::F32, 40, 4, 0, 3000}),
+                                           LongCase{KvType::F32, 40, 4, 0, 3000},
+                                           LongCase{KvType::Q8_0, 128, 8, 0, 3000},
+                                           LongCase{KvType::Q4_0, 64, 1, 1000, 2000},
+                                           LongCase{{KvType::Q8_0, KvType::F16}, 128, 4, 700, 2300},
+                                           LongCase{KvType::BF16, 128, 8, 1500, 1500}),
                          [](const auto& info) {
                            const LongCase& c = info.param;
-                           return std::string(kv_type_name(c.type)) + "_d" +
-                                  std::to_string(c.head_dim) + "_g" + std::to_string(c.group) +
-                                  "_held" + std::to_string(c.held) + "_n" +
-                                  std::to_string(c.prompt);
+                           return std::string(kv_type_name(c.type.k)) + "_" +
+                                  kv_type_name(c.type.v) + "_d" + std::to_string(c.head_dim) +
+                                  "_g" + std::to_string(c.group) + "_held" +
+                                  std::to_string(c.held) + "_n" + std::to_string(c.prompt);
                          });
 
 }  // namespace

@@ -237,17 +237,17 @@ TEST_P(AttendVsRef, ReservedStoreAttendsIdentically) {
   expect_same("after keep");
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, AttendVsRef,
-                         ::testing::Combine(::testing::Values(KvType::F32, KvType::F16),
-                                            ::testing::Values(1, 2, 3, 4, 8),
-                                            ::testing::Values(int64_t(8), int64_t(16), int64_t(32),
-                                                              int64_t(64), int64_t(128),
-                                                              int64_t(40))),
-                         [](const auto& info) {
-                           return std::string(kv_type_name(std::get<0>(info.param))) + "_g" +
-                                  std::to_string(std::get<1>(info.param)) + "_d" +
-                                  std::to_string(std::get<2>(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttendVsRef,
+    ::testing::Combine(::testing::Values(KvType::F32, KvType::F16, KvType::BF16),
+                       ::testing::Values(1, 2, 3, 4, 8),
+                       ::testing::Values(int64_t(8), int64_t(16), int64_t(32), int64_t(64),
+                                         int64_t(128), int64_t(40))),
+    [](const auto& info) {
+      return std::string(kv_type_name(std::get<0>(info.param))) + "_g" +
+             std::to_string(std::get<1>(info.param)) + "_d" +
+             std::to_string(std::get<2>(info.param));
+    });
 
 // Long decode over many blocks and several touch sweeps, whole and as an unaligned slice
 // [begin, end): lengths are not multiples of the block, head sizes 64 and 128.

@@ -10,17 +10,32 @@
 
 namespace fairkv::kv {
 
-const char* kv_type_name(KvType t) {
-  return t == KvType::F16 ? "f16" : "f32";
-}
-size_t kv_type_bytes(KvType t) {
-  return t == KvType::F16 ? 2 : 4;
+namespace {
+
+constexpr KvType kAllTypes[] = {KvType::F32, KvType::F16, KvType::BF16, KvType::Q8_0, KvType::Q4_0};
+
+}  // namespace
+
+kernels::DType kv_dtype(KvType t) {
+  switch (t) {
+    case KvType::F16:
+      return kernels::DType::F16;
+    case KvType::BF16:
+      return kernels::DType::BF16;
+    case KvType::Q8_0:
+      return kernels::DType::Q8_0;
+    case KvType::Q4_0:
+      return kernels::DType::Q4_0;
+    default:
+      return kernels::DType::F32;
+  }
 }
 
 namespace {
 
-kernels::DType dtype_of(KvType t) {
-  return t == KvType::F16 ? kernels::DType::F16 : kernels::DType::F32;
+// Bytes of one element of a panel-layout type (f32, f16, bf16).
+size_t element_bytes(KvType t) {
+  return t == KvType::F32 ? 4 : 2;
 }
 
 size_t round_up(size_t x, size_t m) {
@@ -33,10 +48,11 @@ size_t round_up(size_t x, size_t m) {
 struct Pages {
   size_t k_end, v_begin, v_end;
 };
-Pages pages_of(int64_t rows, size_t row, int64_t max_rows) {
-  const size_t pg = store_page_size(), v0 = size_t(max_rows) * row, n = size_t(rows) * row;
+Pages pages_of(int64_t rows, size_t k_row, size_t v_row, int64_t max_rows) {
+  const size_t pg = store_page_size(), v0 = size_t(max_rows) * k_row;
   const size_t v_begin = v0 / pg * pg;
-  return {round_up(n, pg), v_begin, rows == 0 ? v_begin : round_up(v0 + n, pg)};
+  return {round_up(size_t(rows) * k_row, pg), v_begin,
+          rows == 0 ? v_begin : round_up(v0 + size_t(rows) * v_row, pg)};
 }
 
 std::string str(int64_t x) {
@@ -45,17 +61,76 @@ std::string str(int64_t x) {
 
 }  // namespace
 
+const char* kv_type_name(KvType t) {
+  switch (t) {
+    case KvType::F16:
+      return "f16";
+    case KvType::BF16:
+      return "bf16";
+    case KvType::Q8_0:
+      return "q8_0";
+    case KvType::Q4_0:
+      return "q4_0";
+    default:
+      return "f32";
+  }
+}
+
+KvType parse_kv_type(const std::string& s, const std::string& what) {
+  for (KvType t : kAllTypes)
+    if (s == kv_type_name(t)) return t;
+  throw std::invalid_argument(what + ": expected one of f32, f16, bf16, q8_0, q4_0, got '" + s +
+                              "'");
+}
+
+bool kv_type_quantized(KvType t) {
+  return t == KvType::Q8_0 || t == KvType::Q4_0;
+}
+
+size_t kv_row_bytes(KvType t, int64_t head_dim) {
+  if (kv_type_quantized(t)) {
+    check_kv_type(t, head_dim, "KV cache type");
+    return kernels::row_bytes(kv_dtype(t), head_dim);
+  }
+  return size_t(head_dim) * element_bytes(t);
+}
+
+void check_kv_type(KvType t, int64_t head_dim, const std::string& what) {
+  if (kv_type_quantized(t) && head_dim % kernels::kQK != 0)
+    throw std::invalid_argument(what + " " + kv_type_name(t) + ": rows are blocks of " +
+                                str(kernels::kQK) + " elements, but the head size is " +
+                                str(head_dim));
+}
+
+void check_kv_types(KvTypes t, int64_t head_dim) {
+  check_kv_type(t.k, head_dim, "--cache-type-k");
+  check_kv_type(t.v, head_dim, "--cache-type-v");
+}
+
+size_t KvTypes::token_bytes(int64_t head_dim) const {
+  check_kv_types(*this, head_dim);
+  return kv_row_bytes(k, head_dim) + kv_row_bytes(v, head_dim);
+}
+
+std::string kv_types_name(KvTypes t) {
+  if (t.k == t.v) return kv_type_name(t.k);
+  return std::string("K ") + kv_type_name(t.k) + " / V " + kv_type_name(t.v);
+}
+
+HeadStore::HeadStore(int64_t head_dim, KvTypes types) : head_dim_(head_dim), types_(types) {
+  check_kv_types(types, head_dim);
+}
+
 HeadStore::HeadStore(const HeadStore& o)
-    : head_dim_(o.head_dim_), type_(o.type_), len_(o.len_), kv_(o.kv_), cap_(o.cap_) {
+    : head_dim_(o.head_dim_), types_(o.types_), len_(o.len_), kv_(o.kv_), cap_(o.cap_) {
   base_ = kv_.data();
   if (!o.vm_.data()) return;
   len_ = 0;
   reserve_virtual(o.cap_);
   const RawRows r = resize_raw(o.len_);
-  const size_t n = size_t(o.len_) * row_bytes();
-  if (n > 0) {
-    std::memcpy(r.k, o.k_ptr(), n);
-    std::memcpy(r.v, o.v_ptr(), n);
+  if (o.len_ > 0) {
+    std::memcpy(r.k, o.k_ptr(), size_t(o.len_) * k_row_bytes());
+    std::memcpy(r.v, o.v_ptr(), size_t(o.len_) * v_row_bytes());
   }
 }
 
@@ -65,11 +140,11 @@ HeadStore& HeadStore::operator=(const HeadStore& o) {
 }
 
 void HeadStore::regrow(int64_t rows) {
-  const size_t row = row_bytes(), n = size_t(len_) * row;
-  StoreBytes a(2 * size_t(rows) * row);
-  if (n > 0) {
-    std::memcpy(a.data(), k_ptr(), n);
-    std::memcpy(a.data() + size_t(rows) * row, v_ptr(), n);
+  const size_t kr = k_row_bytes(), vr = v_row_bytes();
+  StoreBytes a(size_t(rows) * (kr + vr));
+  if (len_ > 0) {
+    std::memcpy(a.data(), k_ptr(), size_t(len_) * kr);
+    std::memcpy(a.data() + size_t(rows) * kr, v_ptr(), size_t(len_) * vr);
   }
   kv_.swap(a);
   base_ = kv_.data();
@@ -77,7 +152,8 @@ void HeadStore::regrow(int64_t rows) {
 }
 
 void HeadStore::commit_rows(int64_t from, int64_t to) {
-  const Pages a = pages_of(from, row_bytes(), cap_), b = pages_of(to, row_bytes(), cap_);
+  const Pages a = pages_of(from, k_row_bytes(), v_row_bytes(), cap_),
+              b = pages_of(to, k_row_bytes(), v_row_bytes(), cap_);
   // Re-committing V's first page from K's side (or the other way) is harmless: mprotect keeps
   // the contents of pages already readable and writable.
   vm_.commit(a.k_end, b.k_end);
@@ -85,7 +161,8 @@ void HeadStore::commit_rows(int64_t from, int64_t to) {
 }
 
 void HeadStore::release_rows(int64_t from, int64_t to) {
-  const Pages a = pages_of(from, row_bytes(), cap_), b = pages_of(to, row_bytes(), cap_);
+  const Pages a = pages_of(from, k_row_bytes(), v_row_bytes(), cap_),
+              b = pages_of(to, k_row_bytes(), v_row_bytes(), cap_);
   // K's pages stop short of V's first page while V still has rows there; V's pages past its
   // rows lie beyond K's (K's rows end before max_rows rows, V's first page at the latest).
   vm_.release(b.k_end, to > 0 ? std::min(a.k_end, b.v_begin) : a.k_end);
@@ -96,15 +173,16 @@ size_t HeadStore::committed_bytes() const {
   return vm_.data() ? committed_bytes_at(len_) : kv_.capacity();
 }
 
-size_t HeadStore::reserved_bytes(int64_t rows, int64_t max_rows, int64_t head_dim, KvType t) {
-  const Pages p = pages_of(rows, size_t(head_dim) * kv_type_bytes(t), max_rows);
+size_t HeadStore::reserved_bytes(int64_t rows, int64_t max_rows, int64_t head_dim, KvTypes t) {
+  const Pages p =
+      pages_of(rows, kv_row_bytes(t.k, head_dim), kv_row_bytes(t.v, head_dim), max_rows);
   const size_t shared = p.v_end > p.v_begin && p.k_end > p.v_begin ? p.k_end - p.v_begin : 0;
   return p.k_end + (p.v_end - p.v_begin) - shared;
 }
 
 size_t HeadStore::committed_bytes_at(int64_t rows) const {
-  if (!vm_.data()) return std::max(kv_.capacity(), size_t(rows) * 2 * row_bytes());
-  return reserved_bytes(rows, cap_, head_dim_, type_);
+  if (!vm_.data()) return std::max(kv_.capacity(), size_t(rows) * (k_row_bytes() + v_row_bytes()));
+  return reserved_bytes(rows, cap_, head_dim_, types_);
 }
 
 void HeadStore::reserve_virtual(int64_t max_rows) {
@@ -114,14 +192,14 @@ void HeadStore::reserve_virtual(int64_t max_rows) {
   if (max_rows < len_)
     throw std::length_error("HeadStore::reserve_virtual: the store holds " + str(len_) +
                             " rows, more than the limit of " + str(max_rows));
-  const size_t row = row_bytes(), n = size_t(len_) * row;
-  ReservedRange r(2 * size_t(max_rows) * row);
-  const Pages p = pages_of(len_, row, max_rows);
+  const size_t kr = k_row_bytes(), vr = v_row_bytes();
+  ReservedRange r(size_t(max_rows) * (kr + vr));
+  const Pages p = pages_of(len_, kr, vr, max_rows);
   r.commit(0, p.k_end);
   r.commit(p.v_begin, p.v_end);
-  if (n > 0) {
-    std::memcpy(r.data(), k_ptr(), n);
-    std::memcpy(r.data() + size_t(max_rows) * row, v_ptr(), n);
+  if (len_ > 0) {
+    std::memcpy(r.data(), k_ptr(), size_t(len_) * kr);
+    std::memcpy(r.data() + size_t(max_rows) * kr, v_ptr(), size_t(len_) * vr);
   }
   StoreBytes().swap(kv_);
   vm_ = std::move(r);
@@ -142,9 +220,10 @@ void HeadStore::append(const float* k, const float* v, int64_t n) {
   } else if (vm_.data()) {
     commit_rows(len_, len_ + n);
   }
-  const size_t at = size_t(len_) * row_bytes();
-  kernels::quantize_row(dtype_of(type_), k, k_ptr() + at, n * head_dim_);
-  kernels::quantize_row(dtype_of(type_), v, v_ptr() + at, n * head_dim_);
+  kernels::quantize_row(kv_dtype(types_.k), k, k_ptr() + size_t(len_) * k_row_bytes(),
+                        n * head_dim_);
+  kernels::quantize_row(kv_dtype(types_.v), v, v_ptr() + size_t(len_) * v_row_bytes(),
+                        n * head_dim_);
   const int64_t sealed = panel_keys();
   len_ += n;
   seal_panels(sealed);
@@ -169,7 +248,7 @@ HeadStore::RawRows HeadStore::resize_raw(int64_t rows) {
     else
       commit_rows(len_, rows);
   } else {
-    StoreBytes a(2 * size_t(rows) * row_bytes());
+    StoreBytes a(size_t(rows) * (k_row_bytes() + v_row_bytes()));
     kv_.swap(a);
     base_ = kv_.data();
     cap_ = rows;
@@ -179,7 +258,7 @@ HeadStore::RawRows HeadStore::resize_raw(int64_t rows) {
 }
 
 void HeadStore::keep(std::span<const int64_t> indices) {
-  const size_t row = row_bytes();
+  const size_t kr = k_row_bytes(), vr = v_row_bytes();
   int64_t prev = -1;
   for (size_t j = 0; j < indices.size(); ++j) {
     const int64_t i = indices[j];
@@ -195,10 +274,10 @@ void HeadStore::keep(std::span<const int64_t> indices) {
   }
   // Gather the kept rows into an exactly-sized array: the memory held must equal the tokens kept.
   const size_t m = indices.size();
-  StoreBytes a(2 * m * row);
+  StoreBytes a(m * (kr + vr));
   for (size_t j = 0; j < m; ++j) {
-    raw_key(indices[j], a.data() + j * row);
-    std::memcpy(a.data() + (m + j) * row, v_ptr() + size_t(indices[j]) * row, row);
+    raw_key(indices[j], a.data() + j * kr);
+    std::memcpy(a.data() + m * kr + j * vr, v_ptr() + size_t(indices[j]) * vr, vr);
   }
   kv_.swap(a);
   base_ = kv_.data();
@@ -212,16 +291,16 @@ void HeadStore::keep(std::span<const int64_t> indices) {
 // own panel's extent, and the keys of that extent are only wanted at or before their own place,
 // so nothing still to be read is overwritten. The panels are sealed again at the end.
 void HeadStore::keep_in_place(std::span<const int64_t> indices) {
-  const size_t row = row_bytes(), m = indices.size();
-  std::vector<uint8_t> keys(size_t(kKeyPanel) * row);
+  const size_t kr = k_row_bytes(), vr = v_row_bytes(), m = indices.size();
+  std::vector<uint8_t> keys(size_t(kKeyPanel) * kr);
   for (size_t j0 = 0; j0 < m; j0 += size_t(kKeyPanel)) {
     const size_t n = std::min(size_t(kKeyPanel), m - j0);
-    for (size_t j = 0; j < n; ++j) raw_key(indices[j0 + j], keys.data() + j * row);
-    std::memcpy(k_ptr() + j0 * row, keys.data(), n * row);
+    for (size_t j = 0; j < n; ++j) raw_key(indices[j0 + j], keys.data() + j * kr);
+    std::memcpy(k_ptr() + j0 * kr, keys.data(), n * kr);
   }
   for (size_t j = 0; j < m; ++j)
     if (size_t(indices[j]) != j)
-      std::memcpy(v_ptr() + j * row, v_ptr() + size_t(indices[j]) * row, row);
+      std::memcpy(v_ptr() + j * vr, v_ptr() + size_t(indices[j]) * vr, vr);
   const int64_t had = len_;
   len_ = int64_t(m);
   seal_panels(0);
@@ -238,14 +317,18 @@ void HeadStore::clear() {
 
 void HeadStore::k_row(int64_t i, float* out) const {
   if (i >= panel_keys()) {
-    kernels::dequantize_row(dtype_of(type_), k_ptr() + size_t(i) * row_bytes(), out, head_dim_);
+    kernels::dequantize_row(kv_dtype(types_.k), k_ptr() + size_t(i) * k_row_bytes(), out,
+                            head_dim_);
     return;
   }
-  const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * row_bytes();
+  const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * k_row_bytes();
   const int64_t t = i % kKeyPanel;
-  if (type_ == KvType::F16) {
+  if (types_.k == KvType::F16) {
     const auto* p = reinterpret_cast<const uint16_t*>(panel);
     for (int64_t e = 0; e < head_dim_; ++e) out[e] = kernels::fp16_to_fp32(p[e * kKeyPanel + t]);
+  } else if (types_.k == KvType::BF16) {
+    const auto* p = reinterpret_cast<const uint16_t*>(panel);
+    for (int64_t e = 0; e < head_dim_; ++e) out[e] = kernels::bf16_to_fp32(p[e * kKeyPanel + t]);
   } else {
     const auto* p = reinterpret_cast<const float*>(panel);
     for (int64_t e = 0; e < head_dim_; ++e) out[e] = p[e * kKeyPanel + t];
@@ -272,27 +355,27 @@ void panel_to_row(const uint8_t* panel, int64_t t, int64_t d, uint8_t* dst) {
 }  // namespace
 
 void HeadStore::raw_key(int64_t i, uint8_t* dst) const {
-  const size_t row = row_bytes();
+  const size_t row = k_row_bytes();
   if (i >= panel_keys()) {
     std::memcpy(dst, k_ptr() + size_t(i) * row, row);
     return;
   }
   const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * row;
-  if (type_ == KvType::F16)
+  if (element_bytes(types_.k) == 2)
     panel_to_row<uint16_t>(panel, i % kKeyPanel, head_dim_, dst);
   else
     panel_to_row<uint32_t>(panel, i % kKeyPanel, head_dim_, dst);
 }
 
 void HeadStore::seal_panels(int64_t from) {
-  if (from + kKeyPanel > len_) return;  // most decode appends
-  const size_t row = row_bytes();
+  if (from + kKeyPanel > len_ || kv_type_quantized(types_.k)) return;  // most decode appends
+  const size_t row = k_row_bytes();
   std::vector<uint8_t> rows(size_t(kKeyPanel) * row);
   for (int64_t p = from; p + kKeyPanel <= len_; p += kKeyPanel) {
     uint8_t* panel = k_ptr() + size_t(p) * row;
     std::memcpy(rows.data(), panel, rows.size());
     for (int64_t t = 0; t < kKeyPanel; ++t) {
-      if (type_ == KvType::F16)
+      if (element_bytes(types_.k) == 2)
         row_to_panel<uint16_t>(rows.data() + size_t(t) * row, head_dim_, panel, t);
       else
         row_to_panel<uint32_t>(rows.data() + size_t(t) * row, head_dim_, panel, t);
@@ -301,12 +384,12 @@ void HeadStore::seal_panels(int64_t from) {
 }
 
 void HeadStore::v_row(int64_t i, float* out) const {
-  kernels::dequantize_row(dtype_of(type_), v_ptr() + size_t(i) * row_bytes(), out, head_dim_);
+  kernels::dequantize_row(kv_dtype(types_.v), v_ptr() + size_t(i) * v_row_bytes(), out, head_dim_);
 }
 
-SequenceCache::SequenceCache(int n_layers, int n_kv_heads, int64_t head_dim, KvType type)
-    : n_layers_(n_layers), n_kv_heads_(n_kv_heads), head_dim_(head_dim), type_(type) {
-  stores_.assign(size_t(n_layers) * size_t(n_kv_heads), HeadStore(head_dim, type));
+SequenceCache::SequenceCache(int n_layers, int n_kv_heads, int64_t head_dim, KvTypes types)
+    : n_layers_(n_layers), n_kv_heads_(n_kv_heads), head_dim_(head_dim), types_(types) {
+  stores_.assign(size_t(n_layers) * size_t(n_kv_heads), HeadStore(head_dim, types));
 }
 
 size_t SequenceCache::bytes() const {

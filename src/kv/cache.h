@@ -7,17 +7,48 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "kernels/types.h"
 #include "kv/store_memory.h"
 
 namespace fairkv::kv {
 
-enum class KvType { F32, F16 };
+// Element types of a cache, as llama.cpp's --cache-type-k / --cache-type-v name them. Q8_0 and Q4_0
+// rows are ggml's blocks of 32 elements (kernels/types.h), so a quantized head needs a head_dim
+// that is a multiple of 32.
+enum class KvType { F32, F16, BF16, Q8_0, Q4_0 };
 const char* kv_type_name(KvType t);
-size_t kv_type_bytes(KvType t);
+// The type named s ("f32", "f16", "bf16", "q8_0", "q4_0"); throws std::invalid_argument naming
+// `what` (the option) and the names accepted.
+KvType parse_kv_type(const std::string& s, const std::string& what);
+bool kv_type_quantized(KvType t);
+// The element type (kernels/types.h) whose rows a store of type t holds.
+kernels::DType kv_dtype(KvType t);
+// Bytes of one row of head_dim elements (head_dim a multiple of 32 for the quantized types, else
+// it throws as check_kv_type, naming the type).
+size_t kv_row_bytes(KvType t, int64_t head_dim);
+// Throws std::invalid_argument naming `what` when head_dim cannot be stored in t.
+void check_kv_type(KvType t, int64_t head_dim, const std::string& what);
 
-// Keys are stored in panels of this many tokens (see HeadStore).
+// The types of keys and values, chosen independently (-ctk / -ctv). Converts from one KvType for
+// both, which is what a cache had before the two could differ.
+struct KvTypes {
+  KvType k = KvType::F32, v = KvType::F32;
+  KvTypes() = default;
+  KvTypes(KvType t) : k(t), v(t) {}  // NOLINT(google-explicit-constructor): the common case
+  KvTypes(KvType kt, KvType vt) : k(kt), v(vt) {}
+  // Bytes of one token of one head: a key row and a value row. Throws as check_kv_types.
+  size_t token_bytes(int64_t head_dim) const;
+  friend bool operator==(const KvTypes&, const KvTypes&) = default;
+};
+// "f16" when both are f16, else "K q8_0 / V f16".
+std::string kv_types_name(KvTypes t);
+// check_kv_type for both, naming --cache-type-k / --cache-type-v.
+void check_kv_types(KvTypes t, int64_t head_dim);
+
+// Keys of f32, f16 and bf16 stores are held in panels of this many tokens (see HeadStore).
 inline constexpr int64_t kKeyPanel = 16;
 
 // One head's keys and values: len rows of head_dim elements each, K then V in one array.
@@ -28,7 +59,12 @@ inline constexpr int64_t kKeyPanel = 16;
 // vectors built from one conversion and one FMA per element, with no horizontal sums, which is
 // what lets a GQA group's decode attention keep up with the read. A panel is sealed (transposed
 // in place) when its last key arrives, so the bytes stay exactly the keys kept and a decode
-// append costs O(head_dim * kKeyPanel) at worst.
+// append costs O(head_dim * kKeyPanel) at worst. Quantized keys (q8_0, q4_0) stay row-major,
+// ggml's blocks as llama.cpp stores them (panel_keys() is 0): their scores are integer dot
+// products of whole blocks (attention_quant.h), which want a key's 32 elements together.
+//
+// Keys and values may have different types (K rows of kv_row_bytes(types().k, head_dim) bytes,
+// V rows of kv_row_bytes(types().v, head_dim)).
 //
 // The array lives in one of two kinds of memory. Ordinarily it is allocated (store_memory.h) and
 // decode appends regrow it by a quarter, copying. After reserve_virtual(max_rows) it is an
@@ -39,7 +75,8 @@ inline constexpr int64_t kKeyPanel = 16;
 class HeadStore {
  public:
   HeadStore() = default;
-  HeadStore(int64_t head_dim, KvType type) : head_dim_(head_dim), type_(type) {}
+  // Throws std::invalid_argument when a quantized type cannot hold rows of head_dim.
+  HeadStore(int64_t head_dim, KvTypes types);
   HeadStore(const HeadStore& o);
   HeadStore(HeadStore&&) noexcept = default;
   HeadStore& operator=(const HeadStore& o);
@@ -47,7 +84,7 @@ class HeadStore {
   ~HeadStore() = default;
   int64_t size() const { return len_; }
   int64_t head_dim() const { return head_dim_; }
-  KvType type() const { return type_; }
+  KvTypes types() const { return types_; }
   // Appends n rows (float32 in, converted to the store's type). Amortised O(n). Past a reserved
   // store's limit it throws std::length_error and appends nothing.
   void append(const float* k, const float* v, int64_t n);
@@ -63,14 +100,18 @@ class HeadStore {
   void keep(std::span<const int64_t> indices);
   // Drops the rows and the memory, a reservation included.
   void clear();
-  // Raw keys: panel p (keys [p, p + 1) * kKeyPanel) starts at byte p * kKeyPanel * row bytes,
-  // and a key i >= panel_keys() at byte i * row bytes (row bytes: head_dim * element size).
+  // Raw keys: panel p (keys [p, p + 1) * kKeyPanel) starts at byte p * kKeyPanel * k_row_bytes(),
+  // and a key i >= panel_keys() at byte i * k_row_bytes().
   const void* k_data() const { return k_ptr(); }
-  int64_t panel_keys() const { return len_ / kKeyPanel * kKeyPanel; }
-  // Raw values: row i starts at v_data() + i * head_dim * kv_type_bytes(type()).
+  int64_t panel_keys() const {
+    return kv_type_quantized(types_.k) ? 0 : len_ / kKeyPanel * kKeyPanel;
+  }
+  // Raw values: row i starts at v_data() + i * v_row_bytes().
   const void* v_data() const { return v_ptr(); }
   // Bytes of the kept tokens (K and V), the figure FAIRKV.md's load counts.
-  size_t bytes() const { return size_t(len_) * 2 * head_dim_ * kv_type_bytes(type_); }
+  size_t bytes() const { return size_t(len_) * (k_row_bytes() + v_row_bytes()); }
+  size_t k_row_bytes() const { return kv_row_bytes(types_.k, head_dim_); }
+  size_t v_row_bytes() const { return kv_row_bytes(types_.v, head_dim_); }
   // Bytes allocated: equal to bytes() after construction, a prefill append or keep(); decode
   // appends grow the array by a quarter at a time (amortised O(1) per token, never a copy per
   // token), so that it stays within 1.25 x bytes() plus 16 rows. A reserved store: its address
@@ -82,9 +123,9 @@ class HeadStore {
   // What committed_bytes() will be once the store holds `rows` rows (appends alone): what the
   // serving engine checks a step against its memory limit with.
   size_t committed_bytes_at(int64_t rows) const;
-  // committed_bytes() of a store reserved for max_rows rows of head_dim elements of type t,
+  // committed_bytes() of a store reserved for max_rows rows of head_dim elements of types t,
   // holding `rows` rows.
-  static size_t reserved_bytes(int64_t rows, int64_t max_rows, int64_t head_dim, KvType t);
+  static size_t reserved_bytes(int64_t rows, int64_t max_rows, int64_t head_dim, KvTypes t);
   void k_row(int64_t i, float* out) const;  // row i of K as float32
   void v_row(int64_t i, float* out) const;
 
@@ -99,11 +140,10 @@ class HeadStore {
   RawRows resize_raw(int64_t rows);
 
  private:
-  size_t row_bytes() const { return size_t(head_dim_) * kv_type_bytes(type_); }
   uint8_t* k_ptr() { return base_; }
   const uint8_t* k_ptr() const { return base_; }
-  uint8_t* v_ptr() { return base_ + size_t(cap_) * row_bytes(); }
-  const uint8_t* v_ptr() const { return base_ + size_t(cap_) * row_bytes(); }
+  uint8_t* v_ptr() { return base_ + size_t(cap_) * k_row_bytes(); }
+  const uint8_t* v_ptr() const { return base_ + size_t(cap_) * k_row_bytes(); }
   // Moves the rows into an array of room for `rows` rows.
   void regrow(int64_t rows);
   // A reserved store's commitment from `from` rows to `to` rows: commits or releases the pages
@@ -117,7 +157,7 @@ class HeadStore {
   // row-major, into the panel layout.
   void seal_panels(int64_t from);
   int64_t head_dim_ = 0;
-  KvType type_ = KvType::F32;
+  KvTypes types_;
   int64_t len_ = 0;
   // Room for cap_ rows of K, then cap_ rows of V, in one array: a store reaches the huge-page
   // threshold (store_memory.h) at half the keys two arrays would need, and a store's 4 KiB-page
@@ -132,7 +172,7 @@ class HeadStore {
 // simply leaves the stores of the heads it does not serve empty.
 class SequenceCache {
  public:
-  SequenceCache(int n_layers, int n_kv_heads, int64_t head_dim, KvType type);
+  SequenceCache(int n_layers, int n_kv_heads, int64_t head_dim, KvTypes types);
   HeadStore& head(int layer, int kv_head) { return stores_[size_t(layer) * n_kv_heads_ + kv_head]; }
   const HeadStore& head(int layer, int kv_head) const {
     return stores_[size_t(layer) * n_kv_heads_ + kv_head];
@@ -140,7 +180,7 @@ class SequenceCache {
   int n_layers() const { return n_layers_; }
   int n_kv_heads() const { return n_kv_heads_; }
   int64_t head_dim() const { return head_dim_; }
-  KvType type() const { return type_; }
+  KvTypes types() const { return types_; }
   // Tokens of the sequence consumed so far (the position of the next token), which is not any
   // head's length once the cache is compressed.
   int64_t n_past = 0;
@@ -154,7 +194,7 @@ class SequenceCache {
   int n_layers_;
   int n_kv_heads_;
   int64_t head_dim_;
-  KvType type_;
+  KvTypes types_;
   std::vector<HeadStore> stores_;
 };
 

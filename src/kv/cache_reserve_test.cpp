@@ -26,10 +26,6 @@ std::vector<float> random_rows(int64_t n, int64_t d, uint32_t seed) {
   return x;
 }
 
-size_t row_bytes(const HeadStore& s) {
-  return sz(s.head_dim()) * kv_type_bytes(s.type());
-}
-
 size_t pages(size_t n) {
   const size_t pg = store_page_size();
   return (n + pg - 1) / pg * pg;
@@ -38,17 +34,19 @@ size_t pages(size_t n) {
 // The most a reserved store may hold: each region's rows rounded up to pages, plus a page each
 // (V's region need not start on a page).
 size_t committed_bound(const HeadStore& s) {
-  return 2 * (pages(sz(s.size()) * row_bytes(s)) + store_page_size());
+  return pages(sz(s.size()) * s.k_row_bytes()) + pages(sz(s.size()) * s.v_row_bytes()) +
+         2 * store_page_size();
 }
 
 // Same size, same raw K and V bytes, same rows read back.
 void expect_same(const HeadStore& got, const HeadStore& want, const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   ASSERT_EQ(got.panel_keys(), want.panel_keys()) << what;
-  const size_t n = sz(want.size()) * row_bytes(want);
-  if (n == 0) return;
-  ASSERT_EQ(std::memcmp(got.k_data(), want.k_data(), n), 0) << what << ": K bytes";
-  ASSERT_EQ(std::memcmp(got.v_data(), want.v_data(), n), 0) << what << ": V bytes";
+  if (want.size() == 0) return;
+  ASSERT_EQ(std::memcmp(got.k_data(), want.k_data(), sz(want.size()) * want.k_row_bytes()), 0)
+      << what << ": K bytes";
+  ASSERT_EQ(std::memcmp(got.v_data(), want.v_data(), sz(want.size()) * want.v_row_bytes()), 0)
+      << what << ": V bytes";
   std::vector<float> a(sz(want.head_dim())), b(a.size());
   for (int64_t i = 0; i < want.size(); ++i) {
     got.k_row(i, a.data());
@@ -61,7 +59,7 @@ void expect_same(const HeadStore& got, const HeadStore& want, const std::string&
 }
 
 struct Case {
-  KvType type;
+  KvTypes type;
   int64_t head_dim;
 };
 
@@ -77,14 +75,14 @@ TEST_P(ReservedStore, DecodeAppendsMatchAnOrdinaryStoreInPlace) {
   res.reserve_virtual(n);
   EXPECT_EQ(res.reserved_rows(), n);
   EXPECT_EQ(res.committed_bytes(), 0u);
-  EXPECT_GE(res.capacity_bytes(), sz(2 * n) * row_bytes(res));
+  EXPECT_GE(res.capacity_bytes(), sz(n) * (res.k_row_bytes() + res.v_row_bytes()));
   plain.append(k.data(), v.data(), prefill);
   res.append(k.data(), v.data(), prefill);
   const void* k_at = res.k_data();
   const void* v_at = res.v_data();
   // V's region starts max_rows rows after K's, as an ordinary capacity of max_rows puts it.
   EXPECT_EQ(static_cast<const uint8_t*>(v_at),
-            static_cast<const uint8_t*>(k_at) + sz(n) * row_bytes(res));
+            static_cast<const uint8_t*>(k_at) + sz(n) * res.k_row_bytes());
   expect_same(res, plain, "prefill");
   size_t committed = res.committed_bytes();
   for (int64_t i = prefill; i < n; ++i) {
@@ -123,8 +121,8 @@ TEST_P(ReservedStore, KeepCompactsInPlaceAndShrinksCommittedMemory) {
   EXPECT_LT(res.committed_bytes(), before);
   EXPECT_LE(res.committed_bytes(), committed_bound(res));
   // The released pages really are gone: none of K's pages past the kept rows is resident.
-  const size_t k_end = pages(sz(res.size()) * row_bytes(res));
-  const size_t k_was = pages(sz(n) * row_bytes(res));
+  const size_t k_end = pages(sz(res.size()) * res.k_row_bytes());
+  const size_t k_was = pages(sz(n) * res.k_row_bytes());
   std::vector<unsigned char> resident((k_was - k_end) / store_page_size() + 1);
   auto* at = static_cast<uint8_t*>(const_cast<void*>(res.k_data())) + k_end;
   ASSERT_EQ(mincore(at, k_was - k_end, resident.data()), 0);
@@ -180,9 +178,13 @@ TEST_P(ReservedStore, ReservingAFullStoreMovesItOnceAndEnforcesTheLimit) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ReservedStore,
                          ::testing::Values(Case{KvType::F32, 24}, Case{KvType::F16, 24},
-                                           Case{KvType::F32, 128}, Case{KvType::F16, 128}),
+                                           Case{KvType::F32, 128}, Case{KvType::F16, 128},
+                                           Case{KvType::Q8_0, 128}, Case{KvType::Q4_0, 64},
+                                           Case{{KvType::Q8_0, KvType::F16}, 96},
+                                           Case{{KvType::BF16, KvType::Q4_0}, 32}),
                          [](const auto& info) {
-                           return std::string(kv_type_name(info.param.type)) + "_d" +
+                           return std::string(kv_type_name(info.param.type.k)) + "_" +
+                                  kv_type_name(info.param.type.v) + "_d" +
                                   std::to_string(info.param.head_dim);
                          });
 

@@ -22,7 +22,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The header: magic, n_layers, n_kv_heads, head_dim, type, n_past, stores; then per store its
+// The header: magic, n_layers, n_kv_heads, head_dim, types (K's KvType * 8 + V's), n_past,
+// stores; then per store its
 // rows and its reserved limit (0: ordinary memory); then per store its K bytes and its V bytes.
 // A spill file lives as long as its process needs it, so the header is in native byte order.
 constexpr int64_t kMagic = 0x3150415753564b46;  // "FKVSWAP1" in little-endian bytes
@@ -33,11 +34,18 @@ std::system_error os_error(int err, const std::string& what, const fs::path& pat
                            "cache swap: " + what + " " + path.string());
 }
 
+constexpr int64_t kTypes = int64_t(KvType::Q4_0) + 1;
+int64_t encode(KvTypes t) {
+  return int64_t(t.k) * 8 + int64_t(t.v);
+}
+KvTypes decode(int64_t x) {
+  return {KvType(x / 8), KvType(x % 8)};
+}
+
 std::vector<int64_t> describe(const SequenceCache& c) {
   const int n = c.n_layers() * c.n_kv_heads();
-  const int64_t f16 = c.type() == KvType::F16;
-  std::vector<int64_t> meta = {kMagic, c.n_layers(), c.n_kv_heads(), c.head_dim(), f16, c.n_past,
-                               n};
+  std::vector<int64_t> meta = {
+      kMagic, c.n_layers(), c.n_kv_heads(), c.head_dim(), encode(c.types()), c.n_past, n};
   for (int i = 0; i < n; ++i) {
     const HeadStore& s = c.head(i / c.n_kv_heads(), i % c.n_kv_heads());
     meta.push_back(s.size());
@@ -49,13 +57,12 @@ std::vector<int64_t> describe(const SequenceCache& c) {
 // Every store's K bytes then V bytes, in the order of the header; empty stores give none.
 std::vector<iovec> pieces_of(const SequenceCache& c) {
   std::vector<iovec> p;
-  const size_t row = size_t(c.head_dim()) * kv_type_bytes(c.type());
   for (int l = 0; l < c.n_layers(); ++l)
     for (int h = 0; h < c.n_kv_heads(); ++h) {
       const HeadStore& s = c.head(l, h);
       if (s.size() == 0) continue;
-      p.push_back({const_cast<void*>(s.k_data()), size_t(s.size()) * row});
-      p.push_back({const_cast<void*>(s.v_data()), size_t(s.size()) * row});
+      p.push_back({const_cast<void*>(s.k_data()), size_t(s.size()) * s.k_row_bytes()});
+      p.push_back({const_cast<void*>(s.v_data()), size_t(s.size()) * s.v_row_bytes()});
     }
   return p;
 }
@@ -63,23 +70,27 @@ std::vector<iovec> pieces_of(const SequenceCache& c) {
 // Checks a header (kHead values) and returns the size of its store table in values.
 size_t check_head(const int64_t* h, const std::string& where) {
   const bool ok = h[0] == kMagic && h[1] >= 0 && h[1] <= INT_MAX && h[2] >= 0 && h[2] <= INT_MAX &&
-                  h[3] > 0 && h[3] <= (int64_t(1) << 20) && (h[4] == 0 || h[4] == 1) && h[5] >= 0 &&
-                  h[6] == h[1] * h[2];
-  if (!ok) throw std::runtime_error("cache swap: " + where + " is not a swapped KV cache");
+                  h[3] > 0 && h[3] <= (int64_t(1) << 20) && h[4] >= 0 && h[4] / 8 < kTypes &&
+                  h[4] % 8 < kTypes && h[5] >= 0 && h[6] == h[1] * h[2];
+  const KvTypes t = decode(h[4]);
+  const bool rows_ok = ok && (!kv_type_quantized(t.k) || h[3] % 32 == 0) &&
+                       (!kv_type_quantized(t.v) || h[3] % 32 == 0);
+  if (!rows_ok) throw std::runtime_error("cache swap: " + where + " is not a swapped KV cache");
   return 2 * size_t(h[6]);
 }
 
 // The bytes of the whole swapped cache that a checked header and table describe.
 size_t total_bytes(const int64_t* meta, const std::string& where) {
   const size_t stores = size_t(meta[6]);
-  const size_t row = size_t(meta[3]) * (meta[4] == 1 ? 2 : 4);
+  const KvTypes t = decode(meta[4]);
+  const size_t row = kv_row_bytes(t.k, meta[3]) + kv_row_bytes(t.v, meta[3]);
   size_t total = (kHead + 2 * stores) * sizeof(int64_t);
   for (size_t i = 0; i < stores; ++i) {
     const int64_t rows = meta[kHead + 2 * i], limit = meta[kHead + 2 * i + 1];
     if (rows < 0 || rows > (int64_t(1) << 40) || limit < 0 || (limit > 0 && limit < rows))
       throw std::runtime_error("cache swap: " + where + ": store " + std::to_string(i) +
                                " has a bad length");
-    total += 2 * size_t(rows) * row;
+    total += size_t(rows) * row;
   }
   return total;
 }
@@ -87,8 +98,7 @@ size_t total_bytes(const int64_t* meta, const std::string& where) {
 // Replaces the cache with the one a checked header and table describe, stores sized (and
 // reserved) but their bytes unwritten, and returns where those bytes go.
 std::vector<iovec> rebuild(const int64_t* meta, SequenceCache& cache) {
-  cache =
-      SequenceCache(int(meta[1]), int(meta[2]), meta[3], meta[4] == 1 ? KvType::F16 : KvType::F32);
+  cache = SequenceCache(int(meta[1]), int(meta[2]), meta[3], decode(meta[4]));
   cache.n_past = meta[5];
   for (int64_t i = 0; i < meta[6]; ++i) {
     HeadStore& s = cache.head(int(i / meta[2]), int(i % meta[2]));

@@ -33,11 +33,11 @@ std::vector<float> random_rows(int64_t n, int64_t d, uint32_t seed) {
 }
 
 constexpr int kLayers = 3, kHeads = 2;
-constexpr int64_t kDim = 24;
+constexpr int64_t kDim = 32;  // a whole q8_0 / q4_0 block
 
 // A cache as serving leaves one: ragged heads, a prefill then decode appends, one compressed
 // head, one head not served (empty); optionally on reserved address ranges.
-SequenceCache make_cache(KvType t, bool reserved, uint32_t seed) {
+SequenceCache make_cache(KvTypes t, bool reserved, uint32_t seed) {
   SequenceCache c(kLayers, kHeads, kDim, t);
   if (reserved) c.reserve_virtual(400);
   const auto k = random_rows(300, kDim, seed), v = random_rows(300, kDim, seed + 1);
@@ -61,19 +61,19 @@ void expect_same_cache(const SequenceCache& got, const SequenceCache& want) {
   ASSERT_EQ(got.n_layers(), want.n_layers());
   ASSERT_EQ(got.n_kv_heads(), want.n_kv_heads());
   ASSERT_EQ(got.head_dim(), want.head_dim());
-  ASSERT_EQ(got.type(), want.type());
+  ASSERT_EQ(got.types(), want.types());
   EXPECT_EQ(got.n_past, want.n_past);
   EXPECT_EQ(got.bytes(), want.bytes());
-  const size_t row = sz(want.head_dim()) * kv_type_bytes(want.type());
   for (int l = 0; l < want.n_layers(); ++l)
     for (int h = 0; h < want.n_kv_heads(); ++h) {
       const HeadStore &a = got.head(l, h), &b = want.head(l, h);
       ASSERT_EQ(a.size(), b.size()) << l << "/" << h;
       EXPECT_EQ(a.reserved_rows(), b.reserved_rows()) << l << "/" << h;
-      const size_t n = sz(b.size()) * row;
-      if (n == 0) continue;
-      ASSERT_EQ(std::memcmp(a.k_data(), b.k_data(), n), 0) << "K of " << l << "/" << h;
-      ASSERT_EQ(std::memcmp(a.v_data(), b.v_data(), n), 0) << "V of " << l << "/" << h;
+      if (b.size() == 0) continue;
+      ASSERT_EQ(std::memcmp(a.k_data(), b.k_data(), sz(b.size()) * b.k_row_bytes()), 0)
+          << "K of " << l << "/" << h;
+      ASSERT_EQ(std::memcmp(a.v_data(), b.v_data(), sz(b.size()) * b.v_row_bytes()), 0)
+          << "V of " << l << "/" << h;
     }
 }
 
@@ -96,7 +96,7 @@ class SwapTest : public ::testing::Test {
 };
 
 struct Mode {
-  KvType type;
+  KvTypes type;
   bool reserved, file;
 };
 
@@ -163,9 +163,13 @@ INSTANTIATE_TEST_SUITE_P(
     Modes, SwapRoundTrip,
     ::testing::Values(Mode{KvType::F32, false, false}, Mode{KvType::F16, false, false},
                       Mode{KvType::F16, true, false}, Mode{KvType::F32, false, true},
-                      Mode{KvType::F16, false, true}, Mode{KvType::F32, true, true}),
+                      Mode{KvType::F16, false, true}, Mode{KvType::F32, true, true},
+                      Mode{{KvType::Q8_0, KvType::Q4_0}, true, false},
+                      Mode{{KvType::Q4_0, KvType::BF16}, false, true},
+                      Mode{KvType::Q8_0, false, false},
+                      Mode{{KvType::BF16, KvType::Q8_0}, true, true}),
     [](const auto& info) {
-      return std::string(kv_type_name(info.param.type)) +
+      return std::string(kv_type_name(info.param.type.k)) + "_" + kv_type_name(info.param.type.v) +
              (info.param.reserved ? "_reserved" : "_ordinary") +
              (info.param.file ? "_file" : "_host");
     });

@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/types.h"
@@ -26,11 +30,26 @@ float as_stored(KvType t, float x) {
   return t == KvType::F16 ? kernels::fp16_to_fp32(kernels::fp32_to_fp16(x)) : x;
 }
 
-class HeadStoreTest : public ::testing::TestWithParam<KvType> {};
+// Row x as a store of type t gives it back: converted (the kernels' converters, ggml's reference
+// quantizers bit for bit) and converted back.
+std::vector<float> stored(KvType t, const float* x, int64_t d) {
+  std::vector<uint8_t> b(kv_row_bytes(t, d));
+  kernels::quantize_row(kv_dtype(t), x, b.data(), d);
+  std::vector<float> y(sz(d));
+  kernels::dequantize_row(kv_dtype(t), b.data(), y.data(), d);
+  return y;
+}
+
+// A head size the types can hold: quantized rows are whole blocks of 32.
+int64_t dim_for(KvTypes t, int64_t d) {
+  return kv_type_quantized(t.k) || kv_type_quantized(t.v) ? 64 : d;
+}
+
+class HeadStoreTest : public ::testing::TestWithParam<KvTypes> {};
 
 TEST_P(HeadStoreTest, AppendThenKeepHoldsExactlyTheChosenRows) {
-  const KvType t = GetParam();
-  const int64_t d = 24;
+  const KvTypes t = GetParam();
+  const int64_t d = dim_for(t, 24);
   HeadStore s(d, t);
   // A prefill of 37 rows, then 11 decode appends of one row.
   const auto k = random_rows(48, d, 1), v = random_rows(48, d, 2);
@@ -38,43 +57,48 @@ TEST_P(HeadStoreTest, AppendThenKeepHoldsExactlyTheChosenRows) {
   EXPECT_EQ(s.capacity_bytes(), s.bytes());  // a prefill allocates exactly
   for (int64_t i = 37; i < 48; ++i) s.append(k.data() + i * d, v.data() + i * d, 1);
   ASSERT_EQ(s.size(), 48);
-  EXPECT_EQ(s.bytes(), sz(48 * 2 * d) * kv_type_bytes(t));
+  const size_t token = kv_row_bytes(t.k, d) + kv_row_bytes(t.v, d);
+  EXPECT_EQ(s.bytes(), 48 * token);
+  EXPECT_EQ(token, t.token_bytes(d));
   // Decode growth is geometric: bounded overhead, never a copy per token.
-  EXPECT_LE(s.capacity_bytes(), s.bytes() * 5 / 4 + 2 * 16 * sz(d) * kv_type_bytes(t));
+  EXPECT_LE(s.capacity_bytes(), s.bytes() * 5 / 4 + 16 * token);
 
   std::vector<float> row(static_cast<size_t>(d));
   for (int64_t i = 0; i < 48; ++i) {
     s.k_row(i, row.data());
-    for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], as_stored(t, k[sz(i * d + j)]));
+    ASSERT_EQ(row, stored(t.k, &k[sz(i * d)], d)) << i;
     s.v_row(i, row.data());
-    for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], as_stored(t, v[sz(i * d + j)]));
+    ASSERT_EQ(row, stored(t.v, &v[sz(i * d)], d)) << i;
   }
 
   const std::vector<int64_t> keep = {0, 3, 4, 17, 36, 40, 47};
   s.keep(keep);
   ASSERT_EQ(s.size(), int64_t(keep.size()));
   // Memory is exact after compression: no slack, no padding.
-  EXPECT_EQ(s.bytes(), keep.size() * 2 * sz(d) * kv_type_bytes(t));
+  EXPECT_EQ(s.bytes(), keep.size() * token);
   EXPECT_EQ(s.capacity_bytes(), s.bytes());
   for (size_t r = 0; r < keep.size(); ++r) {
     s.k_row(int64_t(r), row.data());
-    for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], as_stored(t, k[sz(keep[r] * d + j)]));
+    ASSERT_EQ(row, stored(t.k, &k[sz(keep[r] * d)], d)) << r;
     s.v_row(int64_t(r), row.data());
-    for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], as_stored(t, v[sz(keep[r] * d + j)]));
+    ASSERT_EQ(row, stored(t.v, &v[sz(keep[r] * d)], d)) << r;
   }
-  // Fewer keys than a panel stay row-major at the documented stride.
-  const size_t stride = sz(d) * kv_type_bytes(t);
+  // Fewer keys than a panel stay row-major at the documented stride, and so do the values.
   std::vector<float> raw(static_cast<size_t>(d));
-  kernels::dequantize_row(t == KvType::F16 ? kernels::DType::F16 : kernels::DType::F32,
-                          static_cast<const uint8_t*>(s.k_data()) + 3 * stride, raw.data(), d);
+  kernels::dequantize_row(
+      kv_dtype(t.k), static_cast<const uint8_t*>(s.k_data()) + 3 * s.k_row_bytes(), raw.data(), d);
   s.k_row(3, row.data());
+  EXPECT_EQ(raw, row);
+  kernels::dequantize_row(
+      kv_dtype(t.v), static_cast<const uint8_t*>(s.v_data()) + 5 * s.v_row_bytes(), raw.data(), d);
+  s.v_row(5, row.data());
   EXPECT_EQ(raw, row);
 
   // Appending after a keep continues after the kept rows.
   s.append(k.data(), v.data(), 1);
   ASSERT_EQ(s.size(), int64_t(keep.size()) + 1);
   s.k_row(s.size() - 1, row.data());
-  EXPECT_EQ(row[0], as_stored(t, k[0]));
+  EXPECT_EQ(row, stored(t.k, k.data(), d));
 
   s.clear();
   EXPECT_EQ(s.size(), 0);
@@ -84,11 +108,13 @@ TEST_P(HeadStoreTest, AppendThenKeepHoldsExactlyTheChosenRows) {
 // Keys: full panels of kKeyPanel keys dimension-major, the rest row-major after them, sealed as
 // keys arrive one at a time or many at once, and rebuilt by keep().
 TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
-  const KvType t = GetParam();
-  const int64_t d = 24, n = 2 * kKeyPanel + 5;
+  const KvTypes types = GetParam();
+  if (kv_type_quantized(types.k)) GTEST_SKIP() << "quantized keys are row-major blocks";
+  const KvType t = types.k;
+  const int64_t d = dim_for(types, 24), n = 2 * kKeyPanel + 5;
   const auto k = random_rows(n, d, 4), v = random_rows(n, d, 5);
-  const auto dt = t == KvType::F16 ? kernels::DType::F16 : kernels::DType::F32;
-  const size_t eb = kv_type_bytes(t);
+  const auto dt = kv_dtype(t);
+  const size_t eb = kv_row_bytes(t, 1);
   // The element (key j, dimension e) of the raw K array under the documented layout.
   auto raw = [&](const HeadStore& s, int64_t j, int64_t e) {
     const auto* base = static_cast<const uint8_t*>(s.k_data());
@@ -99,13 +125,13 @@ TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
     kernels::dequantize_row(dt, base + at * eb, &x, 1);
     return x;
   };
-  HeadStore bulk(d, t), one(d, t);
+  HeadStore bulk(d, types), one(d, types);
   bulk.append(k.data(), v.data(), n);
   for (int64_t j = 0; j < n; ++j) one.append(k.data() + j * d, v.data() + j * d, 1);
   for (const HeadStore* s : {&bulk, &one}) {
     ASSERT_EQ(s->panel_keys(), 2 * kKeyPanel);
     for (int64_t j = 0; j < n; ++j)
-      for (int64_t e = 0; e < d; ++e) ASSERT_EQ(raw(*s, j, e), as_stored(t, k[sz(j * d + e)]));
+      for (int64_t e = 0; e < d; ++e) ASSERT_EQ(raw(*s, j, e), stored(t, &k[sz(j * d)], d)[sz(e)]);
   }
   // Keep 20 of them: one panel of the kept keys, four rows.
   std::vector<int64_t> keep;
@@ -117,12 +143,13 @@ TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
   EXPECT_EQ(bulk.capacity_bytes(), bulk.bytes());
   for (size_t j = 0; j < keep.size(); ++j)
     for (int64_t e = 0; e < d; ++e)
-      ASSERT_EQ(raw(bulk, int64_t(j), e), as_stored(t, k[sz(keep[j] * d + e)]));
+      ASSERT_EQ(raw(bulk, int64_t(j), e), stored(t, &k[sz(keep[j] * d)], d)[sz(e)]);
 }
 
 TEST_P(HeadStoreTest, KeepRejectsUnsortedOrOutOfRangeIndices) {
-  HeadStore s(8, GetParam());
-  const auto k = random_rows(5, 8, 3);
+  const int64_t d = dim_for(GetParam(), 8);
+  HeadStore s(d, GetParam());
+  const auto k = random_rows(5, d, 3);
   s.append(k.data(), k.data(), 5);
   const std::vector<int64_t> unsorted = {2, 1}, dup = {1, 1}, out = {0, 5};
   EXPECT_THROW(s.keep(unsorted), std::invalid_argument);
@@ -181,8 +208,66 @@ TEST(HeadStore, LargeStoreIsHugePageAlignedAndExact) {
   EXPECT_EQ(s.capacity_bytes(), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, HeadStoreTest, ::testing::Values(KvType::F32, KvType::F16),
-                         [](const auto& info) { return std::string(kv_type_name(info.param)); });
+INSTANTIATE_TEST_SUITE_P(
+    Types, HeadStoreTest,
+    ::testing::Values(KvTypes(KvType::F32), KvTypes(KvType::F16), KvTypes(KvType::BF16),
+                      KvTypes(KvType::Q8_0), KvTypes(KvType::Q4_0),
+                      KvTypes(KvType::Q8_0, KvType::F16), KvTypes(KvType::BF16, KvType::Q4_0)),
+    [](const auto& info) {
+      return std::string(kv_type_name(info.param.k)) + "_" + kv_type_name(info.param.v);
+    });
+
+// The q8_0 / q4_0 rows of a store are llama.cpp's blocks, checked against the block definitions
+// written out here: q8_0 d = amax / 127, q = round(x * (1 / d)); q4_0 d = max / -8 (max: the
+// element of largest magnitude, signed), q = min(15, (int)(x * (1 / d) + 8.5)), element i in the
+// low nibble of byte i and element i + 16 in its high nibble.
+TEST(HeadStore, QuantizedRowsAreGgmlBlocks) {
+  const int64_t d = 64;
+  const auto k = random_rows(3, d, 21), v = random_rows(3, d, 22);
+  HeadStore s(d, KvTypes(KvType::Q8_0, KvType::Q4_0));
+  s.append(k.data(), v.data(), 3);
+  ASSERT_EQ(s.k_row_bytes(), 2 * sizeof(kernels::BlockQ8_0));
+  ASSERT_EQ(s.v_row_bytes(), 2 * sizeof(kernels::BlockQ4_0));
+  for (int64_t r = 0; r < 3; ++r)
+    for (int64_t b = 0; b < d / 32; ++b) {
+      const float* x = &k[sz(r * d + b * 32)];
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+      const float dk = amax / 127;
+      const auto& kb = static_cast<const kernels::BlockQ8_0*>(s.k_data())[r * d / 32 + b];
+      EXPECT_EQ(kb.d, kernels::fp32_to_fp16(dk));
+      const float ik = dk != 0 ? 1 / dk : 0;
+      for (int i = 0; i < 32; ++i) ASSERT_EQ(kb.qs[i], int8_t(std::round(x[i] * ik))) << i;
+
+      const float* y = &v[sz(r * d + b * 32)];
+      float mx = 0;
+      for (int i = 0; i < 32; ++i)
+        if (std::fabs(y[i]) > std::fabs(mx)) mx = y[i];
+      const float dv = mx / -8;
+      const auto& vb = static_cast<const kernels::BlockQ4_0*>(s.v_data())[r * d / 32 + b];
+      EXPECT_EQ(vb.d, kernels::fp32_to_fp16(dv));
+      const float iv = dv != 0 ? 1 / dv : 0;
+      for (int i = 0; i < 16; ++i) {
+        const int lo = std::min(15, int(y[i] * iv + 8.5f));
+        const int hi = std::min(15, int(y[i + 16] * iv + 8.5f));
+        ASSERT_EQ(vb.qs[i], uint8_t(lo | hi << 4)) << i;
+      }
+    }
+}
+
+// Quantized types refuse head sizes that are not whole blocks, naming the option and the size.
+TEST(HeadStore, QuantizedTypesNeedWholeBlocks) {
+  try {
+    HeadStore s(40, KvTypes(KvType::F16, KvType::Q8_0));
+    FAIL() << "accepted head_dim 40 for q8_0 values";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("--cache-type-v"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("40"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(HeadStore(40, KvTypes(KvType::BF16, KvType::F16)));
+  EXPECT_EQ(parse_kv_type("q4_0", "-ctk"), KvType::Q4_0);
+  EXPECT_THROW(parse_kv_type("q5_1", "-ctk"), std::invalid_argument);
+}
 
 TEST(SequenceCache, BytesAreTheSumOfRaggedHeads) {
   SequenceCache c(3, 2, 16, KvType::F16);

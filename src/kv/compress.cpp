@@ -397,7 +397,7 @@ nlohmann::json stats_json(std::span<const SequenceCache* const> caches,
   const int H = caches.empty() ? 0 : caches[0]->n_kv_heads();
   out["layers"] = L;
   out["kv_heads"] = H;
-  out["kv_type"] = caches.empty() ? "f32" : kv_type_name(caches[0]->head(0, 0).type());
+  out["kv_type"] = caches.empty() ? "f32" : kv_types_name(caches[0]->types());
   size_t total = 0;
   nlohmann::json seqs = nlohmann::json::array();
   for (size_t i = 0; i < caches.size(); ++i) {

@@ -17,7 +17,7 @@ struct GenerateOptions {
   int n_predict = 64;  // tokens to generate; generation also stops after an end-of-generation token
   int64_t ctx_size = 0;   // 0: prompt + n_predict
   SamplerConfig sampler;  // its penalties count the prompt's tokens and the generated ones
-  kv::KvType kv_type = kv::KvType::F32;
+  kv::KvTypes kv_type = kv::KvType::F32;
   kernels::Activations activations = kernels::Activations::Float32;  // see Forward
   bool keep_logits = false;  // collect one logits row per token of prompt ++ continuation
   // Runs after the prompt's prefill, before the first decode step: where the prompt's cache is

@@ -54,7 +54,7 @@ Case read_case(const fs::path& dir, const std::string& logits_file) {
 // continuation token. Returns one row per token of prompt ++ continuation (no row after a final
 // EOS), as the golden files lay them out.
 std::vector<float> forced_logits(const Model& m, const Case& c, kernels::ThreadPool& pool,
-                                 kv::KvType kv_type = kv::KvType::F32,
+                                 kv::KvTypes kv_type = kv::KvType::F32,
                                  kernels::Activations act = kernels::Activations::Float32) {
   Forward fwd(m.config, m.weights, pool, act);
   kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim, kv_type);

@@ -137,10 +137,12 @@ kv::AttentionArgs LayerSteps::unit_attention(kv::HeadStore& store, const float* 
   a.group = heads;
   a.scale = 1.0f / std::sqrt(float(c_.head_dim));
   // llama.cpp's attention where it applies: an f32 store, the whole softmax here (no lse).
-  a.ggml_order = ggml_order() && store.type() == kv::KvType::F32 && !lse;
+  a.ggml_order = ggml_order() && store.types().k == kv::KvType::F32 &&
+                 store.types().v == kv::KvType::F32 && !lse;
   a.visible = append ? before : store.size();
   a.out = out;
   a.lse = lse;
+  if (append) a.fresh_keys = k;
   return a;
 }
 

@@ -20,7 +20,7 @@ struct PerplexityOptions {
   int n_ctx = 512;     // tokens per chunk
   int n_chunks = -1;   // at most this many chunks (-1: all whole chunks of the text)
   int n_batch = 2048;  // tokens per forward call; n_batch / n_ctx chunks run side by side
-  kv::KvType kv_type = kv::KvType::F32;
+  kv::KvTypes kv_type = kv::KvType::F32;
   kernels::Activations activations = kernels::Activations::LikeGgml;
 };
 

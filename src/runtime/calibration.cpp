@@ -42,7 +42,7 @@ bool solve(const double m[3][3], const double r[3], int n, double out[3]) {
 // Every rank-layer attention segment of placement p, timed alone.
 void time_placement(const model::ModelConfig& c, const model::Weights& w,
                     const placement::Profile& prof, const placement::Placement& p, int index,
-                    int batch, kv::KvType kt, int steps, const placement::CostModel& bytes,
+                    int batch, kv::KvTypes kt, int steps, const placement::CostModel& bytes,
                     kernels::ThreadPool& pool, std::vector<SegmentSample>& out) {
   const int L = c.n_layers;
   for (int r = 0; r < p.devices; ++r) {
@@ -120,7 +120,7 @@ double step_error(std::span<const SegmentSample> samples, const SegmentFit& fit)
 }
 
 Calibration calibrate(const model::ModelConfig& c, const model::Weights& w,
-                      const placement::Profile& prof, int devices, int batch, kv::KvType kt,
+                      const placement::Profile& prof, int devices, int batch, kv::KvTypes kt,
                       int steps, int replicas, kernels::ThreadPool& pool) {
   const kernels::DType wt = w.layers[0].wq.type;
   const placement::CostModel bytes = run_cost_model(c, wt, kt, batch);

@@ -43,7 +43,7 @@ double step_error(std::span<const SegmentSample> samples, const SegmentFit& fit)
 // each (the fastest counts), fits the segments, and times the collectives that a layer with token
 // slices adds. `replicas` is split's budget (-1: its default).
 Calibration calibrate(const model::ModelConfig& c, const model::Weights& w,
-                      const placement::Profile& prof, int devices, int batch, kv::KvType kt,
+                      const placement::Profile& prof, int devices, int batch, kv::KvTypes kt,
                       int steps, int replicas, kernels::ThreadPool& pool);
 
 }  // namespace fairkv::runtime

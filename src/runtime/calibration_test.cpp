@@ -79,6 +79,17 @@ TEST(Calibration, RunCostModelCarriesItAndRefusesNonsense) {
   cal.kv_time_factor = 0;
   EXPECT_THROW(run_cost_model(c, kernels::DType::F16, kv::KvType::F16, 4, cal),
                std::invalid_argument);
+  // KV bytes per element are the types' in force: f16 2, q8_0 34 / 32, K q8_0 with V f16 their
+  // mean; a head of 16 cannot hold q8_0 blocks.
+  EXPECT_EQ(bytes.kv_bytes, 2.0);
+  EXPECT_THROW(run_cost_model(c, kernels::DType::F16, kv::KvType::Q8_0, 4), std::invalid_argument);
+  c.head_dim = 64;
+  EXPECT_DOUBLE_EQ(run_cost_model(c, kernels::DType::F16, kv::KvType::Q8_0, 4).kv_bytes,
+                   34.0 / 32.0);
+  EXPECT_DOUBLE_EQ(
+      run_cost_model(c, kernels::DType::F16, kv::KvTypes(kv::KvType::Q8_0, kv::KvType::F16), 4)
+          .kv_bytes,
+      (68.0 + 128.0) / 128.0);
 }
 
 }  // namespace

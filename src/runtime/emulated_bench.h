@@ -51,7 +51,7 @@ struct BenchSpec {
   int threads = 1;  // threads of the whole machine (emulated: all for one rank; wall: split)
   bool wall = true;
   std::vector<std::string> planners = {"tp", "balanced", "fair-copy", "split"};
-  kv::KvType kv_type = kv::KvType::F16;
+  kv::KvTypes kv_type = kv::KvType::F16;
   // Calibrate the cost model on this machine (else FAIRKV.md's model: loads are bytes, parts and
   // collectives free).
   bool calibrate = true;

@@ -24,7 +24,7 @@ namespace fairkv::runtime {
 
 struct ExecOptions {
   int n_predict = 16;  // per sequence; a sequence also stops after an end-of-generation token
-  kv::KvType kv_type = kv::KvType::F32;
+  kv::KvTypes kv_type = kv::KvType::F32;
   bool rebalance = false;  // recompute shares from the kept lengths after the prefill
   // The run's cost model (run_cost_model), which rebalancing weighs shares by; rebalance needs it.
   std::optional<placement::CostModel> cost;

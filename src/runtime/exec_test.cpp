@@ -98,13 +98,14 @@ int moved_shares(const pl::Placement& a, const pl::Placement& b) {
 }
 
 // The run's cost model for a batch of the model, as `fairkv run` builds it.
-pl::CostModel cost_for(const model::Model& m, int batch) {
-  return run_cost_model(m.config, m.weights.layers[0].wq.type, kv::KvType::F32, batch);
+pl::CostModel cost_for(const model::Model& m, int batch, kv::KvTypes kv_type = kv::KvType::F32) {
+  return run_cost_model(m.config, m.weights.layers[0].wq.type, kv_type, batch);
 }
 
 void check_model(const std::string& path, bool rebalance,
                  const kv::CompressionConfig* comp = nullptr,
-                 kernels::Activations act = kernels::Activations::Float32) {
+                 kernels::Activations act = kernels::Activations::Float32,
+                 kv::KvTypes kv_type = kv::KvType::F32) {
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
   const auto m = model::Model::load(path);
   const model::ModelConfig& c = m->config;
@@ -113,11 +114,25 @@ void check_model(const std::string& path, bool rebalance,
   for (int batch : {1, 4}) {
     const auto ps = prompts(c, batch, comp != nullptr);
     std::vector<Reference> refs;
-    for (const auto& p : ps) refs.push_back(testing::single_device(*m, p, n_predict, comp, act));
+    for (const auto& p : ps)
+      refs.push_back(testing::single_device(*m, p, n_predict, comp, act, kv_type));
     if (comp) {  // the compression must have dropped tokens, else the test proves nothing
-      const size_t all =
-          ps[0].size() * 2 * size_t(c.head_dim) * 4 * size_t(c.n_layers) * size_t(c.n_kv_heads);
+      const size_t all = ps[0].size() * kv_type.token_bytes(c.head_dim) * size_t(c.n_layers) *
+                         size_t(c.n_kv_heads);
       ASSERT_LT(refs[0].kept, all / 2);
+    }
+    // A quantized cache rounds each row to a grid: a rank's projections (its slice of the
+    // weights, a batch's gemm) differ from the single device's in the last bits, and a row near
+    // a rounding boundary then lands one step over, which moves the logits by far more than float
+    // rounding (the ids must still agree). The cache's own type must move them further, or the
+    // tolerance could not tell a rank that ignored it.
+    const bool quant = kv::kv_type_quantized(kv_type.k) || kv::kv_type_quantized(kv_type.v);
+    const bool q4 = kv_type.k == kv::KvType::Q4_0 || kv_type.v == kv::KvType::Q4_0;
+    const double tol = q4 ? 3e-3 : quant ? 1.5e-3 : 1e-4;
+    if (quant) {
+      const auto f32 = testing::single_device(*m, ps[0], n_predict, comp, act);
+      const size_t n = std::min(f32.logits.size(), refs[0].logits.size());
+      EXPECT_GT(rel_diff({f32.logits.data(), n}, {refs[0].logits.data(), n}), 3 * tol);
     }
     for (const std::string planner : {"tp", "balanced", "fair-copy", "split"})
       for (int R = 1; R <= 4; ++R) {
@@ -135,9 +150,10 @@ void check_model(const std::string& path, bool rebalance,
         o.n_predict = n_predict;
         o.keep_logits = true;
         o.rebalance = rebalance;
-        o.cost = cost_for(*m, batch);
+        o.cost = cost_for(*m, batch, kv_type);
         o.compression = comp;
         o.activations = act;
+        o.kv_type = kv_type;
         const ExecResult res = execute_threads(*m, p, ps, o);
         ASSERT_EQ(res.weight_bytes.size(), size_t(R));
         counts.moved += moved_shares(p, res.placement);
@@ -148,7 +164,7 @@ void check_model(const std::string& path, bool rebalance,
           for (size_t row = 0; row * V < refs[i].logits.size(); ++row)
             EXPECT_LT(
                 rel_diff({res.logits[i].data() + row * V, V}, {refs[i].logits.data() + row * V, V}),
-                1e-4)
+                tol)
                 << "prompt " << i << " step " << row;
         }
       }
@@ -222,6 +238,20 @@ TEST(Exec, AdaKvStories260KEqualsSingleDevice) {
 TEST(Exec, AdaKvSyntheticGqaEqualsSingleDevice) {
   const auto c = adakv();
   check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), true, &c);
+}
+
+// A q8_0 cache (keys and values), compressed: every rank quantizes its rows and its queries as
+// the single device does, so the plans' shares of every kind give the device's tokens.
+TEST(Exec, AdaKvQ8CacheEqualsSingleDevice) {
+  const auto c = adakv();
+  check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), false, &c,
+              kernels::Activations::Float32, kv::KvType::Q8_0);
+}
+
+// Keys q4_0, values bf16, uncompressed.
+TEST(Exec, MixedQuantizedCacheEqualsSingleDevice) {
+  check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), false, nullptr,
+              kernels::Activations::Float32, kv::KvTypes(kv::KvType::Q4_0, kv::KvType::BF16));
 }
 
 TEST(Exec, RebalancedSharesEqualSingleDevice) {

@@ -26,8 +26,9 @@ void check_profile_shape(const placement::Profile& prof, const model::ModelConfi
 }
 
 placement::CostModel run_cost_model(const model::ModelConfig& c, kernels::DType weight_type,
-                                    kv::KvType kv_type, int batch, const Calibration& cal) {
+                                    kv::KvTypes kv_type, int batch, const Calibration& cal) {
   if (batch < 1) throw std::invalid_argument(fmt::format("batch must be >= 1, got {}", batch));
+  kv::check_kv_types(kv_type, c.head_dim);
   if (!(cal.kv_time_factor > 0) || !std::isfinite(cal.kv_time_factor))
     throw std::invalid_argument(
         fmt::format("the KV time factor must be positive, got {}", cal.kv_time_factor));
@@ -47,7 +48,8 @@ placement::CostModel run_cost_model(const model::ModelConfig& c, kernels::DType 
   cost.ffn = c.n_ff;
   cost.weight_bytes = double(kernels::row_bytes(weight_type, block)) / double(block);
   cost.weight_bytes /= cal.kv_time_factor;
-  cost.kv_bytes = double(kv::kv_type_bytes(kv_type));
+  // Per element of K and V alike: the mean of the two rows' bytes (q8_0: 34 / 32).
+  cost.kv_bytes = double(kv_type.token_bytes(c.head_dim)) / (2.0 * double(c.head_dim));
   cost.part_load = cal.part_load;
   cost.split_layer_load = cal.split_layer_load;
   cost.error = cal.error;

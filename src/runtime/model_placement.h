@@ -37,7 +37,7 @@ struct Calibration {
 // layers and the prediction error carry what was measured. The planner, the rebalancer and the
 // bench all take the run's one cost model.
 placement::CostModel run_cost_model(const model::ModelConfig& c, kernels::DType weight_type,
-                                    kv::KvType kv_type, int batch,
+                                    kv::KvTypes kv_type, int batch,
                                     const Calibration& calibration = {});
 
 // The placement `what` names for the model: a planner name (tp, balanced, fair-copy, split),

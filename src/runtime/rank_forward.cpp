@@ -13,7 +13,7 @@ using kernels::Clock;
 using kernels::ms_between;
 using placement::ShareKind;
 
-RankSequence::RankSequence(const model::ModelConfig& c, kv::KvType type, int slot)
+RankSequence::RankSequence(const model::ModelConfig& c, kv::KvTypes type, int slot)
     : cache(c.n_layers, c.n_kv_heads, c.head_dim, type), slot(slot) {}
 
 const char* reduction_name(Reduction r) {

@@ -50,7 +50,7 @@ namespace fairkv::runtime {
 
 // A sequence's cache on one rank: the stores of the units it serves (the others stay empty).
 struct RankSequence {
-  RankSequence(const model::ModelConfig& c, kv::KvType type, int slot);
+  RankSequence(const model::ModelConfig& c, kv::KvTypes type, int slot);
   kv::SequenceCache cache;
   int slot = 0;  // the sequence's index in the batch, which decides batch-slice ownership
 };

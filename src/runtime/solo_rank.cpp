@@ -45,7 +45,7 @@ const NoiseRows& noise_rows(int64_t dim) {
 std::vector<std::unique_ptr<RankSequence>> fill_caches(const model::ModelConfig& c,
                                                        const placement::Placement& p,
                                                        const placement::Profile& prof, int rank,
-                                                       int batch, kv::KvType type) {
+                                                       int batch, kv::KvTypes type) {
   std::vector<std::unique_ptr<RankSequence>> seqs;
   int64_t n_past = 1;
   for (const auto& row : prof.tokens)
@@ -83,7 +83,7 @@ std::vector<RankItem> decode_items(std::vector<std::unique_ptr<RankSequence>>& s
 
 SoloRank::SoloRank(const model::ModelConfig& c, const model::Weights& w,
                    const placement::Placement& p, const placement::Profile& prof, int rank,
-                   int batch, kv::KvType type, kernels::ThreadPool& pool)
+                   int batch, kv::KvTypes type, kernels::ThreadPool& pool)
     : comm(rank, p.devices),
       shard(shard_weights(c, w, p, rank)),
       seqs(fill_caches(c, p, prof, rank, batch, type)),

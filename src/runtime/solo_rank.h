@@ -34,7 +34,7 @@ struct Noise {
 std::vector<std::unique_ptr<RankSequence>> fill_caches(const model::ModelConfig& c,
                                                        const placement::Placement& p,
                                                        const placement::Profile& prof, int rank,
-                                                       int batch, kv::KvType type);
+                                                       int batch, kv::KvTypes type);
 
 // One decode token per sequence; `tokens` holds the ids the items point into.
 std::vector<RankItem> decode_items(std::vector<std::unique_ptr<RankSequence>>& seqs,
@@ -44,7 +44,7 @@ std::vector<RankItem> decode_items(std::vector<std::unique_ptr<RankSequence>>& s
 // warm-up step run (pages touched, buffers sized).
 struct SoloRank {
   SoloRank(const model::ModelConfig& c, const model::Weights& w, const placement::Placement& p,
-           const placement::Profile& prof, int rank, int batch, kv::KvType type,
+           const placement::Profile& prof, int rank, int batch, kv::KvTypes type,
            kernels::ThreadPool& pool);
   void step() { fwd.run(items, batch); }
 

@@ -26,7 +26,8 @@ struct Reference {
 // Single-device greedy generation with the plain engine, one sequence at a time.
 inline Reference single_device(const model::Model& m, const std::vector<int32_t>& prompt,
                                int n_predict, const kv::CompressionConfig* comp,
-                               kernels::Activations act = kernels::Activations::Float32) {
+                               kernels::Activations act = kernels::Activations::Float32,
+                               kv::KvTypes kv_type = kv::KvType::F32) {
   model::GenerateOptions opt;
   std::unique_ptr<model::PrefillCompression> pc;
   if (comp) {
@@ -35,8 +36,7 @@ inline Reference single_device(const model::Model& m, const std::vector<int32_t>
   }
   kernels::ThreadPool pool(1);
   model::Forward fwd(m.config, m.weights, pool, act);
-  kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim,
-                          kv::KvType::F32);
+  kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim, kv_type);
   Reference r;
   model::BatchItem item{&cache, prompt, false};
   const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);

@@ -558,3 +558,53 @@ TEST_F(EngineTest, NewSequencesGoToTheLeastLoadedHolders) {
 
 }  // namespace
 }  // namespace fairkv::serve
+
+namespace fairkv::serve {
+namespace {
+
+// A q8_0 cache holds 34 bytes per 32 elements where f32 holds 128: the backend's bytes per row
+// follow the type, and under one memory limit admission runs as many more requests as fit.
+TEST(EngineMemory, QuantizedCacheIsAdmittedByItsOwnBytes) {
+  const std::string path = std::string(FAIRKV_SHARED_DIR) + "/models/synthetic/llama-gqa4-f32.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  const auto m = model::Model::load(path);
+  std::vector<int32_t> prompt;
+  for (int32_t t = 3; t < 40; ++t) prompt.push_back(t);
+  const int max_tokens = 8;
+  const int64_t rows = int64_t(prompt.size()) + max_tokens;
+  EngineOptions eo = small_engine(4);
+  size_t f32_need = 0;
+  for (kv::KvType t : {kv::KvType::F32, kv::KvType::Q8_0}) {
+    SCOPED_TRACE(kv::kv_type_name(t));
+    SoloOptions so;
+    so.kv_type = t;
+    so.reserve_address_space = false;  // bytes are the rows', no page rounding
+    kernels::ThreadPool pool(1);
+    {
+      SoloBackend b(*m, pool, so);
+      const size_t need = b.bytes_for(rows, rows);
+      const model::ModelConfig& c = m->config;
+      EXPECT_EQ(need, size_t(rows) * size_t(c.n_layers) * size_t(c.n_kv_heads) *
+                          kv::KvTypes(t).token_bytes(c.head_dim));
+      if (t == kv::KvType::F32)
+        f32_need = need;
+      else
+        EXPECT_EQ(need * 128, f32_need * 34);
+    }
+    // Room for one request's f32 rows and a half: one runs on f32, three on q8_0.
+    eo.kv_memory = f32_need * 3 / 2;
+    Engine e(*m, std::make_unique<SoloBackend>(*m, pool, so), eo);
+    for (int i = 0; i < 3; ++i) {
+      Request r = make(prompt, max_tokens, 0, 1);
+      r.ignore_eos = true;
+      e.submit(std::move(r), [](const Event&) {});
+    }
+    e.step();
+    EXPECT_EQ(e.stats().running, t == kv::KvType::F32 ? 1 : 3);
+    e.run_until_idle();
+    EXPECT_EQ(e.stats().finished, 3);
+  }
+}
+
+}  // namespace
+}  // namespace fairkv::serve

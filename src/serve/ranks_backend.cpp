@@ -49,7 +49,7 @@ placement::Placement read_setup(const std::vector<uint8_t>& bytes, const model::
           "this rank's model differs from rank 0's (layers, heads or sizes): every rank must load "
           "the same model");
   placement::Placement p = wire::get_placement(r);
-  o.kv_type = r.get<kv::KvType>();
+  o.kv_type = r.get<kv::KvTypes>();
   o.activations = r.get<kernels::Activations>();
   o.batching = r.get<kernels::Batching>();
   o.reduction = r.get<runtime::Reduction>();
@@ -175,14 +175,13 @@ int64_t RanksBackend::n_vocab() const {
 
 size_t RanksBackend::row_bytes() const {
   const model::ModelConfig& c = m_.config;
-  return 2 * size_t(c.head_dim) * kv::kv_type_bytes(o_.kv_type) * size_t(c.n_layers) *
-         size_t(c.n_kv_heads);
+  return o_.kv_type.token_bytes(c.head_dim) * size_t(c.n_layers) * size_t(c.n_kv_heads);
 }
 
 size_t RanksBackend::store_bytes(int64_t rows, int64_t max_rows) const {
   const int64_t hd = m_.config.head_dim;
   if (!o_.reserve_address_space || max_rows <= 0)
-    return size_t(rows) * 2 * size_t(hd) * kv::kv_type_bytes(o_.kv_type);
+    return size_t(rows) * o_.kv_type.token_bytes(hd);
   return kv::HeadStore::reserved_bytes(std::min(rows, max_rows), max_rows, hd, o_.kv_type);
 }
 

@@ -44,7 +44,7 @@ class RankWorker;
 struct RanksOptions {
   std::string comm = "threads";  // "threads": ranks as threads here; "mpi": the mpirun job's
   int threads = 1;               // pool threads per rank
-  kv::KvType kv_type = kv::KvType::F32;
+  kv::KvTypes kv_type = kv::KvType::F32;
   kernels::Activations activations = kernels::Activations::Float32;  // see model::Forward
   // Invariant: each sequence's results independent of the others in its step (see
   // runtime::RankForward), so that a request's output does not depend on its neighbours.

@@ -21,8 +21,7 @@ SoloBackend::SoloBackend(const model::Model& m, kernels::ThreadPool& pool, const
 
 size_t SoloBackend::row_bytes() const {
   const model::ModelConfig& c = m_.config;
-  return size_t(c.n_layers) * size_t(c.n_kv_heads) * 2 * size_t(c.head_dim) *
-         kv::kv_type_bytes(opt_.kv_type);
+  return size_t(c.n_layers) * size_t(c.n_kv_heads) * opt_.kv_type.token_bytes(c.head_dim);
 }
 
 SoloBackend::Seq& SoloBackend::find(SeqId seq) {
@@ -147,7 +146,7 @@ void SoloBackend::swap_in(SeqId seq) {
 }
 
 std::string SoloBackend::describe() const {
-  return fmt::format("one device, KV {}, {}{}", kv::kv_type_name(opt_.kv_type),
+  return fmt::format("one device, KV {}, {}{}", kv::kv_types_name(opt_.kv_type),
                      kernels::activations_name(opt_.activations),
                      opt_.batch_invariant ? ", batch-invariant" : "");
 }

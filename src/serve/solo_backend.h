@@ -18,7 +18,7 @@
 namespace fairkv::serve {
 
 struct SoloOptions {
-  kv::KvType kv_type = kv::KvType::F32;
+  kv::KvTypes kv_type = kv::KvType::F32;
   kernels::Activations activations = kernels::Activations::Float32;
   // Each row's result independent of the other rows in its step (kernels::Batching::Invariant):
   // what makes a request's output the same alone and in any batch.

@@ -1,0 +1,454 @@
+// Scores against q8_0 / q4_0 keys with integer dot products (attention_quant.h).
+//
+// The AVX512-VNNI kernel takes two blocks of a key (64 bytes) per vpdpbusd, one query row at a
+// time: the key's bytes are made unsigned once and serve every row of the group, the int32 lanes
+// of each block are scaled by d_k * d_q and summed into one float vector per row and key, which
+// is reduced at the end of the key. Its integer sums are the portable loop's exactly; only the
+// float32 sum over blocks runs in another order.
+#include "kv/attention_quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/matmul_kernels.h"
+#include "kernels/simd.h"
+#include "kernels/types.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace fairkv::kv::detail {
+
+namespace {
+
+using kernels::BlockQ4_0;
+using kernels::BlockQ8_0;
+using kernels::kQK;
+
+// Element i (0..31) of a block as the signed value it stands for, and the unsigned byte the
+// kernels multiply (value + offset).
+int key_value(KvType t, const uint8_t* block, int i) {
+  if (t == KvType::Q8_0) return reinterpret_cast<const BlockQ8_0*>(block)->qs[i];
+  const uint8_t b = reinterpret_cast<const BlockQ4_0*>(block)->qs[i % 16];
+  return int(i < 16 ? b & 15 : b >> 4) - 8;
+}
+
+size_t block_bytes(KvType t) {
+  return t == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+}
+
+float block_scale(const uint8_t* block) {
+  uint16_t d;
+  std::memcpy(&d, block, sizeof d);
+  return kernels::fp16_to_fp32(d);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FAIRKV_QUANT_VNNI 1
+#define FAIRKV_TARGET_VNNI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
+
+// The biggest head_dim the VNNI kernel keeps its query pairs for (larger ones: portable).
+constexpr int kMaxPairs = 8;
+constexpr int kMaxQueryRows = 16;
+
+// Two blocks (b, b + 1) of a key as 64 unsigned bytes, and their scales, 8 lanes each; a
+// missing block b + 1 (an odd count) is zero.
+template <KvType T>
+FAIRKV_TARGET_VNNI inline __m512i key_pair(const uint8_t* row, int64_t b, bool two, __m512& dk) {
+  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  const uint8_t* x0 = row + size_t(b) * kB;
+  const uint8_t* x1 = x0 + kB;
+  const float d0 = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(x0));
+  const float d1 = two ? _cvtsh_ss(*reinterpret_cast<const uint16_t*>(x1)) : 0.0f;
+  dk = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1), 1);
+  if constexpr (T == KvType::Q8_0) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + 2));
+    const __m256i hi =
+        two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + 2)) : _mm256_set1_epi8(-128);
+    // k + 128 as an unsigned byte is k with its sign bit flipped.
+    const __m512i k = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    return _mm512_xor_si512(k, _mm512_set1_epi8(-128));
+  } else {
+    const __m128i m = _mm_set1_epi8(15);
+    auto nibbles = [&](const uint8_t* x) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + 2));
+      return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+    };
+    const __m256i lo = nibbles(x0);
+    const __m256i hi = two ? nibbles(x1) : _mm256_set1_epi8(8);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+}
+
+// The lane sums of sixteen vectors as one vector (element j: the sum of a[j]'s lanes): halves,
+// quarters, pairs and single lanes of two vectors at a time are added side by side (45 adds and
+// shuffles for sixteen sums, where one horizontal sum each takes about eight), and one permute
+// puts the sums in order.
+FAIRKV_TARGET_VNNI inline __m512 reduce16(const __m512* a) {
+  __m512 t[8], u[4], v[2];
+  FAIRKV_UNROLL
+  for (int i = 0; i < 8; ++i)  // 256-bit halves: a[i] low, a[i + 8] high
+    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 8], 0x44),
+                         _mm512_shuffle_f32x4(a[i], a[i + 8], 0xEE));
+  FAIRKV_UNROLL
+  for (int i = 0; i < 4; ++i)  // 128-bit lanes: keys i, i + 8, i + 4, i + 12
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[i], t[i + 4], 0x88),
+                         _mm512_shuffle_f32x4(t[i], t[i + 4], 0xDD));
+  FAIRKV_UNROLL
+  for (int i = 0; i < 2; ++i)  // pairs of lanes
+    v[i] = _mm512_add_ps(_mm512_shuffle_ps(u[i], u[i + 2], 0x44),
+                         _mm512_shuffle_ps(u[i], u[i + 2], 0xEE));
+  const __m512 w =
+      _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+  // w holds keys 0 2 1 3 8 10 9 11 4 6 5 7 12 14 13 15.
+  const __m512i order = _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
+  return _mm512_permutexvar_ps(order, w);
+}
+
+template <KvType T>
+FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
+                                    const QuantQueries& q, int n, float scale, float* s,
+                                    int64_t ss) {
+  constexpr int kOffset = T == KvType::Q8_0 ? 128 : 8;
+  const int64_t nb = q.blocks, pairs = (nb + 1) / 2;
+  // Per row and pair: the query's bytes, d_q in the lanes of each block, and the offset's
+  // correction -offset * sum(q) in the first lane of each block's eight, so that vpdpbusd starts
+  // from it.
+  alignas(64) __m512i qv[kMaxQueryRows][kMaxPairs];
+  alignas(64) __m512i corr[kMaxQueryRows][kMaxPairs];
+  alignas(64) __m512 dq[kMaxQueryRows][kMaxPairs];
+  for (int r = 0; r < n; ++r)
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t b = 2 * p;
+      const bool two = b + 1 < nb;
+      const int8_t* qb = q.q.data() + (r * nb + b) * kQK;
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb));
+      const __m256i hi = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + kQK))
+                             : _mm256_setzero_si256();
+      qv[r][p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      const int32_t c0 = -kOffset * q.sum[size_t(r * nb + b)];
+      const int32_t c1 = two ? -kOffset * q.sum[size_t(r * nb + b + 1)] : 0;
+      corr[r][p] = _mm512_setr_epi32(c0, 0, 0, 0, 0, 0, 0, 0, c1, 0, 0, 0, 0, 0, 0, 0);
+      const float d0 = q.d[size_t(r * nb + b)], d1 = two ? q.d[size_t(r * nb + b + 1)] : 0.0f;
+      dq[r][p] =
+          _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1), 1);
+    }
+  const size_t kr = st.k_row_bytes();
+  const auto* K = static_cast<const uint8_t*>(st.k_data()) + size_t(k0) * kr;
+  // Sixteen keys at a time: their bytes made unsigned and their scales spread once, for every
+  // row; each row's sixteen partial-sum vectors then reduce together (reduce16).
+  alignas(64) __m512i kp[16][kMaxPairs];
+  alignas(64) __m512 dk[16][kMaxPairs];
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t j0 = 0; j0 < nk; j0 += 16) {
+    const int m = int(std::min<int64_t>(16, nk - j0));
+    for (int j = 0; j < m; ++j)
+      for (int64_t p = 0; p < pairs; ++p)
+        kp[j][p] = key_pair<T>(K + size_t(j0 + j) * kr, 2 * p, 2 * p + 1 < nb, dk[j][p]);
+    for (int r = 0; r < n; ++r) {
+      __m512 acc[16];
+      FAIRKV_UNROLL
+      for (int j = 0; j < 16; ++j) {
+        acc[j] = _mm512_setzero_ps();
+        if (j >= m) continue;
+        for (int64_t p = 0; p < pairs; ++p) {
+          const __m512i dot = _mm512_dpbusd_epi32(corr[r][p], kp[j][p], qv[r][p]);
+          acc[j] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dk[j][p], dq[r][p]), acc[j]);
+        }
+      }
+      _mm512_mask_storeu_ps(s + r * ss + j0, __mmask16((1u << m) - 1),
+                            _mm512_mul_ps(reduce16(acc), sc));
+    }
+  }
+}
+
+// Values as float32: each block's bytes widened to 16 floats at a time and scaled.
+template <KvType T>
+FAIRKV_TARGET_VNNI void dequantize_avx512(const uint8_t* row, int64_t nb, float* out) {
+  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  for (int64_t b = 0; b < nb; ++b, row += kB, out += kQK) {
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(row)));
+    __m128i lo, hi;
+    if constexpr (T == KvType::Q8_0) {
+      lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
+      hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 18));
+    } else {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
+      const __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
+      lo = _mm_sub_epi8(_mm_and_si128(v, m), e);
+      hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e);
+    }
+    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d));
+    _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d));
+  }
+}
+
+// pv_quant for NR (1..8) rows: a block of 32 values is two vectors, converted and scaled once
+// and accumulated into NR x 2 registers for every key of the call.
+template <KvType T, int NR>
+FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t vr, int64_t nb,
+                                      int64_t blocks, const float* prob, int64_t ps,
+                                      const float* corr) {
+  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512 acc[NR][2];
+    FAIRKV_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      const __m512 c = _mm512_set1_ps(corr[r]);
+      acc[r][0] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK), c);
+      acc[r][1] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK + 16), c);
+    }
+    const uint8_t* blk = V + size_t(b) * kB;
+    for (int64_t j = 0; j < nb; ++j, blk += vr) {
+      const __m512 d = _mm512_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk)));
+      __m128i lo, hi;
+      if constexpr (T == KvType::Q8_0) {
+        lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18));
+      } else {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        const __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
+        lo = _mm_sub_epi8(_mm_and_si128(v, m), e);
+        hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e);
+      }
+      const __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d);
+      const __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d);
+      FAIRKV_UNROLL
+      for (int r = 0; r < NR; ++r) {
+        const __m512 p = _mm512_set1_ps(prob[r * ps + j]);
+        acc[r][0] = _mm512_fmadd_ps(p, x0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(p, x1, acc[r][1]);
+      }
+    }
+    FAIRKV_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      _mm512_storeu_ps(o[r] + b * kQK, acc[r][0]);
+      _mm512_storeu_ps(o[r] + b * kQK + 16, acc[r][1]);
+    }
+  }
+}
+
+template <KvType T>
+FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, size_t vr,
+                                     int64_t nb, int64_t blocks, const float* prob, int64_t ps,
+                                     const float* corr) {
+  using Fn = void (*)(float* const*, const uint8_t*, size_t, int64_t, int64_t, const float*,
+                      int64_t, const float*);
+  static constexpr Fn table[] = {&pv_quant_rows<T, 1>, &pv_quant_rows<T, 2>, &pv_quant_rows<T, 3>,
+                                 &pv_quant_rows<T, 4>, &pv_quant_rows<T, 5>, &pv_quant_rows<T, 6>,
+                                 &pv_quant_rows<T, 7>, &pv_quant_rows<T, 8>};
+  for (int r = 0; r < n; r += 8)
+    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, prob + r * ps, ps, corr + r);
+}
+
+#define FAIRKV_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// One row of keys against one query row per block: vpmaddubsw wants an unsigned operand, so it
+// takes |k| and q with k's sign (ggml's mul_sum_i8_pairs), pairs of products never overflowing
+// int16 (2 x 127 x 127; q4_0's nibbles are taken as the signed -8..7 they stand for).
+template <KvType T>
+FAIRKV_TARGET_AVX2 void scores_avx2(const HeadStore& st, int64_t k0, int64_t nk,
+                                    const QuantQueries& q, int n, float scale, float* s,
+                                    int64_t ss) {
+  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  const size_t kr = st.k_row_bytes();
+  const int64_t nb = q.blocks;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t j = 0; j < nk; ++j) {
+    const uint8_t* row = static_cast<const uint8_t*>(st.k_data()) + size_t(k0 + j) * kr;
+    for (int r = 0; r < n; ++r) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + size_t(b) * kB;
+        __m256i k;
+        if constexpr (T == KvType::Q8_0) {
+          k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+        } else {
+          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+          const __m128i m = _mm_set1_epi8(15);
+          k = _mm256_sub_epi8(
+              _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m)),
+              _mm256_set1_epi8(8));
+        }
+        const __m256i qb =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.q.data() + (r * nb + b) * kQK));
+        const __m256i dot16 = _mm256_maddubs_epi16(_mm256_sign_epi8(k, k), _mm256_sign_epi8(qb, k));
+        const __m256i dot = _mm256_madd_epi16(dot16, ones);
+        const float d =
+            _cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk)) * q.d[size_t(r * nb + b)];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d), acc);
+      }
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      s[r * ss + j] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2))) * scale;
+    }
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return has;
+}
+
+bool cpu_has_vnni() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+#endif
+
+}  // namespace
+
+void QuantQueries::set(const float* const* rows, int n, int64_t head_dim) {
+  blocks = head_dim / kQK;
+  q.resize(size_t(n * blocks * kQK));
+  d.resize(size_t(n * blocks));
+  sum.resize(size_t(n * blocks));
+  std::vector<BlockQ8_0> tmp(static_cast<size_t>(blocks));
+  for (int r = 0; r < n; ++r) {
+    kernels::detail::quantize_act_q8_0(rows[r], tmp.data(), head_dim);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const size_t at = size_t(r * blocks + b);
+      std::memcpy(&q[at * kQK], tmp[size_t(b)].qs, kQK);
+      d[at] = kernels::fp16_to_fp32(tmp[size_t(b)].d);
+      int32_t t = 0;
+      for (int i = 0; i < kQK; ++i) t += tmp[size_t(b)].qs[i];
+      sum[at] = t;
+    }
+  }
+}
+
+void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q,
+                           int n, float scale, float* s, int64_t s_stride) {
+  const KvType t = st.types().k;
+  const size_t kr = st.k_row_bytes(), bb = block_bytes(t);
+  const int64_t nb = q.blocks;
+  for (int64_t j = 0; j < nk; ++j) {
+    const uint8_t* row = static_cast<const uint8_t*>(st.k_data()) + size_t(k0 + j) * kr;
+    for (int r = 0; r < n; ++r) {
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + size_t(b) * bb;
+        const int8_t* qb = q.q.data() + (r * nb + b) * kQK;
+        int32_t dot = 0;
+        for (int i = 0; i < kQK; ++i) dot += key_value(t, blk, i) * qb[i];
+        acc += block_scale(blk) * q.d[size_t(r * nb + b)] * float(dot);
+      }
+      s[r * s_stride + j] = acc * scale;
+    }
+  }
+}
+
+bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                       float scale, float* s, int64_t s_stride) {
+#if defined(FAIRKV_QUANT_VNNI)
+  if (!cpu_has_avx2()) return false;
+  if (st.types().k == KvType::Q8_0)
+    scores_avx2<KvType::Q8_0>(st, k0, nk, q, n, scale, s, s_stride);
+  else
+    scores_avx2<KvType::Q4_0>(st, k0, nk, q, n, scale, s, s_stride);
+  return true;
+#else
+  (void)st, (void)k0, (void)nk, (void)q, (void)n, (void)scale, (void)s, (void)s_stride;
+  return false;
+#endif
+}
+
+bool quant_scores_vnni() {
+#if defined(FAIRKV_QUANT_VNNI)
+  return cpu_has_vnni();
+#else
+  return false;
+#endif
+}
+
+void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                  float scale, float* s, int64_t s_stride) {
+#if defined(FAIRKV_QUANT_VNNI)
+  if (cpu_has_vnni() && (q.blocks + 1) / 2 <= kMaxPairs && n <= kMaxQueryRows) {
+    if (st.types().k == KvType::Q8_0)
+      scores_vnni<KvType::Q8_0>(st, k0, nk, q, n, scale, s, s_stride);
+    else
+      scores_vnni<KvType::Q4_0>(st, k0, nk, q, n, scale, s, s_stride);
+    return;
+  }
+#endif
+  if (quant_scores_avx2(st, k0, nk, q, n, scale, s, s_stride)) return;
+  quant_scores_portable(st, k0, nk, q, n, scale, s, s_stride);
+}
+
+bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
+              const float* prob, int64_t prob_stride, const float* corr) {
+#if defined(FAIRKV_QUANT_VNNI)
+  if (!cpu_has_vnni()) return false;
+  const size_t vr = st.v_row_bytes();
+  const auto* V = static_cast<const uint8_t*>(st.v_data()) + size_t(r0) * vr;
+  const int64_t blocks = st.head_dim() / kQK;
+  if (st.types().v == KvType::Q8_0)
+    pv_quant_all<KvType::Q8_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr);
+  else
+    pv_quant_all<KvType::Q4_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr);
+  return true;
+#else
+  (void)st, (void)o, (void)n, (void)r0, (void)nb, (void)prob, (void)prob_stride, (void)corr;
+  return false;
+#endif
+}
+
+void dequantize_values(const HeadStore& st, int64_t r0, int64_t n, int64_t dp, float* out) {
+  const int64_t d = st.head_dim();
+  const size_t vr = st.v_row_bytes();
+  const KvType t = st.types().v;
+  const auto* V = static_cast<const uint8_t*>(st.v_data());
+  for (int64_t j = 0; j < n; ++j) {
+    float* dst = out + j * dp;
+    const uint8_t* row = V + size_t(r0 + j) * vr;
+#if defined(FAIRKV_QUANT_VNNI)
+    if (cpu_has_vnni() && t == KvType::Q8_0)
+      dequantize_avx512<KvType::Q8_0>(row, d / kQK, dst);
+    else if (cpu_has_vnni() && t == KvType::Q4_0)
+      dequantize_avx512<KvType::Q4_0>(row, d / kQK, dst);
+    else
+      st.v_row(r0 + j, dst);
+#else
+    (void)row;
+    (void)t;
+    st.v_row(r0 + j, dst);
+#endif
+    std::fill(dst + d, dst + dp, 0.0f);
+  }
+}
+
+void window_probs_f32(const HeadStore& st, const float* q, int64_t begin, int64_t lim, float scale,
+                      const float* fresh, int64_t fresh_from, float* out) {
+  const int64_t d = st.head_dim();
+  std::fill(out, out + st.size(), 0.0f);
+  if (lim <= begin) return;
+  std::vector<float> k(static_cast<size_t>(d));
+  float m = -INFINITY;
+  for (int64_t j = begin; j < lim; ++j) {
+    const float* key = k.data();
+    if (fresh && j >= fresh_from)
+      key = fresh + (j - fresh_from) * d;
+    else
+      st.k_row(j, k.data());
+    float dot = 0.0f;
+    for (int64_t i = 0; i < d; ++i) dot += q[i] * key[i];
+    out[j] = dot * scale;
+    m = std::max(m, out[j]);
+  }
+  double sum = 0.0;
+  for (int64_t j = begin; j < lim; ++j) sum += (out[j] = std::exp(out[j] - m));
+  const float inv = float(1.0 / sum);
+  for (int64_t j = begin; j < lim; ++j) out[j] *= inv;
+}
+
+}  // namespace fairkv::kv::detail

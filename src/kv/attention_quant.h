@@ -1,0 +1,61 @@
+// Internal to attention.cpp: scores of query rows against quantized keys (q8_0, q4_0), and the
+// observation window's probabilities from unquantized keys.
+//
+// llama.cpp scores a quantized K cache by quantizing the query to Q8_0 blocks and taking integer
+// dot products block by block (ggml_vec_dot_q8_0_q8_0, _q4_0_q8_0): score = sum over blocks of
+// d_k * d_q * sum_i k_i q_i. So do these kernels, with the key's bytes made unsigned (q8_0:
+// k + 128, a sign-bit flip; q4_0: its nibbles 0..15 as stored) so that AVX512-VNNI's vpdpbusd
+// (u8 x s8) takes them directly, and the offset taken back as offset x sum(q) per block, which
+// is the query's and computed once. The kernel is chosen at run time by CPUID: AVX512-VNNI where
+// the CPU has it, else AVX2 (ggml's sign trick: |k| x sign(q, k) with vpmaddubsw), else a
+// portable loop, all with the same integer sums.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kv/cache.h"
+
+namespace fairkv::kv::detail {
+
+// Query rows as Q8_0 blocks (ggml's AVX quantize_row_q8_0) and the per-block sums the offsets
+// need, for head_dim a multiple of 32.
+struct QuantQueries {
+  int64_t blocks = 0;        // per row
+  std::vector<int8_t> q;     // rows x blocks x 32
+  std::vector<float> d;      // rows x blocks
+  std::vector<int32_t> sum;  // rows x blocks
+  void set(const float* const* rows, int n, int64_t head_dim);
+};
+
+// s[r * s_stride + j] = scale * score(query row r, key k0 + j) for j < nk, rows r < n, over
+// the row-major quantized keys of the store.
+void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                  float scale, float* s, int64_t s_stride);
+// The same with the AVX2 kernel (for tests); false, doing nothing, where the CPU lacks AVX2.
+bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                       float scale, float* s, int64_t s_stride);
+// The same with the portable loop, whatever the CPU (for tests).
+void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q,
+                           int n, float scale, float* s, int64_t s_stride);
+// Whether quant_scores takes the AVX512-VNNI path on this CPU.
+bool quant_scores_vnni();
+
+// o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
+// rows, reading the quantized values in place (each block widened once for all rows, its scale
+// applied once). Returns false, doing nothing, where the CPU lacks AVX-512 (the caller then
+// dequantizes a block of rows and uses its float32 kernel).
+bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
+              const float* prob, int64_t prob_stride, const float* corr);
+
+// Values [r0, r0 + n) as float32 rows of stride dp (zero padded past head_dim).
+void dequantize_values(const HeadStore& st, int64_t r0, int64_t n, int64_t dp, float* out);
+
+// Softmax probabilities of one query row q over the keys [begin, lim), written to out[begin,
+// lim) (zero elsewhere in [0, size)), scored in float32 against unquantized keys: rows at or
+// after `fresh_from` from `fresh` (the rows as computed, before the store converted them;
+// row-major, head_dim each), older rows dequantized from the store.
+void window_probs_f32(const HeadStore& st, const float* q, int64_t begin, int64_t lim, float scale,
+                      const float* fresh, int64_t fresh_from, float* out);
+
+}  // namespace fairkv::kv::detail

@@ -1,0 +1,208 @@
+#include "kv/attention_quant.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/types.h"
+#include "kv/attention.h"
+#include "kv/attention_test_util.h"
+
+namespace fairkv::kv {
+namespace {
+
+size_t sz(int64_t x) {
+  return static_cast<size_t>(x);
+}
+
+std::vector<float> randn(int64_t n, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(sz(n));
+  for (float& v : x) v = dist(rng);
+  return x;
+}
+
+using test::q8_exact;
+
+HeadStore random_store(int64_t len, int64_t d, KvTypes t, std::mt19937& rng) {
+  HeadStore s(d, t);
+  const auto k = randn(len * d, rng), v = randn(len * d, rng);
+  s.append(k.data(), v.data(), len);
+  return s;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, float tol,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_NEAR(got[i], want[i], tol * (1.0f + std::fabs(want[i]))) << what << " at " << i;
+}
+
+// The scores of the integer kernel (whichever this CPU runs) and of the portable loop against
+// float64 dot products of the dequantized keys with the dequantized query blocks.
+TEST(QuantScores, IntegerDotProductsMatchDequantizedBlocks) {
+  std::mt19937 rng(3);
+  for (KvType t : {KvType::Q8_0, KvType::Q4_0})
+    for (int64_t d : {32, 64, 96, 128, 256}) {
+      const int64_t len = 45, n = 5;
+      const HeadStore s = random_store(len, d, t, rng);
+      const auto q = randn(n * d, rng);
+      std::vector<const float*> rows;
+      for (int64_t r = 0; r < n; ++r) rows.push_back(&q[sz(r * d)]);
+      detail::QuantQueries qq;
+      qq.set(rows.data(), int(n), d);
+      const int64_t k0 = 3, nk = 40;
+      std::vector<float> fast(sz(n * nk)), port(fast.size()), avx2(fast.size());
+      detail::quant_scores(s, k0, nk, qq, int(n), 0.5f, fast.data(), nk);
+      detail::quant_scores_portable(s, k0, nk, qq, int(n), 0.5f, port.data(), nk);
+      const bool has_avx2 = detail::quant_scores_avx2(s, k0, nk, qq, int(n), 0.5f, avx2.data(), nk);
+      std::vector<float> key(sz(d));
+      ASSERT_TRUE(has_avx2 || !__builtin_cpu_supports("avx2"));
+      const std::string what = std::string(kv_type_name(t)) + " d" + std::to_string(d) +
+                               (detail::quant_scores_vnni() ? " vnni" : " portable");
+      for (int64_t j = 0; j < nk; ++j) {
+        s.k_row(k0 + j, key.data());
+        for (int64_t r = 0; r < n; ++r) {
+          double want = 0;
+          for (int64_t i = 0; i < d; ++i)
+            want += double(key[sz(i)]) * qq.d[sz(r * qq.blocks + i / 32)] * qq.q[sz(r * d + i)];
+          want *= 0.5;
+          const double tol = 1e-5 * (1 + std::fabs(want));
+          ASSERT_NEAR(port[sz(r * nk + j)], want, tol) << what << " key " << j << " row " << r;
+          ASSERT_NEAR(fast[sz(r * nk + j)], want, tol) << what << " key " << j << " row " << r;
+          if (has_avx2) {
+            ASSERT_NEAR(avx2[sz(r * nk + j)], want, tol) << "avx2 key " << j << " row " << r;
+          }
+        }
+      }
+    }
+}
+
+AttentionArgs decode_args(const HeadStore& s, const std::vector<float>& q, int group,
+                          std::vector<float>& o, std::vector<float>& lse) {
+  const int64_t d = s.head_dim();
+  o.assign(sz(group * d), 0.0f);
+  lse.assign(sz(group), 0.0f);
+  AttentionArgs a;
+  a.store = &s;
+  a.q = q.data();
+  a.group = group;
+  a.scale = 1.0f / std::sqrt(float(d));
+  a.visible = s.size() - 1;
+  a.out = o.data();
+  a.lse = lse.data();
+  return a;
+}
+
+class QuantAttendVsRef : public ::testing::TestWithParam<std::tuple<KvTypes, int, int64_t>> {};
+
+// Decode over quantized stores equals the reference over the same (dequantized) rows: to float
+// rounding for queries that q8_0 holds exactly, and to the query's rounding for any query.
+TEST_P(QuantAttendVsRef, DecodeMatchesReference) {
+  const auto [t, group, d] = GetParam();
+  std::mt19937 rng(uint32_t(group * 100 + d));
+  for (int64_t len : {1, 17, 64, 100, 700}) {
+    const HeadStore s = random_store(len, d, t, rng);
+    const std::string what = "len " + std::to_string(len);
+    std::vector<float> o, lse, o_ref, lse_ref;
+    for (bool exact : {true, false}) {
+      const auto q = exact ? q8_exact(group * d, rng) : randn(group * d, rng);
+      AttentionArgs a = decode_args(s, q, group, o, lse);
+      attend(a);
+      AttentionArgs r = decode_args(s, q, group, o_ref, lse_ref);
+      attend_ref(r);
+      const bool qk = kv_type_quantized(t.k);
+      const float tol = exact || !qk ? 2e-5f : 4e-2f;
+      expect_close(o, o_ref, tol, what + (exact ? " exact q" : " any q") + " out");
+      expect_close(lse, lse_ref, exact || !qk ? 2e-6f : 4e-2f, what + " lse");
+    }
+  }
+}
+
+// Prefill: causal, over m cached rows and n new ones, on an exactly representable query.
+TEST_P(QuantAttendVsRef, PrefillMatchesReference) {
+  const auto [t, group, d] = GetParam();
+  std::mt19937 rng(uint32_t(group * 7 + d));
+  for (auto [m, n] : {std::pair<int64_t, int64_t>{0, 37}, {70, 21}}) {
+    const HeadStore s = random_store(m + n, d, t, rng);
+    const auto q = q8_exact(n * group * d, rng);
+    std::vector<float> o(sz(n * group * d)), o_ref(o.size()), lse(sz(n * group)),
+        lse_ref(lse.size());
+    AttentionArgs a;
+    a.store = &s;
+    a.q = q.data();
+    a.n_tokens = n;
+    a.group = group;
+    a.scale = 1.0f / std::sqrt(float(d));
+    a.visible = m;
+    a.out = o.data();
+    a.lse = lse.data();
+    attend(a);
+    a.out = o_ref.data();
+    a.lse = lse_ref.data();
+    attend_ref(a);
+    const std::string what = "m " + std::to_string(m) + " n " + std::to_string(n);
+    expect_close(o, o_ref, 2e-5f, what + " out");
+    expect_close(lse, lse_ref, 2e-6f, what + " lse");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, QuantAttendVsRef,
+    ::testing::Combine(::testing::Values(KvTypes(KvType::Q8_0), KvTypes(KvType::Q4_0),
+                                         KvTypes(KvType::Q8_0, KvType::F16),
+                                         KvTypes(KvType::F16, KvType::Q8_0), KvTypes(KvType::BF16),
+                                         KvTypes(KvType::Q4_0, KvType::BF16)),
+                       ::testing::Values(1, 2, 4, 5, 8), ::testing::Values(32, 64, 96, 128)),
+    [](const auto& info) {
+      const KvTypes t = std::get<0>(info.param);
+      return std::string(kv_type_name(t.k)) + "_" + kv_type_name(t.v) + "_g" +
+             std::to_string(std::get<1>(info.param)) + "_d" +
+             std::to_string(std::get<2>(info.param));
+    });
+
+// The observation window's probabilities on a quantized cache are those of an f32 cache of the
+// same rows when the new rows' float32 keys are given: eviction scores computed before
+// quantization.
+TEST(QuantAttend, WindowProbabilitiesUseTheKeysAsComputed) {
+  std::mt19937 rng(9);
+  const int64_t d = 64, n = 40, W = 8;
+  const int group = 4;
+  const auto k = randn(n * d, rng), v = randn(n * d, rng), q = randn(n * group * d, rng);
+  HeadStore f32(d, KvType::F32), q8(d, KvType::Q8_0);
+  f32.append(k.data(), v.data(), n);
+  q8.append(k.data(), v.data(), n);
+  std::vector<float> o(sz(n * group * d)), p(sz(W * group * n)), p_ref(p.size()), p_q(p.size());
+  AttentionArgs a;
+  a.q = q.data();
+  a.n_tokens = n;
+  a.group = group;
+  a.scale = 1.0f / std::sqrt(float(d));
+  a.visible = 0;
+  a.out = o.data();
+  a.probs_tokens = W;
+  a.store = &f32;
+  a.probs = p_ref.data();
+  attend_ref(a);
+  a.store = &q8;
+  a.probs = p.data();
+  a.fresh_keys = k.data();
+  attend(a);
+  expect_close(p, p_ref, 1e-5f, "with fresh keys");
+  // Without them, the quantized keys score: close, but not the same.
+  a.fresh_keys = nullptr;
+  a.probs = p_q.data();
+  attend(a);
+  expect_close(p_q, p_ref, 5e-2f, "from quantized keys");
+  float diff = 0;
+  for (size_t i = 0; i < p.size(); ++i) diff = std::max(diff, std::fabs(p_q[i] - p_ref[i]));
+  EXPECT_GT(diff, 1e-5f);
+}
+
+}  // namespace
+}  // namespace fairkv::kv
