@@ -9,16 +9,12 @@
 #include <vector>
 
 #include "kv/attention.h"
+#include "kv/attention_test_util.h"
 
 namespace fairkv::kv {
 namespace {
 
-std::vector<float> randn(int64_t n, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(n));
-  for (float& v : x) v = dist(rng);
-  return x;
-}
+using test::randn;
 
 TEST(AttendGgml, MatchesReferenceForDecodeAndPrefill) {
   std::mt19937 rng(5);

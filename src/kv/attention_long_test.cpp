@@ -15,27 +15,9 @@
 namespace fairkv::kv {
 namespace {
 
-size_t sz(int64_t x) {
-  return static_cast<size_t>(x);
-}
-
-std::vector<float> randn(int64_t n, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(sz(n));
-  for (float& v : x) v = dist(rng);
-  return x;
-}
-
-void expect_close(const float* got, const float* want, int64_t n, float tol,
-                  const std::string& what) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (std::isinf(want[i])) {
-      ASSERT_EQ(got[i], want[i]) << what << " at " << i;
-      continue;
-    }
-    ASSERT_NEAR(got[i], want[i], tol * (1.0f + std::fabs(want[i]))) << what << " at " << i;
-  }
-}
+using test::expect_close;
+using test::randn;
+using test::sz;
 
 struct LongCase {
   KvTypes type;

@@ -16,32 +16,11 @@
 namespace fairkv::kv {
 namespace {
 
-size_t sz(int64_t x) {
-  return static_cast<size_t>(x);
-}
-
-std::vector<float> randn(int64_t n, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(sz(n));
-  for (float& v : x) v = dist(rng);
-  return x;
-}
-
+using test::expect_close;
 using test::q8_exact;
-
-HeadStore random_store(int64_t len, int64_t d, KvTypes t, std::mt19937& rng) {
-  HeadStore s(d, t);
-  const auto k = randn(len * d, rng), v = randn(len * d, rng);
-  s.append(k.data(), v.data(), len);
-  return s;
-}
-
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, float tol,
-                  const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  for (size_t i = 0; i < got.size(); ++i)
-    ASSERT_NEAR(got[i], want[i], tol * (1.0f + std::fabs(want[i]))) << what << " at " << i;
-}
+using test::randn;
+using test::random_store;
+using test::sz;
 
 // The scores of the integer kernel (whichever this CPU runs) and of the portable loop against
 // float64 dot products of the dequantized keys with the dequantized query blocks.

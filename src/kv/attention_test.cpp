@@ -12,40 +12,15 @@
 #include <vector>
 
 #include "kernels/threadpool.h"
+#include "kv/attention_test_util.h"
 
 namespace fairkv::kv {
 namespace {
 
-size_t sz(int64_t x) {
-  return static_cast<size_t>(x);
-}
-
-std::vector<float> randn(int64_t n, std::mt19937& rng, float sigma = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> x(static_cast<size_t>(n));
-  for (float& v : x) v = dist(rng);
-  return x;
-}
-
-HeadStore random_store(int64_t len, int64_t d, KvType t, std::mt19937& rng) {
-  HeadStore s(d, t);
-  const auto k = randn(len * d, rng), v = randn(len * d, rng);
-  s.append(k.data(), v.data(), len);
-  return s;
-}
-
-// Relative-to-scale closeness: outputs are convex combinations of V rows (|v| ~ 1).
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, float tol,
-                  const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isinf(want[i])) {
-      ASSERT_EQ(got[i], want[i]) << what << " at " << i;
-      continue;
-    }
-    ASSERT_NEAR(got[i], want[i], tol * (1.0f + std::fabs(want[i]))) << what << " at " << i;
-  }
-}
+using test::expect_close;
+using test::randn;
+using test::random_store;
+using test::sz;
 
 struct Shape {
   int group;
