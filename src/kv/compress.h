@@ -326,6 +326,12 @@ std::vector<int64_t> epicache_budgets(std::span<const double> similarity, double
 // lower head. Returns the chosen indices per head, sorted.
 std::vector<std::vector<int64_t>> epicache_choose(std::span<const HeadScores* const> layer,
                                                   int64_t k);
+// EpiCache's layer sensitivity profile: per layer, the mean cosine similarity between every row
+// a block-wise prefilled cache kept (positions[l * H + h]: the prompt position of each of its
+// rows) and the same position's key in the full prefill's cache. Lower: the layer's keys drift
+// more when it is prefilled from a compressed cache, so it should keep more.
+std::vector<double> layer_key_similarity(const SequenceCache& full, const SequenceCache& part,
+                                         std::span<const std::vector<int64_t>> positions);
 // EpiCache's selection (select_tokens dispatches here): heads may be ragged, each head's rows
 // being its score.size() prefix rows followed by the s.window window rows.
 Selection epicache_select(const CompressionConfig& c, const PromptScores& s);

@@ -94,4 +94,40 @@ Selection epicache_select(const CompressionConfig& c, const PromptScores& s) {
   return sel;
 }
 
+std::vector<double> layer_key_similarity(const SequenceCache& full, const SequenceCache& part,
+                                         std::span<const std::vector<int64_t>> positions) {
+  const int L = full.n_layers(), H = full.n_kv_heads();
+  if (part.n_layers() != L || part.n_kv_heads() != H || positions.size() != size_t(L) * H)
+    throw std::invalid_argument("layer_key_similarity: caches or positions of different shapes");
+  const int64_t hd = full.head(0, 0).head_dim();
+  std::vector<float> a(static_cast<size_t>(hd)), b(static_cast<size_t>(hd));
+  std::vector<double> out(size_t(L), 0.0);
+  for (int l = 0; l < L; ++l) {
+    double sum = 0;
+    int64_t count = 0;
+    for (int h = 0; h < H; ++h) {
+      const auto& pos = positions[size_t(l) * H + h];
+      const HeadStore &f = full.head(l, h), &p = part.head(l, h);
+      if (int64_t(pos.size()) != p.size())
+        throw std::invalid_argument("layer_key_similarity: positions do not match the rows");
+      for (size_t i = 0; i < pos.size(); ++i) {
+        if (pos[i] < 0 || pos[i] >= f.size())
+          throw std::invalid_argument("layer_key_similarity: a position past the full cache");
+        f.k_row(pos[i], a.data());
+        p.k_row(int64_t(i), b.data());
+        double ab = 0, aa = 0, bb = 0;
+        for (int64_t k = 0; k < hd; ++k) {
+          ab += double(a[size_t(k)]) * b[size_t(k)];
+          aa += double(a[size_t(k)]) * a[size_t(k)];
+          bb += double(b[size_t(k)]) * b[size_t(k)];
+        }
+        sum += aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : 1.0;
+        ++count;
+      }
+    }
+    out[size_t(l)] = count ? sum / double(count) : 1.0;
+  }
+  return out;
+}
+
 }  // namespace fairkv::kv

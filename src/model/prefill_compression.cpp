@@ -23,11 +23,24 @@ void PrefillCompression::attach(GenerateOptions& opt) {
   if (config_.blockwise()) {
     opt.prefill_blocks = [this](int64_t n) {
       peak_bytes_ = 0;
+      positions_.assign(size_t(model_.n_layers) * size_t(model_.n_kv_heads), {});
       return prefill_block_ends(n, config_.epicache_block, config_.window);
     };
     opt.after_block = [this](kv::SequenceCache& cache, int64_t n_prompt) {
       peak_bytes_ = std::max(peak_bytes_, cache.bytes());
-      compress_block(*collector_, n_prompt, cache);
+      const kv::Selection sel = collector_->select(n_prompt);
+      // The block's rows sit at the end of every store: their positions end at n_past.
+      for (size_t u = 0; u < positions_.size(); ++u) {
+        auto& pos = positions_[u];
+        const int64_t rows =
+            cache.head(int(u) / model_.n_kv_heads, int(u) % model_.n_kv_heads).size();
+        for (int64_t p = cache.n_past - (rows - int64_t(pos.size())); p < cache.n_past; ++p)
+          pos.push_back(p);
+        std::vector<int64_t> kept;
+        for (int64_t i : sel[u]) kept.push_back(pos[size_t(i)]);
+        pos = std::move(kept);
+      }
+      kv::apply_selection(sel, cache);
       collector_ =
           std::make_unique<kv::ScoreCollector>(config_, model_.n_layers, model_.n_kv_heads);
     };

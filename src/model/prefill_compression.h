@@ -25,6 +25,8 @@ class PrefillCompression {
   // Block-wise prefill: the most bytes the prompt's cache held at once (after a block's rows
   // arrived, before its compression), over the last prompt.
   size_t peak_bytes() const { return peak_bytes_; }
+  // Block-wise prefill: the prompt position of every row each (layer, head) kept, [l * H + h].
+  const std::vector<std::vector<int64_t>>& kept_positions() const { return positions_; }
 
  private:
   kv::CompressionConfig config_;
@@ -33,6 +35,7 @@ class PrefillCompression {
   std::unique_ptr<kv::ScoreCollector> collector_;
   WindowObserver observer_;
   size_t peak_bytes_ = 0;
+  std::vector<std::vector<int64_t>> positions_;
 };
 
 // The ends of a prompt's prefill blocks (or chunks): every `block` tokens, a short last block
