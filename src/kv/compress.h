@@ -335,6 +335,8 @@ std::vector<double> layer_key_similarity(const SequenceCache& full, const Sequen
 // EpiCache's selection (select_tokens dispatches here): heads may be ragged, each head's rows
 // being its score.size() prefix rows followed by the s.window window rows.
 Selection epicache_select(const CompressionConfig& c, const PromptScores& s);
+// Task-KV's semantic vector of one head: sum_j attention[j] v_j over the store's first rows.
+std::vector<float> head_output(const HeadScores& hs, const HeadStore& st);
 // Task-KV's heterogeneous heads of one layer (sorted): the round(share x H) heads farthest (L2)
 // from the mean of the heads' vectors (head_output, else attention); ties to the lower index.
 std::vector<int> taskkv_heterogeneous(std::span<const HeadScores* const> layer, double share);

@@ -410,6 +410,66 @@ TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
   EXPECT_GT(replans, 0);  // the FairKV placements were re-divided as requests came and went
 }
 
+TEST(PromptChunks, BlockwiseCompressesAfterEveryBlock) {
+  // EpiCache, block 24, window 8, chunks of 16: blocks end at 24, 48, 60 (prefill_block_ends);
+  // each block is cut into chunks whose last holds the window: 16 + 8, 16 + 8, 12.
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::EpiCache;
+  c.budget = 12;
+  c.window = 8;
+  c.epicache_block = 24;
+  EXPECT_EQ(
+      prompt_chunks(60, 16, c),
+      (std::vector<PromptChunk>{{16, false}, {24, true}, {40, false}, {48, true}, {60, true}}));
+  // A one-shot policy compresses after the last chunk only.
+  c.policy = kv::Policy::SnapKV;
+  EXPECT_EQ(prompt_chunks(35, 16, c),
+            (std::vector<PromptChunk>{{16, false}, {27, false}, {35, true}}));
+}
+
+// EpiCache served on R ranks: its blocks cut into chunks, the cache compressed after every block
+// by the ranks owning each unit; every request's greedy output equals the one-device engine's,
+// requests arriving while others prefill or decode.
+TEST_F(EngineTest, EpiCacheOnRanksServesTheSameOutputsAsOneDevice) {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::EpiCache;
+  c.budget = 12;
+  c.window = 8;
+  c.epicache_block = 24;
+  // Some prompt spans several blocks (and its blocks several chunks).
+  ASSERT_GT(prompt(kTexts[2]).size(), size_t(2 * c.epicache_block));
+  const placement::CostModel cost =
+      runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
+  for (int R : {2, 3}) {
+    for (const std::string planner : {"tp", "split"}) {
+      EngineOptions eo = small_engine(3);
+      eo.compression = c;
+      const placement::Placement p =
+          test_placement(m(), placement::planner_from_name(planner), R, cost);
+      RanksOptions ro;
+      ro.n_slots = Engine::open_limit(eo.parallel);
+      Harness h(m(), eo);
+      h.engine = std::make_unique<Engine>(m(), std::make_unique<RanksBackend>(m(), p, ro), eo);
+      Harness one(m(), eo);
+      std::vector<RequestId> ids, one_ids;
+      for (size_t i = 0; i < std::size(kTexts); ++i) {
+        const Request r = make(prompt(kTexts[i]), 8 + int(i) * 2, 0, 0);
+        ids.push_back(h.submit(r));
+        one_ids.push_back(one.submit(r));
+        h.engine->step();
+        one.engine->step();
+      }
+      h.engine->run_until_idle();
+      one.engine->run_until_idle();
+      for (size_t i = 0; i < ids.size(); ++i) {
+        EXPECT_EQ(h.out.at(ids[i]).tokens, one.out.at(one_ids[i]).tokens)
+            << planner << " on " << R << " ranks, request " << i;
+        EXPECT_EQ(h.out.at(ids[i]).stats.kv_rows_kept, one.out.at(one_ids[i]).stats.kv_rows_kept);
+      }
+    }
+  }
+}
+
 // Batch invariance on ranks: a seeded request's tokens on R ranks are the same alone and among
 // others (the ranks' partial sums do not depend on the batch, and their sums are in rank order).
 // Batch invariance on ranks: a sequence's logits on R ranks are bitwise the same alone and beside
