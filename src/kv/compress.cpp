@@ -177,6 +177,9 @@ std::string CompressionConfig::describe() const {
   if (budget > 0 || ratio > 0)
     s += budget > 0 ? " budget=" + std::to_string(budget) : " ratio=" + fmt_double(ratio);
   if (policy == Policy::Streaming) return s + " sinks=" + std::to_string(sinks);
+  if (policy == Policy::EpiCache)  // its score is the largest window attention: no pooling, GQA
+    return s + " window=" + std::to_string(window) + " block=" + std::to_string(epicache_block) +
+           " power=" + fmt_double(epicache_power);
   s += " window=" + std::to_string(window) + " pool=" + pooling_name(resolved_pooling()) +
        std::to_string(resolved_pool_kernel()) + " gqa=" + gqa_combine_name(gqa);
   if (policy == Policy::AdaKV || policy == Policy::DefensiveKV)
@@ -188,8 +191,6 @@ std::string CompressionConfig::describe() const {
   if (policy == Policy::PyramidKV) s += " beta=" + fmt_double(pyramid_beta);
   if (policy == Policy::HeadKV) s += " beta=" + fmt_double(headkv_beta);
   if (policy == Policy::CompressKV) s += " sr-heads=" + std::to_string(compresskv_heads);
-  if (policy == Policy::EpiCache)
-    s += " block=" + std::to_string(epicache_block) + " power=" + fmt_double(epicache_power);
   if (policy == Policy::TaskKV)
     s += " share=" + fmt_double(taskkv_share) + " sinks=" + std::to_string(sinks) +
          " middle=" + std::to_string(taskkv_middle);
