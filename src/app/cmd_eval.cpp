@@ -35,7 +35,7 @@ struct EvalArgs {
   int samples = 2;
   uint64_t seed = 1;
   bool show = false;
-  std::string dump;
+  std::string dump, sensitivity_out;
   EngineOptions engine;
   KvOptions kv;
 };
@@ -204,6 +204,9 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "--suite ruler: generation seed")->capture_default_str();
   cmd->add_option("--dump", a->dump,
                   "--suite ruler: write the samples as {prompt, answer} .jsonl and stop");
+  cmd->add_option("--sensitivity-out", a->sensitivity_out,
+                  "--suite ruler: write EpiCache's layer sensitivity (key similarity of its "
+                  "block-wise caches to the full ones) for --kv-layer-sensitivity");
   cmd->add_flag("--show", a->show, "--suite ruler: print each sample's answers and full output");
   cmd->add_option("-n,--n-predict", a->n_predict, "Continuation tokens scored per prompt")
       ->capture_default_str();
@@ -224,6 +227,7 @@ void add_eval_command(CLI::App& app) {
       r.seed = a->seed;
       r.show = a->show;
       r.dump = a->dump;
+      r.sensitivity_out = a->sensitivity_out;
       r.json_out = a->json_out;
       r.svg_out = a->svg_out;
       r.engine = a->engine;

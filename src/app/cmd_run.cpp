@@ -148,10 +148,14 @@ void run(const RunArgs& a) {
   if (comp) {
     // Statistics of the prompt's cache right after compression: a summary on stderr, the
     // per-head lengths as JSON with --kv-stats-out.
-    opt.after_prefill = [compress = opt.after_prefill, &a, &kc](kv::SequenceCache& cache) {
+    opt.after_prefill = [compress = opt.after_prefill, &a, &kc,
+                         pc = comp.get()](kv::SequenceCache& cache) {
       if (compress) compress(cache);
       std::fprintf(stderr, "kv: %s: %lld prompt tokens, %zu bytes held; kept per head:\n",
                    kc.describe().c_str(), static_cast<long long>(cache.n_past), cache.bytes());
+      if (kc.blockwise())
+        std::fprintf(stderr, "kv: block-wise prefill: at most %zu bytes held at once\n",
+                     pc->peak_bytes());
       for (int l = 0; l < cache.n_layers(); ++l) {
         std::string row;
         for (int h = 0; h < cache.n_kv_heads(); ++h)
@@ -163,6 +167,7 @@ void run(const RunArgs& a) {
       const int64_t prompt_tokens[] = {cache.n_past};
       nlohmann::json j = kv::stats_json(caches, prompt_tokens);
       j["policy"] = kc.describe();
+      if (kc.blockwise()) j["peak_kv_bytes"] = pc->peak_bytes();
       std::ofstream out(a.kv.stats_out);
       if (!out) throw std::runtime_error(a.kv.stats_out + ": cannot write (--kv-stats-out)");
       out << j.dump(2) << "\n";

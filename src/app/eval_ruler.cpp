@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app/commands.h"
+#include "app/head_importance_file.h"
 #include "app/ruler.h"
 #include "app/svg_plot.h"
 #include "kernels/clock.h"
@@ -142,6 +143,11 @@ void run_ruler(const RulerArgs& a) {
   // (context, task, policy, share index); policy "full" has share index 0 only.
   std::map<std::tuple<int64_t, std::string, std::string, size_t>, Cell> cells;
   std::map<int64_t, double> prompt_tokens;  // summed, per context
+  // EpiCache: the most KV bytes a block-wise prefill held, and the full prefill's, per context
+  // (the longest prompt's); the key similarity per layer, summed over its runs.
+  std::map<std::pair<int64_t, size_t>, std::pair<size_t, size_t>> peak;  // (context, budget)
+  std::vector<double> similarity(size_t(L), 0.0);
+  int similarity_runs = 0;
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t ctx : contexts)
     for (const auto& task : tasks) {
@@ -205,7 +211,7 @@ void run_ruler(const RulerArgs& a) {
                 base.window, std::max<int64_t>(1, int64_t(shares[bi] / 100.0 * double(P) + 0.5)));
             const kv::CompressionConfig c = a.kv.config(p, budget);
             kv::ScoreCollector col(c, L, H);
-            if (c.needs_scores())
+            if (c.needs_scores() && !c.blockwise())
               for (int l = 0; l < L; ++l)
                 for (int h = 0; h < H; ++h) {
                   const WindowProbs& w = probs[size_t(l * H + h)];
@@ -216,9 +222,31 @@ void run_ruler(const RulerArgs& a) {
               for (int l = 0; l < L; ++l)
                 for (int h = 0; h < H; ++h) col.set_value_norms(l, h, vn[size_t(l * H + h)]);
             }
+            Cell& cell = cells[{ctx, task, p, bi}];
+            if (c.blockwise()) {
+              // Its own prefill, block by block, compressed after each.
+              model::PrefillCompression pc(c, mc, &m->weights);
+              model::GenerateOptions opt;
+              pc.attach(opt);
+              kv::SequenceCache cache(L, H, mc.head_dim, a.kv.kv_type());
+              const auto rows = model::prefill(fwd, cache, ids, opt, false);
+              const int32_t own_first = model::argmax({rows.data(), size_t(mc.n_vocab)});
+              auto& pk = peak[{ctx, bi}];
+              if (full.bytes() > pk.second ||
+                  (full.bytes() == pk.second && pc.peak_bytes() > pk.first))
+                pk = {pc.peak_bytes(), full.bytes()};
+              const auto sim = kv::layer_key_similarity(full, cache, pc.kept_positions());
+              for (int l = 0; l < L; ++l) similarity[size_t(l)] += sim[size_t(l)];
+              ++similarity_runs;
+              cell.kept += kept_share(cache, P);
+              const std::string text =
+                  m->tokenizer.decode(decode(*m, fwd, cache, own_first, s.n_predict));
+              cell.score += ruler::score(text, s.answers);
+              ++cell.n;
+              continue;
+            }
             kv::SequenceCache cache = full;
             model::compress_prompt(col, mc, nullptr, cache);
-            Cell& cell = cells[{ctx, task, p, bi}];
             cell.kept += kept_share(cache, P);
             cell.score += ruler::score(answer(std::move(cache)), s.answers);
             ++cell.n;
@@ -278,6 +306,22 @@ void run_ruler(const RulerArgs& a) {
     }
     fmt::print("\n");
     series.push_back(std::move(s));
+  }
+  for (const auto& [key, pk] : peak)
+    fmt::print(
+        "epicache at context {}, budget {:g}%: peak KV {} bytes during the longest "
+        "prompt's block-wise prefill, the full prefill's {} ({:.1f}%)\n",
+        key.first, shares[key.second], pk.first, pk.second,
+        100.0 * double(pk.first) / double(pk.second));
+  if (similarity_runs > 0) {
+    for (double& v : similarity) v /= similarity_runs;
+    fmt::print("epicache key similarity per layer (block-wise vs full): {:.4f}\n",
+               fmt::join(similarity, " "));
+    if (!a.sensitivity_out.empty()) {
+      std::ofstream out(a.sensitivity_out);
+      if (!out) throw std::runtime_error(a.sensitivity_out + ": cannot write (--sensitivity-out)");
+      out << layer_sensitivity_json(similarity).dump(2) << "\n";
+    }
   }
   fmt::print("{:.0f} s\n", kernels::ms_since(t0) / 1000);
   if (!a.json_out.empty()) {

@@ -13,8 +13,9 @@ struct RulerArgs {
   int samples = 2;
   uint64_t seed = 1;
   bool show = false;
-  std::string dump;  // write the samples as .jsonl and stop  // print every sample's answers and
-                     // the full cache's output
+  std::string dump;  // write the samples as .jsonl and stop
+  // EpiCache's layer-sensitivity profile (--kv-layer-sensitivity's file), measured on the runs.
+  std::string sensitivity_out;
   EngineOptions engine;
   KvOptions kv;
 };
@@ -22,6 +23,8 @@ struct RulerArgs {
 // Every sample is prefilled once with the full cache, the observation window's attention kept;
 // each (policy, budget) then compresses a copy of that cache and decodes its greedy answer
 // (identical to a prefill per policy: the scores and the cache do not depend on the policy).
+// EpiCache's block-wise prefill cannot share it: it prefills each (sample, budget) on its own,
+// and the table's footer gives its peak KV bytes against the full prefill's per context.
 // The full cache's own answer is the ceiling. Prints the table task x policy x budget per
 // context; --json and --svg as eval's.
 void run_ruler(const RulerArgs& a);

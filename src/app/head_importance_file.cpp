@@ -64,4 +64,35 @@ nlohmann::json head_importance_json(const kv::HeadImportance& imp) {
   return {{"layers", imp.layers}, {"kv_heads", imp.kv_heads}, {"importance", std::move(rows)}};
 }
 
+std::vector<double> read_layer_sensitivity(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error(path + ": cannot open the layer-sensitivity file");
+  nlohmann::json j;
+  try {
+    f >> j;
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!j.is_object() || !j.contains("layers") || !j["layers"].is_number_integer() ||
+      j["layers"].get<int64_t>() < 1 || j["layers"].get<int64_t>() > 1 << 20)
+    throw std::runtime_error(path + ": field 'layers': expected a positive integer");
+  const auto layers = size_t(j["layers"].get<int64_t>());
+  const auto& sim = j.contains("key_similarity") ? j["key_similarity"] : nlohmann::json();
+  if (!sim.is_array() || sim.size() != layers)
+    throw std::runtime_error(path + ": field 'key_similarity': expected " + std::to_string(layers) +
+                             " numbers (one per layer)");
+  std::vector<double> out;
+  for (size_t l = 0; l < layers; ++l) {
+    if (!sim[l].is_number() || !std::isfinite(sim[l].get<double>()))
+      throw std::runtime_error(path + ": field 'key_similarity[" + std::to_string(l) +
+                               "]': expected a finite number");
+    out.push_back(sim[l].get<double>());
+  }
+  return out;
+}
+
+nlohmann::json layer_sensitivity_json(const std::vector<double>& similarity) {
+  return {{"layers", similarity.size()}, {"key_similarity", similarity}};
+}
+
 }  // namespace fairkv::app

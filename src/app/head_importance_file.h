@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -19,5 +20,11 @@ kv::HeadImportance read_head_importance(const std::string& path);
 kv::HeadImportance head_importance_from_json(const nlohmann::json& j, const std::string& path);
 // The object read_head_importance() reads; callers may add fields.
 nlohmann::json head_importance_json(const kv::HeadImportance& imp);
+
+// EpiCache's layer-sensitivity profile, which `fairkv eval --suite ruler --sensitivity-out`
+// writes and --kv-layer-sensitivity reads: {"layers": L, "key_similarity": [s0, s1, ...]}, one
+// finite number per layer. Throws std::runtime_error naming the file and the field.
+std::vector<double> read_layer_sensitivity(const std::string& path);
+nlohmann::json layer_sensitivity_json(const std::vector<double>& similarity);
 
 }  // namespace fairkv::app

@@ -39,7 +39,7 @@ const std::vector<CompressionOption>& compression_options() {
   static const std::vector<CompressionOption> opts = {
       {"--kv-policy",
        "KV compression after prefill: full, streaming, snapkv, pyramidkv, adakv, "
-       "headkv, cake, defensivekv, zipvl, compresskv, taskkv",
+       "headkv, cake, defensivekv, zipvl, compresskv, taskkv, epicache",
        [](kv::CompressionConfig& c, const std::string& v) { c.policy = kv::parse_policy(v); }},
       {"--kv-budget", "Tokens kept per KV head on average, observation window included",
        [](kv::CompressionConfig& c, const std::string& v) {
@@ -144,6 +144,23 @@ const std::vector<CompressionOption>& compression_options() {
          if (m < 0) bad("--kv-taskkv-middle", "expected a non-negative integer, got " + v);
          c.taskkv_middle = m;
        }},
+      {"--kv-epicache-block",
+       "EpiCache: prompt tokens per prefill block, compressed after each (512)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const int64_t b = parse_int("--kv-epicache-block", v, "a positive integer");
+         if (b < 1) bad("--kv-epicache-block", "expected a positive integer, got " + v);
+         c.epicache_block = b;
+       }},
+      {"--kv-epicache-power",
+       "EpiCache: sharpness of the layer budgets by sensitivity, 0 = uniform (0)",
+       [](kv::CompressionConfig& c, const std::string& v) {
+         const double p = parse_double("--kv-epicache-power", v, "a non-negative number");
+         if (!(p >= 0)) bad("--kv-epicache-power", "expected a non-negative number, got " + v);
+         c.epicache_power = p;
+       }},
+      {"--kv-layer-sensitivity",
+       "EpiCache layer-sensitivity JSON {layers, key_similarity} (eval --sensitivity-out)",
+       nullptr},
       {"--kv-critical",
        "DefensiveKV: CriticalKV's value-norm stage, on or off (on, as DefensiveKV's reference)",
        [](kv::CompressionConfig& c, const std::string& v) {
@@ -201,6 +218,10 @@ kv::CompressionConfig KvOptions::config(const std::string& policy, int64_t budge
   if (c.policy == kv::Policy::HeadKV || c.policy == kv::Policy::CompressKV) {
     auto it = raw.find("--kv-head-importance");
     if (it != raw.end()) c.head_importance = read_head_importance(it->second);
+  }
+  if (c.policy == kv::Policy::EpiCache) {
+    auto it = raw.find("--kv-layer-sensitivity");
+    if (it != raw.end()) c.layer_sensitivity = read_layer_sensitivity(it->second);
   }
   c.resolve();
   return c;

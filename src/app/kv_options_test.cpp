@@ -38,7 +38,12 @@ TEST(KvOptions, FlagsParseStrictlyWithClearErrors) {
             "--kv-budget: expected a positive integer, got '12x'");
   EXPECT_EQ(error_of([&] { set("--kv-policy", "snap"); }),
             "--kv-policy: unknown policy 'snap' (expected one of full, streaming, snapkv, "
-            "pyramidkv, adakv, headkv, cake, defensivekv, zipvl, compresskv, taskkv)");
+            "pyramidkv, adakv, headkv, cake, defensivekv, zipvl, compresskv, taskkv, "
+            "epicache)");
+  EXPECT_EQ(error_of([&] { set("--kv-epicache-block", "0"); }),
+            "--kv-epicache-block: expected a positive integer, got 0");
+  EXPECT_EQ(error_of([&] { set("--kv-epicache-power", "-1"); }),
+            "--kv-epicache-power: expected a non-negative number, got -1");
   EXPECT_EQ(error_of([&] { set("--kv-ratio", "1.5"); }),
             "--kv-ratio: expected a number in (0, 1], got 1.5");
   EXPECT_EQ(error_of([&] { set("--kv-pool-kernel", "4"); }),
@@ -109,6 +114,36 @@ TEST(HeadImportanceFile, WhatImportanceWritesReadsBack) {
   ASSERT_EQ(back.importance.size(), 2u);
   EXPECT_NEAR(back.importance[0], 2.0 / 3, 1e-12);
   std::remove(path.c_str());
+}
+
+TEST(LayerSensitivityFile, ReadsWhatEvalWritesAndNamesBadFields) {
+  const std::string dir = ::testing::TempDir();
+  auto write = [&](const std::string& name, const std::string& text) {
+    const std::string p = dir + "/" + name;
+    std::ofstream(p) << text;
+    return p;
+  };
+  const std::vector<double> sim = {0.99, 0.5, 0.75};
+  const auto good = write("sens_good.json", layer_sensitivity_json(sim).dump());
+  EXPECT_EQ(read_layer_sensitivity(good), sim);
+  // Read for epicache, which then sizes its layers by it.
+  KvOptions o;
+  o.raw = {{"--kv-policy", "epicache"},
+           {"--kv-budget", "40"},
+           {"--kv-epicache-power", "2"},
+           {"--kv-layer-sensitivity", good}};
+  EXPECT_EQ(o.config().layer_sensitivity, sim);
+  o.raw.erase("--kv-layer-sensitivity");
+  EXPECT_NE(error_of([&] { (void)o.config(); }).find("--kv-layer-sensitivity"), std::string::npos);
+  const auto short_ = write("sens_short.json", R"({"layers": 3, "key_similarity": [1, 0.5]})");
+  EXPECT_EQ(error_of([&] { read_layer_sensitivity(short_); }),
+            short_ + ": field 'key_similarity': expected 3 numbers (one per layer)");
+  const auto text = write("sens_text.json", R"({"layers": 1, "key_similarity": ["a"]})");
+  EXPECT_EQ(error_of([&] { read_layer_sensitivity(text); }),
+            text + ": field 'key_similarity[0]': expected a finite number");
+  const auto nol = write("sens_nol.json", R"({"key_similarity": [1]})");
+  EXPECT_EQ(error_of([&] { read_layer_sensitivity(nol); }),
+            nol + ": field 'layers': expected a positive integer");
 }
 
 }  // namespace

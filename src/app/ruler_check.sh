@@ -12,15 +12,21 @@ fail=0
 base() {
   "$fairkv" eval -m "$model" --suite ruler --samples 1 --seed 3 -t 1 "$@" 2>"$dir/err"
 }
-run() { base --contexts 400 --policies snapkv,zipvl,taskkv --budgets 20%,50% "$@"; }
+run() {
+  base --contexts 400 --policies snapkv,zipvl,taskkv,epicache --budgets 20%,50% \
+    --kv-epicache-block 128 "$@"
+}
 if ! run --json "$dir/a.json" --svg "$dir/a.svg" >"$dir/a.txt" ||
    ! run --json "$dir/b.json" >/dev/null; then
   echo "FAILED: the suite did not run"; sed 's/^/  stderr: /' "$dir/err"; exit 1
 fi
 cmp -s "$dir/a.json" "$dir/b.json" || { echo "FAILED: two runs differ"; fail=1; }
-# 9 tasks x (full once + 3 policies x 2 budgets) = 63 records.
+# 9 tasks x (full once + 4 policies x 2 budgets) = 81 records.
 n=$(grep -c '"policy"' "$dir/a.json")
-[ "$n" = 63 ] || { echo "FAILED: $n records, expected 63"; fail=1; }
+[ "$n" = 81 ] || { echo "FAILED: $n records, expected 81"; fail=1; }
+# EpiCache's block-wise prefill held less than the full prefill at both budgets.
+[ "$(grep -c '^epicache at context 400, budget .*(\([0-9]\.\|[1-9][0-9]\.\)' "$dir/a.txt")" = 2 ] ||
+  { echo "FAILED: no EpiCache peak below the full prefill's"; grep '^epicache' "$dir/a.txt"; fail=1; }
 grep -q '<svg' "$dir/a.svg" || { echo "FAILED: no SVG"; fail=1; }
 grep -q '^all  *zipvl' "$dir/a.txt" || { echo "FAILED: no mean row for zipvl"; fail=1; }
 

@@ -44,6 +44,17 @@ case $mode in
           --temp 0 $kv --devices $R --placement $planner --profile "$profile" --rebalance
       done
     done
+    # Every policy runs on ranks: Task-KV, and EpiCache's block-wise prefill.
+    for kv in "--kv-policy taskkv --kv-budget 32 --kv-window 8" \
+      "--kv-policy epicache --kv-budget 24 --kv-window 8 --kv-epicache-block 20"; do
+      ref=$(single "$prompt") || exit 1
+      for planner in tp split; do
+        for R in 2 3; do
+          expect "$kv $planner R=$R" "$ref" "$fairkv" run -m "$model" -p "$prompt" -n 24 \
+            --temp 0 $kv --devices $R --placement $planner --profile "$profile"
+        done
+      done
+    done
     ;;
   batch)
     batch=$(mktemp)

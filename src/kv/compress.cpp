@@ -14,9 +14,9 @@ namespace fairkv::kv {
 
 namespace {
 
-constexpr std::array<std::string_view, 11> kPolicyNames = {
-    "full", "streaming",   "snapkv", "pyramidkv",  "adakv", "headkv",
-    "cake", "defensivekv", "zipvl",  "compresskv", "taskkv"};
+constexpr std::array<std::string_view, 12> kPolicyNames = {
+    "full", "streaming",   "snapkv", "pyramidkv",  "adakv",  "headkv",
+    "cake", "defensivekv", "zipvl",  "compresskv", "taskkv", "epicache"};
 
 [[noreturn]] void bad(std::string_view option, const std::string& what) {
   throw std::invalid_argument(std::string(option) + ": " + what);
@@ -86,7 +86,8 @@ int CompressionConfig::resolved_pool_kernel() const {
 
 Pooling CompressionConfig::resolved_pooling() const {
   if (pooling) return *pooling;
-  if (policy == Policy::ZipVL) return Pooling::None;  // its mass is the plain attention
+  // ZipVL's mass is the plain attention; EpiCache's score the plain largest attention.
+  if (policy == Policy::ZipVL || policy == Policy::EpiCache) return Pooling::None;
   return policy == Policy::AdaKV || policy == Policy::HeadKV ? Pooling::Max : Pooling::Avg;
 }
 
@@ -157,6 +158,16 @@ void CompressionConfig::resolve() {
   if (taskkv_middle < 0)
     bad("--kv-taskkv-middle",
         "expected a non-negative integer, got " + std::to_string(taskkv_middle));
+  if (policy == Policy::EpiCache && epicache_block < window)
+    bad("--kv-epicache-block", std::to_string(epicache_block) +
+                                   " is below the observation window (--kv-window " +
+                                   std::to_string(window) + "), which every block scores by");
+  if (!(epicache_power >= 0) || !std::isfinite(epicache_power))
+    bad("--kv-epicache-power", "expected a non-negative number, got " + fmt_double(epicache_power));
+  if (policy == Policy::EpiCache && epicache_power > 0 && !layer_sensitivity)
+    bad("--kv-layer-sensitivity",
+        "--kv-epicache-power above 0 needs a layer-sensitivity file (`fairkv eval --suite ruler "
+        "--sensitivity-out`)");
 }
 
 std::string CompressionConfig::describe() const {
@@ -166,6 +177,9 @@ std::string CompressionConfig::describe() const {
   if (budget > 0 || ratio > 0)
     s += budget > 0 ? " budget=" + std::to_string(budget) : " ratio=" + fmt_double(ratio);
   if (policy == Policy::Streaming) return s + " sinks=" + std::to_string(sinks);
+  if (policy == Policy::EpiCache)  // its score is the largest window attention: no pooling, GQA
+    return s + " window=" + std::to_string(window) + " block=" + std::to_string(epicache_block) +
+           " power=" + fmt_double(epicache_power);
   s += " window=" + std::to_string(window) + " pool=" + pooling_name(resolved_pooling()) +
        std::to_string(resolved_pool_kernel()) + " gqa=" + gqa_combine_name(gqa);
   if (policy == Policy::AdaKV || policy == Policy::DefensiveKV)
@@ -195,6 +209,8 @@ Selection select_tokens(const CompressionConfig& c, const PromptScores& s) {
   Selection sel(N);
   const int64_t B = c.budget_for(n);
   const bool sized = c.budget > 0 || c.ratio > 0;
+  // EpiCache's heads may be ragged (block-wise prefill): its own selection, no shortcut.
+  if (c.policy == Policy::EpiCache) return epicache_select(c, s);
   if (c.policy == Policy::Full || (n <= B && (sized || c.needs_size()))) {
     for (auto& v : sel) {
       v.resize(size_t(n));

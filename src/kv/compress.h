@@ -82,6 +82,19 @@
 //               `taskkv_share` (0.5) farthest heads of a layer, the heterogeneous ones, keep the
 //               full budget by SnapKV scores; the others keep the `sinks` first tokens, their
 //               `taskkv_middle` (8) highest-scored middle tokens and the window.
+//   epicache    EpiCache (Kim et al., arXiv 2509.17396): block-wise prefill. The prompt runs in
+//               blocks of `epicache_block` (512) tokens and the cache is compressed to the budget
+//               after every block (model::BlockwisePrefill), so the cache never holds more than
+//               budget + one block rows per head on average. A token's score is the largest
+//               attention any of the block's last W queries of the group gives it (unpooled,
+//               the reference's amax over query heads and queries); each layer keeps one top-k
+//               over all its heads (head-level eviction, as the reference's flattened cache).
+//               Layer budgets by sensitivity: with per-layer key similarities s_l (a profile of
+//               block-wise against full prefill, `layer_sensitivity`) and `epicache_power` p,
+//               layer l gets a share proportional to (1 - (s_l - min s)/(max s - min s))^p on
+//               top of a floor of a quarter of the average; p = 0 (the default, as the
+//               reference's) is uniform. Heads may hold different numbers of rows, so every
+//               selection works on ragged heads: the scores of a head are its own rows'.
 #pragma once
 
 #include <cstdint>
@@ -110,7 +123,8 @@ enum class Policy {
   DefensiveKV,
   ZipVL,
   CompressKV,
-  TaskKV
+  TaskKV,
+  EpiCache
 };
 enum class Pooling { None, Avg, Max };
 enum class GqaCombine { Mean, Max };
@@ -155,10 +169,15 @@ struct CompressionConfig {
   // In [0, 1]; unset: stage 1 by critical_mass. Default 0.5: on the pass-key set the mass rule
   // kept 2/5/9 of 24 at budgets 48/64/96 against 19/24/23 with the fixed split.
   std::optional<double> critical_share = 0.5;
-  double zipvl_tau = 0.975;   // in (0, 1]
-  int compresskv_heads = 1;   // semantic retrieval KV heads per layer, >= 1
-  double taskkv_share = 0.5;  // heterogeneous heads per layer, in [0, 1]
-  int64_t taskkv_middle = 8;  // middle tokens the other heads keep, >= 0
+  double zipvl_tau = 0.975;      // in (0, 1]
+  int compresskv_heads = 1;      // semantic retrieval KV heads per layer, >= 1
+  double taskkv_share = 0.5;     // heterogeneous heads per layer, in [0, 1]
+  int64_t taskkv_middle = 8;     // middle tokens the other heads keep, >= 0
+  int64_t epicache_block = 512;  // tokens per prefill block, >= window
+  double epicache_power = 0;     // >= 0; 0: uniform layer budgets
+  // Per-layer key similarity of block-wise against full prefill (higher: less sensitive); one
+  // per layer, needed when epicache_power > 0.
+  std::optional<std::vector<double>> layer_sensitivity;
 
   // Whether the policy needs --kv-budget or --kv-ratio (zipvl sizes itself by tau).
   bool needs_size() const;
@@ -173,6 +192,9 @@ struct CompressionConfig {
   // Whether the policy reads the window's attention (full and streaming do not, so a caller can
   // skip collecting it).
   bool needs_scores() const;
+  // Whether the prompt is prefilled block by block with a compression after every block
+  // (EpiCache) rather than compressed once after the whole prefill.
+  bool blockwise() const { return policy == Policy::EpiCache; }
   // Kept tokens per head on average for a prompt of n tokens, window included (>= 1).
   int64_t budget_for(int64_t n_prompt) const;
   std::string describe() const;  // one line, for logs and JSON
@@ -294,6 +316,27 @@ std::vector<int64_t> compresskv_budgets(std::span<const HeadScores> heads, int n
 // highest importance (ties to the lower head index).
 std::vector<int64_t> compresskv_choose(std::span<const HeadScores* const> layer,
                                        std::span<const double> importance, int sr_heads, int64_t k);
+// EpiCache's per-layer choice budgets (tokens chosen outside the window per head), averaging
+// `avg`, none above `available`: a floor of avg / 4 per layer and the rest in proportion to
+// (1 - normalised similarity)^power (uniform when power is 0 or the similarities are equal).
+std::vector<int64_t> epicache_budgets(std::span<const double> similarity, double power, int64_t avg,
+                                      int64_t available);
+// EpiCache's choice for one layer over ragged heads: one top-k of `k` tokens over the scores of
+// every head (heads[h]->score, each of its own length), ties to the more recent token, then the
+// lower head. Returns the chosen indices per head, sorted.
+std::vector<std::vector<int64_t>> epicache_choose(std::span<const HeadScores* const> layer,
+                                                  int64_t k);
+// EpiCache's layer sensitivity profile: per layer, the mean cosine similarity between every row
+// a block-wise prefilled cache kept (positions[l * H + h]: the prompt position of each of its
+// rows) and the same position's key in the full prefill's cache. Lower: the layer's keys drift
+// more when it is prefilled from a compressed cache, so it should keep more.
+std::vector<double> layer_key_similarity(const SequenceCache& full, const SequenceCache& part,
+                                         std::span<const std::vector<int64_t>> positions);
+// EpiCache's selection (select_tokens dispatches here): heads may be ragged, each head's rows
+// being its score.size() prefix rows followed by the s.window window rows.
+Selection epicache_select(const CompressionConfig& c, const PromptScores& s);
+// Task-KV's semantic vector of one head: sum_j attention[j] v_j over the store's first rows.
+std::vector<float> head_output(const HeadScores& hs, const HeadStore& st);
 // Task-KV's heterogeneous heads of one layer (sorted): the round(share x H) heads farthest (L2)
 // from the mean of the heads' vectors (head_output, else attention); ties to the lower index.
 std::vector<int> taskkv_heterogeneous(std::span<const HeadScores* const> layer, double share);

@@ -103,12 +103,21 @@ bool ScoreCollector::needs_head_outputs() const {
   return c_.policy == Policy::TaskKV;
 }
 
+std::vector<float> head_output(const HeadScores& hs, const HeadStore& st) {
+  const int64_t D = st.head_dim();
+  std::vector<float> v(static_cast<size_t>(D));
+  std::vector<double> o(static_cast<size_t>(D), 0.0);
+  for (size_t j = 0; j < hs.attention.size(); ++j) {
+    st.v_row(int64_t(j), v.data());
+    for (int64_t d = 0; d < D; ++d) o[size_t(d)] += double(hs.attention[j]) * v[size_t(d)];
+  }
+  return {o.begin(), o.end()};
+}
+
 void ScoreCollector::set_head_outputs(const SequenceCache& cache) {
   if (!needs_head_outputs()) return;
   if (cache.n_layers() != s_.n_layers || cache.n_kv_heads() != s_.n_kv_heads)
     throw std::invalid_argument("ScoreCollector::set_head_outputs: a cache of another shape");
-  const int64_t D = cache.head_dim();
-  std::vector<float> v(static_cast<size_t>(D));
   for (int l = 0; l < s_.n_layers; ++l)
     for (int h = 0; h < s_.n_kv_heads; ++h) {
       HeadScores& hs = s_.heads[size_t(l) * s_.n_kv_heads + h];
@@ -117,12 +126,7 @@ void ScoreCollector::set_head_outputs(const SequenceCache& cache) {
         throw std::invalid_argument("ScoreCollector::set_head_outputs: the cache holds " +
                                     std::to_string(st.size()) + " rows, the scores " +
                                     std::to_string(hs.attention.size()));
-      std::vector<double> o(size_t(D), 0.0);
-      for (size_t j = 0; j < hs.attention.size(); ++j) {
-        st.v_row(int64_t(j), v.data());
-        for (int64_t d = 0; d < D; ++d) o[size_t(d)] += double(hs.attention[j]) * v[size_t(d)];
-      }
-      hs.head_output.assign(o.begin(), o.end());
+      hs.head_output = head_output(hs, st);
     }
 }
 

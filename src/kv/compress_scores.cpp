@@ -166,6 +166,16 @@ HeadScores score_head(const CompressionConfig& c, const float* probs, int group,
       return cake_scores(c, probs, group, window, n, P);
     case Policy::DefensiveKV:
       return defensive_scores(c, probs, group, window, n, P);
+    case Policy::EpiCache: {
+      // The largest attention any window query of the group gives the token.
+      HeadScores h;
+      h.score.assign(size_t(P), 0.0f);
+      for (int64_t r = 0; r < int64_t(group) * window; ++r)
+        for (int64_t j = 0; j < P; ++j)
+          h.score[size_t(j)] = std::max(h.score[size_t(j)], probs[r * n + j]);
+      h.score = pool1d(h.score, c.resolved_pooling(), c.resolved_pool_kernel());
+      return h;
+    }
     default: {
       HeadScores h;
       h.score = pool1d(combine_group(window_means(probs, group, window, n, P), c.gqa),

@@ -10,6 +10,24 @@ namespace fairkv::model {
 
 using kernels::ms_since;
 
+std::vector<float> prefill(Forward& fwd, kv::SequenceCache& cache, std::span<const int32_t> prompt,
+                           const GenerateOptions& opt, bool all_logits) {
+  const int64_t n = int64_t(prompt.size());
+  const std::vector<int64_t> ends =
+      opt.prefill_blocks ? opt.prefill_blocks(n) : std::vector<int64_t>{n};
+  std::vector<float> rows;
+  int64_t b = 0;
+  for (int64_t e : ends) {
+    BatchItem item{&cache, prompt.subspan(size_t(b), size_t(e - b)), all_logits};
+    const std::vector<float>& out = fwd.run({&item, 1}, opt.prefill_observer);
+    if (opt.after_block) opt.after_block(cache, n);
+    if (all_logits || e == n) rows.insert(rows.end(), out.begin(), out.end());
+    b = e;
+  }
+  if (opt.after_prefill) opt.after_prefill(cache);
+  return rows;
+}
+
 GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
                         const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                         const std::function<void(int32_t)>& on_token) {
@@ -27,9 +45,8 @@ GenerateResult generate(const Model& m, kernels::ThreadPool& pool,
   sampler.accept(prompt);  // the penalties count the prompt's tokens too, as llama.cpp's do
 
   auto t0 = std::chrono::steady_clock::now();
-  BatchItem item{&cache, prompt, opt.keep_logits};
-  const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);
-  if (opt.after_prefill) opt.after_prefill(cache);
+  const std::vector<float> prompt_rows = prefill(fwd, cache, prompt, opt, opt.keep_logits);
+  const std::vector<float>* logits = &prompt_rows;
   res.prefill_ms = ms_since(t0);
   res.prefill_tokens = int64_t(prompt.size());
   if (opt.keep_logits) res.logits.assign(logits->begin(), logits->end());
@@ -65,11 +82,9 @@ std::vector<float> teacher_force(const Model& m, kernels::ThreadPool& pool,
   Forward fwd(c, m.weights, pool, opt.activations);
   kv::SequenceCache cache(c.n_layers, c.n_kv_heads, c.head_dim, opt.kv_type);
   const size_t V = size_t(c.n_vocab);
-  BatchItem item{&cache, prompt, false};
-  const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);
-  if (opt.after_prefill) opt.after_prefill(cache);
+  std::vector<float> rows = prefill(fwd, cache, prompt, opt, false);
   if (kv_bytes_after_prefill) *kv_bytes_after_prefill = cache.bytes();
-  std::vector<float> rows(logits->begin(), logits->end());
+  const std::vector<float>* logits = nullptr;
   rows.reserve(V * (forced.size() + 1));
   for (size_t i = 0; i < forced.size(); ++i) {
     BatchItem step{&cache, {&forced[i], 1}, false};

@@ -24,7 +24,17 @@ struct GenerateOptions {
   // compressed. The observer sees the prefill's observation window.
   const WindowObserver* prefill_observer = nullptr;
   std::function<void(kv::SequenceCache&)> after_prefill;
+  // Block-wise prefill (EpiCache): when set, the ends of the blocks of a prompt of n tokens; the
+  // prompt runs block by block, the observer sees every block's window and after_block(cache,
+  // n) runs after each block, the last included, before after_prefill.
+  std::function<std::vector<int64_t>(int64_t n)> prefill_blocks;
+  std::function<void(kv::SequenceCache&, int64_t n_prompt)> after_block;
 };
+
+// The prompt's prefill as opt says (one run, or block by block with after_block), then
+// after_prefill. Returns the logits of the prompt's rows when all_logits, else of its last.
+std::vector<float> prefill(Forward& fwd, kv::SequenceCache& cache, std::span<const int32_t> prompt,
+                           const GenerateOptions& opt, bool all_logits);
 
 struct GenerateResult {
   std::vector<int32_t> output;  // generated ids (an end-of-generation token included, if it came)

@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "kernels/clock.h"
+#include "model/prefill_compression.h"
 #include "model/sampler.h"
 #include "placement/rebalance.h"
 #include "runtime/rank_compression.h"
@@ -36,6 +37,62 @@ placement::Placement rebalanced(const placement::Placement& p, const model::Mode
   }
   return out;
 }
+
+namespace {
+
+// EpiCache's block-wise prefill on the ranks: every prompt runs in the blocks one device cuts
+// (model::prefill_block_ends), the prompts' b-th blocks in one batch, and each prompt's cache is
+// compressed after each of its blocks by the ranks that own its units, to the budget of the whole
+// prompt. Returns the logits of every prompt's last token, in prompt order (in `rows`).
+const std::vector<float>& prefill_blockwise(comm::Communicator& comm, RankForward& fwd,
+                                            const model::ModelConfig& c,
+                                            const kv::CompressionConfig& cc,
+                                            const std::vector<std::vector<int32_t>>& prompts,
+                                            std::span<RankSequence* const> seqs,
+                                            std::vector<float>& rows) {
+  const size_t n = prompts.size(), V = size_t(c.n_vocab);
+  std::vector<std::vector<int64_t>> ends(n);
+  size_t rounds = 0;
+  for (size_t i = 0; i < n; ++i) {
+    ends[i] = model::prefill_block_ends(int64_t(prompts[i].size()), cc.epicache_block, cc.window);
+    rounds = std::max(rounds, ends[i].size());
+  }
+  rows.assign(n * V, 0.0f);
+  for (size_t b = 0; b < rounds; ++b) {
+    std::vector<RankItem> items;
+    std::vector<size_t> which;  // prompt of each item
+    std::vector<std::unique_ptr<RankCompression>> comp;
+    for (size_t i = 0; i < n; ++i) {
+      if (b >= ends[i].size()) continue;
+      const int64_t from = b ? ends[i][b - 1] : 0;
+      items.push_back(
+          {seqs[i],
+           std::span<const int32_t>(prompts[i]).subspan(size_t(from), size_t(ends[i][b] - from))});
+      which.push_back(i);
+      kv::CompressionConfig own = cc;
+      own.budget = cc.budget_for(int64_t(prompts[i].size()));
+      own.ratio = 0;
+      comp.push_back(std::make_unique<RankCompression>(own, c, 1));
+    }
+    RankWindowObserver observer;
+    observer.window = cc.window;
+    observer.observe = [&comp](size_t item, int layer, int head, int q0, int q1, const float* probs,
+                               int64_t w, int64_t k) {
+      comp[item]->observer()->observe(0, layer, head, q0, q1, probs, w, k);
+    };
+    const std::vector<float>& out = fwd.run(items, int(n), &observer);
+    for (size_t j = 0; j < items.size(); ++j) {
+      RankSequence* rs = seqs[which[j]];
+      comp[j]->apply(comm, {&rs, 1}, std::span<const int64_t>(&rs->cache.n_past, 1));
+      if (b + 1 == ends[which[j]].size())
+        std::copy_n(out.begin() + std::ptrdiff_t(j * V), V,
+                    rows.begin() + std::ptrdiff_t(which[j] * V));
+    }
+  }
+  return rows;
+}
+
+}  // namespace
 
 ExecResult execute(comm::Communicator& comm, const model::Model& m, const placement::Placement& p,
                    const std::vector<std::vector<int32_t>>& prompts, const ExecOptions& opt,
@@ -65,16 +122,23 @@ ExecResult execute(comm::Communicator& comm, const model::Model& m, const placem
   std::vector<RankItem> items;
   for (int i = 0; i < n; ++i) items.push_back({ptrs[size_t(i)], prompts[size_t(i)]});
   std::unique_ptr<RankCompression> comp;
+  kv::CompressionConfig cc;
   if (opt.compression) {
-    kv::CompressionConfig cc = *opt.compression;
+    cc = *opt.compression;
     cc.resolve();
-    comp = std::make_unique<RankCompression>(cc, c, size_t(n));
   }
-  const std::vector<float>* logits = &fwd.run(items, n, comp ? comp->observer() : nullptr);
-  if (comp) {
-    std::vector<int64_t> lengths;
-    for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
-    comp->apply(comm, ptrs, lengths);
+  const std::vector<float>* logits = nullptr;
+  std::vector<float> last_rows;
+  if (opt.compression && cc.blockwise()) {
+    logits = &prefill_blockwise(comm, fwd, c, cc, prompts, ptrs, last_rows);
+  } else {
+    if (opt.compression) comp = std::make_unique<RankCompression>(cc, c, size_t(n));
+    logits = &fwd.run(items, n, comp ? comp->observer() : nullptr);
+    if (comp) {
+      std::vector<int64_t> lengths;
+      for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
+      comp->apply(comm, ptrs, lengths);
+    }
   }
   if (opt.after_prefill) opt.after_prefill(comm, fwd, ptrs);
   if (opt.rebalance) {

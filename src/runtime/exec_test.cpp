@@ -254,6 +254,26 @@ TEST(Exec, MixedQuantizedCacheEqualsSingleDevice) {
               kernels::Activations::Float32, kv::KvTypes(kv::KvType::Q4_0, kv::KvType::BF16));
 }
 
+// Task-KV: every head's semantic vector comes from the rank holding its values.
+TEST(Exec, TaskKvStories260KEqualsSingleDevice) {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::TaskKV;
+  c.budget = 16;
+  c.window = 8;
+  check_model(shared_path("models/stories260K.gguf"), false, &c);
+}
+
+// EpiCache: a block-wise prefill, compressed after every block by the ranks owning each unit
+// (heads of different lengths from the second block on).
+TEST(Exec, EpiCacheSyntheticGqaEqualsSingleDevice) {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::EpiCache;
+  c.budget = 12;
+  c.window = 8;
+  c.epicache_block = 16;
+  check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), false, &c);
+}
+
 TEST(Exec, RebalancedSharesEqualSingleDevice) {
   check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), true);
 }

@@ -16,12 +16,6 @@ RankCompression::RankCompression(const kv::CompressionConfig& config, const mode
     throw std::invalid_argument(
         "--kv-policy defensivekv on devices: CriticalKV's value-norm stage runs on one device "
         "only; add --kv-critical off");
-  // Task-KV compares every head of a layer by its output over the values, which the ranks do
-  // not gather either.
-  if (config.policy == kv::Policy::TaskKV)
-    throw std::invalid_argument(
-        "--kv-policy taskkv on devices: its heads' semantic vectors need every head's values on "
-        "one rank; it runs on one device only");
   const size_t units = size_t(c.n_layers) * size_t(c.n_kv_heads);
   for (size_t i = 0; i < n_items; ++i) {
     scores_[i].resize(units);
@@ -69,9 +63,16 @@ void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* co
       std::vector<float> any(units);
       for (size_t u = 0; u < units; ++u) any[u] = float(sliced[u]);
       comm.all_reduce_sum(any.data(), units);
-      const int64_t w = ps.window, n = n_prompt[i];
+      const int64_t w = ps.window;
       for (size_t u = 0; u < units; ++u) {
         if (any[u] == 0.0f) continue;
+        // The unit's rows (a block-wise prefill's heads differ): the holder of the group's first
+        // query heads tells the others.
+        float rows = 0;
+        for (const Slice& s : slices_[i])
+          if (size_t(s.layer * H + s.head) == u && s.q0 == 0) rows = float(s.n);
+        comm.all_reduce_sum(&rows, 1);
+        const int64_t n = int64_t(rows);
         std::vector<float> probs(size_t(group * w * n), 0.0f);
         int lowest = group;
         for (const Slice& s : slices_[i])
@@ -102,6 +103,24 @@ void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* co
         terms[2 * u] = h.entropy;
         terms[2 * u + 1] = h.variance;
       }
+      // Task-KV's semantic vectors, from the values of the rank that scored (and holds) the unit.
+      std::vector<float> outputs;
+      if (config_.policy == kv::Policy::TaskKV) {
+        const int64_t D = c_.head_dim;
+        outputs.assign(units * size_t(D), 0.0f);
+        for (size_t u = 0; u < units; ++u) {
+          if (!scored_[i][u]) continue;
+          const kv::HeadStore& st = items[i]->cache.head(int(u) / H, int(u) % H);
+          if (st.size() < int64_t(scores_[i][u].attention.size()))
+            throw std::logic_error(fmt::format(
+                "compression: unit (layer {}, head {}) was scored on a rank holding {} of its {} "
+                "rows",
+                u / size_t(H), u % size_t(H), st.size(), scores_[i][u].attention.size()));
+          const auto o = kv::head_output(scores_[i][u], st);
+          std::copy(o.begin(), o.end(), outputs.begin() + std::ptrdiff_t(u * size_t(D)));
+        }
+        comm.all_reduce_sum(outputs.data(), outputs.size());
+      }
       // Adding zeros changes no bit, so the sum is the scoring rank's value everywhere.
       comm.all_reduce_sum(flat.data(), flat.size());
       comm.all_gather(terms.data(), terms.size() * sizeof(double), all_terms.data());
@@ -110,6 +129,9 @@ void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* co
         kv::HeadScores& h = ps.heads[u];
         h.score.assign(flat.begin() + std::ptrdiff_t(at[u]),
                        flat.begin() + std::ptrdiff_t(at[u + 1]));
+        if (!outputs.empty())
+          h.head_output.assign(outputs.begin() + std::ptrdiff_t(u * size_t(c_.head_dim)),
+                               outputs.begin() + std::ptrdiff_t((u + 1) * size_t(c_.head_dim)));
         for (int r = 0; r < comm.size(); ++r) {
           h.entropy += all_terms[size_t(r) * 2 * units + 2 * u];
           h.variance += all_terms[size_t(r) * 2 * units + 2 * u + 1];
@@ -122,7 +144,8 @@ void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* co
       for (int h = 0; h < H; ++h) {
         kv::HeadStore& st = items[i]->cache.head(l, h);
         if (st.size() == 0) continue;
-        if (st.size() != n_prompt[i])
+        // A block-wise prefill's heads hold what the blocks before kept, and this block.
+        if (!config_.blockwise() && st.size() != n_prompt[i])
           throw std::logic_error(
               fmt::format("compression: unit (layer {}, head {}) holds {} of the prompt's {} rows",
                           l, h, st.size(), n_prompt[i]));

@@ -6,8 +6,10 @@
 // scores: they are summed over ranks (each head's come from exactly one rank, so the sum is the
 // value itself, bit for bit), every rank runs the same selection, and each rank keeps the
 // selected rows of the stores it holds. A unit split by query heads (tp's replication) first
-// assembles its group's probabilities from the holders. The result equals the single-device
-// compression exactly.
+// assembles its group's probabilities from the holders. Task-KV's semantic vectors come from the
+// values of the rank that scored each unit (it holds the unit's rows), summed over ranks as the
+// scores are. A block-wise policy (EpiCache) applies after every block: the heads then hold
+// different numbers of rows. The result equals the single-device compression exactly.
 #pragma once
 
 #include <memory>

@@ -38,9 +38,8 @@ inline Reference single_device(const model::Model& m, const std::vector<int32_t>
   model::Forward fwd(m.config, m.weights, pool, act);
   kv::SequenceCache cache(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim, kv_type);
   Reference r;
-  model::BatchItem item{&cache, prompt, false};
-  const std::vector<float>* logits = &fwd.run({&item, 1}, opt.prefill_observer);
-  if (opt.after_prefill) opt.after_prefill(cache);
+  const std::vector<float> prompt_logits = model::prefill(fwd, cache, prompt, opt, false);
+  const std::vector<float>* logits = &prompt_logits;
   r.kept = cache.bytes();
   while (true) {
     const int32_t tok = model::argmax(*logits);

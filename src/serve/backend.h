@@ -22,9 +22,10 @@ using SeqId = uint64_t;
 struct StepItem {
   SeqId seq = 0;
   std::span<const int32_t> tokens;  // one decode token, or a chunk of the prompt
-  // Set on a prompt's last chunk when its policy scores tokens: the chunk's observation window
-  // is collected and the prompt's cache compressed by it right after the step (the chunk holds
-  // at least the window, so the window's attention sees every prompt row).
+  // Set on a prompt's last chunk when its policy scores tokens (and, for a block-wise policy, on
+  // the last chunk of every block): the chunk's observation window is collected and the cache
+  // compressed by it right after the step (the chunk holds at least the window, so the window's
+  // attention sees every row held). A block-wise policy's size is then a budget, not a ratio.
   const kv::CompressionConfig* compress = nullptr;
   bool full_prompt_done = false;  // the prompt's last chunk (compress or not)
 };

@@ -1,5 +1,7 @@
 #include "serve/engine.h"
 
+#include "model/prefill_compression.h"
+
 #include <algorithm>
 #include <cmath>
 #include <utility>
@@ -7,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "kernels/clock.h"
+#include "model/prefill_compression.h"
 #include "model/sampler.h"
 #include "serve/stop_strings.h"
 
@@ -28,18 +31,25 @@ const char* finish_reason_name(FinishReason r) {
 }
 
 std::vector<int64_t> prompt_chunk_ends(int64_t n, int64_t chunk, int64_t window) {
-  std::vector<int64_t> ends;
-  for (int64_t e = std::min(chunk, n); e <= n; e = std::min(e + chunk, n)) {
-    ends.push_back(e);
-    if (e == n) break;
+  return model::prefill_block_ends(n, chunk, window);
+}
+
+std::vector<PromptChunk> prompt_chunks(int64_t n, int64_t chunk, const kv::CompressionConfig& c) {
+  std::vector<PromptChunk> out;
+  const int64_t window = c.needs_scores() ? c.window : 0;
+  if (!c.blockwise()) {
+    for (int64_t e : prompt_chunk_ends(n, chunk, window)) out.push_back({e, e == n});
+    return out;
   }
-  // A short last chunk takes tokens from the one before it, up to the window.
-  if (ends.size() > 1 && n - ends[ends.size() - 2] < window)
-    ends[ends.size() - 2] =
-        std::max<int64_t>(n - window, ends.size() > 2 ? ends[ends.size() - 3] : 0);
-  if (ends.size() > 1 && ends[ends.size() - 2] == (ends.size() > 2 ? ends[ends.size() - 3] : 0))
-    ends.erase(ends.end() - 2);
-  return ends;
+  // Block-wise prefill: blocks as one device cuts them, each in chunks that fit a step, its
+  // last chunk holding the block's window; the cache is compressed after every block.
+  int64_t b = 0;
+  for (int64_t e : model::prefill_block_ends(n, c.epicache_block, window)) {
+    for (int64_t ce : prompt_chunk_ends(e - b, chunk, window)) out.push_back({b + ce, false});
+    out.back().compress = true;
+    b = e;
+  }
+  return out;
 }
 
 enum class State { Waiting, Prefill, Decode, Preempted };
@@ -53,7 +63,7 @@ struct Engine::Seq {
   kv::CompressionConfig compression;
   model::Sampler sampler;
   StopMatcher stop;
-  std::vector<int64_t> chunk_ends;
+  std::vector<PromptChunk> chunks;
   size_t next_chunk = 0;
   std::vector<int32_t> output;  // generated tokens
   size_t fed = 0;               // of the output, tokens already in the cache
@@ -141,7 +151,12 @@ RequestId Engine::submit(Request r, EventFn on_event) {
   s->on_event = std::move(on_event);
   const int64_t n = int64_t(s->req.prompt.size());
   s->max_rows = std::min<int64_t>(ctx_, n + s->req.max_tokens);
-  s->chunk_ends = prompt_chunk_ends(n, opt_.prefill_chunk, comp.needs_scores() ? comp.window : 0);
+  if (comp.blockwise() && comp.ratio > 0) {
+    // Every block compresses to the budget of the whole prompt.
+    s->compression.budget = comp.budget_for(n);
+    s->compression.ratio = 0;
+  }
+  s->chunks = prompt_chunks(n, opt_.prefill_chunk, s->compression);
   s->stats.prompt_tokens = n;
   if (opt_.kv_memory > 0 && need_bytes(*s) > opt_.kv_memory)
     refuse(K::TooLarge,
@@ -212,7 +227,11 @@ size_t Engine::need_bytes(const Seq& s) const {
   // The prompt's rows before compression, or the kept rows and the output, whichever is more.
   const int64_t n = int64_t(s.req.prompt.size());
   const int64_t kept = s.compression.policy == kv::Policy::Full ? n : s.compression.budget_for(n);
-  const int64_t rows = std::max(n, std::min(kept, n) + int64_t(s.req.max_tokens));
+  // A block-wise prefill holds at most the budget and one block (its window included).
+  const int64_t held = s.compression.blockwise()
+                           ? std::min(n, kept + s.compression.epicache_block + s.compression.window)
+                           : n;
+  const int64_t rows = std::max(held, std::min(kept, n) + int64_t(s.req.max_tokens));
   return backend_->bytes_for(std::min(rows, s.max_rows), s.max_rows);
 }
 
@@ -222,7 +241,7 @@ bool Engine::fits(const Seq& s, size_t committed) const {
   size_t pending = 0;
   for (const Seq* r : running_)
     if (r->state == State::Prefill) {
-      const int64_t done = r->next_chunk ? r->chunk_ends[r->next_chunk - 1] : 0;
+      const int64_t done = r->next_chunk ? r->chunks[r->next_chunk - 1].end : 0;
       pending += backend_->bytes_for(int64_t(r->req.prompt.size()), r->max_rows) -
                  backend_->bytes_for(done, r->max_rows);
     }
@@ -398,14 +417,13 @@ bool Engine::step() {
     }
   for (Seq* s : running_) {
     if (s->state != State::Prefill) continue;
-    const int64_t b = s->next_chunk ? s->chunk_ends[s->next_chunk - 1] : 0;
-    const int64_t e = s->chunk_ends[s->next_chunk];
+    const int64_t b = s->next_chunk ? s->chunks[s->next_chunk - 1].end : 0;
+    const PromptChunk& ch = s->chunks[s->next_chunk];
+    const int64_t e = ch.end;
     if (e - b > budget && !plan.empty()) break;  // in admission order: no overtaking
     StepItem it{s->id, {s->req.prompt.data() + b, size_t(e - b)}};
-    if (s->next_chunk + 1 == s->chunk_ends.size()) {
-      it.full_prompt_done = true;
-      if (s->compression.needs_scores()) it.compress = &s->compression;
-    }
+    if (ch.compress && s->compression.needs_scores()) it.compress = &s->compression;
+    it.full_prompt_done = s->next_chunk + 1 == s->chunks.size();
     plan.push_back({s, it});
     budget -= e - b;
   }
@@ -432,7 +450,7 @@ bool Engine::step() {
     const std::span<const float> row = logits.subspan(i * V, V);
     if (s.state == State::Prefill) {
       counters_.prompt_tokens += int64_t(plan[i].item.tokens.size());
-      if (++s.next_chunk < s.chunk_ends.size()) continue;
+      if (++s.next_chunk < s.chunks.size()) continue;
       s.state = State::Decode;
       batch_changed_ = true;  // its compressed cache changes the loads
       if (s.stats.kv_rows_kept == 0) s.stats.kv_rows_kept = backend_->rows(s.id);

@@ -86,6 +86,17 @@ struct EngineStats {
 // batch-invariant backend its cache) are the same alone or beside others.
 std::vector<int64_t> prompt_chunk_ends(int64_t n, int64_t chunk, int64_t window);
 
+// A prompt's chunks under a compression: where each ends and whether the cache is compressed
+// after it. One-shot policies compress after the last chunk; a block-wise one (EpiCache) after
+// the last chunk of every block, the blocks cut as one device cuts them
+// (model::prefill_block_ends), so that a request's cache is the one `fairkv run` leaves.
+struct PromptChunk {
+  int64_t end = 0;
+  bool compress = false;
+  bool operator==(const PromptChunk&) const = default;
+};
+std::vector<PromptChunk> prompt_chunks(int64_t n, int64_t chunk, const kv::CompressionConfig& c);
+
 class Engine {
  public:
   Engine(const model::Model& m, std::unique_ptr<Backend> backend, const EngineOptions& opt);

@@ -149,29 +149,6 @@ placement::Placement test_placement(const model::Model& m, placement::PlannerKin
   return placement::plan(runtime::testing::heavy_unit_profile(m.config, 40, 1000), cost, po);
 }
 
-TEST(PromptChunks, CutsEveryChunkAndKeepsTheWindowInTheLast) {
-  EXPECT_EQ(prompt_chunk_ends(10, 16, 8), (std::vector<int64_t>{10}));
-  EXPECT_EQ(prompt_chunk_ends(32, 16, 8), (std::vector<int64_t>{16, 32}));
-  EXPECT_EQ(prompt_chunk_ends(35, 16, 8), (std::vector<int64_t>{16, 27, 35}));
-  EXPECT_EQ(prompt_chunk_ends(20, 16, 8), (std::vector<int64_t>{12, 20}));
-  EXPECT_EQ(prompt_chunk_ends(17, 16, 0), (std::vector<int64_t>{16, 17}));
-  EXPECT_EQ(prompt_chunk_ends(9, 8, 8), (std::vector<int64_t>{1, 9}));
-  for (int64_t n = 1; n < 80; ++n)
-    for (int64_t c : {4, 8, 16})
-      for (int64_t w : {0, 4}) {
-        const auto e = prompt_chunk_ends(n, c, w);
-        ASSERT_EQ(e.back(), n);
-        int64_t b = 0;
-        for (int64_t x : e) {
-          EXPECT_GT(x, b) << n << " " << c << " " << w;
-          EXPECT_LE(x - b, c);
-          b = x;
-        }
-        const int64_t last = e.back() - (e.size() > 1 ? e[e.size() - 2] : 0);
-        EXPECT_GE(last, std::min(w, n));
-      }
-}
-
 TEST_F(EngineTest, GreedyConcurrentRequestsEqualTheirSoloRuns) {
   expect_concurrent_equals_alone(m(), small_engine(3), 0, nullptr);
 }
@@ -413,6 +390,49 @@ TEST_F(EngineTest, RanksServeTheSameOutputsAsOneDevice) {
     EXPECT_EQ(h.engine->backend().max_rank_bytes(), 0u);
   }
   EXPECT_GT(replans, 0);  // the FairKV placements were re-divided as requests came and went
+}
+
+// EpiCache served on R ranks: its blocks cut into chunks, the cache compressed after every block
+// by the ranks owning each unit; every request's greedy output equals the one-device engine's,
+// requests arriving while others prefill or decode.
+TEST_F(EngineTest, EpiCacheOnRanksServesTheSameOutputsAsOneDevice) {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::EpiCache;
+  c.budget = 12;
+  c.window = 8;
+  c.epicache_block = 24;
+  // Some prompt spans several blocks (and its blocks several chunks).
+  ASSERT_GT(prompt(kTexts[2]).size(), size_t(2 * c.epicache_block));
+  const placement::CostModel cost =
+      runtime::run_cost_model(m().config, m().weights.layers[0].wq.type, kv::KvType::F32, 4);
+  for (int R : {2, 3}) {
+    for (const std::string planner : {"tp", "split"}) {
+      EngineOptions eo = small_engine(3);
+      eo.compression = c;
+      const placement::Placement p =
+          test_placement(m(), placement::planner_from_name(planner), R, cost);
+      RanksOptions ro;
+      ro.n_slots = Engine::open_limit(eo.parallel);
+      Harness h(m(), eo);
+      h.engine = std::make_unique<Engine>(m(), std::make_unique<RanksBackend>(m(), p, ro), eo);
+      Harness one(m(), eo);
+      std::vector<RequestId> ids, one_ids;
+      for (size_t i = 0; i < std::size(kTexts); ++i) {
+        const Request r = make(prompt(kTexts[i]), 8 + int(i) * 2, 0, 0);
+        ids.push_back(h.submit(r));
+        one_ids.push_back(one.submit(r));
+        h.engine->step();
+        one.engine->step();
+      }
+      h.engine->run_until_idle();
+      one.engine->run_until_idle();
+      for (size_t i = 0; i < ids.size(); ++i) {
+        EXPECT_EQ(h.out.at(ids[i]).tokens, one.out.at(one_ids[i]).tokens)
+            << planner << " on " << R << " ranks, request " << i;
+        EXPECT_EQ(h.out.at(ids[i]).stats.kv_rows_kept, one.out.at(one_ids[i]).stats.kv_rows_kept);
+      }
+    }
+  }
 }
 
 // Batch invariance on ranks: a seeded request's tokens on R ranks are the same alone and among

@@ -56,7 +56,8 @@ std::vector<uint8_t> run_command(std::span<const StepItem> items) {
     w.put(it.seq);
     w.put(uint64_t(it.tokens.size()));
     w.put(config);
-    w.put(uint8_t(it.full_prompt_done || it.compress));
+    // A one-shot compression ends the prompt; a block-wise one compresses after every block.
+    w.put(uint8_t(it.full_prompt_done || (it.compress && !it.compress->blockwise())));
   }
   for (const StepItem& it : items) w.put_bytes(it.tokens.data(), it.tokens.size_bytes());
   return std::move(w.bytes());

@@ -185,9 +185,10 @@ TEST(RanksBackend, PromptsEndingTogetherUseTheirOwnConfigs) {
   }
 }
 
-// ZipVL (sized by its tau) and CompressKV (retrieval heads choose for their layer) on ranks keep
-// exactly the rows one device keeps, and give its outputs; Task-KV is refused by name.
-TEST(RanksBackend, ZipVLAndCompressKVEqualOneDevice) {
+// ZipVL (sized by its tau), CompressKV (retrieval heads choose for their layer) and Task-KV
+// (heads told apart by their outputs over values held on different ranks) on ranks keep exactly
+// the rows one device keeps, and give its outputs.
+TEST(RanksBackend, ZipVLCompressKVAndTaskKVEqualOneDevice) {
   NEED_MODEL();
   const auto ps = testing::prompts(m.config);
   kv::CompressionConfig zip;
@@ -201,45 +202,40 @@ TEST(RanksBackend, ZipVLAndCompressKVEqualOneDevice) {
   kv::HeadImportance imp{m.config.n_layers, m.config.n_kv_heads, {}};
   for (int i = 0; i < imp.layers * imp.kv_heads; ++i) imp.importance.push_back(double(i % 3 + 1));
   ckv.head_importance = imp;
+  kv::CompressionConfig task;
+  task.policy = kv::Policy::TaskKV;
+  task.budget = 16;
+  task.window = 4;
   zip.resolve();
   ckv.resolve();
-  const kv::CompressionConfig* comps[] = {&zip, &ckv};
+  task.resolve();
+  const kv::CompressionConfig* comps[] = {&zip, &ckv, &task};
+  const size_t N = std::size(comps);
+  ASSERT_GE(ps.size(), N);
   const int n_predict = 5;
   std::vector<Reference> refs;
-  for (size_t i = 0; i < 2; ++i) refs.push_back(testing::reference(m, ps[i], n_predict, comps[i]));
+  for (size_t i = 0; i < N; ++i) refs.push_back(testing::reference(m, ps[i], n_predict, comps[i]));
   for (const auto& [planner, R] : {std::pair<std::string, int>{"split", 3}, {"tp", 4}}) {
     SCOPED_TRACE(planner + " R=" + std::to_string(R));
     RanksBackend b(m, testing::make_placement(m.config, planner, R), options(m));
-    std::vector<std::vector<int32_t>> out(2);
-    std::vector<StepItem> items(2);
-    for (size_t i = 0; i < 2; ++i) {
+    std::vector<std::vector<int32_t>> out(N);
+    std::vector<StepItem> items(N);
+    for (size_t i = 0; i < N; ++i) {
       b.open(SeqId(i), 0);
       items[i] = {SeqId(i), ps[i], comps[i], true};
     }
     for (int step = 0; step < n_predict; ++step) {
       const auto logits = b.run(items);
-      for (size_t i = 0; i < 2; ++i) {
+      for (size_t i = 0; i < N; ++i) {
         out[i].push_back(
             model::argmax(logits.subspan(i * size_t(m.config.n_vocab), size_t(m.config.n_vocab))));
         items[i] = {SeqId(i), {&out[i].back(), 1}, nullptr, false};
       }
       if (step == 0) {
-        for (size_t i = 0; i < 2; ++i) EXPECT_EQ(b.rows(SeqId(i)), refs[i].rows) << i;
+        for (size_t i = 0; i < N; ++i) EXPECT_EQ(b.rows(SeqId(i)), refs[i].rows) << i;
       }
     }
-    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(out[i], refs[i].output) << i;
-  }
-  kv::CompressionConfig task;
-  task.policy = kv::Policy::TaskKV;
-  task.budget = 16;
-  task.window = 4;
-  RanksBackend b(m, testing::make_placement(m.config, "split", 2), options(m));
-  b.open(1, 0);
-  try {
-    b.run(std::vector<StepItem>{{1, ps[0], &task, true}});
-    ADD_FAILURE() << "taskkv ran on ranks";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("taskkv"), std::string::npos) << e.what();
+    for (size_t i = 0; i < N; ++i) EXPECT_EQ(out[i], refs[i].output) << i;
   }
 }
 
@@ -459,6 +455,9 @@ TEST(RanksWire, ConfigsAndPlacementsTravelExactly) {
   c.compresskv_heads = 2;
   c.taskkv_share = 0.25;
   c.taskkv_middle = 3;
+  c.epicache_block = 48;
+  c.epicache_power = 1.5;
+  c.layer_sensitivity = std::vector<double>{0.9, 0.7};
   wire::Writer w;
   wire::put_config(w, c);
   placement::Placement p;
@@ -482,6 +481,9 @@ TEST(RanksWire, ConfigsAndPlacementsTravelExactly) {
   EXPECT_EQ(c2.compresskv_heads, c.compresskv_heads);
   EXPECT_EQ(c2.taskkv_share, c.taskkv_share);
   EXPECT_EQ(c2.taskkv_middle, c.taskkv_middle);
+  EXPECT_EQ(c2.epicache_block, c.epicache_block);
+  EXPECT_EQ(c2.epicache_power, c.epicache_power);
+  EXPECT_EQ(c2.layer_sensitivity, c.layer_sensitivity);
   ASSERT_EQ(p2.layers.size(), 1u);
   EXPECT_EQ(p2.layers[0].devices[1][0].offset, 1.0 / 3);  // bit for bit
   EXPECT_EQ(p2.layers[0].devices[1][0].share, 2.0 / 3);

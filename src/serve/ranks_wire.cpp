@@ -49,6 +49,10 @@ void put_config(Writer& w, const kv::CompressionConfig& c) {
   w.put(c.compresskv_heads);
   w.put(c.taskkv_share);
   w.put(c.taskkv_middle);
+  w.put(c.epicache_block);
+  w.put(c.epicache_power);
+  w.put(uint8_t(c.layer_sensitivity.has_value()));
+  if (c.layer_sensitivity) w.put_vector(*c.layer_sensitivity);
 }
 
 kv::CompressionConfig get_config(Reader& r) {
@@ -81,6 +85,9 @@ kv::CompressionConfig get_config(Reader& r) {
   c.compresskv_heads = r.get<int>();
   c.taskkv_share = r.get<double>();
   c.taskkv_middle = r.get<int64_t>();
+  c.epicache_block = r.get<int64_t>();
+  c.epicache_power = r.get<double>();
+  if (r.get<uint8_t>()) c.layer_sensitivity = r.get_vector<double>();
   return c;
 }
 
