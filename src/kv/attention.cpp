@@ -463,6 +463,22 @@ float softmax_step(float* s, int64_t lo, int64_t hi, int64_t nb, float& m, float
   return corr;
 }
 
+// softmax_step for every row of the pass over the block of keys [r0, r0 + nb) whose scores are
+// in w.s (row r at r * kBlock); a row that sees none of the block keeps its sums (corr 1).
+void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr) {
+  const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
+  for (int r = 0; r < p.n; ++r) {
+    float* s = &w.s[size_t(r * kBlock)];
+    const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
+    if (visible <= lo) {
+      corr[r] = 1.0f;
+      std::fill(s, s + nb, 0.0f);
+    } else {
+      corr[r] = softmax_step(s, lo, visible, nb, p.m[r], p.l[r]);
+    }
+  }
+}
+
 // run_pass on AMX (attention_amx.h): whole panels scored by amx::scores (the store's last,
 // partial panel by score_keys), the values by amx::values, the online softmax as below.
 void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scratch& w) {
@@ -487,17 +503,7 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
       amx::scores(rows, amx::Elem::F16, K + r0 * d, int(whole / kKeyPanel), w.s.data(), kBlock,
                   {K + next * d, int64_t(ahead * row_bytes)});
     if (whole < nb) score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
-    const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
-    for (int r = 0; r < p.n; ++r) {
-      float* s = &w.s[size_t(r * kBlock)];
-      const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
-      if (visible <= lo) {
-        corr[r] = 1.0f;
-        std::fill(s, s + nb, 0.0f);
-      } else {
-        corr[r] = softmax_step(s, lo, visible, nb, p.m[r], p.l[r]);
-      }
-    }
+    block_softmax(p, begin, r0, nb, w, corr);
     amx::values(rows, amx::Elem::F16, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o,
                 {V + next * d, int64_t(ahead * row_bytes)});
   }
@@ -535,17 +541,7 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
       score_keys(st, r0 + j0, np, p.n, p.q[0], dp, scale, &w.s[size_t(j0)], w, ahead);
       j0 += np * kKeyPanel;
     }
-    const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
-    for (int r = 0; r < p.n; ++r) {
-      float* s = &w.s[size_t(r * kBlock)];
-      const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
-      if (visible <= lo) {
-        corr[r] = 1.0f;
-        std::fill(s, s + nb, 0.0f);
-      } else {
-        corr[r] = softmax_step(s, lo, visible, nb, p.m[r], p.l[r]);
-      }
-    }
+    block_softmax(p, begin, r0, nb, w, corr);
     // The next block's values, fetched while this block's are used.
     Prefetch vahead;
     if (r0 + kBlock < hi) {
