@@ -86,8 +86,6 @@ void RankCompression::apply(comm::Communicator& comm, const ShardedWeights& shar
     ps.n_prompt = n_prompt[i];
     ps.window = std::min(config_.window, n_prompt[i]);
     if (config_.needs_scores()) {
-      // Query slices: the holders' heads summed into the whole group (zeros elsewhere), then
-      // scored by the first holder, which is the one that owns the unit's scores below.
       // CriticalKV's value norms of the whole groups observed here, over the scored prefix.
       if (norms)
         for (size_t u = 0; u < units; ++u) {
@@ -98,6 +96,8 @@ void RankCompression::apply(comm::Communicator& comm, const ShardedWeights& shar
                                               group, int64_t(h.score.size())),
                                    group);
         }
+      // Query slices: the holders' heads summed into the whole group (zeros elsewhere), then
+      // scored by the first holder, which is the one that owns the unit's scores below.
       std::vector<int> sliced(units, 0);
       for (const Slice& s : slices_[i]) sliced[size_t(s.layer * H + s.head)] = 1;
       std::vector<float> any(units);
