@@ -335,11 +335,12 @@ TEST(CriticalKv, FixedSplitEqualsBruteForce) {
 }
 
 // CriticalKV's projected value norms: one layer of H = 2 KV heads, groups of 3, head_dim 8, W_o
-// with 5 rows. The layer's norms against the definition in double; and the per-head sums, taken
-// by query-head ranges as ranks holding query slices take them, give the same floats bit for bit.
+// with 5 rows, 70 tokens (two token blocks). The layer's norms against the definition in double;
+// and the per-head sums, taken by query-head ranges as ranks holding query slices take them, over
+// the first 68 rows, give the same floats bit for bit.
 TEST(CriticalKv, ProjectedValueNormsEqualTheDefinitionAndTheirParts) {
   const int H = 2, G = 3;
-  const int64_t hd = 8, embd = 5, n = 7, cols = H * G * hd;
+  const int64_t hd = 8, embd = 5, n = 70, cols = H * G * hd;
   std::mt19937 rng(5);
   std::normal_distribution<float> z(0.0f, 1.0f);
   SequenceCache cache(1, H, hd, KvType::F32);

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/simd.h"
 #include "kv/compress.h"
 
 namespace fairkv::kv {
@@ -190,26 +191,49 @@ HeadScores score_head(const CompressionConfig& c, const float* probs, int group,
 
 namespace {
 
-// The store's first n values as float32: [token][head_dim].
+// Tokens per block of the value-norm loop: 4 vectors of running dot products, so that 4
+// independent chains hide the multiply-adds' latency.
+constexpr int64_t kTokenBlock = 4 * kernels::simd::kLanes;
+
+// The store's first n values as float32, token-blocked and transposed, [block][dim][token in
+// block], zero past n: a dimension's values of a block's tokens sit side by side.
 std::vector<float> values_of(const HeadStore& st, int64_t n) {
-  const int64_t hd = st.head_dim();
-  std::vector<float> v(size_t(n * hd));
-  for (int64_t j = 0; j < n; ++j) st.v_row(j, v.data() + j * hd);
+  const int64_t hd = st.head_dim(), blocks = (n + kTokenBlock - 1) / kTokenBlock;
+  std::vector<float> v(size_t(blocks * hd * kTokenBlock), 0.0f);
+  std::vector<float> row(static_cast<size_t>(hd));
+  for (int64_t j = 0; j < n; ++j) {
+    st.v_row(j, row.data());
+    float* at = v.data() + (j / kTokenBlock) * hd * kTokenBlock + j % kTokenBlock;
+    for (int64_t k = 0; k < hd; ++k) at[k * kTokenBlock] = row[size_t(k)];
+  }
   return v;
 }
 
 // One row r of W_o: acc[q][j] += |(W_o^q v_j)_r| for q_heads query heads, whose columns of the
-// row are w (q_heads * hd floats). The one loop both the layer and the per-head paths run, so
-// that their sums agree bit for bit.
+// row are w (q_heads * hd floats), over values_of()'s layout. Each token's dot product adds its
+// hd terms in order (multiply-adds), a block of tokens at a time. The one loop both the layer and
+// the per-head paths run, so that their sums agree bit for bit.
 void add_wo_row(const float* w, int q_heads, const float* v, int64_t n, int64_t hd, double* acc) {
+  namespace simd = kernels::simd;
+  constexpr int kVectors = int(kTokenBlock / simd::kLanes);
   for (int q = 0; q < q_heads; ++q) {
     const float* wq = w + int64_t(q) * hd;
     double* a = acc + int64_t(q) * n;
-    for (int64_t j = 0; j < n; ++j) {
-      const float* x = v + j * hd;
-      float d = 0;
-      for (int64_t k = 0; k < hd; ++k) d += wq[k] * x[k];
-      a[j] += std::fabs(double(d));
+    for (int64_t j0 = 0; j0 < n; j0 += kTokenBlock) {
+      const float* x = v + (j0 / kTokenBlock) * hd * kTokenBlock;
+      simd::V d[kVectors];
+      FAIRKV_UNROLL
+      for (int i = 0; i < kVectors; ++i) d[i] = simd::zero();
+      for (int64_t k = 0; k < hd; ++k) {
+        const simd::V wk = simd::set1(wq[k]);
+        FAIRKV_UNROLL
+        for (int i = 0; i < kVectors; ++i)
+          d[i] = simd::fma(wk, simd::load(x + k * kTokenBlock + i * simd::kLanes), d[i]);
+      }
+      float dots[kTokenBlock];
+      for (int i = 0; i < kVectors; ++i) simd::store(dots + i * simd::kLanes, d[i]);
+      const int64_t m = std::min(kTokenBlock, n - j0);
+      for (int64_t t = 0; t < m; ++t) a[j0 + t] += std::fabs(double(dots[t]));
     }
   }
 }
