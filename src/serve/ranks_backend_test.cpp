@@ -133,9 +133,10 @@ TEST(RanksBackend, DefensiveKvEqualsGenerate) {
 }
 
 TEST(RanksBackend, ReplanChangesNoOutputs) {
-  const auto c = testing::adakv();
+  const auto c = testing::adakv(), d = testing::defensivekv();
   check_schedules(nullptr, Extra::Replan);
   check_schedules(&c, Extra::Replan);
+  check_schedules(&d, Extra::Replan);
 }
 
 TEST(RanksBackend, SwapChangesNoOutputs) {
