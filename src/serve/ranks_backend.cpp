@@ -9,7 +9,6 @@
 #include <stdexcept>
 
 #include "placement/rebalance.h"
-#include "runtime/rank_compression.h"
 #include "runtime/unit_parts.h"
 #include "serve/rank_worker.h"
 #include "serve/ranks_wire.h"
@@ -180,8 +179,7 @@ size_t RanksBackend::row_bytes() const {
 
 size_t RanksBackend::store_bytes(int64_t rows, int64_t max_rows) const {
   const int64_t hd = m_.config.head_dim;
-  if (!o_.reserve_address_space || max_rows <= 0)
-    return size_t(rows) * o_.kv_type.token_bytes(hd);
+  if (!o_.reserve_address_space || max_rows <= 0) return size_t(rows) * o_.kv_type.token_bytes(hd);
   return kv::HeadStore::reserved_bytes(std::min(rows, max_rows), max_rows, hd, o_.kv_type);
 }
 
@@ -268,7 +266,6 @@ std::span<const float> RanksBackend::run(std::span<const StepItem> items) {
           fmt::format("ranks: run: {} compresses a prompt that has ended already", it.seq));
     kv::CompressionConfig c = *it.compress;
     c.resolve();
-    runtime::RankCompression probe(c, m_.config, 1);  // refuses what the ranks cannot run
     if (c.needs_scores() && int64_t(it.tokens.size()) < std::min(c.window, after))
       throw std::invalid_argument(
           fmt::format("ranks: run: {}'s last chunk has {} tokens, fewer than the window of {}",
