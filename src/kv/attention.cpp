@@ -54,27 +54,54 @@ int64_t round_up(int64_t x, int64_t m) {
 
 struct Scratch {
   std::vector<float> kbuf, vbuf, qbuf, obuf, krow;
-  std::vector<float> s;     // kMaxRows x kBlock scores, then probabilities
-  std::vector<float> amx;   // amx::Rows::scratch, 64-byte aligned within
-  detail::QuantQueries qq;  // a pass's query rows as q8_0 blocks, for quantized keys
+  std::vector<float> s;          // kMaxRows x kBlock scores, then probabilities
+  std::vector<float> amx;        // amx::Rows::scratch, 64-byte aligned within
+  std::vector<uint16_t> vpairs;  // a bf16 store's last block of values, in pairs for AMX
+  detail::QuantQueries qq;       // a pass's query rows as q8_0 blocks, for quantized keys
 };
 
-// Off unless asked for: on this project's machine the AMX kernel is slower than the AVX-512 one
-// (docs/benchmarks.md, "Issue 19, item 1 on AMX").
-bool amx_from_env() {
-  const char* env = std::getenv("FAIRKV_AMX");
-  return env && *env && std::strcmp(env, "0") != 0;
+// The environment variable `name` as a switch: unset (or empty) gives `otherwise`, "0" off.
+bool switch_from_env(const char* name, bool otherwise) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return otherwise;
+  return std::strcmp(env, "0") != 0;
 }
-std::atomic<bool> g_allow_amx{amx_from_env()};
+// f16 on AMX: off unless asked for, slower than AVX-512 on this project's machine
+// (docs/benchmarks.md, "Issue 19, item 1 on AMX"). bf16 on AMX: on unless turned off, faster.
+std::atomic<bool> g_allow_amx{switch_from_env("FAIRKV_AMX", false)};
+std::atomic<bool> g_allow_amx_bf16{switch_from_env("FAIRKV_AMX_BF16", true)};
 
-// The AMX kernel for this store where allowed and the CPU has it: f16 elements, head_dim in
-// pairs of 16-dimension tiles.
+// The AMX kernel for this store where allowed and the CPU has it: f16 or bf16 elements (keys and
+// values alike), head_dim in pairs of 16-dimension tiles.
 bool use_amx(const HeadStore& st) {
-  return st.types().k == KvType::F16 && st.types().v == KvType::F16 && st.head_dim() % 32 == 0 &&
-         g_allow_amx.load(std::memory_order_relaxed) && amx::available();
+  const KvTypes t = st.types();
+  if (t.k != t.v || st.head_dim() % 32 != 0) return false;
+  const bool allowed = t.k == KvType::F16    ? g_allow_amx.load(std::memory_order_relaxed)
+                       : t.k == KvType::BF16 ? g_allow_amx_bf16.load(std::memory_order_relaxed)
+                                             : false;
+  return allowed && amx::available();
 }
 
 thread_local Scratch t_scratch;  // per thread, kept between calls
+
+// kLanes pairs of bf16 elements at p (a bf16 store's panel rows, cache.h) as float32: the first
+// element of each pair into even, the second into odd.
+inline void load_bf16_pairs(const uint16_t* p, simd::V& even, simd::V& odd) {
+#if defined(FAIRKV_AVX512)
+  const __m512i w = _mm512_loadu_si512(p);
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(int(0xFFFF0000u))));
+#elif defined(FAIRKV_AVX2)
+  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  odd = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(int(0xFFFF0000u))));
+#else
+  for (int i = 0; i < kLanes; ++i) {
+    even.e[i] = kernels::bf16_to_fp32(p[2 * i]);
+    odd.e[i] = kernels::bf16_to_fp32(p[2 * i + 1]);
+  }
+#endif
+}
 
 // Values [r0, r0 + n) as float32 rows of stride dp (a multiple of kLanes, zero padded): an f32
 // store whose rows are whole vectors is read in place.
@@ -89,9 +116,30 @@ const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
     detail::dequantize_values(st, r0, n, dp, buf.data());
     return buf.data();
   }
-  for (int64_t j = 0; j < n; ++j) {
+  // bf16 values in panels: pairs of rows from each pair of keys (r0 is a multiple of kKeyPanel).
+  int64_t j = 0;
+  for (; t == KvType::BF16 && j + 2 <= n && r0 + j + 2 <= st.panel_values(); j += 2) {
+    const uint16_t* src = static_cast<const uint16_t*>(base) + (r0 + j) * d;
+    float *even = buf.data() + j * dp, *odd = even + dp;
+    int64_t i = 0;
+    for (; i + kLanes <= d; i += kLanes) {
+      simd::V e, o;
+      load_bf16_pairs(src + 2 * i, e, o);
+      simd::store(even + i, e);
+      simd::store(odd + i, o);
+    }
+    for (; i < d; ++i) {
+      even[i] = kernels::bf16_to_fp32(src[2 * i]);
+      odd[i] = kernels::bf16_to_fp32(src[2 * i + 1]);
+    }
+    std::fill(even + d, even + dp, 0.0f);
+    std::fill(odd + d, odd + dp, 0.0f);
+  }
+  for (; j < n; ++j) {
     float* dst = buf.data() + j * dp;
-    if (t == KvType::F32) {
+    if (r0 + j < st.panel_values()) {  // a bf16 value in a panel, without its pair
+      st.v_row(r0 + j, dst);
+    } else if (t == KvType::F32) {
       std::copy_n(static_cast<const float*>(base) + (r0 + j) * d, d, dst);
     } else {
       const uint16_t* src = static_cast<const uint16_t*>(base) + (r0 + j) * d;
@@ -172,8 +220,6 @@ void score_panels(const float* q, int64_t qs, const T* P, int64_t d, float scale
       const T* src = P + (v / kPanelVecs) * pstride + i * kKeyPanel + (v % kPanelVecs) * kLanes;
       if constexpr (std::is_same_v<T, uint16_t>)
         k[v] = simd::load_f16(src);
-      else if constexpr (std::is_same_v<T, Bf16>)
-        k[v] = simd::load_bf16(reinterpret_cast<const uint16_t*>(src));
       else
         k[v] = simd::load(src);
     }
@@ -206,13 +252,86 @@ void score_panels(const float* q, int64_t qs, const T* P, int64_t d, float scale
   }
 }
 
+// score_panels over bf16 panels (cache.h: dimension pairs of 16 keys): each pair row of a panel
+// gives two rows of kKeyPanel elements, each serving one FMA per query row.
+template <int NR, int NP>
+void score_pair_panels(const float* q, int64_t qs, const Bf16* P, int64_t d, float scale, float* s,
+                       Prefetch ahead) {
+  constexpr int kW = NP * kPanelVecs;
+  constexpr int kChains = NR * kW >= kScoreAccs ? 1 : kScoreAccs / (NR * kW);
+  const int64_t pstride = d * kKeyPanel, pairs = d / 2;
+  const auto* base = reinterpret_cast<const uint16_t*>(P);
+  simd::V acc[kChains][NR][kW];
+  FAIRKV_UNROLL
+  for (int c = 0; c < kChains; ++c) {
+    FAIRKV_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      FAIRKV_UNROLL
+      for (int v = 0; v < kW; ++v) acc[c][r][v] = simd::zero();
+    }
+  }
+  auto step = [&](int c, int64_t m) {
+    simd::V ke[kW], ko[kW];
+    FAIRKV_UNROLL
+    for (int v = 0; v < kW; ++v)
+      load_bf16_pairs(
+          base + (v / kPanelVecs) * pstride + m * 2 * kKeyPanel + (v % kPanelVecs) * 2 * kLanes,
+          ke[v], ko[v]);
+    FAIRKV_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      const simd::V qe = simd::set1(q[r * qs + 2 * m]), qo = simd::set1(q[r * qs + 2 * m + 1]);
+      FAIRKV_UNROLL
+      for (int v = 0; v < kW; ++v)
+        acc[c][r][v] = simd::fma(qo, ko[v], simd::fma(qe, ke[v], acc[c][r][v]));
+    }
+  };
+  ahead.steps = std::max<int64_t>(1, pairs / kChains);
+  int64_t m = 0;
+  for (; m + kChains <= pairs; m += kChains) {
+    ahead.tick();
+    FAIRKV_UNROLL
+    for (int c = 0; c < kChains; ++c) step(c, m + c);
+  }
+  for (; m < pairs; ++m) step(0, m);
+  if (d % 2 != 0) {  // an odd last dimension: a plain row of kKeyPanel elements
+    FAIRKV_UNROLL
+    for (int v = 0; v < kW; ++v) {
+      const simd::V k = simd::load_bf16(base + (v / kPanelVecs) * pstride + (d - 1) * kKeyPanel +
+                                        (v % kPanelVecs) * kLanes);
+      FAIRKV_UNROLL
+      for (int r = 0; r < NR; ++r)
+        acc[0][r][v] = simd::fma(simd::set1(q[r * qs + d - 1]), k, acc[0][r][v]);
+    }
+  }
+  ahead.finish();
+  const simd::V sc = simd::set1(scale);
+  FAIRKV_UNROLL
+  for (int r = 0; r < NR; ++r) {
+    FAIRKV_UNROLL
+    for (int v = 0; v < kW; ++v) {
+      simd::V t = acc[0][r][v];
+      FAIRKV_UNROLL
+      for (int c = 1; c < kChains; ++c) t = simd::add(t, acc[c][r][v]);
+      simd::store(s + r * kBlock + v * kLanes, simd::mul(t, sc));
+    }
+  }
+}
+
+template <int NR, int NP, class T>
+constexpr auto score_fn() {
+  if constexpr (std::is_same_v<T, Bf16>)
+    return &score_pair_panels<NR, NP>;
+  else
+    return &score_panels<NR, NP, T>;
+}
+
 // score_panels for n rows, as many calls as the accumulators need.
 template <int NP, class T, int... N>
 void score_panel_rows(std::integer_sequence<int, N...>, int n, const float* q, int64_t qs,
                       const T* P, int64_t d, float scale, float* s, Prefetch ahead) {
   constexpr int kRows = kScoreAccs / (NP * kPanelVecs);
   using Fn = void (*)(const float*, int64_t, const T*, int64_t, float, float*, Prefetch);
-  static constexpr Fn table[] = {&score_panels<N + 1, NP, T>...};
+  static constexpr Fn table[] = {score_fn<N + 1, NP, T>()...};
   for (int r = 0; r < n; r += kRows, ahead = {})
     table[std::min(n - r, kRows) - 1](q + r * qs, qs, P, d, scale, s + r * kBlock, ahead);
 }
@@ -479,10 +598,30 @@ void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, f
   }
 }
 
+// A bf16 store's values [r0, r0 + nb) in pairs of keys (cache.h) where amx::values_pairs can read
+// them: in place where the pairs up to nb rounded up to 32 keys lie in the store's panels, else
+// (the store's last block) copied into w.vpairs with the row-major tail interleaved and zeros
+// after it.
+const uint16_t* value_pairs(const HeadStore& st, int64_t r0, int64_t nb, Scratch& w) {
+  const int64_t d = st.head_dim(), in_panels = st.panel_values();
+  const auto* V = static_cast<const uint16_t*>(st.v_data());
+  if (r0 + round_up(nb, 32) <= in_panels) return V + r0 * d;
+  w.vpairs.assign(size_t(round_up(nb, 32) * d), 0);
+  // Whole pairs from the panels (the last one's partner, past nb, is a real value), then the tail.
+  const int64_t whole = std::clamp<int64_t>(in_panels - r0, 0, round_up(nb, 2));
+  std::copy_n(V + r0 * d, whole * d, w.vpairs.data());
+  for (int64_t j = whole; j < nb; ++j)
+    for (int64_t c = 0; c < d; ++c)
+      w.vpairs[size_t(j / 2 * 2 * d + 2 * c + (j & 1))] = V[(r0 + j) * d + c];
+  return w.vpairs.data();
+}
+
 // run_pass on AMX (attention_amx.h): whole panels scored by amx::scores (the store's last,
-// partial panel by score_keys), the values by amx::values, the online softmax as below.
+// partial panel by score_keys), the values by amx::values, the online softmax as below. A bf16
+// store's panels go into the tiles as they are (the *_pairs kernels); an f16 store's are converted.
 void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scratch& w) {
   const int64_t d = st.head_dim();
+  const bool pairs = st.types().k == KvType::BF16;
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
   w.s.resize(size_t(kMaxRows * kBlock));
@@ -490,7 +629,10 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
   if (w.amx.size() < floats) w.amx.resize(floats);
   const uintptr_t at = reinterpret_cast<uintptr_t>(w.amx.data());
   amx::Rows rows{p.n, d, w.amx.data() + (64 - at % 64) % 64 / sizeof(float)};
-  amx::begin(rows, p.q, scale);
+  if (pairs)
+    amx::begin_pairs(rows, p.q, scale);
+  else
+    amx::begin(rows, p.q, scale);
   const auto* K = static_cast<const uint16_t*>(st.k_data());
   const auto* V = static_cast<const uint16_t*>(st.v_data());
   const size_t row_bytes = size_t(d) * sizeof(uint16_t);
@@ -499,13 +641,22 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
     const int64_t nb = std::min(kBlock, hi - r0);
     const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
     const int64_t next = r0 + kBlock, ahead = std::clamp<int64_t>(hi - next, 0, kBlock);
-    if (whole > 0)
-      amx::scores(rows, amx::Elem::F16, K + r0 * d, int(whole / kKeyPanel), w.s.data(), kBlock,
-                  {K + next * d, int64_t(ahead * row_bytes)});
+    const amx::Ahead k_ahead{K + next * d, int64_t(ahead * row_bytes)};
+    const amx::Ahead v_ahead{V + next * d, int64_t(ahead * row_bytes)};
+    if (whole > 0) {
+      const int n_panels = int(whole / kKeyPanel);
+      if (pairs)
+        amx::scores_pairs(rows, K + r0 * d, n_panels, w.s.data(), kBlock, k_ahead);
+      else
+        amx::scores(rows, K + r0 * d, n_panels, w.s.data(), kBlock, k_ahead);
+    }
     if (whole < nb) score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
     block_softmax(p, begin, r0, nb, w, corr);
-    amx::values(rows, amx::Elem::F16, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o,
-                {V + next * d, int64_t(ahead * row_bytes)});
+    if (pairs)
+      amx::values_pairs(rows, value_pairs(st, r0, nb, w), nb, w.s.data(), kBlock, corr, p.o,
+                        v_ahead);
+    else
+      amx::values(rows, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o, v_ahead);
   }
   amx::end();
 }
@@ -628,6 +779,10 @@ void attend_allow_amx(bool allow) {
   g_allow_amx.store(allow, std::memory_order_relaxed);
 }
 
+void attend_allow_amx_bf16(bool allow) {
+  g_allow_amx_bf16.store(allow, std::memory_order_relaxed);
+}
+
 bool attend_uses_amx(const HeadStore& store) {
   return use_amx(store);
 }
@@ -637,7 +792,7 @@ size_t attend_scratch_bytes() {
   size_t n = 0;
   for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.krow, &w.s, &w.amx})
     n += v->capacity();
-  return n * sizeof(float);
+  return n * sizeof(float) + w.vpairs.capacity() * sizeof(uint16_t);
 }
 
 }  // namespace fairkv::kv

@@ -1,0 +1,246 @@
+// AMX kernels of attention_amx.h over a bf16 store, whose panels are tile rows already
+// (kv/cache.h): keys and values are loaded from the store into B tiles as they are.
+//
+// Tiles (every one 16 rows x 64 bytes; rows past the pieces are zero):
+//   scores: two panels at a time: tmm0/tmm1 accumulate piece rows [0, 16) / [16, 3n) of the
+//           first, tmm2/tmm3 of the second (tmm1, tmm3 only for n > 5); tmm4/tmm5 the query
+//           pieces' A tiles of a dimension tile (32 dimensions); tmm6/tmm7 the panels' B tiles
+//           (16 dimension pairs x 16 keys: 1 KiB of the panel, contiguous)
+//   values: two column tiles at a time: tmm0/tmm1 accumulate piece rows [0, 16) of columns
+//           [16 cc, 16 cc + 32), tmm2/tmm3 rows [16, 3n); tmm4/tmm5 the probabilities' A tiles of
+//           32 keys; tmm6/tmm7 the values' B tiles (16 key pairs x 16 columns, rows 4 d bytes
+//           apart in the store)
+// Piece rows are [piece 1 of rows 0..n)[piece 2][piece 3]; a row's result is the sum of its three.
+#include <cstring>
+
+#include "kv/attention_amx.h"
+#include "kv/attention_amx_util.h"
+
+namespace fairkv::kv::amx {
+
+#if defined(FAIRKV_AMX_BUILD)
+
+namespace {
+
+using namespace detail;  // NOLINT(google-build-using-namespace): the kernels' own helpers
+
+// Scratch (within Rows::scratch, which scratch_floats() sizes for the f16 kernels' larger needs),
+// for head_dim d (d32 = d / 32 dimension tiles):
+//   qa: d32 x 2 tiles   the query pieces as bf16, 32 rows x 32 dimensions per dimension tile
+//   pa: 2 x 2 tiles     the probabilities' pieces as bf16, 32 rows x 32 keys per 32 keys
+//   cb: max(8, d / 8)   tiles stored for the epilogues (two per panel or column tile)
+struct Layout {
+  uint16_t *qa, *pa;
+  float* cb;
+};
+
+Layout layout(const Rows& r) {
+  const int64_t d32 = r.d / 32;
+  Layout l;
+  l.qa = reinterpret_cast<uint16_t*>(r.scratch);
+  l.pa = reinterpret_cast<uint16_t*>(r.scratch + d32 * 2 * kTileFloats);
+  l.cb = r.scratch + (d32 * 2 + 4) * kTileFloats;
+  return l;
+}
+
+constexpr int64_t kTileElems = 2 * kTileFloats;  // bf16 elements of a tile
+
+uint16_t bf16_bits(float x) {  // x already a bf16 value
+  return uint16_t(bits_of(x) >> 16);
+}
+
+// Word indices for _mm512_permutex2var_epi16(a, ., b): the upper halves (a float32's bf16) of
+// a's 16 lanes, then of b's: 32 bf16 in order.
+struct alignas(64) UpperHalves {
+  uint16_t w[32];
+  constexpr UpperHalves() : w() {
+    for (int i = 0; i < 32; ++i) w[i] = uint16_t(i < 16 ? 2 * i + 1 : 32 + 2 * (i - 16) + 1);
+  }
+};
+constexpr UpperHalves kUpperHalves;
+
+// The sums of a row's three pieces in a stored pair of C tiles (row rho at c + rho * 16).
+FAIRKV_AMX_FN inline __m512 piece_sum(const float* c, int n, int r) {
+  return _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c + r * 16), _mm512_load_ps(c + (n + r) * 16)),
+                       _mm512_load_ps(c + (2 * n + r) * 16));
+}
+
+// D32: d / 32 where it is a compile-time constant (0: read it from rows), so that the loops
+// over a row's tiles unroll.
+template <int D32>
+FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels, float* s,
+                               int64_t s_stride, Ahead ahead) {
+  const Layout l = layout(rows);
+  const int64_t d32 = D32 ? D32 : rows.d / 32, panel = d32 * 32 * kTile;
+  const int n = rows.n;
+  const bool two = 3 * n > 16;
+  Prefetcher pf(ahead, int64_t(n_panels + 1) / 2 * d32);
+  for (int p = 0; p < n_panels; p += 2) {
+    const bool second = p + 1 < n_panels;
+    const uint16_t* Pa = K + p * panel;
+    const uint16_t* Pb = Pa + panel;
+    _tile_zero(0);
+    if (two) _tile_zero(1);
+    if (second) {
+      _tile_zero(2);
+      if (two) _tile_zero(3);
+    }
+    FAIRKV_AMX_UNROLL
+    for (int64_t c = 0; c < d32; ++c) {
+      pf.tick();
+      const uint16_t* qa = l.qa + c * 2 * kTileElems;
+      _tile_loadd(4, qa, 64);
+      _tile_loadd(6, Pa + c * kTileElems, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      if (second) {
+        _tile_loadd(7, Pb + c * kTileElems, 64);
+        _tile_dpbf16ps(2, 4, 7);
+      }
+      if (two) {
+        _tile_loadd(5, qa + kTileElems, 64);
+        _tile_dpbf16ps(1, 5, 6);
+        if (second) _tile_dpbf16ps(3, 5, 7);
+      }
+    }
+    // Stored now, summed once every panel's products are issued.
+    float* cb = l.cb + p * 2 * kTileFloats;
+    _tile_stored(0, cb, 64);
+    if (two) _tile_stored(1, cb + kTileFloats, 64);
+    if (second) {
+      _tile_stored(2, cb + 2 * kTileFloats, 64);
+      if (two) _tile_stored(3, cb + 3 * kTileFloats, 64);
+    }
+  }
+  for (int p = 0; p < n_panels; ++p) {
+    const float* cb = l.cb + p * 2 * kTileFloats;
+    for (int r = 0; r < n; ++r) _mm512_storeu_ps(s + r * s_stride + p * kTile, piece_sum(cb, n, r));
+  }
+}
+
+template <int D32>
+FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob,
+                               int64_t p_stride, const float* corr, float* const* o, Ahead ahead) {
+  const Layout l = layout(rows);
+  const int64_t d32 = D32 ? D32 : rows.d / 32, d16 = 2 * d32, d = d32 * 32;
+  const int n = rows.n;
+  const bool two = 3 * n > 16;
+  const int64_t chunks = (nb + 31) / 32;
+  // The probabilities' three pieces as bf16, 32 keys per row (keys >= nb zero).
+  const __m512i pick = _mm512_load_si512(kUpperHalves.w);
+  for (int64_t kc = 0; kc < chunks; ++kc) {
+    uint16_t* pa = l.pa + kc * 2 * kTileElems;
+    __mmask16 m[2];
+    for (int h = 0; h < 2; ++h) {
+      const int64_t left = nb - kc * 32 - h * 16;
+      m[h] = left >= 16  ? __mmask16(0xFFFF)
+             : left <= 0 ? __mmask16(0)
+                         : __mmask16((1u << left) - 1);
+    }
+    for (int r = 0; r < n; ++r) {
+      __m512 p1[2], p2[2], p3[2];
+      for (int h = 0; h < 2; ++h) {
+        const __m512 x = _mm512_maskz_loadu_ps(m[h], prob + r * p_stride + kc * 32 + h * 16);
+        p1[h] = round_bf16(x);
+        const __m512 rest = _mm512_sub_ps(x, p1[h]);
+        p2[h] = round_bf16(rest);
+        p3[h] = round_bf16(_mm512_sub_ps(rest, p2[h]));
+      }
+      auto put = [&](int row, const __m512* x) {
+        _mm512_store_si512(pa + row * 32, _mm512_permutex2var_epi16(_mm512_castps_si512(x[0]), pick,
+                                                                    _mm512_castps_si512(x[1])));
+      };
+      put(r, p1);
+      put(n + r, p2);
+      put(2 * n + r, p3);
+    }
+    for (int r = 3 * n; r < 32; ++r) _mm512_store_si512(pa + r * 32, _mm512_setzero_si512());
+  }
+  FAIRKV_AMX_BARRIER();
+  const int64_t vstride = 4 * d;  // bytes from one key pair to the next
+  Prefetcher pf(ahead, d32 * chunks);
+  for (int64_t cc = 0; cc < d16; cc += 2) {
+    _tile_zero(0);
+    _tile_zero(1);
+    if (two) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+    for (int64_t kc = 0; kc < chunks; ++kc) {
+      pf.tick();
+      const uint16_t* b = V + kc * kTile * 2 * d + cc * 32;
+      const uint16_t* pa = l.pa + kc * 2 * kTileElems;
+      _tile_loadd(4, pa, 64);
+      _tile_loadd(6, b, vstride);
+      _tile_loadd(7, b + 32, vstride);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      if (two) {
+        _tile_loadd(5, pa + kTileElems, 64);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+    }
+    float* cb = l.cb + cc * 2 * kTileFloats;
+    _tile_stored(0, cb, 64);
+    _tile_stored(1, cb + 2 * kTileFloats, 64);
+    if (two) {
+      _tile_stored(2, cb + kTileFloats, 64);
+      _tile_stored(3, cb + 3 * kTileFloats, 64);
+    }
+  }
+  for (int64_t cc = 0; cc < d16; ++cc) {
+    const float* cb = l.cb + cc * 2 * kTileFloats;
+    for (int r = 0; r < n; ++r) {
+      float* dst = o[r] + cc * kTile;
+      const __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(dst), _mm512_set1_ps(corr[r]));
+      _mm512_storeu_ps(dst, _mm512_add_ps(acc, piece_sum(cb, n, r)));
+    }
+  }
+}
+
+}  // namespace
+
+void begin_pairs(const Rows& rows, const float* const* q, float scale) {
+  const Layout l = layout(rows);
+  const int n = rows.n;
+  const int64_t d32 = rows.d / 32;
+  std::memset(l.qa, 0, sizeof(uint16_t) * size_t(d32 * 2 * kTileElems));
+  for (int64_t c = 0; c < d32; ++c) {
+    uint16_t* qa = l.qa + c * 2 * kTileElems;  // 32 rows of 32 dimensions
+    for (int r = 0; r < n; ++r)
+      for (int64_t k = 0; k < 32; ++k) {
+        const float x = scale * q[r][c * 32 + k];
+        const float p1 = round_bf16(x), p2 = round_bf16(x - p1), p3 = round_bf16(x - p1 - p2);
+        qa[r * 32 + k] = bf16_bits(p1);
+        qa[(n + r) * 32 + k] = bf16_bits(p2);
+        qa[(2 * n + r) * 32 + k] = bf16_bits(p3);
+      }
+  }
+  configure();
+}
+
+void scores_pairs(const Rows& rows, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
+                  Ahead ahead) {
+  using Fn = void (*)(const Rows&, const uint16_t*, int, float*, int64_t, Ahead);
+  const Fn fn = rows.d == 128 ? scores_impl<4> : rows.d == 64 ? scores_impl<2> : scores_impl<0>;
+  fn(rows, K, n_panels, s, s_stride, ahead);
+}
+
+void values_pairs(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob,
+                  int64_t p_stride, const float* corr, float* const* o, Ahead ahead) {
+  using Fn = void (*)(const Rows&, const uint16_t*, int64_t, const float*, int64_t, const float*,
+                      float* const*, Ahead);
+  const Fn fn = rows.d == 128 ? values_impl<4> : rows.d == 64 ? values_impl<2> : values_impl<0>;
+  fn(rows, V, nb, prob, p_stride, corr, o, ahead);
+}
+
+#else  // no AMX in this build: available() is false and nothing else is called
+
+void begin_pairs(const Rows&, const float* const*, float) {}
+void scores_pairs(const Rows&, const uint16_t*, int, float*, int64_t, Ahead) {}
+void values_pairs(const Rows&, const uint16_t*, int64_t, const float*, int64_t, const float*,
+                  float* const*, Ahead) {}
+
+#endif
+
+}  // namespace fairkv::kv::amx
