@@ -583,11 +583,12 @@ float softmax_step(float* s, int64_t lo, int64_t hi, int64_t nb, float& m, float
 }
 
 // softmax_step for every row of the pass over the block of keys [r0, r0 + nb) whose scores are
-// in w.s (row r at r * kBlock); a row that sees none of the block keeps its sums (corr 1).
-void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr) {
+// in w.s (row r at r * stride); a row that sees none of the block keeps its sums (corr 1).
+void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr,
+                   int64_t stride = kBlock) {
   const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
   for (int r = 0; r < p.n; ++r) {
-    float* s = &w.s[size_t(r * kBlock)];
+    float* s = &w.s[size_t(r * stride)];
     const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
     if (visible <= lo) {
       corr[r] = 1.0f;
@@ -622,9 +623,12 @@ const uint16_t* value_pairs(const HeadStore& st, int64_t r0, int64_t nb, Scratch
 void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scratch& w) {
   const int64_t d = st.head_dim();
   const bool pairs = st.types().k == KvType::BF16;
+  // Softmax blocks: a bf16 store's of amx::kPairsBlock keys, so that each column tile of values
+  // accumulates a longer chain of products per epilogue (the tiles' stores and reloads).
+  const int64_t block = pairs ? amx::kPairsBlock : kBlock;
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
-  w.s.resize(size_t(kMaxRows * kBlock));
+  w.s.resize(size_t(kMaxRows * block));
   const size_t floats = amx::scratch_floats(d) + 16;
   if (w.amx.size() < floats) w.amx.resize(floats);
   const uintptr_t at = reinterpret_cast<uintptr_t>(w.amx.data());
@@ -637,26 +641,33 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
   const auto* V = static_cast<const uint16_t*>(st.v_data());
   const size_t row_bytes = size_t(d) * sizeof(uint16_t);
   float corr[kMaxRows];
-  for (int64_t r0 = begin / kKeyPanel * kKeyPanel; r0 < hi; r0 += kBlock) {
-    const int64_t nb = std::min(kBlock, hi - r0);
+  for (int64_t r0 = begin / kKeyPanel * kKeyPanel; r0 < hi; r0 += block) {
+    const int64_t nb = std::min(block, hi - r0);
     const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
-    const int64_t next = r0 + kBlock, ahead = std::clamp<int64_t>(hi - next, 0, kBlock);
+    const int64_t next = r0 + block, ahead = std::clamp<int64_t>(hi - next, 0, block);
     const amx::Ahead k_ahead{K + next * d, int64_t(ahead * row_bytes)};
     const amx::Ahead v_ahead{V + next * d, int64_t(ahead * row_bytes)};
-    if (whole > 0) {
-      const int n_panels = int(whole / kKeyPanel);
+    // Whole panels, at most four per call (the K prefetches spread over the first call).
+    for (int64_t j = 0; j < whole; j += 4 * kKeyPanel) {
+      const int n_panels = int(std::min<int64_t>(4, (whole - j) / kKeyPanel));
+      const amx::Ahead ka = j == 0 ? k_ahead : amx::Ahead{};
       if (pairs)
-        amx::scores_pairs(rows, K + r0 * d, n_panels, w.s.data(), kBlock, k_ahead);
+        amx::scores_pairs(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
       else
-        amx::scores(rows, K + r0 * d, n_panels, w.s.data(), kBlock, k_ahead);
+        amx::scores(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
     }
-    if (whole < nb) score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
-    block_softmax(p, begin, r0, nb, w, corr);
+    if (whole < nb) {  // the store's last, partial panel (score_keys writes rows kBlock apart)
+      float tail[kMaxRows * kBlock];
+      score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, tail, w);
+      for (int r = 0; r < p.n; ++r)
+        std::copy_n(tail + r * kBlock, kKeyPanel, &w.s[size_t(r * block + whole)]);
+    }
+    block_softmax(p, begin, r0, nb, w, corr, block);
     if (pairs)
-      amx::values_pairs(rows, value_pairs(st, r0, nb, w), nb, w.s.data(), kBlock, corr, p.o,
+      amx::values_pairs(rows, value_pairs(st, r0, nb, w), nb, w.s.data(), block, corr, p.o,
                         v_ahead);
     else
-      amx::values(rows, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o, v_ahead);
+      amx::values(rows, V + r0 * d, nb, w.s.data(), block, corr, p.o, v_ahead);
   }
   amx::end();
 }

@@ -28,7 +28,8 @@
 namespace fairkv::kv::amx {
 
 inline constexpr int kRows = 8;        // query rows per pass (3 pieces each: 24 tile rows)
-inline constexpr int64_t kBlock = 64;  // keys per values() call at most
+inline constexpr int64_t kBlock = 64;        // keys per values() call at most
+inline constexpr int64_t kPairsBlock = 256;  // keys per values_pairs() call at most
 
 // Whether the kernels can run here: the build knows AMX (x86-64 Linux, GCC or Clang), the CPU
 // has AMX-TILE, AMX-BF16, AVX-512 (F, BW, VL, DQ), FMA and F16C, the OS saves AVX-512 state, and
@@ -73,7 +74,7 @@ void begin_pairs(const Rows& rows, const float* const* q, float scale);
 void scores_pairs(const Rows& rows, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
                   Ahead ahead = {});
 
-// values() for nb <= kBlock bf16 values at V in pairs of keys (kv::bf16_value_index: pair m, the
+// values() for nb <= kPairsBlock bf16 values at V in pairs of keys (kv::bf16_value_index: pair m, the
 // values 2m and 2m + 1, at V + m * 2 * d elements). The pairs up to nb rounded up to 32 keys are
 // read and must be finite (their probabilities are zero past nb).
 void values_pairs(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob,

@@ -27,7 +27,7 @@ using namespace detail;  // NOLINT(google-build-using-namespace): the kernels' o
 // Scratch (within Rows::scratch, which scratch_floats() sizes for the f16 kernels' larger needs),
 // for head_dim d (d32 = d / 32 dimension tiles):
 //   qa: d32 x 2 tiles   the query pieces as bf16, 32 rows x 32 dimensions per dimension tile
-//   pa: 2 x 2 tiles     the probabilities' pieces as bf16, 32 rows x 32 keys per 32 keys
+//   pa: 8 x 2 tiles     the probabilities' pieces as bf16, 32 rows x 32 keys per 32 keys
 //   cb: max(8, d / 8)   tiles stored for the epilogues (two per panel or column tile)
 struct Layout {
   uint16_t *qa, *pa;
@@ -39,7 +39,7 @@ Layout layout(const Rows& r) {
   Layout l;
   l.qa = reinterpret_cast<uint16_t*>(r.scratch);
   l.pa = reinterpret_cast<uint16_t*>(r.scratch + d32 * 2 * kTileFloats);
-  l.cb = r.scratch + (d32 * 2 + 4) * kTileFloats;
+  l.cb = r.scratch + (d32 * 2 + kPairsBlock / 32 * 2) * kTileFloats;
   return l;
 }
 
@@ -65,6 +65,20 @@ FAIRKV_AMX_FN inline __m512 piece_sum(const float* c, int n, int r) {
                        _mm512_load_ps(c + (2 * n + r) * 16));
 }
 
+// Tiles are not renamed: a tile load into a register that a product still reads waits for that
+// product. So the A and B operands alternate between two sets of registers from one step to
+// the next, and the accumulators take what is left: one panel (or column tile) at a time when a
+// pass has more than 16 piece rows (two C tiles), else two.
+#define FAIRKV_LOAD(t, p, stride) _tile_loadd(t, p, stride)
+
+// Brings the 16 rows of a B tile (64 bytes each, `stride` bytes apart) into L1 ahead of its load:
+// a tile load waits for every line it misses, and no hardware prefetcher runs ahead of tile loads.
+inline void tile_to_l1(const void* p, int64_t stride) {
+  const char* c = static_cast<const char*>(p);
+  for (int i = 0; i < 16; ++i) __builtin_prefetch(c + i * stride, 0, 3);
+}
+#define FAIRKV_DP(c, a, b) _tile_dpbf16ps(c, a, b)
+
 // D32: d / 32 where it is a compile-time constant (0: read it from rows), so that the loops
 // over a row's tiles unroll.
 template <int D32>
@@ -74,43 +88,81 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
   const int64_t d32 = D32 ? D32 : rows.d / 32, panel = d32 * 32 * kTile;
   const int n = rows.n;
   const bool two = 3 * n > 16;
-  Prefetcher pf(ahead, int64_t(n_panels + 1) / 2 * d32);
-  for (int p = 0; p < n_panels; p += 2) {
-    const bool second = p + 1 < n_panels;
+  const int per_step = two ? 1 : 2;  // panels per group of accumulators
+  Prefetcher pf(ahead, int64_t(n_panels + per_step - 1) / per_step * d32);
+  for (int p = 0; p < n_panels; p += per_step) {
     const uint16_t* Pa = K + p * panel;
-    const uint16_t* Pb = Pa + panel;
-    _tile_zero(0);
-    if (two) _tile_zero(1);
-    if (second) {
-      _tile_zero(2);
-      if (two) _tile_zero(3);
-    }
-    FAIRKV_AMX_UNROLL
-    for (int64_t c = 0; c < d32; ++c) {
-      pf.tick();
-      const uint16_t* qa = l.qa + c * 2 * kTileElems;
-      _tile_loadd(4, qa, 64);
-      _tile_loadd(6, Pa + c * kTileElems, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      if (second) {
-        _tile_loadd(7, Pb + c * kTileElems, 64);
-        _tile_dpbf16ps(2, 4, 7);
-      }
-      if (two) {
-        _tile_loadd(5, qa + kTileElems, 64);
-        _tile_dpbf16ps(1, 5, 6);
-        if (second) _tile_dpbf16ps(3, 5, 7);
-      }
-    }
-    // Stored now, summed once every panel's products are issued.
     float* cb = l.cb + p * 2 * kTileFloats;
-    _tile_stored(0, cb, 64);
-    if (two) _tile_stored(1, cb + kTileFloats, 64);
-    if (second) {
-      _tile_stored(2, cb + 2 * kTileFloats, 64);
-      if (two) _tile_stored(3, cb + 3 * kTileFloats, 64);
+    _tile_zero(0);
+    _tile_zero(1);
+    if (two) {
+      // tmm0, tmm1: piece rows [0, 16), [16, 32) of panel p.
+      int64_t c = 0;
+      for (; c + 2 <= d32; c += 2) {
+        pf.tick();
+        pf.tick();
+        const uint16_t* qa = l.qa + c * 2 * kTileElems;
+        tile_to_l1(Pa + (c + 2) * kTileElems, 64);  // past the panel: the next one's
+        FAIRKV_LOAD(2, qa, 64);
+        FAIRKV_LOAD(3, qa + kTileElems, 64);
+        FAIRKV_LOAD(6, Pa + c * kTileElems, 64);
+        FAIRKV_DP(0, 2, 6);
+        FAIRKV_DP(1, 3, 6);
+        tile_to_l1(Pa + (c + 3) * kTileElems, 64);
+        FAIRKV_LOAD(4, qa + 2 * kTileElems, 64);
+        FAIRKV_LOAD(5, qa + 3 * kTileElems, 64);
+        FAIRKV_LOAD(7, Pa + (c + 1) * kTileElems, 64);
+        FAIRKV_DP(0, 4, 7);
+        FAIRKV_DP(1, 5, 7);
+      }
+      if (c < d32) {
+        pf.tick();
+        const uint16_t* qa = l.qa + c * 2 * kTileElems;
+        FAIRKV_LOAD(2, qa, 64);
+        FAIRKV_LOAD(3, qa + kTileElems, 64);
+        FAIRKV_LOAD(6, Pa + c * kTileElems, 64);
+        FAIRKV_DP(0, 2, 6);
+        FAIRKV_DP(1, 3, 6);
+      }
+      _tile_stored(0, cb, 64);
+      _tile_stored(1, cb + kTileFloats, 64);
+    } else {
+      // tmm0, tmm1: piece rows [0, 16) of panels p and p + 1 (the latter past n_panels unread).
+      const uint16_t* Pb = p + 1 < n_panels ? Pa + panel : Pa;
+      int64_t c = 0;
+      for (; c + 2 <= d32; c += 2) {
+        pf.tick();
+        pf.tick();
+        const uint16_t* qa = l.qa + c * 2 * kTileElems;
+        tile_to_l1(Pa + (c + 2) * kTileElems, 64);
+        tile_to_l1(Pb + (c + 2) * kTileElems, 64);
+        FAIRKV_LOAD(2, qa, 64);
+        FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
+        FAIRKV_LOAD(5, Pb + c * kTileElems, 64);
+        FAIRKV_DP(0, 2, 4);
+        FAIRKV_DP(1, 2, 5);
+        tile_to_l1(Pa + (c + 3) * kTileElems, 64);
+        tile_to_l1(Pb + (c + 3) * kTileElems, 64);
+        FAIRKV_LOAD(3, qa + 2 * kTileElems, 64);
+        FAIRKV_LOAD(6, Pa + (c + 1) * kTileElems, 64);
+        FAIRKV_LOAD(7, Pb + (c + 1) * kTileElems, 64);
+        FAIRKV_DP(0, 3, 6);
+        FAIRKV_DP(1, 3, 7);
+      }
+      if (c < d32) {
+        pf.tick();
+        const uint16_t* qa = l.qa + c * 2 * kTileElems;
+        FAIRKV_LOAD(2, qa, 64);
+        FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
+        FAIRKV_LOAD(5, Pb + c * kTileElems, 64);
+        FAIRKV_DP(0, 2, 4);
+        FAIRKV_DP(1, 2, 5);
+      }
+      _tile_stored(0, cb, 64);
+      if (p + 1 < n_panels) _tile_stored(1, cb + 2 * kTileFloats, 64);
     }
   }
+  // Summed once every panel's products are issued.
   for (int p = 0; p < n_panels; ++p) {
     const float* cb = l.cb + p * 2 * kTileFloats;
     for (int r = 0; r < n; ++r) _mm512_storeu_ps(s + r * s_stride + p * kTile, piece_sum(cb, n, r));
@@ -146,8 +198,9 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
         p3[h] = round_bf16(_mm512_sub_ps(rest, p2[h]));
       }
       auto put = [&](int row, const __m512* x) {
-        _mm512_store_si512(pa + row * 32, _mm512_permutex2var_epi16(_mm512_castps_si512(x[0]), pick,
-                                                                    _mm512_castps_si512(x[1])));
+        _mm512_store_si512(pa + row * 32,
+                           _mm512_permutex2var_epi16(_mm512_castps_si512(x[0]), pick,
+                                                     _mm512_castps_si512(x[1])));
       };
       put(r, p1);
       put(n + r, p2);
@@ -157,35 +210,77 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
   }
   FAIRKV_AMX_BARRIER();
   const int64_t vstride = 4 * d;  // bytes from one key pair to the next
-  Prefetcher pf(ahead, d32 * chunks);
-  for (int64_t cc = 0; cc < d16; cc += 2) {
+  const int64_t kstep = kTile * 2 * d;  // elements from one chunk of 32 keys to the next
+  const int per_step = two ? 1 : 2;  // column tiles per group of accumulators
+  Prefetcher pf(ahead, d16 / per_step * chunks);
+  for (int64_t cc = 0; cc < d16; cc += per_step) {
+    const uint16_t* b = V + cc * 32;
+    float* cb = l.cb + cc * 2 * kTileFloats;
     _tile_zero(0);
     _tile_zero(1);
+    int64_t kc = 0;
     if (two) {
-      _tile_zero(2);
-      _tile_zero(3);
-    }
-    for (int64_t kc = 0; kc < chunks; ++kc) {
-      pf.tick();
-      const uint16_t* b = V + kc * kTile * 2 * d + cc * 32;
-      const uint16_t* pa = l.pa + kc * 2 * kTileElems;
-      _tile_loadd(4, pa, 64);
-      _tile_loadd(6, b, vstride);
-      _tile_loadd(7, b + 32, vstride);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      if (two) {
-        _tile_loadd(5, pa + kTileElems, 64);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+      // tmm0, tmm1: piece rows [0, 16), [16, 32) of column tile cc.
+      for (; kc + 2 <= chunks; kc += 2) {
+        pf.tick();
+        pf.tick();
+        const uint16_t* pa = l.pa + kc * 2 * kTileElems;
+        tile_to_l1(b + (kc + 2) * kstep, vstride);
+        FAIRKV_LOAD(2, pa, 64);
+        FAIRKV_LOAD(3, pa + kTileElems, 64);
+        FAIRKV_LOAD(6, b + kc * kstep, vstride);
+        FAIRKV_DP(0, 2, 6);
+        FAIRKV_DP(1, 3, 6);
+        tile_to_l1(b + (kc + 3) * kstep, vstride);
+        FAIRKV_LOAD(4, pa + 2 * kTileElems, 64);
+        FAIRKV_LOAD(5, pa + 3 * kTileElems, 64);
+        FAIRKV_LOAD(7, b + (kc + 1) * kstep, vstride);
+        FAIRKV_DP(0, 4, 7);
+        FAIRKV_DP(1, 5, 7);
       }
-    }
-    float* cb = l.cb + cc * 2 * kTileFloats;
-    _tile_stored(0, cb, 64);
-    _tile_stored(1, cb + 2 * kTileFloats, 64);
-    if (two) {
-      _tile_stored(2, cb + kTileFloats, 64);
-      _tile_stored(3, cb + 3 * kTileFloats, 64);
+      if (kc < chunks) {
+        pf.tick();
+        const uint16_t* pa = l.pa + kc * 2 * kTileElems;
+        FAIRKV_LOAD(2, pa, 64);
+        FAIRKV_LOAD(3, pa + kTileElems, 64);
+        FAIRKV_LOAD(6, b + kc * kstep, vstride);
+        FAIRKV_DP(0, 2, 6);
+        FAIRKV_DP(1, 3, 6);
+      }
+      _tile_stored(0, cb, 64);
+      _tile_stored(1, cb + kTileFloats, 64);
+    } else {
+      // tmm0, tmm1: piece rows [0, 16) of column tiles cc and cc + 1.
+      for (; kc + 2 <= chunks; kc += 2) {
+        pf.tick();
+        pf.tick();
+        const uint16_t* pa = l.pa + kc * 2 * kTileElems;
+        tile_to_l1(b + (kc + 2) * kstep, vstride);
+        tile_to_l1(b + (kc + 2) * kstep + 32, vstride);
+        FAIRKV_LOAD(2, pa, 64);
+        FAIRKV_LOAD(4, b + kc * kstep, vstride);
+        FAIRKV_LOAD(5, b + kc * kstep + 32, vstride);
+        FAIRKV_DP(0, 2, 4);
+        FAIRKV_DP(1, 2, 5);
+        tile_to_l1(b + (kc + 3) * kstep, vstride);
+        tile_to_l1(b + (kc + 3) * kstep + 32, vstride);
+        FAIRKV_LOAD(3, pa + 2 * kTileElems, 64);
+        FAIRKV_LOAD(6, b + (kc + 1) * kstep, vstride);
+        FAIRKV_LOAD(7, b + (kc + 1) * kstep + 32, vstride);
+        FAIRKV_DP(0, 3, 6);
+        FAIRKV_DP(1, 3, 7);
+      }
+      if (kc < chunks) {
+        pf.tick();
+        const uint16_t* pa = l.pa + kc * 2 * kTileElems;
+        FAIRKV_LOAD(2, pa, 64);
+        FAIRKV_LOAD(4, b + kc * kstep, vstride);
+        FAIRKV_LOAD(5, b + kc * kstep + 32, vstride);
+        FAIRKV_DP(0, 2, 4);
+        FAIRKV_DP(1, 2, 5);
+      }
+      _tile_stored(0, cb, 64);
+      _tile_stored(1, cb + 2 * kTileFloats, 64);
     }
   }
   for (int64_t cc = 0; cc < d16; ++cc) {
@@ -197,6 +292,9 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
     }
   }
 }
+
+#undef FAIRKV_LOAD
+#undef FAIRKV_DP
 
 }  // namespace
 
