@@ -116,21 +116,24 @@ const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
     detail::dequantize_values(st, r0, n, dp, buf.data());
     return buf.data();
   }
-  // bf16 values in panels: pairs of rows from each pair of keys (r0 is a multiple of kKeyPanel).
+  // bf16 values in panels (cache.h): two rows from each pair of keys, a column tile at a time.
   int64_t j = 0;
-  for (; t == KvType::BF16 && j + 2 <= n && r0 + j + 2 <= st.panel_values(); j += 2) {
-    const uint16_t* src = static_cast<const uint16_t*>(base) + (r0 + j) * d;
+  const int64_t in_panels = st.panel_values();
+  for (; t == KvType::BF16 && j + 2 <= n && r0 + j + 2 <= in_panels; j += 2) {
+    const int64_t key = r0 + j, t2 = key % kValuePanel;  // r0 is even: so is t2
+    const uint16_t* panel = static_cast<const uint16_t*>(base) + (key - t2) * d;
     float *even = buf.data() + j * dp, *odd = even + dp;
-    int64_t i = 0;
-    for (; i + kLanes <= d; i += kLanes) {
-      simd::V e, o;
-      load_bf16_pairs(src + 2 * i, e, o);
-      simd::store(even + i, e);
-      simd::store(odd + i, o);
-    }
-    for (; i < d; ++i) {
-      even[i] = kernels::bf16_to_fp32(src[2 * i]);
-      odd[i] = kernels::bf16_to_fp32(src[2 * i + 1]);
+    int64_t c = 0;
+    for (; c + 16 <= d; c += 16)
+      for (int64_t i = 0; i < 16; i += kLanes) {
+        simd::V e, o;
+        load_bf16_pairs(panel + c * kValuePanel + t2 * 16 + 2 * i, e, o);
+        simd::store(even + c + i, e);
+        simd::store(odd + c + i, o);
+      }
+    for (; c < d; ++c) {
+      even[c] = kernels::bf16_to_fp32(panel[bf16_value_index(t2, c, d)]);
+      odd[c] = kernels::bf16_to_fp32(panel[bf16_value_index(t2 + 1, c, d)]);
     }
     std::fill(even + d, even + dp, 0.0f);
     std::fill(odd + d, odd + dp, 0.0f);
@@ -599,22 +602,30 @@ void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, f
   }
 }
 
-// A bf16 store's values [r0, r0 + nb) in pairs of keys (cache.h) where amx::values_pairs can read
-// them: in place where the pairs up to nb rounded up to 32 keys lie in the store's panels, else
-// (the store's last block) copied into w.vpairs with the row-major tail interleaved and zeros
-// after it.
-const uint16_t* value_pairs(const HeadStore& st, int64_t r0, int64_t nb, Scratch& w) {
-  const int64_t d = st.head_dim(), in_panels = st.panel_values();
-  const auto* V = static_cast<const uint16_t*>(st.v_data());
-  if (r0 + round_up(nb, 32) <= in_panels) return V + r0 * d;
-  w.vpairs.assign(size_t(round_up(nb, 32) * d), 0);
-  // Whole pairs from the panels (the last one's partner, past nb, is a real value), then the tail.
-  const int64_t whole = std::clamp<int64_t>(in_panels - r0, 0, round_up(nb, 2));
-  std::copy_n(V + r0 * d, whole * d, w.vpairs.data());
-  for (int64_t j = whole; j < nb; ++j)
+// The values of a bf16 store's block [r0, r0 + nb) (r0 a multiple of kValuePanel) on AMX:
+// amx::values_pairs reads whole value panels, the store's own where they are whole (the panels
+// up to nb rounded up to a panel; past nb their probabilities are zero); the store's row-major
+// tail (under a panel) goes through w.vpairs, laid out as a panel with zeros after it.
+void values_amx_bf16(const HeadStore& st, const amx::Rows& rows, int64_t r0, int64_t nb,
+                     const float* prob, int64_t p_stride, const float* corr, float* const* o,
+                     amx::Ahead ahead, Scratch& w) {
+  const int64_t d = st.head_dim();
+  const int64_t in_place =
+      std::clamp<int64_t>(st.panel_values() - r0, 0, round_up(nb, kValuePanel));
+  const auto* V = static_cast<const uint16_t*>(st.v_data()) + r0 * d;
+  if (in_place >= nb) {
+    amx::values_pairs(rows, V, nb, prob, p_stride, corr, o, ahead);
+    return;
+  }
+  if (in_place > 0) amx::values_pairs(rows, V, in_place, prob, p_stride, corr, o);
+  w.vpairs.assign(size_t(kValuePanel * d), 0);
+  for (int64_t j = in_place; j < nb; ++j)
     for (int64_t c = 0; c < d; ++c)
-      w.vpairs[size_t(j / 2 * 2 * d + 2 * c + (j & 1))] = V[(r0 + j) * d + c];
-  return w.vpairs.data();
+      w.vpairs[size_t(bf16_value_index(j - in_place, c, d))] = V[j * d + c];
+  float ones[kMaxRows];
+  std::fill(ones, ones + kMaxRows, 1.0f);
+  amx::values_pairs(rows, w.vpairs.data(), nb - in_place, prob + in_place, p_stride,
+                    in_place > 0 ? ones : corr, o);
 }
 
 // run_pass on AMX (attention_amx.h): whole panels scored by amx::scores (the store's last,
@@ -641,7 +652,9 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
   const auto* V = static_cast<const uint16_t*>(st.v_data());
   const size_t row_bytes = size_t(d) * sizeof(uint16_t);
   float corr[kMaxRows];
-  for (int64_t r0 = begin / kKeyPanel * kKeyPanel; r0 < hi; r0 += block) {
+  // Blocks start on a panel of keys (of values, for bf16); keys before `begin` are masked.
+  const int64_t align = pairs ? kValuePanel : kKeyPanel;
+  for (int64_t r0 = begin / align * align; r0 < hi; r0 += block) {
     const int64_t nb = std::min(block, hi - r0);
     const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
     const int64_t next = r0 + block, ahead = std::clamp<int64_t>(hi - next, 0, block);
@@ -664,8 +677,7 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
     }
     block_softmax(p, begin, r0, nb, w, corr, block);
     if (pairs)
-      amx::values_pairs(rows, value_pairs(st, r0, nb, w), nb, w.s.data(), block, corr, p.o,
-                        v_ahead);
+      values_amx_bf16(st, rows, r0, nb, w.s.data(), block, corr, p.o, v_ahead, w);
     else
       amx::values(rows, V + r0 * d, nb, w.s.data(), block, corr, p.o, v_ahead);
   }

@@ -27,7 +27,7 @@
 
 namespace fairkv::kv::amx {
 
-inline constexpr int kRows = 8;        // query rows per pass (3 pieces each: 24 tile rows)
+inline constexpr int kRows = 8;              // query rows per pass (3 pieces each: 24 tile rows)
 inline constexpr int64_t kBlock = 64;        // keys per values() call at most
 inline constexpr int64_t kPairsBlock = 256;  // keys per values_pairs() call at most
 
@@ -74,9 +74,9 @@ void begin_pairs(const Rows& rows, const float* const* q, float scale);
 void scores_pairs(const Rows& rows, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
                   Ahead ahead = {});
 
-// values() for nb <= kPairsBlock bf16 values at V in pairs of keys (kv::bf16_value_index: pair m, the
-// values 2m and 2m + 1, at V + m * 2 * d elements). The pairs up to nb rounded up to 32 keys are
-// read and must be finite (their probabilities are zero past nb).
+// values() for nb <= kPairsBlock bf16 values at V in value panels (kv::bf16_value_index: panel p,
+// values [32 p, 32 p + 32), at V + p * 32 * d elements). The panels up to nb rounded up to 32
+// keys are read and must be finite (their probabilities are zero past nb).
 void values_pairs(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob,
                   int64_t p_stride, const float* corr, float* const* o, Ahead ahead = {});
 

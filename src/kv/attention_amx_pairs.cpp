@@ -6,10 +6,9 @@
 //           first, tmm2/tmm3 of the second (tmm1, tmm3 only for n > 5); tmm4/tmm5 the query
 //           pieces' A tiles of a dimension tile (32 dimensions); tmm6/tmm7 the panels' B tiles
 //           (16 dimension pairs x 16 keys: 1 KiB of the panel, contiguous)
-//   values: two column tiles at a time: tmm0/tmm1 accumulate piece rows [0, 16) of columns
-//           [16 cc, 16 cc + 32), tmm2/tmm3 rows [16, 3n); tmm4/tmm5 the probabilities' A tiles of
-//           32 keys; tmm6/tmm7 the values' B tiles (16 key pairs x 16 columns, rows 4 d bytes
-//           apart in the store)
+//   values: the values' B tiles are 16 key pairs x 16 columns of a value panel (32 keys): 1 KiB
+//           of the store, contiguous (a B tile of rows strided through the values, as pairs of
+//           whole value rows would give, loads about twice as slowly)
 // Piece rows are [piece 1 of rows 0..n)[piece 2][piece 3]; a row's result is the sum of its three.
 #include <cstring>
 
@@ -71,12 +70,6 @@ FAIRKV_AMX_FN inline __m512 piece_sum(const float* c, int n, int r) {
 // pass has more than 16 piece rows (two C tiles), else two.
 #define FAIRKV_LOAD(t, p, stride) _tile_loadd(t, p, stride)
 
-// Brings the 16 rows of a B tile (64 bytes each, `stride` bytes apart) into L1 ahead of its load:
-// a tile load waits for every line it misses, and no hardware prefetcher runs ahead of tile loads.
-inline void tile_to_l1(const void* p, int64_t stride) {
-  const char* c = static_cast<const char*>(p);
-  for (int i = 0; i < 16; ++i) __builtin_prefetch(c + i * stride, 0, 3);
-}
 #define FAIRKV_DP(c, a, b) _tile_dpbf16ps(c, a, b)
 
 // D32: d / 32 where it is a compile-time constant (0: read it from rows), so that the loops
@@ -101,14 +94,12 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
       for (; c + 2 <= d32; c += 2) {
         pf.tick();
         pf.tick();
-        const uint16_t* qa = l.qa + c * 2 * kTileElems;
-        tile_to_l1(Pa + (c + 2) * kTileElems, 64);  // past the panel: the next one's
+        const uint16_t* qa = l.qa + c * 2 * kTileElems;  // past the panel: the next one's
         FAIRKV_LOAD(2, qa, 64);
         FAIRKV_LOAD(3, qa + kTileElems, 64);
         FAIRKV_LOAD(6, Pa + c * kTileElems, 64);
         FAIRKV_DP(0, 2, 6);
         FAIRKV_DP(1, 3, 6);
-        tile_to_l1(Pa + (c + 3) * kTileElems, 64);
         FAIRKV_LOAD(4, qa + 2 * kTileElems, 64);
         FAIRKV_LOAD(5, qa + 3 * kTileElems, 64);
         FAIRKV_LOAD(7, Pa + (c + 1) * kTileElems, 64);
@@ -134,15 +125,11 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
         pf.tick();
         pf.tick();
         const uint16_t* qa = l.qa + c * 2 * kTileElems;
-        tile_to_l1(Pa + (c + 2) * kTileElems, 64);
-        tile_to_l1(Pb + (c + 2) * kTileElems, 64);
         FAIRKV_LOAD(2, qa, 64);
         FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
         FAIRKV_LOAD(5, Pb + c * kTileElems, 64);
         FAIRKV_DP(0, 2, 4);
         FAIRKV_DP(1, 2, 5);
-        tile_to_l1(Pa + (c + 3) * kTileElems, 64);
-        tile_to_l1(Pb + (c + 3) * kTileElems, 64);
         FAIRKV_LOAD(3, qa + 2 * kTileElems, 64);
         FAIRKV_LOAD(6, Pa + (c + 1) * kTileElems, 64);
         FAIRKV_LOAD(7, Pb + (c + 1) * kTileElems, 64);
@@ -198,9 +185,8 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
         p3[h] = round_bf16(_mm512_sub_ps(rest, p2[h]));
       }
       auto put = [&](int row, const __m512* x) {
-        _mm512_store_si512(pa + row * 32,
-                           _mm512_permutex2var_epi16(_mm512_castps_si512(x[0]), pick,
-                                                     _mm512_castps_si512(x[1])));
+        _mm512_store_si512(pa + row * 32, _mm512_permutex2var_epi16(_mm512_castps_si512(x[0]), pick,
+                                                                    _mm512_castps_si512(x[1])));
       };
       put(r, p1);
       put(n + r, p2);
@@ -209,12 +195,12 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
     for (int r = 3 * n; r < 32; ++r) _mm512_store_si512(pa + r * 32, _mm512_setzero_si512());
   }
   FAIRKV_AMX_BARRIER();
-  const int64_t vstride = 4 * d;  // bytes from one key pair to the next
-  const int64_t kstep = kTile * 2 * d;  // elements from one chunk of 32 keys to the next
+  const int64_t vstride = 64;        // bytes from one key pair to the next within a B tile
+  const int64_t kstep = 32 * d;      // elements from one value panel (32 keys) to the next
   const int per_step = two ? 1 : 2;  // column tiles per group of accumulators
   Prefetcher pf(ahead, d16 / per_step * chunks);
   for (int64_t cc = 0; cc < d16; cc += per_step) {
-    const uint16_t* b = V + cc * 32;
+    const uint16_t* b = V + cc * kTileElems;
     float* cb = l.cb + cc * 2 * kTileFloats;
     _tile_zero(0);
     _tile_zero(1);
@@ -225,13 +211,11 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
         pf.tick();
         pf.tick();
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
-        tile_to_l1(b + (kc + 2) * kstep, vstride);
         FAIRKV_LOAD(2, pa, 64);
         FAIRKV_LOAD(3, pa + kTileElems, 64);
         FAIRKV_LOAD(6, b + kc * kstep, vstride);
         FAIRKV_DP(0, 2, 6);
         FAIRKV_DP(1, 3, 6);
-        tile_to_l1(b + (kc + 3) * kstep, vstride);
         FAIRKV_LOAD(4, pa + 2 * kTileElems, 64);
         FAIRKV_LOAD(5, pa + 3 * kTileElems, 64);
         FAIRKV_LOAD(7, b + (kc + 1) * kstep, vstride);
@@ -255,18 +239,14 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
         pf.tick();
         pf.tick();
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
-        tile_to_l1(b + (kc + 2) * kstep, vstride);
-        tile_to_l1(b + (kc + 2) * kstep + 32, vstride);
         FAIRKV_LOAD(2, pa, 64);
         FAIRKV_LOAD(4, b + kc * kstep, vstride);
-        FAIRKV_LOAD(5, b + kc * kstep + 32, vstride);
+        FAIRKV_LOAD(5, b + kc * kstep + kTileElems, vstride);
         FAIRKV_DP(0, 2, 4);
         FAIRKV_DP(1, 2, 5);
-        tile_to_l1(b + (kc + 3) * kstep, vstride);
-        tile_to_l1(b + (kc + 3) * kstep + 32, vstride);
         FAIRKV_LOAD(3, pa + 2 * kTileElems, 64);
         FAIRKV_LOAD(6, b + (kc + 1) * kstep, vstride);
-        FAIRKV_LOAD(7, b + (kc + 1) * kstep + 32, vstride);
+        FAIRKV_LOAD(7, b + (kc + 1) * kstep + kTileElems, vstride);
         FAIRKV_DP(0, 3, 6);
         FAIRKV_DP(1, 3, 7);
       }
@@ -275,7 +255,7 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
         FAIRKV_LOAD(2, pa, 64);
         FAIRKV_LOAD(4, b + kc * kstep, vstride);
-        FAIRKV_LOAD(5, b + kc * kstep + 32, vstride);
+        FAIRKV_LOAD(5, b + kc * kstep + kTileElems, vstride);
         FAIRKV_DP(0, 2, 4);
         FAIRKV_DP(1, 2, 5);
       }

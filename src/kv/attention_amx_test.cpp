@@ -225,7 +225,7 @@ TEST(AmxKernels, PairsScoresAndValuesMatchDoubleReference) {
           const uint16_t kb = to_bf16(std::normal_distribution<float>()(rng));
           const uint16_t vb = to_bf16(std::normal_distribution<float>()(rng));
           K[sz(t / 16 * 16 * d + bf16_key_index(t % 16, i, d))] = kb;
-          V[sz(t / 16 * 16 * d + bf16_value_index(t % 16, i, d))] = vb;
+          V[sz(t / kValuePanel * kValuePanel * d + bf16_value_index(t % kValuePanel, i, d))] = vb;
           k[sz(t * d + i)] = from_bf16(kb);
           v[sz(t * d + i)] = from_bf16(vb);
         }

@@ -224,9 +224,9 @@ void HeadStore::append(const float* k, const float* v, int64_t n) {
                         n * head_dim_);
   kernels::quantize_row(kv_dtype(types_.v), v, v_ptr() + size_t(len_) * v_row_bytes(),
                         n * head_dim_);
-  const int64_t sealed = len_ / kKeyPanel * kKeyPanel;  // panels of K and V sealed so far
+  const int64_t had = len_;
   len_ += n;
-  seal_panels(sealed);
+  seal_panels(had);
 }
 
 void HeadStore::reserve(int64_t rows) {
@@ -286,15 +286,17 @@ void HeadStore::keep(std::span<const int64_t> indices) {
   seal_panels(0);
 }
 
-// Kept row j comes from row indices[j] >= j. Keys (and values) are gathered a panel's worth at a
-// time and written back row-major over panel j / kKeyPanel: a row's bytes (sealed or not) lie
-// within its own panel's extent, and the rows of that extent are only wanted at or before their
-// own place, so nothing still to be read is overwritten. The panels are sealed again at the end.
+// Kept row j comes from row indices[j] >= j. Keys and values are gathered kValuePanel rows at a
+// time (a whole number of panels of either side) and written back row-major over those rows: a
+// row's bytes (sealed or not) lie within its own panel's extent, and the rows of that extent are
+// only wanted at or before their own place, so nothing still to be read is overwritten. The
+// panels are sealed again at the end.
 void HeadStore::keep_in_place(std::span<const int64_t> indices) {
+  static_assert(kValuePanel % kKeyPanel == 0);
   const size_t kr = k_row_bytes(), vr = v_row_bytes(), m = indices.size();
-  std::vector<uint8_t> keys(size_t(kKeyPanel) * kr), values(size_t(kKeyPanel) * vr);
-  for (size_t j0 = 0; j0 < m; j0 += size_t(kKeyPanel)) {
-    const size_t n = std::min(size_t(kKeyPanel), m - j0);
+  std::vector<uint8_t> keys(size_t(kValuePanel) * kr), values(size_t(kValuePanel) * vr);
+  for (size_t j0 = 0; j0 < m; j0 += size_t(kValuePanel)) {
+    const size_t n = std::min(size_t(kValuePanel), m - j0);
     for (size_t j = 0; j < n; ++j) {
       raw_key(indices[j0 + j], keys.data() + j * kr);
       raw_value(indices[j0 + j], values.data() + j * vr);
@@ -332,6 +334,11 @@ Layout value_layout(KvType t) {
   return t == KvType::BF16 ? Layout::ValuePairs : Layout::Rows;
 }
 
+// Rows per panel of layout l (not Rows).
+int64_t panel_rows(Layout l) {
+  return l == Layout::ValuePairs ? kValuePanel : kKeyPanel;
+}
+
 // Element e of row t of a panel of layout l (not Rows), in elements from the panel's start.
 int64_t panel_index(Layout l, int64_t t, int64_t e, int64_t d) {
   switch (l) {
@@ -367,11 +374,12 @@ void raw_row(Layout l, size_t eb, const uint8_t* base, size_t row, int64_t panel
     std::memcpy(dst, base + size_t(i) * row, row);
     return;
   }
-  const uint8_t* panel = base + size_t(i / kKeyPanel * kKeyPanel) * row;
+  const int64_t pr = panel_rows(l);
+  const uint8_t* panel = base + size_t(i / pr * pr) * row;
   if (eb == 2)
-    panel_to_row<uint16_t>(l, panel, i % kKeyPanel, d, dst);
+    panel_to_row<uint16_t>(l, panel, i % pr, d, dst);
   else
-    panel_to_row<uint32_t>(l, panel, i % kKeyPanel, d, dst);
+    panel_to_row<uint32_t>(l, panel, i % pr, d, dst);
 }
 
 // Row i of a side as float32.
@@ -381,8 +389,9 @@ void float_row(Layout l, KvType t, const uint8_t* base, size_t row, int64_t pane
     kernels::dequantize_row(kv_dtype(t), base + size_t(i) * row, out, d);
     return;
   }
-  const uint8_t* panel = base + size_t(i / kKeyPanel * kKeyPanel) * row;
-  const int64_t r = i % kKeyPanel;
+  const int64_t pr = panel_rows(l);
+  const uint8_t* panel = base + size_t(i / pr * pr) * row;
+  const int64_t r = i % pr;
   const auto* h = reinterpret_cast<const uint16_t*>(panel);
   for (int64_t e = 0; e < d; ++e) {
     const int64_t at = panel_index(l, r, e, d);
@@ -392,14 +401,18 @@ void float_row(Layout l, KvType t, const uint8_t* base, size_t row, int64_t pane
   }
 }
 
-// Seals the full panels of rows [from, len) of a side (from a multiple of kKeyPanel).
+// Seals the full panels of a side that rows [from, len) complete (the panels before from's are
+// sealed, the rows after them row-major).
 void seal(Layout l, size_t eb, uint8_t* base, size_t row, int64_t from, int64_t len, int64_t d) {
-  if (l == Layout::Rows || from + kKeyPanel > len) return;  // most decode appends
-  std::vector<uint8_t> rows(size_t(kKeyPanel) * row);
-  for (int64_t p = from; p + kKeyPanel <= len; p += kKeyPanel) {
+  if (l == Layout::Rows) return;
+  const int64_t pr = panel_rows(l);
+  from = from / pr * pr;
+  if (from + pr > len) return;  // most decode appends
+  std::vector<uint8_t> rows(size_t(pr) * row);
+  for (int64_t p = from; p + pr <= len; p += pr) {
     uint8_t* panel = base + size_t(p) * row;
     std::memcpy(rows.data(), panel, rows.size());
-    for (int64_t t = 0; t < kKeyPanel; ++t) {
+    for (int64_t t = 0; t < pr; ++t) {
       if (eb == 2)
         row_to_panel<uint16_t>(l, rows.data() + size_t(t) * row, d, panel, t);
       else

@@ -5,6 +5,7 @@
 // Keys are stored after RoPE, so a compacted store needs no positions to be attended.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -59,11 +60,17 @@ inline constexpr int64_t kKeyPanel = 16;
 inline int64_t bf16_key_index(int64_t t, int64_t i, int64_t d) {
   return i < d / 2 * 2 ? i / 2 * 2 * kKeyPanel + 2 * t + (i & 1) : (d - 1) * kKeyPanel + t;
 }
-// Where element c of value t (< kKeyPanel) lies in a bf16 value panel: values in pairs of keys,
-// pair m = (2m, 2m + 1) forming one row of 2 x head_dim elements, (v_2m[c], v_2m+1[c]) side by
-// side, so that 16 such rows (32 keys) x 64 bytes are an AMX B tile of P.V.
+// A bf16 store's values are held in panels of this many tokens: one panel per 32-key chunk of
+// P.V on AMX.
+inline constexpr int64_t kValuePanel = 32;
+
+// Where element c of value t (< kValuePanel) lies in a bf16 value panel: columns in tiles of 16
+// (the last one narrower when head_dim is not a multiple of 16), each tile holding the 16 pairs
+// of values (2m, 2m + 1) as rows of its columns, (v_2m[c], v_2m+1[c]) side by side, so that a
+// whole tile (16 rows x 64 bytes, 1 KiB, contiguous) is an AMX B tile of P.V.
 inline int64_t bf16_value_index(int64_t t, int64_t c, int64_t d) {
-  return t / 2 * 2 * d + 2 * c + (t & 1);
+  const int64_t tile = c / 16, width = std::min<int64_t>(16, d - tile * 16);
+  return tile * 16 * kValuePanel + t / 2 * 2 * width + 2 * (c % 16) + (t & 1);
 }
 
 // One head's keys and values: len rows of head_dim elements each, K then V in one array.
@@ -73,13 +80,13 @@ inline int64_t bf16_value_index(int64_t t, int64_t c, int64_t d) {
 // at i * kKeyPanel + t): a query row's scores against a panel are then kKeyPanel-wide vectors
 // built from one conversion and one FMA per element, with no horizontal sums, which is what lets
 // a GQA group's decode attention keep up with the read. A bf16 panel holds the same elements as
-// AMX tiles want them (bf16_key_index), and so do a bf16 store's values (bf16_value_index,
-// panel_values()): decode reads the store straight into tiles, with no conversion. Other values
-// are row-major. A panel is sealed (transposed in place) when its last token arrives, so the
-// bytes stay exactly the tokens kept, they depend on size() alone, and a decode append costs
-// O(head_dim * kKeyPanel) at worst. Quantized keys (q8_0, q4_0) stay row-major, ggml's blocks as
-// llama.cpp stores them (panel_keys() is 0): their scores are integer dot products of whole
-// blocks (attention_quant.h), which want a key's 32 elements together.
+// AMX tiles want them (bf16_key_index), and so do a bf16 store's values, in panels of
+// kValuePanel (bf16_value_index, panel_values()): decode reads the store straight into tiles,
+// with no conversion. Other values are row-major. A panel is sealed (transposed in place) when its
+// last token arrives, so the bytes stay exactly the tokens kept, they depend on size() alone, and a
+// decode append costs O(head_dim * kKeyPanel) at worst. Quantized keys (q8_0, q4_0) stay row-major,
+// ggml's blocks as llama.cpp stores them (panel_keys() is 0): their scores are integer dot products
+// of whole blocks (attention_quant.h), which want a key's 32 elements together.
 //
 // Keys and values may have different types (K rows of kv_row_bytes(types().k, head_dim) bytes,
 // V rows of kv_row_bytes(types().v, head_dim)).
@@ -124,12 +131,12 @@ class HeadStore {
   int64_t panel_keys() const {
     return kv_type_quantized(types_.k) ? 0 : len_ / kKeyPanel * kKeyPanel;
   }
-  // Raw values: the panel of values [p, p + 1) * kKeyPanel (bf16 only, below panel_values())
-  // starts at byte p * kKeyPanel * v_row_bytes(), and a value i >= panel_values() (every value
+  // Raw values: the panel of values [p, p + 1) * kValuePanel (bf16 only, below panel_values())
+  // starts at byte p * kValuePanel * v_row_bytes(), and a value i >= panel_values() (every value
   // of another type) at byte i * v_row_bytes().
   const void* v_data() const { return v_ptr(); }
   int64_t panel_values() const {
-    return types_.v == KvType::BF16 ? len_ / kKeyPanel * kKeyPanel : 0;
+    return types_.v == KvType::BF16 ? len_ / kValuePanel * kValuePanel : 0;
   }
   // Bytes of the kept tokens (K and V), the figure FAIRKV.md's load counts.
   size_t bytes() const { return size_t(len_) * (k_row_bytes() + v_row_bytes()); }
@@ -177,8 +184,8 @@ class HeadStore {
   // Copies key (value) i's stored elements (any layout) to dst, row-major.
   void raw_key(int64_t i, uint8_t* dst) const;
   void raw_value(int64_t i, uint8_t* dst) const;
-  // Transposes every full panel of keys (and of bf16 values) from `from` (a multiple of
-  // kKeyPanel) up, written row-major, into the panel layout.
+  // Transposes every full panel of keys (and of bf16 values) that rows [from, size()) complete,
+  // written row-major, into the panel layout.
   void seal_panels(int64_t from);
   int64_t head_dim_ = 0;
   KvTypes types_;

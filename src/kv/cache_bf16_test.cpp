@@ -47,18 +47,18 @@ void expect_layout(const HeadStore& s, const Reference& ref, const std::string& 
   const int64_t d = ref.d, n = ref.size();
   ASSERT_EQ(s.size(), n) << what;
   ASSERT_EQ(s.panel_keys(), n / kKeyPanel * kKeyPanel) << what;
-  ASSERT_EQ(s.panel_values(), n / kKeyPanel * kKeyPanel) << what;
+  ASSERT_EQ(s.panel_values(), n / kValuePanel * kValuePanel) << what;
   const auto* K = static_cast<const uint16_t*>(s.k_data());
   const auto* V = static_cast<const uint16_t*>(s.v_data());
   std::vector<float> row(sz(d));
   for (int64_t j = 0; j < n; ++j) {
-    const int64_t p = j / kKeyPanel * kKeyPanel * d, t = j % kKeyPanel;
-    const bool in_panel = j < s.panel_keys();
+    const int64_t pk = j / kKeyPanel * kKeyPanel * d, tk = j % kKeyPanel;
+    const int64_t pv = j / kValuePanel * kValuePanel * d, tv = j % kValuePanel;
     for (int64_t e = 0; e < d; ++e) {
       const uint16_t want_k = ref.k[sz(j * d + e)], want_v = ref.v[sz(j * d + e)];
-      ASSERT_EQ(K[in_panel ? p + bf16_key_index(t, e, d) : j * d + e], want_k)
+      ASSERT_EQ(K[j < s.panel_keys() ? pk + bf16_key_index(tk, e, d) : j * d + e], want_k)
           << what << " key " << j << " dim " << e;
-      ASSERT_EQ(V[in_panel ? p + bf16_value_index(t, e, d) : j * d + e], want_v)
+      ASSERT_EQ(V[j < s.panel_values() ? pv + bf16_value_index(tv, e, d) : j * d + e], want_v)
           << what << " value " << j << " dim " << e;
     }
     s.k_row(j, row.data());
@@ -73,22 +73,22 @@ void expect_layout(const HeadStore& s, const Reference& ref, const std::string& 
 // The panel indices cover a panel exactly once (no two elements share a place).
 TEST(Bf16Layout, IndicesArePermutationsOfAPanel) {
   for (int64_t d : {1, 2, 7, 24, 33, 128}) {
-    std::vector<int> hits_k(sz(kKeyPanel * d)), hits_v(hits_k.size());
-    for (int64_t t = 0; t < kKeyPanel; ++t)
-      for (int64_t e = 0; e < d; ++e) {
-        ++hits_k.at(sz(bf16_key_index(t, e, d)));
-        ++hits_v.at(sz(bf16_value_index(t, e, d)));
-      }
-    for (size_t i = 0; i < hits_k.size(); ++i) {
-      ASSERT_EQ(hits_k[i], 1) << "d " << d << " key place " << i;
-      ASSERT_EQ(hits_v[i], 1) << "d " << d << " value place " << i;
+    std::vector<int> hits_k(sz(kKeyPanel * d)), hits_v(sz(kValuePanel * d));
+    for (int64_t e = 0; e < d; ++e) {
+      for (int64_t t = 0; t < kKeyPanel; ++t) ++hits_k.at(sz(bf16_key_index(t, e, d)));
+      for (int64_t t = 0; t < kValuePanel; ++t) ++hits_v.at(sz(bf16_value_index(t, e, d)));
     }
+    for (size_t i = 0; i < hits_k.size(); ++i) ASSERT_EQ(hits_k[i], 1) << "d " << d << " key " << i;
+    for (size_t i = 0; i < hits_v.size(); ++i)
+      ASSERT_EQ(hits_v[i], 1) << "d " << d << " value " << i;
   }
-  // The tile rows: a 64-byte key row holds dimensions 2m, 2m + 1 of the 16 keys side by side,
-  // a value pair row holds values 2m, 2m + 1 side by side for each column.
+  // The tile rows: a 64-byte key row holds dimensions 2m, 2m + 1 of the 16 keys side by side; a
+  // value tile (16 columns, 1 KiB) holds in its row m values 2m, 2m + 1 side by side per column.
   EXPECT_EQ(bf16_key_index(3, 10, 64), 5 * 32 + 2 * 3);
   EXPECT_EQ(bf16_key_index(3, 11, 64), 5 * 32 + 2 * 3 + 1);
-  EXPECT_EQ(bf16_value_index(5, 9, 64), 2 * 128 + 2 * 9 + 1);
+  EXPECT_EQ(bf16_value_index(5, 9, 64), 2 * 32 + 2 * 9 + 1);
+  EXPECT_EQ(bf16_value_index(4, 20, 64), 512 + 2 * 32 + 2 * 4);
+  EXPECT_EQ(bf16_value_index(31, 23, 24), 512 + 15 * 16 + 2 * 7 + 1);  // an 8-column last tile
 }
 
 class Bf16Store : public ::testing::TestWithParam<std::tuple<int64_t, bool>> {};
@@ -161,7 +161,7 @@ TEST(Bf16Store, MixedTypesKeepEachSidesLayout) {
       s.v_row(j, row.data());
       for (int64_t e = 0; e < d; ++e) {
         const uint16_t want = kernels::fp32_to_bf16(v[sz(j * d + e)]);
-        const int64_t at = j < 32 ? j / 16 * 16 * d + bf16_value_index(j % 16, e, d) : j * d + e;
+        const int64_t at = j < 32 ? bf16_value_index(j, e, d) : j * d + e;
         ASSERT_EQ(V[at], want) << kv_type_name(kt) << " value " << j << " dim " << e;
         ASSERT_EQ(row[sz(e)], kernels::bf16_to_fp32(want));
       }
