@@ -492,6 +492,93 @@ void pv_fast(Pass& p, const T* V, int64_t stride, int64_t nb, int64_t dp, const 
     }
   }
 }
+// pv_tile over a bf16 store's value panels (cache.h): the values of keys r0 + j, j < nb (r0
+// even, every pair of keys up to nb in panels), for NR rows and CW column tiles of 16 from tile
+// ct0. A pair row of a tile gives the two keys' 16 columns in one load and two operations.
+template <int NR, int CW>
+inline void pv_pair_tile(float* const* o, int64_t ct0, const uint16_t* V, int64_t d, int64_t r0,
+                         int64_t nb, const float* prob, const float* corr, Prefetch& ahead) {
+  Prefetch pf = ahead;
+  __m512 acc[NR][CW];
+  FAIRKV_UNROLL
+  for (int r = 0; r < NR; ++r) {
+    const __m512 cr = _mm512_set1_ps(corr[r]);
+    FAIRKV_UNROLL
+    for (int c = 0; c < CW; ++c)
+      acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + 16 * (ct0 + c)), cr);
+  }
+  const __m512i upper = _mm512_set1_epi32(int(0xFFFF0000u));
+  for (int64_t j = 0; j < nb; j += 2) {
+    pf.tick();
+    pf.tick();
+    const int64_t key = r0 + j, t2 = key % kValuePanel;
+    const uint16_t* src = V + (key - t2) * d + ct0 * 16 * kValuePanel + t2 * 16;
+    __m512 ve[CW], vo[CW];
+    FAIRKV_UNROLL
+    for (int c = 0; c < CW; ++c) {
+      const __m512i w = _mm512_loadu_si512(src + c * 16 * kValuePanel);
+      ve[c] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      vo[c] = _mm512_castsi512_ps(_mm512_and_si512(w, upper));
+    }
+    FAIRKV_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      // An odd last key's partner (past nb) weighs nothing.
+      __m512 pe = _mm512_set1_ps(prob[r * kBlock + j]),
+             po = _mm512_set1_ps(j + 1 < nb ? prob[r * kBlock + j + 1] : 0.0f);
+      if constexpr (CW > 1) asm("" : "+v"(pe), "+v"(po));
+      FAIRKV_UNROLL
+      for (int c = 0; c < CW; ++c)
+        acc[r][c] = _mm512_fmadd_ps(po, vo[c], _mm512_fmadd_ps(pe, ve[c], acc[r][c]));
+    }
+  }
+  FAIRKV_UNROLL
+  for (int r = 0; r < NR; ++r) {
+    FAIRKV_UNROLL
+    for (int c = 0; c < CW; ++c) _mm512_storeu_ps(o[r] + 16 * (ct0 + c), acc[r][c]);
+  }
+  ahead = pf;
+}
+
+template <int NR, int CW>
+void pv_pair_rows(float* const* o, const uint16_t* V, int64_t d, int64_t r0, int64_t nb,
+                  const float* prob, const float* corr, Prefetch& ahead) {
+  const int64_t tiles = d / 16;
+  int64_t ct = 0;
+  for (; ct + CW <= tiles; ct += CW) pv_pair_tile<NR, CW>(o, ct, V, d, r0, nb, prob, corr, ahead);
+  for (; ct < tiles; ++ct) pv_pair_tile<NR, 1>(o, ct, V, d, r0, nb, prob, corr, ahead);
+}
+
+// pv_fast over a bf16 store's value panels (head_dim a multiple of 16).
+void pv_pairs_fast(Pass& p, const uint16_t* V, int64_t d, int64_t r0, int64_t nb, const float* prob,
+                   const float* corr, Prefetch& ahead) {
+  PvTile tiles[kMaxRows];
+  const int n_tiles = pv_tiles(p.n, tiles);
+  int64_t steps = 0;
+  for (int i = 0; i < n_tiles; ++i) steps += nb * (d / 16 / tiles[i].vecs + d / 16 % tiles[i].vecs);
+  ahead.steps = std::max<int64_t>(1, steps);
+  for (int i = 0, r = 0; i < n_tiles; r += tiles[i++].rows) {
+    float* const* o = p.o + r;
+    const float* pr = prob + r * kBlock;
+    const float* cr = corr + r;
+    switch (tiles[i].rows * 16 + tiles[i].vecs) {
+      case 8 * 16 + 2:
+        pv_pair_rows<8, 2>(o, V, d, r0, nb, pr, cr, ahead);
+        break;
+      case 4 * 16 + 4:
+        pv_pair_rows<4, 4>(o, V, d, r0, nb, pr, cr, ahead);
+        break;
+      case 3 * 16 + 4:
+        pv_pair_rows<3, 4>(o, V, d, r0, nb, pr, cr, ahead);
+        break;
+      case 2 * 16 + 8:
+        pv_pair_rows<2, 8>(o, V, d, r0, nb, pr, cr, ahead);
+        break;
+      default:
+        pv_pair_rows<1, 8>(o, V, d, r0, nb, pr, cr, ahead);
+        break;
+    }
+  }
+}
 #endif
 
 // o[r] = o[r] * corr[r] + sum_j prob[r][j] V[j] for the NR rows of a pass, one vector of
@@ -544,7 +631,10 @@ void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const 
       pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
     else if (vt == KvType::F32)
       pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
-    else  // bf16, q8_0, q4_0: converted a block at a time, then as f32
+    else if (vt == KvType::BF16 && d % 16 == 0 && r0 % 2 == 0 &&
+             r0 + round_up(nb, 2) <= st.panel_values())
+      pv_pairs_fast(p, static_cast<const uint16_t*>(st.v_data()), d, r0, nb, prob, corr, ahead);
+    else  // bf16 (the store's last block), q8_0, q4_0: converted a block at a time, then as f32
       pv_fast(p, value_rows(st, r0, nb, dp, w.vbuf), d, nb, dp, prob, corr, ahead);
     ahead.finish();
     return;
