@@ -44,7 +44,7 @@ using namespace fairkv;
 // AMX for f16 and bf16 stores on or off (kv/attention.h).
 void allow_amx(bool on) {
   kv::attend_allow_amx(on);
-  kv::attend_allow_amx_bf16(on);
+  kv::attend_allow_amx_bf16(on, 1);  // /amx: every call, one query row included
 }
 
 constexpr int kHeads = 8;

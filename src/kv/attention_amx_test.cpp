@@ -26,7 +26,7 @@ using test::sz;
 // AMX for f16 and bf16 stores on or off.
 void allow_amx(bool on) {
   attend_allow_amx(on);
-  attend_allow_amx_bf16(on);
+  attend_allow_amx_bf16(on, 1);  // every call, a decode of group 1 included
 }
 
 // AMX allowed for the test's duration (the process default: off for f16, on for bf16); the
