@@ -752,12 +752,13 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
     const int64_t nb = std::min(block, hi - r0);
     const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
     const int64_t next = r0 + block, ahead = std::clamp<int64_t>(hi - next, 0, block);
-    const amx::Ahead k_ahead{K + next * d, int64_t(ahead * row_bytes)};
     const amx::Ahead v_ahead{V + next * d, int64_t(ahead * row_bytes)};
-    // Whole panels, at most four per call (the K prefetches spread over the first call).
+    // Whole panels, at most four per call, each call prefetching the K of as many keys of the
+    // next block (a whole block's over one call's few steps would come in bursts).
     for (int64_t j = 0; j < whole; j += 4 * kKeyPanel) {
       const int n_panels = int(std::min<int64_t>(4, (whole - j) / kKeyPanel));
-      const amx::Ahead ka = j == 0 ? k_ahead : amx::Ahead{};
+      const int64_t ka_keys = std::clamp<int64_t>(ahead - j, 0, 4 * kKeyPanel);
+      const amx::Ahead ka{K + (next + j) * d, int64_t(ka_keys * row_bytes)};
       if (pairs)
         amx::scores_pairs(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
       else

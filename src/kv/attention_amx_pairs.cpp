@@ -70,7 +70,12 @@ FAIRKV_AMX_FN inline __m512 piece_sum(const float* c, int n, int r) {
 // pass has more than 16 piece rows (two C tiles), else two.
 #define FAIRKV_LOAD(t, p, stride) _tile_loadd(t, p, stride)
 
-#define FAIRKV_DP(c, a, b) _tile_dpbf16ps(c, a, b)
+// A product, then the next of the prefetches spread one per product (pf in scope).
+#define FAIRKV_DP(c, a, b)   \
+  do {                       \
+    _tile_dpbf16ps(c, a, b); \
+    pf.tick();               \
+  } while (0)
 
 // D32: d / 32 where it is a compile-time constant (0: read it from rows), so that the loops
 // over a row's tiles unroll.
@@ -82,7 +87,7 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
   const int n = rows.n;
   const bool two = 3 * n > 16;
   const int per_step = two ? 1 : 2;  // panels per group of accumulators
-  Prefetcher pf(ahead, int64_t(n_panels + per_step - 1) / per_step * d32);
+  Prefetcher pf(ahead, int64_t(n_panels + per_step - 1) / per_step * d32 * 2);  // products
   for (int p = 0; p < n_panels; p += per_step) {
     const uint16_t* Pa = K + p * panel;
     float* cb = l.cb + p * 2 * kTileFloats;
@@ -92,8 +97,6 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
       // tmm0, tmm1: piece rows [0, 16), [16, 32) of panel p.
       int64_t c = 0;
       for (; c + 2 <= d32; c += 2) {
-        pf.tick();
-        pf.tick();
         const uint16_t* qa = l.qa + c * 2 * kTileElems;  // past the panel: the next one's
         FAIRKV_LOAD(2, qa, 64);
         FAIRKV_LOAD(3, qa + kTileElems, 64);
@@ -107,7 +110,6 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
         FAIRKV_DP(1, 5, 7);
       }
       if (c < d32) {
-        pf.tick();
         const uint16_t* qa = l.qa + c * 2 * kTileElems;
         FAIRKV_LOAD(2, qa, 64);
         FAIRKV_LOAD(3, qa + kTileElems, 64);
@@ -122,8 +124,6 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
       const uint16_t* Pb = p + 1 < n_panels ? Pa + panel : Pa;
       int64_t c = 0;
       for (; c + 2 <= d32; c += 2) {
-        pf.tick();
-        pf.tick();
         const uint16_t* qa = l.qa + c * 2 * kTileElems;
         FAIRKV_LOAD(2, qa, 64);
         FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
@@ -137,7 +137,6 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
         FAIRKV_DP(1, 3, 7);
       }
       if (c < d32) {
-        pf.tick();
         const uint16_t* qa = l.qa + c * 2 * kTileElems;
         FAIRKV_LOAD(2, qa, 64);
         FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
@@ -198,7 +197,7 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
   const int64_t vstride = 64;        // bytes from one key pair to the next within a B tile
   const int64_t kstep = 32 * d;      // elements from one value panel (32 keys) to the next
   const int per_step = two ? 1 : 2;  // column tiles per group of accumulators
-  Prefetcher pf(ahead, d16 / per_step * chunks);
+  Prefetcher pf(ahead, d16 / per_step * chunks * 2);  // products
   for (int64_t cc = 0; cc < d16; cc += per_step) {
     const uint16_t* b = V + cc * kTileElems;
     float* cb = l.cb + cc * 2 * kTileFloats;
@@ -208,8 +207,6 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
     if (two) {
       // tmm0, tmm1: piece rows [0, 16), [16, 32) of column tile cc.
       for (; kc + 2 <= chunks; kc += 2) {
-        pf.tick();
-        pf.tick();
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
         FAIRKV_LOAD(2, pa, 64);
         FAIRKV_LOAD(3, pa + kTileElems, 64);
@@ -223,7 +220,6 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
         FAIRKV_DP(1, 5, 7);
       }
       if (kc < chunks) {
-        pf.tick();
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
         FAIRKV_LOAD(2, pa, 64);
         FAIRKV_LOAD(3, pa + kTileElems, 64);
@@ -236,8 +232,6 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
     } else {
       // tmm0, tmm1: piece rows [0, 16) of column tiles cc and cc + 1.
       for (; kc + 2 <= chunks; kc += 2) {
-        pf.tick();
-        pf.tick();
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
         FAIRKV_LOAD(2, pa, 64);
         FAIRKV_LOAD(4, b + kc * kstep, vstride);
@@ -251,7 +245,6 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
         FAIRKV_DP(1, 3, 7);
       }
       if (kc < chunks) {
-        pf.tick();
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
         FAIRKV_LOAD(2, pa, 64);
         FAIRKV_LOAD(4, b + kc * kstep, vstride);
