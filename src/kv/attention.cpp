@@ -30,18 +30,14 @@
 #include "kernels/simd.h"
 #include "kv/attention.h"
 #include "kv/attention_amx.h"
+#include "kv/attention_kernels.h"
 #include "kv/attention_quant.h"
 
 namespace fairkv::kv {
 
 namespace {
 
-namespace simd = kernels::simd;
-
-constexpr int kLanes = simd::kLanes;
-constexpr int kMaxRows = 16;    // query rows per pass: their PV accumulators stay in registers
-constexpr int64_t kBlock = 64;  // keys per online-softmax step
-constexpr int kPvRows = 8;      // query rows per value tile (8 x 2 vectors)
+using namespace detail;  // NOLINT(google-build-using-namespace): attention's own kernels
 // Keys ahead of the scores whose K a pass prefetches (two panels: the distance measured best
 // in kv_bench, from 1 to 16 panels); V is prefetched one block ahead, while a block's values
 // are accumulated.
@@ -88,25 +84,6 @@ bool use_amx(const HeadStore& st) {
 
 thread_local Scratch t_scratch;  // per thread, kept between calls
 
-// kLanes pairs of bf16 elements at p (a bf16 store's panel rows, cache.h) as float32: the first
-// element of each pair into even, the second into odd.
-inline void load_bf16_pairs(const uint16_t* p, simd::V& even, simd::V& odd) {
-#if defined(FAIRKV_AVX512)
-  const __m512i w = _mm512_loadu_si512(p);
-  even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-  odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(int(0xFFFF0000u))));
-#elif defined(FAIRKV_AVX2)
-  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-  odd = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(int(0xFFFF0000u))));
-#else
-  for (int i = 0; i < kLanes; ++i) {
-    even.e[i] = kernels::bf16_to_fp32(p[2 * i]);
-    odd.e[i] = kernels::bf16_to_fp32(p[2 * i + 1]);
-  }
-#endif
-}
-
 // Values [r0, r0 + n) as float32 rows of stride dp (a multiple of kLanes, zero padded): an f32
 // store whose rows are whole vectors is read in place.
 const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
@@ -120,28 +97,7 @@ const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
     detail::dequantize_values(st, r0, n, dp, buf.data());
     return buf.data();
   }
-  // bf16 values in panels (cache.h): two rows from each pair of keys, a column tile at a time.
-  int64_t j = 0;
-  const int64_t in_panels = st.panel_values();
-  for (; t == KvType::BF16 && j + 2 <= n && r0 + j + 2 <= in_panels; j += 2) {
-    const int64_t key = r0 + j, t2 = key % kValuePanel;  // r0 is even: so is t2
-    const uint16_t* panel = static_cast<const uint16_t*>(base) + (key - t2) * d;
-    float *even = buf.data() + j * dp, *odd = even + dp;
-    int64_t c = 0;
-    for (; c + 16 <= d; c += 16)
-      for (int64_t i = 0; i < 16; i += kLanes) {
-        simd::V e, o;
-        load_bf16_pairs(panel + c * kValuePanel + t2 * 16 + 2 * i, e, o);
-        simd::store(even + c + i, e);
-        simd::store(odd + c + i, o);
-      }
-    for (; c < d; ++c) {
-      even[c] = kernels::bf16_to_fp32(panel[bf16_value_index(t2, c, d)]);
-      odd[c] = kernels::bf16_to_fp32(panel[bf16_value_index(t2 + 1, c, d)]);
-    }
-    std::fill(even + d, even + dp, 0.0f);
-    std::fill(odd + d, odd + dp, 0.0f);
-  }
+  int64_t j = t == KvType::BF16 ? bf16_value_rows(st, r0, n, dp, buf.data()) : 0;
   for (; j < n; ++j) {
     float* dst = buf.data() + j * dp;
     if (r0 + j < st.panel_values()) {  // a bf16 value in a panel, without its pair
@@ -162,11 +118,6 @@ const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
   return buf.data();
 }
 
-// bf16 elements of a panel (the bits as stored), told apart from f16's uint16_t by type.
-struct Bf16 {
-  uint16_t bits;
-};
-
 #if defined(FAIRKV_AVX512)
 // 16 float32 elements from p (converted from f16 in registers).
 template <class T>
@@ -177,27 +128,6 @@ inline __m512 load16(const T* p) {
     return _mm512_loadu_ps(p);
 }
 #endif
-
-// Prefetches `lines` cache lines from `at` into L2 spread evenly over `steps` calls of tick()
-// (Bresenham): the kernels issue them between their FMAs, a few per loop iteration, because a
-// burst of them, like a sweep of loads ahead, stalls the core until the line fill buffers free up
-// (the sweep this replaced reached 0.48 of the read). Into L2, not L1: with an f32 cache a block
-// of V alone is 32 KiB of L1's 48, and f32 group 8 read at 0.69 of the read with T0, 0.79 with T1.
-struct Prefetch {
-  const char* at = nullptr;
-  int64_t lines = 0, steps = 1;
-  int64_t due = 0, line = 0;
-  void tick() {
-    for (due += lines; due >= steps; due -= steps) __builtin_prefetch(at + 64 * line++, 0, 2);
-  }
-  void finish() {  // what an overestimated `steps` left
-    for (; line < lines; ++line) __builtin_prefetch(at + 64 * line, 0, 2);
-  }
-};
-
-// Vectors of score accumulators per kernel call: 16 of the 32 registers on AVX-512, 8 of 16.
-constexpr int kScoreAccs = kLanes >= 16 ? 16 : 8;
-constexpr int kPanelVecs = int(kKeyPanel) / kLanes;  // vectors per panel row
 
 // Scores of NR query rows against the keys of NP consecutive panels at P (element i of key t of
 // panel p at P[(p * d + i) * kKeyPanel + t]; T: float or f16 bits): row r (at q + r * qs) gets
@@ -259,86 +189,13 @@ void score_panels(const float* q, int64_t qs, const T* P, int64_t d, float scale
   }
 }
 
-// score_panels over bf16 panels (cache.h: dimension pairs of 16 keys): each pair row of a panel
-// gives two rows of kKeyPanel elements, each serving one FMA per query row.
-template <int NR, int NP>
-void score_pair_panels(const float* q, int64_t qs, const Bf16* P, int64_t d, float scale, float* s,
-                       Prefetch ahead) {
-  constexpr int kW = NP * kPanelVecs;
-  constexpr int kChains = NR * kW >= kScoreAccs ? 1 : kScoreAccs / (NR * kW);
-  const int64_t pstride = d * kKeyPanel, pairs = d / 2;
-  const auto* base = reinterpret_cast<const uint16_t*>(P);
-  simd::V acc[kChains][NR][kW];
-  FAIRKV_UNROLL
-  for (int c = 0; c < kChains; ++c) {
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) {
-      FAIRKV_UNROLL
-      for (int v = 0; v < kW; ++v) acc[c][r][v] = simd::zero();
-    }
-  }
-  auto step = [&](int c, int64_t m) {
-    simd::V ke[kW], ko[kW];
-    FAIRKV_UNROLL
-    for (int v = 0; v < kW; ++v)
-      load_bf16_pairs(
-          base + (v / kPanelVecs) * pstride + m * 2 * kKeyPanel + (v % kPanelVecs) * 2 * kLanes,
-          ke[v], ko[v]);
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) {
-      const simd::V qe = simd::set1(q[r * qs + 2 * m]), qo = simd::set1(q[r * qs + 2 * m + 1]);
-      FAIRKV_UNROLL
-      for (int v = 0; v < kW; ++v)
-        acc[c][r][v] = simd::fma(qo, ko[v], simd::fma(qe, ke[v], acc[c][r][v]));
-    }
-  };
-  ahead.steps = std::max<int64_t>(1, pairs / kChains);
-  int64_t m = 0;
-  for (; m + kChains <= pairs; m += kChains) {
-    ahead.tick();
-    FAIRKV_UNROLL
-    for (int c = 0; c < kChains; ++c) step(c, m + c);
-  }
-  for (; m < pairs; ++m) step(0, m);
-  if (d % 2 != 0) {  // an odd last dimension: a plain row of kKeyPanel elements
-    FAIRKV_UNROLL
-    for (int v = 0; v < kW; ++v) {
-      const simd::V k = simd::load_bf16(base + (v / kPanelVecs) * pstride + (d - 1) * kKeyPanel +
-                                        (v % kPanelVecs) * kLanes);
-      FAIRKV_UNROLL
-      for (int r = 0; r < NR; ++r)
-        acc[0][r][v] = simd::fma(simd::set1(q[r * qs + d - 1]), k, acc[0][r][v]);
-    }
-  }
-  ahead.finish();
-  const simd::V sc = simd::set1(scale);
-  FAIRKV_UNROLL
-  for (int r = 0; r < NR; ++r) {
-    FAIRKV_UNROLL
-    for (int v = 0; v < kW; ++v) {
-      simd::V t = acc[0][r][v];
-      FAIRKV_UNROLL
-      for (int c = 1; c < kChains; ++c) t = simd::add(t, acc[c][r][v]);
-      simd::store(s + r * kBlock + v * kLanes, simd::mul(t, sc));
-    }
-  }
-}
-
-template <int NR, int NP, class T>
-constexpr auto score_fn() {
-  if constexpr (std::is_same_v<T, Bf16>)
-    return &score_pair_panels<NR, NP>;
-  else
-    return &score_panels<NR, NP, T>;
-}
-
 // score_panels for n rows, as many calls as the accumulators need.
 template <int NP, class T, int... N>
 void score_panel_rows(std::integer_sequence<int, N...>, int n, const float* q, int64_t qs,
                       const T* P, int64_t d, float scale, float* s, Prefetch ahead) {
   constexpr int kRows = kScoreAccs / (NP * kPanelVecs);
   using Fn = void (*)(const float*, int64_t, const T*, int64_t, float, float*, Prefetch);
-  static constexpr Fn table[] = {score_fn<N + 1, NP, T>()...};
+  static constexpr Fn table[] = {&score_panels<N + 1, NP, T>...};
   for (int r = 0; r < n; r += kRows, ahead = {})
     table[std::min(n - r, kRows) - 1](q + r * qs, qs, P, d, scale, s + r * kBlock, ahead);
 }
@@ -356,8 +213,8 @@ void score_keys(const HeadStore& st, int64_t k0, int n_panels, int n, const floa
       score_panel_rows<np()>(rows, n, q, qs, static_cast<const uint16_t*>(st.k_data()) + at, d,
                              scale, s, ahead);
     else if (st.types().k == KvType::BF16)
-      score_panel_rows<np()>(rows, n, q, qs, static_cast<const Bf16*>(st.k_data()) + at, d, scale,
-                             s, ahead);
+      score_bf16_panels(np(), n, q, qs, static_cast<const uint16_t*>(st.k_data()) + at, d, scale, s,
+                        ahead);
     else
       score_panel_rows<np()>(rows, n, q, qs, static_cast<const float*>(st.k_data()) + at, d, scale,
                              s, ahead);
@@ -437,29 +294,6 @@ void pv_rows(float* const* o, const T* V, int64_t stride, int64_t nb, int64_t dp
   for (; c0 < dp; c0 += 16) pv_tile<NR, 1>(o, c0, V, stride, nb, prob, corr, ahead);
 }
 
-// A tile of value rows: `rows` query rows x `vecs` vectors of head_dim at a time.
-struct PvTile {
-  int rows, vecs;
-};
-
-// How pv_fast covers n rows: tiles of eight rows x two vectors, each value vector loaded (and
-// converted) once for the eight; fewer rows take wider tiles. (Up to four f32 rows used to go a
-// pair at a time, whole value rows in address order; with the prefetches that no longer gains:
-// f32 group 4, 2 threads, 0.87-0.90 of the streaming read either way.)
-int pv_tiles(int n, PvTile* out) {
-  int k = 0;
-  for (int r = 0; r < n;) {
-    const int left = std::min(n - r, kPvRows);
-    const PvTile t = left == 8   ? PvTile{8, 2}
-                     : left >= 4 ? PvTile{4, 4}
-                     : left == 3 ? PvTile{3, 4}
-                                 : PvTile{left, 8};
-    out[k++] = t;
-    r += t.rows;
-  }
-  return k;
-}
-
 // The values of a block for every row of the pass, in the tiles of pv_tiles; the prefetches of
 // `ahead` spread over every token of every tile.
 template <class T>
@@ -492,93 +326,6 @@ void pv_fast(Pass& p, const T* V, int64_t stride, int64_t nb, int64_t dp, const 
         break;
       default:
         pv_rows<1, 8>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-    }
-  }
-}
-// pv_tile over a bf16 store's value panels (cache.h): the values of keys r0 + j, j < nb (r0
-// even, every pair of keys up to nb in panels), for NR rows and CW column tiles of 16 from tile
-// ct0. A pair row of a tile gives the two keys' 16 columns in one load and two operations.
-template <int NR, int CW>
-inline void pv_pair_tile(float* const* o, int64_t ct0, const uint16_t* V, int64_t d, int64_t r0,
-                         int64_t nb, const float* prob, const float* corr, Prefetch& ahead) {
-  Prefetch pf = ahead;
-  __m512 acc[NR][CW];
-  FAIRKV_UNROLL
-  for (int r = 0; r < NR; ++r) {
-    const __m512 cr = _mm512_set1_ps(corr[r]);
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c)
-      acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + 16 * (ct0 + c)), cr);
-  }
-  const __m512i upper = _mm512_set1_epi32(int(0xFFFF0000u));
-  for (int64_t j = 0; j < nb; j += 2) {
-    pf.tick();
-    pf.tick();
-    const int64_t key = r0 + j, t2 = key % kValuePanel;
-    const uint16_t* src = V + (key - t2) * d + ct0 * 16 * kValuePanel + t2 * 16;
-    __m512 ve[CW], vo[CW];
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c) {
-      const __m512i w = _mm512_loadu_si512(src + c * 16 * kValuePanel);
-      ve[c] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-      vo[c] = _mm512_castsi512_ps(_mm512_and_si512(w, upper));
-    }
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) {
-      // An odd last key's partner (past nb) weighs nothing.
-      __m512 pe = _mm512_set1_ps(prob[r * kBlock + j]),
-             po = _mm512_set1_ps(j + 1 < nb ? prob[r * kBlock + j + 1] : 0.0f);
-      if constexpr (CW > 1) asm("" : "+v"(pe), "+v"(po));
-      FAIRKV_UNROLL
-      for (int c = 0; c < CW; ++c)
-        acc[r][c] = _mm512_fmadd_ps(po, vo[c], _mm512_fmadd_ps(pe, ve[c], acc[r][c]));
-    }
-  }
-  FAIRKV_UNROLL
-  for (int r = 0; r < NR; ++r) {
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c) _mm512_storeu_ps(o[r] + 16 * (ct0 + c), acc[r][c]);
-  }
-  ahead = pf;
-}
-
-template <int NR, int CW>
-void pv_pair_rows(float* const* o, const uint16_t* V, int64_t d, int64_t r0, int64_t nb,
-                  const float* prob, const float* corr, Prefetch& ahead) {
-  const int64_t tiles = d / 16;
-  int64_t ct = 0;
-  for (; ct + CW <= tiles; ct += CW) pv_pair_tile<NR, CW>(o, ct, V, d, r0, nb, prob, corr, ahead);
-  for (; ct < tiles; ++ct) pv_pair_tile<NR, 1>(o, ct, V, d, r0, nb, prob, corr, ahead);
-}
-
-// pv_fast over a bf16 store's value panels (head_dim a multiple of 16).
-void pv_pairs_fast(Pass& p, const uint16_t* V, int64_t d, int64_t r0, int64_t nb, const float* prob,
-                   const float* corr, Prefetch& ahead) {
-  PvTile tiles[kMaxRows];
-  const int n_tiles = pv_tiles(p.n, tiles);
-  int64_t steps = 0;
-  for (int i = 0; i < n_tiles; ++i) steps += nb * (d / 16 / tiles[i].vecs + d / 16 % tiles[i].vecs);
-  ahead.steps = std::max<int64_t>(1, steps);
-  for (int i = 0, r = 0; i < n_tiles; r += tiles[i++].rows) {
-    float* const* o = p.o + r;
-    const float* pr = prob + r * kBlock;
-    const float* cr = corr + r;
-    switch (tiles[i].rows * 16 + tiles[i].vecs) {
-      case 8 * 16 + 2:
-        pv_pair_rows<8, 2>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-      case 4 * 16 + 4:
-        pv_pair_rows<4, 4>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-      case 3 * 16 + 4:
-        pv_pair_rows<3, 4>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-      case 2 * 16 + 8:
-        pv_pair_rows<2, 8>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-      default:
-        pv_pair_rows<1, 8>(o, V, d, r0, nb, pr, cr, ahead);
         break;
     }
   }
@@ -635,9 +382,8 @@ void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const 
       pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
     else if (vt == KvType::F32)
       pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
-    else if (vt == KvType::BF16 && d % 16 == 0 && r0 % 2 == 0 &&
-             r0 + round_up(nb, 2) <= st.panel_values())
-      pv_pairs_fast(p, static_cast<const uint16_t*>(st.v_data()), d, r0, nb, prob, corr, ahead);
+    else if (vt == KvType::BF16 && pv_bf16(st, p.o, p.n, r0, nb, prob, corr, ahead))
+      ;
     else  // bf16 (the store's last block), q8_0, q4_0: converted a block at a time, then as f32
       pv_fast(p, value_rows(st, r0, nb, dp, w.vbuf), d, nb, dp, prob, corr, ahead);
     ahead.finish();
@@ -696,32 +442,6 @@ void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, f
   }
 }
 
-// The values of a bf16 store's block [r0, r0 + nb) (r0 a multiple of kValuePanel) on AMX:
-// amx::values_pairs reads whole value panels, the store's own where they are whole (the panels
-// up to nb rounded up to a panel; past nb their probabilities are zero); the store's row-major
-// tail (under a panel) goes through w.vpairs, laid out as a panel with zeros after it.
-void values_amx_bf16(const HeadStore& st, const amx::Rows& rows, int64_t r0, int64_t nb,
-                     const float* prob, int64_t p_stride, const float* corr, float* const* o,
-                     amx::Ahead ahead, Scratch& w) {
-  const int64_t d = st.head_dim();
-  const int64_t in_place =
-      std::clamp<int64_t>(st.panel_values() - r0, 0, round_up(nb, kValuePanel));
-  const auto* V = static_cast<const uint16_t*>(st.v_data()) + r0 * d;
-  if (in_place >= nb) {
-    amx::values_pairs(rows, V, nb, prob, p_stride, corr, o, ahead);
-    return;
-  }
-  if (in_place > 0) amx::values_pairs(rows, V, in_place, prob, p_stride, corr, o);
-  w.vpairs.assign(size_t(kValuePanel * d), 0);
-  for (int64_t j = in_place; j < nb; ++j)
-    for (int64_t c = 0; c < d; ++c)
-      w.vpairs[size_t(bf16_value_index(j - in_place, c, d))] = V[j * d + c];
-  float ones[kMaxRows];
-  std::fill(ones, ones + kMaxRows, 1.0f);
-  amx::values_pairs(rows, w.vpairs.data(), nb - in_place, prob + in_place, p_stride,
-                    in_place > 0 ? ones : corr, o);
-}
-
 // run_pass on AMX (attention_amx.h): whole panels scored by amx::scores (the store's last,
 // partial panel by score_keys), the values by amx::values, the online softmax as below. A bf16
 // store's panels go into the tiles as they are (the *_pairs kernels); an f16 store's are converted.
@@ -772,7 +492,7 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
     }
     block_softmax(p, begin, r0, nb, w, corr, block);
     if (pairs)
-      values_amx_bf16(st, rows, r0, nb, w.s.data(), block, corr, p.o, v_ahead, w);
+      values_amx_bf16(st, rows, r0, nb, w.s.data(), block, corr, p.o, v_ahead, w.vpairs);
     else
       amx::values(rows, V + r0 * d, nb, w.s.data(), block, corr, p.o, v_ahead);
   }
