@@ -58,6 +58,12 @@ struct alignas(64) UpperHalves {
 };
 constexpr UpperHalves kUpperHalves;
 
+// 32 bf16 values (x[0]'s 16 lanes, then x[1]'s, each a float32 with a zero lower half) to p.
+FAIRKV_AMX_FN inline void store_bf16(uint16_t* p, const __m512* x, __m512i pick) {
+  _mm512_store_si512(
+      p, _mm512_permutex2var_epi16(_mm512_castps_si512(x[0]), pick, _mm512_castps_si512(x[1])));
+}
+
 // The sums of a row's three pieces in a stored pair of C tiles (row rho at c + rho * 16).
 FAIRKV_AMX_FN inline __m512 piece_sum(const float* c, int n, int r) {
   return _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c + r * 16), _mm512_load_ps(c + (n + r) * 16)),
@@ -183,13 +189,9 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
         p2[h] = round_bf16(rest);
         p3[h] = round_bf16(_mm512_sub_ps(rest, p2[h]));
       }
-      auto put = [&](int row, const __m512* x) {
-        _mm512_store_si512(pa + row * 32, _mm512_permutex2var_epi16(_mm512_castps_si512(x[0]), pick,
-                                                                    _mm512_castps_si512(x[1])));
-      };
-      put(r, p1);
-      put(n + r, p2);
-      put(2 * n + r, p3);
+      store_bf16(pa + r * 32, p1, pick);
+      store_bf16(pa + (n + r) * 32, p2, pick);
+      store_bf16(pa + (2 * n + r) * 32, p3, pick);
     }
     for (int r = 3 * n; r < 32; ++r) _mm512_store_si512(pa + r * 32, _mm512_setzero_si512());
   }
