@@ -8,7 +8,9 @@
 // conversion per element for the whole group. The rows' online softmax then advances once per
 // block, and the values (row-major) are accumulated for up to eight rows x two vectors of
 // head_dim at a time (each value vector loaded and converted once per eight rows). A partial
-// panel at the end of the store goes through a float32 copy.
+// panel at the end of the store goes through a float32 copy. A bf16 store's keys and values are
+// panels of AMX tile rows (cache.h): read the same way by attention_bf16.cpp's FMA kernels, or
+// on AMX (run_pass_amx, attention_amx.h), where the CPU has it.
 //
 // The arithmetic of a group of 8 on an f16 cache (2 x 1024 FMAs and 16 conversions per key of 512
 // bytes) takes a core about as long as its share of the memory read, and the hardware

@@ -49,8 +49,7 @@ std::string kv_types_name(KvTypes t);
 // check_kv_type for both, naming --cache-type-k / --cache-type-v.
 void check_kv_types(KvTypes t, int64_t head_dim);
 
-// Keys of f32, f16 and bf16 stores, and values of bf16 stores, are held in panels of this many
-// tokens (see HeadStore).
+// Keys of f32, f16 and bf16 stores are held in panels of this many tokens (see HeadStore).
 inline constexpr int64_t kKeyPanel = 16;
 
 // Where element i of key t (< kKeyPanel) lies in a bf16 key panel, in elements from the panel's
