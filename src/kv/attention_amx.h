@@ -32,8 +32,8 @@ inline constexpr int64_t kBlock = 64;        // keys per values() call at most
 inline constexpr int64_t kPairsBlock = 256;  // keys per values_pairs() call at most
 
 // Whether the kernels can run here: the build knows AMX (x86-64 Linux, GCC or Clang), the CPU
-// has AMX-TILE, AMX-BF16, AVX-512 (F, BW, VL, DQ), FMA and F16C, the OS saves AVX-512 state, and
-// Linux granted this process the tile data (asked once per process; thread-safe).
+// has AMX-TILE, AMX-BF16, AVX-512 (F, BW, VL, DQ, BF16), FMA and F16C, the OS saves AVX-512 state,
+// and Linux granted this process the tile data (asked once per process; thread-safe).
 bool available();
 
 // The rows of one pass and their scratch.

@@ -23,6 +23,13 @@ namespace {
 
 using namespace detail;  // NOLINT(google-build-using-namespace): the kernels' own helpers
 
+// The values' kernel also splits probabilities with AVX512_BF16's conversion (available()
+// checks for it).
+#define FAIRKV_AMX_PAIRS_FN                                                     \
+  __attribute__((                                                               \
+      target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,amx-tile," \
+             "amx-bf16")))
+
 // Scratch (within Rows::scratch, which scratch_floats() sizes for the f16 kernels' larger needs),
 // for head_dim d (d32 = d / 32 dimension tiles):
 //   qa: d32 x 2 tiles   the query pieces as bf16, 32 rows x 32 dimensions per dimension tile
@@ -48,20 +55,19 @@ uint16_t bf16_bits(float x) {  // x already a bf16 value
   return uint16_t(bits_of(x) >> 16);
 }
 
-// Word indices for _mm512_permutex2var_epi16(a, ., b): the upper halves (a float32's bf16) of
-// a's 16 lanes, then of b's: 32 bf16 in order.
-struct alignas(64) UpperHalves {
-  uint16_t w[32];
-  constexpr UpperHalves() : w() {
-    for (int i = 0; i < 32; ++i) w[i] = uint16_t(i < 16 ? 2 * i + 1 : 32 + 2 * (i - 16) + 1);
-  }
-};
-constexpr UpperHalves kUpperHalves;
-
-// 32 bf16 values (x[0]'s 16 lanes, then x[1]'s, each a float32 with a zero lower half) to p.
-FAIRKV_AMX_FN inline void store_bf16(uint16_t* p, const __m512* x, __m512i pick) {
-  _mm512_store_si512(
-      p, _mm512_permutex2var_epi16(_mm512_castps_si512(x[0]), pick, _mm512_castps_si512(x[1])));
+// x0's and x1's 16 floats rounded to bf16 (to nearest, ties to even, as round_bf16) as 32 bf16
+// in order: one instruction (AVX512_BF16) where rounding each vector's lanes took five.
+FAIRKV_AMX_PAIRS_FN inline __m512i split_bf16(__m512 x0, __m512 x1) {
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(x1, x0));
+}
+// The float32 values of the first (second) 16 bf16 of b.
+FAIRKV_AMX_PAIRS_FN inline __m512 low_bf16(__m512i b) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
+}
+FAIRKV_AMX_PAIRS_FN inline __m512 high_bf16(__m512i b) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
 }
 
 // The sums of a row's three pieces in a stored pair of C tiles (row rho at c + rho * 16).
@@ -162,15 +168,15 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
 }
 
 template <int D32>
-FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob,
-                               int64_t p_stride, const float* corr, float* const* o, Ahead ahead) {
+FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb,
+                                     const float* prob, int64_t p_stride, const float* corr,
+                                     float* const* o, Ahead ahead) {
   const Layout l = layout(rows);
   const int64_t d32 = D32 ? D32 : rows.d / 32, d16 = 2 * d32, d = d32 * 32;
   const int n = rows.n;
   const bool two = 3 * n > 16;
   const int64_t chunks = (nb + 31) / 32;
   // The probabilities' three pieces as bf16, 32 keys per row (keys >= nb zero).
-  const __m512i pick = _mm512_load_si512(kUpperHalves.w);
   for (int64_t kc = 0; kc < chunks; ++kc) {
     uint16_t* pa = l.pa + kc * 2 * kTileElems;
     __mmask16 m[2];
@@ -181,17 +187,16 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
                          : __mmask16((1u << left) - 1);
     }
     for (int r = 0; r < n; ++r) {
-      __m512 p1[2], p2[2], p3[2];
-      for (int h = 0; h < 2; ++h) {
-        const __m512 x = _mm512_maskz_loadu_ps(m[h], prob + r * p_stride + kc * 32 + h * 16);
-        p1[h] = round_bf16(x);
-        const __m512 rest = _mm512_sub_ps(x, p1[h]);
-        p2[h] = round_bf16(rest);
-        p3[h] = round_bf16(_mm512_sub_ps(rest, p2[h]));
+      const float* x = prob + r * p_stride + kc * 32;
+      __m512 x0 = _mm512_maskz_loadu_ps(m[0], x), x1 = _mm512_maskz_loadu_ps(m[1], x + 16);
+      for (int piece = 0; piece < 3; ++piece) {  // each the bf16 of what the previous left
+        const __m512i b = split_bf16(x0, x1);
+        _mm512_store_si512(pa + (piece * n + r) * 32, b);
+        if (piece < 2) {
+          x0 = _mm512_sub_ps(x0, low_bf16(b));
+          x1 = _mm512_sub_ps(x1, high_bf16(b));
+        }
       }
-      store_bf16(pa + r * 32, p1, pick);
-      store_bf16(pa + (n + r) * 32, p2, pick);
-      store_bf16(pa + (2 * n + r) * 32, p3, pick);
     }
     for (int r = 3 * n; r < 32; ++r) _mm512_store_si512(pa + r * 32, _mm512_setzero_si512());
   }
