@@ -1,14 +1,15 @@
 // AMX kernels of attention_amx.h over a bf16 store, whose panels are tile rows already
 // (kv/cache.h): keys and values are loaded from the store into B tiles as they are.
 //
-// Tiles (every one 16 rows x 64 bytes; rows past the pieces are zero):
-//   scores: two panels at a time: tmm0/tmm1 accumulate piece rows [0, 16) / [16, 3n) of the
-//           first, tmm2/tmm3 of the second (tmm1, tmm3 only for n > 5); tmm4/tmm5 the query
-//           pieces' A tiles of a dimension tile (32 dimensions); tmm6/tmm7 the panels' B tiles
-//           (16 dimension pairs x 16 keys: 1 KiB of the panel, contiguous)
-//   values: the values' B tiles are 16 key pairs x 16 columns of a value panel (32 keys): 1 KiB
-//           of the store, contiguous (a B tile of rows strided through the values, as pairs of
-//           whole value rows would give, loads about twice as slowly)
+// Tiles (every one 16 rows x 64 bytes; rows past the pieces are zero). B tiles come from the
+// store: 16 dimension pairs x 16 keys of a key panel, or 16 key pairs x 16 columns of a value
+// panel, each 1 KiB contiguous (a B tile of rows strided through whole value rows, the first
+// layout tried, loaded more slowly: docs/benchmarks.md). A and B operands alternate between two
+// register sets from one step to the next (see FAIRKV_LOAD below):
+//   n > 5 (3n piece rows over two tiles): tmm0/tmm1 accumulate rows [0, 16) / [16, 3n) of one
+//         panel (one column tile), A in tmm2, tmm3 / tmm4, tmm5, B in tmm6 / tmm7
+//   n <= 5: tmm0/tmm1 accumulate two panels (two column tiles), A in tmm2 / tmm3, B in
+//         tmm4, tmm5 / tmm6, tmm7
 // Piece rows are [piece 1 of rows 0..n)[piece 2][piece 3]; a row's result is the sum of its three.
 #include <cstring>
 
