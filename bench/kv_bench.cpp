@@ -15,7 +15,8 @@
 // bytes read per second), stream_GB/s (the streaming read with the same threads, measured just
 // before and after that run) and of_stream, their ratio (1.0 = at the bandwidth). Other
 // processes sharing the machine move both; compare ratios, over --benchmark_repetitions=5.
-// f16 names ending in /amx run the AMX kernel (kv/attention_amx.h) where the CPU has it.
+// f16 and bf16 names ending in /amx run the AMX kernels (kv/attention_amx.h) where the CPU has
+// them; without /amx the same stores run the AVX-512 / AVX2 / portable kernel.
 // value_norms/n<n>: DefensiveKV's CriticalKV value norms of one layer (kv::projected_value_norms).
 #include <benchmark/benchmark.h>
 
@@ -41,6 +42,12 @@
 namespace {
 
 using namespace fairkv;
+
+// AMX for f16 and bf16 stores on or off (kv/attention.h).
+void allow_amx(bool on) {
+  kv::attend_allow_amx(on);
+  kv::attend_allow_amx_bf16(on, 1);  // /amx: every call, one query row included
+}
 
 constexpr int kHeads = 8;
 constexpr int64_t kHeadDim = 128, kTokens = 32768;
@@ -187,7 +194,7 @@ const std::vector<Layer>& layers(kv::KvType t, bool ragged) {
 
 void bm_decode(benchmark::State& state, kv::KvType t, int group, bool ragged, int threads,
                bool amx) {
-  kv::attend_allow_amx(amx);
+  allow_amx(amx);
   const std::vector<Layer>& ls = layers(t, ragged);
   std::mt19937 rng(2);
   std::normal_distribution<float> z(0.0f, 1.0f);
@@ -271,7 +278,7 @@ double fma_cpu_rate() {
 // (2 x group x head_dim multiply-adds per key) show how far the kernel is from its arithmetic
 // bound, which under other processes' memory traffic the bandwidth runs cannot.
 void bm_hot(benchmark::State& state, kv::KvType t, int group, bool amx) {
-  kv::attend_allow_amx(amx);
+  allow_amx(amx);
   constexpr int64_t kHotKeys = 2048;
   std::mt19937 rng(3);
   std::normal_distribution<float> z(0.0f, 1.0f);
@@ -305,7 +312,7 @@ void bm_hot(benchmark::State& state, kv::KvType t, int group, bool amx) {
 // ms, the multiply-adds' rate, and the attend scratch's bytes afterwards (the prompt's n x n
 // scores are never held).
 void bm_prefill(benchmark::State& state, kv::KvType t, int group, int64_t n, bool amx) {
-  kv::attend_allow_amx(amx);
+  allow_amx(amx);
   std::mt19937 rng(4);
   std::normal_distribution<float> z(0.0f, 1.0f);
   std::vector<float> k(size_t(n * kHeadDim)), v(k.size());
@@ -376,8 +383,8 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("fma/thr" + std::to_string(th)).c_str(), bm_fma, th)
         ->UseManualTime()
         ->Iterations(1);
-  // f16 also on AMX where the CPU and the OS allow it (names ending in /amx; kv/attention.h),
-  // registered beside the AVX-512 runs so that one invocation alternates the two.
+  // f16 and bf16 also on AMX where the CPU and the OS allow it (names ending in /amx;
+  // kv/attention.h), registered beside the AVX-512 runs so that one invocation alternates the two.
   const std::vector<bool> kernels =
       kv::amx::available() ? std::vector<bool>{false, true} : std::vector<bool>{false};
   auto suffix = [](bool amx) { return std::string(amx ? "/amx" : ""); };
@@ -388,7 +395,8 @@ int main(int argc, char** argv) {
       for (int group : {8, 4, 1})
         for (int th : {1, 2})
           for (bool amx : kernels) {
-            if ((ragged && group != 8) || (amx && t != kv::KvType::F16)) continue;
+            if ((ragged && group != 8) || (amx && t != kv::KvType::F16 && t != kv::KvType::BF16))
+              continue;
             const std::string name = std::string("decode/") + kv::kv_type_name(t) + "/g" +
                                      std::to_string(group) + (ragged ? "/ragged" : "/uniform") +
                                      "/thr" + std::to_string(th) + suffix(amx);
@@ -399,7 +407,7 @@ int main(int argc, char** argv) {
   for (kv::KvType t : types)
     for (int group : {8, 4, 1})
       for (bool amx : kernels) {
-        if (amx && t != kv::KvType::F16) continue;
+        if (amx && t != kv::KvType::F16 && t != kv::KvType::BF16) continue;
         const std::string tg = std::string(kv::kv_type_name(t)) + "/g" + std::to_string(group);
         benchmark::RegisterBenchmark(("hot/" + tg + suffix(amx)).c_str(), bm_hot, t, group, amx)
             ->Unit(benchmark::kMicrosecond);

@@ -8,7 +8,9 @@
 // conversion per element for the whole group. The rows' online softmax then advances once per
 // block, and the values (row-major) are accumulated for up to eight rows x two vectors of
 // head_dim at a time (each value vector loaded and converted once per eight rows). A partial
-// panel at the end of the store goes through a float32 copy.
+// panel at the end of the store goes through a float32 copy. A bf16 store's keys and values are
+// panels of AMX tile rows (cache.h): read the same way by attention_bf16.cpp's FMA kernels, or
+// on AMX (run_pass_amx, attention_amx.h), where the CPU has it.
 //
 // The arithmetic of a group of 8 on an f16 cache (2 x 1024 FMAs and 16 conversions per key of 512
 // bytes) takes a core about as long as its share of the memory read, and the hardware
@@ -30,18 +32,14 @@
 #include "kernels/simd.h"
 #include "kv/attention.h"
 #include "kv/attention_amx.h"
+#include "kv/attention_kernels.h"
 #include "kv/attention_quant.h"
 
 namespace fairkv::kv {
 
 namespace {
 
-namespace simd = kernels::simd;
-
-constexpr int kLanes = simd::kLanes;
-constexpr int kMaxRows = 16;    // query rows per pass: their PV accumulators stay in registers
-constexpr int64_t kBlock = 64;  // keys per online-softmax step
-constexpr int kPvRows = 8;      // query rows per value tile (8 x 2 vectors)
+using namespace detail;  // NOLINT(google-build-using-namespace): attention's own kernels
 // Keys ahead of the scores whose K a pass prefetches (two panels: the distance measured best
 // in kv_bench, from 1 to 16 panels); V is prefetched one block ahead, while a block's values
 // are accumulated.
@@ -54,24 +52,36 @@ int64_t round_up(int64_t x, int64_t m) {
 
 struct Scratch {
   std::vector<float> kbuf, vbuf, qbuf, obuf, krow;
-  std::vector<float> s;     // kMaxRows x kBlock scores, then probabilities
-  std::vector<float> amx;   // amx::Rows::scratch, 64-byte aligned within
-  detail::QuantQueries qq;  // a pass's query rows as q8_0 blocks, for quantized keys
+  std::vector<float> s;          // kMaxRows x kBlock scores, then probabilities
+  std::vector<float> amx;        // amx::Rows::scratch, 64-byte aligned within
+  std::vector<uint16_t> vpairs;  // a bf16 store's last block of values, in pairs for AMX
+  detail::QuantQueries qq;       // a pass's query rows as q8_0 blocks, for quantized keys
 };
 
-// Off unless asked for: on this project's machine the AMX kernel is slower than the AVX-512 one
-// (docs/benchmarks.md, "Issue 19, item 1 on AMX").
-bool amx_from_env() {
-  const char* env = std::getenv("FAIRKV_AMX");
-  return env && *env && std::strcmp(env, "0") != 0;
+// The environment variable `name` as a switch: unset (or empty) gives `otherwise`, "0" off.
+bool switch_from_env(const char* name, bool otherwise) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return otherwise;
+  return std::strcmp(env, "0") != 0;
 }
-std::atomic<bool> g_allow_amx{amx_from_env()};
+// f16 on AMX: off unless asked for, slower than AVX-512 on this project's machine
+// (docs/benchmarks.md, "Issue 19, item 1 on AMX"). bf16 on AMX: on unless turned off, faster.
+std::atomic<bool> g_allow_amx{switch_from_env("FAIRKV_AMX", false)};
+std::atomic<bool> g_allow_amx_bf16{switch_from_env("FAIRKV_AMX_BF16", true)};
+// Query rows from which a bf16 call runs on AMX: a tile product costs the same for 3 piece rows
+// as for 16, so one row (a decode step of group 1) is faster on FMAs (kv_bench hot: 10.6 against
+// 12.4 ns per key; group 4: 19.7 against 16.3).
+std::atomic<int> g_amx_bf16_min_rows{2};
 
-// The AMX kernel for this store where allowed and the CPU has it: f16 elements, head_dim in
-// pairs of 16-dimension tiles.
+// The AMX kernel for this store where allowed and the CPU has it: f16 or bf16 elements (keys and
+// values alike), head_dim in pairs of 16-dimension tiles.
 bool use_amx(const HeadStore& st) {
-  return st.types().k == KvType::F16 && st.types().v == KvType::F16 && st.head_dim() % 32 == 0 &&
-         g_allow_amx.load(std::memory_order_relaxed) && amx::available();
+  const KvTypes t = st.types();
+  if (t.k != t.v || st.head_dim() % 32 != 0) return false;
+  const bool allowed = t.k == KvType::F16    ? g_allow_amx.load(std::memory_order_relaxed)
+                       : t.k == KvType::BF16 ? g_allow_amx_bf16.load(std::memory_order_relaxed)
+                                             : false;
+  return allowed && amx::available();
 }
 
 thread_local Scratch t_scratch;  // per thread, kept between calls
@@ -89,9 +99,12 @@ const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
     detail::dequantize_values(st, r0, n, dp, buf.data());
     return buf.data();
   }
-  for (int64_t j = 0; j < n; ++j) {
+  int64_t j = t == KvType::BF16 ? bf16_value_rows(st, r0, n, dp, buf.data()) : 0;
+  for (; j < n; ++j) {
     float* dst = buf.data() + j * dp;
-    if (t == KvType::F32) {
+    if (r0 + j < st.panel_values()) {  // a bf16 value in a panel, without its pair
+      st.v_row(r0 + j, dst);
+    } else if (t == KvType::F32) {
       std::copy_n(static_cast<const float*>(base) + (r0 + j) * d, d, dst);
     } else {
       const uint16_t* src = static_cast<const uint16_t*>(base) + (r0 + j) * d;
@@ -107,11 +120,6 @@ const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
   return buf.data();
 }
 
-// bf16 elements of a panel (the bits as stored), told apart from f16's uint16_t by type.
-struct Bf16 {
-  uint16_t bits;
-};
-
 #if defined(FAIRKV_AVX512)
 // 16 float32 elements from p (converted from f16 in registers).
 template <class T>
@@ -122,27 +130,6 @@ inline __m512 load16(const T* p) {
     return _mm512_loadu_ps(p);
 }
 #endif
-
-// Prefetches `lines` cache lines from `at` into L2 spread evenly over `steps` calls of tick()
-// (Bresenham): the kernels issue them between their FMAs, a few per loop iteration, because a
-// burst of them, like a sweep of loads ahead, stalls the core until the line fill buffers free up
-// (the sweep this replaced reached 0.48 of the read). Into L2, not L1: with an f32 cache a block
-// of V alone is 32 KiB of L1's 48, and f32 group 8 read at 0.69 of the read with T0, 0.79 with T1.
-struct Prefetch {
-  const char* at = nullptr;
-  int64_t lines = 0, steps = 1;
-  int64_t due = 0, line = 0;
-  void tick() {
-    for (due += lines; due >= steps; due -= steps) __builtin_prefetch(at + 64 * line++, 0, 2);
-  }
-  void finish() {  // what an overestimated `steps` left
-    for (; line < lines; ++line) __builtin_prefetch(at + 64 * line, 0, 2);
-  }
-};
-
-// Vectors of score accumulators per kernel call: 16 of the 32 registers on AVX-512, 8 of 16.
-constexpr int kScoreAccs = kLanes >= 16 ? 16 : 8;
-constexpr int kPanelVecs = int(kKeyPanel) / kLanes;  // vectors per panel row
 
 // Scores of NR query rows against the keys of NP consecutive panels at P (element i of key t of
 // panel p at P[(p * d + i) * kKeyPanel + t]; T: float or f16 bits): row r (at q + r * qs) gets
@@ -172,8 +159,6 @@ void score_panels(const float* q, int64_t qs, const T* P, int64_t d, float scale
       const T* src = P + (v / kPanelVecs) * pstride + i * kKeyPanel + (v % kPanelVecs) * kLanes;
       if constexpr (std::is_same_v<T, uint16_t>)
         k[v] = simd::load_f16(src);
-      else if constexpr (std::is_same_v<T, Bf16>)
-        k[v] = simd::load_bf16(reinterpret_cast<const uint16_t*>(src));
       else
         k[v] = simd::load(src);
     }
@@ -230,8 +215,8 @@ void score_keys(const HeadStore& st, int64_t k0, int n_panels, int n, const floa
       score_panel_rows<np()>(rows, n, q, qs, static_cast<const uint16_t*>(st.k_data()) + at, d,
                              scale, s, ahead);
     else if (st.types().k == KvType::BF16)
-      score_panel_rows<np()>(rows, n, q, qs, static_cast<const Bf16*>(st.k_data()) + at, d, scale,
-                             s, ahead);
+      score_bf16_panels(np(), n, q, qs, static_cast<const uint16_t*>(st.k_data()) + at, d, scale, s,
+                        ahead);
     else
       score_panel_rows<np()>(rows, n, q, qs, static_cast<const float*>(st.k_data()) + at, d, scale,
                              s, ahead);
@@ -309,29 +294,6 @@ void pv_rows(float* const* o, const T* V, int64_t stride, int64_t nb, int64_t dp
   for (; c0 + 16 * CW <= dp; c0 += 16 * CW)
     pv_tile<NR, CW>(o, c0, V, stride, nb, prob, corr, ahead);
   for (; c0 < dp; c0 += 16) pv_tile<NR, 1>(o, c0, V, stride, nb, prob, corr, ahead);
-}
-
-// A tile of value rows: `rows` query rows x `vecs` vectors of head_dim at a time.
-struct PvTile {
-  int rows, vecs;
-};
-
-// How pv_fast covers n rows: tiles of eight rows x two vectors, each value vector loaded (and
-// converted) once for the eight; fewer rows take wider tiles. (Up to four f32 rows used to go a
-// pair at a time, whole value rows in address order; with the prefetches that no longer gains:
-// f32 group 4, 2 threads, 0.87-0.90 of the streaming read either way.)
-int pv_tiles(int n, PvTile* out) {
-  int k = 0;
-  for (int r = 0; r < n;) {
-    const int left = std::min(n - r, kPvRows);
-    const PvTile t = left == 8   ? PvTile{8, 2}
-                     : left >= 4 ? PvTile{4, 4}
-                     : left == 3 ? PvTile{3, 4}
-                                 : PvTile{left, 8};
-    out[k++] = t;
-    r += t.rows;
-  }
-  return k;
 }
 
 // The values of a block for every row of the pass, in the tiles of pv_tiles; the prefetches of
@@ -422,7 +384,9 @@ void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const 
       pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
     else if (vt == KvType::F32)
       pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
-    else  // bf16, q8_0, q4_0: converted a block at a time, then as f32
+    else if (vt == KvType::BF16 && pv_bf16(st, p.o, p.n, r0, nb, prob, corr, ahead))
+      ;
+    else  // bf16 (the store's last block), q8_0, q4_0: converted a block at a time, then as f32
       pv_fast(p, value_rows(st, r0, nb, dp, w.vbuf), d, nb, dp, prob, corr, ahead);
     ahead.finish();
     return;
@@ -464,11 +428,12 @@ float softmax_step(float* s, int64_t lo, int64_t hi, int64_t nb, float& m, float
 }
 
 // softmax_step for every row of the pass over the block of keys [r0, r0 + nb) whose scores are
-// in w.s (row r at r * kBlock); a row that sees none of the block keeps its sums (corr 1).
-void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr) {
+// in w.s (row r at r * stride); a row that sees none of the block keeps its sums (corr 1).
+void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr,
+                   int64_t stride = kBlock) {
   const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
   for (int r = 0; r < p.n; ++r) {
-    float* s = &w.s[size_t(r * kBlock)];
+    float* s = &w.s[size_t(r * stride)];
     const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
     if (visible <= lo) {
       corr[r] = 1.0f;
@@ -480,32 +445,58 @@ void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, f
 }
 
 // run_pass on AMX (attention_amx.h): whole panels scored by amx::scores (the store's last,
-// partial panel by score_keys), the values by amx::values, the online softmax as below.
+// partial panel by score_keys), the values by amx::values, the online softmax as below. A bf16
+// store's panels go into the tiles as they are (the *_pairs kernels); an f16 store's are converted.
 void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scratch& w) {
   const int64_t d = st.head_dim();
+  const bool pairs = st.types().k == KvType::BF16;
+  // Softmax blocks: a bf16 store's of amx::kPairsBlock keys, so that each column tile of values
+  // accumulates a longer chain of products per epilogue (the tiles' stores and reloads).
+  const int64_t block = pairs ? amx::kPairsBlock : kBlock;
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
-  w.s.resize(size_t(kMaxRows * kBlock));
+  w.s.resize(size_t(kMaxRows * block));
   const size_t floats = amx::scratch_floats(d) + 16;
   if (w.amx.size() < floats) w.amx.resize(floats);
   const uintptr_t at = reinterpret_cast<uintptr_t>(w.amx.data());
   amx::Rows rows{p.n, d, w.amx.data() + (64 - at % 64) % 64 / sizeof(float)};
-  amx::begin(rows, p.q, scale);
+  if (pairs)
+    amx::begin_pairs(rows, p.q, scale);
+  else
+    amx::begin(rows, p.q, scale);
   const auto* K = static_cast<const uint16_t*>(st.k_data());
   const auto* V = static_cast<const uint16_t*>(st.v_data());
   const size_t row_bytes = size_t(d) * sizeof(uint16_t);
   float corr[kMaxRows];
-  for (int64_t r0 = begin / kKeyPanel * kKeyPanel; r0 < hi; r0 += kBlock) {
-    const int64_t nb = std::min(kBlock, hi - r0);
+  // Blocks start on a panel of keys (of values, for bf16); keys before `begin` are masked.
+  const int64_t align = pairs ? kValuePanel : kKeyPanel;
+  for (int64_t r0 = begin / align * align; r0 < hi; r0 += block) {
+    const int64_t nb = std::min(block, hi - r0);
     const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
-    const int64_t next = r0 + kBlock, ahead = std::clamp<int64_t>(hi - next, 0, kBlock);
-    if (whole > 0)
-      amx::scores(rows, amx::Elem::F16, K + r0 * d, int(whole / kKeyPanel), w.s.data(), kBlock,
-                  {K + next * d, int64_t(ahead * row_bytes)});
-    if (whole < nb) score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
-    block_softmax(p, begin, r0, nb, w, corr);
-    amx::values(rows, amx::Elem::F16, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o,
-                {V + next * d, int64_t(ahead * row_bytes)});
+    const int64_t next = r0 + block, ahead = std::clamp<int64_t>(hi - next, 0, block);
+    const amx::Ahead v_ahead{V + next * d, int64_t(ahead * row_bytes)};
+    // Whole panels, at most four per call, each call prefetching the K of as many keys of the
+    // next block (a whole block's over one call's few steps would come in bursts).
+    for (int64_t j = 0; j < whole; j += 4 * kKeyPanel) {
+      const int n_panels = int(std::min<int64_t>(4, (whole - j) / kKeyPanel));
+      const int64_t ka_keys = std::clamp<int64_t>(ahead - j, 0, 4 * kKeyPanel);
+      const amx::Ahead ka{K + (next + j) * d, int64_t(ka_keys * row_bytes)};
+      if (pairs)
+        amx::scores_pairs(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
+      else
+        amx::scores(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
+    }
+    if (whole < nb) {  // the store's last, partial panel (score_keys writes rows kBlock apart)
+      float tail[kMaxRows * kBlock];
+      score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, tail, w);
+      for (int r = 0; r < p.n; ++r)
+        std::copy_n(tail + r * kBlock, kKeyPanel, &w.s[size_t(r * block + whole)]);
+    }
+    block_softmax(p, begin, r0, nb, w, corr, block);
+    if (pairs)
+      values_amx_bf16(st, rows, r0, nb, w.s.data(), block, corr, p.o, v_ahead, w.vpairs);
+    else
+      amx::values(rows, V + r0 * d, nb, w.s.data(), block, corr, p.o, v_ahead);
   }
   amx::end();
 }
@@ -577,7 +568,8 @@ void attend(const AttentionArgs& a) {
   const int64_t rows = a.n_tokens * G;
   const int64_t first_probs = a.n_tokens - (a.probs ? a.probs_tokens : 0);
   Scratch& w = t_scratch;
-  const bool amx = use_amx(st);
+  const bool amx = use_amx(st) && (st.types().k != KvType::BF16 ||
+                                   rows >= g_amx_bf16_min_rows.load(std::memory_order_relaxed));
   const int64_t pass_rows = amx ? amx::kRows : kMaxRows;
   w.qbuf.assign(size_t(std::min<int64_t>(rows, pass_rows) * dp), 0.0f);
   w.obuf.resize(size_t(std::min<int64_t>(rows, pass_rows) * dp));
@@ -628,6 +620,11 @@ void attend_allow_amx(bool allow) {
   g_allow_amx.store(allow, std::memory_order_relaxed);
 }
 
+void attend_allow_amx_bf16(bool allow, int min_rows) {
+  g_allow_amx_bf16.store(allow, std::memory_order_relaxed);
+  g_amx_bf16_min_rows.store(min_rows, std::memory_order_relaxed);
+}
+
 bool attend_uses_amx(const HeadStore& store) {
   return use_amx(store);
 }
@@ -637,7 +634,7 @@ size_t attend_scratch_bytes() {
   size_t n = 0;
   for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.krow, &w.s, &w.amx})
     n += v->capacity();
-  return n * sizeof(float);
+  return n * sizeof(float) + w.vpairs.capacity() * sizeof(uint16_t);
 }
 
 }  // namespace fairkv::kv

@@ -50,13 +50,18 @@ struct AttentionArgs {
 void attend(const AttentionArgs& a);
 // The ggml_order form of attend (attention_ggml.cpp).
 void attend_ggml(const AttentionArgs& a);
-// Whether attend runs this store on AMX (kv/attention_amx.h: an f16 store, head_dim a multiple
-// of 32, a CPU with AMX that Linux lets the process use, and AMX allowed) rather than on the
-// AVX-512 / AVX2 / portable kernel. AMX is off by default (slower than AVX-512 on the machine it
-// was measured on, docs/benchmarks.md); attend_allow_amx(true), or FAIRKV_AMX=1 in the
-// environment at start, turns it on for the whole process.
+// Whether attend runs this store on AMX (kv/attention_amx.h: keys and values both f16 or both
+// bf16, head_dim a multiple of 32, a CPU with AMX that Linux lets the process use, and AMX
+// allowed for that type) rather than on the AVX-512 / AVX2 / portable kernel. For bf16 stores
+// AMX is on by default (their panels are tile rows, read with no conversion: faster than
+// AVX-512 from a GQA group of 2-4 up, docs/benchmarks.md) for calls of at least min_rows query
+// rows (tokens x group; fewer go to the FMA kernel); attend_allow_amx_bf16(false), or
+// FAIRKV_AMX_BF16=0 in the environment at start, turns it off for the whole process. For f16 it
+// is off by default (each element must be converted: slower than AVX-512);
+// attend_allow_amx(true), or FAIRKV_AMX=1, turns it on.
 bool attend_uses_amx(const HeadStore& store);
 void attend_allow_amx(bool allow);
+void attend_allow_amx_bf16(bool allow, int min_rows = 2);
 // Reference: materialised scores, plain softmax, double accumulation.
 void attend_ref(const AttentionArgs& a);
 

@@ -1,7 +1,6 @@
-// AMX kernels of attention_amx.h. The functions that use AVX-512 or AMX carry a target attribute
-// instead of the file being compiled with -mavx512f/-mamx-*: a build for any x86-64 (without
-// -march=native) then still compiles them, and no inline function shared with other files is
-// compiled here for a CPU that only available() has checked for.
+// AMX kernels of attention_amx.h over f16 elements (the bf16 store's kernels, which need no
+// conversion: attention_amx_pairs.cpp). Target attributes instead of -mamx-*:
+// attention_amx_util.h.
 //
 // Tiles (every one 16 rows x 64 bytes; rows past the pieces are zero):
 //   scores: tmm0, tmm1 accumulate piece rows [0, 16) and [16, 3n) (tmm1 only for n > 5) of a
@@ -19,41 +18,23 @@
 
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__linux__) && \
-    ((defined(__GNUC__) && __GNUC__ >= 11) || (defined(__clang__) && __clang_major__ >= 12))
-#define FAIRKV_AMX_BUILD 1
-#endif
+#include "kv/attention_amx_util.h"
 
 #if defined(FAIRKV_AMX_BUILD)
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-// GCC 12's AVX-512 headers trip -Wuninitialized (see kernels/simd.h).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
-#define FAIRKV_AMX_FN \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,amx-tile,amx-bf16")))
-// GCC's _tile_loadd is an asm that does not tell the compiler it reads memory: without this
-// barrier the stores that fill a tile's source could be moved past the load.
-#define FAIRKV_AMX_BARRIER() asm volatile("" ::: "memory")
-#define FAIRKV_AMX_UNROLL _Pragma("GCC unroll 16")
 #endif
 
 namespace fairkv::kv::amx {
 
 namespace {
 
-constexpr int64_t kTile = 16;                // keys, dimensions or columns per tile
-constexpr int64_t kTileFloats = kTile * 16;  // a 16-row tile of 64-byte rows
+#if defined(FAIRKV_AMX_BUILD)
+using namespace detail;  // NOLINT(google-build-using-namespace): the kernels' own helpers
+#else
+constexpr int64_t kTile = 16, kTileFloats = 256;
+#endif
 
 // Scratch layout (floats), for head_dim d (d16 = d / 16 tiles of dimensions or columns):
 //   qa: d16 x 32 rows x 16   the query pieces, tile 0 then tile 1 of each dimension tile
@@ -78,57 +59,11 @@ Layout layout(const Rows& r) {
 
 #if defined(FAIRKV_AMX_BUILD)
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-uint32_t bits_of(float x) {
-  uint32_t b;
-  std::memcpy(&b, &x, 4);
-  return b;
-}
-
-float float_of(uint32_t b) {
-  float x;
-  std::memcpy(&x, &b, 4);
-  return x;
-}
-
 // A bf16 value (a float32 with a zero lower half) in both halves of a float's bits.
 float both_halves(float x) {
   const uint32_t b = bits_of(x);
   return float_of(b | b >> 16);
 }
-
-// x rounded to bf16 (to nearest, ties to even), as a float32.
-float round_bf16(float x) {
-  uint32_t b = bits_of(x);
-  b += 0x7FFF + ((b >> 16) & 1);
-  return float_of(b & 0xFFFF0000u);
-}
-
-FAIRKV_AMX_FN inline __m512 round_bf16(__m512 x) {
-  const __m512i b = _mm512_castps_si512(x);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-  return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xFFFF0000u))));
-}
-
-// Prefetches of `ahead` spread over `steps` calls of tick().
-struct Prefetcher {
-  const char* at;
-  int64_t lines, steps, due = 0, line = 0;
-  Prefetcher(Ahead a, int64_t n_steps)
-      : at(static_cast<const char*>(a.at)),
-        lines(a.at ? a.bytes / 64 : 0),
-        steps(n_steps > 0 ? n_steps : 1) {}
-  void tick() {
-    for (due += lines; due >= steps; due -= steps) __builtin_prefetch(at + 64 * line++, 0, 2);
-  }
-};
 
 // Word indices for _mm512_permutex2var_epi16(x, ., lo): x's upper halves stay, lo's upper halves
 // move into the lower halves.
@@ -143,21 +78,15 @@ struct alignas(64) PickHalves {
 };
 constexpr PickHalves kPickHalves;
 
-// 16 elements at p as tile lanes: for f16, the element x converted to float32 has hi in its
-// upper half; the lower half becomes lo = x - hi (exact, at most 3 significant bits, so its
-// bf16 is its float32's upper half). For bf16, the element in the upper half and zero below.
-template <Elem E>
+// 16 f16 elements at p as tile lanes: the element x converted to float32 has hi in its upper
+// half; the lower half becomes lo = x - hi (exact, at most 3 significant bits, so its bf16 is its
+// float32's upper half).
 FAIRKV_AMX_FN inline __m512i lanes(const uint16_t* p, __m512i pick) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  if constexpr (E == Elem::F16) {
-    const __m512 x = _mm512_cvtph_ps(h);
-    const __m512i hi =
-        _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0xFFFF0000u)));
-    const __m512 lo = _mm512_sub_ps(x, _mm512_castsi512_ps(hi));
-    return _mm512_permutex2var_epi16(_mm512_castps_si512(x), pick, _mm512_castps_si512(lo));
-  } else {
-    return _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
-  }
+  const __m512 x = _mm512_cvtph_ps(h);
+  const __m512i hi = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0xFFFF0000u)));
+  const __m512 lo = _mm512_sub_ps(x, _mm512_castsi512_ps(hi));
+  return _mm512_permutex2var_epi16(_mm512_castps_si512(x), pick, _mm512_castps_si512(lo));
 }
 
 // A bf16 value (a float32 with a zero lower half) in both halves of its lane: it multiplies both
@@ -169,7 +98,7 @@ FAIRKV_AMX_FN inline __m512i both_halves(__m512 x) {
 
 // D16: d / 16 where it is a compile-time constant (0: read it from rows), so that the loops
 // over a row's tiles unroll.
-template <Elem E, int D16>
+template <int D16>
 FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels, float* s,
                                int64_t s_stride, Ahead ahead) {
   const Layout l = layout(rows);
@@ -186,8 +115,7 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
       pf.tick();
       FAIRKV_AMX_UNROLL
       for (int64_t i = 0; i < kTile; ++i)
-        _mm512_store_si512(l.kb + (c * kTile + i) * 16,
-                           lanes<E>(P + (c * kTile + i) * kTile, pick));
+        _mm512_store_si512(l.kb + (c * kTile + i) * 16, lanes(P + (c * kTile + i) * kTile, pick));
     }
     FAIRKV_AMX_BARRIER();
     // Two sets of tile registers, alternating: a tile load into a register that a product
@@ -228,7 +156,7 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
   }
 }
 
-template <Elem E, int D16>
+template <int D16>
 FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob,
                                int64_t p_stride, const float* corr, float* const* o, Ahead ahead) {
   const Layout l = layout(rows);
@@ -259,7 +187,7 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
     pf.tick();
     FAIRKV_AMX_UNROLL
     for (int64_t cc = 0; cc < d16; ++cc)
-      _mm512_store_si512(l.vb + (j * d16 + cc) * 16, lanes<E>(V + j * d + cc * kTile, pick));
+      _mm512_store_si512(l.vb + (j * d16 + cc) * 16, lanes(V + j * d + cc * kTile, pick));
   }
   for (int64_t j = nb; j < chunks * kTile; ++j)
     for (int64_t cc = 0; cc < d16; ++cc)
@@ -312,19 +240,6 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
   }
 }
 
-// Every tile 16 rows of 64 bytes (rows past 3n query pieces or 2n probability pieces are zero),
-// so that any register can take any role.
-FAIRKV_AMX_FN void configure() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  // Not _tile_loadconfig: its asm tells GCC it reads 8 bytes, so the rest of cfg could go
-  // unwritten.
-  asm volatile("ldtilecfg %0" ::"m"(cfg));
-}
-
 FAIRKV_AMX_FN void release() {
   _tile_release();
 }
@@ -338,6 +253,7 @@ bool detect() {
   const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) && (b & (1u << 31));
   const bool amx = (d & (1u << 22)) && (d & (1u << 24));  // AMX-BF16, AMX-TILE
   if (!avx512 || !amx) return false;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;  // AVX512_BF16
   uint32_t xcr0_lo, xcr0_hi;
   asm volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
   if ((xcr0_lo & 0xE6) != 0xE6) return false;  // SSE, AVX, opmask and ZMM state saved by the OS
@@ -386,24 +302,18 @@ void end() {
   release();
 }
 
-void scores(const Rows& rows, Elem e, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
+void scores(const Rows& rows, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
             Ahead ahead) {
   using Fn = void (*)(const Rows&, const uint16_t*, int, float*, int64_t, Ahead);
-  const bool f16 = e == Elem::F16;
-  const Fn fn = rows.d == 128  ? (f16 ? scores_impl<Elem::F16, 8> : scores_impl<Elem::BF16, 8>)
-                : rows.d == 64 ? (f16 ? scores_impl<Elem::F16, 4> : scores_impl<Elem::BF16, 4>)
-                               : (f16 ? scores_impl<Elem::F16, 0> : scores_impl<Elem::BF16, 0>);
+  const Fn fn = rows.d == 128 ? scores_impl<8> : rows.d == 64 ? scores_impl<4> : scores_impl<0>;
   fn(rows, K, n_panels, s, s_stride, ahead);
 }
 
-void values(const Rows& rows, Elem e, const uint16_t* V, int64_t nb, const float* prob,
-            int64_t p_stride, const float* corr, float* const* o, Ahead ahead) {
+void values(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob, int64_t p_stride,
+            const float* corr, float* const* o, Ahead ahead) {
   using Fn = void (*)(const Rows&, const uint16_t*, int64_t, const float*, int64_t, const float*,
                       float* const*, Ahead);
-  const bool f16 = e == Elem::F16;
-  const Fn fn = rows.d == 128  ? (f16 ? values_impl<Elem::F16, 8> : values_impl<Elem::BF16, 8>)
-                : rows.d == 64 ? (f16 ? values_impl<Elem::F16, 4> : values_impl<Elem::BF16, 4>)
-                               : (f16 ? values_impl<Elem::F16, 0> : values_impl<Elem::BF16, 0>);
+  const Fn fn = rows.d == 128 ? values_impl<8> : rows.d == 64 ? values_impl<4> : values_impl<0>;
   fn(rows, V, nb, prob, p_stride, corr, o, ahead);
 }
 
@@ -414,8 +324,8 @@ bool available() {
 }
 void begin(const Rows&, const float* const*, float) {}
 void end() {}
-void scores(const Rows&, Elem, const uint16_t*, int, float*, int64_t, Ahead) {}
-void values(const Rows&, Elem, const uint16_t*, int64_t, const float*, int64_t, const float*,
+void scores(const Rows&, const uint16_t*, int, float*, int64_t, Ahead) {}
+void values(const Rows&, const uint16_t*, int64_t, const float*, int64_t, const float*,
             float* const*, Ahead) {}
 
 #endif

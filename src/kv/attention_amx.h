@@ -1,24 +1,25 @@
 // Attention's arithmetic on Intel AMX (tdpbf16ps): the scores and the value sums of up to kRows
-// query rows against blocks of f16 (or bf16) keys and values, as exact as the float32 kernel.
+// query rows against blocks of keys and values, as exact as the float32 kernel, for two kinds of
+// store (kv/cache.h):
 //
-// Decode over an f16 cache with a GQA group of 4-8 is bound by multiply-adds on AVX-512 (2 x
-// group x head_dim per key, kv_bench hot/f16/g8: 36 ns per key from L2, slower than the memory
-// delivers it). AMX multiplies 16 x 32 bf16 by 32 x 16 bf16 into 16 x 16 float32 per instruction,
-// so the products leave the vector ports; what stays there is the conversion of every element
-// into tile lanes, the same for every group size. On this project's machine that conversion, the
-// tile loads that wait for it and the tile stores cost more than the FMAs they replace (55-60 ns
-// per key at group 8, docs/benchmarks.md), so attend uses this only when asked (attention.h).
+// - bf16 (begin_pairs, scores_pairs, values_pairs): the store's panels are already tile rows
+//   (keys in pairs of dimensions, values in pairs of keys), so the keys and values go from the
+//   store straight into B tiles, with no conversion; only the queries (once per call) and the
+//   probabilities (once per block) are made into tiles. attend uses this wherever AMX is there
+//   (attention.h).
+// - f16 (begin, scores, values): each f16 element is converted into one tile lane holding two
+//   bf16 pieces. On this project's machine that conversion, the tile loads that wait for it and
+//   the tile stores cost more than the FMAs they replace (55-60 ns per key at group 8,
+//   docs/benchmarks.md), so attend uses this only when asked.
 //
-// Exactness: an f16 element (11 significant bits) is exactly hi + lo, two bf16 values (hi its top
-// 8 bits, lo the rest), and a float32 query or probability is within 2^-24 of three bf16 pieces,
-// each rounded from what the previous left. A tile lane holds hi in its upper half and lo in its
-// lower half; the A operand holds each piece in both halves, so one pair product is piece x
-// (hi + lo), exact in float32, summed in float32 as FMAs would. bf16 elements are one piece (the
-// lower half zero).
+// Exactness: a float32 query or probability is within 2^-24 of three bf16 pieces, each rounded
+// from what the previous left, and a bf16 element times a bf16 piece is exact in float32, summed in
+// float32 as FMAs would: so a bf16 store's results are exact to float32 rounding. An f16 element
+// (11 significant bits) is exactly hi + lo, two bf16 values (hi its top 8 bits, lo the rest): its
+// tile lane holds hi in its upper half and lo in its lower half, and the A operand holds each
+// piece in both halves, so one pair product is piece x (hi + lo).
 //
-// Keys come as the store keeps them (cache.h: panels of kKeyPanel keys, dimension-major), values
-// row-major, as raw 16-bit elements (f16, or bf16 for a bf16 store). Only where available() says
-// so; everything else falls back to attention.cpp's kernels.
+// Only where available() says so; everything else falls back to attention.cpp's kernels.
 #pragma once
 
 #include <cstddef>
@@ -26,14 +27,13 @@
 
 namespace fairkv::kv::amx {
 
-inline constexpr int kRows = 8;        // query rows per pass (3 pieces each: 24 tile rows)
-inline constexpr int64_t kBlock = 64;  // keys per values() call at most
-
-enum class Elem { F16, BF16 };
+inline constexpr int kRows = 8;              // query rows per pass (3 pieces each: 24 tile rows)
+inline constexpr int64_t kBlock = 64;        // keys per values() call at most
+inline constexpr int64_t kPairsBlock = 256;  // keys per values_pairs() call at most
 
 // Whether the kernels can run here: the build knows AMX (x86-64 Linux, GCC or Clang), the CPU
-// has AMX-TILE, AMX-BF16, AVX-512 (F, BW, VL, DQ), FMA and F16C, the OS saves AVX-512 state, and
-// Linux granted this process the tile data (asked once per process; thread-safe).
+// has AMX-TILE, AMX-BF16, AVX-512 (F, BW, VL, DQ, BF16), FMA and F16C, the OS saves AVX-512 state,
+// and Linux granted this process the tile data (asked once per process; thread-safe).
 bool available();
 
 // The rows of one pass and their scratch.
@@ -44,8 +44,9 @@ struct Rows {
 };
 size_t scratch_floats(int64_t d);
 
-// Splits scale * q[r] (r < rows.n, d floats each) into its bf16 pieces and configures this
-// thread's tiles for rows.n rows; end() releases the tiles. scores() and values() run between.
+// f16 stores. Splits scale * q[r] (r < rows.n, d floats each) into its bf16 pieces and
+// configures this thread's tiles for rows.n rows; end() releases the tiles. scores() and
+// values() run between.
 void begin(const Rows& rows, const float* const* q, float scale);
 void end();
 
@@ -55,14 +56,28 @@ struct Ahead {
   int64_t bytes = 0;
 };
 
-// s[r * s_stride + t] = scale * q_r . k_t for the n_panels (<= 4) * 16 keys of the whole panels
-// at K (panel p at K + p * d * 16 elements, element i of its key t at i * 16 + t).
-void scores(const Rows& rows, Elem e, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
+// s[r * s_stride + t] = scale * q_r . k_t for the n_panels (<= 4) * 16 keys of the whole f16
+// panels at K (panel p at K + p * d * 16 elements, element i of its key t at i * 16 + t).
+void scores(const Rows& rows, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
             Ahead ahead = {});
 
 // o[r][i] = o[r][i] * corr[r] + sum_{j < nb} prob[r * p_stride + j] * V[j * d + i] for nb <=
-// kBlock value rows at V (probabilities at j >= nb are not read).
-void values(const Rows& rows, Elem e, const uint16_t* V, int64_t nb, const float* prob,
-            int64_t p_stride, const float* corr, float* const* o, Ahead ahead = {});
+// kBlock f16 value rows at V (probabilities at j >= nb are not read).
+void values(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob, int64_t p_stride,
+            const float* corr, float* const* o, Ahead ahead = {});
+
+// bf16 stores: begin_pairs() takes the place of begin() (end() as above).
+void begin_pairs(const Rows& rows, const float* const* q, float scale);
+
+// scores() for the n_panels (<= 4) whole bf16 key panels at K (panel p at K + p * d * 16
+// elements, element i of its key t at kv::bf16_key_index(t, i, d)).
+void scores_pairs(const Rows& rows, const uint16_t* K, int n_panels, float* s, int64_t s_stride,
+                  Ahead ahead = {});
+
+// values() for nb <= kPairsBlock bf16 values at V in value panels (kv::bf16_value_index: panel p,
+// values [32 p, 32 p + 32), at V + p * 32 * d elements). The panels up to nb rounded up to 32
+// keys are read and must be finite (their probabilities are zero past nb).
+void values_pairs(const Rows& rows, const uint16_t* V, int64_t nb, const float* prob,
+                  int64_t p_stride, const float* corr, float* const* o, Ahead ahead = {});
 
 }  // namespace fairkv::kv::amx

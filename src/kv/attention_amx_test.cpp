@@ -1,6 +1,6 @@
-// The AMX kernel (attention_amx.h) through attend with AMX allowed, against attend_ref and
-// against the AVX-512 / portable kernel (AMX not allowed), plus its bf16 entry points on raw
-// rows. Skipped where the CPU or the OS does not give the process AMX.
+// The AMX kernels (attention_amx.h) through attend with AMX allowed, f16 and bf16 stores, against
+// attend_ref and against the AVX-512 / portable kernel (AMX not allowed), plus the bf16 store's
+// tile kernels on raw panels. Skipped where the CPU or the OS does not give the process AMX.
 #include "kv/attention_amx.h"
 
 #include <gtest/gtest.h>
@@ -23,18 +23,27 @@ using test::expect_close;
 using test::randn;
 using test::sz;
 
-HeadStore random_store(int64_t len, int64_t d, std::mt19937& rng) {
-  return test::random_store(len, d, KvType::F16, rng);
+// AMX for f16 and bf16 stores on or off.
+void allow_amx(bool on) {
+  attend_allow_amx(on);
+  attend_allow_amx_bf16(on, 1);  // every call, a decode of group 1 included
 }
 
-// AMX allowed for the test's duration (the process default is off).
-class AmxAttend : public ::testing::Test {
+// AMX allowed for the test's duration (the process default: off for f16, on for bf16); the
+// parameter is the store's type.
+class AmxAttend : public ::testing::TestWithParam<KvType> {
  protected:
   void SetUp() override {
     if (!amx::available()) GTEST_SKIP() << "no AMX here (CPUID or the kernel's permission)";
-    attend_allow_amx(true);
+    allow_amx(true);
   }
-  void TearDown() override { attend_allow_amx(false); }
+  void TearDown() override {
+    attend_allow_amx(false);
+    attend_allow_amx_bf16(true);
+  }
+  HeadStore random_store(int64_t len, int64_t d, std::mt19937& rng) const {
+    return test::random_store(len, d, GetParam(), rng);
+  }
 };
 
 struct Outputs {
@@ -49,12 +58,12 @@ Outputs run(AttentionArgs a, bool amx, bool ref = false) {
   a.out = r.out.data();
   a.lse = r.lse.data();
   if (a.probs_tokens > 0) a.probs = r.probs.data();
-  attend_allow_amx(amx);
+  allow_amx(amx);
   if (ref)
     attend_ref(a);
   else
     attend(a);
-  attend_allow_amx(true);
+  allow_amx(true);
   return r;
 }
 
@@ -79,7 +88,7 @@ void expect_decode(const HeadStore& s, const std::vector<float>& q, int group, i
 }
 
 // Groups 1-8, head sizes 32-128, lengths around the 16-key panels and 64-key blocks.
-TEST_F(AmxAttend, DecodeMatchesReference) {
+TEST_P(AmxAttend, DecodeMatchesReference) {
   std::mt19937 rng(21);
   for (int64_t d : {32, 64, 96, 128})
     for (int64_t len : {1, 5, 16, 17, 63, 64, 65, 200, 1001})
@@ -92,7 +101,7 @@ TEST_F(AmxAttend, DecodeMatchesReference) {
 }
 
 // Slices [begin, end), unaligned, one empty; their lse.
-TEST_F(AmxAttend, SlicesMatchReference) {
+TEST_P(AmxAttend, SlicesMatchReference) {
   std::mt19937 rng(22);
   const HeadStore s = random_store(777, 128, rng);
   for (int group : {1, 4, 8})
@@ -110,10 +119,10 @@ TEST_F(AmxAttend, SlicesMatchReference) {
 
 // A prefill (several tokens, causal, passes of up to amx::kRows rows) reporting the window's
 // probabilities.
-TEST_F(AmxAttend, PrefillWithProbabilitiesMatchesReference) {
+TEST_P(AmxAttend, PrefillWithProbabilitiesMatchesReference) {
   std::mt19937 rng(23);
   for (int group : {1, 3, 8})
-    for (auto [m, n] : {std::pair<int64_t, int64_t>{0, 37}, {19, 21}, {64, 5}}) {
+    for (auto [m, n] : {std::pair<int64_t, int64_t>{0, 37}, {19, 21}, {64, 5}, {70, 21}}) {
       const int64_t d = 64;
       const HeadStore s = random_store(m + n, d, rng);
       const auto q = randn(n * group * d, rng);
@@ -134,7 +143,7 @@ TEST_F(AmxAttend, PrefillWithProbabilitiesMatchesReference) {
 }
 
 // attend_batch cuts a long decode into token slices merged by their lse: on AMX as a whole.
-TEST_F(AmxAttend, SlicedBatchDecodeMatchesReference) {
+TEST_P(AmxAttend, SlicedBatchDecodeMatchesReference) {
   std::mt19937 rng(24);
   const int64_t d = 128, len = 9000;
   const HeadStore s = random_store(len, d, rng);
@@ -160,14 +169,14 @@ TEST_F(AmxAttend, SlicedBatchDecodeMatchesReference) {
 // Keys and values at f16's edges: zeros, subnormals, large values (the lanes' lower halves meet
 // zeros, so no element's bit pattern may leak into a product). Scores of hundreds and values
 // of thousands make float32 rounding itself larger, hence LargeScoresStayFinite's tolerances.
-TEST_F(AmxAttend, EdgeValuesStayExact) {
+TEST_P(AmxAttend, EdgeValuesStayExact) {
   std::mt19937 rng(25);
   const int64_t d = 64, len = 90;
   auto k = randn(len * d, rng), v = randn(len * d, rng);
   const float edge[] = {0.0f, -0.0f, 6e-8f, -3e-6f, 6.1e-5f, 65504.0f, -65504.0f, 1.0f / 3};
   for (size_t i = 0; i < k.size(); i += 7) k[i] = edge[i % 8];
   for (size_t i = 0; i < v.size(); i += 5) v[i] = edge[(i + 3) % 8] / 32;
-  HeadStore s(d, KvType::F16);
+  HeadStore s(d, GetParam());
   s.append(k.data(), v.data(), len);
   for (int group : {2, 8}) {
     const auto q = randn(group * d, rng, 0.01f);
@@ -183,7 +192,9 @@ TEST_F(AmxAttend, EdgeValuesStayExact) {
   }
 }
 
-// The bf16 entry points on raw rows: a bf16 store's panels and value rows.
+INSTANTIATE_TEST_SUITE_P(Types, AmxAttend, ::testing::Values(KvType::F16, KvType::BF16),
+                         [](const auto& info) { return std::string(kv_type_name(info.param)); });
+
 uint16_t to_bf16(float x) {
   uint32_t b;
   std::memcpy(&b, &x, 4);
@@ -198,59 +209,64 @@ float from_bf16(uint16_t h) {
   return x;
 }
 
-TEST(AmxKernels, Bf16ScoresAndValuesMatchDoubleReference) {
+// The bf16 store's tile kernels on raw panels (cache.h's bf16_key_index / bf16_value_index),
+// against sums in double: scores of 1-4 panels, values of a partial block (57 keys; the pairs up
+// to 64 keys are read, with zero probabilities past 57).
+TEST(AmxKernels, PairsScoresAndValuesMatchDoubleReference) {
   if (!amx::available()) GTEST_SKIP() << "no AMX here";
   std::mt19937 rng(26);
-  const int64_t d = 128, keys = 64;
-  for (int n : {1, 5, 8}) {
-    // Keys as 4 panels (element i of key t at (t / 16) * 16 d + i * 16 + t % 16), values
-    // row-major, queries float.
-    std::vector<uint16_t> K(sz(keys * d)), V(sz(keys * d));
-    for (auto& x : K) x = to_bf16(std::normal_distribution<float>()(rng));
-    for (auto& x : V) x = to_bf16(std::normal_distribution<float>()(rng));
-    auto k_at = [&](int64_t t, int64_t i) {
-      return from_bf16(K[sz((t / 16) * 16 * d + i * 16 + t % 16)]);
-    };
-    const auto q = randn(n * d, rng);
-    std::vector<const float*> qr;
-    for (int r = 0; r < n; ++r) qr.push_back(&q[sz(r * d)]);
-    std::vector<float> scratch(amx::scratch_floats(d) + 16);
-    const uintptr_t at = reinterpret_cast<uintptr_t>(scratch.data());
-    const amx::Rows rows{n, d, scratch.data() + (64 - at % 64) % 64 / sizeof(float)};
-    const float scale = 0.125f;
-    std::vector<float> s(sz(n * keys)), o(sz(n * d), 1.0f);
-    std::vector<float*> orow;
-    for (int r = 0; r < n; ++r) orow.push_back(&o[sz(r * d)]);
-    const std::vector<float> corr(sz(n), 0.5f);
-    const int64_t nb = 57;  // a partial last tile of keys
-    amx::begin(rows, qr.data(), scale);
-    amx::scores(rows, amx::Elem::BF16, K.data(), 4, s.data(), keys);
-    // Probabilities from the scores (a softmax over the nb keys, as attend hands them over).
-    std::vector<float> p(sz(n * keys));
-    for (int r = 0; r < n; ++r) {
-      double sum = 0;
-      for (int64_t j = 0; j < nb; ++j) sum += std::exp(double(s[sz(r * keys + j)]));
-      for (int64_t j = 0; j < keys; ++j)
-        p[sz(r * keys + j)] = float(std::exp(double(s[sz(r * keys + j)])) / sum);
-    }
-    amx::values(rows, amx::Elem::BF16, V.data(), nb, p.data(), keys, corr.data(), orow.data());
-    amx::end();
-    for (int r = 0; r < n; ++r) {
-      for (int64_t t = 0; t < keys; ++t) {
-        double x = 0;
-        for (int64_t i = 0; i < d; ++i) x += double(scale * q[sz(r * d + i)]) * k_at(t, i);
-        ASSERT_NEAR(s[sz(r * keys + t)], x, 2e-6 * (1 + std::fabs(x)))
-            << "n " << n << " row " << r << " key " << t;
+  const int64_t keys = 64;
+  for (int64_t d : {32, 64, 96, 128})
+    for (int n : {1, 5, 6, 8}) {
+      std::vector<uint16_t> K(sz(keys * d)), V(sz(keys * d));
+      std::vector<float> k(K.size()), v(V.size());  // row-major, as floats
+      for (int64_t t = 0; t < keys; ++t)
+        for (int64_t i = 0; i < d; ++i) {
+          const uint16_t kb = to_bf16(std::normal_distribution<float>()(rng));
+          const uint16_t vb = to_bf16(std::normal_distribution<float>()(rng));
+          K[sz(t / 16 * 16 * d + bf16_key_index(t % 16, i, d))] = kb;
+          V[sz(t / kValuePanel * kValuePanel * d + bf16_value_index(t % kValuePanel, i, d))] = vb;
+          k[sz(t * d + i)] = from_bf16(kb);
+          v[sz(t * d + i)] = from_bf16(vb);
+        }
+      const auto q = randn(n * d, rng);
+      std::vector<const float*> qr;
+      for (int r = 0; r < n; ++r) qr.push_back(&q[sz(r * d)]);
+      std::vector<float> scratch(amx::scratch_floats(d) + 16);
+      const uintptr_t at = reinterpret_cast<uintptr_t>(scratch.data());
+      const amx::Rows rows{n, d, scratch.data() + (64 - at % 64) % 64 / sizeof(float)};
+      const float scale = 0.125f;
+      std::vector<float> s(sz(n * keys), -1.0f), o(sz(n * d), 1.0f);
+      std::vector<float*> orow;
+      for (int r = 0; r < n; ++r) orow.push_back(&o[sz(r * d)]);
+      const std::vector<float> corr(sz(n), 0.5f);
+      const int64_t nb = 57;
+      const int panels = 1 + n % 4;  // 2, 2, 3, 1
+      amx::begin_pairs(rows, qr.data(), scale);
+      amx::scores_pairs(rows, K.data(), panels, s.data(), keys);
+      std::vector<float> p(sz(n * keys));
+      for (int r = 0; r < n; ++r)
+        for (int64_t j = 0; j < keys; ++j)
+          p[sz(r * keys + j)] = std::uniform_real_distribution<float>(0.0f, 0.05f)(rng);
+      amx::values_pairs(rows, V.data(), nb, p.data(), keys, corr.data(), orow.data());
+      amx::end();
+      const std::string what = "d " + std::to_string(d) + " n " + std::to_string(n);
+      for (int r = 0; r < n; ++r) {
+        for (int64_t t = 0; t < keys; ++t) {
+          double x = 0;
+          for (int64_t i = 0; i < d; ++i) x += double(scale * q[sz(r * d + i)]) * k[sz(t * d + i)];
+          if (t >= panels * 16) x = -1.0;  // not scored: left as it was
+          ASSERT_NEAR(s[sz(r * keys + t)], x, 2e-6 * (1 + std::fabs(x)))
+              << what << " row " << r << " key " << t;
+        }
+        for (int64_t i = 0; i < d; ++i) {
+          double x = 0.5;  // the previous 1.0 times corr
+          for (int64_t j = 0; j < nb; ++j) x += double(p[sz(r * keys + j)]) * v[sz(j * d + i)];
+          ASSERT_NEAR(o[sz(r * d + i)], x, 1e-5 * (1 + std::fabs(x)))
+              << what << " row " << r << " dim " << i;
+        }
       }
-      for (int64_t i = 0; i < d; ++i) {
-        double x = 0.5;  // the previous 1.0 times corr
-        for (int64_t j = 0; j < nb; ++j)
-          x += double(p[sz(r * keys + j)]) * from_bf16(V[sz(j * d + i)]);
-        ASSERT_NEAR(o[sz(r * d + i)], x, 2e-5 * (1 + std::fabs(x)))
-            << "n " << n << " row " << r << " dim " << i;
-      }
     }
-  }
 }
 
 }  // namespace

@@ -224,9 +224,9 @@ void HeadStore::append(const float* k, const float* v, int64_t n) {
                         n * head_dim_);
   kernels::quantize_row(kv_dtype(types_.v), v, v_ptr() + size_t(len_) * v_row_bytes(),
                         n * head_dim_);
-  const int64_t sealed = panel_keys();
+  const int64_t had = len_;
   len_ += n;
-  seal_panels(sealed);
+  seal_panels(had);
 }
 
 void HeadStore::reserve(int64_t rows) {
@@ -277,7 +277,7 @@ void HeadStore::keep(std::span<const int64_t> indices) {
   StoreBytes a(m * (kr + vr));
   for (size_t j = 0; j < m; ++j) {
     raw_key(indices[j], a.data() + j * kr);
-    std::memcpy(a.data() + m * kr + j * vr, v_ptr() + size_t(indices[j]) * vr, vr);
+    raw_value(indices[j], a.data() + m * kr + j * vr);
   }
   kv_.swap(a);
   base_ = kv_.data();
@@ -286,21 +286,24 @@ void HeadStore::keep(std::span<const int64_t> indices) {
   seal_panels(0);
 }
 
-// Kept row j comes from row indices[j] >= j. Keys are gathered a panel's worth at a time and
-// written back row-major over panel j / kKeyPanel: a key's bytes (sealed or not) lie within its
-// own panel's extent, and the keys of that extent are only wanted at or before their own place,
-// so nothing still to be read is overwritten. The panels are sealed again at the end.
+// Kept row j comes from row indices[j] >= j. Keys and values are gathered kValuePanel rows at a
+// time (a whole number of panels of either side) and written back row-major over those rows: a
+// row's bytes (sealed or not) lie within its own panel's extent, and the rows of that extent are
+// only wanted at or before their own place, so nothing still to be read is overwritten. The
+// panels are sealed again at the end.
 void HeadStore::keep_in_place(std::span<const int64_t> indices) {
+  static_assert(kValuePanel % kKeyPanel == 0);
   const size_t kr = k_row_bytes(), vr = v_row_bytes(), m = indices.size();
-  std::vector<uint8_t> keys(size_t(kKeyPanel) * kr);
-  for (size_t j0 = 0; j0 < m; j0 += size_t(kKeyPanel)) {
-    const size_t n = std::min(size_t(kKeyPanel), m - j0);
-    for (size_t j = 0; j < n; ++j) raw_key(indices[j0 + j], keys.data() + j * kr);
+  std::vector<uint8_t> keys(size_t(kValuePanel) * kr), values(size_t(kValuePanel) * vr);
+  for (size_t j0 = 0; j0 < m; j0 += size_t(kValuePanel)) {
+    const size_t n = std::min(size_t(kValuePanel), m - j0);
+    for (size_t j = 0; j < n; ++j) {
+      raw_key(indices[j0 + j], keys.data() + j * kr);
+      raw_value(indices[j0 + j], values.data() + j * vr);
+    }
     std::memcpy(k_ptr() + j0 * kr, keys.data(), n * kr);
+    std::memcpy(v_ptr() + j0 * vr, values.data(), n * vr);
   }
-  for (size_t j = 0; j < m; ++j)
-    if (size_t(indices[j]) != j)
-      std::memcpy(v_ptr() + j * vr, v_ptr() + size_t(indices[j]) * vr, vr);
   const int64_t had = len_;
   len_ = int64_t(m);
   seal_panels(0);
@@ -315,76 +318,136 @@ void HeadStore::clear() {
   cap_ = 0;
 }
 
-void HeadStore::k_row(int64_t i, float* out) const {
-  if (i >= panel_keys()) {
-    kernels::dequantize_row(kv_dtype(types_.k), k_ptr() + size_t(i) * k_row_bytes(), out,
-                            head_dim_);
-    return;
-  }
-  const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * k_row_bytes();
-  const int64_t t = i % kKeyPanel;
-  if (types_.k == KvType::F16) {
-    const auto* p = reinterpret_cast<const uint16_t*>(panel);
-    for (int64_t e = 0; e < head_dim_; ++e) out[e] = kernels::fp16_to_fp32(p[e * kKeyPanel + t]);
-  } else if (types_.k == KvType::BF16) {
-    const auto* p = reinterpret_cast<const uint16_t*>(panel);
-    for (int64_t e = 0; e < head_dim_; ++e) out[e] = kernels::bf16_to_fp32(p[e * kKeyPanel + t]);
-  } else {
-    const auto* p = reinterpret_cast<const float*>(panel);
-    for (int64_t e = 0; e < head_dim_; ++e) out[e] = p[e * kKeyPanel + t];
-  }
-}
-
 namespace {
 
-// Element-wise moves between a key's row-major elements and its column of a panel, for the
-// element type E (the store's bits, copied as they are).
+// How a store keeps one side's rows: row-major, or in panels of kKeyPanel rows as cache.h
+// describes (f32 / f16 keys dimension-major, bf16 keys in dimension pairs, bf16 values in key
+// pairs). Every read and write of a store's elements goes through panel_index.
+enum class Layout { Rows, Columns, KeyPairs, ValuePairs };
+
+Layout key_layout(KvType t) {
+  return kv_type_quantized(t) ? Layout::Rows
+         : t == KvType::BF16  ? Layout::KeyPairs
+                              : Layout::Columns;
+}
+Layout value_layout(KvType t) {
+  return t == KvType::BF16 ? Layout::ValuePairs : Layout::Rows;
+}
+
+// Rows per panel of layout l (not Rows).
+int64_t panel_rows(Layout l) {
+  return l == Layout::ValuePairs ? kValuePanel : kKeyPanel;
+}
+
+// Element e of row t of a panel of layout l (not Rows), in elements from the panel's start.
+int64_t panel_index(Layout l, int64_t t, int64_t e, int64_t d) {
+  switch (l) {
+    case Layout::KeyPairs:
+      return bf16_key_index(t, e, d);
+    case Layout::ValuePairs:
+      return bf16_value_index(t, e, d);
+    default:
+      return e * kKeyPanel + t;
+  }
+}
+
+// Element-wise moves between a row's elements and its place in a panel, for the element type E
+// (the store's bits, copied as they are).
 template <class E>
-void row_to_panel(const uint8_t* src, int64_t d, uint8_t* panel, int64_t t) {
+void row_to_panel(Layout l, const uint8_t* src, int64_t d, uint8_t* panel, int64_t t) {
   const auto* s = reinterpret_cast<const E*>(src);
   auto* p = reinterpret_cast<E*>(panel);
-  for (int64_t e = 0; e < d; ++e) p[e * kKeyPanel + t] = s[e];
+  for (int64_t e = 0; e < d; ++e) p[panel_index(l, t, e, d)] = s[e];
 }
 template <class E>
-void panel_to_row(const uint8_t* panel, int64_t t, int64_t d, uint8_t* dst) {
+void panel_to_row(Layout l, const uint8_t* panel, int64_t t, int64_t d, uint8_t* dst) {
   const auto* p = reinterpret_cast<const E*>(panel);
   auto* s = reinterpret_cast<E*>(dst);
-  for (int64_t e = 0; e < d; ++e) s[e] = p[e * kKeyPanel + t];
+  for (int64_t e = 0; e < d; ++e) s[e] = p[panel_index(l, t, e, d)];
 }
 
-}  // namespace
-
-void HeadStore::raw_key(int64_t i, uint8_t* dst) const {
-  const size_t row = k_row_bytes();
-  if (i >= panel_keys()) {
-    std::memcpy(dst, k_ptr() + size_t(i) * row, row);
+// Row i of a side (rows of `row` bytes at base, the first `panels` of them in panels of layout
+// l) copied row-major to dst.
+void raw_row(Layout l, size_t eb, const uint8_t* base, size_t row, int64_t panels, int64_t i,
+             int64_t d, uint8_t* dst) {
+  if (i >= panels) {
+    std::memcpy(dst, base + size_t(i) * row, row);
     return;
   }
-  const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * row;
-  if (element_bytes(types_.k) == 2)
-    panel_to_row<uint16_t>(panel, i % kKeyPanel, head_dim_, dst);
+  const int64_t pr = panel_rows(l);
+  const uint8_t* panel = base + size_t(i / pr * pr) * row;
+  if (eb == 2)
+    panel_to_row<uint16_t>(l, panel, i % pr, d, dst);
   else
-    panel_to_row<uint32_t>(panel, i % kKeyPanel, head_dim_, dst);
+    panel_to_row<uint32_t>(l, panel, i % pr, d, dst);
 }
 
-void HeadStore::seal_panels(int64_t from) {
-  if (from + kKeyPanel > len_ || kv_type_quantized(types_.k)) return;  // most decode appends
-  const size_t row = k_row_bytes();
-  std::vector<uint8_t> rows(size_t(kKeyPanel) * row);
-  for (int64_t p = from; p + kKeyPanel <= len_; p += kKeyPanel) {
-    uint8_t* panel = k_ptr() + size_t(p) * row;
+// Row i of a side as float32.
+void float_row(Layout l, KvType t, const uint8_t* base, size_t row, int64_t panels, int64_t i,
+               int64_t d, float* out) {
+  if (i >= panels) {
+    kernels::dequantize_row(kv_dtype(t), base + size_t(i) * row, out, d);
+    return;
+  }
+  const int64_t pr = panel_rows(l);
+  const uint8_t* panel = base + size_t(i / pr * pr) * row;
+  const int64_t r = i % pr;
+  const auto* h = reinterpret_cast<const uint16_t*>(panel);
+  for (int64_t e = 0; e < d; ++e) {
+    const int64_t at = panel_index(l, r, e, d);
+    out[e] = t == KvType::F16    ? kernels::fp16_to_fp32(h[at])
+             : t == KvType::BF16 ? kernels::bf16_to_fp32(h[at])
+                                 : reinterpret_cast<const float*>(panel)[at];
+  }
+}
+
+// Seals the full panels of a side that rows [from, len) complete (the panels before from's are
+// sealed, the rows after them row-major).
+void seal(Layout l, size_t eb, uint8_t* base, size_t row, int64_t from, int64_t len, int64_t d) {
+  if (l == Layout::Rows) return;
+  const int64_t pr = panel_rows(l);
+  from = from / pr * pr;
+  if (from + pr > len) return;  // most decode appends
+  std::vector<uint8_t> rows(size_t(pr) * row);
+  for (int64_t p = from; p + pr <= len; p += pr) {
+    uint8_t* panel = base + size_t(p) * row;
     std::memcpy(rows.data(), panel, rows.size());
-    for (int64_t t = 0; t < kKeyPanel; ++t) {
-      if (element_bytes(types_.k) == 2)
-        row_to_panel<uint16_t>(rows.data() + size_t(t) * row, head_dim_, panel, t);
+    for (int64_t t = 0; t < pr; ++t) {
+      if (eb == 2)
+        row_to_panel<uint16_t>(l, rows.data() + size_t(t) * row, d, panel, t);
       else
-        row_to_panel<uint32_t>(rows.data() + size_t(t) * row, head_dim_, panel, t);
+        row_to_panel<uint32_t>(l, rows.data() + size_t(t) * row, d, panel, t);
     }
   }
 }
 
+}  // namespace
+
+void HeadStore::k_row(int64_t i, float* out) const {
+  float_row(key_layout(types_.k), types_.k, k_ptr(), k_row_bytes(), panel_keys(), i, head_dim_,
+            out);
+}
+
 void HeadStore::v_row(int64_t i, float* out) const {
-  kernels::dequantize_row(kv_dtype(types_.v), v_ptr() + size_t(i) * v_row_bytes(), out, head_dim_);
+  float_row(value_layout(types_.v), types_.v, v_ptr(), v_row_bytes(), panel_values(), i, head_dim_,
+            out);
+}
+
+void HeadStore::raw_key(int64_t i, uint8_t* dst) const {
+  raw_row(key_layout(types_.k), element_bytes(types_.k), k_ptr(), k_row_bytes(), panel_keys(), i,
+          head_dim_, dst);
+}
+
+void HeadStore::raw_value(int64_t i, uint8_t* dst) const {
+  raw_row(value_layout(types_.v), element_bytes(types_.v), v_ptr(), v_row_bytes(), panel_values(),
+          i, head_dim_, dst);
+}
+
+void HeadStore::seal_panels(int64_t from) {
+  seal(key_layout(types_.k), element_bytes(types_.k), k_ptr(), k_row_bytes(), from, len_,
+       head_dim_);
+  seal(value_layout(types_.v), element_bytes(types_.v), v_ptr(), v_row_bytes(), from, len_,
+       head_dim_);
 }
 
 SequenceCache::SequenceCache(int n_layers, int n_kv_heads, int64_t head_dim, KvTypes types)

@@ -5,6 +5,7 @@
 // Keys are stored after RoPE, so a compacted store needs no positions to be attended.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -51,17 +52,40 @@ void check_kv_types(KvTypes t, int64_t head_dim);
 // Keys of f32, f16 and bf16 stores are held in panels of this many tokens (see HeadStore).
 inline constexpr int64_t kKeyPanel = 16;
 
+// Where element i of key t (< kKeyPanel) lies in a bf16 key panel, in elements from the panel's
+// start: dimensions in pairs, pair m = (2m, 2m + 1) of the panel's 16 keys forming one 64-byte
+// row (key t's two elements side by side), so that 16 such rows are an AMX B tile of Q.K^T
+// (kv/attention_amx.h); an odd head_dim's last dimension follows as 16 elements.
+inline int64_t bf16_key_index(int64_t t, int64_t i, int64_t d) {
+  return i < d / 2 * 2 ? i / 2 * 2 * kKeyPanel + 2 * t + (i & 1) : (d - 1) * kKeyPanel + t;
+}
+// A bf16 store's values are held in panels of this many tokens: one panel per 32-key chunk of
+// P.V on AMX.
+inline constexpr int64_t kValuePanel = 32;
+
+// Where element c of value t (< kValuePanel) lies in a bf16 value panel: columns in tiles of 16
+// (the last one narrower when head_dim is not a multiple of 16), each tile holding the 16 pairs
+// of values (2m, 2m + 1) as rows of its columns, (v_2m[c], v_2m+1[c]) side by side, so that a
+// whole tile (16 rows x 64 bytes, 1 KiB, contiguous) is an AMX B tile of P.V.
+inline int64_t bf16_value_index(int64_t t, int64_t c, int64_t d) {
+  const int64_t tile = c / 16, width = std::min<int64_t>(16, d - tile * 16);
+  return tile * 16 * kValuePanel + t / 2 * 2 * width + 2 * (c % 16) + (t & 1);
+}
+
 // One head's keys and values: len rows of head_dim elements each, K then V in one array.
 //
-// Values are row-major. Keys are held in panels of kKeyPanel tokens, each panel dimension-major
-// (element i of the panel's key t at i * kKeyPanel + t), and the last size() % kKeyPanel keys
-// row-major after the full panels: a query row's scores against a panel are then kKeyPanel-wide
-// vectors built from one conversion and one FMA per element, with no horizontal sums, which is
-// what lets a GQA group's decode attention keep up with the read. A panel is sealed (transposed
-// in place) when its last key arrives, so the bytes stay exactly the keys kept and a decode
-// append costs O(head_dim * kKeyPanel) at worst. Quantized keys (q8_0, q4_0) stay row-major,
-// ggml's blocks as llama.cpp stores them (panel_keys() is 0): their scores are integer dot
-// products of whole blocks (attention_quant.h), which want a key's 32 elements together.
+// Keys are held in panels of kKeyPanel tokens, and the last size() % kKeyPanel keys row-major
+// after the full panels. An f32 or f16 panel is dimension-major (element i of the panel's key t
+// at i * kKeyPanel + t): a query row's scores against a panel are then kKeyPanel-wide vectors
+// built from one conversion and one FMA per element, with no horizontal sums, which is what lets
+// a GQA group's decode attention keep up with the read. A bf16 panel holds the same elements as
+// AMX tiles want them (bf16_key_index), and so do a bf16 store's values, in panels of
+// kValuePanel (bf16_value_index, panel_values()): decode reads the store straight into tiles,
+// with no conversion. Other values are row-major. A panel is sealed (transposed in place) when its
+// last token arrives, so the bytes stay exactly the tokens kept, they depend on size() alone, and a
+// decode append costs O(head_dim * kKeyPanel) at worst. Quantized keys (q8_0, q4_0) stay row-major,
+// ggml's blocks as llama.cpp stores them (panel_keys() is 0): their scores are integer dot products
+// of whole blocks (attention_quant.h), which want a key's 32 elements together.
 //
 // Keys and values may have different types (K rows of kv_row_bytes(types().k, head_dim) bytes,
 // V rows of kv_row_bytes(types().v, head_dim)).
@@ -106,8 +130,13 @@ class HeadStore {
   int64_t panel_keys() const {
     return kv_type_quantized(types_.k) ? 0 : len_ / kKeyPanel * kKeyPanel;
   }
-  // Raw values: row i starts at v_data() + i * v_row_bytes().
+  // Raw values: the panel of values [p, p + 1) * kValuePanel (bf16 only, below panel_values())
+  // starts at byte p * kValuePanel * v_row_bytes(), and a value i >= panel_values() (every value
+  // of another type) at byte i * v_row_bytes().
   const void* v_data() const { return v_ptr(); }
+  int64_t panel_values() const {
+    return types_.v == KvType::BF16 ? len_ / kValuePanel * kValuePanel : 0;
+  }
   // Bytes of the kept tokens (K and V), the figure FAIRKV.md's load counts.
   size_t bytes() const { return size_t(len_) * (k_row_bytes() + v_row_bytes()); }
   size_t k_row_bytes() const { return kv_row_bytes(types_.k, head_dim_); }
@@ -151,10 +180,11 @@ class HeadStore {
   void commit_rows(int64_t from, int64_t to);
   void release_rows(int64_t from, int64_t to);
   void keep_in_place(std::span<const int64_t> indices);
-  // Copies key i's stored elements (either layout) to dst, row-major.
+  // Copies key (value) i's stored elements (any layout) to dst, row-major.
   void raw_key(int64_t i, uint8_t* dst) const;
-  // Transposes every full panel of keys from `from` (a multiple of kKeyPanel) up, written
-  // row-major, into the panel layout.
+  void raw_value(int64_t i, uint8_t* dst) const;
+  // Transposes every full panel of keys (and of bf16 values) that rows [from, size()) complete,
+  // written row-major, into the panel layout.
   void seal_panels(int64_t from);
   int64_t head_dim_ = 0;
   KvTypes types_;

@@ -124,9 +124,10 @@ TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
       return row[sz(e)];
     }
     const size_t eb = kv_row_bytes(t, 1);
-    const size_t at = j < s.panel_keys()
-                          ? sz(j / kKeyPanel * kKeyPanel * d + e * kKeyPanel + j % kKeyPanel)
-                          : sz(j * d + e);
+    const int64_t in_panel =
+        t == KvType::BF16 ? bf16_key_index(j % kKeyPanel, e, d) : e * kKeyPanel + j % kKeyPanel;
+    const size_t at =
+        j < s.panel_keys() ? sz(j / kKeyPanel * kKeyPanel * d + in_panel) : sz(j * d + e);
     float x;
     kernels::dequantize_row(dt, base + at * eb, &x, 1);
     return x;
