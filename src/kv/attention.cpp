@@ -53,7 +53,7 @@ int64_t round_up(int64_t x, int64_t m) {
 }
 
 struct Scratch {
-  std::vector<float> kbuf, vbuf, qbuf, obuf, krow;
+  std::vector<float> kbuf, vbuf, qbuf, obuf, tbuf, krow;
   std::vector<float> s;     // kMaxRows x kBlock scores, then probabilities
   std::vector<float> amx;   // amx::Rows::scratch, 64-byte aligned within
   detail::QuantQueries qq;  // a pass's query rows as q8_0 blocks, for quantized keys
@@ -259,10 +259,47 @@ void score_keys(const HeadStore& st, int64_t k0, int n_panels, int n, const floa
 struct Pass {
   int n = 0;
   const float* q[kMaxRows];  // padded to dp
-  float* o[kMaxRows];        // padded accumulators
   int64_t lim[kMaxRows];     // keys [begin, lim) visible
+  // The online softmax over the current canonical block (attention_merge.h): padded
+  // accumulators, running maximum and sum.
+  float* o[kMaxRows];
   float m[kMaxRows], l[kMaxRows];
+  // The fold of the finished canonical blocks (to: head_dim floats), or, where blk[r] is set,
+  // where row r writes each block's partial instead.
+  float* to[kMaxRows];
+  float tm[kMaxRows], tl[kMaxRows];
+  float* blk[kMaxRows];
+  int64_t d = 0, dp = 0;
+  int64_t first_block = 0;  // the canonical block of the first key row
 };
+
+// Ends the canonical block of key row `row`: each row's partial over it is folded into the
+// pass's (or written out), and its accumulators start again empty, so that the next block's
+// partial is the block's alone wherever the store's rows start.
+void end_block(Pass& p, int64_t row) {
+  const int64_t k = row / kCanonicalRows - p.first_block;
+  for (int r = 0; r < p.n; ++r) {
+    if (p.l[r] != 0.0f) {
+      if (p.blk[r]) {
+        float* b = p.blk[r] + k * (kPartialHeader + p.d);
+        b[0] = p.m[r];
+        b[1] = p.l[r];
+        std::copy_n(p.o[r], p.d, b + kPartialHeader);
+      } else {
+        merge_block(p.tm[r], p.tl[r], p.to[r], p.m[r], p.l[r], p.o[r], p.d);
+      }
+    }
+    p.m[r] = kNegInf;
+    p.l[r] = 0.0f;
+    std::fill(p.o[r], p.o[r] + p.dp, 0.0f);
+  }
+}
+
+// The end of the key block that starts at r0 (of at most kBlock keys, within one canonical
+// block, below hi).
+int64_t block_end(int64_t r0, int64_t hi) {
+  return std::min({r0 + kBlock, hi, (r0 / kCanonicalRows + 1) * kCanonicalRows});
+}
 
 #if defined(FAIRKV_AVX512)
 // o[r][c0, c0 + 16 CW) = o * corr[r] + sum_j prob[r][j] V[j][c0, c0 + 16 CW) for NR rows: each
@@ -495,10 +532,11 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
   const auto* V = static_cast<const uint16_t*>(st.v_data());
   const size_t row_bytes = size_t(d) * sizeof(uint16_t);
   float corr[kMaxRows];
-  for (int64_t r0 = begin / kKeyPanel * kKeyPanel; r0 < hi; r0 += kBlock) {
-    const int64_t nb = std::min(kBlock, hi - r0);
+  for (int64_t r0 = begin / kKeyPanel * kKeyPanel, next; r0 < hi; r0 = next) {
+    next = block_end(r0, hi);
+    const int64_t nb = next - r0;
     const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
-    const int64_t next = r0 + kBlock, ahead = std::clamp<int64_t>(hi - next, 0, kBlock);
+    const int64_t ahead = std::clamp<int64_t>(hi - next, 0, kBlock);
     if (whole > 0)
       amx::scores(rows, amx::Elem::F16, K + r0 * d, int(whole / kKeyPanel), w.s.data(), kBlock,
                   {K + next * d, int64_t(ahead * row_bytes)});
@@ -506,6 +544,7 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
     block_softmax(p, begin, r0, nb, w, corr);
     amx::values(rows, amx::Elem::F16, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o,
                 {V + next * d, int64_t(ahead * row_bytes)});
+    if (next % kCanonicalRows == 0 || next == hi) end_block(p, r0);
   }
   amx::end();
 }
@@ -520,8 +559,9 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
   if (quant_keys) w.qq.set(p.q, p.n, st.head_dim());
   // Blocks start on a panel boundary; keys before `begin` are masked.
   const int64_t start = begin / kKeyPanel * kKeyPanel;
-  for (int64_t r0 = start; r0 < hi; r0 += kBlock) {
-    const int64_t nb = std::min(kBlock, hi - r0);
+  for (int64_t r0 = start, next; r0 < hi; r0 = next) {
+    next = block_end(r0, hi);
+    const int64_t nb = next - r0;
     if (quant_keys) {
       // Row-major blocks, read in order: the hardware prefetchers follow them.
       detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), kBlock);
@@ -544,11 +584,12 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
     block_softmax(p, begin, r0, nb, w, corr);
     // The next block's values, fetched while this block's are used.
     Prefetch vahead;
-    if (r0 + kBlock < hi) {
-      vahead.at = static_cast<const char*>(st.v_data()) + size_t(r0 + kBlock) * v_row;
-      vahead.lines = int64_t(size_t(std::min(kBlock, hi - r0 - kBlock)) * v_row / 64);
+    if (next < hi) {
+      vahead.at = static_cast<const char*>(st.v_data()) + size_t(next) * v_row;
+      vahead.lines = int64_t(size_t(std::min(kBlock, hi - next)) * v_row / 64);
     }
     pv(st, p, r0, nb, dp, w.s.data(), corr, w, vahead);
+    if (next % kCanonicalRows == 0 || next == hi) end_block(p, r0);
   }
 }
 
@@ -568,22 +609,35 @@ void write_probs(const HeadStore& st, const float* q, int64_t begin, int64_t lim
 }  // namespace
 
 void attend(const AttentionArgs& a) {
-  if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
-    throw std::invalid_argument("attend: store, q and out are required, group >= 1, begin >= 0");
+  if (!a.store || !a.q || !(a.out || a.blocks) || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
+    throw std::invalid_argument(
+        "attend: store, q and out (or blocks) are required, group >= 1, begin >= 0");
+  if (a.blocks && (a.probs || a.ggml_order))
+    throw std::invalid_argument("attend: blocks go without probs and ggml_order");
   if (a.ggml_order) return attend_ggml(a);
   const HeadStore& st = *a.store;
   const int64_t d = st.head_dim(), G = a.group, dp = round_up(d, kLanes);
   const int64_t end = std::min<int64_t>(a.end, st.size());
   const int64_t rows = a.n_tokens * G;
   const int64_t first_probs = a.n_tokens - (a.probs ? a.probs_tokens : 0);
+  const int64_t n_blocks = a.blocks ? attend_blocks(a) : 0, partial = kPartialHeader + d;
+  for (int64_t i = 0; i < rows * n_blocks; ++i) {  // empty partials where a row sees nothing
+    float* b = a.blocks + i * partial;
+    b[0] = kNegInf;
+    std::fill(b + 1, b + partial, 0.0f);
+  }
   Scratch& w = t_scratch;
   const bool amx = use_amx(st);
   const int64_t pass_rows = amx ? amx::kRows : kMaxRows;
   w.qbuf.assign(size_t(std::min<int64_t>(rows, pass_rows) * dp), 0.0f);
   w.obuf.resize(size_t(std::min<int64_t>(rows, pass_rows) * dp));
+  w.tbuf.resize(size_t(std::min<int64_t>(rows, pass_rows) * dp));
   for (int64_t r0 = 0; r0 < rows; r0 += pass_rows) {
     Pass p;
     p.n = int(std::min<int64_t>(pass_rows, rows - r0));
+    p.d = d;
+    p.dp = dp;
+    p.first_block = a.begin / kCanonicalRows;
     for (int r = 0; r < p.n; ++r) {
       const int64_t row = r0 + r, t = row / G;
       float* qp = w.qbuf.data() + r * dp;
@@ -594,17 +648,21 @@ void attend(const AttentionArgs& a) {
       p.lim[r] = std::min(end, a.visible + t + 1);
       p.m[r] = kNegInf;
       p.l[r] = 0.0f;
+      p.to[r] = w.tbuf.data() + r * dp;
+      p.tm[r] = kNegInf;
+      p.tl[r] = 0.0f;
+      p.blk[r] = a.blocks ? a.blocks + row * n_blocks * partial : nullptr;
     }
     if (amx)
       run_pass_amx(st, p, a.begin, a.scale, w);
     else
       run_pass(st, p, a.begin, a.scale, dp, w);
+    if (a.blocks) continue;
     for (int r = 0; r < p.n; ++r) {
       const int64_t row = r0 + r, t = row / G;
-      const bool empty = p.l[r] == 0.0f;
-      const float inv = empty ? 0.0f : 1.0f / p.l[r];
-      for (int64_t i = 0; i < d; ++i) a.out[row * d + i] = p.o[r][i] * inv;
-      const float lse = empty ? kNegInf : p.m[r] + std::log(p.l[r]);
+      const bool empty = p.tl[r] == 0.0f;
+      float lse;
+      finish_partial(p.tm[r], p.tl[r], p.to[r], d, a.out + row * d, &lse);
       if (a.lse) a.lse[row] = lse;
       if (a.probs && t >= first_probs) {
         float* dst = a.probs + (row - first_probs * G) * st.size();
@@ -622,6 +680,11 @@ void attend(const AttentionArgs& a) {
       }
     }
   }
+}
+
+int64_t attend_blocks(const AttentionArgs& a) {
+  const int64_t hi = std::min({a.end, a.store->size(), a.visible + a.n_tokens});
+  return hi > a.begin ? (hi - 1) / kCanonicalRows - a.begin / kCanonicalRows + 1 : 0;
 }
 
 void attend_allow_amx(bool allow) {

@@ -37,6 +37,30 @@ void merge_partials(int n_parts, const float* const* outs, const float* const* l
   }
 }
 
+void merge_block(float& m, float& l, float* o, float mb, float lb, const float* ob,
+                 int64_t head_dim) {
+  if (lb == 0.0f) return;
+  if (l == 0.0f) {
+    m = mb;
+    l = lb;
+    std::copy_n(ob, head_dim, o);
+    return;
+  }
+  const float mx = std::max(m, mb);
+  const float a = std::exp(m - mx), b = std::exp(mb - mx);
+  // std::fma, not a * x + y: the compiler may not contract it differently in different callers.
+  l = std::fma(lb, b, l * a);
+  for (int64_t i = 0; i < head_dim; ++i) o[i] = std::fma(ob[i], b, o[i] * a);
+  m = mx;
+}
+
+void finish_partial(float m, float l, const float* o, int64_t head_dim, float* out, float* lse) {
+  const bool empty = l == 0.0f;
+  const float inv = empty ? 0.0f : 1.0f / l;
+  for (int64_t i = 0; i < head_dim; ++i) out[i] = o[i] * inv;
+  if (lse) *lse = empty ? kNegInf : m + std::log(l);
+}
+
 float merge_weight(float mine, const float* lses, int n_parts, size_t stride) {
   float m = kNegInf;
   for (int q = 0; q < n_parts; ++q) m = std::max(m, lses[size_t(q) * stride]);
