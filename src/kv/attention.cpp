@@ -264,8 +264,8 @@ struct Pass {
   // accumulators, running maximum and sum.
   float* o[kMaxRows];
   float m[kMaxRows], l[kMaxRows];
-  // The fold of the finished canonical blocks (to: head_dim floats), or, where blk[r] is set,
-  // where row r writes each block's partial instead.
+  // The fold of the finished canonical blocks (to: head_dim floats), and, where blk[r] is set,
+  // where row r writes each block's partial too.
   float* to[kMaxRows];
   float tm[kMaxRows], tl[kMaxRows];
   float* blk[kMaxRows];
@@ -274,8 +274,8 @@ struct Pass {
 };
 
 // Ends the canonical block of key row `row`: each row's partial over it is folded into the
-// pass's (or written out), and its accumulators start again empty, so that the next block's
-// partial is the block's alone wherever the store's rows start.
+// pass's (and written out where asked), and its accumulators start again empty, so that the next
+// block's partial is the block's alone wherever the store's rows start.
 void end_block(Pass& p, int64_t row) {
   const int64_t k = row / kCanonicalRows - p.first_block;
   for (int r = 0; r < p.n; ++r) {
@@ -285,9 +285,8 @@ void end_block(Pass& p, int64_t row) {
         b[0] = p.m[r];
         b[1] = p.l[r];
         std::copy_n(p.o[r], p.d, b + kPartialHeader);
-      } else {
-        merge_block(p.tm[r], p.tl[r], p.to[r], p.m[r], p.l[r], p.o[r], p.d);
       }
+      merge_block(p.tm[r], p.tl[r], p.to[r], p.m[r], p.l[r], p.o[r], p.d);
     }
     p.m[r] = kNegInf;
     p.l[r] = 0.0f;
@@ -609,11 +608,9 @@ void write_probs(const HeadStore& st, const float* q, int64_t begin, int64_t lim
 }  // namespace
 
 void attend(const AttentionArgs& a) {
-  if (!a.store || !a.q || !(a.out || a.blocks) || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
-    throw std::invalid_argument(
-        "attend: store, q and out (or blocks) are required, group >= 1, begin >= 0");
-  if (a.blocks && (a.probs || a.ggml_order))
-    throw std::invalid_argument("attend: blocks go without probs and ggml_order");
+  if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
+    throw std::invalid_argument("attend: store, q and out are required, group >= 1, begin >= 0");
+  if (a.blocks && a.ggml_order) throw std::invalid_argument("attend: blocks go without ggml_order");
   if (a.ggml_order) return attend_ggml(a);
   const HeadStore& st = *a.store;
   const int64_t d = st.head_dim(), G = a.group, dp = round_up(d, kLanes);
@@ -657,7 +654,6 @@ void attend(const AttentionArgs& a) {
       run_pass_amx(st, p, a.begin, a.scale, w);
     else
       run_pass(st, p, a.begin, a.scale, dp, w);
-    if (a.blocks) continue;
     for (int r = 0; r < p.n; ++r) {
       const int64_t row = r0 + r, t = row / G;
       const bool empty = p.tl[r] == 0.0f;

@@ -45,11 +45,11 @@ struct AttentionArgs {
   // (n_tokens x head_dim). For a quantized K cache, `probs` is then scored against these rather
   // than the quantized rows (eviction scores computed before quantization).
   const float* fresh_keys = nullptr;
-  // Optional, instead of out and lse (and not with probs or ggml_order): the partial of every
-  // block of the canonical order (attention_merge.h) that [begin, end) touches, as one device
-  // folds them: n_tokens x group x attend_blocks(a) partials of 2 + head_dim floats (m, l, o),
-  // empty (l = 0) for a block the row does not see. A token slice that starts at a multiple of
-  // kCanonicalRows writes what the whole unit's pass folds for those rows.
+  // Optional, besides out and lse (not with ggml_order): the partial of every block of the
+  // canonical order (attention_merge.h) that [begin, end) touches, the ones attend folds into
+  // out: n_tokens x group x attend_blocks(a) partials of 2 + head_dim floats (m, l, o), empty
+  // (l = 0) for a block the row does not see. A token slice that starts at a multiple of
+  // kCanonicalRows writes the partials the whole unit's pass folds for those rows.
   float* blocks = nullptr;
 };
 

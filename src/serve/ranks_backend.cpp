@@ -8,6 +8,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "kv/attention_merge.h"
 #include "placement/rebalance.h"
 #include "runtime/rank_compression.h"
 #include "runtime/unit_parts.h"
@@ -180,13 +181,13 @@ size_t RanksBackend::row_bytes() const {
 
 size_t RanksBackend::store_bytes(int64_t rows, int64_t max_rows) const {
   const int64_t hd = m_.config.head_dim;
-  if (!o_.reserve_address_space || max_rows <= 0)
-    return size_t(rows) * o_.kv_type.token_bytes(hd);
+  if (!o_.reserve_address_space || max_rows <= 0) return size_t(rows) * o_.kv_type.token_bytes(hd);
   return kv::HeadStore::reserved_bytes(std::min(rows, max_rows), max_rows, hd, o_.kv_type);
 }
 
 size_t RanksBackend::bytes_for(int64_t rows, int64_t max_rows) const {
   const auto parts = runtime::unit_parts(placement());
+  const int64_t granule = o_.reduction == runtime::Reduction::Canonical ? kv::kCanonicalRows : 1;
   size_t most = 0;
   for (int d = 0; d < R_; ++d) {
     size_t b = 0;
@@ -195,8 +196,9 @@ size_t RanksBackend::bytes_for(int64_t rows, int64_t max_rows) const {
         const runtime::UnitPart* part = runtime::part_of(unit, d);
         if (!part) continue;
         int64_t held = rows;
+        // Its share of the rows, its ends rounded to the canonical order's blocks.
         if (part->share.kind == placement::ShareKind::Tokens && !runtime::is_tail(unit, d))
-          held = std::min(rows, int64_t(std::ceil(part->share.share * double(rows))) + 1);
+          held = std::min(rows, int64_t(std::ceil(part->share.share * double(rows))) + granule);
         b += store_bytes(held, max_rows);
       }
     most = std::max(most, b);
