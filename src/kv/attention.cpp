@@ -10,6 +10,13 @@
 // head_dim at a time (each value vector loaded and converted once per eight rows). A partial
 // panel at the end of the store goes through a float32 copy.
 //
+// The online softmax runs within each block of kCanonicalRows rows at multiples of it
+// (attention_merge.h): at a block's end its partial (maximum, sum, unnormalised output) is folded
+// into the row's by merge_block and the accumulators start again empty, so the pass is the fold
+// of the blocks' partials in row order, which token slices cut at those multiples reproduce bit
+// for bit (AttentionArgs::blocks). Folding costs a rescale of head_dim floats and one exp per
+// query row and block of 64 keys.
+//
 // The arithmetic of a group of 8 on an f16 cache (2 x 1024 FMAs and 16 conversions per key of 512
 // bytes) takes a core about as long as its share of the memory read, and the hardware
 // prefetchers alone keep too few lines in flight while a core computes that densely: the read and

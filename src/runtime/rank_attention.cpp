@@ -168,9 +168,12 @@ float* RankForward::att_row(const UnitView& u, int layer, int64_t r) {
 }
 
 // The canonical fold. Each part's partials are in its tasks' blocks (token row, query head,
-// block); their counts are gathered first (a part's count per row depends on its rows), then the
-// partials, into blocks of the largest part's; the tail folds every row's partials part by part
-// in device order, which is row order, and finishes them into its attention rows.
+// block). The other parts' counts are gathered first (a part's count per row depends on its
+// rows), then their partials, in blocks of the largest part's; the tail folds every row's
+// partials part by part in device order, which is row order, its own from its task, and
+// finishes them into its attention rows. Where the other parts hold no rows of a sequence (its
+// prompt, whole on the tail until it ends) nothing moves: the tail's own pass folded the same
+// partials in the same order.
 void RankForward::fold_slices(std::span<RankItem> batch, int layer) {
   const auto& splits = split_heads_[size_t(layer)];
   const int64_t n_split = int64_t(splits.size()), n_items = int64_t(batch.size());
@@ -182,61 +185,65 @@ void RankForward::fold_slices(std::span<RankItem> batch, int layer) {
     const UnitView* u = view(layer, splits[size_t(si)]);
     return u ? &tasks_[size_t(i * n_units + (u - views_[size_t(layer)].data()))] : nullptr;
   };
+  auto floats = [&](int64_t count, int64_t i) {
+    return count * int64_t(batch[size_t(i)].tokens.size()) * G * P;
+  };
   fold_counts_.assign(n_pairs * size_t(R + 1), 0);
-  for (int64_t si = 0; si < n_split; ++si)
+  for (int64_t si = 0; si < n_split; ++si) {
+    if (is_tail(parts_[size_t(layer)][size_t(splits[size_t(si)])], rank)) continue;
     for (int64_t i = 0; i < n_items; ++i)
       if (const Task* t = task_of(si, i)) fold_counts_[size_t(si * n_items + i)] = t->n_blocks;
-  int64_t* counts = &fold_counts_[n_pairs];  // [rank][pair]
+  }
+  int64_t* counts = &fold_counts_[n_pairs];  // [rank][pair]; 0 for the tails
   all_gather(fold_counts_.data(), n_pairs * sizeof(int64_t), counts);
   // Where each rank's partials of a pair start in its block, and the largest block.
-  std::vector<int64_t> at(n_pairs * size_t(R) + 1);
+  std::vector<int64_t> at(n_pairs * size_t(R));
   int64_t most = 0;
   for (int q = 0; q < R; ++q) {
     int64_t off = 0;
     for (size_t k = 0; k < n_pairs; ++k) {
       at[size_t(q) * n_pairs + k] = off;
-      off += counts[size_t(q) * n_pairs + k] * int64_t(batch[k % size_t(n_items)].tokens.size()) *
-             G * P;
+      off += floats(counts[size_t(q) * n_pairs + k], int64_t(k % size_t(n_items)));
     }
     most = std::max(most, off);
   }
   if (most == 0) return;
   fold_.assign(size_t(most), 0.0f);
-  for (int64_t si = 0; si < n_split; ++si)
-    for (int64_t i = 0; i < n_items; ++i) {
-      const Task* t = task_of(si, i);
-      if (t && t->n_blocks > 0)
-        std::copy_n(t->blocks.data(), t->n_blocks * int64_t(batch[size_t(i)].tokens.size()) * G * P,
-                    &fold_[size_t(at[size_t(rank) * n_pairs + size_t(si * n_items + i)])]);
-    }
+  for (size_t k = 0; k < n_pairs; ++k)
+    if (const int64_t cnt = fold_counts_[k]; cnt > 0)
+      std::copy_n(task_of(int64_t(k) / n_items, int64_t(k) % n_items)->blocks.data(),
+                  floats(cnt, int64_t(k) % n_items),
+                  &fold_[size_t(at[size_t(rank) * n_pairs + k])]);
   gathered_.resize(size_t(R) * size_t(most));
   all_gather(fold_.data(), size_t(most) * sizeof(float), gathered_.data());
   std::vector<float> o(static_cast<size_t>(hd));
   for (int64_t si = 0; si < n_split; ++si) {
     const int head = splits[size_t(si)];
     const UnitView* u = view(layer, head);
-    if (!u || !u->held) continue;
     const auto& parts = parts_[size_t(layer)][size_t(head)];
-    const bool tail = is_tail(parts, rank);
+    if (!u || !u->held || !is_tail(parts, rank)) continue;  // the tail applies Wo to the unit
     for (int64_t i = 0; i < n_items; ++i) {
-      const int64_t n = int64_t(batch[size_t(i)].tokens.size()), row0 = row0_[size_t(i)];
       const size_t pair = size_t(si * n_items + i);
+      bool others = false;
+      for (int q = 0; q < R; ++q) others = others || counts[size_t(q) * n_pairs + pair] > 0;
+      if (!others) continue;  // its own output stands
+      const Task& mine = *task_of(si, i);
+      const int64_t n = int64_t(batch[size_t(i)].tokens.size()), row0 = row0_[size_t(i)];
       for (int64_t r = 0; r < n * G; ++r) {
-        float* out = att_row(*u, layer, row0 + r / G) + (r % G) * hd;
-        if (!tail) {  // the tail applies Wo to the unit
-          std::fill_n(out, hd, 0.0f);
-          continue;
-        }
         float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
         for (const UnitPart& part : parts) {
           const int q = part.device;
-          const int64_t cnt = counts[size_t(q) * n_pairs + pair];
-          const float* p = &gathered_[size_t(q) * size_t(most) +
-                                      size_t(at[size_t(q) * n_pairs + pair] + r * cnt * P)];
+          const int64_t cnt = q == rank ? mine.n_blocks : counts[size_t(q) * n_pairs + pair];
+          if (cnt == 0) continue;
+          const float* p = q == rank
+                               ? &mine.blocks[size_t(r * cnt * P)]
+                               : &gathered_[size_t(q) * size_t(most) +
+                                            size_t(at[size_t(q) * n_pairs + pair] + r * cnt * P)];
           for (int64_t k = 0; k < cnt; ++k, p += P)
             kv::merge_block(m, l, o.data(), p[0], p[1], p + kv::kPartialHeader, hd);
         }
-        kv::finish_partial(m, l, o.data(), hd, out, nullptr);
+        kv::finish_partial(m, l, o.data(), hd, att_row(*u, layer, row0 + r / G) + (r % G) * hd,
+                           nullptr);
       }
     }
   }
