@@ -6,9 +6,9 @@
 // kKeyPanel elements is loaded and converted once and serves one FMA per query row, against that
 // row's element broadcast once for the panels, so scores need no horizontal sums and f16 keys one
 // conversion per element for the whole group. The rows' online softmax then advances once per
-// block, and the values (row-major) are accumulated for up to eight rows x two vectors of
-// head_dim at a time (each value vector loaded and converted once per eight rows). A partial
-// panel at the end of the store goes through a float32 copy.
+// block, and the values (row-major, attention_values.cpp) are accumulated for up to eight rows x
+// two vectors of head_dim at a time (each value vector loaded and converted once per eight rows). A
+// partial panel at the end of the store goes through a float32 copy.
 //
 // The online softmax runs within each block of kCanonicalRows rows at multiples of it
 // (attention_merge.h): at a block's end its partial (maximum, sum, unnormalised output) is folded
@@ -38,6 +38,7 @@
 #include "kv/attention.h"
 #include "kv/attention_amx.h"
 #include "kv/attention_quant.h"
+#include "kv/attention_values.h"
 
 namespace fairkv::kv {
 
@@ -46,9 +47,9 @@ namespace {
 namespace simd = kernels::simd;
 
 constexpr int kLanes = simd::kLanes;
-constexpr int kMaxRows = 16;    // query rows per pass: their PV accumulators stay in registers
-constexpr int64_t kBlock = 64;  // keys per online-softmax step
-constexpr int kPvRows = 8;      // query rows per value tile (8 x 2 vectors)
+constexpr int kMaxRows = detail::kAttendRows;
+constexpr int64_t kBlock = detail::kKeyBlock;
+using detail::Prefetch;
 // Keys ahead of the scores whose K a pass prefetches (two panels: the distance measured best
 // in kv_bench, from 1 to 16 panels); V is prefetched one block ahead, while a block's values
 // are accumulated.
@@ -83,68 +84,9 @@ bool use_amx(const HeadStore& st) {
 
 thread_local Scratch t_scratch;  // per thread, kept between calls
 
-// Values [r0, r0 + n) as float32 rows of stride dp (a multiple of kLanes, zero padded): an f32
-// store whose rows are whole vectors is read in place.
-const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
-                        std::vector<float>& buf) {
-  const int64_t d = st.head_dim();
-  const void* base = st.v_data();
-  const KvType t = st.types().v;
-  if (t == KvType::F32 && dp == d) return static_cast<const float*>(base) + r0 * d;
-  buf.resize(size_t(n * dp));
-  if (kv_type_quantized(t)) {
-    detail::dequantize_values(st, r0, n, dp, buf.data());
-    return buf.data();
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    float* dst = buf.data() + j * dp;
-    if (t == KvType::F32) {
-      std::copy_n(static_cast<const float*>(base) + (r0 + j) * d, d, dst);
-    } else {
-      const uint16_t* src = static_cast<const uint16_t*>(base) + (r0 + j) * d;
-      const bool bf16 = t == KvType::BF16;
-      int64_t i = 0;
-      for (; i + kLanes <= d; i += kLanes)
-        simd::store(dst + i, bf16 ? simd::load_bf16(src + i) : simd::load_f16(src + i));
-      for (; i < d; ++i)
-        dst[i] = bf16 ? kernels::bf16_to_fp32(src[i]) : simd::half_to_float(src[i]);
-    }
-    std::fill(dst + d, dst + dp, 0.0f);
-  }
-  return buf.data();
-}
-
 // bf16 elements of a panel (the bits as stored), told apart from f16's uint16_t by type.
 struct Bf16 {
   uint16_t bits;
-};
-
-#if defined(FAIRKV_AVX512)
-// 16 float32 elements from p (converted from f16 in registers).
-template <class T>
-inline __m512 load16(const T* p) {
-  if constexpr (std::is_same_v<T, uint16_t>)
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  else
-    return _mm512_loadu_ps(p);
-}
-#endif
-
-// Prefetches `lines` cache lines from `at` into L2 spread evenly over `steps` calls of tick()
-// (Bresenham): the kernels issue them between their FMAs, a few per loop iteration, because a
-// burst of them, like a sweep of loads ahead, stalls the core until the line fill buffers free up
-// (the sweep this replaced reached 0.48 of the read). Into L2, not L1: with an f32 cache a block
-// of V alone is 32 KiB of L1's 48, and f32 group 8 read at 0.69 of the read with T0, 0.79 with T1.
-struct Prefetch {
-  const char* at = nullptr;
-  int64_t lines = 0, steps = 1;
-  int64_t due = 0, line = 0;
-  void tick() {
-    for (due += lines; due >= steps; due -= steps) __builtin_prefetch(at + 64 * line++, 0, 2);
-  }
-  void finish() {  // what an overestimated `steps` left
-    for (; line < lines; ++line) __builtin_prefetch(at + 64 * line, 0, 2);
-  }
 };
 
 // Vectors of score accumulators per kernel call: 16 of the 32 registers on AVX-512, 8 of 16.
@@ -307,181 +249,6 @@ int64_t block_end(int64_t r0, int64_t hi) {
   return std::min({r0 + kBlock, hi, (r0 / kCanonicalRows + 1) * kCanonicalRows});
 }
 
-#if defined(FAIRKV_AVX512)
-// o[r][c0, c0 + 16 CW) = o * corr[r] + sum_j prob[r][j] V[j][c0, c0 + 16 CW) for NR rows: each
-// value vector loaded (and converted, for f16) serves NR FMAs and each broadcast probability
-// CW, with the NR x CW accumulators in registers for the whole block.
-template <int NR, int CW, class T>
-inline void pv_tile(float* const* o, int64_t c0, const T* V, int64_t stride, int64_t nb,
-                    const float* prob, const float* corr, Prefetch& ahead) {
-  Prefetch pf = ahead;  // in registers for the loop, not through memory
-  __m512 acc[NR][CW];
-  FAIRKV_UNROLL
-  for (int r = 0; r < NR; ++r) {
-    const __m512 cr = _mm512_set1_ps(corr[r]);
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + c0 + 16 * c), cr);
-  }
-  for (int64_t j = 0; j < nb; ++j) {
-    pf.tick();
-    const T* vr = V + j * stride + c0;
-    __m512 v[CW];
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c) v[c] = load16(vr + 16 * c);
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) {
-      __m512 pr = _mm512_set1_ps(prob[r * kBlock + j]);
-      if constexpr (CW > 1) asm("" : "+v"(pr));  // one broadcast, not one per FMA
-      FAIRKV_UNROLL
-      for (int c = 0; c < CW; ++c) acc[r][c] = _mm512_fmadd_ps(pr, v[c], acc[r][c]);
-    }
-  }
-  FAIRKV_UNROLL
-  for (int r = 0; r < NR; ++r) {
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c) _mm512_storeu_ps(o[r] + c0 + 16 * c, acc[r][c]);
-  }
-  ahead = pf;
-}
-
-// pv_tile over the whole of head_dim (dp a multiple of 16) for NR rows.
-template <int NR, int CW, class T>
-void pv_rows(float* const* o, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-             const float* corr, Prefetch& ahead) {
-  int64_t c0 = 0;
-  for (; c0 + 16 * CW <= dp; c0 += 16 * CW)
-    pv_tile<NR, CW>(o, c0, V, stride, nb, prob, corr, ahead);
-  for (; c0 < dp; c0 += 16) pv_tile<NR, 1>(o, c0, V, stride, nb, prob, corr, ahead);
-}
-
-// A tile of value rows: `rows` query rows x `vecs` vectors of head_dim at a time.
-struct PvTile {
-  int rows, vecs;
-};
-
-// How pv_fast covers n rows: tiles of eight rows x two vectors, each value vector loaded (and
-// converted) once for the eight; fewer rows take wider tiles. (Up to four f32 rows used to go a
-// pair at a time, whole value rows in address order; with the prefetches that no longer gains:
-// f32 group 4, 2 threads, 0.87-0.90 of the streaming read either way.)
-int pv_tiles(int n, PvTile* out) {
-  int k = 0;
-  for (int r = 0; r < n;) {
-    const int left = std::min(n - r, kPvRows);
-    const PvTile t = left == 8   ? PvTile{8, 2}
-                     : left >= 4 ? PvTile{4, 4}
-                     : left == 3 ? PvTile{3, 4}
-                                 : PvTile{left, 8};
-    out[k++] = t;
-    r += t.rows;
-  }
-  return k;
-}
-
-// The values of a block for every row of the pass, in the tiles of pv_tiles; the prefetches of
-// `ahead` spread over every token of every tile.
-template <class T>
-void pv_fast(Pass& p, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-             const float* corr, Prefetch& ahead) {
-  PvTile tiles[kMaxRows];
-  const int n_tiles = pv_tiles(p.n, tiles);
-  int64_t steps = 0;  // pv_tile calls (as pv_rows makes them) x nb tokens
-  for (int i = 0; i < n_tiles; ++i) {
-    const int64_t w = 16 * tiles[i].vecs;
-    steps += nb * (dp / w + dp % w / 16);
-  }
-  ahead.steps = std::max<int64_t>(1, steps);
-  for (int i = 0, r = 0; i < n_tiles; r += tiles[i++].rows) {
-    float* const* o = p.o + r;
-    const float* pr = prob + r * kBlock;
-    const float* cr = corr + r;
-    switch (tiles[i].rows * 16 + tiles[i].vecs) {
-      case 8 * 16 + 2:
-        pv_rows<8, 2>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 4 * 16 + 4:
-        pv_rows<4, 4>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 3 * 16 + 4:
-        pv_rows<3, 4>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 2 * 16 + 8:
-        pv_rows<2, 8>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      default:
-        pv_rows<1, 8>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-    }
-  }
-}
-#endif
-
-// o[r] = o[r] * corr[r] + sum_j prob[r][j] V[j] for the NR rows of a pass, one vector of
-// head_dim at a time: each value vector is loaded (and converted, for f16) once for all rows,
-// whose accumulators stay in registers (NR is a template argument so that the compiler unrolls
-// over the rows). V rows have `stride` elements.
-template <int NR, bool F16>
-void pv_block(Pass& p, const void* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-              const float* corr, Prefetch& ahead) {
-  for (int64_t c = 0; c < dp; c += kLanes) {
-    simd::V acc[NR];
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) acc[r] = simd::mul(simd::load(p.o[r] + c), simd::set1(corr[r]));
-    for (int64_t j = 0; j < nb; ++j) {
-      ahead.tick();
-      const simd::V v = F16 ? simd::load_f16(static_cast<const uint16_t*>(V) + j * stride + c)
-                            : simd::load(static_cast<const float*>(V) + j * stride + c);
-      FAIRKV_UNROLL
-      for (int r = 0; r < NR; ++r) acc[r] = simd::fma(simd::set1(prob[r * kBlock + j]), v, acc[r]);
-    }
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) simd::store(p.o[r] + c, acc[r]);
-  }
-}
-
-template <bool F16, int... N>
-void pv_dispatch_impl(std::integer_sequence<int, N...>, Pass& p, const void* V, int64_t stride,
-                      int64_t nb, int64_t dp, const float* prob, const float* corr,
-                      Prefetch& ahead) {
-  using Fn = void (*)(Pass&, const void*, int64_t, int64_t, int64_t, const float*, const float*,
-                      Prefetch&);
-  static constexpr Fn table[] = {&pv_block<N + 1, F16>...};
-  table[p.n - 1](p, V, stride, nb, dp, prob, corr, ahead);
-}
-
-// Values of keys [r0, r0 + nb): read in place when rows are whole vectors (f16 converted on the
-// fly), else through a float32 copy.
-void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const float* prob,
-        const float* corr, Scratch& w, Prefetch& ahead) {
-  const int64_t d = st.head_dim();
-  constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
-  const KvType vt = st.types().v;
-  if (kv_type_quantized(vt) && detail::pv_quant(st, p.o, p.n, r0, nb, prob, kBlock, corr)) {
-    ahead.finish();
-    return;
-  }
-#if defined(FAIRKV_AVX512)
-  if (dp == d) {
-    if (vt == KvType::F16)
-      pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
-    else if (vt == KvType::F32)
-      pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
-    else  // bf16, q8_0, q4_0: converted a block at a time, then as f32
-      pv_fast(p, value_rows(st, r0, nb, dp, w.vbuf), d, nb, dp, prob, corr, ahead);
-    ahead.finish();
-    return;
-  }
-#endif
-  ahead.steps = std::max<int64_t>(1, nb * (dp / kLanes));
-  if (dp == d && vt == KvType::F16) {
-    pv_dispatch_impl<true>(rows, p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp,
-                           prob, corr, ahead);
-  } else {
-    const float* V = value_rows(st, r0, nb, dp, w.vbuf);
-    pv_dispatch_impl<false>(rows, p, V, dp, nb, dp, prob, corr, ahead);
-  }
-  ahead.finish();
-}
-
 // Advances row r's online softmax over the block's scores s[0, nb), of which [lo, hi) are real:
 // s becomes the probabilities relative to the new maximum (zero elsewhere), and the return value
 // is the factor that rescales what was accumulated before.
@@ -594,7 +361,7 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
       vahead.at = static_cast<const char*>(st.v_data()) + size_t(next) * v_row;
       vahead.lines = int64_t(size_t(std::min(kBlock, hi - next)) * v_row / 64);
     }
-    pv(st, p, r0, nb, dp, w.s.data(), corr, w, vahead);
+    detail::block_values(st, p.o, p.n, r0, nb, dp, w.s.data(), corr, w.vbuf, vahead);
     if (next % kCanonicalRows == 0 || next == hi) end_block(p, r0);
   }
 }
