@@ -16,6 +16,7 @@
 // before and after that run) and of_stream, their ratio (1.0 = at the bandwidth). Other
 // processes sharing the machine move both; compare ratios, over --benchmark_repetitions=5.
 // f16 names ending in /amx run the AMX kernel (kv/attention_amx.h) where the CPU has it.
+// value_norms/n<n>: DefensiveKV's CriticalKV value norms of one layer (kv::projected_value_norms).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -35,6 +36,7 @@
 #include "kv/attention.h"
 #include "kv/attention_amx.h"
 #include "kv/cache.h"
+#include "kv/compress.h"
 
 namespace {
 
@@ -334,6 +336,33 @@ void bm_prefill(benchmark::State& state, kv::KvType t, int group, int64_t n, boo
   state.counters["scratch_KiB"] = double(kv::attend_scratch_bytes()) / 1024.0;
 }
 
+// DefensiveKV's CriticalKV value norms of one layer (kv::projected_value_norms), one thread, in
+// SmolLM2-135M's shape: 3 KV heads x a group of 3 x head_dim 64, W_o of 576 rows (f32), n cached
+// tokens per head: ms and the multiply-adds' rate against the FMA loop (of_fma).
+void bm_value_norms(benchmark::State& state, int64_t n) {
+  constexpr int kHeads = 3, kGroup = 3;
+  constexpr int64_t kDim = 64, kEmbd = 576, kCols = kHeads * kGroup * kDim;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> z(0.0f, 1.0f);
+  kv::SequenceCache cache(1, kHeads, kDim, kv::KvType::F32);
+  std::vector<float> k(size_t(n * kDim)), v(k.size()), wo(size_t(kEmbd * kCols));
+  for (int h = 0; h < kHeads; ++h) {
+    for (auto& x : k) x = z(rng);
+    for (auto& x : v) x = z(rng);
+    cache.head(0, h).append(k.data(), v.data(), n);
+  }
+  for (auto& x : wo) x = z(rng);
+  for (auto _ : state) {
+    auto norms = kv::projected_value_norms(cache, 0, kGroup, kEmbd, [&](int64_t r, float* out) {
+      std::copy_n(wo.data() + r * kCols, kCols, out);
+    });
+    benchmark::DoNotOptimize(norms.data());
+  }
+  const double fmas = double(kEmbd) * kCols * double(n);
+  state.counters["of_fma"] =
+      benchmark::Counter(fmas / fma_cpu_rate(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -378,6 +407,9 @@ int main(int argc, char** argv) {
                                      t, group, int64_t(4096), amx)
             ->Unit(benchmark::kMillisecond);
       }
+  for (int64_t n : {512, 4096})
+    benchmark::RegisterBenchmark(("value_norms/n" + std::to_string(n)).c_str(), bm_value_norms, n)
+        ->Unit(benchmark::kMillisecond);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

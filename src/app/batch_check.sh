@@ -23,6 +23,14 @@ cat >"$dir/req.jsonl" <<'JSON'
 {"id": "e", "prompt": "Tom and Sue went to the", "max_tokens": 30, "temperature": 0, "stop": ["."], "arrival": 0.1}
 JSON
 
+# Two longer prompts for DefensiveKV on every request (--kv-budget 16 of about 100 tokens), where
+# CriticalKV's value norms move one device's outputs.
+cat >"$dir/defensive.jsonl" <<'JSON'
+{"id": "g", "prompt": "Lily and Tom were friends. One day they went to the park with a big red ball and a kite. The sun was hot and the birds sang in the trees. Lily threw the ball to Tom, but it flew over his head and landed in the pond. Tom was sad, but Lily had an idea. She took the kite and", "max_tokens": 24, "temperature": 0}
+{"id": "h", "prompt": "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball under a tree. She ran to the ball and picked it up. Her mom said it was time to go home, but Lily wanted to play more.", "max_tokens": 24, "temperature": 0, "arrival": 0.02}
+JSON
+defensive="--kv-policy defensivekv --kv-budget 16 --kv-critical"
+
 # The deterministic part of each --json line (timings dropped), in file order.
 outputs() {
   file=$1
@@ -108,6 +116,19 @@ JSON
         check "$planner R=$R" "$ref" "$got"
       done
     done
+    # DefensiveKV: each unit's value norms from the ranks holding its query heads' W_o columns.
+    ref=$(outputs "$dir/defensive.jsonl" $defensive on)
+    if [ "$ref" = "$(outputs "$dir/defensive.jsonl" $defensive off)" ]; then
+      echo "FAILED: CriticalKV's value norms change no output, so the ranks' could not be checked"
+      fail=1
+    fi
+    for case in "tp 2" "balanced 3" "fair-copy 2" "fair-copy 4"; do
+      set -- $case
+      check "defensivekv $1 R=$2" "$ref" \
+        "$(outputs "$dir/defensive.jsonl" $defensive on --devices $2 --placement $1 --no-replan)"
+    done
+    check "defensivekv split R=3" "$ref" \
+      "$(outputs "$dir/defensive.jsonl" $defensive on --devices 3 --placement split)"
     # Token slices (split, and re-planning, which re-divides replicated units into them) are
     # canonical too: prompts of ~200 tokens, whose slices span several of the canonical order's
     # 64-row blocks, greedy and seeded, planned by a profile measured under Ada-KV (uneven
@@ -142,6 +163,8 @@ JSON
     grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
     check "split on 2 MPI ranks" "$(outputs "$dir/greedy.jsonl")" \
       "$(mpi_outputs "$dir/greedy.jsonl" split)"
+    check "defensivekv fair-copy on 2 MPI ranks" "$(outputs "$dir/defensive.jsonl" $defensive on)" \
+      "$(mpi_outputs "$dir/defensive.jsonl" fair-copy $defensive on --no-replan)"
     token_slice_requests
     check "split on 2 MPI ranks, long prompts" "$(outputs "$dir/slices.jsonl")" \
       "$(mpi_outputs "$dir/slices.jsonl" split --profile "$dir/profile.json")"

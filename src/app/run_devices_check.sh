@@ -44,8 +44,10 @@ case $mode in
           --temp 0 $kv --devices $R --placement $planner --profile "$profile" --rebalance
       done
     done
-    # Every policy runs on ranks: Task-KV, and EpiCache's block-wise prefill.
+    # Every policy runs on ranks: Task-KV, DefensiveKV with CriticalKV's value norms, and
+    # EpiCache's block-wise prefill.
     for kv in "--kv-policy taskkv --kv-budget 32 --kv-window 8" \
+      "--kv-policy defensivekv --kv-budget 32 --kv-window 8 --kv-critical on" \
       "--kv-policy epicache --kv-budget 24 --kv-window 8 --kv-epicache-block 20"; do
       ref=$(single "$prompt") || exit 1
       for planner in tp split; do
@@ -130,6 +132,9 @@ case $mode in
       expect "mpi $planner" "$ref" "$@" "$fairkv" run -m "$model" -p "$prompt" -n 24 --temp 0 \
         $kv --devices 2 --comm mpi --placement $planner --profile "$profile" --rebalance
     done
+    kv="--kv-policy defensivekv --kv-budget 32 --kv-window 8 --kv-critical on"
+    expect "mpi fair-copy $kv" "$(single "$prompt")" "$@" "$fairkv" run -m "$model" -p "$prompt" \
+      -n 24 --temp 0 $kv --devices 2 --comm mpi --placement fair-copy --profile "$profile"
     # Ranks started with different arguments or models stop together with one message naming
     # the rank, instead of hanging or printing garbage: MPMD launches give rank 1 other input.
     mpiexec=$1 np=$2

@@ -301,7 +301,7 @@ Selection select_tokens(const CompressionConfig& c, const PromptScores& s) {
   }
 
   // DefensiveKV's CriticalKV stage runs when every head has its value norms.
-  const bool critical = c.policy == Policy::DefensiveKV && c.critical &&
+  const bool critical = c.needs_value_norms() &&
                         std::all_of(s.heads.begin(), s.heads.end(), [&](const HeadScores& h) {
                           return int64_t(h.value_norm.size()) >= P;
                         });
@@ -381,7 +381,7 @@ void ScoreCollector::observe(int layer, int kv_head, const float* probs, int gro
 // needs_head_outputs() and set_head_outputs() are with Task-KV in compress_headwise.cpp.
 
 bool ScoreCollector::needs_value_norms() const {
-  return c_.policy == Policy::DefensiveKV && c_.critical;
+  return c_.needs_value_norms();
 }
 
 void ScoreCollector::set_value_norms(int layer, int kv_head, std::vector<float> norms) {

@@ -195,6 +195,8 @@ struct CompressionConfig {
   // Whether the prompt is prefilled block by block with a compression after every block
   // (EpiCache) rather than compressed once after the whole prefill.
   bool blockwise() const { return policy == Policy::EpiCache; }
+  // Whether the selection reads projected value norms (DefensiveKV with its CriticalKV stage).
+  bool needs_value_norms() const { return policy == Policy::DefensiveKV && critical; }
   // Kept tokens per head on average for a prompt of n tokens, window included (>= 1).
   int64_t budget_for(int64_t n_prompt) const;
   std::string describe() const;  // one line, for logs and JSON
@@ -302,6 +304,17 @@ std::vector<int64_t> cake_budgets(std::span<const double> preference, int64_t av
 std::vector<std::vector<float>> projected_value_norms(
     const SequenceCache& cache, int layer, int group, int64_t embd,
     const std::function<void(int64_t row, float* out)>& wo_row);
+// The same for one KV head in two steps, so that ranks holding different query heads of its group
+// can each take their part and one device's norms still come out bit for bit.
+// projected_value_sums: for q_heads consecutive query heads of the group and the store's first n
+// rows, sum over W_o's rows r (in order) of |(W_o^q v_j)_r|, as [q][j] doubles; wo_cols(r, out)
+// writes those query heads' q_heads * head_dim columns of W_o's row r. mean_value_norms: the
+// norms ([j]) from the whole group's sums ([g][j], query-head order), summed over g in order.
+// projected_value_norms is these two steps for every head.
+std::vector<double> projected_value_sums(
+    const HeadStore& st, int64_t n, int q_heads, int64_t embd,
+    const std::function<void(int64_t row, float* out)>& wo_cols);
+std::vector<float> mean_value_norms(std::span<const double> sums, int group);
 
 // ZipVL's count for one layer: the fewest prefix tokens whose mean attention over the layer's
 // heads (scores[h], the heads' unpooled window attention, all of the same length), with the

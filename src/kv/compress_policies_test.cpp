@@ -334,6 +334,64 @@ TEST(CriticalKv, FixedSplitEqualsBruteForce) {
   }
 }
 
+// CriticalKV's projected value norms: one layer of H = 2 KV heads, groups of 3, head_dim 8, W_o
+// with 5 rows, 70 tokens (two token blocks). The layer's norms against the definition in double;
+// and the per-head sums, taken by query-head ranges as ranks holding query slices take them, over
+// the first 68 rows, give the same floats bit for bit.
+TEST(CriticalKv, ProjectedValueNormsEqualTheDefinitionAndTheirParts) {
+  const int H = 2, G = 3;
+  const int64_t hd = 8, embd = 5, n = 70, cols = H * G * hd;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> z(0.0f, 1.0f);
+  SequenceCache cache(1, H, hd, KvType::F32);
+  std::vector<std::vector<float>> vals(H);
+  for (int h = 0; h < H; ++h) {
+    std::vector<float> k(sz(n * hd));
+    vals[sz(h)].resize(sz(n * hd));
+    for (float& x : k) x = z(rng);
+    for (float& x : vals[sz(h)]) x = z(rng);
+    cache.head(0, h).append(k.data(), vals[sz(h)].data(), n);
+  }
+  std::vector<float> wo(sz(embd * cols));
+  for (float& x : wo) x = z(rng);
+  const auto norms = projected_value_norms(cache, 0, G, embd, [&](int64_t r, float* out) {
+    std::copy_n(wo.begin() + r * cols, cols, out);
+  });
+  ASSERT_EQ(norms.size(), sz(H));
+  for (int h = 0; h < H; ++h) {
+    ASSERT_EQ(norms[sz(h)].size(), sz(n));
+    for (int64_t j = 0; j < n; ++j) {
+      double want = 0;
+      for (int g = 0; g < G; ++g)
+        for (int64_t r = 0; r < embd; ++r) {
+          double d = 0;
+          for (int64_t k = 0; k < hd; ++k)
+            d += double(wo[sz(r * cols + (h * G + g) * hd + k)]) * vals[sz(h)][sz(j * hd + k)];
+          want += std::fabs(d);
+        }
+      want /= G;
+      EXPECT_NEAR(norms[sz(h)][sz(j)], want, 1e-5 * want) << "head " << h << " token " << j;
+    }
+    // Query heads [0, 1) on one rank and [1, 3) on another, over the first n - 2 rows.
+    const int64_t m = n - 2;
+    std::vector<double> sums;
+    for (auto [q0, q1] : {std::pair{0, 1}, std::pair{1, 3}}) {
+      const auto part = projected_value_sums(
+          cache.head(0, h), m, q1 - q0, embd, [&, q0 = q0, q1 = q1](int64_t r, float* out) {
+            std::copy_n(wo.begin() + r * cols + (h * G + q0) * hd, (q1 - q0) * hd, out);
+          });
+      ASSERT_EQ(part.size(), sz((q1 - q0) * m));
+      sums.insert(sums.end(), part.begin(), part.end());
+    }
+    const auto got = mean_value_norms(sums, G);
+    ASSERT_EQ(got.size(), sz(m));
+    for (int64_t j = 0; j < m; ++j) EXPECT_EQ(got[sz(j)], norms[sz(h)][sz(j)]) << "token " << j;
+  }
+  EXPECT_THROW(mean_value_norms(std::vector<double>(7), G), std::invalid_argument);
+  EXPECT_THROW(projected_value_sums(cache.head(0, 0), n + 1, 1, embd, [](int64_t, float*) {}),
+               std::invalid_argument);
+}
+
 TEST(HeadImportance, AnswerSpanIsTheLastLongestOccurrence) {
   const std::vector<int32_t> prompt = {1, 2, 3, 4, 5, 2, 3, 9};
   EXPECT_EQ(find_answer_span(prompt, std::vector<int32_t>{2, 3}),

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/simd.h"
 #include "kv/compress.h"
 
 namespace fairkv::kv {
@@ -188,6 +189,89 @@ HeadScores score_head(const CompressionConfig& c, const float* probs, int group,
   }
 }
 
+namespace {
+
+// Tokens per block of the value-norm loop: 4 vectors of running dot products, so that 4
+// independent chains hide the multiply-adds' latency.
+constexpr int64_t kTokenBlock = 4 * kernels::simd::kLanes;
+
+// The store's first n values as float32, token-blocked and transposed, [block][dim][token in
+// block], zero past n: a dimension's values of a block's tokens sit side by side.
+std::vector<float> values_of(const HeadStore& st, int64_t n) {
+  const int64_t hd = st.head_dim(), blocks = (n + kTokenBlock - 1) / kTokenBlock;
+  std::vector<float> v(size_t(blocks * hd * kTokenBlock), 0.0f);
+  std::vector<float> row(static_cast<size_t>(hd));
+  for (int64_t j = 0; j < n; ++j) {
+    st.v_row(j, row.data());
+    float* at = v.data() + (j / kTokenBlock) * hd * kTokenBlock + j % kTokenBlock;
+    for (int64_t k = 0; k < hd; ++k) at[k * kTokenBlock] = row[size_t(k)];
+  }
+  return v;
+}
+
+// One row r of W_o: acc[q][j] += |(W_o^q v_j)_r| for q_heads query heads, whose columns of the
+// row are w (q_heads * hd floats), over values_of()'s layout. Each token's dot product adds its
+// hd terms in order (multiply-adds), a block of tokens at a time. The one loop both the layer and
+// the per-head paths run, so that their sums agree bit for bit.
+void add_wo_row(const float* w, int q_heads, const float* v, int64_t n, int64_t hd, double* acc) {
+  namespace simd = kernels::simd;
+  constexpr int kVectors = int(kTokenBlock / simd::kLanes);
+  for (int q = 0; q < q_heads; ++q) {
+    const float* wq = w + int64_t(q) * hd;
+    double* a = acc + int64_t(q) * n;
+    for (int64_t j0 = 0; j0 < n; j0 += kTokenBlock) {
+      const float* x = v + (j0 / kTokenBlock) * hd * kTokenBlock;
+      simd::V d[kVectors];
+      FAIRKV_UNROLL
+      for (int i = 0; i < kVectors; ++i) d[i] = simd::zero();
+      for (int64_t k = 0; k < hd; ++k) {
+        const simd::V wk = simd::set1(wq[k]);
+        FAIRKV_UNROLL
+        for (int i = 0; i < kVectors; ++i)
+          d[i] = simd::fma(wk, simd::load(x + k * kTokenBlock + i * simd::kLanes), d[i]);
+      }
+      float dots[kTokenBlock];
+      for (int i = 0; i < kVectors; ++i) simd::store(dots + i * simd::kLanes, d[i]);
+      const int64_t m = std::min(kTokenBlock, n - j0);
+      for (int64_t t = 0; t < m; ++t) a[j0 + t] += std::fabs(double(dots[t]));
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<double> projected_value_sums(
+    const HeadStore& st, int64_t n, int q_heads, int64_t embd,
+    const std::function<void(int64_t row, float* out)>& wo_cols) {
+  if (q_heads < 1 || n < 0 || n > st.size())
+    throw std::invalid_argument("projected_value_sums: " + std::to_string(q_heads) +
+                                " query heads over " + std::to_string(n) + " of " +
+                                std::to_string(st.size()) + " rows");
+  const int64_t hd = st.head_dim();
+  const std::vector<float> v = values_of(st, n);
+  std::vector<double> acc(size_t(q_heads) * size_t(n), 0.0);
+  std::vector<float> row(size_t(q_heads * hd));
+  for (int64_t r = 0; r < embd; ++r) {
+    wo_cols(r, row.data());
+    add_wo_row(row.data(), q_heads, v.data(), n, hd, acc.data());
+  }
+  return acc;
+}
+
+std::vector<float> mean_value_norms(std::span<const double> sums, int group) {
+  if (group < 1 || sums.size() % size_t(group) != 0)
+    throw std::invalid_argument("mean_value_norms: " + std::to_string(sums.size()) +
+                                " sums for a group of " + std::to_string(group));
+  const size_t n = sums.size() / size_t(group);
+  std::vector<float> out(n);
+  for (size_t j = 0; j < n; ++j) {
+    double s = 0;
+    for (size_t g = 0; g < size_t(group); ++g) s += sums[g * n + j];
+    out[j] = float(s / double(group));
+  }
+  return out;
+}
+
 std::vector<std::vector<float>> projected_value_norms(
     const SequenceCache& cache, int layer, int group, int64_t embd,
     const std::function<void(int64_t row, float* out)>& wo_row) {
@@ -196,38 +280,23 @@ std::vector<std::vector<float>> projected_value_norms(
     throw std::invalid_argument("projected_value_norms: layer " + std::to_string(layer) +
                                 ", group " + std::to_string(group));
   const int64_t hd = cache.head(layer, 0).head_dim(), q_dim = int64_t(H) * group * hd;
-  // Values of every head as float32: [head][token][hd].
   std::vector<std::vector<float>> v(static_cast<size_t>(H));
+  std::vector<std::vector<double>> acc(static_cast<size_t>(H));
   for (int h = 0; h < H; ++h) {
     const HeadStore& st = cache.head(layer, h);
-    v[size_t(h)].resize(size_t(st.size() * hd));
-    for (int64_t j = 0; j < st.size(); ++j) st.v_row(j, v[size_t(h)].data() + j * hd);
+    v[size_t(h)] = values_of(st, st.size());
+    acc[size_t(h)].assign(size_t(group) * size_t(st.size()), 0.0);
   }
-  // Row by row of W_o (one row dequantized at a time): |(W_o^q v_j)_r| for every head and token.
-  std::vector<std::vector<double>> acc(static_cast<size_t>(H));
-  for (int h = 0; h < H; ++h) acc[size_t(h)].assign(size_t(cache.head(layer, h).size()), 0.0);
+  // Row by row of W_o (one row dequantized at a time, for every head).
   std::vector<float> row(static_cast<size_t>(q_dim));
   for (int64_t r = 0; r < embd; ++r) {
     wo_row(r, row.data());
-    for (int h = 0; h < H; ++h) {
-      const int64_t len = cache.head(layer, h).size();
-      for (int g = 0; g < group; ++g) {
-        const float* w = row.data() + (int64_t(h) * group + g) * hd;
-        for (int64_t j = 0; j < len; ++j) {
-          const float* x = v[size_t(h)].data() + j * hd;
-          float d = 0;
-          for (int64_t k = 0; k < hd; ++k) d += w[k] * x[k];
-          acc[size_t(h)][size_t(j)] += std::fabs(double(d));
-        }
-      }
-    }
+    for (int h = 0; h < H; ++h)
+      add_wo_row(row.data() + int64_t(h) * group * hd, group, v[size_t(h)].data(),
+                 cache.head(layer, h).size(), hd, acc[size_t(h)].data());
   }
   std::vector<std::vector<float>> out(static_cast<size_t>(H));
-  for (int h = 0; h < H; ++h) {
-    out[size_t(h)].resize(acc[size_t(h)].size());
-    for (size_t j = 0; j < acc[size_t(h)].size(); ++j)
-      out[size_t(h)][j] = float(acc[size_t(h)][j] / double(group));
-  }
+  for (int h = 0; h < H; ++h) out[size_t(h)] = mean_value_norms(acc[size_t(h)], group);
   return out;
 }
 

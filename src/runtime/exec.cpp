@@ -45,6 +45,7 @@ namespace {
 // compressed after each of its blocks by the ranks that own its units, to the budget of the whole
 // prompt. Returns the logits of every prompt's last token, in prompt order (in `rows`).
 const std::vector<float>& prefill_blockwise(comm::Communicator& comm, RankForward& fwd,
+                                            const ShardedWeights& shard,
                                             const model::ModelConfig& c,
                                             const kv::CompressionConfig& cc,
                                             const std::vector<std::vector<int32_t>>& prompts,
@@ -83,7 +84,7 @@ const std::vector<float>& prefill_blockwise(comm::Communicator& comm, RankForwar
     const std::vector<float>& out = fwd.run(items, int(n), &observer);
     for (size_t j = 0; j < items.size(); ++j) {
       RankSequence* rs = seqs[which[j]];
-      comp[j]->apply(comm, {&rs, 1}, std::span<const int64_t>(&rs->cache.n_past, 1));
+      comp[j]->apply(comm, shard, {&rs, 1}, std::span<const int64_t>(&rs->cache.n_past, 1));
       if (b + 1 == ends[which[j]].size())
         std::copy_n(out.begin() + std::ptrdiff_t(j * V), V,
                     rows.begin() + std::ptrdiff_t(which[j] * V));
@@ -130,14 +131,14 @@ ExecResult execute(comm::Communicator& comm, const model::Model& m, const placem
   const std::vector<float>* logits = nullptr;
   std::vector<float> last_rows;
   if (opt.compression && cc.blockwise()) {
-    logits = &prefill_blockwise(comm, fwd, c, cc, prompts, ptrs, last_rows);
+    logits = &prefill_blockwise(comm, fwd, shard, c, cc, prompts, ptrs, last_rows);
   } else {
     if (opt.compression) comp = std::make_unique<RankCompression>(cc, c, size_t(n));
     logits = &fwd.run(items, n, comp ? comp->observer() : nullptr);
     if (comp) {
       std::vector<int64_t> lengths;
       for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
-      comp->apply(comm, ptrs, lengths);
+      comp->apply(comm, shard, ptrs, lengths);
     }
   }
   if (opt.after_prefill) opt.after_prefill(comm, fwd, ptrs);

@@ -1,8 +1,8 @@
 // exec_mpi_check MODEL: run under mpirun with 2 (or more) processes. Every planner's placement of
-// the model over the job's ranks decodes a batch of prompts, full and with Ada-KV, and rank 0
-// checks the greedy outputs against the single-device engine. Prints
-// "exec_mpi_check: all checks passed on N ranks", or each mismatch and exits 1; exits 77 (skip)
-// when the model file is absent.
+// the model over the job's ranks decodes a batch of prompts, full, with Ada-KV and with DefensiveKV
+// (CriticalKV's value norms on), and rank 0 checks the greedy outputs against the single-device
+// engine. Prints "exec_mpi_check: all checks passed on N ranks", or each mismatch and exits 1;
+// exits 77 (skip) when the model file is absent.
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -44,9 +44,14 @@ int main(int argc, char** argv) {
   ada.policy = kv::Policy::AdaKV;
   ada.budget = 16;
   ada.window = 8;
+  // DefensiveKV with CriticalKV's value norms, which each rank takes from its own shard's W_o.
+  kv::CompressionConfig defensive = ada;
+  defensive.policy = kv::Policy::DefensiveKV;
+  defensive.critical = true;
   int failures = 0;
   for (const kv::CompressionConfig* comp : {static_cast<const kv::CompressionConfig*>(nullptr),
-                                            static_cast<const kv::CompressionConfig*>(&ada)})
+                                            static_cast<const kv::CompressionConfig*>(&ada),
+                                            static_cast<const kv::CompressionConfig*>(&defensive)})
     for (const char* planner : {"tp", "balanced", "fair-copy", "split"}) {
       pl::PlanOptions o;
       o.planner = pl::planner_from_name(planner);
@@ -67,7 +72,7 @@ int main(int argc, char** argv) {
         if (res.outputs[i] !=
             rt::testing::single_device(*m, prompts[i], eo.n_predict, comp).output) {
           std::printf("exec_mpi_check: %s %s prompt %zu differs from the single device\n", planner,
-                      comp ? "adakv" : "full", i);
+                      comp ? kv::policy_name(comp->policy) : "full", i);
           ++failures;
         }
     }

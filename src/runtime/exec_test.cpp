@@ -102,6 +102,32 @@ pl::CostModel cost_for(const model::Model& m, int batch, kv::KvTypes kv_type = k
   return run_cost_model(m.config, m.weights.layers[0].wq.type, kv_type, batch);
 }
 
+// The prefill's kept rows, unit by unit, on the ranks that hold them (before they are dealt out):
+// as many as one device's, and the same ones: their values agree up to the ranks' rounding (tol,
+// relative to the unit's largest value), where any other row would differ in the first digits.
+void check_kept_rows(comm::Communicator& comm, RankForward& fwd,
+                     std::span<RankSequence* const> seqs, const std::vector<Reference>& refs, int H,
+                     double tol) {
+  const auto lengths = fwd.unit_lengths(seqs);  // a collective: before any early return
+  for (size_t i = 0; i < seqs.size(); ++i)
+    for (size_t u = 0; u < refs[i].values.size(); ++u) {
+      SCOPED_TRACE(fmt::format("rank {} prompt {} layer {} head {}", comm.rank(), i, u / size_t(H),
+                               u % size_t(H)));
+      const std::vector<float>& want = refs[i].values[u];
+      const kv::HeadStore& st = seqs[i]->cache.head(int(u) / H, int(u) % H);
+      EXPECT_EQ(size_t(lengths[i][u] * st.head_dim()), want.size());
+      if (st.size() == 0) continue;
+      const std::vector<float> got = testing::value_rows(st);
+      ASSERT_EQ(got.size(), want.size());
+      double d = 0, scale = 1e-6;
+      for (size_t k = 0; k < want.size(); ++k) {
+        d = std::max(d, double(std::fabs(got[k] - want[k])));
+        scale = std::max(scale, double(std::fabs(want[k])));
+      }
+      EXPECT_LT(d / scale, tol);
+    }
+}
+
 void check_model(const std::string& path, bool rebalance,
                  const kv::CompressionConfig* comp = nullptr,
                  kernels::Activations act = kernels::Activations::Float32,
@@ -154,6 +180,11 @@ void check_model(const std::string& path, bool rebalance,
         o.compression = comp;
         o.activations = act;
         o.kv_type = kv_type;
+        if (comp)
+          o.after_prefill = [&](comm::Communicator& cm, RankForward& f,
+                                std::span<RankSequence* const> seqs) {
+            check_kept_rows(cm, f, seqs, refs, c.n_kv_heads, quant ? 2e-2 : 1e-3);
+          };
         const ExecResult res = execute_threads(*m, p, ps, o);
         ASSERT_EQ(res.weight_bytes.size(), size_t(R));
         counts.moved += moved_shares(p, res.placement);
@@ -272,6 +303,46 @@ TEST(Exec, EpiCacheSyntheticGqaEqualsSingleDevice) {
   c.window = 8;
   c.epicache_block = 16;
   check_model(shared_path("models/synthetic/llama-gqa4-f32.gguf"), false, &c);
+}
+
+kv::CompressionConfig defensivekv(bool critical) {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::DefensiveKV;
+  c.budget = 16;
+  c.window = 8;
+  c.critical = critical;
+  return c;
+}
+
+// DefensiveKV with CriticalKV's value-norm stage: each unit's norms come from the ranks that
+// observed its query heads (their shards hold those heads' W_o columns), summed per query head
+// and gathered from query slices by the first holder, then sent with the scores.
+void check_defensivekv(const std::string& path, bool rebalance) {
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
+  {
+    // The norms must move one device's selection, or a rank that lost them could not be told.
+    const auto m = model::Model::load(path);
+    const auto p = prompts(m->config, 1, true)[0];
+    const auto on = defensivekv(true), off = defensivekv(false);
+    ASSERT_NE(testing::single_device(*m, p, 1, &on).values,
+              testing::single_device(*m, p, 1, &off).values);
+  }
+  const auto c = defensivekv(true);
+  check_model(path, rebalance, &c);
+}
+
+TEST(Exec, DefensiveKvStories260KEqualsSingleDevice) {
+  check_defensivekv(shared_path("models/stories260K.gguf"), false);
+}
+
+// Query slices at R = 4 (two KV heads), and rebalanced shares.
+TEST(Exec, DefensiveKvSyntheticGqaEqualsSingleDevice) {
+  check_defensivekv(shared_path("models/synthetic/llama-gqa4-f32.gguf"), true);
+}
+
+// Quantized weights: the shards hold W_o's columns as whole Q8_0 blocks.
+TEST(Exec, DefensiveKvSyntheticGqaQ8EqualsSingleDevice) {
+  check_defensivekv(shared_path("models/synthetic/llama-gqa4-q8_0.gguf"), false);
 }
 
 TEST(Exec, RebalancedSharesEqualSingleDevice) {

@@ -5,17 +5,13 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "kernels/types.h"
+
 namespace fairkv::runtime {
 
 RankCompression::RankCompression(const kv::CompressionConfig& config, const model::ModelConfig& c,
                                  size_t n_items)
     : config_(config), c_(c), scores_(n_items), scored_(n_items), slices_(n_items) {
-  // CriticalKV's value norms need every head's W_o columns and values on one rank, which the
-  // ranks do not gather; an attention-only selection would silently differ from one device's.
-  if (config.policy == kv::Policy::DefensiveKV && config.critical)
-    throw std::invalid_argument(
-        "--kv-policy defensivekv on devices: CriticalKV's value-norm stage runs on one device "
-        "only; add --kv-critical off");
   const size_t units = size_t(c.n_layers) * size_t(c.n_kv_heads);
   for (size_t i = 0; i < n_items; ++i) {
     scores_[i].resize(units);
@@ -39,16 +35,50 @@ RankCompression::RankCompression(const kv::CompressionConfig& config, const mode
   };
 }
 
+namespace {
+
+// CriticalKV's sums of unit (layer, head) for the query heads [q0, q1) that this rank observed,
+// over the first n rows of its store, from its shard's W_o columns of those heads: the observing
+// rank projects the unit, so it holds them (whole blocks of the file's type, or float32 copies
+// of the dequantized columns, which dequantize to the same floats either way).
+std::vector<double> value_sums(const ShardedWeights& shard, const kv::SequenceCache& cache,
+                               int layer, int head, int q0, int q1, int64_t n) {
+  const ShardLayer& S = shard.layers.at(size_t(layer));
+  const HeldUnit* u = S.find(head);
+  if (!u || u->q0 != q0 || u->q1 != q1)
+    throw std::logic_error(fmt::format(
+        "compression: unit (layer {}, head {}) was observed for query heads [{}, {}) on rank {}, "
+        "which does not hold their W_o columns",
+        layer, head, q0, q1, shard.rank));
+  const kv::HeadStore& st = cache.head(layer, head);
+  if (st.size() < n)
+    throw std::logic_error(
+        fmt::format("compression: unit (layer {}, head {}) was scored on a rank holding {} of its "
+                    "{} rows",
+                    layer, head, st.size(), n));
+  const kernels::WeightMatrix& wo = S.wo;
+  const size_t skip = kernels::row_bytes(wo.type, u->q_row);
+  const int64_t cols = u->q_rows;
+  return kv::projected_value_sums(st, n, q1 - q0, wo.rows,
+                                  [&wo, skip, cols](int64_t r, float* out) {
+                                    kernels::dequantize_row(wo.type, wo.row(r) + skip, out, cols);
+                                  });
+}
+
+}  // namespace
+
 const RankWindowObserver* RankCompression::observer() const {
   return config_.needs_scores() ? &observer_ : nullptr;
 }
 
-void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* const> items,
+void RankCompression::apply(comm::Communicator& comm, const ShardedWeights& shard,
+                            std::span<RankSequence* const> items,
                             std::span<const int64_t> n_prompt) {
   if (items.size() != scores_.size() || n_prompt.size() != items.size())
     throw std::invalid_argument("RankCompression::apply: one sequence and length per item");
   const int L = c_.n_layers, H = c_.n_kv_heads, group = c_.group();
   const size_t units = size_t(L) * size_t(H);
+  const bool norms = config_.needs_value_norms();
   for (size_t i = 0; i < items.size(); ++i) {
     kv::PromptScores ps;
     ps.n_layers = L;
@@ -56,6 +86,16 @@ void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* co
     ps.n_prompt = n_prompt[i];
     ps.window = std::min(config_.window, n_prompt[i]);
     if (config_.needs_scores()) {
+      // CriticalKV's value norms of the whole groups observed here, over the scored prefix.
+      if (norms)
+        for (size_t u = 0; u < units; ++u) {
+          if (!scored_[i][u]) continue;
+          kv::HeadScores& h = scores_[i][u];
+          h.value_norm =
+              kv::mean_value_norms(value_sums(shard, items[i]->cache, int(u) / H, int(u) % H, 0,
+                                              group, int64_t(h.score.size())),
+                                   group);
+        }
       // Query slices: the holders' heads summed into the whole group (zeros elsewhere), then
       // scored by the first holder, which is the one that owns the unit's scores below.
       std::vector<int> sliced(units, 0);
@@ -85,6 +125,26 @@ void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* co
         if (lowest == 0) {
           scores_[i][u] = kv::score_head(config_, probs.data(), group, w, n);
           scored_[i][u] = 1;
+        }
+        // CriticalKV: each holder's sums for its query heads, gathered; every query head's come
+        // from one rank (zeros elsewhere), so summing over ranks picks them exactly.
+        const int64_t prefix = n - w;
+        if (norms && prefix > 0) {
+          const size_t m = size_t(group) * size_t(prefix);
+          std::vector<double> sums(m, 0.0), all(m * size_t(comm.size()));
+          for (const Slice& s : slices_[i])
+            if (size_t(s.layer * H + s.head) == u) {
+              const auto part =
+                  value_sums(shard, items[i]->cache, s.layer, s.head, s.q0, s.q1, prefix);
+              std::copy(part.begin(), part.end(), sums.begin() + std::ptrdiff_t(s.q0 * prefix));
+            }
+          comm.all_gather(sums.data(), m * sizeof(double), all.data());
+          if (lowest == 0) {
+            std::fill(sums.begin(), sums.end(), 0.0);
+            for (int r = 0; r < comm.size(); ++r)
+              for (size_t k = 0; k < m; ++k) sums[k] += all[size_t(r) * m + k];
+            scores_[i][u].value_norm = kv::mean_value_norms(sums, group);
+          }
         }
       }
       // Every head's scores from the rank that scored it: lengths first, then the values.
@@ -121,6 +181,21 @@ void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* co
         }
         comm.all_reduce_sum(outputs.data(), outputs.size());
       }
+      // CriticalKV's value norms, one per scored prefix token as the scores.
+      std::vector<float> vflat;
+      if (norms) {
+        vflat.assign(at.back(), 0.0f);
+        for (size_t u = 0; u < units; ++u) {
+          if (!scored_[i][u]) continue;
+          const std::vector<float>& vn = scores_[i][u].value_norm;
+          if (vn.size() != size_t(len[u]))
+            throw std::logic_error(fmt::format(
+                "compression: unit (layer {}, head {}) has {} value norms for {} scores",
+                u / size_t(H), u % size_t(H), vn.size(), len[u]));
+          std::copy(vn.begin(), vn.end(), vflat.begin() + std::ptrdiff_t(at[u]));
+        }
+        comm.all_reduce_sum(vflat.data(), vflat.size());
+      }
       // Adding zeros changes no bit, so the sum is the scoring rank's value everywhere.
       comm.all_reduce_sum(flat.data(), flat.size());
       comm.all_gather(terms.data(), terms.size() * sizeof(double), all_terms.data());
@@ -129,6 +204,9 @@ void RankCompression::apply(comm::Communicator& comm, std::span<RankSequence* co
         kv::HeadScores& h = ps.heads[u];
         h.score.assign(flat.begin() + std::ptrdiff_t(at[u]),
                        flat.begin() + std::ptrdiff_t(at[u + 1]));
+        if (norms)
+          h.value_norm.assign(vflat.begin() + std::ptrdiff_t(at[u]),
+                              vflat.begin() + std::ptrdiff_t(at[u + 1]));
         if (!outputs.empty())
           h.head_output.assign(outputs.begin() + std::ptrdiff_t(u * size_t(c_.head_dim)),
                                outputs.begin() + std::ptrdiff_t((u + 1) * size_t(c_.head_dim)));

@@ -21,7 +21,16 @@ struct Reference {
   std::vector<int32_t> output;
   std::vector<float> logits;  // the row each output token was chosen from
   size_t kept = 0;            // cache bytes after the prefill (and compression)
+  // [layer * H + head]: the value rows the prefill (and compression) kept, as float32.
+  std::vector<std::vector<float>> values;
 };
+
+// A store's value rows as float32.
+inline std::vector<float> value_rows(const kv::HeadStore& st) {
+  std::vector<float> v(size_t(st.size() * st.head_dim()));
+  for (int64_t j = 0; j < st.size(); ++j) st.v_row(j, v.data() + j * st.head_dim());
+  return v;
+}
 
 // Single-device greedy generation with the plain engine, one sequence at a time.
 inline Reference single_device(const model::Model& m, const std::vector<int32_t>& prompt,
@@ -41,6 +50,8 @@ inline Reference single_device(const model::Model& m, const std::vector<int32_t>
   const std::vector<float> prompt_logits = model::prefill(fwd, cache, prompt, opt, false);
   const std::vector<float>* logits = &prompt_logits;
   r.kept = cache.bytes();
+  for (int l = 0; l < m.config.n_layers; ++l)
+    for (int h = 0; h < m.config.n_kv_heads; ++h) r.values.push_back(value_rows(cache.head(l, h)));
   while (true) {
     const int32_t tok = model::argmax(*logits);
     r.output.push_back(tok);

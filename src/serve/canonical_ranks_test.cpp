@@ -1,7 +1,8 @@
 // The canonical reduction (runtime::Reduction::Canonical): R ranks compute one device's floats.
 // Driven as the engine drives a backend (testing::drive: chunked prompts beside other sequences'
 // decode steps, a close and an open midway), every logits row on R = 1..4 thread ranks under tp,
-// balanced and fair-copy (batch slices) is bitwise SoloBackend's, with full caches and Ada-KV: on
+// balanced and fair-copy (batch slices) is bitwise SoloBackend's, with full caches, Ada-KV and
+// DefensiveKV with CriticalKV's value norms (the selection is then one device's bit for bit): on
 // stories260K (f32), a synthetic Q8_0 model and SmolLM2 Q4_1 with llama.cpp's rounding (on which
 // a near-tie flipped a greedy token between 1 and 2 ranks under the partial all-reduce). The
 // partial reduction is checked to differ there, so the comparison can fail. Token slices (split,
@@ -87,10 +88,10 @@ void expect_bitwise_on_every_placement(const ModelCase& mc, std::vector<int> dev
   if (!m) GTEST_SKIP() << mc.path << " is absent";
   const auto ps = testing::prompts(m->config);
   const size_t V = size_t(m->config.n_vocab);
-  const kv::CompressionConfig ada = testing::adakv();
+  const kv::CompressionConfig ada = testing::adakv(), defensive = testing::defensivekv();
   int placements = 0;
   for (const kv::CompressionConfig* comp :
-       {static_cast<const kv::CompressionConfig*>(nullptr), &ada}) {
+       {static_cast<const kv::CompressionConfig*>(nullptr), &ada, &defensive}) {
     Schedule s;
     s.comp = comp;
     s.n_predict = n_predict;
@@ -98,7 +99,7 @@ void expect_bitwise_on_every_placement(const ModelCase& mc, std::vector<int> dev
     for (int R : devices)
       for (const std::string& planner : planners) {
         SCOPED_TRACE(planner + " on " + std::to_string(R) + " ranks, " +
-                     (comp ? "Ada-KV" : "full cache"));
+                     (comp ? comp->describe() : "full cache"));
         placement::Placement p;
         try {
           p = testing::make_placement(m->config, planner, R);
@@ -111,7 +112,7 @@ void expect_bitwise_on_every_placement(const ModelCase& mc, std::vector<int> dev
         EXPECT_EQ(differing_rows(got, one, V), 0);
       }
   }
-  EXPECT_GE(placements, 2 * int(devices.size()));
+  EXPECT_GE(placements, 3 * int(devices.size()));
 }
 
 TEST(CanonicalRanks, Stories260KLogitsAreOneDevicesOnEveryPlacement) {

@@ -288,7 +288,8 @@ void RankWorker::run(Reader& in) {
   std::vector<RankSequence*> ended;
   for (size_t i = 0; i < n; ++i) {
     RankSequence* rs = items[i].seq->rs.get();
-    if (comp[i]) comp[i]->apply(comm_, {&rs, 1}, std::span<const int64_t>(&rs->cache.n_past, 1));
+    if (comp[i])
+      comp[i]->apply(comm_, shard_, {&rs, 1}, std::span<const int64_t>(&rs->cache.n_past, 1));
     if (!items[i].done) continue;
     items[i].seq->prompt_open = false;
     ended.push_back(rs);

@@ -10,7 +10,6 @@
 
 #include "kv/attention_merge.h"
 #include "placement/rebalance.h"
-#include "runtime/rank_compression.h"
 #include "runtime/unit_parts.h"
 #include "serve/rank_worker.h"
 #include "serve/ranks_wire.h"
@@ -293,7 +292,6 @@ std::span<const float> RanksBackend::run(std::span<const StepItem> items) {
           fmt::format("ranks: run: {} compresses a prompt that has ended already", it.seq));
     kv::CompressionConfig c = *it.compress;
     c.resolve();
-    runtime::RankCompression probe(c, m_.config, 1);  // refuses what the ranks cannot run
     if (c.needs_scores() && int64_t(it.tokens.size()) < std::min(c.window, after))
       throw std::invalid_argument(
           fmt::format("ranks: run: {}'s last chunk has {} tokens, fewer than the window of {}",

@@ -2,7 +2,7 @@
 // drives it (chunked prompts mixed with other sequences' decode steps, a close and an open
 // midway, replans, swaps), every sequence's greedy tokens equal model::generate's on its prompt
 // alone, and its logits agree to float summation order, for R = 1..4 ranks under tp and the
-// FairKV planners, with and without Ada-KV compression.
+// FairKV planners, with and without Ada-KV (and DefensiveKV) compression.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -127,10 +127,18 @@ TEST(RanksBackend, AdaKvEqualsGenerate) {
   check_schedules(&c, Extra::None);
 }
 
+// CriticalKV's value norms come from the ranks that hold each unit's query heads (and rows): the
+// prompt's last chunk on a token-sliced unit's tail, the query slices' sums gathered.
+TEST(RanksBackend, DefensiveKvEqualsGenerate) {
+  const auto c = testing::defensivekv();
+  check_schedules(&c, Extra::None);
+}
+
 TEST(RanksBackend, ReplanChangesNoOutputs) {
-  const auto c = testing::adakv();
+  const auto c = testing::adakv(), d = testing::defensivekv();
   check_schedules(nullptr, Extra::Replan);
   check_schedules(&c, Extra::Replan);
+  check_schedules(&d, Extra::Replan);
 }
 
 TEST(RanksBackend, SwapChangesNoOutputs) {
@@ -460,10 +468,6 @@ TEST(RanksBackend, RefusesBadCallsAndGoesOn) {
   EXPECT_THROW(b.run(std::vector<StepItem>{{2, {ps[1].data() + 25, 4}, &ada, true}}),
                std::invalid_argument);
   b.run(std::vector<StepItem>{{2, {ps[1].data() + 25, ps[1].size() - 25}, &ada, true}});
-  kv::CompressionConfig defensive;
-  defensive.policy = kv::Policy::DefensiveKV;
-  defensive.budget = 16;
-  EXPECT_THROW(b.run(std::vector<StepItem>{{1, ps[0], &defensive, true}}), std::invalid_argument);
   EXPECT_THROW(b.swap_in(1), std::invalid_argument);
   EXPECT_TRUE(b.run({}).empty());
   const auto logits = b.run(std::vector<StepItem>{{1, ps[0], &ada, true}});

@@ -46,6 +46,16 @@ inline kv::CompressionConfig adakv() {
   return c;
 }
 
+// DefensiveKV with CriticalKV's value-norm stage (on by default).
+inline kv::CompressionConfig defensivekv() {
+  kv::CompressionConfig c;
+  c.policy = kv::Policy::DefensiveKV;
+  c.budget = 24;
+  c.window = 8;
+  c.critical = true;
+  return c;
+}
+
 struct Reference {
   std::vector<int32_t> output;
   std::vector<float> logits;  // the row each output token was chosen from
