@@ -4,8 +4,7 @@
 # device; under a tight --kv-memory the same outputs again; bad files and options are refused by
 # name with exit code 1.
 # Usage: batch_check.sh solo|devices|errors|mpi FAIRKV MODEL [MPIEXEC ARGS...]
-# BATCH_ARGS (environment): more options for every run, e.g. --activations ggml;
-# BATCH_TOKEN_SLICES=0: leave out the token-slice checks (not bitwise: near-ties may flip).
+# BATCH_ARGS (environment): more options for every run, e.g. --activations ggml.
 set -u
 BATCH_ARGS=${BATCH_ARGS-}
 mode=$1 fairkv=$2 model=$3
@@ -64,6 +63,19 @@ alone() {
   done <"$dir/req.jsonl"
 }
 
+# Three ~200-token requests, greedy and seeded, in $dir/slices.jsonl, and a profile of them
+# under Ada-KV in $dir/profile.json (uneven units, so that the planners replicate rather than
+# keep tp).
+token_slice_requests() {
+  cat >"$dir/slices.jsonl" <<'JSON'
+{"id": "la", "prompt": "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, a big dog came to the park and saw a ball. The dog wanted to play with the ball, so he ran to it. Lily saw the dog and smiled. She threw the ball far away and the dog ran after it. Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. The next morning, Lily woke up early and looked out of the window.", "max_tokens": 40, "temperature": 0}
+{"id": "lb", "prompt": "One day, a big dog came to the park and saw a ball. The dog wanted to play with the ball, so he ran to it. Lily saw the dog and smiled. She threw the ball far away and the dog ran after it. Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. It was raining, and the park was wet.", "max_tokens": 32, "temperature": 0.8, "seed": 7, "arrival": 0.02}
+{"id": "lc", "prompt": "Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. The next morning, Lily woke up early and looked out of the window. It was raining, and the park was wet. Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends.", "max_tokens": 36, "temperature": 0, "arrival": 0.05}
+JSON
+  "$fairkv" profile -m "$model" --prompts "$dir/slices.jsonl" -o "$dir/profile.json" \
+    --kv-policy adakv --kv-budget 64 >/dev/null 2>"$dir/err" || check "profile" ok ""
+}
+
 case $mode in
   solo)
     ref=$(alone)
@@ -115,20 +127,24 @@ JSON
       check "defensivekv $1 R=$2" "$ref" \
         "$(outputs "$dir/defensive.jsonl" $defensive on --devices $2 --placement $1 --no-replan)"
     done
-    # Token slices (split, and re-planning, which re-divides replicated units into them) merge
-    # softmaxes in another order than one device: equal up to rounding, so greedy requests, and
-    # not on models with near-ties (BATCH_TOKEN_SLICES=0).
-    if [ "${BATCH_TOKEN_SLICES-1}" = 1 ]; then
-      grep '"temperature": 0,' "$dir/req.jsonl" >"$dir/greedy.jsonl"
-      ref=$(outputs "$dir/greedy.jsonl")
-      check "fair-copy R=2 re-planned" "$ref" \
-        "$(outputs "$dir/greedy.jsonl" --devices 2 --placement fair-copy)"
-      for R in 2 3; do
-        check "split R=$R" "$ref" "$(outputs "$dir/greedy.jsonl" --devices $R --placement split)"
+    check "defensivekv split R=3" "$ref" \
+      "$(outputs "$dir/defensive.jsonl" $defensive on --devices 3 --placement split)"
+    # Token slices (split, and re-planning, which re-divides replicated units into them) are
+    # canonical too: prompts of ~200 tokens, whose slices span several of the canonical order's
+    # 64-row blocks, greedy and seeded, planned by a profile measured under Ada-KV (uneven
+    # units, so that the planners replicate rather than keep tp).
+    token_slice_requests
+    ref=$(outputs "$dir/slices.jsonl")
+    for R in 2 3 4; do
+      for planner in split fair-copy; do
+        got=$(outputs "$dir/slices.jsonl" --devices $R --placement $planner --profile "$dir/profile.json")
+        check "$planner R=$R re-planned, long prompts" "$ref" "$got"
+        if [ $planner = split ] && ! grep -q 'shares.* [1-9][0-9]* tokens' "$dir/err"; then
+          echo "FAILED: split R=$R placed no token slices"
+          fail=1
+        fi
       done
-      check "defensivekv split R=3" "$(outputs "$dir/defensive.jsonl" $defensive on)" \
-        "$(outputs "$dir/defensive.jsonl" $defensive on --devices 3 --placement split)"
-    fi
+    done
     ;;
   mpi)
     mpirun="$*"  # the launcher and its options (no spaces inside them)
@@ -149,6 +165,9 @@ JSON
       "$(mpi_outputs "$dir/greedy.jsonl" split)"
     check "defensivekv fair-copy on 2 MPI ranks" "$(outputs "$dir/defensive.jsonl" $defensive on)" \
       "$(mpi_outputs "$dir/defensive.jsonl" fair-copy $defensive on --no-replan)"
+    token_slice_requests
+    check "split on 2 MPI ranks, long prompts" "$(outputs "$dir/slices.jsonl")" \
+      "$(mpi_outputs "$dir/slices.jsonl" split --profile "$dir/profile.json")"
     ;;
   errors)
     # refuse NAME PATTERN ARGS...: exit code 1 and PATTERN on stderr.

@@ -155,9 +155,10 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                "(a seeded request's output may then depend on its neighbours)");
   cmd.add_option("--reduction", o.reduction,
                  "With --devices: 'canonical' sums every layer's output in one device's order, so "
-                 "R ranks give one device's bits under any placement but token slices; 'partial' "
-                 "all-reduces the ranks' partial sums (tensor parallelism: fewer bytes moved, "
-                 "outputs may differ with R by float rounding)")
+                 "R ranks give one device's bits under any placement, token slices included; "
+                 "'partial' all-reduces the ranks' partial sums and merges token slices by "
+                 "log-sum-exp (tensor parallelism: fewer bytes moved, outputs may differ with R "
+                 "by float rounding)")
       ->capture_default_str();
   cmd.add_option("-n,--n-predict", o.n_predict, "Default max_tokens of a request")
       ->capture_default_str();

@@ -6,11 +6,18 @@
 // kKeyPanel elements is loaded and converted once and serves one FMA per query row, against that
 // row's element broadcast once for the panels, so scores need no horizontal sums and f16 keys one
 // conversion per element for the whole group. The rows' online softmax then advances once per
-// block, and the values (row-major) are accumulated for up to eight rows x two vectors of
-// head_dim at a time (each value vector loaded and converted once per eight rows). A partial
-// panel at the end of the store goes through a float32 copy. A bf16 store's keys and values are
-// panels of AMX tile rows (cache.h): read the same way by attention_bf16.cpp's FMA kernels, or
-// on AMX (run_pass_amx, attention_amx.h), where the CPU has it.
+// block, and the values (row-major, attention_values.cpp) are accumulated for up to eight rows x
+// two vectors of head_dim at a time (each value vector loaded and converted once per eight rows). A
+// partial panel at the end of the store goes through a float32 copy. A bf16 store's keys and
+// values are panels of AMX tile rows (cache.h): read the same way by attention_bf16.cpp's FMA
+// kernels, or on AMX (run_pass_amx, attention_amx.h), where the CPU has it.
+//
+// The online softmax runs within each block of kCanonicalRows rows at multiples of it
+// (attention_merge.h): at a block's end its partial (maximum, sum, unnormalised output) is folded
+// into the row's by merge_block and the accumulators start again empty, so the pass is the fold
+// of the blocks' partials in row order, which token slices cut at those multiples reproduce bit
+// for bit (AttentionArgs::blocks). Folding costs a rescale of head_dim floats and one exp per
+// query row and block of 64 keys.
 //
 // The arithmetic of a group of 8 on an f16 cache (2 x 1024 FMAs and 16 conversions per key of 512
 // bytes) takes a core about as long as its share of the memory read, and the hardware
@@ -34,6 +41,7 @@
 #include "kv/attention_amx.h"
 #include "kv/attention_kernels.h"
 #include "kv/attention_quant.h"
+#include "kv/attention_values.h"
 
 namespace fairkv::kv {
 
@@ -51,8 +59,8 @@ int64_t round_up(int64_t x, int64_t m) {
 }
 
 struct Scratch {
-  std::vector<float> kbuf, vbuf, qbuf, obuf, krow;
-  std::vector<float> s;          // kMaxRows x kBlock scores, then probabilities
+  std::vector<float> kbuf, vbuf, qbuf, obuf, tbuf, krow;
+  std::vector<float> s;     // kMaxRows x kBlock scores, then probabilities
   std::vector<float> amx;        // amx::Rows::scratch, 64-byte aligned within
   std::vector<uint16_t> vpairs;  // a bf16 store's last block of values, in pairs for AMX
   detail::QuantQueries qq;       // a pass's query rows as q8_0 blocks, for quantized keys
@@ -85,51 +93,6 @@ bool use_amx(const HeadStore& st) {
 }
 
 thread_local Scratch t_scratch;  // per thread, kept between calls
-
-// Values [r0, r0 + n) as float32 rows of stride dp (a multiple of kLanes, zero padded): an f32
-// store whose rows are whole vectors is read in place.
-const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
-                        std::vector<float>& buf) {
-  const int64_t d = st.head_dim();
-  const void* base = st.v_data();
-  const KvType t = st.types().v;
-  if (t == KvType::F32 && dp == d) return static_cast<const float*>(base) + r0 * d;
-  buf.resize(size_t(n * dp));
-  if (kv_type_quantized(t)) {
-    detail::dequantize_values(st, r0, n, dp, buf.data());
-    return buf.data();
-  }
-  int64_t j = t == KvType::BF16 ? bf16_value_rows(st, r0, n, dp, buf.data()) : 0;
-  for (; j < n; ++j) {
-    float* dst = buf.data() + j * dp;
-    if (r0 + j < st.panel_values()) {  // a bf16 value in a panel, without its pair
-      st.v_row(r0 + j, dst);
-    } else if (t == KvType::F32) {
-      std::copy_n(static_cast<const float*>(base) + (r0 + j) * d, d, dst);
-    } else {
-      const uint16_t* src = static_cast<const uint16_t*>(base) + (r0 + j) * d;
-      const bool bf16 = t == KvType::BF16;
-      int64_t i = 0;
-      for (; i + kLanes <= d; i += kLanes)
-        simd::store(dst + i, bf16 ? simd::load_bf16(src + i) : simd::load_f16(src + i));
-      for (; i < d; ++i)
-        dst[i] = bf16 ? kernels::bf16_to_fp32(src[i]) : simd::half_to_float(src[i]);
-    }
-    std::fill(dst + d, dst + dp, 0.0f);
-  }
-  return buf.data();
-}
-
-#if defined(FAIRKV_AVX512)
-// 16 float32 elements from p (converted from f16 in registers).
-template <class T>
-inline __m512 load16(const T* p) {
-  if constexpr (std::is_same_v<T, uint16_t>)
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  else
-    return _mm512_loadu_ps(p);
-}
-#endif
 
 // Scores of NR query rows against the keys of NP consecutive panels at P (element i of key t of
 // panel p at P[(p * d + i) * kKeyPanel + t]; T: float or f16 bits): row r (at q + r * qs) gets
@@ -244,163 +207,45 @@ void score_keys(const HeadStore& st, int64_t k0, int n_panels, int n, const floa
 struct Pass {
   int n = 0;
   const float* q[kMaxRows];  // padded to dp
-  float* o[kMaxRows];        // padded accumulators
   int64_t lim[kMaxRows];     // keys [begin, lim) visible
+  // The online softmax over the current canonical block (attention_merge.h): padded
+  // accumulators, running maximum and sum.
+  float* o[kMaxRows];
   float m[kMaxRows], l[kMaxRows];
+  // The fold of the finished canonical blocks (to: head_dim floats), and, where blk[r] is set,
+  // where row r writes each block's partial too.
+  float* to[kMaxRows];
+  float tm[kMaxRows], tl[kMaxRows];
+  float* blk[kMaxRows];
+  int64_t d = 0, dp = 0;
+  int64_t first_block = 0;  // the canonical block of the first key row
 };
 
-#if defined(FAIRKV_AVX512)
-// o[r][c0, c0 + 16 CW) = o * corr[r] + sum_j prob[r][j] V[j][c0, c0 + 16 CW) for NR rows: each
-// value vector loaded (and converted, for f16) serves NR FMAs and each broadcast probability
-// CW, with the NR x CW accumulators in registers for the whole block.
-template <int NR, int CW, class T>
-inline void pv_tile(float* const* o, int64_t c0, const T* V, int64_t stride, int64_t nb,
-                    const float* prob, const float* corr, Prefetch& ahead) {
-  Prefetch pf = ahead;  // in registers for the loop, not through memory
-  __m512 acc[NR][CW];
-  FAIRKV_UNROLL
-  for (int r = 0; r < NR; ++r) {
-    const __m512 cr = _mm512_set1_ps(corr[r]);
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + c0 + 16 * c), cr);
-  }
-  for (int64_t j = 0; j < nb; ++j) {
-    pf.tick();
-    const T* vr = V + j * stride + c0;
-    __m512 v[CW];
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c) v[c] = load16(vr + 16 * c);
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) {
-      __m512 pr = _mm512_set1_ps(prob[r * kBlock + j]);
-      if constexpr (CW > 1) asm("" : "+v"(pr));  // one broadcast, not one per FMA
-      FAIRKV_UNROLL
-      for (int c = 0; c < CW; ++c) acc[r][c] = _mm512_fmadd_ps(pr, v[c], acc[r][c]);
+// Ends the canonical block of key row `row`: each row's partial over it is folded into the
+// pass's (and written out where asked), and its accumulators start again empty, so that the next
+// block's partial is the block's alone wherever the store's rows start.
+void end_block(Pass& p, int64_t row) {
+  const int64_t k = row / kCanonicalRows - p.first_block;
+  for (int r = 0; r < p.n; ++r) {
+    if (p.l[r] != 0.0f) {
+      if (p.blk[r]) {
+        float* b = p.blk[r] + k * (kPartialHeader + p.d);
+        b[0] = p.m[r];
+        b[1] = p.l[r];
+        std::copy_n(p.o[r], p.d, b + kPartialHeader);
+      }
+      merge_block(p.tm[r], p.tl[r], p.to[r], p.m[r], p.l[r], p.o[r], p.d);
     }
-  }
-  FAIRKV_UNROLL
-  for (int r = 0; r < NR; ++r) {
-    FAIRKV_UNROLL
-    for (int c = 0; c < CW; ++c) _mm512_storeu_ps(o[r] + c0 + 16 * c, acc[r][c]);
-  }
-  ahead = pf;
-}
-
-// pv_tile over the whole of head_dim (dp a multiple of 16) for NR rows.
-template <int NR, int CW, class T>
-void pv_rows(float* const* o, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-             const float* corr, Prefetch& ahead) {
-  int64_t c0 = 0;
-  for (; c0 + 16 * CW <= dp; c0 += 16 * CW)
-    pv_tile<NR, CW>(o, c0, V, stride, nb, prob, corr, ahead);
-  for (; c0 < dp; c0 += 16) pv_tile<NR, 1>(o, c0, V, stride, nb, prob, corr, ahead);
-}
-
-// The values of a block for every row of the pass, in the tiles of pv_tiles; the prefetches of
-// `ahead` spread over every token of every tile.
-template <class T>
-void pv_fast(Pass& p, const T* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-             const float* corr, Prefetch& ahead) {
-  PvTile tiles[kMaxRows];
-  const int n_tiles = pv_tiles(p.n, tiles);
-  int64_t steps = 0;  // pv_tile calls (as pv_rows makes them) x nb tokens
-  for (int i = 0; i < n_tiles; ++i) {
-    const int64_t w = 16 * tiles[i].vecs;
-    steps += nb * (dp / w + dp % w / 16);
-  }
-  ahead.steps = std::max<int64_t>(1, steps);
-  for (int i = 0, r = 0; i < n_tiles; r += tiles[i++].rows) {
-    float* const* o = p.o + r;
-    const float* pr = prob + r * kBlock;
-    const float* cr = corr + r;
-    switch (tiles[i].rows * 16 + tiles[i].vecs) {
-      case 8 * 16 + 2:
-        pv_rows<8, 2>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 4 * 16 + 4:
-        pv_rows<4, 4>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 3 * 16 + 4:
-        pv_rows<3, 4>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 2 * 16 + 8:
-        pv_rows<2, 8>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      default:
-        pv_rows<1, 8>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-    }
-  }
-}
-#endif
-
-// o[r] = o[r] * corr[r] + sum_j prob[r][j] V[j] for the NR rows of a pass, one vector of
-// head_dim at a time: each value vector is loaded (and converted, for f16) once for all rows,
-// whose accumulators stay in registers (NR is a template argument so that the compiler unrolls
-// over the rows). V rows have `stride` elements.
-template <int NR, bool F16>
-void pv_block(Pass& p, const void* V, int64_t stride, int64_t nb, int64_t dp, const float* prob,
-              const float* corr, Prefetch& ahead) {
-  for (int64_t c = 0; c < dp; c += kLanes) {
-    simd::V acc[NR];
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) acc[r] = simd::mul(simd::load(p.o[r] + c), simd::set1(corr[r]));
-    for (int64_t j = 0; j < nb; ++j) {
-      ahead.tick();
-      const simd::V v = F16 ? simd::load_f16(static_cast<const uint16_t*>(V) + j * stride + c)
-                            : simd::load(static_cast<const float*>(V) + j * stride + c);
-      FAIRKV_UNROLL
-      for (int r = 0; r < NR; ++r) acc[r] = simd::fma(simd::set1(prob[r * kBlock + j]), v, acc[r]);
-    }
-    FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) simd::store(p.o[r] + c, acc[r]);
+    p.m[r] = kNegInf;
+    p.l[r] = 0.0f;
+    std::fill(p.o[r], p.o[r] + p.dp, 0.0f);
   }
 }
 
-template <bool F16, int... N>
-void pv_dispatch_impl(std::integer_sequence<int, N...>, Pass& p, const void* V, int64_t stride,
-                      int64_t nb, int64_t dp, const float* prob, const float* corr,
-                      Prefetch& ahead) {
-  using Fn = void (*)(Pass&, const void*, int64_t, int64_t, int64_t, const float*, const float*,
-                      Prefetch&);
-  static constexpr Fn table[] = {&pv_block<N + 1, F16>...};
-  table[p.n - 1](p, V, stride, nb, dp, prob, corr, ahead);
-}
-
-// Values of keys [r0, r0 + nb): read in place when rows are whole vectors (f16 converted on the
-// fly), else through a float32 copy.
-void pv(const HeadStore& st, Pass& p, int64_t r0, int64_t nb, int64_t dp, const float* prob,
-        const float* corr, Scratch& w, Prefetch& ahead) {
-  const int64_t d = st.head_dim();
-  constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
-  const KvType vt = st.types().v;
-  if (kv_type_quantized(vt) && detail::pv_quant(st, p.o, p.n, r0, nb, prob, kBlock, corr)) {
-    ahead.finish();
-    return;
-  }
-#if defined(FAIRKV_AVX512)
-  if (dp == d) {
-    if (vt == KvType::F16)
-      pv_fast(p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
-    else if (vt == KvType::F32)
-      pv_fast(p, static_cast<const float*>(st.v_data()) + r0 * d, d, nb, dp, prob, corr, ahead);
-    else if (vt == KvType::BF16 && pv_bf16(st, p.o, p.n, r0, nb, prob, corr, ahead))
-      ;
-    else  // bf16 (the store's last block), q8_0, q4_0: converted a block at a time, then as f32
-      pv_fast(p, value_rows(st, r0, nb, dp, w.vbuf), d, nb, dp, prob, corr, ahead);
-    ahead.finish();
-    return;
-  }
-#endif
-  ahead.steps = std::max<int64_t>(1, nb * (dp / kLanes));
-  if (dp == d && vt == KvType::F16) {
-    pv_dispatch_impl<true>(rows, p, static_cast<const uint16_t*>(st.v_data()) + r0 * d, d, nb, dp,
-                           prob, corr, ahead);
-  } else {
-    const float* V = value_rows(st, r0, nb, dp, w.vbuf);
-    pv_dispatch_impl<false>(rows, p, V, dp, nb, dp, prob, corr, ahead);
-  }
-  ahead.finish();
+// The end of the key block that starts at r0 (of at most kBlock keys, within one canonical
+// block, below hi).
+int64_t block_end(int64_t r0, int64_t hi) {
+  return std::min({r0 + kBlock, hi, (r0 / kCanonicalRows + 1) * kCanonicalRows});
 }
 
 // Advances row r's online softmax over the block's scores s[0, nb), of which [lo, hi) are real:
@@ -428,12 +273,11 @@ float softmax_step(float* s, int64_t lo, int64_t hi, int64_t nb, float& m, float
 }
 
 // softmax_step for every row of the pass over the block of keys [r0, r0 + nb) whose scores are
-// in w.s (row r at r * stride); a row that sees none of the block keeps its sums (corr 1).
-void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr,
-                   int64_t stride = kBlock) {
+// in w.s (row r at r * kBlock); a row that sees none of the block keeps its sums (corr 1).
+void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr) {
   const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
   for (int r = 0; r < p.n; ++r) {
-    float* s = &w.s[size_t(r * stride)];
+    float* s = &w.s[size_t(r * kBlock)];
     const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
     if (visible <= lo) {
       corr[r] = 1.0f;
@@ -450,12 +294,9 @@ void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, f
 void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scratch& w) {
   const int64_t d = st.head_dim();
   const bool pairs = st.types().k == KvType::BF16;
-  // Softmax blocks: a bf16 store's of amx::kPairsBlock keys, so that each column tile of values
-  // accumulates a longer chain of products per epilogue (the tiles' stores and reloads).
-  const int64_t block = pairs ? amx::kPairsBlock : kBlock;
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
-  w.s.resize(size_t(kMaxRows * block));
+  w.s.resize(size_t(kMaxRows * kBlock));
   const size_t floats = amx::scratch_floats(d) + 16;
   if (w.amx.size() < floats) w.amx.resize(floats);
   const uintptr_t at = reinterpret_cast<uintptr_t>(w.amx.data());
@@ -468,12 +309,14 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
   const auto* V = static_cast<const uint16_t*>(st.v_data());
   const size_t row_bytes = size_t(d) * sizeof(uint16_t);
   float corr[kMaxRows];
-  // Blocks start on a panel of keys (of values, for bf16); keys before `begin` are masked.
+  // Blocks start on a panel of keys (of values, for bf16); keys before `begin` are masked. They
+  // end at the canonical blocks' bounds (block_end), as run_pass's do.
   const int64_t align = pairs ? kValuePanel : kKeyPanel;
-  for (int64_t r0 = begin / align * align; r0 < hi; r0 += block) {
-    const int64_t nb = std::min(block, hi - r0);
+  for (int64_t r0 = begin / align * align, next; r0 < hi; r0 = next) {
+    next = block_end(r0, hi);
+    const int64_t nb = next - r0;
     const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
-    const int64_t next = r0 + block, ahead = std::clamp<int64_t>(hi - next, 0, block);
+    const int64_t ahead = std::clamp<int64_t>(hi - next, 0, kBlock);
     const amx::Ahead v_ahead{V + next * d, int64_t(ahead * row_bytes)};
     // Whole panels, at most four per call, each call prefetching the K of as many keys of the
     // next block (a whole block's over one call's few steps would come in bursts).
@@ -482,21 +325,17 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
       const int64_t ka_keys = std::clamp<int64_t>(ahead - j, 0, 4 * kKeyPanel);
       const amx::Ahead ka{K + (next + j) * d, int64_t(ka_keys * row_bytes)};
       if (pairs)
-        amx::scores_pairs(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
+        amx::scores_pairs(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], kBlock, ka);
       else
-        amx::scores(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
+        amx::scores(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], kBlock, ka);
     }
-    if (whole < nb) {  // the store's last, partial panel (score_keys writes rows kBlock apart)
-      float tail[kMaxRows * kBlock];
-      score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, tail, w);
-      for (int r = 0; r < p.n; ++r)
-        std::copy_n(tail + r * kBlock, kKeyPanel, &w.s[size_t(r * block + whole)]);
-    }
-    block_softmax(p, begin, r0, nb, w, corr, block);
+    if (whole < nb) score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
+    block_softmax(p, begin, r0, nb, w, corr);
     if (pairs)
-      values_amx_bf16(st, rows, r0, nb, w.s.data(), block, corr, p.o, v_ahead, w.vpairs);
+      values_amx_bf16(st, rows, r0, nb, w.s.data(), kBlock, corr, p.o, v_ahead, w.vpairs);
     else
-      amx::values(rows, V + r0 * d, nb, w.s.data(), block, corr, p.o, v_ahead);
+      amx::values(rows, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o, v_ahead);
+    if (next % kCanonicalRows == 0 || next == hi) end_block(p, r0);
   }
   amx::end();
 }
@@ -511,8 +350,9 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
   if (quant_keys) w.qq.set(p.q, p.n, st.head_dim());
   // Blocks start on a panel boundary; keys before `begin` are masked.
   const int64_t start = begin / kKeyPanel * kKeyPanel;
-  for (int64_t r0 = start; r0 < hi; r0 += kBlock) {
-    const int64_t nb = std::min(kBlock, hi - r0);
+  for (int64_t r0 = start, next; r0 < hi; r0 = next) {
+    next = block_end(r0, hi);
+    const int64_t nb = next - r0;
     if (quant_keys) {
       // Row-major blocks, read in order: the hardware prefetchers follow them.
       detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), kBlock);
@@ -535,11 +375,12 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
     block_softmax(p, begin, r0, nb, w, corr);
     // The next block's values, fetched while this block's are used.
     Prefetch vahead;
-    if (r0 + kBlock < hi) {
-      vahead.at = static_cast<const char*>(st.v_data()) + size_t(r0 + kBlock) * v_row;
-      vahead.lines = int64_t(size_t(std::min(kBlock, hi - r0 - kBlock)) * v_row / 64);
+    if (next < hi) {
+      vahead.at = static_cast<const char*>(st.v_data()) + size_t(next) * v_row;
+      vahead.lines = int64_t(size_t(std::min(kBlock, hi - next)) * v_row / 64);
     }
-    pv(st, p, r0, nb, dp, w.s.data(), corr, w, vahead);
+    detail::block_values(st, p.o, p.n, r0, nb, dp, w.s.data(), corr, w.vbuf, vahead);
+    if (next % kCanonicalRows == 0 || next == hi) end_block(p, r0);
   }
 }
 
@@ -561,21 +402,32 @@ void write_probs(const HeadStore& st, const float* q, int64_t begin, int64_t lim
 void attend(const AttentionArgs& a) {
   if (!a.store || !a.q || !a.out || a.group < 1 || a.n_tokens < 0 || a.begin < 0)
     throw std::invalid_argument("attend: store, q and out are required, group >= 1, begin >= 0");
+  if (a.blocks && a.ggml_order) throw std::invalid_argument("attend: blocks go without ggml_order");
   if (a.ggml_order) return attend_ggml(a);
   const HeadStore& st = *a.store;
   const int64_t d = st.head_dim(), G = a.group, dp = round_up(d, kLanes);
   const int64_t end = std::min<int64_t>(a.end, st.size());
   const int64_t rows = a.n_tokens * G;
   const int64_t first_probs = a.n_tokens - (a.probs ? a.probs_tokens : 0);
+  const int64_t n_blocks = a.blocks ? attend_blocks(a) : 0, partial = kPartialHeader + d;
+  for (int64_t i = 0; i < rows * n_blocks; ++i) {  // empty partials where a row sees nothing
+    float* b = a.blocks + i * partial;
+    b[0] = kNegInf;
+    std::fill(b + 1, b + partial, 0.0f);
+  }
   Scratch& w = t_scratch;
   const bool amx = use_amx(st) && (st.types().k != KvType::BF16 ||
                                    rows >= g_amx_bf16_min_rows.load(std::memory_order_relaxed));
   const int64_t pass_rows = amx ? amx::kRows : kMaxRows;
   w.qbuf.assign(size_t(std::min<int64_t>(rows, pass_rows) * dp), 0.0f);
   w.obuf.resize(size_t(std::min<int64_t>(rows, pass_rows) * dp));
+  w.tbuf.resize(size_t(std::min<int64_t>(rows, pass_rows) * dp));
   for (int64_t r0 = 0; r0 < rows; r0 += pass_rows) {
     Pass p;
     p.n = int(std::min<int64_t>(pass_rows, rows - r0));
+    p.d = d;
+    p.dp = dp;
+    p.first_block = a.begin / kCanonicalRows;
     for (int r = 0; r < p.n; ++r) {
       const int64_t row = r0 + r, t = row / G;
       float* qp = w.qbuf.data() + r * dp;
@@ -586,6 +438,10 @@ void attend(const AttentionArgs& a) {
       p.lim[r] = std::min(end, a.visible + t + 1);
       p.m[r] = kNegInf;
       p.l[r] = 0.0f;
+      p.to[r] = w.tbuf.data() + r * dp;
+      p.tm[r] = kNegInf;
+      p.tl[r] = 0.0f;
+      p.blk[r] = a.blocks ? a.blocks + row * n_blocks * partial : nullptr;
     }
     if (amx)
       run_pass_amx(st, p, a.begin, a.scale, w);
@@ -593,10 +449,9 @@ void attend(const AttentionArgs& a) {
       run_pass(st, p, a.begin, a.scale, dp, w);
     for (int r = 0; r < p.n; ++r) {
       const int64_t row = r0 + r, t = row / G;
-      const bool empty = p.l[r] == 0.0f;
-      const float inv = empty ? 0.0f : 1.0f / p.l[r];
-      for (int64_t i = 0; i < d; ++i) a.out[row * d + i] = p.o[r][i] * inv;
-      const float lse = empty ? kNegInf : p.m[r] + std::log(p.l[r]);
+      const bool empty = p.tl[r] == 0.0f;
+      float lse;
+      finish_partial(p.tm[r], p.tl[r], p.to[r], d, a.out + row * d, &lse);
       if (a.lse) a.lse[row] = lse;
       if (a.probs && t >= first_probs) {
         float* dst = a.probs + (row - first_probs * G) * st.size();
@@ -616,6 +471,11 @@ void attend(const AttentionArgs& a) {
   }
 }
 
+int64_t attend_blocks(const AttentionArgs& a) {
+  const int64_t hi = std::min({a.end, a.store->size(), a.visible + a.n_tokens});
+  return hi > a.begin ? (hi - 1) / kCanonicalRows - a.begin / kCanonicalRows + 1 : 0;
+}
+
 void attend_allow_amx(bool allow) {
   g_allow_amx.store(allow, std::memory_order_relaxed);
 }
@@ -632,7 +492,7 @@ bool attend_uses_amx(const HeadStore& store) {
 size_t attend_scratch_bytes() {
   const Scratch& w = t_scratch;
   size_t n = 0;
-  for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.krow, &w.s, &w.amx})
+  for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.tbuf, &w.krow, &w.s, &w.amx})
     n += v->capacity();
   return n * sizeof(float) + w.vpairs.capacity() * sizeof(uint16_t);
 }

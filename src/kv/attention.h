@@ -3,7 +3,8 @@
 // Every query head of the group reads the same keys and values, so the group is processed
 // together and the store is streamed once per call: decode attention is bound by that read.
 // Partial results over token slices carry their log-sum-exp so that slices computed on different
-// devices merge exactly (split-K / flash-decoding), which the `split` placement relies on.
+// devices merge (split-K / flash-decoding) to rounding; or, in the canonical blocked order
+// (attention_merge.h), the partials of their blocks, which fold into one device's bits.
 #pragma once
 
 #include <cstddef>
@@ -44,9 +45,20 @@ struct AttentionArgs {
   // (n_tokens x head_dim). For a quantized K cache, `probs` is then scored against these rather
   // than the quantized rows (eviction scores computed before quantization).
   const float* fresh_keys = nullptr;
+  // Optional, besides out and lse (not with ggml_order): the partial of every block of the
+  // canonical order (attention_merge.h) that [begin, end) touches, the ones attend folds into
+  // out: n_tokens x group x attend_blocks(a) partials of 2 + head_dim floats (m, l, o), empty
+  // (l = 0) for a block the row does not see. A token slice that starts at a multiple of
+  // kCanonicalRows writes the partials the whole unit's pass folds for those rows.
+  float* blocks = nullptr;
 };
 
-// Fast kernel (SIMD over head_dim, one pass with online softmax).
+// The number of canonical blocks attend writes per row into AttentionArgs::blocks: those that
+// [begin, min(end, size, visible + n_tokens)) touches.
+int64_t attend_blocks(const AttentionArgs& a);
+
+// Fast kernel (SIMD over head_dim, one pass with online softmax over blocks of 64 keys, folded
+// every kCanonicalRows rows in the canonical order).
 void attend(const AttentionArgs& a);
 // The ggml_order form of attend (attention_ggml.cpp).
 void attend_ggml(const AttentionArgs& a);

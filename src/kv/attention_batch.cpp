@@ -25,8 +25,8 @@ void attend_batch(std::span<const AttentionArgs> calls, kernels::ThreadPool& poo
     first_task[size_t(i)] = int64_t(tasks.size());
     const int64_t lo = a.begin, hi = std::min<int64_t>({a.end, a.store->size(), a.visible + 1});
     // ggml_order calls stay whole: their softmax is one row, as llama.cpp's.
-    const bool sliceable =
-        slice && a.n_tokens == 1 && !a.probs && !a.ggml_order && hi - lo >= 2 * kMinSlice;
+    const bool sliceable = slice && a.n_tokens == 1 && !a.probs && !a.blocks && !a.ggml_order &&
+                           hi - lo >= 2 * kMinSlice;
     const int64_t slices = sliceable ? std::clamp<int64_t>((hi - lo) / kMinSlice, 1, want) : 1;
     for (int64_t s = 0; s < slices; ++s)
       tasks.push_back({i, slices == 1 ? a.begin : lo + (hi - lo) * s / slices,

@@ -2,14 +2,14 @@
 //
 // Per layer a rank serves the shares the placement gives it: whole units, batch slices (some of
 // the sequences: Fair-Copying), token slices (part of every sequence's cached tokens, merged across
-// ranks by log-sum-exp) and query slices (tp's replication when devices outnumber KV heads). The
-// attention and MLP partial outputs meet in an all-reduce, as in standard tensor parallelism, so
-// the replicated activations stay identical on every rank and greedy outputs equal the
-// single-device engine's up to float summation order; or, with Reduction::Canonical, each rank
-// computes whole rows of Wo and of the down projection over the gathered attention and SwiGLU
-// rows, so that every float is the single-device engine's. The layer is a composition of the same
-// steps as model::Forward's (model/layer_steps.h) over the rank's slices of the weights, with the
-// collectives between them.
+// ranks by log-sum-exp, or folded in one device's order) and query slices (tp's replication when
+// devices outnumber KV heads). The attention and MLP partial outputs meet in an all-reduce, as in
+// standard tensor parallelism, so the replicated activations stay identical on every rank and
+// greedy outputs equal the single-device engine's up to float summation order; or, with
+// Reduction::Canonical, each rank computes whole rows of Wo and of the down projection over the
+// gathered attention and SwiGLU rows, so that every float is the single-device engine's. The layer
+// is a composition of the same steps as model::Forward's (model/layer_steps.h) over the rank's
+// slices of the weights, with the collectives between them.
 //
 // The pass is cut by job: rank_forward.cpp (this class's layer loop, its logits and the timed
 // collectives), rank_projection.cpp (the projections of the units it projects),
@@ -22,8 +22,10 @@
 //  - token slice: new rows (prompt and decode tokens) are appended by the unit's last part in
 //    device order (its tail); redistribute() then gives every part its slice of the rows. The
 //    tail alone reads the unit's weights: it projects the queries, which reach the other parts in
-//    an all-reduce, and applies Wo to the parts' outputs merged by log-sum-exp, which reach it in
-//    an all-gather. The other parts read only their KV (placement/cost.h counts it so);
+//    an all-reduce, and applies Wo to the parts' outputs merged by log-sum-exp (their lses
+//    all-gathered, the scaled outputs all-reduced) or, under the canonical reduction, folded
+//    from the partials of their 64-row blocks (all-gathered); slices then start at multiples of
+//    64 rows. The other parts read only their KV (placement/cost.h counts it so);
 //  - query slice: every holder keeps the unit's whole KV and attends its query heads.
 #pragma once
 
@@ -88,8 +90,8 @@ struct SegmentTimes {
 //    down projection (read from the full weights), which are gathered too. Every float of the
 //    residual stream is then the one model::Forward computes, and so are the logits. It moves
 //    more (the attention and SwiGLU rows besides the output rows) over four collectives per layer
-//    instead of two. Token slices (`split`) are the exception: their log-sum-exp merge over the
-//    parts is exact only up to rounding (docs/serving.md).
+//    instead of two. Token slices (`split`, and re-planning's) start at multiples of
+//    kv::kCanonicalRows rows, and their parts' partials are folded in one device's order.
 enum class Reduction { Partial, Canonical };
 const char* reduction_name(Reduction r);
 // "partial" or "canonical"; throws std::invalid_argument naming `option` otherwise.
@@ -106,7 +108,7 @@ class RankForward {
   // rank order). With Invariant or a Canonical reduction, decode attention calls are never cut
   // into token slices (kv::attend_batch), whose merge would depend on the batch and the threads.
   // reduction: see Reduction; Canonical with the model::Forward's act and batching gives its
-  // logits bit for bit on any R under any placement without token slices.
+  // logits bit for bit on any R under any placement, token slices included.
   RankForward(const model::ModelConfig& c, const model::Weights& full, const ShardedWeights& shard,
               const placement::Placement& p, comm::Communicator& comm, kernels::ThreadPool& pool,
               kernels::Activations act = kernels::Activations::Float32,
@@ -144,6 +146,19 @@ class RankForward {
   void all_gather(const void* send, size_t bytes_per_rank, void* recv);
   void attention(std::span<RankItem> batch, int layer, int n_slots,
                  const RankWindowObserver* observer);
+  // Token slices' outputs on their tails (rank_attention.cpp): merged by log-sum-exp (Partial),
+  // or (Canonical) the parts' partials of the canonical order's blocks gathered and folded in
+  // row order, one device's pass bit for bit, since slices start at multiples of
+  // kv::kCanonicalRows (granule()).
+  void merge_slices_lse(int layer, int64_t rows);
+  void fold_slices(std::span<RankItem> batch, int layer);
+  // The multiple of rows at which token slices start (unit_parts.h's rows_kept).
+  int64_t granule() const;
+  struct UnitView;
+  // The view of unit `head` in `layer` that this rank serves, or null; where its attention
+  // output of row r sits (att_, or attk_ for a KV-only slice).
+  const UnitView* view(int layer, int head) const;
+  float* att_row(const UnitView& u, int layer, int64_t r);
 
   const model::ModelConfig& c_;
   const model::Weights& full_;
@@ -175,6 +190,8 @@ class RankForward {
   // Per (sequence, unit) of a layer: its gathered queries, outputs and attention call.
   struct Task {
     std::vector<float> q, k, v, out, lse, probs, by_head;
+    std::vector<float> blocks;  // a token slice's canonical partials (Reduction::Canonical)
+    int64_t n_blocks = 0;       // per query row
     kv::AttentionArgs args;
     bool served = false, active = false;
   };
@@ -200,7 +217,8 @@ class RankForward {
   void gather_swiglu(int64_t nf, int64_t rows);
   void canonical_product(const kernels::WeightMatrix& w, const float* x, int64_t rows);
   std::vector<float> x_, xn_, y_, q_, k_, v_, att_, lse_, lse_all_, ff_gate_, ff_up_, logits_,
-      rows_out_, qx_, tmp_, qk_, attk_, gathered_, attg_, ffg_, part_;
+      rows_out_, qx_, tmp_, qk_, attk_, gathered_, attg_, ffg_, part_, fold_;
+  std::vector<int64_t> fold_counts_;
 };
 
 }  // namespace fairkv::runtime

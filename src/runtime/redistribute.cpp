@@ -99,7 +99,7 @@ void RankForward::redistribute(std::span<RankSequence* const> seqs, int n_slots,
                            now.front().share.kind == ShareKind::Tokens;
         const auto [b, e] = whole ? (is_tail(now, rank) ? std::pair<int64_t, int64_t>{0, total}
                                                         : std::pair<int64_t, int64_t>{0, 0})
-                                  : rows_kept(now, rank, seqs[s]->slot, n_slots, total);
+                                  : rows_kept(now, rank, seqs[s]->slot, n_slots, total, granule());
         // A store on a reserved range keeps one of the same size: its rows change, its limit not.
         const int64_t reserved = store.reserved_rows();
         store.clear();

@@ -65,7 +65,7 @@ bool counts(const std::vector<UnitPart>& parts, int rank) {
 }
 
 std::pair<int64_t, int64_t> rows_kept(const std::vector<UnitPart>& parts, int rank, int slot,
-                                      int n_slots, int64_t total) {
+                                      int n_slots, int64_t total, int64_t granule) {
   const UnitPart* mine = part_of(parts, rank);
   if (!mine) return {0, 0};
   switch (mine->share.kind) {
@@ -76,11 +76,14 @@ std::pair<int64_t, int64_t> rows_kept(const std::vector<UnitPart>& parts, int ra
       return batch_owner(parts, slot, n_slots) == rank ? std::pair<int64_t, int64_t>{0, total}
                                                        : std::pair<int64_t, int64_t>{0, 0};
     case ShareKind::Tokens: {
-      int64_t b = std::llround(mine->share.offset * double(total));
-      int64_t e =
-          (&parts.back() == mine) ? total : std::llround((mine + 1)->share.offset * double(total));
-      b = std::clamp<int64_t>(b, 0, total);
-      e = std::clamp<int64_t>(e, b, total);
+      const int64_t last = total / granule * granule;
+      auto cut = [&](double offset) {
+        return std::clamp<int64_t>(granule * std::llround(offset * double(total) / double(granule)),
+                                   0, last);
+      };
+      const int64_t b = cut(mine->share.offset);
+      const int64_t e =
+          (&parts.back() == mine) ? total : std::max(b, cut((mine + 1)->share.offset));
       return {b, e};
     }
   }
@@ -88,13 +91,14 @@ std::pair<int64_t, int64_t> rows_kept(const std::vector<UnitPart>& parts, int ra
 }
 
 std::pair<int64_t, int64_t> rows_held(const placement::Placement& p, int layer, int head,
-                                      int device, int slot, int n_slots, int64_t total) {
+                                      int device, int slot, int n_slots, int64_t total,
+                                      int64_t granule) {
   std::vector<UnitPart> parts;
   for (int d = 0; d < p.devices; ++d)
     for (const placement::Share& s : p.layers[size_t(layer)].devices[size_t(d)])
       if (s.head == head) parts.push_back({d, s});
   if (parts.empty()) return {0, 0};
-  return rows_kept(parts, device, slot, n_slots, total);
+  return rows_kept(parts, device, slot, n_slots, total, granule);
 }
 
 }  // namespace fairkv::runtime

@@ -52,13 +52,17 @@ bool projects_unit(const std::vector<UnitPart>& parts, int rank);
 bool counts(const std::vector<UnitPart>& parts, int rank);
 
 // The rows [first, second) of a unit's `total` cached rows of the sequence in `slot` that `rank`
-// keeps; {0, 0} when none. Token slices tile the rows: a part ends where the next begins.
+// keeps; {0, 0} when none. Token slices tile the rows: a part ends where the next begins, at its
+// share's offset of the rows rounded to a multiple of `granule` (kv::kCanonicalRows under the
+// canonical reduction, so that every slice but the tail holds whole blocks of the canonical
+// order), never beyond the last multiple of `granule` within total.
 std::pair<int64_t, int64_t> rows_kept(const std::vector<UnitPart>& parts, int rank, int slot,
-                                      int n_slots, int64_t total);
+                                      int n_slots, int64_t total, int64_t granule = 1);
 
 // The same for unit (layer, head) under placement p (the rule RankForward::redistribute
 // applies).
 std::pair<int64_t, int64_t> rows_held(const placement::Placement& p, int layer, int head,
-                                      int device, int slot, int n_slots, int64_t total);
+                                      int device, int slot, int n_slots, int64_t total,
+                                      int64_t granule = 1);
 
 }  // namespace fairkv::runtime

@@ -71,8 +71,9 @@ class Backend {
     return size_t(rows) * row_bytes();
   }
   // Bytes appending new_rows rows to every head of seq's cache would add on its fullest rank:
-  // what a step is checked against the memory limit with.
-  virtual size_t growth_bytes(SeqId /*seq*/, int64_t new_rows) const {
+  // what a step is checked against the memory limit with. prompt_done: the rows end seq's
+  // prompt, whose rows ranks then deal out to token slices (RanksBackend).
+  virtual size_t growth_bytes(SeqId /*seq*/, int64_t new_rows, bool /*prompt_done*/) const {
     return size_t(new_rows) * row_bytes();
   }
   // Committed KV bytes per rank (what --kv-memory limits), and the largest.

@@ -6,8 +6,10 @@
 // stories260K (f32), a synthetic Q8_0 model and SmolLM2 Q4_1 with llama.cpp's rounding (on which
 // a near-tie flipped a greedy token between 1 and 2 ranks under the partial all-reduce). The
 // partial reduction is checked to differ there, so the comparison can fail. Token slices (split,
-// and rebalancing, which re-divides replicated units into token slices) merge softmaxes over the
-// parts by log-sum-exp, one device over all rows in one pass: equal up to rounding, not checked.
+// and re-planning, which re-divides replicated units into token slices) too, with prompts long
+// enough that slices span several blocks of the canonical order (kv/attention_merge.h) and
+// shares that do not fall on its multiples: there the log-sum-exp merge of the partial
+// reduction is checked to differ.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -45,16 +47,28 @@ Outcome solo(const model::Model& m, kernels::Activations act, const Schedule& s,
   return testing::drive(b, prompts, m, s);
 }
 
+// final: the placement in force at the end (re-planning changes it).
 Outcome ranks(const model::Model& m, kernels::Activations act, const placement::Placement& p,
               runtime::Reduction reduction, const Schedule& s,
-              const std::vector<std::vector<int32_t>>& prompts) {
+              const std::vector<std::vector<int32_t>>& prompts,
+              placement::Placement* final = nullptr) {
   RanksOptions o;
   o.n_slots = 4;
   o.activations = act;
   o.reduction = reduction;
   o.cost = runtime::run_cost_model(m.config, m.weights.layers[0].wq.type, kv::KvType::F32, 4);
   RanksBackend b(m, p, o);
-  return testing::drive(b, prompts, m, s);
+  Outcome out = testing::drive(b, prompts, m, s);
+  if (final) *final = b.placement();
+  return out;
+}
+
+int token_slices(const placement::Placement& p) {
+  int n = 0;
+  for (const auto& layer : p.layers)
+    for (const auto& dev : layer.devices)
+      for (const placement::Share& share : dev) n += share.kind == placement::ShareKind::Tokens;
+  return n;
 }
 
 // Rows of logits that differ in any bit, over every sequence.
@@ -121,6 +135,77 @@ TEST(CanonicalRanks, SmolLM2Q4_1LogitsAreOneDevicesOnEveryPlacement) {
       {std::string(FAIRKV_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf",
        kernels::Activations::LikeGgml},
       {2, 3, 4}, {"tp", "fair-copy"}, 6);
+}
+
+// Token slices: `split`, and fair-copy re-planned while sequences decode (re-planning re-divides
+// replicated units into token slices and moves rows), on R = 2..4 ranks, with prompts of 170-301
+// tokens in chunks of 64 beside other sequences' decode steps; full caches and (ada) Ada-KV
+// keeping 160 rows per head. Under the partial reduction the same runs differ, so the
+// comparison can fail.
+void expect_bitwise_with_token_slices(const ModelCase& mc, std::vector<int> devices, bool ada,
+                                      int n_predict) {
+  const auto m = load(mc.path);
+  if (!m) GTEST_SKIP() << mc.path << " is absent";
+  const auto ps = testing::prompts(m->config, {301, 213, 259, 170});
+  const size_t V = size_t(m->config.n_vocab);
+  kv::CompressionConfig keep = testing::adakv();
+  keep.budget = 160;
+  Schedule s;
+  s.chunk = 64;
+  s.n_predict = n_predict;
+  std::vector<const kv::CompressionConfig*> comps = {nullptr};
+  if (ada) comps.push_back(&keep);
+  int partial_differs = 0, sliced = 0, replans = 0;
+  for (const kv::CompressionConfig* comp : comps) {
+    s.comp = comp;
+    const Outcome one = solo(*m, mc.act, s, ps);
+    for (int R : devices)
+      for (const bool replan : {false, true}) {
+        SCOPED_TRACE(std::string(replan ? "fair-copy re-planned" : "split") + " on " +
+                     std::to_string(R) + " ranks, " + (comp ? "Ada-KV" : "full cache"));
+        Schedule r = s;
+        if (replan) {  // while A and C decode, and after B closed and D opened
+          r.replan_at = {6, 9, 12};
+          r.replan_cost =
+              runtime::run_cost_model(m->config, m->weights.layers[0].wq.type, kv::KvType::F32, 4);
+        }
+        const placement::Placement p =
+            testing::make_placement(m->config, replan ? "fair-copy" : "split", R);
+        placement::Placement final;
+        const Outcome got = ranks(*m, mc.act, p, runtime::Reduction::Canonical, r, ps, &final);
+        sliced += token_slices(replan ? final : p) > 0;
+        replans += got.replans;
+        EXPECT_EQ(got.outputs, one.outputs);
+        EXPECT_EQ(differing_rows(got, one, V), 0);
+        if (!replan && comp == nullptr && R == 2) {
+          const Outcome partial = ranks(*m, mc.act, p, runtime::Reduction::Partial, r, ps);
+          partial_differs += differing_rows(partial, one, V) > 0;
+        }
+      }
+  }
+  EXPECT_EQ(partial_differs, 1);
+  // Both kinds of runs had token slices: split always, re-planning in some runs.
+  EXPECT_GT(sliced, int(comps.size() * devices.size()));
+  EXPECT_GT(replans, 0);
+}
+
+TEST(CanonicalRanks, Stories260KTokenSlicesAreOneDevicesBits) {
+  expect_bitwise_with_token_slices({std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf"},
+                                   {1, 2, 3, 4}, true, 8);
+}
+
+TEST(CanonicalRanks, QuantizedModelTokenSlicesAreOneDevicesBits) {
+  expect_bitwise_with_token_slices(
+      {std::string(FAIRKV_SHARED_DIR) + "/models/synthetic/llama-gqa4-q8_0.gguf",
+       kernels::Activations::LikeGgml},
+      {2, 3, 4}, true, 6);
+}
+
+TEST(CanonicalRanks, SmolLM2Q4_1TokenSlicesAreOneDevicesBits) {
+  expect_bitwise_with_token_slices(
+      {std::string(FAIRKV_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+       kernels::Activations::LikeGgml},
+      {2, 3, 4}, false, 6);
 }
 
 // The comparison above can fail: the partial all-reduce sums in another order, and its logits

@@ -432,7 +432,8 @@ bool Engine::step() {
     for (;;) {
       size_t grow = 0;
       for (const Planned& p : plan)
-        grow += backend_->growth_bytes(p.s->id, int64_t(p.item.tokens.size()));
+        grow +=
+            backend_->growth_bytes(p.s->id, int64_t(p.item.tokens.size()), p.item.full_prompt_done);
       if (backend_->max_rank_bytes() + grow <= opt_.kv_memory || running_.size() <= 1) break;
       Seq* v = choose_victim();
       preempt(*v);

@@ -17,8 +17,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -77,7 +77,9 @@ class GatedBackend final : public Backend {
   size_t bytes_for(int64_t rows, int64_t max_rows) const override {
     return in_->bytes_for(rows, max_rows);
   }
-  size_t growth_bytes(SeqId s, int64_t n) const override { return in_->growth_bytes(s, n); }
+  size_t growth_bytes(SeqId s, int64_t n, bool done) const override {
+    return in_->growth_bytes(s, n, done);
+  }
   std::vector<RankLoad> loads() const override { return in_->loads(); }
   SwapPlace swap_out(SeqId s) override { return in_->swap_out(s); }
   void swap_in(SeqId s) override { in_->swap_in(s); }

@@ -8,6 +8,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "kv/attention_merge.h"
 #include "placement/rebalance.h"
 #include "runtime/unit_parts.h"
 #include "serve/rank_worker.h"
@@ -185,6 +186,7 @@ size_t RanksBackend::store_bytes(int64_t rows, int64_t max_rows) const {
 
 size_t RanksBackend::bytes_for(int64_t rows, int64_t max_rows) const {
   const auto parts = runtime::unit_parts(placement());
+  const int64_t granule = o_.reduction == runtime::Reduction::Canonical ? kv::kCanonicalRows : 1;
   size_t most = 0;
   for (int d = 0; d < R_; ++d) {
     size_t b = 0;
@@ -193,8 +195,9 @@ size_t RanksBackend::bytes_for(int64_t rows, int64_t max_rows) const {
         const runtime::UnitPart* part = runtime::part_of(unit, d);
         if (!part) continue;
         int64_t held = rows;
+        // Its share of the rows, its ends rounded to the canonical order's blocks.
         if (part->share.kind == placement::ShareKind::Tokens && !runtime::is_tail(unit, d))
-          held = std::min(rows, int64_t(std::ceil(part->share.share * double(rows))) + 1);
+          held = std::min(rows, int64_t(std::ceil(part->share.share * double(rows))) + granule);
         b += store_bytes(held, max_rows);
       }
     most = std::max(most, b);
@@ -202,25 +205,48 @@ size_t RanksBackend::bytes_for(int64_t rows, int64_t max_rows) const {
   return most;
 }
 
-size_t RanksBackend::growth_bytes(SeqId seq, int64_t new_rows) const {
+size_t RanksBackend::growth_bytes(SeqId seq, int64_t new_rows, bool prompt_done) const {
+  const std::vector<size_t> b = growth_by_rank(seq, new_rows, prompt_done);
+  return *std::max_element(b.begin(), b.end());
+}
+
+std::vector<size_t> RanksBackend::growth_by_rank(SeqId seq, int64_t new_rows,
+                                                 bool prompt_done) const {
   const RankWorker::Seq* s = worker_->find(seq);
   const std::vector<SeqId>& ids = worker_->reported();
   const auto at = std::find(ids.begin(), ids.end(), seq);
-  if (!s || at == ids.end()) return bytes_for(new_rows, 0);  // not running: nothing reported
-  const size_t U = size_t(m_.config.n_layers) * size_t(m_.config.n_kv_heads);
+  if (!s || at == ids.end())  // not running: nothing reported
+    return std::vector<size_t>(size_t(R_), bytes_for(new_rows, 0));
+  const int H = m_.config.n_kv_heads;
+  const size_t U = size_t(m_.config.n_layers) * size_t(H);
   const size_t first = size_t(at - ids.begin()) * U;
-  size_t most = 0;
-  for (const RankReport& rep : worker_->reports()) {
-    size_t b = 0;
+  const auto& reports = worker_->reports();
+  std::vector<size_t> b(size_t(R_), 0);
+  for (int r = 0; r < R_; ++r)
     for (size_t u = 0; u < U; ++u) {
-      const double rows = rep.append_rows[first + u];
+      const double rows = reports[size_t(r)].append_rows[first + u];
       if (rows < 0) continue;
-      b += store_bytes(int64_t(rows) + new_rows, s->max_rows) -
-           store_bytes(int64_t(rows), s->max_rows);
+      b[size_t(r)] += store_bytes(int64_t(rows) + new_rows, s->max_rows) -
+                      store_bytes(int64_t(rows), s->max_rows);
     }
-    most = std::max(most, b);
+  if (!prompt_done) return b;
+  // Until its prompt ends a sequence's rows stay whole on each token-sliced unit's tail; the
+  // other parts hold none of them and get their slices right after the step.
+  const int64_t granule = o_.reduction == runtime::Reduction::Canonical ? kv::kCanonicalRows : 1;
+  const auto parts = runtime::unit_parts(placement());
+  for (size_t u = 0; u < U; ++u) {
+    const auto& unit = parts[u / size_t(H)][u % size_t(H)];
+    if (unit.size() < 2 || unit.front().share.kind != placement::ShareKind::Tokens) continue;
+    const double held = reports[size_t(unit.back().device)].append_rows[first + u];
+    if (held < 0) continue;
+    const int64_t total = int64_t(held) + new_rows;
+    for (size_t i = 0; i + 1 < unit.size(); ++i) {
+      const auto [r0, r1] =
+          runtime::rows_kept(unit, unit[i].device, s->rs->slot, o_.n_slots, total, granule);
+      b[size_t(unit[i].device)] += store_bytes(r1 - r0, s->max_rows);
+    }
   }
-  return most;
+  return b;
 }
 
 void RanksBackend::open(SeqId seq, int64_t max_rows) {

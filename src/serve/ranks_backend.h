@@ -106,9 +106,13 @@ class RanksBackend final : public Backend {
   // part's) and a token slice's tail (which appends every new row) hold them all, the other
   // token slices their share; pages counted as reserved stores of max_rows rows commit them.
   size_t bytes_for(int64_t rows, int64_t max_rows) const override;
-  // Exact: from every rank's reported store sizes of seq, the pages its appending stores would
-  // add on the rank where they add the most.
-  size_t growth_bytes(SeqId seq, int64_t new_rows) const override;
+  // The most of growth_by_rank.
+  size_t growth_bytes(SeqId seq, int64_t new_rows, bool prompt_done) const override;
+  // Per rank, from every rank's reported store sizes of seq: the pages its appending stores
+  // would add (exact), and with prompt_done, those of the token slices that the prompt's rows
+  // are dealt out to after the step, uncompressed (compression only drops rows), beside the
+  // tail that held them all.
+  std::vector<size_t> growth_by_rank(SeqId seq, int64_t new_rows, bool prompt_done) const;
   // Host (a copy in this process's memory on every rank) or None (over host_swap_bytes: the
   // caches are cleared, and the sequence stays open, empty, to be recomputed from its tokens).
   SwapPlace swap_out(SeqId seq) override;

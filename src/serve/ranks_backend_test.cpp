@@ -5,6 +5,7 @@
 // FairKV planners, with and without Ada-KV (and DefensiveKV) compression.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -12,6 +13,7 @@
 #include <random>
 #include <string>
 
+#include "kv/attention_merge.h"
 #include "runtime/model_placement.h"
 #include "runtime/unit_parts.h"
 #include "serve/ranks_backend.h"
@@ -323,10 +325,12 @@ TEST(RanksBackend, LoadsRowsAndDescribe) {
 TEST(RanksBackend, PromptRowsAreDealtOutWhenThePromptEnds) {
   NEED_MODEL();
   const model::ModelConfig& c = m.config;
-  const auto ps = testing::prompts(c);
+  const auto ps = testing::prompts(c, {41, 203});  // slices of several canonical blocks
   const placement::Placement p = testing::make_placement(c, "split", 3);
   const auto parts = runtime::unit_parts(p);
   const RanksOptions o = options(m);
+  ASSERT_EQ(o.reduction, runtime::Reduction::Canonical);
+  const int64_t granule = kv::kCanonicalRows;
   // Rank r's committed bytes for a sequence in slot 0 of `total` rows per unit: each store of
   // its rows on a range reserved for max_rows rows commits the pages those rows touch.
   const int64_t max_rows = int64_t(ps[1].size()) + 8;
@@ -339,11 +343,12 @@ TEST(RanksBackend, PromptRowsAreDealtOutWhenThePromptEnds) {
         const bool tokens = u.size() > 1 && u.front().share.kind == placement::ShareKind::Tokens;
         split = split || tokens;
         int64_t rows = 0;
-        if (tokens && !dealt)
+        if (tokens && !dealt) {
           rows = runtime::is_tail(u, r) ? total : 0;
-        else
-          rows = runtime::rows_held(p, l, h, r, 0, o.n_slots, total).second -
-                 runtime::rows_held(p, l, h, r, 0, o.n_slots, total).first;
+        } else {  // the canonical reduction's slices start at multiples of its blocks
+          const auto [b0, b1] = runtime::rows_held(p, l, h, r, 0, o.n_slots, total, granule);
+          rows = b1 - b0;
+        }
         bytes += kv::HeadStore::reserved_bytes(rows, max_rows, c.head_dim, kv::KvType::F32);
       }
     EXPECT_TRUE(split) << "the placement has no token slices";
@@ -356,6 +361,39 @@ TEST(RanksBackend, PromptRowsAreDealtOutWhenThePromptEnds) {
   b.run(std::vector<StepItem>{{1, {ps[1].data() + 20, ps[1].size() - 20}, nullptr, true}});
   const int64_t n = int64_t(ps[1].size());
   for (int r = 0; r < 3; ++r) EXPECT_EQ(b.loads()[size_t(r)].kv_bytes, expected(r, n, true));
+}
+
+// The step that ends a prompt deals its rows out to each token-sliced unit's other parts, which
+// commit their slices after the step: the step's memory check counts them (growth_by_rank with
+// prompt_done: no rank grows by more), where the appends alone left them out.
+TEST(RanksBackend, GrowthCountsThePromptRowsDealtOut) {
+  NEED_MODEL();
+  const model::ModelConfig& c = m.config;
+  const auto ps = testing::prompts(c, {300});
+  const int64_t n = 300, max_rows = n + 8, R = 3;
+  for (const runtime::Reduction red :
+       {runtime::Reduction::Canonical, runtime::Reduction::Partial}) {
+    SCOPED_TRACE(runtime::reduction_name(red));
+    RanksOptions o = options(m);
+    o.reduction = red;
+    RanksBackend b(m, testing::make_placement(c, "split", int(R)), o);
+    b.open(1, max_rows);
+    b.run(std::vector<StepItem>{{1, {ps[0].data(), 64}}});
+    std::vector<size_t> before;
+    for (const RankLoad& l : b.loads()) before.push_back(l.kv_bytes);
+    const std::vector<size_t> with = b.growth_by_rank(1, n - 64, true);
+    const std::vector<size_t> without = b.growth_by_rank(1, n - 64, false);
+    EXPECT_EQ(b.growth_bytes(1, n - 64, true), *std::max_element(with.begin(), with.end()));
+    b.run(std::vector<StepItem>{{1, {ps[0].data() + 64, size_t(n - 64)}, nullptr, true}});
+    int missed = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      const size_t after = b.loads()[size_t(r)].kv_bytes;
+      const size_t grew = after > before[size_t(r)] ? after - before[size_t(r)] : 0;
+      EXPECT_LE(grew, with[size_t(r)]) << "rank " << r;
+      missed += grew > without[size_t(r)];
+    }
+    EXPECT_GT(missed, 0);
+  }
 }
 
 // Each rank's stores of a sequence sit on ranges reserved for its max rows: what a rank reports
@@ -376,7 +414,7 @@ TEST(RanksBackend, ReservedStoresCommitThePagesOfTheirRows) {
     b.open(1, max_rows);
     EXPECT_EQ(b.max_rank_bytes(), 0u);  // reserved, nothing committed yet
     // The first chunk: its rows go where growth_bytes said, within what bytes_for allows.
-    const size_t grow = b.growth_bytes(1, 16);
+    const size_t grow = b.growth_bytes(1, 16, false);
     b.run(std::vector<StepItem>{{1, {ps[0].data(), 16}}});
     EXPECT_EQ(b.max_rank_bytes(), grow);
     EXPECT_LE(b.max_rank_bytes(), b.bytes_for(16, max_rows));
@@ -387,7 +425,7 @@ TEST(RanksBackend, ReservedStoresCommitThePagesOfTheirRows) {
     for (int t = 0; t < 300 - 1; ++t) {
       std::vector<size_t> before;
       for (const RankLoad& l : b.loads()) before.push_back(l.kv_bytes);
-      const size_t want = b.growth_bytes(1, 1);
+      const size_t want = b.growth_bytes(1, 1, false);
       b.run(std::vector<StepItem>{{1, {&out[0], 1}}});
       size_t most = 0;
       for (int r = 0; r < R; ++r)

@@ -24,12 +24,14 @@
 
 namespace fairkv::serve::testing {
 
-// Four prompts of about 40 tokens: A, B and C open first, D when B closes.
-inline std::vector<std::vector<int32_t>> prompts(const model::ModelConfig& c) {
+// Four prompts of about 40 tokens (or of the lengths given): A, B and C open first, D when B
+// closes.
+inline std::vector<std::vector<int32_t>> prompts(const model::ModelConfig& c,
+                                                 std::vector<int> lengths = {41, 37, 45, 39}) {
   std::mt19937 rng(11);
   std::uniform_int_distribution<int32_t> tok(3, c.n_vocab - 1);
   std::vector<std::vector<int32_t>> out;
-  for (int len : {41, 37, 45, 39}) {
+  for (int len : lengths) {
     out.emplace_back(size_t(len));
     for (int32_t& t : out.back()) t = tok(rng);
   }

@@ -112,7 +112,7 @@ size_t SoloBackend::bytes_for(int64_t rows, int64_t max_rows) const {
          kv::HeadStore::reserved_bytes(rows, max_rows, c.head_dim, opt_.kv_type);
 }
 
-size_t SoloBackend::growth_bytes(SeqId seq, int64_t new_rows) const {
+size_t SoloBackend::growth_bytes(SeqId seq, int64_t new_rows, bool /*prompt_done*/) const {
   const kv::SequenceCache& cache = *find(seq).cache;
   size_t b = 0;
   for (int l = 0; l < cache.n_layers(); ++l)

@@ -44,7 +44,7 @@ class SoloBackend final : public Backend {
   int64_t rows(SeqId seq) const override;
   std::vector<RankLoad> loads() const override;
   size_t bytes_for(int64_t rows, int64_t max_rows) const override;
-  size_t growth_bytes(SeqId seq, int64_t new_rows) const override;
+  size_t growth_bytes(SeqId seq, int64_t new_rows, bool prompt_done) const override;
   SwapPlace swap_out(SeqId seq) override;
   void swap_in(SeqId seq) override;
   size_t swap_bytes_host() const override { return swap_.bytes_host(); }
