@@ -276,7 +276,7 @@ void HeadStore::keep(std::span<const int64_t> indices) {
   const size_t m = indices.size();
   StoreBytes a(m * (kr + vr));
   for (size_t j = 0; j < m; ++j) {
-    raw_key(indices[j], a.data() + j * kr);
+    k_raw_row(indices[j], a.data() + j * kr);
     std::memcpy(a.data() + m * kr + j * vr, v_ptr() + size_t(indices[j]) * vr, vr);
   }
   kv_.swap(a);
@@ -295,7 +295,7 @@ void HeadStore::keep_in_place(std::span<const int64_t> indices) {
   std::vector<uint8_t> keys(size_t(kKeyPanel) * kr);
   for (size_t j0 = 0; j0 < m; j0 += size_t(kKeyPanel)) {
     const size_t n = std::min(size_t(kKeyPanel), m - j0);
-    for (size_t j = 0; j < n; ++j) raw_key(indices[j0 + j], keys.data() + j * kr);
+    for (size_t j = 0; j < n; ++j) k_raw_row(indices[j0 + j], keys.data() + j * kr);
     std::memcpy(k_ptr() + j0 * kr, keys.data(), n * kr);
   }
   for (size_t j = 0; j < m; ++j)
@@ -323,7 +323,16 @@ void HeadStore::k_row(int64_t i, float* out) const {
   }
   const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * k_row_bytes();
   const int64_t t = i % kKeyPanel;
-  if (types_.k == KvType::F16) {
+  if (types_.k == KvType::Q8_0) {
+    for (int64_t b = 0; b < head_dim_ / kernels::kQK; ++b, panel += kQ8PanelBlockBytes) {
+      uint16_t h;
+      std::memcpy(&h, panel + 8 * kQ8PanelRow + 2 * t, 2);
+      const float d = kernels::fp16_to_fp32(h);
+      for (int e = 0; e < kernels::kQK; ++e)
+        *out++ =
+            d * float(int8_t(panel[size_t(e / 4) * kQ8PanelRow + size_t(4 * t + e % 4)] ^ 0x80));
+    }
+  } else if (types_.k == KvType::F16) {
     const auto* p = reinterpret_cast<const uint16_t*>(panel);
     for (int64_t e = 0; e < head_dim_; ++e) out[e] = kernels::fp16_to_fp32(p[e * kKeyPanel + t]);
   } else if (types_.k == KvType::BF16) {
@@ -352,30 +361,50 @@ void panel_to_row(const uint8_t* panel, int64_t t, int64_t d, uint8_t* dst) {
   for (int64_t e = 0; e < d; ++e) s[e] = p[e * kKeyPanel + t];
 }
 
+// The same for q8_0 (kQ8PanelBlockBytes): a row of nb ggml blocks and key t's place in a panel.
+void q8_row_to_panel(const uint8_t* src, int64_t nb, uint8_t* panel, int64_t t) {
+  for (int64_t b = 0; b < nb; ++b, src += sizeof(kernels::BlockQ8_0), panel += kQ8PanelBlockBytes) {
+    for (int i = 0; i < kernels::kQK; ++i)
+      panel[size_t(i / 4) * kQ8PanelRow + size_t(4 * t + i % 4)] = src[2 + i] ^ 0x80;
+    std::memcpy(panel + 8 * kQ8PanelRow + 2 * t, src, 2);
+  }
+}
+void q8_panel_to_row(const uint8_t* panel, int64_t t, int64_t nb, uint8_t* dst) {
+  for (int64_t b = 0; b < nb; ++b, dst += sizeof(kernels::BlockQ8_0), panel += kQ8PanelBlockBytes) {
+    std::memcpy(dst, panel + 8 * kQ8PanelRow + 2 * t, 2);
+    for (int i = 0; i < kernels::kQK; ++i)
+      dst[2 + i] = panel[size_t(i / 4) * kQ8PanelRow + size_t(4 * t + i % 4)] ^ 0x80;
+  }
+}
+
 }  // namespace
 
-void HeadStore::raw_key(int64_t i, uint8_t* dst) const {
+void HeadStore::k_raw_row(int64_t i, uint8_t* dst) const {
   const size_t row = k_row_bytes();
   if (i >= panel_keys()) {
     std::memcpy(dst, k_ptr() + size_t(i) * row, row);
     return;
   }
   const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * row;
-  if (element_bytes(types_.k) == 2)
+  if (types_.k == KvType::Q8_0)
+    q8_panel_to_row(panel, i % kKeyPanel, head_dim_ / kernels::kQK, dst);
+  else if (element_bytes(types_.k) == 2)
     panel_to_row<uint16_t>(panel, i % kKeyPanel, head_dim_, dst);
   else
     panel_to_row<uint32_t>(panel, i % kKeyPanel, head_dim_, dst);
 }
 
 void HeadStore::seal_panels(int64_t from) {
-  if (from + kKeyPanel > len_ || kv_type_quantized(types_.k)) return;  // most decode appends
+  if (from + kKeyPanel > len_ || !kv_keys_in_panels(types_.k)) return;  // most decode appends
   const size_t row = k_row_bytes();
   std::vector<uint8_t> rows(size_t(kKeyPanel) * row);
   for (int64_t p = from; p + kKeyPanel <= len_; p += kKeyPanel) {
     uint8_t* panel = k_ptr() + size_t(p) * row;
     std::memcpy(rows.data(), panel, rows.size());
     for (int64_t t = 0; t < kKeyPanel; ++t) {
-      if (element_bytes(types_.k) == 2)
+      if (types_.k == KvType::Q8_0)
+        q8_row_to_panel(rows.data() + size_t(t) * row, head_dim_ / kernels::kQK, panel, t);
+      else if (element_bytes(types_.k) == 2)
         row_to_panel<uint16_t>(rows.data() + size_t(t) * row, head_dim_, panel, t);
       else
         row_to_panel<uint32_t>(rows.data() + size_t(t) * row, head_dim_, panel, t);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -106,19 +107,29 @@ TEST_P(HeadStoreTest, AppendThenKeepHoldsExactlyTheChosenRows) {
 }
 
 // Keys: full panels of kKeyPanel keys dimension-major, the rest row-major after them, sealed as
-// keys arrive one at a time or many at once, and rebuilt by keep(); quantized keys are all
-// row-major blocks (no panels).
+// keys arrive one at a time or many at once, and rebuilt by keep(); q8_0 panels are blocks of
+// 8 rows of 16 keys x 4 bytes (sign bit flipped) and 16 scales (cache_q8_panel_test.cpp checks
+// them byte by byte); q4_0 keys are all row-major blocks (no panels).
 TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
   const KvTypes types = GetParam();
   const KvType t = types.k;
-  const bool rows_only = kv_type_quantized(t);
+  const bool rows_only = !kv_keys_in_panels(t);
   const int64_t d = dim_for(types, 24), n = 2 * kKeyPanel + 5;
   const auto k = random_rows(n, d, 4), v = random_rows(n, d, 5);
   const auto dt = kv_dtype(t);
   // The element (key j, dimension e) of the raw K array under the documented layout.
   auto raw = [&](const HeadStore& s, int64_t j, int64_t e) {
     const auto* base = static_cast<const uint8_t*>(s.k_data());
-    if (rows_only) {  // whole blocks: the row is decoded as one
+    if (t == KvType::Q8_0 && j < s.panel_keys()) {
+      const uint8_t* blk = base + sz(j / kKeyPanel * kKeyPanel) * kv_row_bytes(t, d) +
+                           sz(e / 32) * kQ8PanelBlockBytes;
+      uint16_t h;
+      std::memcpy(&h, blk + 8 * kQ8PanelRow + 2 * (j % kKeyPanel), 2);
+      const auto q =
+          int8_t(blk[sz(e % 32 / 4) * kQ8PanelRow + sz(4 * (j % kKeyPanel) + e % 4)] ^ 0x80);
+      return kernels::fp16_to_fp32(h) * float(q);
+    }
+    if (kv_type_quantized(t)) {  // whole blocks: the row is decoded as one
       std::vector<float> row(sz(d));
       kernels::dequantize_row(dt, base + sz(j) * kv_row_bytes(t, d), row.data(), d);
       return row[sz(e)];
