@@ -1,10 +1,11 @@
 // Scores against q8_0 / q4_0 keys with integer dot products (attention_quant.h).
 //
-// The AVX512-VNNI kernel takes two blocks of a key (64 bytes) per vpdpbusd, one query row at a
-// time: the key's bytes are made unsigned once and serve every row of the group, the int32 lanes
-// of each block are scaled by d_k * d_q and summed into one float vector per row and key, which
-// is reduced at the end of the key. Its integer sums are the portable loop's exactly; only the
-// float32 sum over blocks runs in another order.
+// The AVX512-VNNI kernels: over a q8_0 panel, one vpdpbusd per row takes 16 keys x 4 dimensions
+// (the keys' bytes stored unsigned, the query's 4 bytes broadcast), eight of them make a block's
+// 16 dots, which are scaled by the 16 keys' d_k times d_q and summed in one vector per row: no
+// horizontal sums. Over rows (q4_0, a q8_0 tail), two blocks of a key (64 bytes) per vpdpbusd, the
+// int32 lanes scaled and summed per key, sixteen keys reduced together. Their integer sums are
+// the portable loop's exactly; only the float32 sum over blocks runs in another order.
 #include "kv/attention_quant.h"
 
 #include <algorithm>
@@ -323,9 +324,9 @@ FAIRKV_TARGET_VNNI void fold_scales(int n, const uint8_t* V, size_t vr, int64_t 
                                     const float* prob, int64_t ps, float* w, int64_t ws,
                                     int64_t wb) {
   constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                           12, 13, 14, 15),
-                                         _mm512_set1_epi32(int(vr)));
+  const __m512i idx =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(int(vr)));
   for (int64_t j0 = 0; j0 < nb; j0 += 16) {
     const __mmask16 m = nb - j0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (nb - j0)) - 1);
     for (int64_t b = 0; b < blocks; ++b) {

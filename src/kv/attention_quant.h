@@ -6,9 +6,12 @@
 // d_k * d_q * sum_i k_i q_i. So do these kernels, with the key's bytes made unsigned (q8_0:
 // k + 128, a sign-bit flip; q4_0: its nibbles 0..15 as stored) so that AVX512-VNNI's vpdpbusd
 // (u8 x s8) takes them directly, and the offset taken back as offset x sum(q) per block, which
-// is the query's and computed once. The kernel is chosen at run time by CPUID: AVX512-VNNI where
-// the CPU has it, else AVX2 (ggml's sign trick: |k| x sign(q, k) with vpmaddubsw), else a
-// portable loop, all with the same integer sums.
+// is the query's and computed once. q8_0 keys in sealed panels (cache.h, kQ8PanelBlockBytes) are
+// stored already flipped and dimension-major, so one vpdpbusd scores 16 keys x 4 dimensions; the
+// rest (a store's row-major tail, q4_0 rows) take the row kernel, and any key of a panel that a
+// range only partly covers is read through HeadStore::k_raw_row. The kernel is chosen at run
+// time by CPUID: AVX512-VNNI where the CPU has it, else AVX2 (ggml's sign trick: |k| x sign(q, k)
+// with vpmaddubsw) over rows, else a portable loop, all with the same integer sums.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +32,7 @@ struct QuantQueries {
 };
 
 // s[r * s_stride + j] = scale * score(query row r, key k0 + j) for j < nk, rows r < n, over
-// the row-major quantized keys of the store.
+// the store's quantized keys (panels and rows alike).
 void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
                   float scale, float* s, int64_t s_stride);
 // The same with the AVX2 kernel (for tests); false, doing nothing, where the CPU lacks AVX2.
@@ -42,9 +45,9 @@ void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const Qu
 bool quant_scores_vnni();
 
 // o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
-// rows, reading the quantized values in place (each block widened once for all rows, its scale
-// applied once). Returns false, doing nothing, where the CPU lacks AVX-512 (the caller then
-// dequantizes a block of rows and uses its float32 kernel).
+// rows, reading the quantized values in place (the value scales folded into the probabilities
+// first, each block then widened once for all rows). Returns false, doing nothing, where the CPU
+// lacks AVX-512 (the caller then dequantizes a block of rows and uses its float32 kernel).
 bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
               const float* prob, int64_t prob_stride, const float* corr);
 
