@@ -1,11 +1,11 @@
 // Scores against q8_0 / q4_0 keys with integer dot products (attention_quant.h).
 //
-// The AVX512-VNNI kernels: over a q8_0 panel, one vpdpbusd per row takes 16 keys x 4 dimensions
-// (the keys' bytes stored unsigned, the query's 4 bytes broadcast), eight of them make a block's
-// 16 dots, which are scaled by the 16 keys' d_k times d_q and summed in one vector per row: no
-// horizontal sums. Over rows (q4_0, a q8_0 tail), two blocks of a key (64 bytes) per vpdpbusd, the
-// int32 lanes scaled and summed per key, sixteen keys reduced together. Their integer sums are
-// the portable loop's exactly; only the float32 sum over blocks runs in another order.
+// The AVX512-VNNI kernels: over a q8_0 or q4_0 panel, one vpdpbusd per row takes 16 keys x 4
+// dimensions (the keys' bytes unsigned as stored, the query's 4 bytes broadcast), eight of them
+// make a block's 16 dots, which are scaled by the 16 keys' d_k times d_q and summed in one vector
+// per row: no horizontal sums. Over rows (a store's tail), two blocks of a key (64 bytes) per
+// vpdpbusd, the int32 lanes scaled and summed per key, sixteen keys reduced together. Their integer
+// sums are the portable loop's exactly; only the float32 sum over blocks runs in another order.
 #include "kv/attention_quant.h"
 
 #include <algorithm>
@@ -167,31 +167,45 @@ FAIRKV_TARGET_VNNI void scores_vnni(const uint8_t* K, size_t kr, int64_t nk, con
   }
 }
 
-// Rows r0..r0 + M - 1 of q against np whole q8_0 panels at P (kQ8PanelBlockBytes): per block,
-// row g of the panel (16 keys x 4 unsigned bytes) meets the row's 4 query bytes broadcast, so
-// eight vpdpbusd give the block's 16 integer dots, started from -128 x sum(q) to take back the
-// keys' +128 (exact); then one convert, one product of the 16 key scales with d_q, one FMA.
-// Two integer chains per row halve vpdpbusd's latency chain.
-template <int M>
+// Rows r0..r0 + M - 1 of q against np whole panels at P (cache.h: kQ8PanelBlockBytes,
+// kQ4PanelBlockBytes): per block, eight vectors of 16 keys x 4 unsigned bytes (q8_0: the panel's
+// rows as stored; q4_0: each row's low and high nibbles) meet the row's 4 query bytes broadcast,
+// so eight vpdpbusd give the block's 16 integer dots, started from -offset x sum(q) to take back
+// the keys' +128 (q8_0) or +8 (q4_0) exactly; then one convert, one product of the 16 key scales
+// with d_q, one FMA. Two integer chains per row halve vpdpbusd's latency chain.
+template <KvType T, int M>
 FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const QuantQueries& q, int r0,
                                         float scale, float* s, int64_t ss) {
+  constexpr bool kQ8 = T == KvType::Q8_0;
+  constexpr size_t kRows = kQ8 ? 8 : 4, kBytes = kQ8 ? kQ8PanelBlockBytes : kQ4PanelBlockBytes;
+  constexpr int kOffset = kQ8 ? 128 : 8;
   const int64_t nb = q.blocks;
   const __m512 sc = _mm512_set1_ps(scale);
   for (int64_t p = 0; p < np; ++p) {
     __m512 acc[M];
     FAIRKV_UNROLL
     for (int r = 0; r < M; ++r) acc[r] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b, P += kQ8PanelBlockBytes) {
-      __m512i k[8];
-      FAIRKV_UNROLL
-      for (int g = 0; g < 8; ++g) k[g] = _mm512_loadu_si512(P + g * kQ8PanelRow);
+    for (int64_t b = 0; b < nb; ++b, P += kBytes) {
+      __m512i k[8];  // k[g]: dimensions 4g..4g+3 of the block
+      if constexpr (kQ8) {
+        FAIRKV_UNROLL
+        for (int g = 0; g < 8; ++g) k[g] = _mm512_loadu_si512(P + g * kQ8PanelRow);
+      } else {
+        const __m512i m = _mm512_set1_epi8(15);
+        FAIRKV_UNROLL
+        for (int g = 0; g < 4; ++g) {
+          const __m512i x = _mm512_loadu_si512(P + g * kQ8PanelRow);
+          k[2 * g] = _mm512_and_si512(x, m);
+          k[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16(x, 4), m);
+        }
+      }
       const __m512 dk = _mm512_cvtph_ps(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(P + 8 * kQ8PanelRow)));
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(P + kRows * kQ8PanelRow)));
       FAIRKV_UNROLL
       for (int r = 0; r < M; ++r) {
         const size_t rb = size_t((r0 + r) * nb + b);
         const int8_t* qb = q.q.data() + rb * kQK;
-        __m512i i0 = _mm512_set1_epi32(-128 * q.sum[rb]), i1 = _mm512_setzero_si512();
+        __m512i i0 = _mm512_set1_epi32(-kOffset * q.sum[rb]), i1 = _mm512_setzero_si512();
         FAIRKV_UNROLL
         for (int g = 0; g < 8; g += 2) {
           int32_t q0, q1;
@@ -210,12 +224,14 @@ FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const Quan
   }
 }
 
+template <KvType T>
 FAIRKV_TARGET_VNNI void panels_vnni(const uint8_t* P, int64_t np, const QuantQueries& q, int n,
                                     float scale, float* s, int64_t ss) {
   using Fn = void (*)(const uint8_t*, int64_t, const QuantQueries&, int, float, float*, int64_t);
-  static constexpr Fn table[] = {&panel_rows_vnni<1>, &panel_rows_vnni<2>, &panel_rows_vnni<3>,
-                                 &panel_rows_vnni<4>, &panel_rows_vnni<5>, &panel_rows_vnni<6>,
-                                 &panel_rows_vnni<7>, &panel_rows_vnni<8>};
+  static constexpr Fn table[] = {&panel_rows_vnni<T, 1>, &panel_rows_vnni<T, 2>,
+                                 &panel_rows_vnni<T, 3>, &panel_rows_vnni<T, 4>,
+                                 &panel_rows_vnni<T, 5>, &panel_rows_vnni<T, 6>,
+                                 &panel_rows_vnni<T, 7>, &panel_rows_vnni<T, 8>};
   for (int r = 0; r < n; r += 8) table[std::min(n - r, 8) - 1](P, np, q, r, scale, s + r * ss, ss);
 }
 
@@ -534,12 +550,17 @@ void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQuerie
             scores_vnni<KvType::Q8_0>(K, kr, m, q, n, scale, s + j, s_stride);
           },
           [&](const uint8_t* P, int64_t j, int64_t np) {
-            panels_vnni(P, np, q, n, scale, s + j, s_stride);
+            panels_vnni<KvType::Q8_0>(P, np, q, n, scale, s + j, s_stride);
           });
     else
-      walk_rows(st, k0, nk, [&](const uint8_t* K, int64_t j, int64_t m) {
-        scores_vnni<KvType::Q4_0>(K, kr, m, q, n, scale, s + j, s_stride);
-      });
+      walk_keys(
+          st, k0, nk, true,
+          [&](const uint8_t* K, int64_t j, int64_t m) {
+            scores_vnni<KvType::Q4_0>(K, kr, m, q, n, scale, s + j, s_stride);
+          },
+          [&](const uint8_t* P, int64_t j, int64_t np) {
+            panels_vnni<KvType::Q4_0>(P, np, q, n, scale, s + j, s_stride);
+          });
     return;
   }
 #endif

@@ -6,12 +6,12 @@
 // d_k * d_q * sum_i k_i q_i. So do these kernels, with the key's bytes made unsigned (q8_0:
 // k + 128, a sign-bit flip; q4_0: its nibbles 0..15 as stored) so that AVX512-VNNI's vpdpbusd
 // (u8 x s8) takes them directly, and the offset taken back as offset x sum(q) per block, which
-// is the query's and computed once. q8_0 keys in sealed panels (cache.h, kQ8PanelBlockBytes) are
-// stored already flipped and dimension-major, so one vpdpbusd scores 16 keys x 4 dimensions; the
-// rest (a store's row-major tail, q4_0 rows) take the row kernel, and any key of a panel that a
-// range only partly covers is read through HeadStore::k_raw_row. The kernel is chosen at run
-// time by CPUID: AVX512-VNNI where the CPU has it, else AVX2 (ggml's sign trick: |k| x sign(q, k)
-// with vpmaddubsw) over rows, else a portable loop, all with the same integer sums.
+// is the query's and computed once. Keys in sealed panels (cache.h, kQ8PanelBlockBytes,
+// kQ4PanelBlockBytes) are stored unsigned and dimension-major, so one vpdpbusd scores 16 keys x 4
+// dimensions; the rest (a store's row-major tail) take the row kernel, and any key of a panel that
+// a range only partly covers is read through HeadStore::k_raw_row. The kernel is chosen at run time
+// by CPUID: AVX512-VNNI where the CPU has it, else AVX2 (ggml's sign trick: |k| x sign(q, k) with
+// vpmaddubsw) over rows, else a portable loop, all with the same integer sums.
 #pragma once
 
 #include <cstdint>

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <tuple>
@@ -74,54 +75,80 @@ std::vector<float> pow2_rows(int64_t n, int64_t d, int e, std::mt19937& rng) {
   return x;
 }
 
+// Keys for q4_0 that it holds exactly with d = 2^-e: q in [-8, 7] x 2^-e, each block's largest
+// magnitude -8 x 2^-e (so that ggml's d = max / -8 is 2^-e).
+std::vector<float> pow2_rows_q4(int64_t n, int64_t d, int e, std::mt19937& rng) {
+  std::uniform_int_distribution<int> qd(-7, 7);
+  std::vector<float> x(sz(n * d));
+  for (int64_t b = 0; b < n * d; b += 32) {
+    for (int64_t i = b; i < b + 32; ++i) x[sz(i)] = std::ldexp(float(qd(rng)), -e);
+    x[sz(b + (qd(rng) + 7) % 32)] = std::ldexp(-8.0f, -e);
+  }
+  return x;
+}
+
+// The signed value of element i of key block blk (ggml's bytes) and its scale.
+int block_value(KvType t, const uint8_t* blk, int i) {
+  if (t == KvType::Q8_0) return int8_t(blk[2 + i]);
+  return (i < 16 ? blk[2 + i] & 15 : blk[2 + i - 16] >> 4) - 8;
+}
+
 // The integer sums of every kernel are the signed dot products exactly: with power-of-two scales
 // the scores are exact floats, equal to a scalar reference over the ggml blocks' integers (int64
-// dots per block), for q8_0 keys in whole panels, partly covered panels and the row-major tail.
+// dots per block), for keys in whole panels, partly covered panels and the row-major tail.
 TEST(QuantScores, IntegerDotsEqualScalarReferenceExactly) {
   std::mt19937 rng(5);
-  for (int64_t d : {32, 64, 96, 128, 256}) {
-    const int64_t len = 3 * kKeyPanel + 11, nb = d / 32;
-    const auto k = pow2_rows(len, d, 7, rng), v = randn(len * d, rng);
-    HeadStore s(d, KvType::Q8_0);
-    s.append(k.data(), v.data(), len);
-    std::vector<kernels::BlockQ8_0> key(sz(nb));
-    for (int n : {1, 3, 8, 9, 16, 17}) {
-      const auto q = pow2_rows(n, d, 5, rng);
-      std::vector<const float*> rows;
-      for (int r = 0; r < n; ++r) rows.push_back(&q[sz(r * d)]);
-      detail::QuantQueries qq;
-      qq.set(rows.data(), n, d);
-      for (auto [k0, nk] :
-           {std::pair<int64_t, int64_t>{0, len}, {3, 40}, {16, 32}, {21, len - 21}, {len - 5, 5}}) {
-        std::vector<float> fast(sz(n * nk)), port(fast.size()), avx2(fast.size());
-        detail::quant_scores(s, k0, nk, qq, n, 0.5f, fast.data(), nk);
-        detail::quant_scores_portable(s, k0, nk, qq, n, 0.5f, port.data(), nk);
-        const bool has_avx2 = detail::quant_scores_avx2(s, k0, nk, qq, n, 0.5f, avx2.data(), nk);
-        for (int64_t j = 0; j < nk; ++j) {
-          s.k_raw_row(k0 + j, reinterpret_cast<uint8_t*>(key.data()));
-          for (int r = 0; r < n; ++r) {
-            double want = 0;
-            for (int64_t b = 0; b < nb; ++b) {
-              int64_t dot = 0;
-              for (int i = 0; i < 32; ++i)
-                dot += int64_t(key[sz(b)].qs[i]) * qq.q[sz((r * nb + b) * 32 + i)];
-              want +=
-                  double(kernels::fp16_to_fp32(key[sz(b)].d)) * qq.d[sz(r * nb + b)] * double(dot);
-            }
-            want *= 0.5;
-            const std::string what = "d" + std::to_string(d) + " n" + std::to_string(n) + " k0 " +
-                                     std::to_string(k0) + " key " + std::to_string(j) + " row " +
-                                     std::to_string(r);
-            ASSERT_EQ(fast[sz(r * nk + j)], float(want)) << what;
-            ASSERT_EQ(port[sz(r * nk + j)], float(want)) << what;
-            if (has_avx2) {
-              ASSERT_EQ(avx2[sz(r * nk + j)], float(want)) << what << " avx2";
+  for (KvType t : {KvType::Q8_0, KvType::Q4_0})
+    for (int64_t d : {32, 64, 96, 128, 256}) {
+      const int64_t len = 3 * kKeyPanel + 11, nb = d / 32;
+      const auto k = t == KvType::Q8_0 ? pow2_rows(len, d, 7, rng) : pow2_rows_q4(len, d, 7, rng);
+      const auto v = randn(len * d, rng);
+      HeadStore s(d, t);
+      s.append(k.data(), v.data(), len);
+      const size_t bb = s.k_row_bytes() / sz(nb);
+      std::vector<uint8_t> key(s.k_row_bytes());
+      for (int n : {1, 3, 8, 9, 16, 17}) {
+        const auto q = pow2_rows(n, d, 5, rng);
+        std::vector<const float*> rows;
+        for (int r = 0; r < n; ++r) rows.push_back(&q[sz(r * d)]);
+        detail::QuantQueries qq;
+        qq.set(rows.data(), n, d);
+        for (auto [k0, nk] : {std::pair<int64_t, int64_t>{0, len},
+                              {3, 40},
+                              {16, 32},
+                              {21, len - 21},
+                              {len - 5, 5}}) {
+          std::vector<float> fast(sz(n * nk)), port(fast.size()), avx2(fast.size());
+          detail::quant_scores(s, k0, nk, qq, n, 0.5f, fast.data(), nk);
+          detail::quant_scores_portable(s, k0, nk, qq, n, 0.5f, port.data(), nk);
+          const bool has_avx2 = detail::quant_scores_avx2(s, k0, nk, qq, n, 0.5f, avx2.data(), nk);
+          for (int64_t j = 0; j < nk; ++j) {
+            s.k_raw_row(k0 + j, key.data());
+            for (int r = 0; r < n; ++r) {
+              double want = 0;
+              for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t* blk = &key[sz(b) * bb];
+                int64_t dot = 0;
+                for (int i = 0; i < 32; ++i)
+                  dot += int64_t(block_value(t, blk, i)) * qq.q[sz((r * nb + b) * 32 + i)];
+                uint16_t h;
+                std::memcpy(&h, blk, 2);
+                want += double(kernels::fp16_to_fp32(h)) * qq.d[sz(r * nb + b)] * double(dot);
+              }
+              want *= 0.5;
+              const std::string what = std::string(kv_type_name(t)) + " d" + std::to_string(d) +
+                                       " n" + std::to_string(n) + " k0 " + std::to_string(k0) +
+                                       " key " + std::to_string(j) + " row " + std::to_string(r);
+              ASSERT_EQ(fast[sz(r * nk + j)], float(want)) << what;
+              ASSERT_EQ(port[sz(r * nk + j)], float(want)) << what;
+              if (has_avx2) {
+                ASSERT_EQ(avx2[sz(r * nk + j)], float(want)) << what << " avx2";
+              }
             }
           }
         }
       }
     }
-  }
 }
 
 AttentionArgs decode_args(const HeadStore& s, const std::vector<float>& q, int group,

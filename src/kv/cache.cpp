@@ -323,7 +323,17 @@ void HeadStore::k_row(int64_t i, float* out) const {
   }
   const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * k_row_bytes();
   const int64_t t = i % kKeyPanel;
-  if (types_.k == KvType::Q8_0) {
+  if (types_.k == KvType::Q4_0) {
+    for (int64_t b = 0; b < head_dim_ / kernels::kQK; ++b, panel += kQ4PanelBlockBytes) {
+      uint16_t h;
+      std::memcpy(&h, panel + 4 * kQ8PanelRow + 2 * t, 2);
+      const float d = kernels::fp16_to_fp32(h);
+      for (int e = 0; e < kernels::kQK; ++e) {
+        const uint8_t x = panel[size_t(e / 8) * kQ8PanelRow + size_t(4 * t + e % 4)];
+        *out++ = d * float(int(e % 8 < 4 ? x & 15 : x >> 4) - 8);
+      }
+    }
+  } else if (types_.k == KvType::Q8_0) {
     for (int64_t b = 0; b < head_dim_ / kernels::kQK; ++b, panel += kQ8PanelBlockBytes) {
       uint16_t h;
       std::memcpy(&h, panel + 8 * kQ8PanelRow + 2 * t, 2);
@@ -377,6 +387,32 @@ void q8_panel_to_row(const uint8_t* panel, int64_t t, int64_t nb, uint8_t* dst) 
   }
 }
 
+// And for q4_0 (kQ4PanelBlockBytes): element e of a ggml block is the low nibble of byte e
+// (e < 16) or the high nibble of byte e - 16; in the panel, row e / 8, the key's byte e % 4,
+// low nibble for e % 8 < 4.
+int q4_nibble(const uint8_t* qs, int e) {
+  return e < 16 ? qs[e] & 15 : qs[e - 16] >> 4;
+}
+void q4_row_to_panel(const uint8_t* src, int64_t nb, uint8_t* panel, int64_t t) {
+  for (int64_t b = 0; b < nb; ++b, src += sizeof(kernels::BlockQ4_0), panel += kQ4PanelBlockBytes) {
+    for (int g = 0; g < 4; ++g)
+      for (int i = 0; i < 4; ++i)
+        panel[size_t(g) * kQ8PanelRow + size_t(4 * t + i)] =
+            uint8_t(q4_nibble(src + 2, 8 * g + i) | q4_nibble(src + 2, 8 * g + 4 + i) << 4);
+    std::memcpy(panel + 4 * kQ8PanelRow + 2 * t, src, 2);
+  }
+}
+void q4_panel_to_row(const uint8_t* panel, int64_t t, int64_t nb, uint8_t* dst) {
+  for (int64_t b = 0; b < nb; ++b, dst += sizeof(kernels::BlockQ4_0), panel += kQ4PanelBlockBytes) {
+    std::memcpy(dst, panel + 4 * kQ8PanelRow + 2 * t, 2);
+    auto nib = [&](int e) {
+      const uint8_t x = panel[size_t(e / 8) * kQ8PanelRow + size_t(4 * t + e % 4)];
+      return e % 8 < 4 ? x & 15 : x >> 4;
+    };
+    for (int j = 0; j < 16; ++j) dst[2 + j] = uint8_t(nib(j) | nib(j + 16) << 4);
+  }
+}
+
 }  // namespace
 
 void HeadStore::k_raw_row(int64_t i, uint8_t* dst) const {
@@ -388,6 +424,8 @@ void HeadStore::k_raw_row(int64_t i, uint8_t* dst) const {
   const uint8_t* panel = k_ptr() + size_t(i / kKeyPanel * kKeyPanel) * row;
   if (types_.k == KvType::Q8_0)
     q8_panel_to_row(panel, i % kKeyPanel, head_dim_ / kernels::kQK, dst);
+  else if (types_.k == KvType::Q4_0)
+    q4_panel_to_row(panel, i % kKeyPanel, head_dim_ / kernels::kQK, dst);
   else if (element_bytes(types_.k) == 2)
     panel_to_row<uint16_t>(panel, i % kKeyPanel, head_dim_, dst);
   else
@@ -395,7 +433,7 @@ void HeadStore::k_raw_row(int64_t i, uint8_t* dst) const {
 }
 
 void HeadStore::seal_panels(int64_t from) {
-  if (from + kKeyPanel > len_ || !kv_keys_in_panels(types_.k)) return;  // most decode appends
+  if (from + kKeyPanel > len_) return;  // most decode appends
   const size_t row = k_row_bytes();
   std::vector<uint8_t> rows(size_t(kKeyPanel) * row);
   for (int64_t p = from; p + kKeyPanel <= len_; p += kKeyPanel) {
@@ -404,6 +442,8 @@ void HeadStore::seal_panels(int64_t from) {
     for (int64_t t = 0; t < kKeyPanel; ++t) {
       if (types_.k == KvType::Q8_0)
         q8_row_to_panel(rows.data() + size_t(t) * row, head_dim_ / kernels::kQK, panel, t);
+      else if (types_.k == KvType::Q4_0)
+        q4_row_to_panel(rows.data() + size_t(t) * row, head_dim_ / kernels::kQK, panel, t);
       else if (element_bytes(types_.k) == 2)
         row_to_panel<uint16_t>(rows.data() + size_t(t) * row, head_dim_, panel, t);
       else

@@ -48,12 +48,8 @@ std::string kv_types_name(KvTypes t);
 // check_kv_type for both, naming --cache-type-k / --cache-type-v.
 void check_kv_types(KvTypes t, int64_t head_dim);
 
-// Keys of f32, f16, bf16 and q8_0 stores are held in panels of this many tokens (see HeadStore).
+// Keys of every type are held in panels of this many tokens (see HeadStore).
 inline constexpr int64_t kKeyPanel = 16;
-// Whether keys of type t are held in panels (q4_0 keys stay row-major ggml blocks).
-inline bool kv_keys_in_panels(KvType t) {
-  return t != KvType::Q4_0;
-}
 // A q8_0 panel, block by block (block b of the head at b * kQ8PanelBlockBytes): 8 rows of 64 bytes,
 // row g holding dimensions 4g..4g+3 of the block for the 16 keys (key t at byte 4t), each byte
 // k + 128 (the signed q with its sign bit flipped), then the 16 keys' fp16 scales. One vpdpbusd
@@ -61,6 +57,11 @@ inline bool kv_keys_in_panels(KvType t) {
 // horizontal sums; the +128 comes back as -128 x sum(q) per query block.
 inline constexpr size_t kQ8PanelRow = 64;
 inline constexpr size_t kQ8PanelBlockBytes = 8 * kQ8PanelRow + 2 * kKeyPanel;  // 16 x 34
+// A q4_0 panel the same way in half the rows: 4 rows of 64 bytes, row g holding dimensions
+// 8g..8g+7 of the 16 keys (key t at byte 4t), byte i of a key's four: dimension 8g + i in the low
+// nibble, 8g + 4 + i in the high one (the nibbles as stored, k + 8), then the 16 scales. A row
+// masked and shifted gives the two vectors of 16 keys x 4 unsigned bytes that vpdpbusd takes.
+inline constexpr size_t kQ4PanelBlockBytes = 4 * kQ8PanelRow + 2 * kKeyPanel;  // 16 x 18
 
 // One head's keys and values: len rows of head_dim elements each, K then V in one array.
 //
@@ -70,11 +71,11 @@ inline constexpr size_t kQ8PanelBlockBytes = 8 * kQ8PanelRow + 2 * kKeyPanel;  /
 // vectors built from one conversion and one FMA per element, with no horizontal sums, which is
 // what lets a GQA group's decode attention keep up with the read. A panel is sealed (transposed
 // in place) when its last key arrives, so the bytes stay exactly the keys kept and a decode
-// append costs O(head_dim * kKeyPanel) at worst. q8_0 keys use the panel layout described at
-// kQ8PanelBlockBytes (the same bytes as ggml's blocks, reordered, the quants' sign bits flipped):
-// their scores are integer dot products (attention_quant.h), 16 keys per instruction. q4_0 keys
-// stay row-major, ggml's blocks as llama.cpp stores them (panel_keys() is 0). The tail rows of a
-// q8_0 store are ggml's blocks too, and k_raw_row() gives any key's row as ggml's blocks.
+// append costs O(head_dim * kKeyPanel) at worst. q8_0 and q4_0 keys use the panel layouts
+// described at kQ8PanelBlockBytes and kQ4PanelBlockBytes (ggml's blocks' bytes reordered, q8_0's
+// quants with their sign bits flipped): their scores are integer dot products
+// (attention_quant.h), 16 keys per instruction. The tail rows of a quantized store are ggml's
+// blocks as llama.cpp stores them, and k_raw_row() gives any key's row as ggml's blocks.
 //
 // Keys and values may have different types (K rows of kv_row_bytes(types().k, head_dim) bytes,
 // V rows of kv_row_bytes(types().v, head_dim)).
@@ -116,9 +117,7 @@ class HeadStore {
   // Raw keys: panel p (keys [p, p + 1) * kKeyPanel) starts at byte p * kKeyPanel * k_row_bytes(),
   // and a key i >= panel_keys() at byte i * k_row_bytes().
   const void* k_data() const { return k_ptr(); }
-  int64_t panel_keys() const {
-    return kv_keys_in_panels(types_.k) ? len_ / kKeyPanel * kKeyPanel : 0;
-  }
+  int64_t panel_keys() const { return len_ / kKeyPanel * kKeyPanel; }
   // Key i's bytes as one row-major row of the store's type (ggml's blocks for q8_0), whichever
   // layout holds it: k_row_bytes() bytes to dst. Every reader of single keys goes through it.
   void k_raw_row(int64_t i, uint8_t* dst) const;

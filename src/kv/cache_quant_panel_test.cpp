@@ -1,12 +1,13 @@
-// q8_0 keys in panels (cache.h, kQ8PanelBlockBytes): every way rows reach a store or leave it
-// gives back, through k_raw_row() and k_row(), exactly the ggml blocks a plain row-major array of
-// the same keys holds, and the panel bytes follow the documented layout.
+// q8_0 and q4_0 keys in panels (cache.h, kQ8PanelBlockBytes, kQ4PanelBlockBytes): every way rows
+// reach a store or leave it gives back, through k_raw_row() and k_row(), exactly the ggml blocks a
+// plain row-major array of the same keys holds, and the panel bytes follow the documented layout.
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/types.h"
@@ -20,13 +21,14 @@ size_t sz(int64_t x) {
   return static_cast<size_t>(x);
 }
 
-// The reference: keys quantized row by row into ggml's q8_0 blocks, row-major.
+// The reference: keys quantized row by row into ggml's blocks, row-major.
 struct RowRef {
+  KvType t;
   int64_t d;
   std::vector<float> k, v;
   std::vector<uint8_t> rows;  // n x row bytes
-  size_t kr() const { return kv_row_bytes(KvType::Q8_0, d); }
-  RowRef(int64_t n, int64_t dim, uint32_t seed) : d(dim) {
+  size_t kr() const { return kv_row_bytes(t, d); }
+  RowRef(KvType type, int64_t n, int64_t dim, uint32_t seed) : t(type), d(dim) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> z(0.0f, 1.0f);
     k.resize(sz(n * d));
@@ -35,7 +37,7 @@ struct RowRef {
     for (auto& x : v) x = z(rng);
     rows.resize(sz(n) * kr());
     for (int64_t i = 0; i < n; ++i)
-      kernels::quantize_row(kernels::DType::Q8_0, &k[sz(i * d)], &rows[sz(i) * kr()], d);
+      kernels::quantize_row(kv_dtype(t), &k[sz(i * d)], &rows[sz(i) * kr()], d);
   }
 };
 
@@ -52,7 +54,7 @@ void expect_keys(const HeadStore& s, const RowRef& ref, const std::vector<int64_
     s.k_raw_row(int64_t(j), got.data());
     ASSERT_EQ(std::memcmp(got.data(), r, kr), 0) << what << " key " << j;
     s.k_row(int64_t(j), row.data());
-    kernels::dequantize_row(kernels::DType::Q8_0, r, want.data(), ref.d);
+    kernels::dequantize_row(kv_dtype(ref.t), r, want.data(), ref.d);
     ASSERT_EQ(row, want) << what << " key " << j;
   }
 }
@@ -63,14 +65,14 @@ std::vector<int64_t> iota(int64_t n) {
   return x;
 }
 
-class Q8Panels : public ::testing::TestWithParam<int64_t> {};
+class QuantPanels : public ::testing::TestWithParam<std::tuple<KvType, int64_t>> {};
 
-TEST_P(Q8Panels, AppendsKeepCopiesAndSwapsMatchRowMajorBlocks) {
-  const int64_t d = GetParam(), n = 3 * kKeyPanel + 7;
-  const RowRef ref(n, d, uint32_t(d));
+TEST_P(QuantPanels, AppendsKeepCopiesAndSwapsMatchRowMajorBlocks) {
+  const auto [t, d] = GetParam();
+  const int64_t n = 3 * kKeyPanel + 7;
+  const RowRef ref(t, n, d, uint32_t(d));
   // One by one across panel boundaries, in bulk, in uneven chunks, and into a reserved range.
-  HeadStore one(d, KvType::Q8_0), bulk(d, KvType::Q8_0), chunks(d, KvType::Q8_0),
-      reserved(d, KvType::Q8_0);
+  HeadStore one(d, t), bulk(d, t), chunks(d, t), reserved(d, t);
   reserved.reserve_virtual(n + 9);
   bulk.append(ref.k.data(), ref.v.data(), n);
   for (int64_t i = 0; i < n; ++i) {
@@ -100,48 +102,66 @@ TEST_P(Q8Panels, AppendsKeepCopiesAndSwapsMatchRowMajorBlocks) {
   expect_keys(reserved, ref, kept, "keep in place");
   // Appends after a compaction seal the next panel from the right keys.
   const int64_t more = kKeyPanel;
-  const RowRef ext(n + more, d, uint32_t(d));  // same seed: same first n keys
+  const RowRef ext(t, n + more, d, uint32_t(d));  // same seed: same first n keys
   for (int64_t i = n; i < n + more; ++i) {
     bulk.append(&ext.k[sz(i * d)], &ext.v[sz(i * d)], 1);
     kept.push_back(i);
   }
   expect_keys(bulk, ext, kept, "appends after keep");
   // Swap out and in (bytes as stored): the panels come back as they were.
-  SequenceCache cache(1, 1, d, KvType::Q8_0);
+  SequenceCache cache(1, 1, d, t);
   cache.head(0, 0) = bulk;
   SwappedCache out = swap_out(cache);
   swap_in(std::move(out), cache);
   expect_keys(cache.head(0, 0), ext, kept, "swapped back in");
 }
 
-// The documented bytes: block b of panel p at p * 16 * row bytes + b * kQ8PanelBlockBytes, row g
-// of it holding dimensions 4g..4g+3 (key t at byte 4t) with the sign bit flipped, then 16 scales.
-TEST_P(Q8Panels, PanelBytesFollowTheDocumentedLayout) {
-  const int64_t d = GetParam(), n = 2 * kKeyPanel + 3;
-  const RowRef ref(n, d, 7);
-  HeadStore s(d, KvType::Q8_0);
+// The documented bytes: block b of panel p at p * 16 * row bytes + b * block bytes. q8_0: row g
+// of it holds dimensions 4g..4g+3 (key t at byte 4t) with the sign bit flipped, then 16 scales;
+// q4_0: row g holds dimensions 8g..8g+7, key t's byte i dimension 8g + i in its low nibble and
+// 8g + 4 + i in its high one, then 16 scales. Tail keys are ggml's blocks in place.
+TEST_P(QuantPanels, PanelBytesFollowTheDocumentedLayout) {
+  const auto [t, d] = GetParam();
+  const int64_t n = 2 * kKeyPanel + 3;
+  const RowRef ref(t, n, d, 7);
+  HeadStore s(d, t);
   s.append(ref.k.data(), ref.v.data(), n);
   const auto* base = static_cast<const uint8_t*>(s.k_data());
-  const size_t kr = ref.kr();
+  const size_t kr = ref.kr(), bb = kr / sz(d / 32);
+  const bool q8 = t == KvType::Q8_0;
   for (int64_t i = 0; i < n; ++i)
     for (int64_t b = 0; b < d / 32; ++b) {
-      const auto& blk = reinterpret_cast<const kernels::BlockQ8_0*>(&ref.rows[sz(i) * kr])[b];
-      if (i >= s.panel_keys()) {  // the tail: ggml's blocks in place
-        ASSERT_EQ(std::memcmp(base + sz(i) * kr + sz(b) * sizeof blk, &blk, sizeof blk), 0);
+      const uint8_t* blk = &ref.rows[sz(i) * kr + sz(b) * bb];
+      if (i >= s.panel_keys()) {
+        ASSERT_EQ(std::memcmp(base + sz(i) * kr + sz(b) * bb, blk, bb), 0);
         continue;
       }
-      const uint8_t* pb = base + sz(i / kKeyPanel * kKeyPanel) * kr + sz(b) * kQ8PanelBlockBytes;
-      const int64_t t = i % kKeyPanel;
-      uint16_t scale;
-      std::memcpy(&scale, pb + 512 + 2 * t, 2);
-      ASSERT_EQ(scale, blk.d) << "key " << i << " block " << b;
-      for (int e = 0; e < 32; ++e)
-        ASSERT_EQ(pb[(e / 4) * 64 + 4 * t + e % 4], uint8_t(blk.qs[e]) ^ 0x80)
-            << "key " << i << " block " << b << " element " << e;
+      const uint8_t* pb = base + sz(i / kKeyPanel * kKeyPanel) * kr +
+                          sz(b) * (q8 ? kQ8PanelBlockBytes : kQ4PanelBlockBytes);
+      const int64_t kt = i % kKeyPanel;
+      ASSERT_EQ(std::memcmp(pb + (q8 ? 512 : 256) + 2 * kt, blk, 2), 0)
+          << "scale of key " << i << " block " << b;
+      for (int e = 0; e < 32; ++e) {
+        if (q8) {
+          ASSERT_EQ(pb[(e / 4) * 64 + 4 * kt + e % 4], blk[2 + e] ^ 0x80)
+              << "key " << i << " block " << b << " element " << e;
+        } else {
+          const int want = e < 16 ? blk[2 + e] & 15 : blk[2 + e - 16] >> 4;
+          const uint8_t x = pb[(e / 8) * 64 + 4 * kt + e % 4];
+          ASSERT_EQ(e % 8 < 4 ? x & 15 : x >> 4, want)
+              << "key " << i << " block " << b << " element " << e;
+        }
+      }
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(HeadSizes, Q8Panels, ::testing::Values(32, 64, 96, 128, 256));
+INSTANTIATE_TEST_SUITE_P(TypesAndHeadSizes, QuantPanels,
+                         ::testing::Combine(::testing::Values(KvType::Q8_0, KvType::Q4_0),
+                                            ::testing::Values(32, 64, 96, 128, 256)),
+                         [](const auto& info) {
+                           return std::string(kv_type_name(std::get<0>(info.param))) + "_d" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
 
 }  // namespace
 }  // namespace fairkv::kv
