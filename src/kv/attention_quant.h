@@ -1,5 +1,6 @@
-// Internal to attention.cpp: scores of query rows against quantized keys (q8_0, q4_0), and the
-// observation window's probabilities from unquantized keys.
+// Internal to attention.cpp: scores of query rows against quantized keys (q8_0, q4_0), values read
+// in place (attention_quant_values.cpp), and the observation window's probabilities from
+// unquantized keys.
 //
 // llama.cpp scores a quantized K cache by quantizing the query to Q8_0 blocks and taking integer
 // dot products block by block (ggml_vec_dot_q8_0_q8_0, _q4_0_q8_0): score = sum over blocks of
@@ -41,7 +42,8 @@ bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQ
 // The same with the portable loop, whatever the CPU (for tests).
 void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q,
                            int n, float scale, float* s, int64_t s_stride);
-// Whether quant_scores takes the AVX512-VNNI path on this CPU.
+// Whether this CPU has AVX512-VNNI: quant_scores takes that path (head_dim up to 512, up to 16
+// rows) and pv_quant runs.
 bool quant_scores_vnni();
 
 // o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
