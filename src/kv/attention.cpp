@@ -184,7 +184,8 @@ void score_keys(const HeadStore& st, int64_t k0, int n_panels, int n, const floa
       score_panel_rows<np()>(rows, n, q, qs, static_cast<const float*>(st.k_data()) + at, d, scale,
                              s, ahead);
   };
-  if (k0 + n_panels * kKeyPanel <= st.panel_keys()) {
+  // q8_0 panels are scored by attention_quant.h; here (a caller's single keys) as rows.
+  if (k0 + n_panels * kKeyPanel <= st.panel_keys() && !kv_type_quantized(st.types().k)) {
     if (n_panels == 2)
       in_place(std::integral_constant<int, 2>{},
                std::make_integer_sequence<int, kScoreAccs / (2 * kPanelVecs)>{});

@@ -1,10 +1,11 @@
 // Scores against q8_0 / q4_0 keys with integer dot products (attention_quant.h).
 //
-// The AVX512-VNNI kernel takes two blocks of a key (64 bytes) per vpdpbusd, one query row at a
-// time: the key's bytes are made unsigned once and serve every row of the group, the int32 lanes
-// of each block are scaled by d_k * d_q and summed into one float vector per row and key, which
-// is reduced at the end of the key. Its integer sums are the portable loop's exactly; only the
-// float32 sum over blocks runs in another order.
+// The AVX512-VNNI kernels: over a q8_0 or q4_0 panel, one vpdpbusd per row takes 16 keys x 4
+// dimensions (the keys' bytes unsigned as stored, the query's 4 bytes broadcast), eight of them
+// make a block's 16 dots, which are scaled by the 16 keys' d_k times d_q and summed in one vector
+// per row: no horizontal sums. Over rows (a store's tail), two blocks of a key (64 bytes) per
+// vpdpbusd, the int32 lanes scaled and summed per key, sixteen keys reduced together. Their integer
+// sums are the portable loop's exactly; only the float32 sum over blocks runs in another order.
 #include "kv/attention_quant.h"
 
 #include <algorithm>
@@ -109,10 +110,11 @@ FAIRKV_TARGET_VNNI inline __m512 reduce16(const __m512* a) {
   return _mm512_permutexvar_ps(order, w);
 }
 
+// Row-major keys (K: nk rows of kr bytes): q4_0 stores, and a q8_0 store's keys outside whole
+// panels.
 template <KvType T>
-FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
-                                    const QuantQueries& q, int n, float scale, float* s,
-                                    int64_t ss) {
+FAIRKV_TARGET_VNNI void scores_vnni(const uint8_t* K, size_t kr, int64_t nk, const QuantQueries& q,
+                                    int n, float scale, float* s, int64_t ss) {
   constexpr int kOffset = T == KvType::Q8_0 ? 128 : 8;
   const int64_t nb = q.blocks, pairs = (nb + 1) / 2;
   // Per row and pair: the query's bytes, d_q in the lanes of each block, and the offset's
@@ -137,8 +139,6 @@ FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
       dq[r][p] =
           _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1), 1);
     }
-  const size_t kr = st.k_row_bytes();
-  const auto* K = static_cast<const uint8_t*>(st.k_data()) + size_t(k0) * kr;
   // Sixteen keys at a time: their bytes made unsigned and their scales spread once, for every
   // row; each row's sixteen partial-sum vectors then reduce together (reduce16).
   alignas(64) __m512i kp[16][kMaxPairs];
@@ -167,83 +167,72 @@ FAIRKV_TARGET_VNNI void scores_vnni(const HeadStore& st, int64_t k0, int64_t nk,
   }
 }
 
-// Values as float32: each block's bytes widened to 16 floats at a time and scaled.
-template <KvType T>
-FAIRKV_TARGET_VNNI void dequantize_avx512(const uint8_t* row, int64_t nb, float* out) {
-  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  for (int64_t b = 0; b < nb; ++b, row += kB, out += kQK) {
-    const __m512 d = _mm512_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(row)));
-    __m128i lo, hi;
-    if constexpr (T == KvType::Q8_0) {
-      lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
-      hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 18));
-    } else {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
-      const __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
-      lo = _mm_sub_epi8(_mm_and_si128(v, m), e);
-      hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e);
-    }
-    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d));
-    _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d));
-  }
-}
-
-// pv_quant for NR (1..8) rows: a block of 32 values is two vectors, converted and scaled once
-// and accumulated into NR x 2 registers for every key of the call.
-template <KvType T, int NR>
-FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t vr, int64_t nb,
-                                      int64_t blocks, const float* prob, int64_t ps,
-                                      const float* corr) {
-  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  for (int64_t b = 0; b < blocks; ++b) {
-    __m512 acc[NR][2];
+// Rows r0..r0 + M - 1 of q against np whole panels at P (cache.h: kQ8PanelBlockBytes,
+// kQ4PanelBlockBytes): per block, eight vectors of 16 keys x 4 unsigned bytes (q8_0: the panel's
+// rows as stored; q4_0: each row's low and high nibbles) meet the row's 4 query bytes broadcast,
+// so eight vpdpbusd give the block's 16 integer dots, started from -offset x sum(q) to take back
+// the keys' +128 (q8_0) or +8 (q4_0) exactly; then one convert, one product of the 16 key scales
+// with d_q, one FMA. Two integer chains per row halve vpdpbusd's latency chain.
+template <KvType T, int M>
+FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const QuantQueries& q, int r0,
+                                        float scale, float* s, int64_t ss) {
+  constexpr bool kQ8 = T == KvType::Q8_0;
+  constexpr size_t kRows = kQ8 ? 8 : 4, kBytes = kQ8 ? kQ8PanelBlockBytes : kQ4PanelBlockBytes;
+  constexpr int kOffset = kQ8 ? 128 : 8;
+  const int64_t nb = q.blocks;
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t p = 0; p < np; ++p) {
+    __m512 acc[M];
     FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) {
-      const __m512 c = _mm512_set1_ps(corr[r]);
-      acc[r][0] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK), c);
-      acc[r][1] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK + 16), c);
-    }
-    const uint8_t* blk = V + size_t(b) * kB;
-    for (int64_t j = 0; j < nb; ++j, blk += vr) {
-      const __m512 d = _mm512_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk)));
-      __m128i lo, hi;
-      if constexpr (T == KvType::Q8_0) {
-        lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-        hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18));
+    for (int r = 0; r < M; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b, P += kBytes) {
+      __m512i k[8];  // k[g]: dimensions 4g..4g+3 of the block
+      if constexpr (kQ8) {
+        FAIRKV_UNROLL
+        for (int g = 0; g < 8; ++g) k[g] = _mm512_loadu_si512(P + g * kQ8PanelRow);
       } else {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-        const __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
-        lo = _mm_sub_epi8(_mm_and_si128(v, m), e);
-        hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e);
+        const __m512i m = _mm512_set1_epi8(15);
+        FAIRKV_UNROLL
+        for (int g = 0; g < 4; ++g) {
+          const __m512i x = _mm512_loadu_si512(P + g * kQ8PanelRow);
+          k[2 * g] = _mm512_and_si512(x, m);
+          k[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16(x, 4), m);
+        }
       }
-      const __m512 x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d);
-      const __m512 x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d);
+      const __m512 dk = _mm512_cvtph_ps(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(P + kRows * kQ8PanelRow)));
       FAIRKV_UNROLL
-      for (int r = 0; r < NR; ++r) {
-        const __m512 p = _mm512_set1_ps(prob[r * ps + j]);
-        acc[r][0] = _mm512_fmadd_ps(p, x0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(p, x1, acc[r][1]);
+      for (int r = 0; r < M; ++r) {
+        const size_t rb = size_t((r0 + r) * nb + b);
+        const int8_t* qb = q.q.data() + rb * kQK;
+        __m512i i0 = _mm512_set1_epi32(-kOffset * q.sum[rb]), i1 = _mm512_setzero_si512();
+        FAIRKV_UNROLL
+        for (int g = 0; g < 8; g += 2) {
+          int32_t q0, q1;
+          std::memcpy(&q0, qb + 4 * g, 4);
+          std::memcpy(&q1, qb + 4 * g + 4, 4);
+          i0 = _mm512_dpbusd_epi32(i0, k[g], _mm512_set1_epi32(q0));
+          i1 = _mm512_dpbusd_epi32(i1, k[g + 1], _mm512_set1_epi32(q1));
+        }
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)),
+                                 _mm512_mul_ps(dk, _mm512_set1_ps(q.d[rb])), acc[r]);
       }
     }
     FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) {
-      _mm512_storeu_ps(o[r] + b * kQK, acc[r][0]);
-      _mm512_storeu_ps(o[r] + b * kQK + 16, acc[r][1]);
-    }
+    for (int r = 0; r < M; ++r)
+      _mm512_storeu_ps(s + r * ss + p * kKeyPanel, _mm512_mul_ps(acc[r], sc));
   }
 }
 
 template <KvType T>
-FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, size_t vr,
-                                     int64_t nb, int64_t blocks, const float* prob, int64_t ps,
-                                     const float* corr) {
-  using Fn = void (*)(float* const*, const uint8_t*, size_t, int64_t, int64_t, const float*,
-                      int64_t, const float*);
-  static constexpr Fn table[] = {&pv_quant_rows<T, 1>, &pv_quant_rows<T, 2>, &pv_quant_rows<T, 3>,
-                                 &pv_quant_rows<T, 4>, &pv_quant_rows<T, 5>, &pv_quant_rows<T, 6>,
-                                 &pv_quant_rows<T, 7>, &pv_quant_rows<T, 8>};
-  for (int r = 0; r < n; r += 8)
-    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, prob + r * ps, ps, corr + r);
+FAIRKV_TARGET_VNNI void panels_vnni(const uint8_t* P, int64_t np, const QuantQueries& q, int n,
+                                    float scale, float* s, int64_t ss) {
+  using Fn = void (*)(const uint8_t*, int64_t, const QuantQueries&, int, float, float*, int64_t);
+  static constexpr Fn table[] = {&panel_rows_vnni<T, 1>, &panel_rows_vnni<T, 2>,
+                                 &panel_rows_vnni<T, 3>, &panel_rows_vnni<T, 4>,
+                                 &panel_rows_vnni<T, 5>, &panel_rows_vnni<T, 6>,
+                                 &panel_rows_vnni<T, 7>, &panel_rows_vnni<T, 8>};
+  for (int r = 0; r < n; r += 8) table[std::min(n - r, 8) - 1](P, np, q, r, scale, s + r * ss, ss);
 }
 
 #define FAIRKV_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -252,15 +241,13 @@ FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, s
 // takes |k| and q with k's sign (ggml's mul_sum_i8_pairs), pairs of products never overflowing
 // int16 (2 x 127 x 127; q4_0's nibbles are taken as the signed -8..7 they stand for).
 template <KvType T>
-FAIRKV_TARGET_AVX2 void scores_avx2(const HeadStore& st, int64_t k0, int64_t nk,
-                                    const QuantQueries& q, int n, float scale, float* s,
-                                    int64_t ss) {
+FAIRKV_TARGET_AVX2 void scores_avx2(const uint8_t* K, size_t kr, int64_t nk, const QuantQueries& q,
+                                    int n, float scale, float* s, int64_t ss) {
   constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  const size_t kr = st.k_row_bytes();
   const int64_t nb = q.blocks;
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t j = 0; j < nk; ++j) {
-    const uint8_t* row = static_cast<const uint8_t*>(st.k_data()) + size_t(k0 + j) * kr;
+    const uint8_t* row = K + size_t(j) * kr;
     for (int r = 0; r < n; ++r) {
       __m256 acc = _mm256_setzero_ps();
       for (int64_t b = 0; b < nb; ++b) {
@@ -305,6 +292,43 @@ bool cpu_has_vnni() {
 }
 #endif
 
+// Walks keys [k0, k0 + nk) in runs: whole sealed q8_0 panels go to panels(P, j, np) where
+// use_panels (P: the first panel's bytes, j: its first key's offset from k0); every other run, at
+// most to the next panel boundary, goes to rows(K, j, m) as m row-major rows, read in place past
+// the panels and copied out through k_raw_row from a panel the range only partly covers (or from
+// any panel when !use_panels).
+template <class Rows, class Panels>
+void walk_keys(const HeadStore& st, int64_t k0, int64_t nk, bool use_panels, Rows rows,
+               Panels panels) {
+  thread_local std::vector<uint8_t> buf;
+  const size_t kr = st.k_row_bytes();
+  const auto* base = static_cast<const uint8_t*>(st.k_data());
+  const int64_t sealed = st.panel_keys();
+  for (int64_t j = 0; j < nk;) {
+    const int64_t i = k0 + j;
+    if (i >= sealed) {
+      rows(base + size_t(i) * kr, j, nk - j);
+      return;
+    }
+    if (use_panels && i % kKeyPanel == 0 && j + kKeyPanel <= nk) {
+      const int64_t np = std::min(nk - j, sealed - i) / kKeyPanel;
+      panels(base + size_t(i) * kr, j, np);
+      j += np * kKeyPanel;
+      continue;
+    }
+    const int64_t m = std::min(nk - j, kKeyPanel - i % kKeyPanel);
+    buf.resize(size_t(m) * kr);
+    for (int64_t t = 0; t < m; ++t) st.k_raw_row(i + t, buf.data() + size_t(t) * kr);
+    rows(buf.data(), j, m);
+    j += m;
+  }
+}
+
+template <class Rows>
+void walk_rows(const HeadStore& st, int64_t k0, int64_t nk, Rows rows) {
+  walk_keys(st, k0, nk, false, rows, [](const uint8_t*, int64_t, int64_t) {});
+}
+
 }  // namespace
 
 void QuantQueries::set(const float* const* rows, int n, int64_t head_dim) {
@@ -331,30 +355,36 @@ void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const Qu
   const KvType t = st.types().k;
   const size_t kr = st.k_row_bytes(), bb = block_bytes(t);
   const int64_t nb = q.blocks;
-  for (int64_t j = 0; j < nk; ++j) {
-    const uint8_t* row = static_cast<const uint8_t*>(st.k_data()) + size_t(k0 + j) * kr;
-    for (int r = 0; r < n; ++r) {
-      float acc = 0.0f;
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + size_t(b) * bb;
-        const int8_t* qb = q.q.data() + (r * nb + b) * kQK;
-        int32_t dot = 0;
-        for (int i = 0; i < kQK; ++i) dot += key_value(t, blk, i) * qb[i];
-        acc += block_scale(blk) * q.d[size_t(r * nb + b)] * float(dot);
+  walk_rows(st, k0, nk, [&](const uint8_t* K, int64_t j0, int64_t m) {
+    for (int64_t j = 0; j < m; ++j) {
+      const uint8_t* row = K + size_t(j) * kr;
+      for (int r = 0; r < n; ++r) {
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; ++b) {
+          const uint8_t* blk = row + size_t(b) * bb;
+          const int8_t* qb = q.q.data() + (r * nb + b) * kQK;
+          int32_t dot = 0;
+          for (int i = 0; i < kQK; ++i) dot += key_value(t, blk, i) * qb[i];
+          acc += block_scale(blk) * q.d[size_t(r * nb + b)] * float(dot);
+        }
+        s[r * s_stride + j0 + j] = acc * scale;
       }
-      s[r * s_stride + j] = acc * scale;
     }
-  }
+  });
 }
 
 bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
                        float scale, float* s, int64_t s_stride) {
 #if defined(FAIRKV_QUANT_VNNI)
   if (!cpu_has_avx2()) return false;
-  if (st.types().k == KvType::Q8_0)
-    scores_avx2<KvType::Q8_0>(st, k0, nk, q, n, scale, s, s_stride);
-  else
-    scores_avx2<KvType::Q4_0>(st, k0, nk, q, n, scale, s, s_stride);
+  const size_t kr = st.k_row_bytes();
+  const bool q8 = st.types().k == KvType::Q8_0;
+  walk_rows(st, k0, nk, [&](const uint8_t* K, int64_t j, int64_t m) {
+    if (q8)
+      scores_avx2<KvType::Q8_0>(K, kr, m, q, n, scale, s + j, s_stride);
+    else
+      scores_avx2<KvType::Q4_0>(K, kr, m, q, n, scale, s + j, s_stride);
+  });
   return true;
 #else
   (void)st, (void)k0, (void)nk, (void)q, (void)n, (void)scale, (void)s, (void)s_stride;
@@ -374,57 +404,30 @@ void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQuerie
                   float scale, float* s, int64_t s_stride) {
 #if defined(FAIRKV_QUANT_VNNI)
   if (cpu_has_vnni() && (q.blocks + 1) / 2 <= kMaxPairs && n <= kMaxQueryRows) {
+    const size_t kr = st.k_row_bytes();
     if (st.types().k == KvType::Q8_0)
-      scores_vnni<KvType::Q8_0>(st, k0, nk, q, n, scale, s, s_stride);
+      walk_keys(
+          st, k0, nk, true,
+          [&](const uint8_t* K, int64_t j, int64_t m) {
+            scores_vnni<KvType::Q8_0>(K, kr, m, q, n, scale, s + j, s_stride);
+          },
+          [&](const uint8_t* P, int64_t j, int64_t np) {
+            panels_vnni<KvType::Q8_0>(P, np, q, n, scale, s + j, s_stride);
+          });
     else
-      scores_vnni<KvType::Q4_0>(st, k0, nk, q, n, scale, s, s_stride);
+      walk_keys(
+          st, k0, nk, true,
+          [&](const uint8_t* K, int64_t j, int64_t m) {
+            scores_vnni<KvType::Q4_0>(K, kr, m, q, n, scale, s + j, s_stride);
+          },
+          [&](const uint8_t* P, int64_t j, int64_t np) {
+            panels_vnni<KvType::Q4_0>(P, np, q, n, scale, s + j, s_stride);
+          });
     return;
   }
 #endif
   if (quant_scores_avx2(st, k0, nk, q, n, scale, s, s_stride)) return;
   quant_scores_portable(st, k0, nk, q, n, scale, s, s_stride);
-}
-
-bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
-              const float* prob, int64_t prob_stride, const float* corr) {
-#if defined(FAIRKV_QUANT_VNNI)
-  if (!cpu_has_vnni()) return false;
-  const size_t vr = st.v_row_bytes();
-  const auto* V = static_cast<const uint8_t*>(st.v_data()) + size_t(r0) * vr;
-  const int64_t blocks = st.head_dim() / kQK;
-  if (st.types().v == KvType::Q8_0)
-    pv_quant_all<KvType::Q8_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr);
-  else
-    pv_quant_all<KvType::Q4_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr);
-  return true;
-#else
-  (void)st, (void)o, (void)n, (void)r0, (void)nb, (void)prob, (void)prob_stride, (void)corr;
-  return false;
-#endif
-}
-
-void dequantize_values(const HeadStore& st, int64_t r0, int64_t n, int64_t dp, float* out) {
-  const int64_t d = st.head_dim();
-  const size_t vr = st.v_row_bytes();
-  const KvType t = st.types().v;
-  const auto* V = static_cast<const uint8_t*>(st.v_data());
-  for (int64_t j = 0; j < n; ++j) {
-    float* dst = out + j * dp;
-    const uint8_t* row = V + size_t(r0 + j) * vr;
-#if defined(FAIRKV_QUANT_VNNI)
-    if (cpu_has_vnni() && t == KvType::Q8_0)
-      dequantize_avx512<KvType::Q8_0>(row, d / kQK, dst);
-    else if (cpu_has_vnni() && t == KvType::Q4_0)
-      dequantize_avx512<KvType::Q4_0>(row, d / kQK, dst);
-    else
-      st.v_row(r0 + j, dst);
-#else
-    (void)row;
-    (void)t;
-    st.v_row(r0 + j, dst);
-#endif
-    std::fill(dst + d, dst + dp, 0.0f);
-  }
 }
 
 void window_probs_f32(const HeadStore& st, const float* q, int64_t begin, int64_t lim, float scale,

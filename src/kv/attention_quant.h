@@ -1,14 +1,18 @@
-// Internal to attention.cpp: scores of query rows against quantized keys (q8_0, q4_0), and the
-// observation window's probabilities from unquantized keys.
+// Internal to attention.cpp: scores of query rows against quantized keys (q8_0, q4_0), values read
+// in place (attention_quant_values.cpp), and the observation window's probabilities from
+// unquantized keys.
 //
 // llama.cpp scores a quantized K cache by quantizing the query to Q8_0 blocks and taking integer
 // dot products block by block (ggml_vec_dot_q8_0_q8_0, _q4_0_q8_0): score = sum over blocks of
 // d_k * d_q * sum_i k_i q_i. So do these kernels, with the key's bytes made unsigned (q8_0:
 // k + 128, a sign-bit flip; q4_0: its nibbles 0..15 as stored) so that AVX512-VNNI's vpdpbusd
 // (u8 x s8) takes them directly, and the offset taken back as offset x sum(q) per block, which
-// is the query's and computed once. The kernel is chosen at run time by CPUID: AVX512-VNNI where
-// the CPU has it, else AVX2 (ggml's sign trick: |k| x sign(q, k) with vpmaddubsw), else a
-// portable loop, all with the same integer sums.
+// is the query's and computed once. Keys in sealed panels (cache.h, kQ8PanelBlockBytes,
+// kQ4PanelBlockBytes) are stored unsigned and dimension-major, so one vpdpbusd scores 16 keys x 4
+// dimensions; the rest (a store's row-major tail) take the row kernel, and any key of a panel that
+// a range only partly covers is read through HeadStore::k_raw_row. The kernel is chosen at run time
+// by CPUID: AVX512-VNNI where the CPU has it, else AVX2 (ggml's sign trick: |k| x sign(q, k) with
+// vpmaddubsw) over rows, else a portable loop, all with the same integer sums.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +33,7 @@ struct QuantQueries {
 };
 
 // s[r * s_stride + j] = scale * score(query row r, key k0 + j) for j < nk, rows r < n, over
-// the row-major quantized keys of the store.
+// the store's quantized keys (panels and rows alike).
 void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
                   float scale, float* s, int64_t s_stride);
 // The same with the AVX2 kernel (for tests); false, doing nothing, where the CPU lacks AVX2.
@@ -38,13 +42,14 @@ bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQ
 // The same with the portable loop, whatever the CPU (for tests).
 void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q,
                            int n, float scale, float* s, int64_t s_stride);
-// Whether quant_scores takes the AVX512-VNNI path on this CPU.
+// Whether this CPU has AVX512-VNNI: quant_scores takes that path (head_dim up to 512, up to 16
+// rows) and pv_quant runs.
 bool quant_scores_vnni();
 
 // o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
-// rows, reading the quantized values in place (each block widened once for all rows, its scale
-// applied once). Returns false, doing nothing, where the CPU lacks AVX-512 (the caller then
-// dequantizes a block of rows and uses its float32 kernel).
+// rows, reading the quantized values in place (the value scales folded into the probabilities
+// first, each block then widened once for all rows). Returns false, doing nothing, where the CPU
+// lacks AVX-512 (the caller then dequantizes a block of rows and uses its float32 kernel).
 bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
               const float* prob, int64_t prob_stride, const float* corr);
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <tuple>
@@ -62,6 +63,94 @@ TEST(QuantScores, IntegerDotProductsMatchDequantizedBlocks) {
     }
 }
 
+// Rows of q x 2^-e with q in [-127, 127] and some |q| = 127 per block of 32: q8_0 holds them
+// exactly with d = 2^-e, so that every block's d_k x d_q x dot, and their sums, are exact floats.
+std::vector<float> pow2_rows(int64_t n, int64_t d, int e, std::mt19937& rng) {
+  std::uniform_int_distribution<int> qd(-127, 127);
+  std::vector<float> x(sz(n * d));
+  for (int64_t b = 0; b < n * d; b += 32) {
+    for (int64_t i = b; i < b + 32; ++i) x[sz(i)] = std::ldexp(float(qd(rng)), -e);
+    x[sz(b + (qd(rng) + 127) % 32)] = std::ldexp(qd(rng) < 0 ? -127.0f : 127.0f, -e);
+  }
+  return x;
+}
+
+// Keys for q4_0 that it holds exactly with d = 2^-e: q in [-8, 7] x 2^-e, each block's largest
+// magnitude -8 x 2^-e (so that ggml's d = max / -8 is 2^-e).
+std::vector<float> pow2_rows_q4(int64_t n, int64_t d, int e, std::mt19937& rng) {
+  std::uniform_int_distribution<int> qd(-7, 7);
+  std::vector<float> x(sz(n * d));
+  for (int64_t b = 0; b < n * d; b += 32) {
+    for (int64_t i = b; i < b + 32; ++i) x[sz(i)] = std::ldexp(float(qd(rng)), -e);
+    x[sz(b + (qd(rng) + 7) % 32)] = std::ldexp(-8.0f, -e);
+  }
+  return x;
+}
+
+// The signed value of element i of key block blk (ggml's bytes) and its scale.
+int block_value(KvType t, const uint8_t* blk, int i) {
+  if (t == KvType::Q8_0) return int8_t(blk[2 + i]);
+  return (i < 16 ? blk[2 + i] & 15 : blk[2 + i - 16] >> 4) - 8;
+}
+
+// The integer sums of every kernel are the signed dot products exactly: with power-of-two scales
+// the scores are exact floats, equal to a scalar reference over the ggml blocks' integers (int64
+// dots per block), for keys in whole panels, partly covered panels and the row-major tail.
+TEST(QuantScores, IntegerDotsEqualScalarReferenceExactly) {
+  std::mt19937 rng(5);
+  for (KvType t : {KvType::Q8_0, KvType::Q4_0})
+    for (int64_t d : {32, 64, 96, 128, 256}) {
+      const int64_t len = 3 * kKeyPanel + 11, nb = d / 32;
+      const auto k = t == KvType::Q8_0 ? pow2_rows(len, d, 7, rng) : pow2_rows_q4(len, d, 7, rng);
+      const auto v = randn(len * d, rng);
+      HeadStore s(d, t);
+      s.append(k.data(), v.data(), len);
+      const size_t bb = s.k_row_bytes() / sz(nb);
+      std::vector<uint8_t> key(s.k_row_bytes());
+      for (int n : {1, 3, 8, 9, 16, 17}) {
+        const auto q = pow2_rows(n, d, 5, rng);
+        std::vector<const float*> rows;
+        for (int r = 0; r < n; ++r) rows.push_back(&q[sz(r * d)]);
+        detail::QuantQueries qq;
+        qq.set(rows.data(), n, d);
+        for (auto [k0, nk] : {std::pair<int64_t, int64_t>{0, len},
+                              {3, 40},
+                              {16, 32},
+                              {21, len - 21},
+                              {len - 5, 5}}) {
+          std::vector<float> fast(sz(n * nk)), port(fast.size()), avx2(fast.size());
+          detail::quant_scores(s, k0, nk, qq, n, 0.5f, fast.data(), nk);
+          detail::quant_scores_portable(s, k0, nk, qq, n, 0.5f, port.data(), nk);
+          const bool has_avx2 = detail::quant_scores_avx2(s, k0, nk, qq, n, 0.5f, avx2.data(), nk);
+          for (int64_t j = 0; j < nk; ++j) {
+            s.k_raw_row(k0 + j, key.data());
+            for (int r = 0; r < n; ++r) {
+              double want = 0;
+              for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t* blk = &key[sz(b) * bb];
+                int64_t dot = 0;
+                for (int i = 0; i < 32; ++i)
+                  dot += int64_t(block_value(t, blk, i)) * qq.q[sz((r * nb + b) * 32 + i)];
+                uint16_t h;
+                std::memcpy(&h, blk, 2);
+                want += double(kernels::fp16_to_fp32(h)) * qq.d[sz(r * nb + b)] * double(dot);
+              }
+              want *= 0.5;
+              const std::string what = std::string(kv_type_name(t)) + " d" + std::to_string(d) +
+                                       " n" + std::to_string(n) + " k0 " + std::to_string(k0) +
+                                       " key " + std::to_string(j) + " row " + std::to_string(r);
+              ASSERT_EQ(fast[sz(r * nk + j)], float(want)) << what;
+              ASSERT_EQ(port[sz(r * nk + j)], float(want)) << what;
+              if (has_avx2) {
+                ASSERT_EQ(avx2[sz(r * nk + j)], float(want)) << what << " avx2";
+              }
+            }
+          }
+        }
+      }
+    }
+}
+
 AttentionArgs decode_args(const HeadStore& s, const std::vector<float>& q, int group,
                           std::vector<float>& o, std::vector<float>& lse) {
   const int64_t d = s.head_dim();
@@ -85,20 +174,32 @@ class QuantAttendVsRef : public ::testing::TestWithParam<std::tuple<KvTypes, int
 TEST_P(QuantAttendVsRef, DecodeMatchesReference) {
   const auto [t, group, d] = GetParam();
   std::mt19937 rng(uint32_t(group * 100 + d));
-  for (int64_t len : {1, 17, 64, 100, 700}) {
+  for (int64_t len : {1, 5, 15, 16, 17, 63, 64, 65, 200, 1001}) {
     const HeadStore s = random_store(len, d, t, rng);
-    const std::string what = "len " + std::to_string(len);
     std::vector<float> o, lse, o_ref, lse_ref;
-    for (bool exact : {true, false}) {
-      const auto q = exact ? q8_exact(group * d, rng) : randn(group * d, rng);
-      AttentionArgs a = decode_args(s, q, group, o, lse);
-      attend(a);
-      AttentionArgs r = decode_args(s, q, group, o_ref, lse_ref);
-      attend_ref(r);
-      const bool qk = kv_type_quantized(t.k);
-      const float tol = exact || !qk ? 2e-5f : 4e-2f;
-      expect_close(o, o_ref, tol, what + (exact ? " exact q" : " any q") + " out");
-      expect_close(lse, lse_ref, exact || !qk ? 2e-6f : 4e-2f, what + " lse");
+    // The whole store, and slices (a token slice's partial softmax and its lse) that start or end
+    // inside a key panel or on its edge.
+    for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, len},
+                              {len / 3, len - len / 5},
+                              {len / 16 * 16, len},
+                              {0, (len + 1) / 2}}) {
+      const std::string what = "len " + std::to_string(len) + " slice [" + std::to_string(begin) +
+                               ", " + std::to_string(end) + ")";
+      for (bool exact : {true, false}) {
+        const auto q = exact ? q8_exact(group * d, rng) : randn(group * d, rng);
+        AttentionArgs a = decode_args(s, q, group, o, lse);
+        a.begin = begin;
+        a.end = end;
+        attend(a);
+        AttentionArgs r = decode_args(s, q, group, o_ref, lse_ref);
+        r.begin = begin;
+        r.end = end;
+        attend_ref(r);
+        const bool qk = kv_type_quantized(t.k);
+        const float tol = exact || !qk ? 2e-5f : 4e-2f;
+        expect_close(o, o_ref, tol, what + (exact ? " exact q" : " any q") + " out");
+        expect_close(lse, lse_ref, exact || !qk ? 2e-6f : 4e-2f, what + " lse");
+      }
     }
   }
 }
@@ -137,7 +238,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          KvTypes(KvType::Q8_0, KvType::F16),
                                          KvTypes(KvType::F16, KvType::Q8_0), KvTypes(KvType::BF16),
                                          KvTypes(KvType::Q4_0, KvType::BF16)),
-                       ::testing::Values(1, 2, 4, 5, 8), ::testing::Values(32, 64, 96, 128)),
+                       ::testing::Range(1, 9), ::testing::Values(32, 64, 96, 128)),
     [](const auto& info) {
       const KvTypes t = std::get<0>(info.param);
       return std::string(kv_type_name(t.k)) + "_" + kv_type_name(t.v) + "_g" +

@@ -276,7 +276,7 @@ void HeadStore::keep(std::span<const int64_t> indices) {
   const size_t m = indices.size();
   StoreBytes a(m * (kr + vr));
   for (size_t j = 0; j < m; ++j) {
-    raw_key(indices[j], a.data() + j * kr);
+    k_raw_row(indices[j], a.data() + j * kr);
     raw_value(indices[j], a.data() + m * kr + j * vr);
   }
   kv_.swap(a);
@@ -298,7 +298,7 @@ void HeadStore::keep_in_place(std::span<const int64_t> indices) {
   for (size_t j0 = 0; j0 < m; j0 += size_t(kValuePanel)) {
     const size_t n = std::min(size_t(kValuePanel), m - j0);
     for (size_t j = 0; j < n; ++j) {
-      raw_key(indices[j0 + j], keys.data() + j * kr);
+      k_raw_row(indices[j0 + j], keys.data() + j * kr);
       raw_value(indices[j0 + j], values.data() + j * vr);
     }
     std::memcpy(k_ptr() + j0 * kr, keys.data(), n * kr);
@@ -322,13 +322,15 @@ namespace {
 
 // How a store keeps one side's rows: row-major, or in panels of kKeyPanel rows as cache.h
 // describes (f32 / f16 keys dimension-major, bf16 keys in dimension pairs, bf16 values in key
-// pairs). Every read and write of a store's elements goes through panel_index.
-enum class Layout { Rows, Columns, KeyPairs, ValuePairs };
+// pairs, q8_0 / q4_0 keys in the blocks of kQ8PanelBlockBytes / kQ4PanelBlockBytes). Every read
+// and write of a store's elements goes through panel_index, or the quantized panels' moves.
+enum class Layout { Rows, Columns, KeyPairs, ValuePairs, Q8Blocks, Q4Blocks };
 
 Layout key_layout(KvType t) {
-  return kv_type_quantized(t) ? Layout::Rows
-         : t == KvType::BF16  ? Layout::KeyPairs
-                              : Layout::Columns;
+  return t == KvType::Q8_0   ? Layout::Q8Blocks
+         : t == KvType::Q4_0 ? Layout::Q4Blocks
+         : t == KvType::BF16 ? Layout::KeyPairs
+                             : Layout::Columns;
 }
 Layout value_layout(KvType t) {
   return t == KvType::BF16 ? Layout::ValuePairs : Layout::Rows;
@@ -366,6 +368,48 @@ void panel_to_row(Layout l, const uint8_t* panel, int64_t t, int64_t d, uint8_t*
   for (int64_t e = 0; e < d; ++e) s[e] = p[panel_index(l, t, e, d)];
 }
 
+// The same for q8_0 (kQ8PanelBlockBytes): a row of nb ggml blocks and key t's place in a panel.
+void q8_row_to_panel(const uint8_t* src, int64_t nb, uint8_t* panel, int64_t t) {
+  for (int64_t b = 0; b < nb; ++b, src += sizeof(kernels::BlockQ8_0), panel += kQ8PanelBlockBytes) {
+    for (int i = 0; i < kernels::kQK; ++i)
+      panel[size_t(i / 4) * kQ8PanelRow + size_t(4 * t + i % 4)] = src[2 + i] ^ 0x80;
+    std::memcpy(panel + 8 * kQ8PanelRow + 2 * t, src, 2);
+  }
+}
+void q8_panel_to_row(const uint8_t* panel, int64_t t, int64_t nb, uint8_t* dst) {
+  for (int64_t b = 0; b < nb; ++b, dst += sizeof(kernels::BlockQ8_0), panel += kQ8PanelBlockBytes) {
+    std::memcpy(dst, panel + 8 * kQ8PanelRow + 2 * t, 2);
+    for (int i = 0; i < kernels::kQK; ++i)
+      dst[2 + i] = panel[size_t(i / 4) * kQ8PanelRow + size_t(4 * t + i % 4)] ^ 0x80;
+  }
+}
+
+// And for q4_0 (kQ4PanelBlockBytes): element e of a ggml block is the low nibble of byte e
+// (e < 16) or the high nibble of byte e - 16; in the panel, row e / 8, the key's byte e % 4,
+// low nibble for e % 8 < 4.
+int q4_nibble(const uint8_t* qs, int e) {
+  return e < 16 ? qs[e] & 15 : qs[e - 16] >> 4;
+}
+void q4_row_to_panel(const uint8_t* src, int64_t nb, uint8_t* panel, int64_t t) {
+  for (int64_t b = 0; b < nb; ++b, src += sizeof(kernels::BlockQ4_0), panel += kQ4PanelBlockBytes) {
+    for (int g = 0; g < 4; ++g)
+      for (int i = 0; i < 4; ++i)
+        panel[size_t(g) * kQ8PanelRow + size_t(4 * t + i)] =
+            uint8_t(q4_nibble(src + 2, 8 * g + i) | q4_nibble(src + 2, 8 * g + 4 + i) << 4);
+    std::memcpy(panel + 4 * kQ8PanelRow + 2 * t, src, 2);
+  }
+}
+void q4_panel_to_row(const uint8_t* panel, int64_t t, int64_t nb, uint8_t* dst) {
+  for (int64_t b = 0; b < nb; ++b, dst += sizeof(kernels::BlockQ4_0), panel += kQ4PanelBlockBytes) {
+    std::memcpy(dst, panel + 4 * kQ8PanelRow + 2 * t, 2);
+    auto nib = [&](int e) {
+      const uint8_t x = panel[size_t(e / 8) * kQ8PanelRow + size_t(4 * t + e % 4)];
+      return e % 8 < 4 ? x & 15 : x >> 4;
+    };
+    for (int j = 0; j < 16; ++j) dst[2 + j] = uint8_t(nib(j) | nib(j + 16) << 4);
+  }
+}
+
 // Row i of a side (rows of `row` bytes at base, the first `panels` of them in panels of layout
 // l) copied row-major to dst.
 void raw_row(Layout l, size_t eb, const uint8_t* base, size_t row, int64_t panels, int64_t i,
@@ -376,7 +420,11 @@ void raw_row(Layout l, size_t eb, const uint8_t* base, size_t row, int64_t panel
   }
   const int64_t pr = panel_rows(l);
   const uint8_t* panel = base + size_t(i / pr * pr) * row;
-  if (eb == 2)
+  if (l == Layout::Q8Blocks)
+    q8_panel_to_row(panel, i % pr, d / kernels::kQK, dst);
+  else if (l == Layout::Q4Blocks)
+    q4_panel_to_row(panel, i % pr, d / kernels::kQK, dst);
+  else if (eb == 2)
     panel_to_row<uint16_t>(l, panel, i % pr, d, dst);
   else
     panel_to_row<uint32_t>(l, panel, i % pr, d, dst);
@@ -387,6 +435,13 @@ void float_row(Layout l, KvType t, const uint8_t* base, size_t row, int64_t pane
                int64_t d, float* out) {
   if (i >= panels) {
     kernels::dequantize_row(kv_dtype(t), base + size_t(i) * row, out, d);
+    return;
+  }
+  if (l == Layout::Q8Blocks || l == Layout::Q4Blocks) {  // ggml's blocks back, then as a row
+    thread_local std::vector<uint8_t> blocks;
+    blocks.resize(row);
+    raw_row(l, 1, base, row, panels, i, d, blocks.data());
+    kernels::dequantize_row(kv_dtype(t), blocks.data(), out, d);
     return;
   }
   const int64_t pr = panel_rows(l);
@@ -413,7 +468,11 @@ void seal(Layout l, size_t eb, uint8_t* base, size_t row, int64_t from, int64_t 
     uint8_t* panel = base + size_t(p) * row;
     std::memcpy(rows.data(), panel, rows.size());
     for (int64_t t = 0; t < pr; ++t) {
-      if (eb == 2)
+      if (l == Layout::Q8Blocks)
+        q8_row_to_panel(rows.data() + size_t(t) * row, d / kernels::kQK, panel, t);
+      else if (l == Layout::Q4Blocks)
+        q4_row_to_panel(rows.data() + size_t(t) * row, d / kernels::kQK, panel, t);
+      else if (eb == 2)
         row_to_panel<uint16_t>(l, rows.data() + size_t(t) * row, d, panel, t);
       else
         row_to_panel<uint32_t>(l, rows.data() + size_t(t) * row, d, panel, t);
@@ -433,7 +492,7 @@ void HeadStore::v_row(int64_t i, float* out) const {
             out);
 }
 
-void HeadStore::raw_key(int64_t i, uint8_t* dst) const {
+void HeadStore::k_raw_row(int64_t i, uint8_t* dst) const {
   raw_row(key_layout(types_.k), element_bytes(types_.k), k_ptr(), k_row_bytes(), panel_keys(), i,
           head_dim_, dst);
 }

@@ -49,8 +49,20 @@ std::string kv_types_name(KvTypes t);
 // check_kv_type for both, naming --cache-type-k / --cache-type-v.
 void check_kv_types(KvTypes t, int64_t head_dim);
 
-// Keys of f32, f16 and bf16 stores are held in panels of this many tokens (see HeadStore).
+// Keys of every type are held in panels of this many tokens (see HeadStore).
 inline constexpr int64_t kKeyPanel = 16;
+// A q8_0 panel, block by block (block b of the head at b * kQ8PanelBlockBytes): 8 rows of 64 bytes,
+// row g holding dimensions 4g..4g+3 of the block for the 16 keys (key t at byte 4t), each byte
+// k + 128 (the signed q with its sign bit flipped), then the 16 keys' fp16 scales. One vpdpbusd
+// (u8 x s8) then scores 16 keys x 4 dimensions against 4 query bytes broadcast, with no
+// horizontal sums; the +128 comes back as -128 x sum(q) per query block.
+inline constexpr size_t kQ8PanelRow = 64;
+inline constexpr size_t kQ8PanelBlockBytes = 8 * kQ8PanelRow + 2 * kKeyPanel;  // 16 x 34
+// A q4_0 panel the same way in half the rows: 4 rows of 64 bytes, row g holding dimensions
+// 8g..8g+7 of the 16 keys (key t at byte 4t), byte i of a key's four: dimension 8g + i in the low
+// nibble, 8g + 4 + i in the high one (the nibbles as stored, k + 8), then the 16 scales. A row
+// masked and shifted gives the two vectors of 16 keys x 4 unsigned bytes that vpdpbusd takes.
+inline constexpr size_t kQ4PanelBlockBytes = 4 * kQ8PanelRow + 2 * kKeyPanel;  // 16 x 18
 
 // Where element i of key t (< kKeyPanel) lies in a bf16 key panel, in elements from the panel's
 // start: dimensions in pairs, pair m = (2m, 2m + 1) of the panel's 16 keys forming one 64-byte
@@ -81,11 +93,14 @@ inline int64_t bf16_value_index(int64_t t, int64_t c, int64_t d) {
 // a GQA group's decode attention keep up with the read. A bf16 panel holds the same elements as
 // AMX tiles want them (bf16_key_index), and so do a bf16 store's values, in panels of
 // kValuePanel (bf16_value_index, panel_values()): decode reads the store straight into tiles,
-// with no conversion. Other values are row-major. A panel is sealed (transposed in place) when its
-// last token arrives, so the bytes stay exactly the tokens kept, they depend on size() alone, and a
-// decode append costs O(head_dim * kKeyPanel) at worst. Quantized keys (q8_0, q4_0) stay row-major,
-// ggml's blocks as llama.cpp stores them (panel_keys() is 0): their scores are integer dot products
-// of whole blocks (attention_quant.h), which want a key's 32 elements together.
+// with no conversion. Other values are row-major. q8_0 and q4_0 keys use the panel layouts
+// described at kQ8PanelBlockBytes and kQ4PanelBlockBytes (ggml's blocks' bytes reordered, q8_0's
+// quants with their sign bits flipped): their scores are integer dot products
+// (attention_quant.h), 16 keys per instruction; the tail rows of a quantized store are ggml's
+// blocks as llama.cpp stores them, and k_raw_row() gives any key's row as ggml's blocks. A panel
+// is sealed (transposed in place) when its last token arrives, so the bytes stay exactly the
+// tokens kept, they depend on size() alone, and a decode append costs O(head_dim * kKeyPanel) at
+// worst.
 //
 // Keys and values may have different types (K rows of kv_row_bytes(types().k, head_dim) bytes,
 // V rows of kv_row_bytes(types().v, head_dim)).
@@ -127,9 +142,10 @@ class HeadStore {
   // Raw keys: panel p (keys [p, p + 1) * kKeyPanel) starts at byte p * kKeyPanel * k_row_bytes(),
   // and a key i >= panel_keys() at byte i * k_row_bytes().
   const void* k_data() const { return k_ptr(); }
-  int64_t panel_keys() const {
-    return kv_type_quantized(types_.k) ? 0 : len_ / kKeyPanel * kKeyPanel;
-  }
+  int64_t panel_keys() const { return len_ / kKeyPanel * kKeyPanel; }
+  // Key i's bytes as one row-major row of the store's type (ggml's blocks for q8_0), whichever
+  // layout holds it: k_row_bytes() bytes to dst. Every reader of single keys goes through it.
+  void k_raw_row(int64_t i, uint8_t* dst) const;
   // Raw values: the panel of values [p, p + 1) * kValuePanel (bf16 only, below panel_values())
   // starts at byte p * kValuePanel * v_row_bytes(), and a value i >= panel_values() (every value
   // of another type) at byte i * v_row_bytes().
@@ -180,8 +196,7 @@ class HeadStore {
   void commit_rows(int64_t from, int64_t to);
   void release_rows(int64_t from, int64_t to);
   void keep_in_place(std::span<const int64_t> indices);
-  // Copies key (value) i's stored elements (any layout) to dst, row-major.
-  void raw_key(int64_t i, uint8_t* dst) const;
+  // Copies value i's stored elements (any layout) to dst, row-major.
   void raw_value(int64_t i, uint8_t* dst) const;
   // Transposes every full panel of keys (and of bf16 values) that rows [from, size()) complete,
   // written row-major, into the panel layout.

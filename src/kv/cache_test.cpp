@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -106,19 +107,36 @@ TEST_P(HeadStoreTest, AppendThenKeepHoldsExactlyTheChosenRows) {
 }
 
 // Keys: full panels of kKeyPanel keys dimension-major, the rest row-major after them, sealed as
-// keys arrive one at a time or many at once, and rebuilt by keep(); quantized keys are all
-// row-major blocks (no panels).
+// keys arrive one at a time or many at once, and rebuilt by keep(); q8_0 panels are blocks of
+// 8 rows of 16 keys x 4 bytes (sign bit flipped) and 16 scales, q4_0 ones 4 rows of 16 keys x 8
+// nibbles and 16 scales (cache_quant_panel_test.cpp checks them byte by byte).
 TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
   const KvTypes types = GetParam();
   const KvType t = types.k;
-  const bool rows_only = kv_type_quantized(t);
   const int64_t d = dim_for(types, 24), n = 2 * kKeyPanel + 5;
   const auto k = random_rows(n, d, 4), v = random_rows(n, d, 5);
   const auto dt = kv_dtype(t);
   // The element (key j, dimension e) of the raw K array under the documented layout.
   auto raw = [&](const HeadStore& s, int64_t j, int64_t e) {
     const auto* base = static_cast<const uint8_t*>(s.k_data());
-    if (rows_only) {  // whole blocks: the row is decoded as one
+    if (t == KvType::Q8_0 && j < s.panel_keys()) {
+      const uint8_t* blk = base + sz(j / kKeyPanel * kKeyPanel) * kv_row_bytes(t, d) +
+                           sz(e / 32) * kQ8PanelBlockBytes;
+      uint16_t h;
+      std::memcpy(&h, blk + 8 * kQ8PanelRow + 2 * (j % kKeyPanel), 2);
+      const auto q =
+          int8_t(blk[sz(e % 32 / 4) * kQ8PanelRow + sz(4 * (j % kKeyPanel) + e % 4)] ^ 0x80);
+      return kernels::fp16_to_fp32(h) * float(q);
+    }
+    if (t == KvType::Q4_0 && j < s.panel_keys()) {
+      const uint8_t* blk = base + sz(j / kKeyPanel * kKeyPanel) * kv_row_bytes(t, d) +
+                           sz(e / 32) * kQ4PanelBlockBytes;
+      uint16_t h;
+      std::memcpy(&h, blk + 4 * kQ8PanelRow + 2 * (j % kKeyPanel), 2);
+      const uint8_t x = blk[sz(e % 32 / 8) * kQ8PanelRow + sz(4 * (j % kKeyPanel) + e % 4)];
+      return kernels::fp16_to_fp32(h) * float(int(e % 8 < 4 ? x & 15 : x >> 4) - 8);
+    }
+    if (kv_type_quantized(t)) {  // whole blocks: the row is decoded as one
       std::vector<float> row(sz(d));
       kernels::dequantize_row(dt, base + sz(j) * kv_row_bytes(t, d), row.data(), d);
       return row[sz(e)];
@@ -136,7 +154,7 @@ TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
   bulk.append(k.data(), v.data(), n);
   for (int64_t j = 0; j < n; ++j) one.append(k.data() + j * d, v.data() + j * d, 1);
   for (const HeadStore* s : {&bulk, &one}) {
-    ASSERT_EQ(s->panel_keys(), rows_only ? 0 : 2 * kKeyPanel);
+    ASSERT_EQ(s->panel_keys(), 2 * kKeyPanel);
     for (int64_t j = 0; j < n; ++j)
       for (int64_t e = 0; e < d; ++e) ASSERT_EQ(raw(*s, j, e), stored(t, &k[sz(j * d)], d)[sz(e)]);
   }
@@ -146,7 +164,7 @@ TEST_P(HeadStoreTest, KeysAreInPanelsThenRows) {
     if (j % 3 != 1) keep.push_back(j);
   keep.resize(kKeyPanel + 4);
   bulk.keep(keep);
-  ASSERT_EQ(bulk.panel_keys(), rows_only ? 0 : kKeyPanel);
+  ASSERT_EQ(bulk.panel_keys(), kKeyPanel);
   EXPECT_EQ(bulk.capacity_bytes(), bulk.bytes());
   for (size_t j = 0; j < keep.size(); ++j)
     for (int64_t e = 0; e < d; ++e)
