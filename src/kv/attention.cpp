@@ -60,7 +60,7 @@ int64_t round_up(int64_t x, int64_t m) {
 
 struct Scratch {
   std::vector<float> kbuf, vbuf, qbuf, obuf, tbuf, krow;
-  std::vector<float> s;     // kMaxRows x kBlock scores, then probabilities
+  std::vector<float> s;          // kMaxRows x kBlock scores, then probabilities
   std::vector<float> amx;        // amx::Rows::scratch, 64-byte aligned within
   std::vector<uint16_t> vpairs;  // a bf16 store's last block of values, in pairs for AMX
   detail::QuantQueries qq;       // a pass's query rows as q8_0 blocks, for quantized keys

@@ -158,28 +158,9 @@ void pv_pairs_fast(float* const* o_rows, int n, const uint16_t* V, int64_t d, in
   int64_t steps = 0;
   for (int i = 0; i < n_tiles; ++i) steps += nb * (d / 16 / tiles[i].vecs + d / 16 % tiles[i].vecs);
   ahead.steps = std::max<int64_t>(1, steps);
-  for (int i = 0, r = 0; i < n_tiles; r += tiles[i++].rows) {
-    float* const* o = o_rows + r;
-    const float* pr = prob + r * kBlock;
-    const float* cr = corr + r;
-    switch (tiles[i].rows * 16 + tiles[i].vecs) {
-      case 8 * 16 + 2:
-        pv_pair_rows<8, 2>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-      case 4 * 16 + 4:
-        pv_pair_rows<4, 4>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-      case 3 * 16 + 4:
-        pv_pair_rows<3, 4>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-      case 2 * 16 + 8:
-        pv_pair_rows<2, 8>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-      default:
-        pv_pair_rows<1, 8>(o, V, d, r0, nb, pr, cr, ahead);
-        break;
-    }
-  }
+  for_each_pv_tile(n, [&](auto rows, auto vecs, int r) {
+    pv_pair_rows<rows(), vecs()>(o_rows + r, V, d, r0, nb, prob + r * kBlock, corr + r, ahead);
+  });
 }
 #endif
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/simd.h"
@@ -62,6 +63,34 @@ inline int pv_tiles(int n, PvTile* out) {
     r += t.rows;
   }
   return k;
+}
+
+// Calls f(rows, vecs, r) for each tile of pv_tiles(n), rows and vecs as std::integral_constant
+// (so that a kernel is instantiated for the tiles' shapes only) and r the tile's first row.
+template <class F>
+inline void for_each_pv_tile(int n, F&& f) {
+  PvTile tiles[kMaxRows];
+  const int n_tiles = pv_tiles(n, tiles);
+  using std::integral_constant;
+  for (int i = 0, r = 0; i < n_tiles; r += tiles[i++].rows) {
+    switch (tiles[i].rows * 16 + tiles[i].vecs) {
+      case 8 * 16 + 2:
+        f(integral_constant<int, 8>{}, integral_constant<int, 2>{}, r);
+        break;
+      case 4 * 16 + 4:
+        f(integral_constant<int, 4>{}, integral_constant<int, 4>{}, r);
+        break;
+      case 3 * 16 + 4:
+        f(integral_constant<int, 3>{}, integral_constant<int, 4>{}, r);
+        break;
+      case 2 * 16 + 8:
+        f(integral_constant<int, 2>{}, integral_constant<int, 8>{}, r);
+        break;
+      default:
+        f(integral_constant<int, 1>{}, integral_constant<int, 8>{}, r);
+        break;
+    }
+  }
 }
 
 // kLanes pairs of bf16 elements at p (a bf16 store's panel rows, cache.h) as float32: the first

@@ -47,14 +47,18 @@ float block_scale(const uint8_t* block) {
   return kernels::fp16_to_fp32(d);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FAIRKV_QUANT_VNNI 1
-#define FAIRKV_TARGET_VNNI \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
-
+#if defined(FAIRKV_QUANT_VNNI)
 // The biggest head_dim the VNNI kernel keeps its query pairs for (larger ones: portable).
 constexpr int kMaxPairs = 8;
 constexpr int kMaxQueryRows = 16;
+
+// A q4_0 block's 32 nibbles (as stored, k + 8) as bytes in element order. (A function, not a
+// lambda: a lambda does not inherit its caller's target attribute.)
+FAIRKV_TARGET_VNNI inline __m256i q4_nibbles(const uint8_t* block) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));
+  const __m128i m = _mm_set1_epi8(15);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
 
 // Two blocks (b, b + 1) of a key as 64 unsigned bytes, and their scales, 8 lanes each; a
 // missing block b + 1 (an odd count) is zero.
@@ -74,13 +78,8 @@ FAIRKV_TARGET_VNNI inline __m512i key_pair(const uint8_t* row, int64_t b, bool t
     const __m512i k = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
     return _mm512_xor_si512(k, _mm512_set1_epi8(-128));
   } else {
-    const __m128i m = _mm_set1_epi8(15);
-    auto nibbles = [&](const uint8_t* x) {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + 2));
-      return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
-    };
-    const __m256i lo = nibbles(x0);
-    const __m256i hi = two ? nibbles(x1) : _mm256_set1_epi8(8);
+    const __m256i lo = q4_nibbles(x0);
+    const __m256i hi = two ? q4_nibbles(x1) : _mm256_set1_epi8(8);
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
   }
 }

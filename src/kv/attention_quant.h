@@ -20,6 +20,14 @@
 
 #include "kv/cache.h"
 
+// The kernels' AVX-512 VNNI code, compiled for that target whatever the build's flags and run
+// only where CPUID has it (attention_quant.cpp, attention_quant_values.cpp).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FAIRKV_QUANT_VNNI 1
+#define FAIRKV_TARGET_VNNI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
+#endif
+
 namespace fairkv::kv::detail {
 
 // Query rows as Q8_0 blocks (ggml's AVX quantize_row_q8_0) and the per-block sums the offsets

@@ -20,11 +20,7 @@ using kernels::BlockQ4_0;
 using kernels::BlockQ8_0;
 using kernels::kQK;
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FAIRKV_QUANT_VNNI 1
-#define FAIRKV_TARGET_VNNI \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
-
+#if defined(FAIRKV_QUANT_VNNI)
 // Values as float32: each block's bytes widened to 16 floats at a time and scaled.
 template <KvType T>
 FAIRKV_TARGET_VNNI void dequantize_avx512(const uint8_t* row, int64_t nb, float* out) {

@@ -16,7 +16,6 @@ namespace fairkv::kv::detail {
 
 namespace {
 
-
 // Values [r0, r0 + n) as float32 rows of stride dp (a multiple of kLanes, zero padded): an f32
 // store whose rows are whole vectors is read in place.
 const float* value_rows(const HeadStore& st, int64_t r0, int64_t n, int64_t dp,
@@ -122,28 +121,9 @@ void pv_fast(float* const* po, int pn, const T* V, int64_t stride, int64_t nb, i
     steps += nb * (dp / w + dp % w / 16);
   }
   ahead.steps = std::max<int64_t>(1, steps);
-  for (int i = 0, r = 0; i < n_tiles; r += tiles[i++].rows) {
-    float* const* o = po + r;
-    const float* pr = prob + r * kBlock;
-    const float* cr = corr + r;
-    switch (tiles[i].rows * 16 + tiles[i].vecs) {
-      case 8 * 16 + 2:
-        pv_rows<8, 2>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 4 * 16 + 4:
-        pv_rows<4, 4>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 3 * 16 + 4:
-        pv_rows<3, 4>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      case 2 * 16 + 8:
-        pv_rows<2, 8>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-      default:
-        pv_rows<1, 8>(o, V, stride, nb, dp, pr, cr, ahead);
-        break;
-    }
-  }
+  for_each_pv_tile(pn, [&](auto rows, auto vecs, int r) {
+    pv_rows<rows(), vecs()>(po + r, V, stride, nb, dp, prob + r * kBlock, corr + r, ahead);
+  });
 }
 #endif
 
