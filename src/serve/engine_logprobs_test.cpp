@@ -19,23 +19,12 @@
 #include "serve/engine.h"
 #include "serve/ranks_backend.h"
 #include "serve/solo_backend.h"
+#include "serve/stories_test_util.h"
 
 namespace fairkv::serve {
 namespace {
 
-const std::string kModel = std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf";
-
-class EngineLogprobs : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    if (std::filesystem::exists(kModel)) model_ = model::Model::load(kModel).release();
-  }
-  void SetUp() override {
-    if (!model_) GTEST_SKIP() << kModel << " is absent";
-  }
-  static const model::Model& m() { return *model_; }
-  static inline model::Model* model_ = nullptr;
-};
+class EngineLogprobs : public testing::Stories260KTest {};
 
 // What one request heard: every event's text and logprobs, in order.
 struct Heard {

@@ -21,25 +21,16 @@
 #include "runtime/test_util.h"
 #include "serve/ranks_backend.h"
 #include "serve/solo_backend.h"
+#include "serve/stories_test_util.h"
 
 namespace fairkv::serve {
 namespace {
 
-const std::string kModel = std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf";
-
-class EngineTest : public ::testing::Test {
+class EngineTest : public testing::Stories260KTest {
  protected:
-  static void SetUpTestSuite() {
-    if (std::filesystem::exists(kModel)) model_ = model::Model::load(kModel).release();
-  }
-  void SetUp() override {
-    if (!model_) GTEST_SKIP() << kModel << " is absent";
-  }
-  static const model::Model& m() { return *model_; }
   static std::vector<int32_t> prompt(const std::string& text) {
     return m().tokenizer.encode(text, true);
   }
-  static inline model::Model* model_ = nullptr;
 };
 
 struct Outcome {

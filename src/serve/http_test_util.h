@@ -27,12 +27,11 @@
 #include "serve/engine.h"
 #include "serve/http_server.h"
 #include "serve/solo_backend.h"
+#include "serve/stories_test_util.h"
 
 namespace fairkv::serve::testing {
 
 using nlohmann::json;
-
-inline const std::string kModel = std::string(FAIRKV_SHARED_DIR) + "/models/stories260K.gguf";
 
 // SoloBackend whose run() waits while the gate is closed, and may sleep per step.
 class GatedBackend final : public Backend {
@@ -263,16 +262,6 @@ inline void expect_error_shape(const Reply& r) {
   EXPECT_TRUE(e.contains("code") && (e["code"].is_null() || e["code"].is_string())) << r.body;
 }
 
-class HttpTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    if (std::filesystem::exists(kModel)) model_ = model::Model::load(kModel).release();
-  }
-  void SetUp() override {
-    if (!model_) GTEST_SKIP() << kModel << " is absent";
-  }
-  static const model::Model& m() { return *model_; }
-  static inline model::Model* model_ = nullptr;
-};
+class HttpTest : public Stories260KTest {};
 
 }  // namespace fairkv::serve::testing
