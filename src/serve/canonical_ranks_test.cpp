@@ -146,7 +146,8 @@ TEST(CanonicalRanks, SmolLM2Q4_1LogitsAreOneDevicesOnEveryPlacement) {
 const std::vector<int> kLongPrompts = {1204, 852, 1036, 680};
 
 void expect_bitwise_with_token_slices(const ModelCase& mc, std::vector<int> devices, bool ada,
-                                      int n_predict, const std::vector<int>& lengths = kLongPrompts) {
+                                      int n_predict,
+                                      const std::vector<int>& lengths = kLongPrompts) {
   const auto m = load(mc.path);
   if (!m) GTEST_SKIP() << mc.path << " is absent";
   const auto ps = testing::prompts(m->config, lengths);

@@ -371,7 +371,8 @@ TEST(RanksBackend, GrowthCountsThePromptRowsDealtOut) {
   const model::ModelConfig& c = m.config;
   // Long enough that every part holds canonical blocks (kv::kCanonicalRows), not a multiple of
   // them; the first chunk leaves the prompt's end to the second.
-  const int64_t n = 5 * kv::kCanonicalRows - 80, first = kv::kCanonicalRows, max_rows = n + 8, R = 3;
+  const int64_t n = 5 * kv::kCanonicalRows - 80, first = kv::kCanonicalRows, max_rows = n + 8,
+                R = 3;
   const auto ps = testing::prompts(c, {int(n)});
   for (const runtime::Reduction red :
        {runtime::Reduction::Canonical, runtime::Reduction::Partial}) {
