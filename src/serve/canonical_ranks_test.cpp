@@ -140,7 +140,7 @@ TEST(CanonicalRanks, SmolLM2Q4_1LogitsAreOneDevicesOnEveryPlacement) {
 // Token slices: `split`, and fair-copy re-planned while sequences decode (re-planning re-divides
 // replicated units into token slices and moves rows), on R = 2..4 ranks, with prompts of `lengths`
 // tokens (2.6-4.7 canonical blocks of 256 rows, so that slices hold one or more blocks and
-// shares fall off their multiples) in chunks of 96 (ending inside blocks) beside other
+// shares fall off their multiples) in chunks of 192 (ending inside blocks) beside other
 // sequences' decode steps; full caches and (ada) Ada-KV keeping 640 rows per head. Under the
 // partial reduction the same runs differ, so the comparison can fail.
 const std::vector<int> kLongPrompts = {1204, 852, 1036, 680};
@@ -155,7 +155,7 @@ void expect_bitwise_with_token_slices(const ModelCase& mc, std::vector<int> devi
   kv::CompressionConfig keep = testing::adakv();
   keep.budget = 640;
   Schedule s;
-  s.chunk = 96;
+  s.chunk = 192;
   s.n_predict = n_predict;
   std::vector<const kv::CompressionConfig*> comps = {nullptr};
   if (ada) comps.push_back(&keep);
