@@ -245,9 +245,10 @@ void end_block(Pass& p, int64_t row) {
 }
 
 // The end of the key block that starts at r0 (of at most `block` keys, within one canonical
-// block, below hi).
+// block, below hi). Passes from a canonical bound then cut each canonical block alike, into whole
+// blocks of the kernel's.
 static_assert(kCanonicalRows % kBlock == 0 && kCanonicalRows % amx::kPairsBlock == 0,
-              "a kernel's softmax blocks must not straddle a canonical block's end");
+              "the kernels' softmax blocks tile a canonical block");
 int64_t block_end(int64_t r0, int64_t hi, int64_t block = kBlock) {
   return std::min({r0 + block, hi, (r0 / kCanonicalRows + 1) * kCanonicalRows});
 }
