@@ -63,17 +63,22 @@ alone() {
   done <"$dir/req.jsonl"
 }
 
-# Three ~200-token requests, greedy and seeded, in $dir/slices.jsonl, and a profile of them
+# Three requests of four paragraphs each (630-690 tokens on stories260K, 2.5-2.7 blocks of the
+# canonical order's 256 rows), greedy and seeded, in $dir/slices.jsonl, and a profile of them
 # under Ada-KV in $dir/profile.json (uneven units, so that the planners replicate rather than
 # keep tp).
 token_slice_requests() {
-  cat >"$dir/slices.jsonl" <<'JSON'
-{"id": "la", "prompt": "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, a big dog came to the park and saw a ball. The dog wanted to play with the ball, so he ran to it. Lily saw the dog and smiled. She threw the ball far away and the dog ran after it. Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. The next morning, Lily woke up early and looked out of the window.", "max_tokens": 40, "temperature": 0}
-{"id": "lb", "prompt": "One day, a big dog came to the park and saw a ball. The dog wanted to play with the ball, so he ran to it. Lily saw the dog and smiled. She threw the ball far away and the dog ran after it. Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. It was raining, and the park was wet.", "max_tokens": 32, "temperature": 0.8, "seed": 7, "arrival": 0.02}
-{"id": "lc", "prompt": "Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. The next morning, Lily woke up early and looked out of the window. It was raining, and the park was wet. Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends.", "max_tokens": 36, "temperature": 0, "arrival": 0.05}
-JSON
+  pa="Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, a big dog came to the park and saw a ball. The dog wanted to play with the ball, so he ran to it. Lily saw the dog and smiled. She threw the ball far away and the dog ran after it. Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. The next morning, Lily woke up early and looked out of the window."
+  pb="One day, a big dog came to the park and saw a ball. The dog wanted to play with the ball, so he ran to it. Lily saw the dog and smiled. She threw the ball far away and the dog ran after it. Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. It was raining, and the park was wet."
+  pc="Tom and Sue went to the park too. They played with the dog and the ball all day long. When the sun went down, they all went home happy. The next morning, Lily woke up early and looked out of the window. It was raining, and the park was wet. Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends."
+  printf '{"id": "la", "prompt": "%s %s %s %s", "max_tokens": 40, "temperature": 0}\n' \
+    "$pa" "$pb" "$pc" "$pa" >"$dir/slices.jsonl"
+  printf '{"id": "lb", "prompt": "%s %s %s %s", "max_tokens": 32, "temperature": 0.8, "seed": 7, "arrival": 0.02}\n' \
+    "$pb" "$pc" "$pa" "$pb" >>"$dir/slices.jsonl"
+  printf '{"id": "lc", "prompt": "%s %s %s %s", "max_tokens": 36, "temperature": 0, "arrival": 0.05}\n' \
+    "$pc" "$pa" "$pb" "$pc" >>"$dir/slices.jsonl"
   "$fairkv" profile -m "$model" --prompts "$dir/slices.jsonl" -o "$dir/profile.json" \
-    --kv-policy adakv --kv-budget 64 >/dev/null 2>"$dir/err" || check "profile" ok ""
+    --kv-policy adakv --kv-budget 256 >/dev/null 2>"$dir/err" || check "profile" ok ""
 }
 
 case $mode in
@@ -130,8 +135,8 @@ JSON
     check "defensivekv split R=3" "$ref" \
       "$(outputs "$dir/defensive.jsonl" $defensive on --devices 3 --placement split)"
     # Token slices (split, and re-planning, which re-divides replicated units into them) are
-    # canonical too: prompts of ~200 tokens, whose slices span several of the canonical order's
-    # 64-row blocks, greedy and seeded, planned by a profile measured under Ada-KV (uneven
+    # canonical too: prompts long enough that slices hold one or more of the canonical order's
+    # 256-row blocks, greedy and seeded, planned by a profile measured under Ada-KV (uneven
     # units, so that the planners replicate rather than keep tp).
     token_slice_requests
     ref=$(outputs "$dir/slices.jsonl")

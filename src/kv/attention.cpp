@@ -16,8 +16,9 @@
 // (attention_merge.h): at a block's end its partial (maximum, sum, unnormalised output) is folded
 // into the row's by merge_block and the accumulators start again empty, so the pass is the fold
 // of the blocks' partials in row order, which token slices cut at those multiples reproduce bit
-// for bit (AttentionArgs::blocks). Folding costs a rescale of head_dim floats and one exp per
-// query row and block of 64 keys.
+// for bit (AttentionArgs::blocks). The online softmax steps in blocks of kBlock (64) keys within
+// a canonical block of 256 rows (the bf16 AMX kernel in one step of 256); folding costs a rescale
+// of head_dim floats and one exp per query row and canonical block.
 //
 // The arithmetic of a group of 8 on an f16 cache (2 x 1024 FMAs and 16 conversions per key of 512
 // bytes) takes a core about as long as its share of the memory read, and the hardware
@@ -243,10 +244,13 @@ void end_block(Pass& p, int64_t row) {
   }
 }
 
-// The end of the key block that starts at r0 (of at most kBlock keys, within one canonical
-// block, below hi).
-int64_t block_end(int64_t r0, int64_t hi) {
-  return std::min({r0 + kBlock, hi, (r0 / kCanonicalRows + 1) * kCanonicalRows});
+// The end of the key block that starts at r0 (of at most `block` keys, within one canonical
+// block, below hi). Passes from a canonical bound then cut each canonical block alike, into whole
+// blocks of the kernel's.
+static_assert(kCanonicalRows % kBlock == 0 && kCanonicalRows % amx::kPairsBlock == 0,
+              "the kernels' softmax blocks tile a canonical block");
+int64_t block_end(int64_t r0, int64_t hi, int64_t block = kBlock) {
+  return std::min({r0 + block, hi, (r0 / kCanonicalRows + 1) * kCanonicalRows});
 }
 
 // Advances row r's online softmax over the block's scores s[0, nb), of which [lo, hi) are real:
@@ -274,11 +278,12 @@ float softmax_step(float* s, int64_t lo, int64_t hi, int64_t nb, float& m, float
 }
 
 // softmax_step for every row of the pass over the block of keys [r0, r0 + nb) whose scores are
-// in w.s (row r at r * kBlock); a row that sees none of the block keeps its sums (corr 1).
-void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr) {
+// in w.s (row r at r * stride); a row that sees none of the block keeps its sums (corr 1).
+void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, float* corr,
+                   int64_t stride = kBlock) {
   const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
   for (int r = 0; r < p.n; ++r) {
-    float* s = &w.s[size_t(r * kBlock)];
+    float* s = &w.s[size_t(r * stride)];
     const int64_t visible = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
     if (visible <= lo) {
       corr[r] = 1.0f;
@@ -295,9 +300,13 @@ void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, f
 void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scratch& w) {
   const int64_t d = st.head_dim();
   const bool pairs = st.types().k == KvType::BF16;
+  // Softmax blocks: a bf16 store's of amx::kPairsBlock keys, a whole canonical block, so that
+  // each column tile of values accumulates a longer chain of products per epilogue (the tiles'
+  // stores and reloads): at group 8 1.3-1.4x faster than blocks of 64 (docs/benchmarks.md).
+  const int64_t block = pairs ? amx::kPairsBlock : kBlock;
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
-  w.s.resize(size_t(kMaxRows * kBlock));
+  w.s.resize(size_t(kMaxRows * block));
   const size_t floats = amx::scratch_floats(d) + 16;
   if (w.amx.size() < floats) w.amx.resize(floats);
   const uintptr_t at = reinterpret_cast<uintptr_t>(w.amx.data());
@@ -311,13 +320,14 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
   const size_t row_bytes = size_t(d) * sizeof(uint16_t);
   float corr[kMaxRows];
   // Blocks start on a panel of keys (of values, for bf16); keys before `begin` are masked. They
-  // end at the canonical blocks' bounds (block_end), as run_pass's do.
+  // end at the canonical blocks' bounds (block_end), as run_pass's do, so that a token slice
+  // starting at one runs the whole unit's blocks.
   const int64_t align = pairs ? kValuePanel : kKeyPanel;
   for (int64_t r0 = begin / align * align, next; r0 < hi; r0 = next) {
-    next = block_end(r0, hi);
+    next = block_end(r0, hi, block);
     const int64_t nb = next - r0;
     const int64_t whole = std::clamp<int64_t>(st.panel_keys() - r0, 0, round_up(nb, kKeyPanel));
-    const int64_t ahead = std::clamp<int64_t>(hi - next, 0, kBlock);
+    const int64_t ahead = std::clamp<int64_t>(hi - next, 0, block);
     const amx::Ahead v_ahead{V + next * d, int64_t(ahead * row_bytes)};
     // Whole panels, at most four per call, each call prefetching the K of as many keys of the
     // next block (a whole block's over one call's few steps would come in bursts).
@@ -326,16 +336,21 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
       const int64_t ka_keys = std::clamp<int64_t>(ahead - j, 0, 4 * kKeyPanel);
       const amx::Ahead ka{K + (next + j) * d, int64_t(ka_keys * row_bytes)};
       if (pairs)
-        amx::scores_pairs(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], kBlock, ka);
+        amx::scores_pairs(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
       else
-        amx::scores(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], kBlock, ka);
+        amx::scores(rows, K + (r0 + j) * d, n_panels, &w.s[size_t(j)], block, ka);
     }
-    if (whole < nb) score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, &w.s[size_t(whole)], w);
-    block_softmax(p, begin, r0, nb, w, corr);
+    if (whole < nb) {  // the store's last, partial panel (score_keys writes rows kBlock apart)
+      float tail[kMaxRows * kBlock];
+      score_keys(st, r0 + whole, 1, p.n, p.q[0], d, scale, tail, w);
+      for (int r = 0; r < p.n; ++r)
+        std::copy_n(tail + r * kBlock, kKeyPanel, &w.s[size_t(r * block + whole)]);
+    }
+    block_softmax(p, begin, r0, nb, w, corr, block);
     if (pairs)
-      values_amx_bf16(st, rows, r0, nb, w.s.data(), kBlock, corr, p.o, v_ahead, w.vpairs);
+      values_amx_bf16(st, rows, r0, nb, w.s.data(), block, corr, p.o, v_ahead, w.vpairs);
     else
-      amx::values(rows, V + r0 * d, nb, w.s.data(), kBlock, corr, p.o, v_ahead);
+      amx::values(rows, V + r0 * d, nb, w.s.data(), block, corr, p.o, v_ahead);
     if (next % kCanonicalRows == 0 || next == hi) end_block(p, r0);
   }
   amx::end();

@@ -57,8 +57,8 @@ struct AttentionArgs {
 // [begin, min(end, size, visible + n_tokens)) touches.
 int64_t attend_blocks(const AttentionArgs& a);
 
-// Fast kernel (SIMD over head_dim, one pass with online softmax over blocks of 64 keys, folded
-// every kCanonicalRows rows in the canonical order).
+// Fast kernel (SIMD over head_dim, one pass with online softmax over blocks of 64 keys, or 256 for
+// bf16 on AMX, folded every kCanonicalRows (256) rows in the canonical order).
 void attend(const AttentionArgs& a);
 // The ggml_order form of attend (attention_ggml.cpp).
 void attend_ggml(const AttentionArgs& a);

@@ -104,18 +104,19 @@ TEST_P(CanonicalOrder, TokenSlicesFoldToTheWholeStoresBits) {
   const int G = c.group;
   std::mt19937 rng(uint32_t(d * 17 + G));
   int lse_differs = 0, compared = 0;
-  // Lengths below one block, at a block's end and beyond; cuts into 1..4 slices, some empty.
+  // Lengths below one block, at a block's end and beyond (ends off the kernels' 64-key steps and
+  // panels too); cuts into 1..4 slices, some empty.
   const std::vector<std::pair<int64_t, std::vector<int64_t>>> cases = {
       {37, {}},
-      {37, {0}},
-      {64, {64}},
-      {200, {64}},
-      {200, {128, 192}},
-      {455, {64, 256}},
-      {455, {0, 192, 384}},
-      {1000, {320, 640, 896}},
-      {1000, {512, 512}},
-      {777, {C * 3, C * 9, C * 12}}};
+      {C - 27, {0}},
+      {C, {C}},
+      {3 * C + 8, {C}},
+      {3 * C + 8, {2 * C, 3 * C}},
+      {7 * C + 7, {C, 4 * C}},
+      {7 * C + 7, {0, 3 * C, 6 * C}},
+      {15 * C + 40, {5 * C, 10 * C, 14 * C}},
+      {15 * C + 40, {8 * C, 8 * C}},
+      {12 * C + 9, {C * 3, C * 9, C * 12}}};
   for (const auto& [len, cuts] : cases)
     for (const int64_t n : {int64_t(1), int64_t(5)}) {
       SCOPED_TRACE(kv_types_name(c.type) + " d " + std::to_string(d) + " G " + std::to_string(G) +
@@ -153,7 +154,7 @@ TEST_P(CanonicalOrder, TokenSlicesFoldToTheWholeStoresBits) {
 INSTANTIATE_TEST_SUITE_P(Types, CanonicalOrder,
                          ::testing::Values(Case{KvType::F32, 64, 3}, Case{KvType::F32, 40, 1},
                                            Case{KvType::F16, 64, 8}, Case{KvType::F16, 128, 4},
-                                           Case{KvType::BF16, 64, 3},
+                                           Case{KvType::BF16, 64, 3}, Case{KvType::BF16, 128, 8},
                                            Case{KvTypes(KvType::Q8_0), 64, 3},
                                            Case{KvTypes(KvType::Q4_0, KvType::F16), 64, 4}),
                          [](const ::testing::TestParamInfo<Case>& i) {
@@ -198,15 +199,16 @@ TEST(CanonicalOrderBlocks, OneBlockFinishedIsTheOutputAndCountsFollowTheRows) {
     EXPECT_EQ(l, lse[sz(r)]);
   }
   // Blocks touched by [begin, hi): from begin's block to hi - 1's.
-  HeadStore big = test::random_store(300, d, KvType::F16, rng);
+  const int64_t C = kCanonicalRows;
+  HeadStore big = test::random_store(4 * C + 44, d, KvType::F16, rng);
   a.store = &big;
-  a.visible = 299;
+  a.visible = 4 * C + 43;
   EXPECT_EQ(attend_blocks(a), 5);
-  a.begin = 100;
+  a.begin = C + 36;
   EXPECT_EQ(attend_blocks(a), 4);
-  a.end = 128;
+  a.end = 2 * C;
   EXPECT_EQ(attend_blocks(a), 1);
-  a.begin = 128;
+  a.begin = 2 * C;
   EXPECT_EQ(attend_blocks(a), 0);
   // ggml's order has no blocks.
   a.ggml_order = true;

@@ -21,10 +21,14 @@
 
 namespace fairkv::kv {
 
-// Rows of a block of the canonical order: the attention kernel's block of keys, so that one
-// block's partial is the kernel's own pass over it (a store of up to this many rows is attended
-// exactly as it was before the order existed).
-inline constexpr int64_t kCanonicalRows = 64;
+// Rows of a block of the canonical order: four of the attention kernel's online-softmax steps
+// (kBlock = 64 keys), and the bf16 AMX kernel's whole block (amx::kPairsBlock), so that one
+// block's partial is the kernels' own pass over it (a store of up to this many rows is attended
+// as one pass, exactly as before the order existed). Every fold costs a rescale of head_dim
+// floats and an exp per query row, and every part of a token-sliced unit sends one partial per
+// block: 256 rows cost a quarter of 64's in both, at the price of token slices balanced to 256
+// rows (docs/serving.md).
+inline constexpr int64_t kCanonicalRows = 256;
 
 // A query row's partial over some rows: m the largest score, l the sum of exp(score - m), o the
 // sum of exp(score - m) * value (head_dim floats). l = 0: no rows seen (m = -inf, o = 0). A

@@ -24,8 +24,9 @@
 //    tail alone reads the unit's weights: it projects the queries, which reach the other parts in
 //    an all-reduce, and applies Wo to the parts' outputs merged by log-sum-exp (their lses
 //    all-gathered, the scaled outputs all-reduced) or, under the canonical reduction, folded
-//    from the partials of their 64-row blocks (all-gathered); slices then start at multiples of
-//    64 rows. The other parts read only their KV (placement/cost.h counts it so);
+//    from the partials of their 256-row blocks (all-gathered); slices then start at multiples of
+//    256 rows (kv::kCanonicalRows). The other parts read only their KV (placement/cost.h counts
+//    it so);
 //  - query slice: every holder keeps the unit's whole KV and attends its query heads.
 #pragma once
 

@@ -31,9 +31,9 @@ TEST(UnitParts, TokenSlicesTileTheRowsAtMultiplesOfTheGranule) {
   const std::vector<std::vector<double>> cases = {
       {0.5, 0.5}, {0.3, 0.3, 0.4}, {0.1, 0.2, 0.3, 0.4}, {0.05, 0.9, 0.05}};
   for (const auto& shares : cases)
-    for (const int64_t granule : {int64_t(1), int64_t(64)})
-      for (const int64_t total :
-           {int64_t(0), int64_t(37), int64_t(64), int64_t(301), int64_t(1000), int64_t(4099)}) {
+    for (const int64_t granule : {int64_t(1), int64_t(64), int64_t(256)})
+      for (const int64_t total : {int64_t(0), int64_t(37), int64_t(64), int64_t(301), int64_t(1000),
+                                  int64_t(1300), int64_t(4099)}) {
         SCOPED_TRACE("total " + std::to_string(total) + " granule " + std::to_string(granule) +
                      " parts " + std::to_string(shares.size()));
         const auto parts = token_parts(shares);

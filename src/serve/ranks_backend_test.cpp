@@ -325,7 +325,7 @@ TEST(RanksBackend, LoadsRowsAndDescribe) {
 TEST(RanksBackend, PromptRowsAreDealtOutWhenThePromptEnds) {
   NEED_MODEL();
   const model::ModelConfig& c = m.config;
-  const auto ps = testing::prompts(c, {41, 203});  // slices of several canonical blocks
+  const auto ps = testing::prompts(c, {41, 812});  // slices of several canonical blocks
   const placement::Placement p = testing::make_placement(c, "split", 3);
   const auto parts = runtime::unit_parts(p);
   const RanksOptions o = options(m);
@@ -369,8 +369,11 @@ TEST(RanksBackend, PromptRowsAreDealtOutWhenThePromptEnds) {
 TEST(RanksBackend, GrowthCountsThePromptRowsDealtOut) {
   NEED_MODEL();
   const model::ModelConfig& c = m.config;
-  const auto ps = testing::prompts(c, {300});
-  const int64_t n = 300, max_rows = n + 8, R = 3;
+  // Long enough that every part holds canonical blocks (kv::kCanonicalRows), not a multiple of
+  // them; the first chunk leaves the prompt's end to the second.
+  const int64_t n = 5 * kv::kCanonicalRows - 80, first = kv::kCanonicalRows, max_rows = n + 8,
+                R = 3;
+  const auto ps = testing::prompts(c, {int(n)});
   for (const runtime::Reduction red :
        {runtime::Reduction::Canonical, runtime::Reduction::Partial}) {
     SCOPED_TRACE(runtime::reduction_name(red));
@@ -378,13 +381,13 @@ TEST(RanksBackend, GrowthCountsThePromptRowsDealtOut) {
     o.reduction = red;
     RanksBackend b(m, testing::make_placement(c, "split", int(R)), o);
     b.open(1, max_rows);
-    b.run(std::vector<StepItem>{{1, {ps[0].data(), 64}}});
+    b.run(std::vector<StepItem>{{1, {ps[0].data(), size_t(first)}}});
     std::vector<size_t> before;
     for (const RankLoad& l : b.loads()) before.push_back(l.kv_bytes);
-    const std::vector<size_t> with = b.growth_by_rank(1, n - 64, true);
-    const std::vector<size_t> without = b.growth_by_rank(1, n - 64, false);
-    EXPECT_EQ(b.growth_bytes(1, n - 64, true), *std::max_element(with.begin(), with.end()));
-    b.run(std::vector<StepItem>{{1, {ps[0].data() + 64, size_t(n - 64)}, nullptr, true}});
+    const std::vector<size_t> with = b.growth_by_rank(1, n - first, true);
+    const std::vector<size_t> without = b.growth_by_rank(1, n - first, false);
+    EXPECT_EQ(b.growth_bytes(1, n - first, true), *std::max_element(with.begin(), with.end()));
+    b.run(std::vector<StepItem>{{1, {ps[0].data() + first, size_t(n - first)}, nullptr, true}});
     int missed = 0;
     for (int64_t r = 0; r < R; ++r) {
       const size_t after = b.loads()[size_t(r)].kv_bytes;
