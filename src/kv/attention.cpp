@@ -355,8 +355,9 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
     next = block_end(r0, hi);
     const int64_t nb = next - r0;
     if (quant_keys) {
-      // Row-major blocks, read in order: the hardware prefetchers follow them.
-      detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), kBlock);
+      // Each panel's K prefetched kQuantPrefetchKeys ahead (attention_quant.h).
+      detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), kBlock,
+                           int64_t(kQuantPrefetchKeys * k_row));
     }
     for (int64_t j0 = quant_keys ? nb : 0; j0 < nb;) {
       // Two panels at a time where both are whole; on AVX-512 also for a prefill's 16 rows, in
