@@ -186,7 +186,7 @@ FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const Quan
     FAIRKV_UNROLL
     for (int r = 0; r < M; ++r) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b, P += kBytes) {
-      if (ahead) prefetch_block<kBytes>(P + ahead);
+      if (ahead) prefetch_block<kBytes>(P, ahead);
       __m512i k[8];  // k[g]: dimensions 4g..4g+3 of the block
       if constexpr (kQ8) {
         FAIRKV_UNROLL

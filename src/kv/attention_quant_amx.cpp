@@ -168,7 +168,7 @@ FAIRKV_TARGET_AMX_INT8 void panels_amx_rows(const uint8_t* P, int64_t np, const 
       for (int r = 0; r < M; ++r) acc[r] = _mm512_setzero_ps();
       const uint8_t* blk = P + size_t(p0 + p) * panel;
       for (int64_t b = 0; b < nb; ++b, blk += kBytes) {
-        if (ahead) prefetch_block<kBytes>(blk + ahead);
+        if (ahead) prefetch_block<kBytes>(blk, ahead);
         const __m512 dk = _mm512_cvtph_ps(
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kRows * kQ8PanelRow)));
         const int32_t* c = dots + size_t(p * nb + b) * cs;
