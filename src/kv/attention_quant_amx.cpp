@@ -101,6 +101,7 @@ FAIRKV_TARGET_AMX_INT8 inline void tile_blocks(const int32_t* corr, const int8_t
   if constexpr (G > 1) _tile_stored(1, out + cs, 64);
   if constexpr (G > 2) _tile_stored(2, out + 2 * cs, 64);
   if constexpr (G > 3) _tile_stored(3, out + 3 * cs, 64);
+  FAIRKV_AMX_BARRIER();  // the tile loads read memory that later stores overwrite (q4_0's rows)
 }
 
 // A q4_0 panel block's 4 rows (key t's 4 bytes in row g: dimensions 8g + i low, 8g + 4 + i high)
