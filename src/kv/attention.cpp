@@ -364,14 +364,17 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
   const size_t k_row = st.k_row_bytes(), v_row = st.v_row_bytes();
   const bool quant_keys = kv_type_quantized(st.types().k);
   if (quant_keys) w.qq.set(p.q, p.n, st.head_dim());
+  // One token's rows (a decode step) read each key once, from memory: prefetch its K ahead
+  // (attention_quant.h). A prompt's passes re-read keys the pass before just read.
+  const bool one_token = p.lim[0] == p.lim[p.n - 1];
+  const int64_t quant_ahead = one_token ? int64_t(kQuantPrefetchKeys * k_row) : 0;
   // Blocks start on a panel boundary; keys before `begin` are masked.
   const int64_t start = begin / kKeyPanel * kKeyPanel;
   for (int64_t r0 = start, next; r0 < hi; r0 = next) {
     next = block_end(r0, hi);
     const int64_t nb = next - r0;
     if (quant_keys) {
-      // Row-major blocks, read in order: the hardware prefetchers follow them.
-      detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), kBlock);
+      detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), kBlock, quant_ahead);
     }
     for (int64_t j0 = quant_keys ? nb : 0; j0 < nb;) {
       // Two panels at a time where both are whole; on AVX-512 also for a prefill's 16 rows, in

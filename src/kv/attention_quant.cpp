@@ -172,9 +172,10 @@ FAIRKV_TARGET_VNNI void scores_vnni(const uint8_t* K, size_t kr, int64_t nk, con
 // so eight vpdpbusd give the block's 16 integer dots, started from -offset x sum(q) to take back
 // the keys' +128 (q8_0) or +8 (q4_0) exactly; then one convert, one product of the 16 key scales
 // with d_q, one FMA. Two integer chains per row halve vpdpbusd's latency chain.
+// Each block prefetches the bytes `ahead` further on (0: none).
 template <KvType T, int M>
 FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const QuantQueries& q, int r0,
-                                        float scale, float* s, int64_t ss) {
+                                        float scale, float* s, int64_t ss, int64_t ahead) {
   constexpr bool kQ8 = T == KvType::Q8_0;
   constexpr size_t kRows = kQ8 ? 8 : 4, kBytes = kQ8 ? kQ8PanelBlockBytes : kQ4PanelBlockBytes;
   constexpr int kOffset = kQ8 ? 128 : 8;
@@ -185,6 +186,7 @@ FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const Quan
     FAIRKV_UNROLL
     for (int r = 0; r < M; ++r) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b, P += kBytes) {
+      if (ahead) prefetch_block<kBytes>(P, ahead);
       __m512i k[8];  // k[g]: dimensions 4g..4g+3 of the block
       if constexpr (kQ8) {
         FAIRKV_UNROLL
@@ -225,13 +227,15 @@ FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const Quan
 
 template <KvType T>
 FAIRKV_TARGET_VNNI void panels_vnni(const uint8_t* P, int64_t np, const QuantQueries& q, int n,
-                                    float scale, float* s, int64_t ss) {
-  using Fn = void (*)(const uint8_t*, int64_t, const QuantQueries&, int, float, float*, int64_t);
+                                    float scale, float* s, int64_t ss, int64_t ahead) {
+  using Fn =
+      void (*)(const uint8_t*, int64_t, const QuantQueries&, int, float, float*, int64_t, int64_t);
   static constexpr Fn table[] = {&panel_rows_vnni<T, 1>, &panel_rows_vnni<T, 2>,
                                  &panel_rows_vnni<T, 3>, &panel_rows_vnni<T, 4>,
                                  &panel_rows_vnni<T, 5>, &panel_rows_vnni<T, 6>,
                                  &panel_rows_vnni<T, 7>, &panel_rows_vnni<T, 8>};
-  for (int r = 0; r < n; r += 8) table[std::min(n - r, 8) - 1](P, np, q, r, scale, s + r * ss, ss);
+  for (int r = 0; r < n; r += 8)  // the prefetches spread over the first eight rows' blocks
+    table[std::min(n - r, 8) - 1](P, np, q, r, scale, s + r * ss, ss, r == 0 ? ahead : 0);
 }
 
 #define FAIRKV_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -399,32 +403,57 @@ bool quant_scores_vnni() {
 #endif
 }
 
-void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
-                  float scale, float* s, int64_t s_stride) {
+namespace {
+
+// The VNNI kernels over [k0, k0 + nk), whole panels on AMX where `amx`; false where the CPU or
+// the shape rules them out.
+bool scores_fast(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                 float scale, float* s, int64_t ss, int64_t ahead, bool amx) {
 #if defined(FAIRKV_QUANT_VNNI)
-  if (cpu_has_vnni() && (q.blocks + 1) / 2 <= kMaxPairs && n <= kMaxQueryRows) {
-    const size_t kr = st.k_row_bytes();
-    if (st.types().k == KvType::Q8_0)
-      walk_keys(
-          st, k0, nk, true,
-          [&](const uint8_t* K, int64_t j, int64_t m) {
-            scores_vnni<KvType::Q8_0>(K, kr, m, q, n, scale, s + j, s_stride);
-          },
-          [&](const uint8_t* P, int64_t j, int64_t np) {
-            panels_vnni<KvType::Q8_0>(P, np, q, n, scale, s + j, s_stride);
-          });
+  if (!cpu_has_vnni() || (q.blocks + 1) / 2 > kMaxPairs || n > kMaxQueryRows) return false;
+  if (amx && !quant_amx_int8_available()) return false;
+  const size_t kr = st.k_row_bytes();
+  const KvType t = st.types().k;
+  auto panels = [&](const uint8_t* P, int64_t j, int64_t np) {
+    if (amx)
+      quant_panels_amx(t, P, np, q, n, scale, s + j, ss, ahead);
+    else if (t == KvType::Q8_0)
+      panels_vnni<KvType::Q8_0>(P, np, q, n, scale, s + j, ss, ahead);
     else
-      walk_keys(
-          st, k0, nk, true,
-          [&](const uint8_t* K, int64_t j, int64_t m) {
-            scores_vnni<KvType::Q4_0>(K, kr, m, q, n, scale, s + j, s_stride);
-          },
-          [&](const uint8_t* P, int64_t j, int64_t np) {
-            panels_vnni<KvType::Q4_0>(P, np, q, n, scale, s + j, s_stride);
-          });
-    return;
-  }
+      panels_vnni<KvType::Q4_0>(P, np, q, n, scale, s + j, ss, ahead);
+  };
+  auto rows = [&](const uint8_t* K, int64_t j, int64_t m) {
+    if (t == KvType::Q8_0)
+      scores_vnni<KvType::Q8_0>(K, kr, m, q, n, scale, s + j, ss);
+    else
+      scores_vnni<KvType::Q4_0>(K, kr, m, q, n, scale, s + j, ss);
+  };
+  walk_keys(st, k0, nk, true, rows, panels);
+  return true;
+#else
+  (void)st, (void)k0, (void)nk, (void)q, (void)n, (void)scale, (void)s, (void)ss, (void)ahead;
+  (void)amx;
+  return false;
 #endif
+}
+
+}  // namespace
+
+bool quant_scores_avx512(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                         float scale, float* s, int64_t s_stride) {
+  return scores_fast(st, k0, nk, q, n, scale, s, s_stride, 0, false);
+}
+
+bool quant_scores_amx(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                      float scale, float* s, int64_t s_stride) {
+  return scores_fast(st, k0, nk, q, n, scale, s, s_stride, 0, true);
+}
+
+void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                  float scale, float* s, int64_t s_stride, int64_t ahead) {
+  const bool amx = n >= kQuantAmxMinRows && quant_amx_int8_allowed();
+  if (scores_fast(st, k0, nk, q, n, scale, s, s_stride, ahead, amx)) return;
+  if (amx && scores_fast(st, k0, nk, q, n, scale, s, s_stride, ahead, false)) return;
   if (quant_scores_avx2(st, k0, nk, q, n, scale, s, s_stride)) return;
   quant_scores_portable(st, k0, nk, q, n, scale, s, s_stride);
 }

@@ -41,9 +41,33 @@ struct QuantQueries {
 };
 
 // s[r * s_stride + j] = scale * score(query row r, key k0 + j) for j < nk, rows r < n, over
-// the store's quantized keys (panels and rows alike).
+// the store's quantized keys (panels and rows alike). While a panel block is scored, the bytes
+// `ahead` further on are prefetched into L2 (0: none; past the store's end they are harmless).
 void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
-                  float scale, float* s, int64_t s_stride);
+                  float scale, float* s, int64_t s_stride, int64_t ahead = 0);
+// Prefetches the kBytes `ahead` bytes past p into L2, a line at a time (the kernels issue one
+// block's worth per block they score, so the prefetches spread over the work). The address is
+// computed as an integer: past the store's end it is no pointer, and a prefetch never faults.
+template <size_t kBytes>
+inline void prefetch_block(const uint8_t* p, int64_t ahead) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p) + uintptr_t(ahead);
+  for (size_t o = 0; o < kBytes; o += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
+}
+// Keys ahead of the scores whose K a decode pass prefetches: without it a core (which alone can
+// stream at the machine's bandwidth) waits on its keys as much as it computes (kv_bench decode
+// q8_0 group 1, 2 threads: 0.58-0.62 of the streaming read; a block ahead 0.67-0.70).
+inline constexpr int64_t kQuantPrefetchKeys = 64;
+// The same with the AVX512-VNNI kernels alone (for tests); false, doing nothing, where the CPU
+// lacks AVX512-VNNI or the shape is beyond them (head_dim over 512, over 16 rows).
+bool quant_scores_avx512(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                         float scale, float* s, int64_t s_stride);
+// The same with whole panels on AMX-INT8 (attention_quant_amx.cpp) and the rest on AVX512-VNNI,
+// whatever FAIRKV_AMX_INT8 says (for tests); false, doing nothing, where the CPU lacks them or
+// the shape is beyond them. quant_scores takes this path from kQuantAmxMinRows rows up where
+// quant_amx_int8_allowed().
+bool quant_scores_amx(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                      float scale, float* s, int64_t s_stride);
 // The same with the AVX2 kernel (for tests); false, doing nothing, where the CPU lacks AVX2.
 bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
                        float scale, float* s, int64_t s_stride);
@@ -53,6 +77,21 @@ void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const Qu
 // Whether this CPU has AVX512-VNNI: quant_scores takes that path (head_dim up to 512, up to 16
 // rows) and pv_quant runs.
 bool quant_scores_vnni();
+
+// AMX-INT8 (attention_quant_amx.cpp). Whether the CPU has it (AMX-TILE, AMX-INT8, AVX512-VNNI)
+// and Linux lets this process use the tiles; whether quant_scores uses it: available and turned
+// on by FAIRKV_AMX_INT8=1 in the environment at start (off otherwise: slower than vpdpbusd on this
+// project's machine, see the .cpp), for calls of at least kQuantAmxMinRows rows (a tile product
+// costs about the same for 1 row as for 16).
+bool quant_amx_int8_available();
+bool quant_amx_int8_allowed();
+inline constexpr int kQuantAmxMinRows = 2;
+// s[r * ss + p * 16 + t] = scale * score(row r, key t of panel p) for rows r < n (<= 16) and np
+// whole sealed panels of type t (q8_0 or q4_0) at P, head_dim q.blocks x 32 (<= 512), bit for bit
+// the VNNI kernel's; the tiles are configured on entry and released on return. Only where
+// quant_amx_int8_available().
+void quant_panels_amx(KvType t, const uint8_t* P, int64_t np, const QuantQueries& q, int n,
+                      float scale, float* s, int64_t ss, int64_t ahead);
 
 // o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
 // rows, reading the quantized values in place (the value scales folded into the probabilities

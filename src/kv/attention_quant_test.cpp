@@ -151,6 +151,94 @@ TEST(QuantScores, IntegerDotsEqualScalarReferenceExactly) {
     }
 }
 
+// The scalar reference of IntegerDotsEqualScalarReferenceExactly: int64 dots of the ggml blocks'
+// integers, scaled per block and summed in float64, times `scale`.
+double reference_score(KvType t, const uint8_t* key, size_t bb, const detail::QuantQueries& qq,
+                       int r, float scale) {
+  double want = 0;
+  for (int64_t b = 0; b < qq.blocks; ++b) {
+    const uint8_t* blk = key + sz(b) * bb;
+    int64_t dot = 0;
+    for (int i = 0; i < 32; ++i)
+      dot += int64_t(block_value(t, blk, i)) * qq.q[sz((r * qq.blocks + b) * 32 + i)];
+    uint16_t h;
+    std::memcpy(&h, blk, 2);
+    want += double(kernels::fp16_to_fp32(h)) * qq.d[sz(r * qq.blocks + b)] * double(dot);
+  }
+  return want * scale;
+}
+
+// Key ranges over a store of `len` keys (three panels and a tail of 11): all of it, ranges that
+// start and end inside panels, whole panels only, the tail only.
+std::vector<std::pair<int64_t, int64_t>> key_ranges(int64_t len) {
+  return {{0, len}, {3, 40}, {16, 32}, {21, len - 21}, {5, 7}, {len - 5, 5}};
+}
+
+// AMX-INT8 (whole panels on tdpbsud, the rest on VNNI): the scores equal the VNNI kernel's bit for
+// bit, for random keys and queries (any scales), every row count 2..16 and head sizes 32..256.
+TEST(QuantScoresAmx, EqualVnniBitForBit) {
+  if (!detail::quant_scores_vnni() || !detail::quant_amx_int8_available())
+    GTEST_SKIP() << "this CPU (or Linux) gives no AMX-INT8 and AVX512-VNNI";
+  std::mt19937 rng(11);
+  for (KvType t : {KvType::Q8_0, KvType::Q4_0})
+    for (int64_t d : {32, 64, 96, 128, 160, 256}) {
+      const int64_t len = 3 * kKeyPanel + 11;
+      const HeadStore s = random_store(len, d, t, rng);
+      for (int n = 2; n <= 16; ++n) {
+        const auto q = randn(n * d, rng);
+        std::vector<const float*> rows;
+        for (int r = 0; r < n; ++r) rows.push_back(&q[sz(r * d)]);
+        detail::QuantQueries qq;
+        qq.set(rows.data(), n, d);
+        for (auto [k0, nk] : key_ranges(len)) {
+          std::vector<float> amx(sz(n * nk)), vnni(amx.size());
+          ASSERT_TRUE(detail::quant_scores_amx(s, k0, nk, qq, n, 0.3f, amx.data(), nk));
+          ASSERT_TRUE(detail::quant_scores_avx512(s, k0, nk, qq, n, 0.3f, vnni.data(), nk));
+          for (size_t i = 0; i < amx.size(); ++i)
+            ASSERT_EQ(amx[i], vnni[i])
+                << kv_type_name(t) << " d" << d << " n" << n << " k0 " << k0 << " nk " << nk
+                << " row " << i / sz(nk) << " key " << i % sz(nk);
+        }
+      }
+    }
+}
+
+// The AMX path's integer sums are the signed dot products exactly: with power-of-two scales its
+// scores equal the int64 scalar reference.
+TEST(QuantScoresAmx, IntegerDotsEqualScalarReferenceExactly) {
+  if (!detail::quant_scores_vnni() || !detail::quant_amx_int8_available())
+    GTEST_SKIP() << "this CPU (or Linux) gives no AMX-INT8 and AVX512-VNNI";
+  std::mt19937 rng(13);
+  for (KvType t : {KvType::Q8_0, KvType::Q4_0})
+    for (int64_t d : {32, 64, 128, 256}) {
+      const int64_t len = 3 * kKeyPanel + 11, nb = d / 32;
+      const auto k = t == KvType::Q8_0 ? pow2_rows(len, d, 7, rng) : pow2_rows_q4(len, d, 7, rng);
+      const auto v = randn(len * d, rng);
+      HeadStore s(d, t);
+      s.append(k.data(), v.data(), len);
+      const size_t bb = s.k_row_bytes() / sz(nb);
+      std::vector<uint8_t> key(s.k_row_bytes());
+      for (int n : {2, 5, 8, 13, 16}) {
+        const auto q = pow2_rows(n, d, 5, rng);
+        std::vector<const float*> rows;
+        for (int r = 0; r < n; ++r) rows.push_back(&q[sz(r * d)]);
+        detail::QuantQueries qq;
+        qq.set(rows.data(), n, d);
+        for (auto [k0, nk] : key_ranges(len)) {
+          std::vector<float> amx(sz(n * nk));
+          ASSERT_TRUE(detail::quant_scores_amx(s, k0, nk, qq, n, 0.5f, amx.data(), nk));
+          for (int64_t j = 0; j < nk; ++j) {
+            s.k_raw_row(k0 + j, key.data());
+            for (int r = 0; r < n; ++r)
+              ASSERT_EQ(amx[sz(r * nk + j)], float(reference_score(t, key.data(), bb, qq, r, 0.5f)))
+                  << kv_type_name(t) << " d" << d << " n" << n << " k0 " << k0 << " key " << j
+                  << " row " << r;
+          }
+        }
+      }
+    }
+}
+
 AttentionArgs decode_args(const HeadStore& s, const std::vector<float>& q, int group,
                           std::vector<float>& o, std::vector<float>& lse) {
   const int64_t d = s.head_dim();
