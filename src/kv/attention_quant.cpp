@@ -405,19 +405,15 @@ bool quant_scores_vnni() {
 
 namespace {
 
-// The VNNI kernels over [k0, k0 + nk), whole panels on AMX where `amx`; false where the CPU or
-// the shape rules them out.
-bool scores_fast(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
-                 float scale, float* s, int64_t ss, int64_t ahead, bool amx) {
+// The VNNI kernels over [k0, k0 + nk); false where the CPU or the shape rules them out.
+bool scores_vnni_all(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
+                     float scale, float* s, int64_t ss, int64_t ahead) {
 #if defined(FAIRKV_QUANT_VNNI)
   if (!cpu_has_vnni() || (q.blocks + 1) / 2 > kMaxPairs || n > kMaxQueryRows) return false;
-  if (amx && !quant_amx_int8_available()) return false;
   const size_t kr = st.k_row_bytes();
   const KvType t = st.types().k;
   auto panels = [&](const uint8_t* P, int64_t j, int64_t np) {
-    if (amx)
-      quant_panels_amx(t, P, np, q, n, scale, s + j, ss, ahead);
-    else if (t == KvType::Q8_0)
+    if (t == KvType::Q8_0)
       panels_vnni<KvType::Q8_0>(P, np, q, n, scale, s + j, ss, ahead);
     else
       panels_vnni<KvType::Q4_0>(P, np, q, n, scale, s + j, ss, ahead);
@@ -432,28 +428,15 @@ bool scores_fast(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries
   return true;
 #else
   (void)st, (void)k0, (void)nk, (void)q, (void)n, (void)scale, (void)s, (void)ss, (void)ahead;
-  (void)amx;
   return false;
 #endif
 }
 
 }  // namespace
 
-bool quant_scores_avx512(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
-                         float scale, float* s, int64_t s_stride) {
-  return scores_fast(st, k0, nk, q, n, scale, s, s_stride, 0, false);
-}
-
-bool quant_scores_amx(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
-                      float scale, float* s, int64_t s_stride) {
-  return scores_fast(st, k0, nk, q, n, scale, s, s_stride, 0, true);
-}
-
 void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
                   float scale, float* s, int64_t s_stride, int64_t ahead) {
-  const bool amx = n >= kQuantAmxMinRows && quant_amx_int8_allowed();
-  if (scores_fast(st, k0, nk, q, n, scale, s, s_stride, ahead, amx)) return;
-  if (amx && scores_fast(st, k0, nk, q, n, scale, s, s_stride, ahead, false)) return;
+  if (scores_vnni_all(st, k0, nk, q, n, scale, s, s_stride, ahead)) return;
   if (quant_scores_avx2(st, k0, nk, q, n, scale, s, s_stride)) return;
   quant_scores_portable(st, k0, nk, q, n, scale, s, s_stride);
 }

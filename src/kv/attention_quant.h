@@ -58,16 +58,6 @@ inline void prefetch_block(const uint8_t* p, int64_t ahead) {
 // stream at the machine's bandwidth) waits on its keys as much as it computes (kv_bench decode
 // q8_0 group 1, 2 threads: 0.58-0.62 of the streaming read; a block ahead 0.67-0.70).
 inline constexpr int64_t kQuantPrefetchKeys = 64;
-// The same with the AVX512-VNNI kernels alone (for tests); false, doing nothing, where the CPU
-// lacks AVX512-VNNI or the shape is beyond them (head_dim over 512, over 16 rows).
-bool quant_scores_avx512(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
-                         float scale, float* s, int64_t s_stride);
-// The same with whole panels on AMX-INT8 (attention_quant_amx.cpp) and the rest on AVX512-VNNI,
-// whatever FAIRKV_AMX_INT8 says (for tests); false, doing nothing, where the CPU lacks them or
-// the shape is beyond them. quant_scores takes this path from kQuantAmxMinRows rows up where
-// quant_amx_int8_allowed().
-bool quant_scores_amx(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
-                      float scale, float* s, int64_t s_stride);
 // The same with the AVX2 kernel (for tests); false, doing nothing, where the CPU lacks AVX2.
 bool quant_scores_avx2(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
                        float scale, float* s, int64_t s_stride);
@@ -77,21 +67,6 @@ void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const Qu
 // Whether this CPU has AVX512-VNNI: quant_scores takes that path (head_dim up to 512, up to 16
 // rows) and pv_quant runs.
 bool quant_scores_vnni();
-
-// AMX-INT8 (attention_quant_amx.cpp). Whether the CPU has it (AMX-TILE, AMX-INT8, AVX512-VNNI)
-// and Linux lets this process use the tiles; whether quant_scores uses it: available and turned
-// on by FAIRKV_AMX_INT8=1 in the environment at start (off otherwise: slower than vpdpbusd on this
-// project's machine, see the .cpp), for calls of at least kQuantAmxMinRows rows (a tile product
-// costs about the same for 1 row as for 16).
-bool quant_amx_int8_available();
-bool quant_amx_int8_allowed();
-inline constexpr int kQuantAmxMinRows = 2;
-// s[r * ss + p * 16 + t] = scale * score(row r, key t of panel p) for rows r < n (<= 16) and np
-// whole sealed panels of type t (q8_0 or q4_0) at P, head_dim q.blocks x 32 (<= 512), bit for bit
-// the VNNI kernel's; the tiles are configured on entry and released on return. Only where
-// quant_amx_int8_available().
-void quant_panels_amx(KvType t, const uint8_t* P, int64_t np, const QuantQueries& q, int n,
-                      float scale, float* s, int64_t ss, int64_t ahead);
 
 // o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
 // rows, reading the quantized values in place (the value scales folded into the probabilities
