@@ -30,6 +30,8 @@
 
 namespace fairkv::kv::detail {
 
+struct Prefetch;  // attention_kernels.h
+
 // Query rows as Q8_0 blocks (ggml's AVX quantize_row_q8_0) and the per-block sums the offsets
 // need, for head_dim a multiple of 32.
 struct QuantQueries {
@@ -72,8 +74,9 @@ bool quant_scores_vnni();
 // rows, reading the quantized values in place (the value scales folded into the probabilities
 // first, each block then widened once for all rows). Returns false, doing nothing, where the CPU
 // lacks AVX-512 (the caller then dequantizes a block of rows and uses its float32 kernel).
+// `ahead`'s lines (attention_kernels.h) are prefetched spread over the work; its steps are set here.
 bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
-              const float* prob, int64_t prob_stride, const float* corr);
+              const float* prob, int64_t prob_stride, const float* corr, Prefetch& ahead);
 
 // Values [r0, r0 + n) as float32 rows of stride dp (zero padded past head_dim).
 void dequantize_values(const HeadStore& st, int64_t r0, int64_t n, int64_t dp, float* out);

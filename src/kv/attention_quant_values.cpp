@@ -6,6 +6,7 @@
 
 #include "kernels/simd.h"
 #include "kernels/types.h"
+#include "kv/attention_kernels.h"
 #include "kv/attention_quant.h"
 
 #if defined(__x86_64__)
@@ -64,12 +65,18 @@ FAIRKV_TARGET_VNNI inline void widen(const uint8_t* blk, __m512& x0, __m512& x1)
 // two vectors, converted once, then one FMA per row and vector. Rows this few leave too few
 // accumulator chains for the FMA latency, so U sets of keys accumulate apart and add up at the
 // end (float sums in another order; the tests' tolerances hold them).
+// Keys per step of pv_quant_rows for NR rows (its U).
+constexpr int keys_per_step(int nr) {
+  return nr == 1 ? 4 : nr <= 3 ? 2 : 1;
+}
+
 template <KvType T, int NR>
 FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t vr, int64_t nb,
                                       int64_t blocks, const float* w, int64_t ws, int64_t wb,
-                                      const float* corr) {
+                                      const float* corr, Prefetch& ahead) {
   constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  constexpr int U = NR == 1 ? 4 : NR <= 3 ? 2 : 1;
+  constexpr int U = keys_per_step(NR);
+  Prefetch pf = ahead;  // in registers for the loop
   for (int64_t b = 0; b < blocks; ++b) {
     __m512 acc[U][NR][2];
     FAIRKV_UNROLL
@@ -84,6 +91,7 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
     const float* wr = w + b * wb;
     int64_t j = 0;
     for (; j + U <= nb; j += U) {
+      pf.tick();
       FAIRKV_UNROLL
       for (int u = 0; u < U; ++u) {
         __m512 x0, x1;
@@ -97,6 +105,7 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
       }
     }
     for (; j < nb; ++j) {
+      pf.tick();
       __m512 x0, x1;
       widen<T>(blk + size_t(j) * vr, x0, x1);
       FAIRKV_UNROLL
@@ -117,6 +126,7 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
       _mm512_storeu_ps(o[r] + b * kQK + 16, acc[0][r][1]);
     }
   }
+  ahead = pf;
 }
 
 // The probabilities times the value scales, 16 keys at a time: the keys' scales of block b are
@@ -145,9 +155,9 @@ FAIRKV_TARGET_VNNI void fold_scales(int n, const uint8_t* V, size_t vr, int64_t 
 template <KvType T>
 FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, size_t vr,
                                      int64_t nb, int64_t blocks, const float* prob, int64_t ps,
-                                     const float* corr) {
+                                     const float* corr, Prefetch& ahead) {
   using Fn = void (*)(float* const*, const uint8_t*, size_t, int64_t, int64_t, const float*,
-                      int64_t, int64_t, const float*);
+                      int64_t, int64_t, const float*, Prefetch&);
   static constexpr Fn table[] = {&pv_quant_rows<T, 1>, &pv_quant_rows<T, 2>, &pv_quant_rows<T, 3>,
                                  &pv_quant_rows<T, 4>, &pv_quant_rows<T, 5>, &pv_quant_rows<T, 6>,
                                  &pv_quant_rows<T, 7>, &pv_quant_rows<T, 8>};
@@ -155,27 +165,34 @@ FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, s
   const int64_t wb = (nb + 15) / 16 * 16, ws = blocks * wb;
   w.resize(size_t(n * ws));
   fold_scales<T>(n, V, vr, nb, blocks, prob, ps, w.data(), ws, wb);
+  // The next block's values are prefetched a few lines per step of the first eight rows' loops
+  // (as pv_fast does), not in a burst after them.
+  const int64_t u = keys_per_step(std::min(n, 8));
+  ahead.steps = std::max<int64_t>(1, blocks * (nb / u + nb % u));
+  Prefetch none;
   for (int r = 0; r < n; r += 8)
-    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, w.data() + r * ws, ws, wb, corr + r);
+    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, w.data() + r * ws, ws, wb, corr + r,
+                                  r == 0 ? ahead : none);
 }
 #endif
 
 }  // namespace
 
 bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
-              const float* prob, int64_t prob_stride, const float* corr) {
+              const float* prob, int64_t prob_stride, const float* corr, Prefetch& ahead) {
 #if defined(FAIRKV_QUANT_VNNI)
   if (!quant_scores_vnni()) return false;
   const size_t vr = st.v_row_bytes();
   const auto* V = static_cast<const uint8_t*>(st.v_data()) + size_t(r0) * vr;
   const int64_t blocks = st.head_dim() / kQK;
   if (st.types().v == KvType::Q8_0)
-    pv_quant_all<KvType::Q8_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr);
+    pv_quant_all<KvType::Q8_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr, ahead);
   else
-    pv_quant_all<KvType::Q4_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr);
+    pv_quant_all<KvType::Q4_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr, ahead);
   return true;
 #else
   (void)st, (void)o, (void)n, (void)r0, (void)nb, (void)prob, (void)prob_stride, (void)corr;
+  (void)ahead;
   return false;
 #endif
 }

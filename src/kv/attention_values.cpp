@@ -167,7 +167,7 @@ void block_values(const HeadStore& st, float* const* o, int n, int64_t r0, int64
   const int64_t d = st.head_dim();
   constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
   const KvType vt = st.types().v;
-  if (kv_type_quantized(vt) && pv_quant(st, o, n, r0, nb, prob, kBlock, corr)) {
+  if (kv_type_quantized(vt) && pv_quant(st, o, n, r0, nb, prob, kBlock, corr, ahead)) {
     ahead.finish();
     return;
   }
