@@ -74,7 +74,7 @@ bool quant_scores_vnni();
 // rows, reading the quantized values in place (the value scales folded into the probabilities
 // first, each block then widened once for all rows). Returns false, doing nothing, where the CPU
 // lacks AVX-512 (the caller then dequantizes a block of rows and uses its float32 kernel).
-// `ahead`'s lines (attention_kernels.h) are prefetched spread over the work; its steps are set here.
+// The lines of `ahead` (attention_kernels.h) are prefetched spread over the work (steps set here).
 bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
               const float* prob, int64_t prob_stride, const float* corr, Prefetch& ahead);
 
