@@ -166,6 +166,16 @@ FAIRKV_TARGET_VNNI void scores_vnni(const uint8_t* K, size_t kr, int64_t nk, con
   }
 }
 
+// Prefetches the kBytes `ahead` bytes past p into L2, a line at a time (the kernels issue one
+// block's worth per block they score, so the prefetches spread over the work). The address is
+// computed as an integer: past the store's end it is no pointer, and a prefetch never faults.
+template <size_t kBytes>
+inline void prefetch_block(const uint8_t* p, int64_t ahead) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p) + uintptr_t(ahead);
+  for (size_t o = 0; o < kBytes; o += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
+}
+
 // Rows r0..r0 + M - 1 of q against np whole panels at P (cache.h: kQ8PanelBlockBytes,
 // kQ4PanelBlockBytes): per block, eight vectors of 16 keys x 4 unsigned bytes (q8_0: the panel's
 // rows as stored; q4_0: each row's low and high nibbles) meet the row's 4 query bytes broadcast,

@@ -47,15 +47,6 @@ struct QuantQueries {
 // `ahead` further on are prefetched into L2 (0: none; past the store's end they are harmless).
 void quant_scores(const HeadStore& st, int64_t k0, int64_t nk, const QuantQueries& q, int n,
                   float scale, float* s, int64_t s_stride, int64_t ahead = 0);
-// Prefetches the kBytes `ahead` bytes past p into L2, a line at a time (the kernels issue one
-// block's worth per block they score, so the prefetches spread over the work). The address is
-// computed as an integer: past the store's end it is no pointer, and a prefetch never faults.
-template <size_t kBytes>
-inline void prefetch_block(const uint8_t* p, int64_t ahead) {
-  const uintptr_t at = reinterpret_cast<uintptr_t>(p) + uintptr_t(ahead);
-  for (size_t o = 0; o < kBytes; o += 64)
-    __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
-}
 // Keys ahead of the scores whose K a decode pass prefetches: without it a core (which alone can
 // stream at the machine's bandwidth) waits on its keys as much as it computes (kv_bench decode
 // q8_0 group 1, 2 threads: 0.58-0.62 of the streaming read; a block ahead 0.67-0.70).

@@ -60,16 +60,16 @@ FAIRKV_TARGET_VNNI inline void widen(const uint8_t* blk, __m512& x0, __m512& x1)
   x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
 }
 
-// pv_quant for NR (1..8) rows, with the value scales folded into the probabilities beforehand
-// (w: row r, block b, key j at r * ws + b * wb + j holds p_rj x d_jb): a block of 32 values is
-// two vectors, converted once, then one FMA per row and vector. Rows this few leave too few
-// accumulator chains for the FMA latency, so U sets of keys accumulate apart and add up at the
-// end (float sums in another order; the tests' tolerances hold them).
 // Keys per step of pv_quant_rows for NR rows (its U).
 constexpr int keys_per_step(int nr) {
   return nr == 1 ? 4 : nr <= 3 ? 2 : 1;
 }
 
+// pv_quant for NR (1..8) rows, with the value scales folded into the probabilities beforehand
+// (w: row r, block b, key j at r * ws + b * wb + j holds p_rj x d_jb): a block of 32 values is
+// two vectors, converted once, then one FMA per row and vector. Rows this few leave too few
+// accumulator chains for the FMA latency, so U sets of keys accumulate apart and add up at the
+// end (float sums in another order; the tests' tolerances hold them).
 template <KvType T, int NR>
 FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t vr, int64_t nb,
                                       int64_t blocks, const float* w, int64_t ws, int64_t wb,
