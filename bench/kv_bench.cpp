@@ -18,6 +18,8 @@
 // f16 and bf16 names ending in /amx run the AMX kernels (kv/attention_amx.h) where the CPU has
 // them; without /amx the same stores run the AVX-512 / AVX2 / portable kernel.
 // value_norms/n<n>: DefensiveKV's CriticalKV value norms of one layer (kv::projected_value_norms).
+// overlap/fma<K>/<stream|phases|crossed>/thr<t>: no attention, the machine itself: a streaming
+// read that spends K FMAs per line, against the plain read (bm_overlap).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -28,6 +30,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <unistd.h>
@@ -111,6 +114,103 @@ void bm_stream(benchmark::State& state, int threads) {
   state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(bytes));
   state.counters["GB/s"] =
       benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// How much arithmetic a streaming read hides on this machine, apart from any attention kernel:
+// each thread reads its share of the streaming read's buffer a 64-byte line at a time and spends
+// K FMAs per line on the loaded floats, prefetching into L2 (the kernels' prefetches,
+// attention_kernels.h). Layouts: one stream, 256 lines ahead; two streams (the share's halves,
+// as K and V) read in alternate blocks of 256 lines (a block of 64 f16 keys of head_dim 128), each
+// prefetched a block ahead while it is read (as the attention kernels do: `phases`), or each
+// while the other is read (`crossed`).
+enum class Layout { kStream, kPhases, kCrossed };
+
+template <int K>
+inline void line_fmas(const float* line, kernels::simd::V* acc, kernels::simd::V c) {
+  namespace simd = kernels::simd;
+  simd::V x = simd::load(line);
+  FAIRKV_UNROLL
+  for (int v = 1; v < 16 / simd::kLanes; ++v) x = simd::add(x, simd::load(line + v * simd::kLanes));
+  if constexpr (K == 0) acc[0] = simd::add(acc[0], x);
+  _Pragma("GCC unroll 8") for (int k = 0; k < K / 8; ++k) {
+    FAIRKV_UNROLL
+    for (int j = 0; j < 8; ++j) acc[j] = simd::fma(x, c, acc[j]);
+  }
+}
+
+// Returns the sum, so that nothing is optimised away.
+template <int K, Layout L>
+float overlap_lines(const float* p, int64_t lines) {
+  namespace simd = kernels::simd;
+  simd::V acc[8];
+  FAIRKV_UNROLL
+  for (auto& a : acc) a = simd::zero();
+  const simd::V c = simd::set1(0.999f);
+  auto prefetch = [](const float* line) { __builtin_prefetch(line, 0, 2); };
+  if constexpr (L == Layout::kStream) {
+    for (int64_t i = 0; i < lines; ++i) {
+      prefetch(p + (i + 256) * 16);
+      line_fmas<K>(p + i * 16, acc, c);
+    }
+  } else {
+    constexpr int64_t kB = 256;
+    const float* k = p;
+    const float* v = p + lines / 2 * 16;
+    const bool crossed = L == Layout::kCrossed;
+    for (int64_t b = 0; b + kB <= lines / 2; b += kB) {
+      for (int64_t i = b; i < b + kB; ++i) {
+        prefetch(crossed ? v + i * 16 : k + (i + kB) * 16);
+        line_fmas<K>(k + i * 16, acc, c);
+      }
+      for (int64_t i = b; i < b + kB; ++i) {
+        prefetch(crossed ? k + (i + kB) * 16 : v + (i + kB) * 16);
+        line_fmas<K>(v + i * 16, acc, c);
+      }
+    }
+  }
+  simd::V s = acc[0];
+  FAIRKV_UNROLL
+  for (int j = 1; j < 8; ++j) s = simd::add(s, acc[j]);
+  return simd::reduce(s);
+}
+
+// overlap/fma<K>/<stream|phases|crossed>/thr<t>: overlap_lines over the whole buffer (beside the
+// streaming read measured around it, as the decode runs are) and over 32 KiB that stay in L1 (its
+// arithmetic alone). Counters: of_stream, its read's share of the streaming read, and of_read,
+// its arithmetic's time per line as a share of the streaming read's. A decode kernel whose hot
+// time per key is that share of its bytes' read time can expect about this of_stream.
+template <int K, Layout L>
+void bm_overlap(benchmark::State& state, int threads) {
+  const StreamBuffer& buf = stream_buffer();
+  const int64_t lines = int64_t(buf.size()) / 16;
+  std::vector<float> sink(size_t(threads) * 16);
+  auto pass = [&] {
+    pool(threads).parallel_for(threads, [&](int64_t, int64_t, int th) {
+      const int64_t b = lines * th / threads, e = lines * (th + 1) / threads;
+      sink[size_t(th) * 16] = overlap_lines<K, L>(&buf[size_t(b * 16)], e - b);
+    });
+  };
+  pass();  // first touch
+  const double before = stream_rate(threads, 2);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) pass();
+  const std::chrono::duration<double> wall = std::chrono::steady_clock::now() - t0;
+  const double stream = 0.5 * (before + stream_rate(threads, 2));
+  const double bytes = double(buf.size() * sizeof(float)) * double(state.iterations());
+  constexpr int64_t kHotLines = 512;  // best of many passes
+  double hot = 1e30;
+  for (int round = 0; round < 2000; ++round) {
+    const auto h0 = std::chrono::steady_clock::now();
+    sink[0] += overlap_lines<K, L>(buf.data(), kHotLines);
+    hot =
+        std::min(hot, std::chrono::duration<double>(std::chrono::steady_clock::now() - h0).count());
+  }
+  benchmark::DoNotOptimize(sink.data());
+  const double line_read = 64.0 * threads / stream;  // seconds per line per thread
+  state.SetBytesProcessed(int64_t(bytes));
+  state.counters["hot_ns/line"] = 1e9 * hot / kHotLines;
+  state.counters["of_read"] = hot / kHotLines / line_read;
+  state.counters["of_stream"] = bytes / wall.count() / stream;
 }
 
 // The machine's vector FMA rate on `threads` threads (multiply-adds per second, one per lane):
@@ -379,6 +479,33 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("stream/thr" + std::to_string(th)).c_str(), bm_stream, th)
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
+  // The machine's overlap of arithmetic with a streaming read (bm_overlap).
+  auto overlap = [](auto k, auto layout) {
+    constexpr Layout kL = decltype(layout)::value;
+    const char* name = kL == Layout::kStream   ? "stream"
+                       : kL == Layout::kPhases ? "phases"
+                                               : "crossed";
+    for (int th : {1, 2})
+      benchmark::RegisterBenchmark(
+          ("overlap/fma" + std::to_string(k()) + "/" + name + "/thr" + std::to_string(th)).c_str(),
+          bm_overlap<k(), kL>, th)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+  };
+  using std::integral_constant;
+  using Stream = integral_constant<Layout, Layout::kStream>;
+  using Phases = integral_constant<Layout, Layout::kPhases>;
+  using Crossed = integral_constant<Layout, Layout::kCrossed>;
+  overlap(integral_constant<int, 0>{}, Stream{});
+  overlap(integral_constant<int, 8>{}, Stream{});
+  overlap(integral_constant<int, 16>{}, Stream{});
+  overlap(integral_constant<int, 24>{}, Stream{});
+  overlap(integral_constant<int, 32>{}, Stream{});
+  overlap(integral_constant<int, 48>{}, Stream{});
+  overlap(integral_constant<int, 16>{}, Phases{});
+  overlap(integral_constant<int, 24>{}, Phases{});
+  overlap(integral_constant<int, 16>{}, Crossed{});
+  overlap(integral_constant<int, 24>{}, Crossed{});
   for (int th : {1, 2})
     benchmark::RegisterBenchmark(("fma/thr" + std::to_string(th)).c_str(), bm_fma, th)
         ->UseManualTime()
