@@ -142,9 +142,9 @@ inline void line_fmas(const float* line, kernels::simd::V* acc, kernels::simd::V
 template <int K, Layout L>
 float overlap_lines(const float* p, int64_t lines) {
   namespace simd = kernels::simd;
-  simd::V acc[8];
+  simd::V acc[8];  // different starts, so that the compiler cannot merge the eight chains
   FAIRKV_UNROLL
-  for (auto& a : acc) a = simd::zero();
+  for (int j = 0; j < 8; ++j) acc[j] = simd::set1(float(j));
   const simd::V c = simd::set1(0.999f);
   auto prefetch = [](const float* line) { __builtin_prefetch(line, 0, 2); };
   if constexpr (L == Layout::kStream) {
