@@ -24,8 +24,9 @@
 // bytes) takes a core about as long as its share of the memory read, and the hardware
 // prefetchers alone keep too few lines in flight while a core computes that densely: the read and
 // the arithmetic then add up instead of overlapping (0.45 of the streaming read). So the kernels
-// prefetch K two panels ahead of the scores and V one block ahead of the values, a few lines per
-// loop iteration (Prefetch below): about 0.77 of the read for that case (README).
+// prefetch K two panels ahead of the scores and V one block ahead of the values into L2, a few
+// lines per loop iteration (Prefetch), and each load's line a little ahead into L1
+// (prefetch_near): about 0.75 of the read for that case, 0.9 at group 4 (docs/benchmarks.md).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -121,6 +122,7 @@ void score_panels(const float* q, int64_t qs, const T* P, int64_t d, float scale
     FAIRKV_UNROLL
     for (int v = 0; v < kW; ++v) {
       const T* src = P + (v / kPanelVecs) * pstride + i * kKeyPanel + (v % kPanelVecs) * kLanes;
+      prefetch_near(src, int64_t(sizeof(T)) * kNearDims * kKeyPanel);
       if constexpr (std::is_same_v<T, uint16_t>)
         k[v] = simd::load_f16(src);
       else

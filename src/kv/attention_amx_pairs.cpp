@@ -113,11 +113,13 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
         const uint16_t* qa = l.qa + c * 2 * kTileElems;  // past the panel: the next one's
         FAIRKV_LOAD(2, qa, 64);
         FAIRKV_LOAD(3, qa + kTileElems, 64);
+        prefetch_near_tile(Pa, 2 * (c + 2) * kTileElems);
         FAIRKV_LOAD(6, Pa + c * kTileElems, 64);
         FAIRKV_DP(0, 2, 6);
         FAIRKV_DP(1, 3, 6);
         FAIRKV_LOAD(4, qa + 2 * kTileElems, 64);
         FAIRKV_LOAD(5, qa + 3 * kTileElems, 64);
+        prefetch_near_tile(Pa, 2 * (c + 3) * kTileElems);
         FAIRKV_LOAD(7, Pa + (c + 1) * kTileElems, 64);
         FAIRKV_DP(0, 4, 7);
         FAIRKV_DP(1, 5, 7);
@@ -139,11 +141,15 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
       for (; c + 2 <= d32; c += 2) {
         const uint16_t* qa = l.qa + c * 2 * kTileElems;
         FAIRKV_LOAD(2, qa, 64);
+        prefetch_near_tile(Pa, 2 * (c + 2) * kTileElems);
+        prefetch_near_tile(Pb, 2 * (c + 2) * kTileElems);
         FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
         FAIRKV_LOAD(5, Pb + c * kTileElems, 64);
         FAIRKV_DP(0, 2, 4);
         FAIRKV_DP(1, 2, 5);
         FAIRKV_LOAD(3, qa + 2 * kTileElems, 64);
+        prefetch_near_tile(Pa, 2 * (c + 3) * kTileElems);
+        prefetch_near_tile(Pb, 2 * (c + 3) * kTileElems);
         FAIRKV_LOAD(6, Pa + (c + 1) * kTileElems, 64);
         FAIRKV_LOAD(7, Pb + (c + 1) * kTileElems, 64);
         FAIRKV_DP(0, 3, 6);
@@ -206,6 +212,12 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
   const int64_t kstep = 32 * d;      // elements from one value panel (32 keys) to the next
   const int per_step = two ? 1 : 2;  // column tiles per group of accumulators
   Prefetcher pf(ahead, d16 / per_step * chunks * 2);  // products
+  // Chunk kc + 2 of the same column tiles, or past the last chunk the next column tiles' first:
+  // bytes from b.
+  auto near = [&](int64_t kc) {
+    return 2 *
+           (kc + 2 < chunks ? (kc + 2) * kstep : per_step * kTileElems + (kc + 2 - chunks) * kstep);
+  };
   for (int64_t cc = 0; cc < d16; cc += per_step) {
     const uint16_t* b = V + cc * kTileElems;
     float* cb = l.cb + cc * 2 * kTileFloats;
@@ -218,11 +230,13 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
         FAIRKV_LOAD(2, pa, 64);
         FAIRKV_LOAD(3, pa + kTileElems, 64);
+        prefetch_near_tile(b, near(kc));
         FAIRKV_LOAD(6, b + kc * kstep, vstride);
         FAIRKV_DP(0, 2, 6);
         FAIRKV_DP(1, 3, 6);
         FAIRKV_LOAD(4, pa + 2 * kTileElems, 64);
         FAIRKV_LOAD(5, pa + 3 * kTileElems, 64);
+        prefetch_near_tile(b, near(kc + 1));
         FAIRKV_LOAD(7, b + (kc + 1) * kstep, vstride);
         FAIRKV_DP(0, 4, 7);
         FAIRKV_DP(1, 5, 7);
@@ -242,11 +256,15 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
       for (; kc + 2 <= chunks; kc += 2) {
         const uint16_t* pa = l.pa + kc * 2 * kTileElems;
         FAIRKV_LOAD(2, pa, 64);
+        prefetch_near_tile(b, near(kc));
+        prefetch_near_tile(b, near(kc) + 2 * kTileElems);
         FAIRKV_LOAD(4, b + kc * kstep, vstride);
         FAIRKV_LOAD(5, b + kc * kstep + kTileElems, vstride);
         FAIRKV_DP(0, 2, 4);
         FAIRKV_DP(1, 2, 5);
         FAIRKV_LOAD(3, pa + 2 * kTileElems, 64);
+        prefetch_near_tile(b, near(kc + 1));
+        prefetch_near_tile(b, near(kc + 1) + 2 * kTileElems);
         FAIRKV_LOAD(6, b + (kc + 1) * kstep, vstride);
         FAIRKV_LOAD(7, b + (kc + 1) * kstep + kTileElems, vstride);
         FAIRKV_DP(0, 3, 6);

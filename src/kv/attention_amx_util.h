@@ -85,6 +85,13 @@ FAIRKV_AMX_FN inline __m512 round_bf16(__m512 x) {
   return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xFFFF0000u))));
 }
 
+// A tile's 16 lines (1 KiB, as the store's panels hold them) into L1 a little before its load:
+// the near prefetches of attention_kernels.h for the AMX kernels, two tiles of the same stream on.
+inline void prefetch_near_tile(const void* p, int64_t bytes) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes);  // as prefetch_near
+  for (int i = 0; i < 16; ++i) __builtin_prefetch(reinterpret_cast<const void*>(at + 64 * i), 0, 3);
+}
+
 // Prefetches of `ahead` spread over `steps` calls of tick() (into L2).
 struct Prefetcher {
   const char* at;

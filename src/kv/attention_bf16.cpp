@@ -38,10 +38,12 @@ void score_pair_panels(const float* q, int64_t qs, const uint16_t* P, int64_t d,
   auto step = [&](int c, int64_t m) {
     simd::V ke[kW], ko[kW];
     FAIRKV_UNROLL
-    for (int v = 0; v < kW; ++v)
-      load_bf16_pairs(
-          base + (v / kPanelVecs) * pstride + m * 2 * kKeyPanel + (v % kPanelVecs) * 2 * kLanes,
-          ke[v], ko[v]);
+    for (int v = 0; v < kW; ++v) {
+      const uint16_t* src =
+          base + (v / kPanelVecs) * pstride + m * 2 * kKeyPanel + (v % kPanelVecs) * 2 * kLanes;
+      prefetch_near(src, 2 * kNearDims * kKeyPanel);  // kNearDims / 2 pair rows on
+      load_bf16_pairs(src, ke[v], ko[v]);
+    }
     FAIRKV_UNROLL
     for (int r = 0; r < NR; ++r) {
       const simd::V qe = simd::set1(q[r * qs + 2 * m]), qo = simd::set1(q[r * qs + 2 * m + 1]);
@@ -115,6 +117,10 @@ inline void pv_pair_tile(float* const* o, int64_t ct0, const uint16_t* V, int64_
     pf.tick();
     const int64_t key = r0 + j, t2 = key % kValuePanel;
     const uint16_t* src = V + (key - t2) * d + ct0 * 16 * kValuePanel + t2 * 16;
+    const int64_t near = key + kNearRows, n2 = near % kValuePanel;
+    const int64_t at = 2 * ((near - n2 - key + t2) * d + (n2 - t2) * 16);  // bytes from src
+    FAIRKV_UNROLL
+    for (int c = 0; c < CW; ++c) prefetch_near(src, at + 2 * c * 16 * kValuePanel);
     __m512 ve[CW], vo[CW];
     FAIRKV_UNROLL
     for (int c = 0; c < CW; ++c) {

@@ -16,6 +16,7 @@
 #include "kernels/matmul_kernels.h"
 #include "kernels/simd.h"
 #include "kernels/types.h"
+#include "kv/attention_kernels.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -182,7 +183,9 @@ inline void prefetch_block(const uint8_t* p, int64_t ahead) {
 // so eight vpdpbusd give the block's 16 integer dots, started from -offset x sum(q) to take back
 // the keys' +128 (q8_0) or +8 (q4_0) exactly; then one convert, one product of the 16 key scales
 // with d_q, one FMA. Two integer chains per row halve vpdpbusd's latency chain.
-// Each block prefetches the bytes `ahead` further on (0: none).
+// Each block prefetches the bytes `ahead` further on into L2 and the block kNearBlocks on into
+// L1 (attention_kernels.h; 0: neither).
+constexpr int64_t kNearBlocks = 2;  // ~1 KiB on, as the float kernels' kNearDims
 template <KvType T, int M>
 FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const QuantQueries& q, int r0,
                                         float scale, float* s, int64_t ss, int64_t ahead) {
@@ -196,7 +199,10 @@ FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const Quan
     FAIRKV_UNROLL
     for (int r = 0; r < M; ++r) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b, P += kBytes) {
-      if (ahead) prefetch_block<kBytes>(P, ahead);
+      if (ahead) {
+        prefetch_block<kBytes>(P, ahead);
+        for (size_t o = 0; o < kBytes; o += 64) prefetch_near(P, int64_t(kNearBlocks * kBytes + o));
+      }
       __m512i k[8];  // k[g]: dimensions 4g..4g+3 of the block
       if constexpr (kQ8) {
         FAIRKV_UNROLL

@@ -94,6 +94,10 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
       pf.tick();
       FAIRKV_UNROLL
       for (int u = 0; u < U; ++u) {
+        // The block's value kNearRows keys on into L1, both lines it may straddle.
+        const int64_t near = int64_t(size_t(j + u + kNearRows) * vr);
+        prefetch_near(blk, near);
+        prefetch_near(blk, near + int64_t(kB) - 1);
         __m512 x0, x1;
         widen<T>(blk + size_t(j + u) * vr, x0, x1);
         FAIRKV_UNROLL

@@ -79,6 +79,10 @@ inline void pv_tile(float* const* o, int64_t c0, const T* V, int64_t stride, int
   for (int64_t j = 0; j < nb; ++j) {
     pf.tick();
     const T* vr = V + j * stride + c0;
+    constexpr int kLines = (CW * 16 * int(sizeof(T)) + 63) / 64;  // of the tile's row
+    FAIRKV_UNROLL
+    for (int l = 0; l < kLines; ++l)
+      prefetch_near(vr, int64_t(sizeof(T)) * kNearRows * stride + 64 * l);
     __m512 v[CW];
     FAIRKV_UNROLL
     for (int c = 0; c < CW; ++c) v[c] = load16(vr + 16 * c);
@@ -140,6 +144,7 @@ void pv_block(float* const* o, const void* V, int64_t stride, int64_t nb, int64_
     for (int r = 0; r < NR; ++r) acc[r] = simd::mul(simd::load(o[r] + c), simd::set1(corr[r]));
     for (int64_t j = 0; j < nb; ++j) {
       ahead.tick();
+      prefetch_near(V, (F16 ? 2 : 4) * ((j + kNearRows) * stride + c));
       const simd::V v = F16 ? simd::load_f16(static_cast<const uint16_t*>(V) + j * stride + c)
                             : simd::load(static_cast<const float*>(V) + j * stride + c);
       FAIRKV_UNROLL
