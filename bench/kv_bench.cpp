@@ -18,7 +18,7 @@
 // f16 and bf16 names ending in /amx run the AMX kernels (kv/attention_amx.h) where the CPU has
 // them; without /amx the same stores run the AVX-512 / AVX2 / portable kernel.
 // value_norms/n<n>: DefensiveKV's CriticalKV value norms of one layer (kv::projected_value_norms).
-// overlap/fma<K>/<stream|phases|crossed>/thr<t>: no attention, the machine itself: a streaming
+// overlap/fma<K>/<stream|near|phases|crossed>/thr<t>: no attention, the machine itself: a streaming
 // read that spends K FMAs per line, against the plain read (bm_overlap).
 #include <benchmark/benchmark.h>
 
@@ -119,11 +119,12 @@ void bm_stream(benchmark::State& state, int threads) {
 // How much arithmetic a streaming read hides on this machine, apart from any attention kernel:
 // each thread reads its share of the streaming read's buffer a 64-byte line at a time and spends
 // K FMAs per line on the loaded floats, prefetching into L2 (the kernels' prefetches,
-// attention_kernels.h). Layouts: one stream, 256 lines ahead; two streams (the share's halves,
+// attention_kernels.h). Layouts: one stream, 256 lines ahead (`stream`), and also 32 lines ahead
+// into L1 (`near`, as the kernels' prefetch_near); two streams (the share's halves,
 // as K and V) read in alternate blocks of 256 lines (a block of 64 f16 keys of head_dim 128), each
 // prefetched a block ahead while it is read (as the attention kernels do: `phases`), or each
 // while the other is read (`crossed`).
-enum class Layout { kStream, kPhases, kCrossed };
+enum class Layout { kStream, kNear, kPhases, kCrossed };
 
 template <int K>
 inline void line_fmas(const float* line, kernels::simd::V* acc, kernels::simd::V c) {
@@ -147,9 +148,10 @@ float overlap_lines(const float* p, int64_t lines) {
   for (int j = 0; j < 8; ++j) acc[j] = simd::set1(float(j));
   const simd::V c = simd::set1(0.999f);
   auto prefetch = [](const float* line) { __builtin_prefetch(line, 0, 2); };
-  if constexpr (L == Layout::kStream) {
+  if constexpr (L == Layout::kStream || L == Layout::kNear) {
     for (int64_t i = 0; i < lines; ++i) {
       prefetch(p + (i + 256) * 16);
+      if constexpr (L == Layout::kNear) __builtin_prefetch(p + (i + 32) * 16, 0, 3);
       line_fmas<K>(p + i * 16, acc, c);
     }
   } else {
@@ -174,9 +176,9 @@ float overlap_lines(const float* p, int64_t lines) {
   return simd::reduce(s);
 }
 
-// overlap/fma<K>/<stream|phases|crossed>/thr<t>: overlap_lines over the whole buffer (beside the
-// streaming read measured around it, as the decode runs are) and over 32 KiB that stay in L1 (its
-// arithmetic alone). Counters: of_stream, its read's share of the streaming read, and of_read,
+// overlap/fma<K>/<stream|near|phases|crossed>/thr<t>: overlap_lines over the whole buffer (beside
+// the streaming read measured around it, as the decode runs are) and over 32 KiB that stay in L1
+// (its arithmetic alone). Counters: of_stream, its read's share of the streaming read, and of_read,
 // its arithmetic's time per line as a share of the streaming read's. A decode kernel whose hot
 // time per key is that share of its bytes' read time can expect about this of_stream.
 template <int K, Layout L>
@@ -483,6 +485,7 @@ int main(int argc, char** argv) {
   auto overlap = [](auto k, auto layout) {
     constexpr Layout kL = decltype(layout)::value;
     const char* name = kL == Layout::kStream   ? "stream"
+                       : kL == Layout::kNear   ? "near"
                        : kL == Layout::kPhases ? "phases"
                                                : "crossed";
     for (int th : {1, 2})
@@ -494,6 +497,7 @@ int main(int argc, char** argv) {
   };
   using std::integral_constant;
   using Stream = integral_constant<Layout, Layout::kStream>;
+  using Near = integral_constant<Layout, Layout::kNear>;
   using Phases = integral_constant<Layout, Layout::kPhases>;
   using Crossed = integral_constant<Layout, Layout::kCrossed>;
   overlap(integral_constant<int, 0>{}, Stream{});
@@ -502,6 +506,9 @@ int main(int argc, char** argv) {
   overlap(integral_constant<int, 24>{}, Stream{});
   overlap(integral_constant<int, 32>{}, Stream{});
   overlap(integral_constant<int, 48>{}, Stream{});
+  overlap(integral_constant<int, 16>{}, Near{});
+  overlap(integral_constant<int, 24>{}, Near{});
+  overlap(integral_constant<int, 32>{}, Near{});
   overlap(integral_constant<int, 16>{}, Phases{});
   overlap(integral_constant<int, 24>{}, Phases{});
   overlap(integral_constant<int, 16>{}, Crossed{});

@@ -260,19 +260,32 @@ int64_t block_end(int64_t r0, int64_t hi, int64_t block = kBlock) {
 // is the factor that rescales what was accumulated before.
 float softmax_step(float* s, int64_t lo, int64_t hi, int64_t nb, float& m, float& l) {
   const int64_t nv = (hi + kLanes - 1) / kLanes;
-  std::fill(s, s + lo, kNegInf);
-  std::fill(s + hi, s + nv * kLanes, kNegInf);
+  // A decode step's blocks are whole (lo 0, hi nb a multiple of the vector): no masks to fill.
+  const bool masked = lo > 0 || hi != nv * kLanes;
+  if (masked) {
+    std::fill(s, s + lo, kNegInf);
+    std::fill(s + hi, s + nv * kLanes, kNegInf);
+  }
   simd::V vmax = simd::set1(m);
   for (int64_t v = 0; v < nv; ++v) vmax = simd::max(vmax, simd::load(s + v * kLanes));
   const float bm = simd::reduce_max(vmax);
   const simd::V vbm = simd::set1(bm);
-  for (int64_t v = 0; v < nv; ++v)
-    simd::store(s + v * kLanes, simd::exp(simd::sub(simd::load(s + v * kLanes), vbm)));
-  // Exactly zero, not exp(-huge).
-  std::fill(s, s + lo, 0.0f);
-  std::fill(s + hi, s + std::max(nb, nv * kLanes), 0.0f);
+  // The sum as the exps are made, in the same order as a pass over the stored values; masked
+  // lanes' exp(-inf - bm) may not be exactly zero, so they are summed after the zero fill.
   simd::V sum = simd::zero();
-  for (int64_t v = 0; v < nv; ++v) sum = simd::add(sum, simd::load(s + v * kLanes));
+  for (int64_t v = 0; v < nv; ++v) {
+    const simd::V e = simd::exp(simd::sub(simd::load(s + v * kLanes), vbm));
+    simd::store(s + v * kLanes, e);
+    if (!masked) sum = simd::add(sum, e);
+  }
+  if (masked) {
+    // Exactly zero, not exp(-huge).
+    std::fill(s, s + lo, 0.0f);
+    std::fill(s + hi, s + std::max(nb, nv * kLanes), 0.0f);
+    for (int64_t v = 0; v < nv; ++v) sum = simd::add(sum, simd::load(s + v * kLanes));
+  } else {
+    std::fill(s + nv * kLanes, s + nb, 0.0f);
+  }
   const float corr = std::exp(m - bm);  // 0 on the first block (m = -inf)
   l = l * corr + simd::reduce(sum);
   m = bm;
