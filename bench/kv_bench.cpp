@@ -31,6 +31,7 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -500,19 +501,16 @@ int main(int argc, char** argv) {
   using Near = integral_constant<Layout, Layout::kNear>;
   using Phases = integral_constant<Layout, Layout::kPhases>;
   using Crossed = integral_constant<Layout, Layout::kCrossed>;
-  overlap(integral_constant<int, 0>{}, Stream{});
-  overlap(integral_constant<int, 8>{}, Stream{});
-  overlap(integral_constant<int, 16>{}, Stream{});
-  overlap(integral_constant<int, 24>{}, Stream{});
-  overlap(integral_constant<int, 32>{}, Stream{});
-  overlap(integral_constant<int, 48>{}, Stream{});
-  overlap(integral_constant<int, 16>{}, Near{});
-  overlap(integral_constant<int, 24>{}, Near{});
-  overlap(integral_constant<int, 32>{}, Near{});
-  overlap(integral_constant<int, 16>{}, Phases{});
-  overlap(integral_constant<int, 24>{}, Phases{});
-  overlap(integral_constant<int, 16>{}, Crossed{});
-  overlap(integral_constant<int, 24>{}, Crossed{});
+  auto each = [&](auto layout, auto ks) {
+    [&]<int... K>(std::integer_sequence<int, K...>) {
+      (overlap(integral_constant<int, K>{}, layout), ...);
+    }
+    (ks);
+  };
+  each(Stream{}, std::integer_sequence<int, 0, 8, 16, 24, 32, 48>{});
+  each(Near{}, std::integer_sequence<int, 16, 24, 32>{});
+  each(Phases{}, std::integer_sequence<int, 16, 24>{});
+  each(Crossed{}, std::integer_sequence<int, 16, 24>{});
   for (int th : {1, 2})
     benchmark::RegisterBenchmark(("fma/thr" + std::to_string(th)).c_str(), bm_fma, th)
         ->UseManualTime()

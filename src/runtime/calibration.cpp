@@ -140,9 +140,15 @@ Calibration calibrate(const model::ModelConfig& c, const model::Weights& w,
     have_tp = false;
   }
   if (have_tp) {
-    time_placement(c, w, prof, tp, 0, batch, kt, steps, bytes, pool, samples);
     // tp's ranks all serve as many parts and weights: only KV against weights can be told apart.
-    fit = fit_segments(samples, false);
+    // On a small model the KV's share of a segment is a few microseconds, which another process's
+    // interruption can swamp (a slope at or below zero): timed again, with twice the steps (the
+    // best of more), up to twice before the calibration is given up.
+    for (int attempt = 0, n = steps; attempt < 3 && !fit.ok; ++attempt, n *= 2) {
+      samples.clear();
+      time_placement(c, w, prof, tp, 0, batch, kt, n, bytes, pool, samples);
+      fit = fit_segments(samples, false);
+    }
     if (!fit.ok) return cal;
     cal.kv_time_factor = fit.a / fit.b;
   }
