@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kv/attention_amx.h"
+#include "kv/attention_kernels.h"
 
 #if defined(__x86_64__) && defined(__linux__) && \
     ((defined(__GNUC__) && __GNUC__ >= 11) || (defined(__clang__) && __clang_major__ >= 12))
@@ -85,11 +86,10 @@ FAIRKV_AMX_FN inline __m512 round_bf16(__m512 x) {
   return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xFFFF0000u))));
 }
 
-// A tile's 16 lines (1 KiB, as the store's panels hold them) into L1 a little before its load:
-// the near prefetches of attention_kernels.h for the AMX kernels, two tiles of the same stream on.
+// A tile's 16 lines (1 KiB, as the store's panels hold them) `bytes` past p into L1 a little
+// before its load: attention_kernels.h's prefetch_near for the AMX kernels, two tiles on.
 inline void prefetch_near_tile(const void* p, int64_t bytes) {
-  const uintptr_t at = reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes);  // as prefetch_near
-  for (int i = 0; i < 16; ++i) __builtin_prefetch(reinterpret_cast<const void*>(at + 64 * i), 0, 3);
+  for (int64_t i = 0; i < 16; ++i) kv::detail::prefetch_near(p, bytes + 64 * i);
 }
 
 // Prefetches of `ahead` spread over `steps` calls of tick() (into L2).
