@@ -14,10 +14,12 @@
 //
 // Exactness: a float32 query or probability is within 2^-24 of three bf16 pieces, each rounded
 // from what the previous left, and a bf16 element times a bf16 piece is exact in float32, summed in
-// float32 as FMAs would: so a bf16 store's results are exact to float32 rounding. An f16 element
-// (11 significant bits) is exactly hi + lo, two bf16 values (hi its top 8 bits, lo the rest): its
-// tile lane holds hi in its upper half and lo in its lower half, and the A operand holds each
-// piece in both halves, so one pair product is piece x (hi + lo).
+// float32 as FMAs would: so results are exact to float32 rounding. A bf16 store's passes of more
+// than five rows take two pieces (pieces()), within 2^-16: three would need a second A tile and
+// twice the products, and a key's or value's own rounding to bf16 (up to 2^-8) is 256 times
+// coarser. An f16 element (11 significant bits) is exactly hi + lo, two bf16 values (hi its top
+// 8 bits, lo the rest): its tile lane holds hi in its upper half and lo in its lower half, and
+// the A operand holds each piece in both halves, so one pair product is piece x (hi + lo).
 //
 // Only where available() says so; everything else falls back to attention.cpp's kernels.
 #pragma once
@@ -27,9 +29,16 @@
 
 namespace fairkv::kv::amx {
 
-inline constexpr int kRows = 8;              // query rows per pass (3 pieces each: 24 tile rows)
+inline constexpr int kRows = 8;              // query rows per pass
 inline constexpr int64_t kBlock = 64;        // keys per values() call at most
 inline constexpr int64_t kPairsBlock = 256;  // keys per values_pairs() call at most
+
+// bf16 pieces per query element and probability in a bf16 store's pass of n rows: three where
+// 3n fit one 16-row tile, else two (at group 8 three took two products per B tile: decode
+// 0.73-0.81 of the read against 0.77-0.84, prefill 1.4-1.5x slower). The f16 kernels take three.
+constexpr int pieces(int n) {
+  return 3 * n <= 16 ? 3 : 2;
+}
 
 // Whether the kernels can run here: the build knows AMX (x86-64 Linux, GCC or Clang), the CPU
 // has AMX-TILE, AMX-BF16, AVX-512 (F, BW, VL, DQ, BF16), FMA and F16C, the OS saves AVX-512 state,

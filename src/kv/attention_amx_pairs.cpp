@@ -4,13 +4,12 @@
 // Tiles (every one 16 rows x 64 bytes; rows past the pieces are zero). B tiles come from the
 // store: 16 dimension pairs x 16 keys of a key panel, or 16 key pairs x 16 columns of a value
 // panel, each 1 KiB contiguous (a B tile of rows strided through whole value rows, the first
-// layout tried, loaded more slowly: docs/benchmarks.md). A and B operands alternate between two
-// register sets from one step to the next (see FAIRKV_LOAD below):
-//   n > 5 (3n piece rows over two tiles): tmm0/tmm1 accumulate rows [0, 16) / [16, 3n) of one
-//         panel (one column tile), A in tmm2, tmm3 / tmm4, tmm5, B in tmm6 / tmm7
-//   n <= 5: tmm0/tmm1 accumulate two panels (two column tiles), A in tmm2 / tmm3, B in
-//         tmm4, tmm5 / tmm6, tmm7
-// Piece rows are [piece 1 of rows 0..n)[piece 2][piece 3]; a row's result is the sum of its three.
+// layout tried, loaded more slowly: docs/benchmarks.md). The query rows' pieces (amx::pieces)
+// fill one A tile; tmm0/tmm1 accumulate two panels (two column tiles), and the A and B operands
+// alternate between two register sets from one step to the next (see FAIRKV_LOAD below): A in
+// tmm2 / tmm3, B in tmm4, tmm5 / tmm6, tmm7.
+// Piece rows are [piece 1 of rows 0..n)[piece 2][piece 3 where there is one]; a row's result is
+// the sum of its pieces'.
 #include <cstring>
 
 #include "kv/attention_amx.h"
@@ -32,10 +31,10 @@ using namespace detail;  // NOLINT(google-build-using-namespace): the kernels' o
              "amx-bf16")))
 
 // Scratch (within Rows::scratch, which scratch_floats() sizes for the f16 kernels' larger needs),
-// for head_dim d (d32 = d / 32 dimension tiles):
-//   qa: d32 x 2 tiles   the query pieces as bf16, 32 rows x 32 dimensions per dimension tile
-//   pa: 8 x 2 tiles     the probabilities' pieces as bf16, 32 rows x 32 keys per 32 keys
-//   cb: max(8, d / 8)   tiles stored for the epilogues (two per panel or column tile)
+// for head_dim d (d32 = d / 32 dimension tiles, d16 = d / 16 column tiles):
+//   qa: d32 tiles            the query pieces as bf16, 16 rows x 32 dimensions per dimension tile
+//   pa: kPairsBlock/32 tiles the probabilities' pieces as bf16, 16 rows x 32 keys per 32 keys
+//   cb: max(4, d16) tiles    C tiles stored for the epilogues, one per panel or column tile
 struct Layout {
   uint16_t *qa, *pa;
   float* cb;
@@ -45,8 +44,8 @@ Layout layout(const Rows& r) {
   const int64_t d32 = r.d / 32;
   Layout l;
   l.qa = reinterpret_cast<uint16_t*>(r.scratch);
-  l.pa = reinterpret_cast<uint16_t*>(r.scratch + d32 * 2 * kTileFloats);
-  l.cb = r.scratch + (d32 * 2 + kPairsBlock / 32 * 2) * kTileFloats;
+  l.pa = reinterpret_cast<uint16_t*>(r.scratch + d32 * kTileFloats);
+  l.cb = r.scratch + (d32 + kPairsBlock / 32) * kTileFloats;
   return l;
 }
 
@@ -71,16 +70,15 @@ FAIRKV_AMX_PAIRS_FN inline __m512 high_bf16(__m512i b) {
       _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
 }
 
-// The sums of a row's three pieces in a stored pair of C tiles (row rho at c + rho * 16).
-FAIRKV_AMX_FN inline __m512 piece_sum(const float* c, int n, int r) {
-  return _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c + r * 16), _mm512_load_ps(c + (n + r) * 16)),
-                       _mm512_load_ps(c + (2 * n + r) * 16));
+// The sums of a row's pieces in a stored pair of C tiles (row rho at c + rho * 16).
+FAIRKV_AMX_FN inline __m512 piece_sum(const float* c, int n, int r, int np) {
+  const __m512 two = _mm512_add_ps(_mm512_load_ps(c + r * 16), _mm512_load_ps(c + (n + r) * 16));
+  return np == 2 ? two : _mm512_add_ps(two, _mm512_load_ps(c + (2 * n + r) * 16));
 }
 
 // Tiles are not renamed: a tile load into a register that a product still reads waits for that
 // product. So the A and B operands alternate between two sets of registers from one step to
-// the next, and the accumulators take what is left: one panel (or column tile) at a time when a
-// pass has more than 16 piece rows (two C tiles), else two.
+// the next, and two accumulators (two panels or column tiles) take what is left.
 #define FAIRKV_LOAD(t, p, stride) _tile_loadd(t, p, stride)
 
 // A product, then the next of the prefetches spread one per product (pf in scope).
@@ -97,80 +95,48 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
                                int64_t s_stride, Ahead ahead) {
   const Layout l = layout(rows);
   const int64_t d32 = D32 ? D32 : rows.d / 32, panel = d32 * 32 * kTile;
-  const int n = rows.n;
-  const bool two = 3 * n > 16;
-  const int per_step = two ? 1 : 2;  // panels per group of accumulators
-  Prefetcher pf(ahead, int64_t(n_panels + per_step - 1) / per_step * d32 * 2);  // products
-  for (int p = 0; p < n_panels; p += per_step) {
+  const int n = rows.n, np = pieces(n);
+  Prefetcher pf(ahead, int64_t(n_panels + 1) / 2 * d32 * 2);  // products
+  for (int p = 0; p < n_panels; p += 2) {
+    // tmm0, tmm1: panels p and p + 1 (the latter, past n_panels, read but not stored).
     const uint16_t* Pa = K + p * panel;
-    float* cb = l.cb + p * 2 * kTileFloats;
+    const uint16_t* Pb = p + 1 < n_panels ? Pa + panel : Pa;
+    float* cb = l.cb + p * kTileFloats;
     _tile_zero(0);
     _tile_zero(1);
-    if (two) {
-      // tmm0, tmm1: piece rows [0, 16), [16, 32) of panel p.
-      int64_t c = 0;
-      for (; c + 2 <= d32; c += 2) {
-        const uint16_t* qa = l.qa + c * 2 * kTileElems;  // past the panel: the next one's
-        FAIRKV_LOAD(2, qa, 64);
-        FAIRKV_LOAD(3, qa + kTileElems, 64);
-        prefetch_near_tile(Pa, 2 * (c + 2) * kTileElems);
-        FAIRKV_LOAD(6, Pa + c * kTileElems, 64);
-        FAIRKV_DP(0, 2, 6);
-        FAIRKV_DP(1, 3, 6);
-        FAIRKV_LOAD(4, qa + 2 * kTileElems, 64);
-        FAIRKV_LOAD(5, qa + 3 * kTileElems, 64);
-        prefetch_near_tile(Pa, 2 * (c + 3) * kTileElems);
-        FAIRKV_LOAD(7, Pa + (c + 1) * kTileElems, 64);
-        FAIRKV_DP(0, 4, 7);
-        FAIRKV_DP(1, 5, 7);
-      }
-      if (c < d32) {
-        const uint16_t* qa = l.qa + c * 2 * kTileElems;
-        FAIRKV_LOAD(2, qa, 64);
-        FAIRKV_LOAD(3, qa + kTileElems, 64);
-        FAIRKV_LOAD(6, Pa + c * kTileElems, 64);
-        FAIRKV_DP(0, 2, 6);
-        FAIRKV_DP(1, 3, 6);
-      }
-      _tile_stored(0, cb, 64);
-      _tile_stored(1, cb + kTileFloats, 64);
-    } else {
-      // tmm0, tmm1: piece rows [0, 16) of panels p and p + 1 (the latter past n_panels unread).
-      const uint16_t* Pb = p + 1 < n_panels ? Pa + panel : Pa;
-      int64_t c = 0;
-      for (; c + 2 <= d32; c += 2) {
-        const uint16_t* qa = l.qa + c * 2 * kTileElems;
-        FAIRKV_LOAD(2, qa, 64);
-        prefetch_near_tile(Pa, 2 * (c + 2) * kTileElems);
-        prefetch_near_tile(Pb, 2 * (c + 2) * kTileElems);
-        FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
-        FAIRKV_LOAD(5, Pb + c * kTileElems, 64);
-        FAIRKV_DP(0, 2, 4);
-        FAIRKV_DP(1, 2, 5);
-        FAIRKV_LOAD(3, qa + 2 * kTileElems, 64);
-        prefetch_near_tile(Pa, 2 * (c + 3) * kTileElems);
-        prefetch_near_tile(Pb, 2 * (c + 3) * kTileElems);
-        FAIRKV_LOAD(6, Pa + (c + 1) * kTileElems, 64);
-        FAIRKV_LOAD(7, Pb + (c + 1) * kTileElems, 64);
-        FAIRKV_DP(0, 3, 6);
-        FAIRKV_DP(1, 3, 7);
-      }
-      if (c < d32) {
-        const uint16_t* qa = l.qa + c * 2 * kTileElems;
-        FAIRKV_LOAD(2, qa, 64);
-        FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
-        FAIRKV_LOAD(5, Pb + c * kTileElems, 64);
-        FAIRKV_DP(0, 2, 4);
-        FAIRKV_DP(1, 2, 5);
-      }
-      _tile_stored(0, cb, 64);
-      if (p + 1 < n_panels) _tile_stored(1, cb + 2 * kTileFloats, 64);
+    int64_t c = 0;
+    for (; c + 2 <= d32; c += 2) {
+      const uint16_t* qa = l.qa + c * kTileElems;
+      FAIRKV_LOAD(2, qa, 64);
+      prefetch_near_tile(Pa, 2 * (c + 2) * kTileElems);
+      prefetch_near_tile(Pb, 2 * (c + 2) * kTileElems);
+      FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
+      FAIRKV_LOAD(5, Pb + c * kTileElems, 64);
+      FAIRKV_DP(0, 2, 4);
+      FAIRKV_DP(1, 2, 5);
+      FAIRKV_LOAD(3, qa + kTileElems, 64);
+      prefetch_near_tile(Pa, 2 * (c + 3) * kTileElems);
+      prefetch_near_tile(Pb, 2 * (c + 3) * kTileElems);
+      FAIRKV_LOAD(6, Pa + (c + 1) * kTileElems, 64);
+      FAIRKV_LOAD(7, Pb + (c + 1) * kTileElems, 64);
+      FAIRKV_DP(0, 3, 6);
+      FAIRKV_DP(1, 3, 7);
     }
+    if (c < d32) {
+      FAIRKV_LOAD(2, l.qa + c * kTileElems, 64);
+      FAIRKV_LOAD(4, Pa + c * kTileElems, 64);
+      FAIRKV_LOAD(5, Pb + c * kTileElems, 64);
+      FAIRKV_DP(0, 2, 4);
+      FAIRKV_DP(1, 2, 5);
+    }
+    _tile_stored(0, cb, 64);
+    if (p + 1 < n_panels) _tile_stored(1, cb + kTileFloats, 64);
   }
   // Summed once every panel's products are issued.
   for (int p = 0; p < n_panels; ++p) {
-    const float* cb = l.cb + p * 2 * kTileFloats;
-    for (int r = 0; r < n; ++r) _mm512_storeu_ps(s + r * s_stride + p * kTile, piece_sum(cb, n, r));
+    const float* cb = l.cb + p * kTileFloats;
+    for (int r = 0; r < n; ++r)
+      _mm512_storeu_ps(s + r * s_stride + p * kTile, piece_sum(cb, n, r, np));
   }
 }
 
@@ -180,12 +146,11 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
                                      float* const* o, Ahead ahead) {
   const Layout l = layout(rows);
   const int64_t d32 = D32 ? D32 : rows.d / 32, d16 = 2 * d32, d = d32 * 32;
-  const int n = rows.n;
-  const bool two = 3 * n > 16;
+  const int n = rows.n, np = pieces(n);
   const int64_t chunks = (nb + 31) / 32;
-  // The probabilities' three pieces as bf16, 32 keys per row (keys >= nb zero).
+  // The probabilities' pieces as bf16, 32 keys per row (keys >= nb zero).
   for (int64_t kc = 0; kc < chunks; ++kc) {
-    uint16_t* pa = l.pa + kc * 2 * kTileElems;
+    uint16_t* pa = l.pa + kc * kTileElems;
     __mmask16 m[2];
     for (int h = 0; h < 2; ++h) {
       const int64_t left = nb - kc * 32 - h * 16;
@@ -196,98 +161,66 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
     for (int r = 0; r < n; ++r) {
       const float* x = prob + r * p_stride + kc * 32;
       __m512 x0 = _mm512_maskz_loadu_ps(m[0], x), x1 = _mm512_maskz_loadu_ps(m[1], x + 16);
-      for (int piece = 0; piece < 3; ++piece) {  // each the bf16 of what the previous left
+      for (int piece = 0; piece < np; ++piece) {  // each the bf16 of what the previous left
         const __m512i b = split_bf16(x0, x1);
         _mm512_store_si512(pa + (piece * n + r) * 32, b);
-        if (piece < 2) {
+        if (piece + 1 < np) {
           x0 = _mm512_sub_ps(x0, low_bf16(b));
           x1 = _mm512_sub_ps(x1, high_bf16(b));
         }
       }
     }
-    for (int r = 3 * n; r < 32; ++r) _mm512_store_si512(pa + r * 32, _mm512_setzero_si512());
+    for (int r = np * n; r < kTile; ++r) _mm512_store_si512(pa + r * 32, _mm512_setzero_si512());
   }
   FAIRKV_AMX_BARRIER();
-  const int64_t vstride = 64;        // bytes from one key pair to the next within a B tile
-  const int64_t kstep = 32 * d;      // elements from one value panel (32 keys) to the next
-  const int per_step = two ? 1 : 2;  // column tiles per group of accumulators
-  Prefetcher pf(ahead, d16 / per_step * chunks * 2);  // products
+  const int64_t vstride = 64;    // bytes from one key pair to the next within a B tile
+  const int64_t kstep = 32 * d;  // elements from one value panel (32 keys) to the next
+  Prefetcher pf(ahead, d16 / 2 * chunks * 2);  // products
   // Chunk kc + 2 of the same column tiles, or past the last chunk the next column tiles' first:
   // bytes from b.
   auto near = [&](int64_t kc) {
-    return 2 *
-           (kc + 2 < chunks ? (kc + 2) * kstep : per_step * kTileElems + (kc + 2 - chunks) * kstep);
+    return 2 * (kc + 2 < chunks ? (kc + 2) * kstep : 2 * kTileElems + (kc + 2 - chunks) * kstep);
   };
-  for (int64_t cc = 0; cc < d16; cc += per_step) {
+  for (int64_t cc = 0; cc < d16; cc += 2) {
+    // tmm0, tmm1: column tiles cc and cc + 1.
     const uint16_t* b = V + cc * kTileElems;
-    float* cb = l.cb + cc * 2 * kTileFloats;
+    float* cb = l.cb + cc * kTileFloats;
     _tile_zero(0);
     _tile_zero(1);
     int64_t kc = 0;
-    if (two) {
-      // tmm0, tmm1: piece rows [0, 16), [16, 32) of column tile cc.
-      for (; kc + 2 <= chunks; kc += 2) {
-        const uint16_t* pa = l.pa + kc * 2 * kTileElems;
-        FAIRKV_LOAD(2, pa, 64);
-        FAIRKV_LOAD(3, pa + kTileElems, 64);
-        prefetch_near_tile(b, near(kc));
-        FAIRKV_LOAD(6, b + kc * kstep, vstride);
-        FAIRKV_DP(0, 2, 6);
-        FAIRKV_DP(1, 3, 6);
-        FAIRKV_LOAD(4, pa + 2 * kTileElems, 64);
-        FAIRKV_LOAD(5, pa + 3 * kTileElems, 64);
-        prefetch_near_tile(b, near(kc + 1));
-        FAIRKV_LOAD(7, b + (kc + 1) * kstep, vstride);
-        FAIRKV_DP(0, 4, 7);
-        FAIRKV_DP(1, 5, 7);
-      }
-      if (kc < chunks) {
-        const uint16_t* pa = l.pa + kc * 2 * kTileElems;
-        FAIRKV_LOAD(2, pa, 64);
-        FAIRKV_LOAD(3, pa + kTileElems, 64);
-        FAIRKV_LOAD(6, b + kc * kstep, vstride);
-        FAIRKV_DP(0, 2, 6);
-        FAIRKV_DP(1, 3, 6);
-      }
-      _tile_stored(0, cb, 64);
-      _tile_stored(1, cb + kTileFloats, 64);
-    } else {
-      // tmm0, tmm1: piece rows [0, 16) of column tiles cc and cc + 1.
-      for (; kc + 2 <= chunks; kc += 2) {
-        const uint16_t* pa = l.pa + kc * 2 * kTileElems;
-        FAIRKV_LOAD(2, pa, 64);
-        prefetch_near_tile(b, near(kc));
-        prefetch_near_tile(b, near(kc) + 2 * kTileElems);
-        FAIRKV_LOAD(4, b + kc * kstep, vstride);
-        FAIRKV_LOAD(5, b + kc * kstep + kTileElems, vstride);
-        FAIRKV_DP(0, 2, 4);
-        FAIRKV_DP(1, 2, 5);
-        FAIRKV_LOAD(3, pa + 2 * kTileElems, 64);
-        prefetch_near_tile(b, near(kc + 1));
-        prefetch_near_tile(b, near(kc + 1) + 2 * kTileElems);
-        FAIRKV_LOAD(6, b + (kc + 1) * kstep, vstride);
-        FAIRKV_LOAD(7, b + (kc + 1) * kstep + kTileElems, vstride);
-        FAIRKV_DP(0, 3, 6);
-        FAIRKV_DP(1, 3, 7);
-      }
-      if (kc < chunks) {
-        const uint16_t* pa = l.pa + kc * 2 * kTileElems;
-        FAIRKV_LOAD(2, pa, 64);
-        FAIRKV_LOAD(4, b + kc * kstep, vstride);
-        FAIRKV_LOAD(5, b + kc * kstep + kTileElems, vstride);
-        FAIRKV_DP(0, 2, 4);
-        FAIRKV_DP(1, 2, 5);
-      }
-      _tile_stored(0, cb, 64);
-      _tile_stored(1, cb + 2 * kTileFloats, 64);
+    for (; kc + 2 <= chunks; kc += 2) {
+      const uint16_t* pa = l.pa + kc * kTileElems;
+      FAIRKV_LOAD(2, pa, 64);
+      prefetch_near_tile(b, near(kc));
+      prefetch_near_tile(b, near(kc) + 2 * kTileElems);
+      FAIRKV_LOAD(4, b + kc * kstep, vstride);
+      FAIRKV_LOAD(5, b + kc * kstep + kTileElems, vstride);
+      FAIRKV_DP(0, 2, 4);
+      FAIRKV_DP(1, 2, 5);
+      FAIRKV_LOAD(3, pa + kTileElems, 64);
+      prefetch_near_tile(b, near(kc + 1));
+      prefetch_near_tile(b, near(kc + 1) + 2 * kTileElems);
+      FAIRKV_LOAD(6, b + (kc + 1) * kstep, vstride);
+      FAIRKV_LOAD(7, b + (kc + 1) * kstep + kTileElems, vstride);
+      FAIRKV_DP(0, 3, 6);
+      FAIRKV_DP(1, 3, 7);
     }
+    if (kc < chunks) {
+      FAIRKV_LOAD(2, l.pa + kc * kTileElems, 64);
+      FAIRKV_LOAD(4, b + kc * kstep, vstride);
+      FAIRKV_LOAD(5, b + kc * kstep + kTileElems, vstride);
+      FAIRKV_DP(0, 2, 4);
+      FAIRKV_DP(1, 2, 5);
+    }
+    _tile_stored(0, cb, 64);
+    _tile_stored(1, cb + kTileFloats, 64);
   }
   for (int64_t cc = 0; cc < d16; ++cc) {
-    const float* cb = l.cb + cc * 2 * kTileFloats;
+    const float* cb = l.cb + cc * kTileFloats;
     for (int r = 0; r < n; ++r) {
       float* dst = o[r] + cc * kTile;
       const __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(dst), _mm512_set1_ps(corr[r]));
-      _mm512_storeu_ps(dst, _mm512_add_ps(acc, piece_sum(cb, n, r)));
+      _mm512_storeu_ps(dst, _mm512_add_ps(acc, piece_sum(cb, n, r, np)));
     }
   }
 }
@@ -299,18 +232,18 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
 
 void begin_pairs(const Rows& rows, const float* const* q, float scale) {
   const Layout l = layout(rows);
-  const int n = rows.n;
+  const int n = rows.n, np = pieces(n);
   const int64_t d32 = rows.d / 32;
-  std::memset(l.qa, 0, sizeof(uint16_t) * size_t(d32 * 2 * kTileElems));
+  std::memset(l.qa, 0, sizeof(uint16_t) * size_t(d32 * kTileElems));
   for (int64_t c = 0; c < d32; ++c) {
-    uint16_t* qa = l.qa + c * 2 * kTileElems;  // 32 rows of 32 dimensions
+    uint16_t* qa = l.qa + c * kTileElems;  // 16 rows of 32 dimensions
     for (int r = 0; r < n; ++r)
       for (int64_t k = 0; k < 32; ++k) {
         const float x = scale * q[r][c * 32 + k];
         const float p1 = round_bf16(x), p2 = round_bf16(x - p1), p3 = round_bf16(x - p1 - p2);
         qa[r * 32 + k] = bf16_bits(p1);
         qa[(n + r) * 32 + k] = bf16_bits(p2);
-        qa[(2 * n + r) * 32 + k] = bf16_bits(p3);
+        if (np == 3) qa[(2 * n + r) * 32 + k] = bf16_bits(p3);
       }
   }
   configure();

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "kernels/types.h"
+#include "kv/attention_amx.h"
 #include "kv/cache.h"
 
 namespace fairkv::kv::test {
@@ -34,23 +36,52 @@ inline HeadStore random_store(int64_t len, int64_t d, KvTypes t, std::mt19937& r
   return s;
 }
 
-// Relative-to-scale closeness: outputs are convex combinations of V rows (|v| ~ 1); infinities
-// (the lse of an empty range) must match exactly.
+// Relative-to-scale closeness: outputs are convex combinations of V rows (|v| ~ 1), plus an
+// absolute slack (bf16_piece_slack); infinities (the lse of an empty range) must match exactly.
 inline void expect_close(const float* got, const float* want, int64_t n, float tol,
-                         const std::string& what) {
+                         const std::string& what, float slack = 0.0f) {
   for (int64_t i = 0; i < n; ++i) {
     if (std::isinf(want[i])) {
       ASSERT_EQ(got[i], want[i]) << what << " at " << i;
       continue;
     }
-    ASSERT_NEAR(got[i], want[i], tol * (1.0f + std::fabs(want[i]))) << what << " at " << i;
+    ASSERT_NEAR(got[i], want[i], tol * (1.0f + std::fabs(want[i])) + slack) << what << " at " << i;
   }
 }
 
 inline void expect_close(const std::vector<float>& got, const std::vector<float>& want, float tol,
-                         const std::string& what) {
+                         const std::string& what, float slack = 0.0f) {
   ASSERT_EQ(got.size(), want.size()) << what;
-  expect_close(got.data(), want.data(), int64_t(want.size()), tol, what);
+  expect_close(got.data(), want.data(), int64_t(want.size()), tol, what, slack);
+}
+
+// What attend may add to float32 rounding for `rows` query rows (q: rows x head_dim floats) over
+// s: a bf16 store's AMX passes of six or more rows take each query element and probability as
+// two bf16 pieces, within 2^-16 of it (attention_amx.h, "Exactness"). A score then moves by at
+// most delta = 2^-16 max_{row, key} sum_i |scale q_i k_i|, an lse by delta, and an output by
+// (e^(2 delta) - 1 + 2^-16) max |v|. Zero wherever the kernels are exact to float32 rounding.
+struct PieceSlack {
+  float lse = 0.0f, out = 0.0f;
+};
+inline PieceSlack bf16_piece_slack(const HeadStore& s, const float* q, int64_t rows, float scale) {
+  const bool bf16 = s.types().k == KvType::BF16 && s.types().v == KvType::BF16;
+  const int pass = int(std::min<int64_t>(rows, amx::kRows));  // the first pass's rows, the most
+  if (!bf16 || amx::pieces(pass) == 3 || !amx::available()) return {};
+  const int64_t d = s.head_dim();
+  std::vector<float> k(sz(d)), v(sz(d));
+  double score = 0.0, vmax = 0.0;
+  for (int64_t t = 0; t < s.size(); ++t) {
+    s.k_row(t, k.data());
+    s.v_row(t, v.data());
+    for (int64_t i = 0; i < d; ++i) vmax = std::max(vmax, double(std::fabs(v[sz(i)])));
+    for (int64_t r = 0; r < rows; ++r) {
+      double sum = 0.0;
+      for (int64_t i = 0; i < d; ++i) sum += std::fabs(double(scale) * q[r * d + i] * k[sz(i)]);
+      score = std::max(score, sum);
+    }
+  }
+  const double delta = std::ldexp(score, -16);
+  return {float(delta), float((std::expm1(2 * delta) + std::ldexp(1.0, -16)) * vmax)};
 }
 
 // n floats (n a multiple of 32) that quantize to q8_0 exactly: every block is d * q with d an
