@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/types.h"
+#include "kv/store_memory.h"
 
 namespace fairkv::kv {
 namespace {
@@ -231,6 +232,30 @@ TEST(HeadStore, LargeStoreIsHugePageAlignedAndExact) {
   for (int64_t j = 0; j < d; ++j) ASSERT_EQ(row[sz(j)], k[sz(keep.back() * d + j)]);
   s.clear();
   EXPECT_EQ(s.capacity_bytes(), 0u);
+}
+
+// A store under kHugeThreshold (from the heap) starts on a cache line too, through regrowth and
+// compaction: the kernels load 64-byte panel rows and AMX tiles, which a 16-byte-aligned array
+// (malloc's for an mmap'd chunk) split across two lines each.
+TEST(HeadStore, SmallStoreIsOnACacheLine) {
+  const int64_t d = 128;
+  for (KvType t : {KvType::F32, KvType::F16, KvType::BF16}) {
+    HeadStore s(d, t);
+    const auto k = random_rows(600, d, 7), v = random_rows(600, d, 8);
+    auto aligned = [&](const char* when) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(s.k_data()) % kStoreAlign, 0u)
+          << kv_type_name(t) << " " << when;
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(s.v_data()) % kStoreAlign, 0u)
+          << kv_type_name(t) << " " << when;
+    };
+    for (int64_t n : {1, 17, 500}) {
+      s.append(k.data(), v.data(), n);
+      ASSERT_LT(s.capacity_bytes(), kHugeThreshold);
+      aligned("after appends");
+    }
+    s.keep(std::vector<int64_t>{0, 5, 300});
+    aligned("after keep");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -5,7 +5,8 @@
 // pages it does not (measured in bench/kv_bench: see the README). Arrays of at least
 // kHugeThreshold bytes are therefore mapped at a 2 MiB boundary and advised MADV_HUGEPAGE (the
 // kernel backs whole aligned 2 MiB extents; a partial tail stays on small pages, so the memory
-// held is the array rounded up to 4 KiB, never to 2 MiB). Smaller arrays use malloc.
+// held is the array rounded up to 4 KiB, never to 2 MiB). Smaller arrays come from the heap, on a
+// cache line (kStoreAlign).
 //
 // ReservedRange is the other way to hold a store (vAttention's): address space reserved up front
 // and pages committed as rows arrive, so that the array grows in place and never moves.
@@ -20,6 +21,7 @@
 namespace fairkv::kv {
 
 inline constexpr size_t kHugeThreshold = size_t(2) << 20;
+inline constexpr size_t kStoreAlign = 64;
 
 // Raw allocation and release of n bytes as described above; allocate throws std::bad_alloc.
 void* store_allocate(size_t n);
