@@ -148,8 +148,11 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
   const int64_t d32 = D32 ? D32 : rows.d / 32, d16 = 2 * d32, d = d32 * 32;
   const int n = rows.n, np = pieces(n);
   const int64_t chunks = (nb + 31) / 32;
+  // The prefetches spread over the products, the pieces' chunks and the epilogue's column tiles.
+  Prefetcher pf(ahead, d16 / 2 * chunks * 2 + chunks + d16);
   // The probabilities' pieces as bf16, 32 keys per row (keys >= nb zero).
   for (int64_t kc = 0; kc < chunks; ++kc) {
+    pf.tick();
     uint16_t* pa = l.pa + kc * kTileElems;
     __mmask16 m[2];
     for (int h = 0; h < 2; ++h) {
@@ -175,7 +178,6 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
   FAIRKV_AMX_BARRIER();
   const int64_t vstride = 64;    // bytes from one key pair to the next within a B tile
   const int64_t kstep = 32 * d;  // elements from one value panel (32 keys) to the next
-  Prefetcher pf(ahead, d16 / 2 * chunks * 2);  // products
   // Chunk kc + 2 of the same column tiles, or past the last chunk the next column tiles' first:
   // bytes from b.
   auto near = [&](int64_t kc) {
@@ -216,6 +218,7 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
     _tile_stored(1, cb + kTileFloats, 64);
   }
   for (int64_t cc = 0; cc < d16; ++cc) {
+    pf.tick();
     const float* cb = l.cb + cc * kTileFloats;
     for (int r = 0; r < n; ++r) {
       float* dst = o[r] + cc * kTile;
