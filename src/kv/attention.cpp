@@ -60,10 +60,14 @@ int64_t round_up(int64_t x, int64_t m) {
   return (x + m - 1) / m * m;
 }
 
+// A thread's buffers (t_scratch). s and amx are on cache lines (StoreAllocator), as the AMX
+// kernels' tiles need and so that no vector load of a score row straddles two (decode within
+// this machine's noise either way: kv_bench bf16 and f16 group 8, one thread, four rounds).
 struct Scratch {
+  using Lines = std::vector<float, StoreAllocator<float>>;
   std::vector<float> kbuf, vbuf, qbuf, obuf, tbuf, krow;
-  std::vector<float> s;          // kMaxRows x kBlock scores, then probabilities
-  std::vector<float> amx;        // amx::Rows::scratch, 64-byte aligned within
+  Lines s;                       // kMaxRows x kBlock scores, then probabilities
+  Lines amx;                     // amx::Rows::scratch
   std::vector<uint16_t> vpairs;  // a bf16 store's last block of values, in pairs for AMX
   detail::QuantQueries qq;       // a pass's query rows as q8_0 blocks, for quantized keys
 };
@@ -358,10 +362,9 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
   w.s.resize(size_t(kMaxRows * block));
-  const size_t floats = amx::scratch_floats(d) + 16;
+  const size_t floats = amx::scratch_floats(d);
   if (w.amx.size() < floats) w.amx.resize(floats);
-  const uintptr_t at = reinterpret_cast<uintptr_t>(w.amx.data());
-  amx::Rows rows{p.n, d, w.amx.data() + (64 - at % 64) % 64 / sizeof(float)};
+  amx::Rows rows{p.n, d, w.amx.data()};
   if (pairs)
     amx::begin_pairs(rows, p.q, scale);
   else
@@ -566,8 +569,8 @@ bool attend_uses_amx(const HeadStore& store) {
 size_t attend_scratch_bytes() {
   const Scratch& w = t_scratch;
   size_t n = 0;
-  for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.tbuf, &w.krow, &w.s, &w.amx})
-    n += v->capacity();
+  for (const auto* v : {&w.kbuf, &w.vbuf, &w.qbuf, &w.obuf, &w.tbuf, &w.krow}) n += v->capacity();
+  n += w.s.capacity() + w.amx.capacity();
   return n * sizeof(float) + w.vpairs.capacity() * sizeof(uint16_t);
 }
 
