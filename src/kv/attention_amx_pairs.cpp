@@ -70,7 +70,7 @@ FAIRKV_AMX_PAIRS_FN inline __m512 high_bf16(__m512i b) {
       _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
 }
 
-// The sums of a row's pieces in a stored pair of C tiles (row rho at c + rho * 16).
+// The sum of a row's pieces in a stored C tile (row rho at c + rho * 16).
 FAIRKV_AMX_FN inline __m512 piece_sum(const float* c, int n, int r, int np) {
   const __m512 two = _mm512_add_ps(_mm512_load_ps(c + r * 16), _mm512_load_ps(c + (n + r) * 16));
   return np == 2 ? two : _mm512_add_ps(two, _mm512_load_ps(c + (2 * n + r) * 16));

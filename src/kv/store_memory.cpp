@@ -61,7 +61,8 @@ size_t store_page_size() {
 void* store_allocate(size_t n) {
   if (n < kHugeThreshold) {
     // On cache lines: malloc's 16-byte alignment (an mmap'd chunk's header) split every 64-byte
-    // row load of the kernels in two, and an AMX tile load of a panel took twice as long.
+    // row load of the kernels in two (AMX tile loads of panels took twice as long in a scratch
+    // program).
     void* p = std::aligned_alloc(kStoreAlign, round_up(n == 0 ? 1 : n, kStoreAlign));
     if (!p) throw std::bad_alloc();
     return p;
