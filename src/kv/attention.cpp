@@ -299,10 +299,11 @@ float block_exps(float* s, int64_t lo, int64_t hi, int64_t nb, float bm) {
 // (perf, kv_bench hot), so that the read goes on through it as through the loops around it
 // (bf16 group 8 on AMX, one thread: 0.81-0.83 of the read without, 0.83-0.85 with; a half or a
 // quarter no better).
-Prefetch softmax_share(Prefetch& ahead) {
+Prefetch softmax_share(Prefetch& ahead, const Pass& p) {
   Prefetch sm;
   sm.at = ahead.at;
   sm.lines = ahead.lines / 8;
+  sm.steps = 2 * p.n;  // a tick per row in each of block_softmax's two passes
   if (ahead.at) ahead.at += 64 * sm.lines;
   ahead.lines -= sm.lines;
   return sm;
@@ -322,7 +323,6 @@ void block_softmax(Pass& p, int64_t begin, int64_t r0, int64_t nb, Scratch& w, f
   const int64_t lo = std::clamp<int64_t>(begin - r0, 0, nb);
   alignas(64) float bm[kMaxRows], sums[kMaxRows], diff[kMaxRows + kLanes] = {};
   int64_t hi[kMaxRows];
-  pf.steps = 2 * p.n;
   for (int r = 0; r < p.n; ++r) {
     pf.tick();
     hi[r] = std::clamp<int64_t>(p.lim[r] - r0, 0, nb);
@@ -401,7 +401,7 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
         std::copy_n(tail + r * kBlock, kKeyPanel, &w.s[size_t(r * block + whole)]);
     }
     Prefetch vahead{static_cast<const char*>(v_ahead.at), v_ahead.bytes / 64};
-    Prefetch sm = softmax_share(vahead);
+    Prefetch sm = softmax_share(vahead, p);
     block_softmax(p, begin, r0, nb, w, corr, sm, block);
     const amx::Ahead v_rest{vahead.at, vahead.lines * 64};
     if (pairs)
@@ -454,7 +454,7 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
       vahead.at = static_cast<const char*>(st.v_data()) + size_t(next) * v_row;
       vahead.lines = int64_t(size_t(std::min(kBlock, hi - next)) * v_row / 64);
     }
-    Prefetch sm = softmax_share(vahead);
+    Prefetch sm = softmax_share(vahead, p);
     block_softmax(p, begin, r0, nb, w, corr, sm);
     detail::block_values(st, p.o, p.n, r0, nb, dp, w.s.data(), corr, w.vbuf, vahead);
     if (next % kCanonicalRows == 0 || next == hi) end_block(p, r0);

@@ -106,7 +106,7 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
   const int n = rows.n;
   const bool two = 3 * n > 16;
   const __m512i pick = _mm512_load_si512(kPickHalves.w);
-  Prefetcher pf(ahead, int64_t(n_panels) * d16);
+  auto pf = spread(ahead, int64_t(n_panels) * d16);
   for (int p = 0; p < n_panels; ++p) {
     // The whole panel is converted before its first tile load: a tile load waits for the
     // stores before it, so loads interleaved with the stores would wait once per tile.
@@ -182,7 +182,7 @@ FAIRKV_AMX_FN void values_impl(const Rows& rows, const uint16_t* V, int64_t nb, 
   }
   // The block's values as lanes, row-major like V (rows past the block zero, never stale NaNs),
   // all before the first tile load (see scores_impl).
-  Prefetcher pf(ahead, nb);
+  auto pf = spread(ahead, nb);
   for (int64_t j = 0; j < nb; ++j) {
     pf.tick();
     FAIRKV_AMX_UNROLL

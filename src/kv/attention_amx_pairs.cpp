@@ -96,7 +96,7 @@ FAIRKV_AMX_FN void scores_impl(const Rows& rows, const uint16_t* K, int n_panels
   const Layout l = layout(rows);
   const int64_t d32 = D32 ? D32 : rows.d / 32, panel = d32 * 32 * kTile;
   const int n = rows.n, np = pieces(n);
-  Prefetcher pf(ahead, int64_t(n_panels + 1) / 2 * d32 * 2);  // products
+  auto pf = spread(ahead, int64_t(n_panels + 1) / 2 * d32 * 2);  // products
   for (int p = 0; p < n_panels; p += 2) {
     // tmm0, tmm1: panels p and p + 1 (the latter, past n_panels, read but not stored).
     const uint16_t* Pa = K + p * panel;
@@ -149,7 +149,7 @@ FAIRKV_AMX_PAIRS_FN void values_impl(const Rows& rows, const uint16_t* V, int64_
   const int n = rows.n, np = pieces(n);
   const int64_t chunks = (nb + 31) / 32;
   // The prefetches spread over the products, the pieces' chunks and the epilogue's column tiles.
-  Prefetcher pf(ahead, d16 / 2 * chunks * 2 + chunks + d16);
+  auto pf = spread(ahead, d16 / 2 * chunks * 2 + chunks + d16);
   // The probabilities' pieces as bf16, 32 keys per row (keys >= nb zero).
   for (int64_t kc = 0; kc < chunks; ++kc) {
     pf.tick();

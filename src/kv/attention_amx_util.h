@@ -92,18 +92,15 @@ inline void prefetch_near_tile(const void* p, int64_t bytes) {
   for (int64_t i = 0; i < 16; ++i) kv::detail::prefetch_near(p, bytes + 64 * i);
 }
 
-// Prefetches of `ahead` spread over `steps` calls of tick() (into L2).
-struct Prefetcher {
-  const char* at;
-  int64_t lines, steps, due = 0, line = 0;
-  Prefetcher(Ahead a, int64_t n_steps)
-      : at(static_cast<const char*>(a.at)),
-        lines(a.at ? a.bytes / 64 : 0),
-        steps(n_steps > 0 ? n_steps : 1) {}
-  void tick() {
-    for (due += lines; due >= steps; due -= steps) __builtin_prefetch(at + 64 * line++, 0, 2);
-  }
-};
+// The prefetches of `ahead` spread over `steps` calls of tick() (into L2): attention_kernels.h's
+// Prefetch, as the other kernels issue theirs.
+inline kv::detail::Prefetch spread(Ahead a, int64_t steps) {
+  kv::detail::Prefetch pf;
+  pf.at = static_cast<const char*>(a.at);
+  pf.lines = a.at ? a.bytes / 64 : 0;
+  pf.steps = steps > 0 ? steps : 1;
+  return pf;
+}
 
 }  // namespace fairkv::kv::amx::detail
 
