@@ -81,7 +81,7 @@ void expect_decode(const HeadStore& s, const std::vector<float>& q, int group, i
   a.begin = begin;
   a.end = end;
   const Outputs got = run(a, true), want = run(a, false, true), simd = run(a, false);
-  const test::PieceSlack slack = test::bf16_piece_slack(s, q.data(), group, a.scale);
+  const test::PieceSlack slack = test::kernel_slack(s, q.data(), group, a.scale);
   expect_close(got.out, want.out, 2e-5f, what + " out", slack.out);
   expect_close(got.lse, want.lse, 2e-6f, what + " lse", slack.lse);
   expect_close(got.out, simd.out, 2e-5f, what + " out vs avx-512", slack.out);
@@ -137,7 +137,7 @@ TEST_P(AmxAttend, PrefillWithProbabilitiesMatchesReference) {
       a.probs_tokens = std::min<int64_t>(n, 6);
       const Outputs got = run(a, true), want = run(a, false, true);
       const std::string what = "g" + std::to_string(group) + " m " + std::to_string(m);
-      const test::PieceSlack slack = test::bf16_piece_slack(s, q.data(), n * group, a.scale);
+      const test::PieceSlack slack = test::kernel_slack(s, q.data(), n * group, a.scale);
       expect_close(got.out, want.out, 2e-5f, what + " out", slack.out);
       expect_close(got.lse, want.lse, 2e-6f, what + " lse", slack.lse);
       // A probability exp(score - lse) <= 1 moves by at most e^(2 delta) - 1.
@@ -164,7 +164,7 @@ TEST_P(AmxAttend, SlicedBatchDecodeMatchesReference) {
     kernels::ThreadPool pool(2);
     attend_batch(std::span<const AttentionArgs>(&a, 1), pool);
     const Outputs want = run(a, false, true);
-    const test::PieceSlack slack = test::bf16_piece_slack(s, q.data(), group, a.scale);
+    const test::PieceSlack slack = test::kernel_slack(s, q.data(), group, a.scale);
     expect_close(o, want.out, 2e-5f, "g" + std::to_string(group) + " out", slack.out);
     expect_close(lse, want.lse, 2e-6f, "g" + std::to_string(group) + " lse", slack.lse);
   }
@@ -191,7 +191,7 @@ TEST_P(AmxAttend, EdgeValuesStayExact) {
     a.scale = 0.125f;
     a.visible = len - 1;
     const Outputs got = run(a, true), want = run(a, false, true);
-    const test::PieceSlack slack = test::bf16_piece_slack(s, q.data(), group, a.scale);
+    const test::PieceSlack slack = test::kernel_slack(s, q.data(), group, a.scale);
     expect_close(got.out, want.out, 1e-4f, "g" + std::to_string(group) + " out", slack.out);
     expect_close(got.lse, want.lse, 1e-5f, "g" + std::to_string(group) + " lse", slack.lse);
   }

@@ -73,8 +73,9 @@ TEST_P(LongPrefill, MatchesReferenceOnSlicesOfThePrompt) {
     attend_ref(r);
     const std::string what = kv_types_name(c.type) + " d" + std::to_string(d) + " g" +
                              std::to_string(G) + " tokens " + std::to_string(t0);
-    expect_close(o.data() + t0 * G * d, o_ref.data(), rows * d, 2e-5f, what + " out");
-    expect_close(lse.data() + t0 * G, lse_ref.data(), rows, 2e-6f, what + " lse");
+    const test::PieceSlack slack = test::kernel_slack(s, r.q, rows, a.scale);
+    expect_close(o.data() + t0 * G * d, o_ref.data(), rows * d, 2e-5f, what + " out", slack.out);
+    expect_close(lse.data() + t0 * G, lse_ref.data(), rows, 2e-6f, what + " lse", slack.lse);
     if (t1 == n) expect_close(p.data(), p_ref.data(), sz(W * G * len), 2e-5f, what + " probs");
   }
 }

@@ -62,10 +62,21 @@ void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const Qu
 bool quant_scores_vnni();
 
 // o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
-// rows, reading the quantized values in place (the value scales folded into the probabilities
-// first, each block then widened once for all rows). Returns false, doing nothing, where the CPU
-// lacks AVX-512 (the caller then dequantizes a block of rows and uses its float32 kernel).
-// The lines of `ahead` (attention_kernels.h) are prefetched spread over the work (steps set here).
+// rows (nb <= kBlock), reading the quantized values in place with integer products: row r's
+// probabilities times the values' scales of a 32-dimension block b become 16-bit integers in
+// units of (the row's largest probability) x (the block's largest |scale|) / kWeightSteps,
+// rounded to nearest, and vpdpwssd sums them against the quants two keys at a time, exactly in
+// int32, one float32 multiply-add per block at the end. A weight is then within 2^-16 of that
+// bound, so a call's nb keys move an output by at most nb x 2^-16 of the row's largest
+// probability times max |v| (at most 2^-10 of max |v| over a whole softmax), under q8_0's own
+// rounding of a value (2^-8 of its block's largest) and, measured, ~2^-13 in practice. It halves
+// the multiply-add instructions of float32 widening (which llama.cpp does for q8_0 values, and
+// which at group 8 cost more than the values' read). A row's result depends only on its own
+// probabilities: not on the call's other rows, their count or the unrolling. Returns false, doing
+// nothing, where the CPU lacks AVX512-VNNI (the caller then dequantizes a block of rows and uses
+// its float32 kernel). The lines of `ahead` (attention_kernels.h) are prefetched spread over the
+// work (steps set here).
+inline constexpr int kWeightSteps = 32767;
 bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb,
               const float* prob, int64_t prob_stride, const float* corr, Prefetch& ahead);
 

@@ -12,6 +12,7 @@
 
 #include "kernels/types.h"
 #include "kv/attention.h"
+#include "kv/attention_kernels.h"
 #include "kv/attention_test_util.h"
 
 namespace fairkv::kv {
@@ -151,6 +152,85 @@ TEST(QuantScores, IntegerDotsEqualScalarReferenceExactly) {
     }
 }
 
+// Quantized values are summed as 16-bit weights (pv_quant): for each type, every row count a
+// call may take (each kernel width, and rows past eight), one key, odd and even counts and a whole
+// block, the output is bit for bit what attention_quant.h's rule gives, emulated here with
+// float32 factors and exact integer sums; and it is within the rule's bound of the float64
+// product of the probabilities and the dequantized values.
+TEST(QuantValues, IntegerWeightsFollowTheirRule) {
+  if (!detail::quant_scores_vnni()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> unif(0.0f, 1.0f);
+  for (KvType t : {KvType::Q8_0, KvType::Q4_0})
+    for (int64_t d : {32, 128})
+      for (int n : {1, 2, 3, 4, 7, 8, 9, 16})
+        for (int64_t nb : {1, 2, 17, 63, 64}) {
+          const int64_t r0 = 5, blocks = d / kernels::kQK;
+          const HeadStore s = random_store(r0 + nb + 3, d, KvTypes(t), rng);
+          // Rows of spread probabilities, of one peak, and (the third) of none at all.
+          std::vector<float> prob(sz(n * detail::kBlock), 0.0f), corr(sz(n));
+          for (int r = 0; r < n; ++r) {
+            corr[sz(r)] = 0.5f + unif(rng);
+            for (int64_t j = 0; r != 2 && j < nb; ++j)
+              prob[sz(r * detail::kBlock + j)] =
+                  r % 2 ? std::exp(-2.0f * float(std::abs(j - nb / 2))) : unif(rng);
+          }
+          const auto o0 = randn(n * d, rng);
+          std::vector<float> o = o0;
+          std::vector<float*> rows(sz(n));
+          for (int r = 0; r < n; ++r) rows[sz(r)] = o.data() + r * d;
+          detail::Prefetch ahead;
+          ASSERT_TRUE(detail::pv_quant(s, rows.data(), n, r0, nb, prob.data(), detail::kBlock,
+                                       corr.data(), ahead));
+
+          // The values' scales and quants as stored.
+          const auto* V = static_cast<const uint8_t*>(s.v_data());
+          auto scale = [&](int64_t j, int64_t b) {
+            uint16_t h;
+            std::memcpy(&h, V + sz(r0 + j) * s.v_row_bytes() + sz(b) * kv_row_bytes(t, 32), 2);
+            return kernels::fp16_to_fp32(h);
+          };
+          auto quant = [&](int64_t j, int64_t b, int i) {
+            const uint8_t* q = V + sz(r0 + j) * s.v_row_bytes() + sz(b) * kv_row_bytes(t, 32) + 2;
+            if (t == KvType::Q8_0) return int(int8_t(q[i]));
+            return (i < 16 ? q[i] & 15 : q[i - 16] >> 4) - 8;
+          };
+          const double qmax = t == KvType::Q8_0 ? 127 : 8;
+          auto inverse = [](float x, float to) {
+            return x > 0.0f && to / x <= 3.0e38f ? to / x : 0.0f;
+          };
+          for (int r = 0; r < n; ++r) {
+            const float* p = prob.data() + r * detail::kBlock;
+            const float pmax = *std::max_element(p, p + nb), inv_p = inverse(pmax, 1.0f);
+            for (int64_t b = 0; b < blocks; ++b) {
+              float top = 0.0f;
+              for (int64_t j = 0; j < nb; ++j) top = std::max(top, std::fabs(scale(j, b)));
+              const float inv_s = inverse(top, float(detail::kWeightSteps));
+              const float unit = pmax * top / float(detail::kWeightSteps);
+              for (int i = 0; i < kernels::kQK; ++i) {
+                int64_t sum = 0;
+                double exact = 0.0;
+                for (int64_t j = 0; j < nb; ++j) {
+                  const float x = (p[j] * inv_p) * (scale(j, b) * inv_s);
+                  sum += int64_t(std::nearbyint(x)) * quant(j, b, i);
+                  exact += double(p[j]) * scale(j, b) * quant(j, b, i);
+                }
+                const int64_t at = r * d + b * kernels::kQK + i;
+                const float before = o0[sz(at)] * corr[sz(r)];
+                const std::string what = std::string(kv_type_name(t)) + " d" + std::to_string(d) +
+                                         " n" + std::to_string(n) + " nb" + std::to_string(nb) +
+                                         " row " + std::to_string(r) + " at " + std::to_string(at);
+                ASSERT_EQ(o[sz(at)], std::fma(float(sum), unit, before)) << what;
+                const double bound = double(nb) * 0.51 / detail::kWeightSteps * pmax * top * qmax;
+                ASSERT_NEAR(o[sz(at)], double(before) + exact,
+                            bound + 1e-6 * (1.0 + std::fabs(exact)))
+                    << what;
+              }
+            }
+          }
+        }
+}
+
 AttentionArgs decode_args(const HeadStore& s, const std::vector<float>& q, int group,
                           std::vector<float>& o, std::vector<float>& lse) {
   const int64_t d = s.head_dim();
@@ -197,7 +277,7 @@ TEST_P(QuantAttendVsRef, DecodeMatchesReference) {
         attend_ref(r);
         const bool qk = kv_type_quantized(t.k);
         const float tol = exact || !qk ? 2e-5f : 4e-2f;
-        const test::PieceSlack slack = test::bf16_piece_slack(s, q.data(), group, a.scale);
+        const test::PieceSlack slack = test::kernel_slack(s, q.data(), group, a.scale);
         expect_close(o, o_ref, tol, what + (exact ? " exact q" : " any q") + " out", slack.out);
         expect_close(lse, lse_ref, exact || !qk ? 2e-6f : 4e-2f, what + " lse", slack.lse);
       }
@@ -228,7 +308,7 @@ TEST_P(QuantAttendVsRef, PrefillMatchesReference) {
     a.lse = lse_ref.data();
     attend_ref(a);
     const std::string what = "m " + std::to_string(m) + " n " + std::to_string(n);
-    const test::PieceSlack slack = test::bf16_piece_slack(s, q.data(), n * group, a.scale);
+    const test::PieceSlack slack = test::kernel_slack(s, q.data(), n * group, a.scale);
     expect_close(o, o_ref, 2e-5f, what + " out", slack.out);
     expect_close(lse, lse_ref, 2e-6f, what + " lse", slack.lse);
   }

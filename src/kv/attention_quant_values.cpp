@@ -1,5 +1,6 @@
-// Values read in place from q8_0 / q4_0 rows (attention_quant.h): P x V with the values' scales
-// folded into the probabilities, and rows widened to float32.
+// Values read in place from q8_0 / q4_0 rows (attention_quant.h): P x V as integer products of
+// 16-bit weights (the probabilities times the values' scales) and the quants, and rows widened
+// to float32.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -22,136 +23,197 @@ using kernels::BlockQ8_0;
 using kernels::kQK;
 
 #if defined(FAIRKV_QUANT_VNNI)
-// Values as float32: each block's bytes widened to 16 floats at a time and scaled.
 template <KvType T>
-FAIRKV_TARGET_VNNI void dequantize_avx512(const uint8_t* row, int64_t nb, float* out) {
-  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  for (int64_t b = 0; b < nb; ++b, row += kB, out += kQK) {
-    const __m512 d = _mm512_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(row)));
-    __m128i lo, hi;
-    if constexpr (T == KvType::Q8_0) {
-      lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
-      hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 18));
-    } else {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
-      const __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
-      lo = _mm_sub_epi8(_mm_and_si128(v, m), e);
-      hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e);
-    }
-    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d));
-    _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d));
-  }
-}
+constexpr size_t kBlockBytes = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
 
-// A value block's 32 quants as two float vectors (not scaled).
+// A value block's 32 quants as signed bytes, in dimension order.
 template <KvType T>
-FAIRKV_TARGET_VNNI inline void widen(const uint8_t* blk, __m512& x0, __m512& x1) {
-  __m128i lo, hi;
+FAIRKV_TARGET_VNNI inline __m256i quants(const uint8_t* blk) {
   if constexpr (T == KvType::Q8_0) {
-    lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-    hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18));
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
   } else {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
     const __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
-    lo = _mm_sub_epi8(_mm_and_si128(v, m), e);
-    hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e);
+    return _mm256_set_m128i(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e),
+                            _mm_sub_epi8(_mm_and_si128(v, m), e));
   }
-  x0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
-  x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
 }
 
-// Keys per step of pv_quant_rows for NR rows (its U).
-constexpr int keys_per_step(int nr) {
+// Values as float32: each block's quants widened to 16 floats at a time and scaled.
+template <KvType T>
+FAIRKV_TARGET_VNNI void dequantize_avx512(const uint8_t* row, int64_t nb, float* out) {
+  constexpr size_t kB = kBlockBytes<T>;
+  for (int64_t b = 0; b < nb; ++b, row += kB, out += kQK) {
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(row)));
+    const __m256i q = quants<T>(row);
+    _mm512_storeu_ps(
+        out, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))), d));
+    _mm512_storeu_ps(
+        out + 16,
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))), d));
+  }
+}
+
+// Pairs of keys per step of pv_quant_rows for NR rows (its U): rows this few leave too few
+// accumulator chains for vpdpwssd's latency. Integer sums, so the split changes no result.
+constexpr int pairs_per_step(int nr) {
   return nr == 1 ? 4 : nr <= 3 ? 2 : 1;
 }
 
-// pv_quant for NR (1..8) rows, with the value scales folded into the probabilities beforehand
-// (w: row r, block b, key j at r * ws + b * wb + j holds p_rj x d_jb): a block of 32 values is
-// two vectors, converted once, then one FMA per row and vector. Rows this few leave too few
-// accumulator chains for the FMA latency, so U sets of keys accumulate apart and add up at the
-// end (float sums in another order; the tests' tolerances hold them).
+// acc += pairwise products of a and b (vpdpwssd). As an asm statement: GCC 12 moves the
+// intrinsic's accumulators between registers, and some to the stack, on every call in a loop
+// of 16, doubling the loop's instructions.
+FAIRKV_TARGET_VNNI inline void dpwssd(__m512i& acc, __m512i a, __m512i b) {
+  asm("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+}
+
+// Keys k and k + 1 (a zero row if !pair; its weight, past nb, is zero too) of a value block at
+// blk into NR rows' accumulators, the block kNearRows keys on prefetched into L1. (Prefetching
+// whole rows in the first block's pass only, the later passes finding them in L1, was no faster.)
+template <KvType T, int NR>
+FAIRKV_TARGET_VNNI __attribute__((always_inline)) inline void pair_products(
+    __m512i (&acc)[NR][2], const uint8_t* blk, size_t vr, const int16_t* wr, int64_t ws, int64_t k,
+    bool pair) {
+  constexpr size_t kB = kBlockBytes<T>;
+  const uint8_t* at = blk + size_t(k) * vr;
+  const int64_t ahead = int64_t(size_t(kNearRows) * vr);
+  prefetch_near(at, ahead);  // both keys' blocks, both lines each may straddle
+  prefetch_near(at, ahead + int64_t(kB) - 1);
+  prefetch_near(at, ahead + int64_t(vr));
+  prefetch_near(at, ahead + int64_t(vr + kB) - 1);
+  const __m512i x0 = _mm512_cvtepi8_epi16(quants<T>(at));
+  const __m512i x1 = pair ? _mm512_cvtepi8_epi16(quants<T>(at + vr)) : _mm512_setzero_si512();
+  const __m512i lo = _mm512_unpacklo_epi16(x0, x1), hi = _mm512_unpackhi_epi16(x0, x1);
+  FAIRKV_UNROLL
+  for (int r = 0; r < NR; ++r) {
+    const __m512i p = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(wr + r * ws + k));
+    dpwssd(acc[r][0], lo, p);
+    dpwssd(acc[r][1], hi, p);
+  }
+}
+
+// pv_quant for NR (1..8) rows from integer weights (weights_i16: row r, block b, key j at
+// r * ws + b * wb + j, in units of unit[r * blocks + b]): two keys' blocks are widened to 16-bit
+// lanes and interleaved key by key, so that one vpdpwssd adds both keys' products for 16
+// dimensions of a row, 32 multiply-adds where an FMA does 16, and the block's products are
+// exact int32 sums, scaled once per block. The interleave is vpunpck's, within 128-bit lanes
+// (non-destructive, unlike a two-table permute, which costs a register copy each): the low
+// accumulator holds dimensions 0-3, 8-11, 16-19, 24-27, the high one the rest, put back in order
+// once per block.
 template <KvType T, int NR>
 FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t vr, int64_t nb,
-                                      int64_t blocks, const float* w, int64_t ws, int64_t wb,
-                                      const float* corr, Prefetch& ahead) {
-  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  constexpr int U = keys_per_step(NR);
+                                      int64_t blocks, const int16_t* w, int64_t ws, int64_t wb,
+                                      const float* unit, const float* corr, Prefetch& ahead) {
+  constexpr size_t kB = kBlockBytes<T>;
+  constexpr int U = pairs_per_step(NR);
+  // Dimension i of the block from the low (index < 16) or high accumulator's lanes.
+  const __m512i order0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i order1 =
+      _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   Prefetch pf = ahead;  // in registers for the loop
   for (int64_t b = 0; b < blocks; ++b) {
-    __m512 acc[U][NR][2];
+    __m512i acc[U][NR][2];
     FAIRKV_UNROLL
-    for (int r = 0; r < NR; ++r) {
-      const __m512 c = _mm512_set1_ps(corr[r]);
-      acc[0][r][0] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK), c);
-      acc[0][r][1] = _mm512_mul_ps(_mm512_loadu_ps(o[r] + b * kQK + 16), c);
+    for (int u = 0; u < U; ++u) {
       FAIRKV_UNROLL
-      for (int u = 1; u < U; ++u) acc[u][r][0] = acc[u][r][1] = _mm512_setzero_ps();
+      for (int r = 0; r < NR; ++r) acc[u][r][0] = acc[u][r][1] = _mm512_setzero_si512();
     }
     const uint8_t* blk = V + size_t(b) * kB;
-    const float* wr = w + b * wb;
+    const int16_t* wr = w + b * wb;
     int64_t j = 0;
-    for (; j + U <= nb; j += U) {
+    for (; j + 2 * U <= nb; j += 2 * U) {
       pf.tick();
       FAIRKV_UNROLL
-      for (int u = 0; u < U; ++u) {
-        // The block's value kNearRows keys on into L1, both lines it may straddle.
-        const int64_t near = int64_t(size_t(j + u + kNearRows) * vr);
-        prefetch_near(blk, near);
-        prefetch_near(blk, near + int64_t(kB) - 1);
-        __m512 x0, x1;
-        widen<T>(blk + size_t(j + u) * vr, x0, x1);
-        FAIRKV_UNROLL
-        for (int r = 0; r < NR; ++r) {
-          const __m512 p = _mm512_set1_ps(wr[r * ws + j + u]);
-          acc[u][r][0] = _mm512_fmadd_ps(p, x0, acc[u][r][0]);
-          acc[u][r][1] = _mm512_fmadd_ps(p, x1, acc[u][r][1]);
-        }
-      }
+      for (int u = 0; u < U; ++u) pair_products<T, NR>(acc[u], blk, vr, wr, ws, j + 2 * u, true);
     }
-    for (; j < nb; ++j) {
+    for (; j < nb; j += 2) {
       pf.tick();
-      __m512 x0, x1;
-      widen<T>(blk + size_t(j) * vr, x0, x1);
-      FAIRKV_UNROLL
-      for (int r = 0; r < NR; ++r) {
-        const __m512 p = _mm512_set1_ps(wr[r * ws + j]);
-        acc[0][r][0] = _mm512_fmadd_ps(p, x0, acc[0][r][0]);
-        acc[0][r][1] = _mm512_fmadd_ps(p, x1, acc[0][r][1]);
-      }
+      pair_products<T, NR>(acc[0], blk, vr, wr, ws, j, j + 1 < nb);
     }
     FAIRKV_UNROLL
     for (int r = 0; r < NR; ++r) {
       FAIRKV_UNROLL
       for (int u = 1; u < U; ++u) {
-        acc[0][r][0] = _mm512_add_ps(acc[0][r][0], acc[u][r][0]);
-        acc[0][r][1] = _mm512_add_ps(acc[0][r][1], acc[u][r][1]);
+        acc[0][r][0] = _mm512_add_epi32(acc[0][r][0], acc[u][r][0]);
+        acc[0][r][1] = _mm512_add_epi32(acc[0][r][1], acc[u][r][1]);
       }
-      _mm512_storeu_ps(o[r] + b * kQK, acc[0][r][0]);
-      _mm512_storeu_ps(o[r] + b * kQK + 16, acc[0][r][1]);
+      const __m512i d0 = _mm512_permutex2var_epi32(acc[0][r][0], order0, acc[0][r][1]);
+      const __m512i d1 = _mm512_permutex2var_epi32(acc[0][r][0], order1, acc[0][r][1]);
+      const __m512 c = _mm512_set1_ps(corr[r]), s = _mm512_set1_ps(unit[r * blocks + b]);
+      float* out = o[r] + b * kQK;
+      _mm512_storeu_ps(
+          out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s, _mm512_mul_ps(_mm512_loadu_ps(out), c)));
+      _mm512_storeu_ps(out + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), s,
+                                                 _mm512_mul_ps(_mm512_loadu_ps(out + 16), c)));
     }
   }
   ahead = pf;
 }
 
-// The probabilities times the value scales, 16 keys at a time: the keys' scales of block b are
-// gathered (one dword per key, its low half the fp16 scale), converted, and multiply every row.
+// The weights pv_quant_rows takes: row r's probability of key j times the key's scale of block
+// b, as a 16-bit integer in units of unit[r * blocks + b] = (row's largest probability) x
+// (block's largest scale) / kWeightSteps, rounded to nearest: within unit / 2 of the product.
+// Both factors are brought to their own largest first (a row's probabilities to [0, 1], a
+// block's scales to [-kWeightSteps, kWeightSteps]), so that each weight is one multiply, one
+// conversion and half a pack. The scales are gathered 16 keys at a time (one dword per key, its
+// low half the fp16 scale), once for all rows. A factor too small for float32 to invert (under
+// ~1e-34, nothing beside a probability of one) counts as zero. wb: a multiple of 32.
 template <KvType T>
-FAIRKV_TARGET_VNNI void fold_scales(int n, const uint8_t* V, size_t vr, int64_t nb, int64_t blocks,
-                                    const float* prob, int64_t ps, float* w, int64_t ws,
-                                    int64_t wb) {
-  constexpr size_t kB = T == KvType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t nb, int64_t blocks,
+                                    const float* prob, int64_t ps, int16_t* w, int64_t ws,
+                                    int64_t wb, float* unit) {
+  constexpr size_t kB = kBlockBytes<T>;
+  thread_local std::vector<float> scale, top, p1;
+  scale.resize(size_t(blocks * wb));
+  top.resize(size_t(blocks));
+  p1.resize(size_t(wb));
+  auto mask = [nb](int64_t j0) {
+    return nb - j0 >= 16 ? __mmask16(0xFFFF)
+           : nb <= j0    ? __mmask16(0)
+                         : __mmask16((1u << (nb - j0)) - 1);
+  };
+  // A factor's inverse, or zero where it has none in float32.
+  auto inverse = [](float x, float to) { return x > 0.0f && to / x <= 3.0e38f ? to / x : 0.0f; };
   const __m512i idx =
       _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                          _mm512_set1_epi32(int(vr)));
-  for (int64_t j0 = 0; j0 < nb; j0 += 16) {
-    const __mmask16 m = nb - j0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (nb - j0)) - 1);
-    for (int64_t b = 0; b < blocks; ++b) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    float* sb = scale.data() + b * wb;
+    __m512 mx = _mm512_setzero_ps();
+    for (int64_t j0 = 0; j0 < wb; j0 += 16) {
       const uint8_t* at = V + size_t(j0) * vr + size_t(b) * kB;
-      const __m512i raw = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, at, 1);
-      const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw));
-      for (int r = 0; r < n; ++r)
-        _mm512_storeu_ps(w + r * ws + b * wb + j0,
-                         _mm512_mul_ps(_mm512_maskz_loadu_ps(m, prob + r * ps + j0), d));
+      const __m512i raw = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask(j0), idx, at, 1);
+      const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw));  // q4_0's may be negative
+      _mm512_storeu_ps(sb + j0, d);
+      mx = _mm512_max_ps(mx, _mm512_abs_ps(d));
+    }
+    top[size_t(b)] = _mm512_reduce_max_ps(mx);
+    const __m512 k = _mm512_set1_ps(inverse(top[size_t(b)], float(kWeightSteps)));
+    for (int64_t j0 = 0; j0 < wb; j0 += 16)
+      _mm512_storeu_ps(sb + j0, _mm512_mul_ps(_mm512_loadu_ps(sb + j0), k));
+  }
+  // vpackssdw interleaves its sources' quarters; this puts the keys back in order.
+  const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+  for (int r = 0; r < n; ++r) {
+    const float* p = prob + r * ps;
+    __m512 mx = _mm512_setzero_ps();
+    for (int64_t j0 = 0; j0 < wb; j0 += 16)
+      mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(mask(j0), p + j0));
+    const float pmax = _mm512_reduce_max_ps(mx);
+    const __m512 k = _mm512_set1_ps(inverse(pmax, 1.0f));
+    for (int64_t j0 = 0; j0 < wb; j0 += 16)
+      _mm512_storeu_ps(p1.data() + j0, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask(j0), p + j0), k));
+    for (int64_t b = 0; b < blocks; ++b) {
+      unit[r * blocks + b] = pmax * top[size_t(b)] / float(kWeightSteps);
+      const float* sb = scale.data() + b * wb;
+      int16_t* wr = w + r * ws + b * wb;
+      for (int64_t j0 = 0; j0 < wb; j0 += 32) {
+        const __m512i x0 = _mm512_cvtps_epi32(
+            _mm512_mul_ps(_mm512_loadu_ps(p1.data() + j0), _mm512_loadu_ps(sb + j0)));
+        const __m512i x1 = _mm512_cvtps_epi32(
+            _mm512_mul_ps(_mm512_loadu_ps(p1.data() + j0 + 16), _mm512_loadu_ps(sb + j0 + 16)));
+        _mm512_storeu_si512(wr + j0, _mm512_permutexvar_epi64(order, _mm512_packs_epi32(x0, x1)));
+      }
     }
   }
 }
@@ -160,23 +222,28 @@ template <KvType T>
 FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, size_t vr,
                                      int64_t nb, int64_t blocks, const float* prob, int64_t ps,
                                      const float* corr, Prefetch& ahead) {
-  using Fn = void (*)(float* const*, const uint8_t*, size_t, int64_t, int64_t, const float*,
-                      int64_t, int64_t, const float*, Prefetch&);
+  using Fn = void (*)(float* const*, const uint8_t*, size_t, int64_t, int64_t, const int16_t*,
+                      int64_t, int64_t, const float*, const float*, Prefetch&);
   static constexpr Fn table[] = {&pv_quant_rows<T, 1>, &pv_quant_rows<T, 2>, &pv_quant_rows<T, 3>,
                                  &pv_quant_rows<T, 4>, &pv_quant_rows<T, 5>, &pv_quant_rows<T, 6>,
                                  &pv_quant_rows<T, 7>, &pv_quant_rows<T, 8>};
-  thread_local std::vector<float> w;
-  const int64_t wb = (nb + 15) / 16 * 16, ws = blocks * wb;
+  // A call's int32 sums (up to kBlock keys of |weight| <= kWeightSteps, |quant| <= 128) fit.
+  static_assert(int64_t(kBlock) * kWeightSteps * 128 < (int64_t(1) << 31));
+  thread_local std::vector<float> unit;
+  thread_local std::vector<int16_t> w;
+  // Padded with zeros to 32 keys: an odd last key's pair partner reads a zero weight.
+  const int64_t wb = (nb + 31) / 32 * 32, ws = blocks * wb;
   w.resize(size_t(n * ws));
-  fold_scales<T>(n, V, vr, nb, blocks, prob, ps, w.data(), ws, wb);
+  unit.resize(size_t(n * blocks));
+  weights_i16<T>(n, V, vr, nb, blocks, prob, ps, w.data(), ws, wb, unit.data());
   // The next block's values are prefetched a few lines per step of the first eight rows' loops
   // (as pv_fast does), not in a burst after them.
-  const int64_t u = keys_per_step(std::min(n, 8));
-  ahead.steps = std::max<int64_t>(1, blocks * (nb / u + nb % u));
+  const int64_t u = 2 * pairs_per_step(std::min(n, 8));
+  ahead.steps = std::max<int64_t>(1, blocks * (nb / u + (nb % u + 1) / 2));
   Prefetch none;
   for (int r = 0; r < n; r += 8)
-    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, w.data() + r * ws, ws, wb, corr + r,
-                                  r == 0 ? ahead : none);
+    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, w.data() + r * ws, ws, wb,
+                                  unit.data() + r * blocks, corr + r, r == 0 ? ahead : none);
 }
 #endif
 

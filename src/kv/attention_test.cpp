@@ -48,7 +48,7 @@ void expect_decode_matches_reference(const HeadStore& s, const std::vector<float
   a.out = o_ref.data();
   a.lse = lse_ref.data();
   attend_ref(a);
-  const test::PieceSlack slack = test::bf16_piece_slack(s, q.data(), group, a.scale);
+  const test::PieceSlack slack = test::kernel_slack(s, q.data(), group, a.scale);
   expect_close(o, o_ref, 2e-5f, what + " out", slack.out);
   expect_close(lse, lse_ref, 2e-6f, what + " lse", slack.lse);
 }
@@ -92,7 +92,7 @@ TEST_P(AttendVsRef, PrefillIsCausalAndReportsWindowProbabilities) {
     a.probs = p_ref.data();
     attend_ref(a);
     const std::string what = "m " + std::to_string(m) + " n " + std::to_string(n);
-    const test::PieceSlack slack = test::bf16_piece_slack(s, q.data(), n * group, a.scale);
+    const test::PieceSlack slack = test::kernel_slack(s, q.data(), n * group, a.scale);
     expect_close(o, o_ref, 2e-5f, what + " out", slack.out);
     expect_close(lse, lse_ref, 2e-6f, what + " lse", slack.lse);
     expect_close(p, p_ref, 2e-5f, what + " probs", std::expm1(2 * slack.lse));
@@ -120,8 +120,7 @@ TEST_P(AttendVsRef, SlicesMergeIntoTheWhole) {
   const int64_t len = 203;
   const HeadStore s = random_store(len, d, type, rng);
   const auto q = randn(group * d, rng);
-  const test::PieceSlack slack =
-      test::bf16_piece_slack(s, q.data(), group, 1.0f / std::sqrt(float(d)));
+  const test::PieceSlack slack = test::kernel_slack(s, q.data(), group, 1.0f / std::sqrt(float(d)));
   const std::vector<int64_t> cuts = {0, 1, 50, 50, 130, len};  // one empty slice
   const int parts = int(cuts.size()) - 1;
   std::vector<std::vector<float>> outs(sz(parts)), lses(sz(parts));

@@ -13,6 +13,8 @@
 
 #include "kernels/types.h"
 #include "kv/attention_amx.h"
+#include "kv/attention_kernels.h"
+#include "kv/attention_quant.h"
 #include "kv/cache.h"
 
 namespace fairkv::kv::test {
@@ -37,7 +39,7 @@ inline HeadStore random_store(int64_t len, int64_t d, KvTypes t, std::mt19937& r
 }
 
 // Relative-to-scale closeness: outputs are convex combinations of V rows (|v| ~ 1), plus an
-// absolute slack (bf16_piece_slack); infinities (the lse of an empty range) must match exactly.
+// absolute slack (kernel_slack); infinities (the lse of an empty range) must match exactly.
 inline void expect_close(const float* got, const float* want, int64_t n, float tol,
                          const std::string& what, float slack = 0.0f) {
   for (int64_t i = 0; i < n; ++i) {
@@ -56,17 +58,23 @@ inline void expect_close(const std::vector<float>& got, const std::vector<float>
 }
 
 // What attend may add to float32 rounding for `rows` query rows (q: rows x head_dim floats) over
-// s: a bf16 store's AMX passes of six or more rows take each query element and probability as
-// two bf16 pieces, within 2^-16 of it (attention_amx.h, "Exactness"). A score then moves by at
-// most delta = 2^-16 max_{row, key} sum_i |scale q_i k_i|, an lse by delta, and an output by
-// (e^(2 delta) - 1 + 2^-16) max |v|. Zero wherever the kernels are exact to float32 rounding.
+// s, from the kernels that are not exact to it (zero where none runs):
+// - a bf16 store's AMX passes of six or more rows take each query element and probability as
+//   two bf16 pieces, within 2^-16 of it (attention_amx.h, "Exactness"). A score then moves by at
+//   most delta = 2^-16 max_{row, key} sum_i |scale q_i k_i|, an lse by delta, and an output by
+//   (e^(2 delta) - 1 + 2^-16) max |v|;
+// - quantized values are summed as 16-bit weights (attention_quant.h, pv_quant): each within
+//   half a unit (and float32's rounding of its two factors, the 0.01) of the product it stands
+//   for, so an output moves by at most kBlock x 0.51 / kWeightSteps of max |v|.
 struct PieceSlack {
   float lse = 0.0f, out = 0.0f;
 };
-inline PieceSlack bf16_piece_slack(const HeadStore& s, const float* q, int64_t rows, float scale) {
+inline PieceSlack kernel_slack(const HeadStore& s, const float* q, int64_t rows, float scale) {
   const bool bf16 = s.types().k == KvType::BF16 && s.types().v == KvType::BF16;
   const int pass = int(std::min<int64_t>(rows, amx::kRows));  // the first pass's rows, the most
-  if (!bf16 || amx::pieces(pass) == 3 || !amx::available()) return {};
+  const bool pieces = bf16 && amx::pieces(pass) == 2 && amx::available();
+  const bool weights = kv_type_quantized(s.types().v) && detail::quant_scores_vnni();
+  if (!pieces && !weights) return {};
   const int64_t d = s.head_dim();
   std::vector<float> k(sz(d)), v(sz(d));
   double score = 0.0, vmax = 0.0;
@@ -74,14 +82,19 @@ inline PieceSlack bf16_piece_slack(const HeadStore& s, const float* q, int64_t r
     s.k_row(t, k.data());
     s.v_row(t, v.data());
     for (int64_t i = 0; i < d; ++i) vmax = std::max(vmax, double(std::fabs(v[sz(i)])));
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = 0; pieces && r < rows; ++r) {
       double sum = 0.0;
       for (int64_t i = 0; i < d; ++i) sum += std::fabs(double(scale) * q[r * d + i] * k[sz(i)]);
       score = std::max(score, sum);
     }
   }
-  const double delta = std::ldexp(score, -16);
-  return {float(delta), float((std::expm1(2 * delta) + std::ldexp(1.0, -16)) * vmax)};
+  PieceSlack out;
+  if (pieces) {
+    const double delta = std::ldexp(score, -16);
+    out = {float(delta), float((std::expm1(2 * delta) + std::ldexp(1.0, -16)) * vmax)};
+  }
+  if (weights) out.out += float(double(detail::kBlock) * 0.51 / detail::kWeightSteps * vmax);
+  return out;
 }
 
 // n floats (n a multiple of 32) that quantize to q8_0 exactly: every block is d * q with d an
