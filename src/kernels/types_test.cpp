@@ -2,6 +2,7 @@
 // fp16 round trips, the software fp16 path against the hardware one, quantization round trips.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -157,6 +158,30 @@ TEST(Q8_0, KnownBlock) {
   quantize_row(DType::Q8_0, x.data(), &b, 32);
   EXPECT_EQ(b.d, 0);
   for (int8_t q : b.qs) EXPECT_EQ(q, 0);
+}
+
+// ggml's reference rounding, roundf, on blocks of every scale and on exact halves (x = k + 0.5
+// with amax = 127, so d = 1): the quantizer's truncate-and-step gives the same integers.
+TEST(Q8_0, RoundsAsRoundfOnRandomBlocksAndHalves) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::uniform_int_distribution<int> level(-126, 126);
+  std::vector<float> x(32);
+  BlockQ8_0 b;
+  for (int trial = 0; trial < 4000; ++trial) {
+    const bool halves = trial % 4 == 0;
+    const float scale = std::ldexp(1.0f, trial % 40 - 20);
+    for (float& v : x)
+      v = halves ? float(level(rng)) + (level(rng) % 2 ? 0.5f : -0.5f) : n01(rng) * scale;
+    if (halves) x[7] = trial % 8 ? 127.0f : -127.0f;
+    quantize_row(DType::Q8_0, x.data(), &b, 32);
+    float amax = 0.0f;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; ++j)
+      ASSERT_EQ(b.qs[j], int8_t(std::roundf(x[size_t(j)] * id)))
+          << "trial " << trial << " x " << x[size_t(j)];
+  }
 }
 
 TEST(Q4_0, KnownBlockAndNibbleLayout) {
