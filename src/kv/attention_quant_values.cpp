@@ -157,16 +157,15 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
 // block's scales to [-kWeightSteps, kWeightSteps]), so that each weight is one multiply, one
 // conversion and half a pack. The scales are gathered 16 keys at a time (one dword per key, its
 // low half the fp16 scale), once for all rows. A factor too small for float32 to invert (under
-// ~1e-34, nothing beside a probability of one) counts as zero. wb: a multiple of 32.
+// ~1e-34, nothing beside a probability of one) counts as zero. wb: a multiple of 32, <= kBlock.
 template <KvType T>
 FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t nb, int64_t blocks,
                                     const float* prob, int64_t ps, int16_t* w, int64_t ws,
                                     int64_t wb, float* unit) {
   constexpr size_t kB = kBlockBytes<T>;
-  thread_local std::vector<float> scale, top, p1;
+  thread_local std::vector<float> scale, top;
   scale.resize(size_t(blocks * wb));
   top.resize(size_t(blocks));
-  p1.resize(size_t(wb));
   auto mask = [nb](int64_t j0) {
     return nb - j0 >= 16 ? __mmask16(0xFFFF)
            : nb <= j0    ? __mmask16(0)
@@ -192,27 +191,34 @@ FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t 
     for (int64_t j0 = 0; j0 < wb; j0 += 16)
       _mm512_storeu_ps(sb + j0, _mm512_mul_ps(_mm512_loadu_ps(sb + j0), k));
   }
+  static_assert(kBlock % 32 == 0);
   // vpackssdw interleaves its sources' quarters; this puts the keys back in order.
   const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
   for (int r = 0; r < n; ++r) {
     const float* p = prob + r * ps;
+    __m512 p1[kBlock / 16];  // the row's probabilities over its largest, in registers
     __m512 mx = _mm512_setzero_ps();
-    for (int64_t j0 = 0; j0 < wb; j0 += 16)
-      mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(mask(j0), p + j0));
+    FAIRKV_UNROLL
+    for (int c = 0; c < kBlock / 16; ++c) {
+      p1[c] = _mm512_maskz_loadu_ps(mask(16 * c), p + 16 * c);
+      mx = _mm512_max_ps(mx, p1[c]);
+    }
     const float pmax = _mm512_reduce_max_ps(mx);
     const __m512 k = _mm512_set1_ps(inverse(pmax, 1.0f));
-    for (int64_t j0 = 0; j0 < wb; j0 += 16)
-      _mm512_storeu_ps(p1.data() + j0, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask(j0), p + j0), k));
+    FAIRKV_UNROLL
+    for (int c = 0; c < kBlock / 16; ++c) p1[c] = _mm512_mul_ps(p1[c], k);
     for (int64_t b = 0; b < blocks; ++b) {
       unit[r * blocks + b] = pmax * top[size_t(b)] / float(kWeightSteps);
       const float* sb = scale.data() + b * wb;
       int16_t* wr = w + r * ws + b * wb;
-      for (int64_t j0 = 0; j0 < wb; j0 += 32) {
-        const __m512i x0 = _mm512_cvtps_epi32(
-            _mm512_mul_ps(_mm512_loadu_ps(p1.data() + j0), _mm512_loadu_ps(sb + j0)));
-        const __m512i x1 = _mm512_cvtps_epi32(
-            _mm512_mul_ps(_mm512_loadu_ps(p1.data() + j0 + 16), _mm512_loadu_ps(sb + j0 + 16)));
-        _mm512_storeu_si512(wr + j0, _mm512_permutexvar_epi64(order, _mm512_packs_epi32(x0, x1)));
+      FAIRKV_UNROLL
+      for (int c = 0; c < kBlock / 16; c += 2) {
+        if (16 * c >= wb) break;
+        const __m512i x0 = _mm512_cvtps_epi32(_mm512_mul_ps(p1[c], _mm512_loadu_ps(sb + 16 * c)));
+        const __m512i x1 =
+            _mm512_cvtps_epi32(_mm512_mul_ps(p1[c + 1], _mm512_loadu_ps(sb + 16 * c + 16)));
+        _mm512_storeu_si512(wr + 16 * c,
+                            _mm512_permutexvar_epi64(order, _mm512_packs_epi32(x0, x1)));
       }
     }
   }
