@@ -173,6 +173,7 @@ FAIRKV_TARGET_VNNI void scores_vnni(const uint8_t* K, size_t kr, int64_t nk, con
 template <size_t kBytes>
 inline void prefetch_block(const uint8_t* p, int64_t ahead) {
   const uintptr_t at = reinterpret_cast<uintptr_t>(p) + uintptr_t(ahead);
+  FAIRKV_UNROLL
   for (size_t o = 0; o < kBytes; o += 64)
     __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
 }
@@ -201,6 +202,7 @@ FAIRKV_TARGET_VNNI void panel_rows_vnni(const uint8_t* P, int64_t np, const Quan
     for (int64_t b = 0; b < nb; ++b, P += kBytes) {
       if (ahead) {
         prefetch_block<kBytes>(P, ahead);
+        FAIRKV_UNROLL
         for (size_t o = 0; o < kBytes; o += 64) prefetch_near(P, int64_t(kNearBlocks * kBytes + o));
       }
       __m512i k[8];  // k[g]: dimensions 4g..4g+3 of the block
