@@ -86,7 +86,9 @@ FAIRKV_TARGET_VNNI __attribute__((always_inline)) inline void pair_products(
   const __m512i lo = _mm512_unpacklo_epi16(x0, x1), hi = _mm512_unpackhi_epi16(x0, x1);
   FAIRKV_UNROLL
   for (int r = 0; r < NR; ++r) {
-    const __m512i p = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(wr + r * ws + k));
+    int32_t two;  // keys k and k + 1's weights
+    __builtin_memcpy(&two, wr + r * ws + k, sizeof(two));
+    const __m512i p = _mm512_set1_epi32(two);
     dpwssd(acc[r][0], lo, p);
     dpwssd(acc[r][1], hi, p);
   }
