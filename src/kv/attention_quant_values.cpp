@@ -14,6 +14,13 @@
 #include <immintrin.h>
 #endif
 
+// GCC 12 reports the AVX-512 intrinsics' deliberately undefined operands (immintrin.h's
+// `__Y = __Y`) as maybe uninitialized when they are inlined into a function of another target
+// than the build's, as the VNNI kernels are without -march=native; GCC 13 does not.
+#if defined(FAIRKV_QUANT_VNNI) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace fairkv::kv::detail {
 
 namespace {
