@@ -17,8 +17,8 @@
 // into the row's by merge_block and the accumulators start again empty, so the pass is the fold
 // of the blocks' partials in row order, which token slices cut at those multiples reproduce bit
 // for bit (AttentionArgs::blocks). The online softmax steps in blocks of kBlock (64) keys within
-// a canonical block of 256 rows (the bf16 AMX kernel in one step of 256); folding costs a rescale
-// of head_dim floats and one exp per query row and canonical block.
+// a canonical block of 256 rows (the bf16 AMX kernel and quantized stores in one step of 256);
+// folding costs a rescale of head_dim floats and one exp per query row and canonical block.
 //
 // The arithmetic of a group of 8 on an f16 cache (2 x 1024 FMAs and 16 conversions per key of 512
 // bytes) takes a core about as long as its share of the memory read, and the hardware
@@ -416,10 +416,15 @@ void run_pass_amx(const HeadStore& st, Pass& p, int64_t begin, float scale, Scra
 void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t dp, Scratch& w) {
   int64_t hi = begin;
   for (int r = 0; r < p.n; ++r) hi = std::max(hi, p.lim[r]);
-  w.s.resize(size_t(kMaxRows * kBlock));
-  float corr[kMaxRows];
   const size_t k_row = st.k_row_bytes(), v_row = st.v_row_bytes();
   const bool quant_keys = kv_type_quantized(st.types().k);
+  // Quantized keys and values step the online softmax a whole canonical block at a time: its
+  // maxima, exps and sums are chains of latency (reductions, divisions) that 64 keys at group 4
+  // did not amortize, and both kernels take any block (quant_scores a stride, the values calls of
+  // kBlock keys). kv_bench hot q8_0 group 4: 10-15% of a block's time in the softmax -> 10%.
+  const int64_t block = quant_keys && quant_block_values(st) ? kCanonicalRows : kBlock;
+  w.s.resize(size_t(kMaxRows * block));
+  float corr[kMaxRows];
   if (quant_keys) w.qq.set(p.q, p.n, st.head_dim());
   // One token's rows (a decode step) read each key once, from memory: prefetch its K ahead
   // (attention_quant.h). A prompt's passes re-read keys the pass before just read.
@@ -428,10 +433,10 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
   // Blocks start on a panel boundary; keys before `begin` are masked.
   const int64_t start = begin / kKeyPanel * kKeyPanel;
   for (int64_t r0 = start, next; r0 < hi; r0 = next) {
-    next = block_end(r0, hi);
+    next = block_end(r0, hi, block);
     const int64_t nb = next - r0;
     if (quant_keys) {
-      detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), kBlock, quant_ahead);
+      detail::quant_scores(st, r0, nb, w.qq, p.n, scale, w.s.data(), block, quant_ahead);
     }
     for (int64_t j0 = quant_keys ? nb : 0; j0 < nb;) {
       // Two panels at a time where both are whole; on AVX-512 also for a prefill's 16 rows, in
@@ -452,11 +457,11 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
     Prefetch vahead;
     if (next < hi) {
       vahead.at = static_cast<const char*>(st.v_data()) + size_t(next) * v_row;
-      vahead.lines = int64_t(size_t(std::min(kBlock, hi - next)) * v_row / 64);
+      vahead.lines = int64_t(size_t(std::min(block, hi - next)) * v_row / 64);
     }
     Prefetch sm = softmax_share(vahead, p);
-    block_softmax(p, begin, r0, nb, w, corr, sm);
-    detail::block_values(st, p.o, p.n, r0, nb, dp, w.s.data(), corr, w.vbuf, vahead);
+    block_softmax(p, begin, r0, nb, w, corr, sm, block);
+    detail::block_values(st, p.o, p.n, r0, nb, dp, w.s.data(), block, corr, w.vbuf, vahead);
     if (next % kCanonicalRows == 0 || next == hi) end_block(p, r0);
   }
 }

@@ -22,7 +22,7 @@
 namespace fairkv::kv {
 
 // Rows of a block of the canonical order: four of the attention kernel's online-softmax steps
-// (kBlock = 64 keys), and the bf16 AMX kernel's whole block (amx::kPairsBlock), so that one
+// (kBlock = 64 keys), and the bf16 AMX kernel's and a quantized store's whole block, so that one
 // block's partial is the kernels' own pass over it (a store of up to this many rows is attended
 // as one pass, exactly as before the order existed). Every fold costs a rescale of head_dim
 // floats and an exp per query row, and every part of a token-sliced unit sends one partial per

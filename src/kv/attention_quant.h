@@ -62,13 +62,14 @@ void quant_scores_portable(const HeadStore& st, int64_t k0, int64_t nk, const Qu
 bool quant_scores_vnni();
 
 // o[r][0, head_dim) = o[r] * corr[r] + sum_j prob[r * prob_stride + j] * V[r0 + j] for the n
-// rows (nb <= kBlock), reading the quantized values in place with integer products: row r's
-// probabilities times the values' scales of a 32-dimension block b become 16-bit integers in
-// units of (the row's largest probability) x (the block's largest |scale|) / kWeightSteps,
-// rounded to nearest, and vpdpwssd sums them against the quants two keys at a time, exactly in
-// int32, one float32 multiply-add per block at the end. A weight is then within 2^-16 of that
-// bound, so a call's nb keys move an output by at most nb x 2^-16 of the row's largest
-// probability times max |v| (at most 2^-10 of max |v| over a whole softmax), under q8_0's own
+// rows and nb keys, reading the quantized values in place with integer products, in calls of at
+// most kBlock keys: in each, row r's probabilities times the values' scales of a 32-dimension
+// block b become 16-bit integers in units of (the row's largest probability in the call) x (the
+// block's largest |scale|) / kWeightSteps, rounded to nearest, and vpdpwssd sums them against
+// the quants two keys at a time, exactly in int32, one float32 multiply-add per block at the end.
+// A weight is then within 2^-16 of that bound, so a call's m keys move an output by at most m x
+// 2^-16 of its largest probability times max |v| (at most 2^-10 of max |v| over a whole softmax,
+// the calls' largest probabilities summing to at most the softmax's total), under q8_0's own
 // rounding of a value (2^-8 of its block's largest) and, measured, ~2^-13 in practice. It halves
 // the multiply-add instructions of float32 widening (which llama.cpp does for q8_0 values, and
 // which at group 8 cost more than the values' read). A row's result depends only on its own

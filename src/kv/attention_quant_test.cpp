@@ -13,6 +13,7 @@
 #include "kernels/types.h"
 #include "kv/attention.h"
 #include "kv/attention_kernels.h"
+#include "kv/attention_merge.h"
 #include "kv/attention_test_util.h"
 
 namespace fairkv::kv {
@@ -153,26 +154,28 @@ TEST(QuantScores, IntegerDotsEqualScalarReferenceExactly) {
 }
 
 // Quantized values are summed as 16-bit weights (pv_quant): for each type, every row count a
-// call may take (each kernel width, and rows past eight), one key, odd and even counts and a whole
-// block, the output is bit for bit what attention_quant.h's rule gives, emulated here with
-// float32 factors and exact integer sums; and it is within the rule's bound of the float64
-// product of the probabilities and the dequantized values.
+// call may take (each kernel width, and rows past eight), one key, odd and even counts, a whole
+// call and blocks of several calls (a quantized store's softmax steps 256 keys), the output is
+// bit for bit what attention_quant.h's rule gives, emulated here with float32 factors and exact
+// integer sums, call by call; and it is within the rule's bound of the float64 product of the
+// probabilities and the dequantized values.
 TEST(QuantValues, IntegerWeightsFollowTheirRule) {
   if (!detail::quant_scores_vnni()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> unif(0.0f, 1.0f);
+  constexpr int64_t kStride = kCanonicalRows;
   for (KvType t : {KvType::Q8_0, KvType::Q4_0})
     for (int64_t d : {32, 128})
       for (int n : {1, 2, 3, 4, 7, 8, 9, 16})
-        for (int64_t nb : {1, 2, 17, 63, 64}) {
+        for (int64_t nb : {1, 2, 17, 63, 64, 65, 130, 256}) {
           const int64_t r0 = 5, blocks = d / kernels::kQK;
           const HeadStore s = random_store(r0 + nb + 3, d, KvTypes(t), rng);
           // Rows of spread probabilities, of one peak, and (the third) of none at all.
-          std::vector<float> prob(sz(n * detail::kBlock), 0.0f), corr(sz(n));
+          std::vector<float> prob(sz(n * kStride), 0.0f), corr(sz(n));
           for (int r = 0; r < n; ++r) {
             corr[sz(r)] = 0.5f + unif(rng);
             for (int64_t j = 0; r != 2 && j < nb; ++j)
-              prob[sz(r * detail::kBlock + j)] =
+              prob[sz(r * kStride + j)] =
                   r % 2 ? std::exp(-2.0f * float(std::abs(j - nb / 2))) : unif(rng);
           }
           const auto o0 = randn(n * d, rng);
@@ -180,8 +183,8 @@ TEST(QuantValues, IntegerWeightsFollowTheirRule) {
           std::vector<float*> rows(sz(n));
           for (int r = 0; r < n; ++r) rows[sz(r)] = o.data() + r * d;
           detail::Prefetch ahead;
-          ASSERT_TRUE(detail::pv_quant(s, rows.data(), n, r0, nb, prob.data(), detail::kBlock,
-                                       corr.data(), ahead));
+          ASSERT_TRUE(detail::pv_quant(s, rows.data(), n, r0, nb, prob.data(), kStride, corr.data(),
+                                       ahead));
 
           // The values' scales and quants as stored.
           const auto* V = static_cast<const uint8_t*>(s.v_data());
@@ -199,35 +202,35 @@ TEST(QuantValues, IntegerWeightsFollowTheirRule) {
           auto inverse = [](float x, float to) {
             return x > 0.0f && to / x <= 3.0e38f ? to / x : 0.0f;
           };
-          for (int r = 0; r < n; ++r) {
-            const float* p = prob.data() + r * detail::kBlock;
-            const float pmax = *std::max_element(p, p + nb), inv_p = inverse(pmax, 1.0f);
-            for (int64_t b = 0; b < blocks; ++b) {
-              float top = 0.0f;
-              for (int64_t j = 0; j < nb; ++j) top = std::max(top, std::fabs(scale(j, b)));
-              const float inv_s = inverse(top, float(detail::kWeightSteps));
-              const float unit = pmax * top / float(detail::kWeightSteps);
+          for (int r = 0; r < n; ++r)
+            for (int64_t b = 0; b < blocks; ++b)
               for (int i = 0; i < kernels::kQK; ++i) {
-                int64_t sum = 0;
-                double exact = 0.0;
-                for (int64_t j = 0; j < nb; ++j) {
-                  const float x = (p[j] * inv_p) * (scale(j, b) * inv_s);
-                  sum += int64_t(std::nearbyint(x)) * quant(j, b, i);
-                  exact += double(p[j]) * scale(j, b) * quant(j, b, i);
-                }
                 const int64_t at = r * d + b * kernels::kQK + i;
-                const float before = o0[sz(at)] * corr[sz(r)];
+                float want = o0[sz(at)] * corr[sz(r)];
+                double exact = want, bound = 0.0;
+                for (int64_t j0 = 0; j0 < nb; j0 += detail::kBlock) {  // call by call
+                  const int64_t j1 = std::min(nb, j0 + detail::kBlock);
+                  const float* p = prob.data() + r * kStride;
+                  const float pmax = *std::max_element(p + j0, p + j1);
+                  float top = 0.0f;
+                  for (int64_t j = j0; j < j1; ++j) top = std::max(top, std::fabs(scale(j, b)));
+                  const float inv_p = inverse(pmax, 1.0f);
+                  const float inv_s = inverse(top, float(detail::kWeightSteps));
+                  int64_t sum = 0;
+                  for (int64_t j = j0; j < j1; ++j) {
+                    const float x = (p[j] * inv_p) * (scale(j, b) * inv_s);
+                    sum += int64_t(std::nearbyint(x)) * quant(j, b, i);
+                    exact += double(p[j]) * scale(j, b) * quant(j, b, i);
+                  }
+                  want = std::fma(float(sum), pmax * top / float(detail::kWeightSteps), want);
+                  bound += double(j1 - j0) * 0.51 / detail::kWeightSteps * pmax * top * qmax;
+                }
                 const std::string what = std::string(kv_type_name(t)) + " d" + std::to_string(d) +
                                          " n" + std::to_string(n) + " nb" + std::to_string(nb) +
                                          " row " + std::to_string(r) + " at " + std::to_string(at);
-                ASSERT_EQ(o[sz(at)], std::fma(float(sum), unit, before)) << what;
-                const double bound = double(nb) * 0.51 / detail::kWeightSteps * pmax * top * qmax;
-                ASSERT_NEAR(o[sz(at)], double(before) + exact,
-                            bound + 1e-6 * (1.0 + std::fabs(exact)))
-                    << what;
+                ASSERT_EQ(o[sz(at)], want) << what;
+                ASSERT_NEAR(o[sz(at)], exact, bound + 1e-6 * (1.0 + std::fabs(exact))) << what;
               }
-            }
-          }
         }
 }
 

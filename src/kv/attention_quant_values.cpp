@@ -172,57 +172,94 @@ FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t 
                                     const float* prob, int64_t ps, int16_t* w, int64_t ws,
                                     int64_t wb, float* unit) {
   constexpr size_t kB = kBlockBytes<T>;
-  thread_local std::vector<float> scale, top;
+  constexpr int kChunks = int(kBlock / 16);
+  static_assert(kBlock % 32 == 0);
+  thread_local std::vector<float> scale, top, inv;
   scale.resize(size_t(blocks * wb));
-  top.resize(size_t(blocks));
-  auto mask = [nb](int64_t j0) {
-    return nb - j0 >= 16 ? __mmask16(0xFFFF)
-           : nb <= j0    ? __mmask16(0)
-                         : __mmask16((1u << (nb - j0)) - 1);
-  };
-  // A factor's inverse, or zero where it has none in float32.
-  auto inverse = [](float x, float to) { return x > 0.0f && to / x <= 3.0e38f ? to / x : 0.0f; };
+  top.resize(size_t(blocks + n));
+  inv.resize(size_t(blocks + n + 16));
+  __mmask16 masks[kChunks];
+  FAIRKV_UNROLL
+  for (int c = 0; c < kChunks; ++c) {
+    const int64_t j0 = 16 * c;
+    masks[c] = nb - j0 >= 16 ? __mmask16(0xFFFF)
+               : nb <= j0    ? __mmask16(0)
+                             : __mmask16((1u << (nb - j0)) - 1);
+  }
+  const int chunks = int(wb / 16);
   const __m512i idx =
       _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                          _mm512_set1_epi32(int(vr)));
+  // Every gather first (independent of one another), then the maxima: no block's chain of
+  // reduction and division waits for the next block's loads.
   for (int64_t b = 0; b < blocks; ++b) {
     float* sb = scale.data() + b * wb;
+    const uint8_t* at = V + size_t(b) * kB;
     __m512 mx = _mm512_setzero_ps();
-    for (int64_t j0 = 0; j0 < wb; j0 += 16) {
-      const uint8_t* at = V + size_t(j0) * vr + size_t(b) * kB;
-      const __m512i raw = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask(j0), idx, at, 1);
+    FAIRKV_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      if (c >= chunks) break;
+      const __m512i raw = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), masks[c], idx,
+                                                      at + size_t(16 * c) * vr, 1);
       const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw));  // q4_0's may be negative
-      _mm512_storeu_ps(sb + j0, d);
+      _mm512_storeu_ps(sb + 16 * c, d);
       mx = _mm512_max_ps(mx, _mm512_abs_ps(d));
     }
     top[size_t(b)] = _mm512_reduce_max_ps(mx);
-    const __m512 k = _mm512_set1_ps(inverse(top[size_t(b)], float(kWeightSteps)));
-    for (int64_t j0 = 0; j0 < wb; j0 += 16)
-      _mm512_storeu_ps(sb + j0, _mm512_mul_ps(_mm512_loadu_ps(sb + j0), k));
   }
-  static_assert(kBlock % 32 == 0);
+  // The rows' largest probabilities, beside the blocks' largest scales.
+  for (int r = 0; r < n; ++r) {
+    const float* p = prob + r * ps;
+    __m512 mx = _mm512_setzero_ps();
+    FAIRKV_UNROLL
+    for (int c = 0; c < kChunks; ++c)
+      mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(masks[c], p + 16 * c));
+    top[size_t(blocks + r)] = _mm512_reduce_max_ps(mx);
+  }
+  // Their inverses (to kWeightSteps for a scale, 1 for a probability) in vectors: zero where a
+  // factor has none in float32 (under ~1e-34, nothing beside a probability of one).
+  const int64_t nf = blocks + n;
+  for (int64_t i = 0; i < nf; i += 16) {
+    const __mmask16 m = nf - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (nf - i)) - 1);
+    const __m512i at =
+        _mm512_add_epi32(_mm512_set1_epi32(int(i)),
+                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512 to =
+        _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(at, _mm512_set1_epi32(int(blocks))),
+                             _mm512_set1_ps(1.0f), _mm512_set1_ps(float(kWeightSteps)));
+    const __m512 x = _mm512_maskz_loadu_ps(m, top.data() + i);
+    const __m512 q =
+        _mm512_maskz_div_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), to, x);
+    _mm512_storeu_ps(
+        inv.data() + i,
+        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(q, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ), q));
+  }
+  for (int64_t b = 0; b < blocks; ++b) {
+    float* sb = scale.data() + b * wb;
+    const __m512 k = _mm512_set1_ps(inv[size_t(b)]);
+    FAIRKV_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      if (c >= chunks) break;
+      _mm512_storeu_ps(sb + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(sb + 16 * c), k));
+    }
+  }
   // vpackssdw interleaves its sources' quarters; this puts the keys back in order.
   const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
   for (int r = 0; r < n; ++r) {
     const float* p = prob + r * ps;
-    __m512 p1[kBlock / 16];  // the row's probabilities over its largest, in registers
-    __m512 mx = _mm512_setzero_ps();
+    const float pmax = top[size_t(blocks + r)];
+    const __m512 k = _mm512_set1_ps(inv[size_t(blocks + r)]);
+    __m512 p1[kChunks];  // the row's probabilities over its largest, in registers
     FAIRKV_UNROLL
-    for (int c = 0; c < kBlock / 16; ++c) {
-      p1[c] = _mm512_maskz_loadu_ps(mask(16 * c), p + 16 * c);
-      mx = _mm512_max_ps(mx, p1[c]);
-    }
-    const float pmax = _mm512_reduce_max_ps(mx);
-    const __m512 k = _mm512_set1_ps(inverse(pmax, 1.0f));
-    FAIRKV_UNROLL
-    for (int c = 0; c < kBlock / 16; ++c) p1[c] = _mm512_mul_ps(p1[c], k);
+    for (int c = 0; c < kChunks; ++c)
+      p1[c] = _mm512_mul_ps(_mm512_maskz_loadu_ps(masks[c], p + 16 * c), k);
     for (int64_t b = 0; b < blocks; ++b) {
       unit[r * blocks + b] = pmax * top[size_t(b)] / float(kWeightSteps);
       const float* sb = scale.data() + b * wb;
       int16_t* wr = w + r * ws + b * wb;
       FAIRKV_UNROLL
-      for (int c = 0; c < kBlock / 16; c += 2) {
-        if (16 * c >= wb) break;
+      for (int c = 0; c < kChunks; c += 2) {
+        if (c >= chunks) break;
         const __m512i x0 = _mm512_cvtps_epi32(_mm512_mul_ps(p1[c], _mm512_loadu_ps(sb + 16 * c)));
         const __m512i x1 =
             _mm512_cvtps_epi32(_mm512_mul_ps(p1[c + 1], _mm512_loadu_ps(sb + 16 * c + 16)));
@@ -251,10 +288,6 @@ FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, s
   w.resize(size_t(n * ws));
   unit.resize(size_t(n * blocks));
   weights_i16<T>(n, V, vr, nb, blocks, prob, ps, w.data(), ws, wb, unit.data());
-  // The next block's values are prefetched a few lines per step of the first eight rows' loops
-  // (as pv_fast does), not in a burst after them.
-  const int64_t u = 2 * pairs_per_step(std::min(n, 8));
-  ahead.steps = std::max<int64_t>(1, blocks * (nb / u + (nb % u + 1) / 2));
   Prefetch none;
   for (int r = 0; r < n; r += 8)
     table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, w.data() + r * ws, ws, wb,
@@ -271,10 +304,27 @@ bool pv_quant(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t n
   const size_t vr = st.v_row_bytes();
   const auto* V = static_cast<const uint8_t*>(st.v_data()) + size_t(r0) * vr;
   const int64_t blocks = st.head_dim() / kQK;
-  if (st.types().v == KvType::Q8_0)
-    pv_quant_all<KvType::Q8_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr, ahead);
-  else
-    pv_quant_all<KvType::Q4_0>(o, n, V, vr, nb, blocks, prob, prob_stride, corr, ahead);
+  // The next block's values are prefetched a few lines per step of the first eight rows' loops
+  // (as pv_fast does), not in a burst after them: steps counted over every call.
+  const int64_t u = 2 * pairs_per_step(std::min(n, 8));
+  ahead.steps = 0;
+  for (int64_t j0 = 0; j0 < nb; j0 += kBlock) {
+    const int64_t m = std::min(kBlock, nb - j0);
+    ahead.steps += blocks * (m / u + (m % u + 1) / 2);
+  }
+  ahead.steps = std::max<int64_t>(1, ahead.steps);
+  // Calls of kBlock keys, each with its own weights' units; corr applies once, before the first.
+  static constexpr float kOnes[kMaxRows] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  for (int64_t j0 = 0; j0 < nb; j0 += kBlock) {
+    const int64_t m = std::min(kBlock, nb - j0);
+    const float* c = j0 == 0 ? corr : kOnes;
+    if (st.types().v == KvType::Q8_0)
+      pv_quant_all<KvType::Q8_0>(o, n, V + size_t(j0) * vr, vr, m, blocks, prob + j0, prob_stride,
+                                 c, ahead);
+    else
+      pv_quant_all<KvType::Q4_0>(o, n, V + size_t(j0) * vr, vr, m, blocks, prob + j0, prob_stride,
+                                 c, ahead);
+  }
   return true;
 #else
   (void)st, (void)o, (void)n, (void)r0, (void)nb, (void)prob, (void)prob_stride, (void)corr;

@@ -5,6 +5,7 @@
 #include "kv/attention_values.h"
 
 #include <algorithm>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -167,15 +168,22 @@ void pv_dispatch_impl(std::integer_sequence<int, N...>, float* const* o, int n, 
 
 }  // namespace
 
+bool quant_block_values(const HeadStore& st) {
+  return kv_type_quantized(st.types().v) && quant_scores_vnni();
+}
+
 void block_values(const HeadStore& st, float* const* o, int n, int64_t r0, int64_t nb, int64_t dp,
-                  const float* prob, const float* corr, std::vector<float>& vbuf, Prefetch& ahead) {
+                  const float* prob, int64_t prob_stride, const float* corr,
+                  std::vector<float>& vbuf, Prefetch& ahead) {
   const int64_t d = st.head_dim();
   constexpr auto rows = std::make_integer_sequence<int, kMaxRows>{};
   const KvType vt = st.types().v;
-  if (kv_type_quantized(vt) && pv_quant(st, o, n, r0, nb, prob, kBlock, corr, ahead)) {
+  if (kv_type_quantized(vt) && pv_quant(st, o, n, r0, nb, prob, prob_stride, corr, ahead)) {
     ahead.finish();
     return;
   }
+  if (nb > kBlock || prob_stride != kBlock)
+    throw std::logic_error("block_values: blocks of more than kBlock keys need pv_quant");
 #if defined(FAIRKV_AVX512)
   if (dp == d) {
     if (vt == KvType::F16)
