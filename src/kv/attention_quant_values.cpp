@@ -79,8 +79,7 @@ FAIRKV_TARGET_VNNI inline void dpwssd(__m512i& acc, __m512i a, __m512i b) {
 // whole rows in the first block's pass only, the later passes finding them in L1, was no faster.)
 template <KvType T, int NR>
 FAIRKV_TARGET_VNNI __attribute__((always_inline)) inline void pair_products(
-    __m512i (&acc)[NR][2], const uint8_t* blk, size_t vr, const int16_t* wr, int64_t ws, int64_t k,
-    bool pair) {
+    __m512i (&acc)[NR][2], const uint8_t* blk, size_t vr, const int16_t* wr, int64_t k, bool pair) {
   constexpr size_t kB = kBlockBytes<T>;
   const uint8_t* at = blk + size_t(k) * vr;
   const int64_t ahead = int64_t(size_t(kNearRows) * vr);
@@ -94,7 +93,7 @@ FAIRKV_TARGET_VNNI __attribute__((always_inline)) inline void pair_products(
   FAIRKV_UNROLL
   for (int r = 0; r < NR; ++r) {
     int32_t two;  // keys k and k + 1's weights
-    __builtin_memcpy(&two, wr + r * ws + k, sizeof(two));
+    __builtin_memcpy(&two, wr + r * kBlock + k, sizeof(two));
     const __m512i p = _mm512_set1_epi32(two);
     dpwssd(acc[r][0], lo, p);
     dpwssd(acc[r][1], hi, p);
@@ -102,8 +101,8 @@ FAIRKV_TARGET_VNNI __attribute__((always_inline)) inline void pair_products(
 }
 
 // pv_quant for NR (1..8) rows from integer weights (weights_i16: row r, block b, key j at
-// r * ws + b * wb + j, in units of unit[r * blocks + b]): two keys' blocks are widened to 16-bit
-// lanes and interleaved key by key, so that one vpdpwssd adds both keys' products for 16
+// b * bs + r * kBlock + j, in units of unit[r * blocks + b]): two keys' blocks are widened to
+// 16-bit lanes and interleaved key by key, so that one vpdpwssd adds both keys' products for 16
 // dimensions of a row, 32 multiply-adds where an FMA does 16, and the block's products are
 // exact int32 sums, scaled once per block. The interleave is vpunpck's, within 128-bit lanes
 // (non-destructive, unlike a two-table permute, which costs a register copy each): the low
@@ -111,7 +110,7 @@ FAIRKV_TARGET_VNNI __attribute__((always_inline)) inline void pair_products(
 // once per block.
 template <KvType T, int NR>
 FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t vr, int64_t nb,
-                                      int64_t blocks, const int16_t* w, int64_t ws, int64_t wb,
+                                      int64_t blocks, const int16_t* w, int64_t bs,
                                       const float* unit, const float* corr, Prefetch& ahead) {
   constexpr size_t kB = kBlockBytes<T>;
   constexpr int U = pairs_per_step(NR);
@@ -128,16 +127,16 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
       for (int r = 0; r < NR; ++r) acc[u][r][0] = acc[u][r][1] = _mm512_setzero_si512();
     }
     const uint8_t* blk = V + size_t(b) * kB;
-    const int16_t* wr = w + b * wb;
+    const int16_t* wr = w + b * bs;
     int64_t j = 0;
     for (; j + 2 * U <= nb; j += 2 * U) {
       pf.tick();
       FAIRKV_UNROLL
-      for (int u = 0; u < U; ++u) pair_products<T, NR>(acc[u], blk, vr, wr, ws, j + 2 * u, true);
+      for (int u = 0; u < U; ++u) pair_products<T, NR>(acc[u], blk, vr, wr, j + 2 * u, true);
     }
     for (; j < nb; j += 2) {
       pf.tick();
-      pair_products<T, NR>(acc[0], blk, vr, wr, ws, j, j + 1 < nb);
+      pair_products<T, NR>(acc[0], blk, vr, wr, j, j + 1 < nb);
     }
     FAIRKV_UNROLL
     for (int r = 0; r < NR; ++r) {
@@ -166,10 +165,14 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
 // block's scales to [-kWeightSteps, kWeightSteps]), so that each weight is one multiply, one
 // conversion and half a pack. The scales are gathered 16 keys at a time (one dword per key, its
 // low half the fp16 scale), once for all rows. A factor too small for float32 to invert (under
-// ~1e-34, nothing beside a probability of one) counts as zero. wb: a multiple of 32, <= kBlock.
+// ~1e-34, nothing beside a probability of one) counts as zero. Weight (r, b, j) at
+// w[b * bs + r * kBlock + j], for j < wb (nb rounded up to 32, <= kBlock): rows a constant
+// apart, so that the value kernel addresses them from one register (with a row stride in a
+// register GCC ran out of them at four rows, spilling the loop's strides to the stack and vector
+// registers).
 template <KvType T>
 FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t nb, int64_t blocks,
-                                    const float* prob, int64_t ps, int16_t* w, int64_t ws,
+                                    const float* prob, int64_t ps, int16_t* w, int64_t bs,
                                     int64_t wb, float* unit) {
   constexpr size_t kB = kBlockBytes<T>;
   constexpr int kChunks = int(kBlock / 16);
@@ -256,7 +259,7 @@ FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t 
     for (int64_t b = 0; b < blocks; ++b) {
       unit[r * blocks + b] = pmax * top[size_t(b)] / float(kWeightSteps);
       const float* sb = scale.data() + b * wb;
-      int16_t* wr = w + r * ws + b * wb;
+      int16_t* wr = w + b * bs + r * kBlock;
       FAIRKV_UNROLL
       for (int c = 0; c < kChunks; c += 2) {
         if (c >= chunks) break;
@@ -275,7 +278,7 @@ FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, s
                                      int64_t nb, int64_t blocks, const float* prob, int64_t ps,
                                      const float* corr, Prefetch& ahead) {
   using Fn = void (*)(float* const*, const uint8_t*, size_t, int64_t, int64_t, const int16_t*,
-                      int64_t, int64_t, const float*, const float*, Prefetch&);
+                      int64_t, const float*, const float*, Prefetch&);
   static constexpr Fn table[] = {&pv_quant_rows<T, 1>, &pv_quant_rows<T, 2>, &pv_quant_rows<T, 3>,
                                  &pv_quant_rows<T, 4>, &pv_quant_rows<T, 5>, &pv_quant_rows<T, 6>,
                                  &pv_quant_rows<T, 7>, &pv_quant_rows<T, 8>};
@@ -284,13 +287,13 @@ FAIRKV_TARGET_VNNI void pv_quant_all(float* const* o, int n, const uint8_t* V, s
   thread_local std::vector<float> unit;
   thread_local std::vector<int16_t> w;
   // Padded with zeros to 32 keys: an odd last key's pair partner reads a zero weight.
-  const int64_t wb = (nb + 31) / 32 * 32, ws = blocks * wb;
-  w.resize(size_t(n * ws));
+  const int64_t wb = (nb + 31) / 32 * 32, bs = n * kBlock;
+  w.resize(size_t(blocks * bs));
   unit.resize(size_t(n * blocks));
-  weights_i16<T>(n, V, vr, nb, blocks, prob, ps, w.data(), ws, wb, unit.data());
+  weights_i16<T>(n, V, vr, nb, blocks, prob, ps, w.data(), bs, wb, unit.data());
   Prefetch none;
   for (int r = 0; r < n; r += 8)
-    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, w.data() + r * ws, ws, wb,
+    table[std::min(n - r, 8) - 1](o + r, V, vr, nb, blocks, w.data() + r * kBlock, bs,
                                   unit.data() + r * blocks, corr + r, r == 0 ? ahead : none);
 }
 #endif
