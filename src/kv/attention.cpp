@@ -419,9 +419,9 @@ void run_pass(const HeadStore& st, Pass& p, int64_t begin, float scale, int64_t 
   const size_t k_row = st.k_row_bytes(), v_row = st.v_row_bytes();
   const bool quant_keys = kv_type_quantized(st.types().k);
   // Quantized keys and values step the online softmax a whole canonical block at a time: its
-  // maxima, exps and sums are chains of latency (reductions, divisions) that 64 keys at group 4
-  // did not amortize, and both kernels take any block (quant_scores a stride, the values calls of
-  // kBlock keys). kv_bench hot q8_0 group 4: 10-15% of a block's time in the softmax -> 10%.
+  // maxima, exps and sums are chains of latency (reductions, the corrections' exp) that 64 keys
+  // did not amortize (perf, kv_bench hot q8_0 group 4: the softmax 15% of the time -> 10%), and
+  // both kernels take any block (quant_scores a stride, pv_quant calls of kBlock keys).
   const int64_t block = quant_keys && quant_block_values(st) ? kCanonicalRows : kBlock;
   w.s.resize(size_t(kMaxRows * block));
   float corr[kMaxRows];

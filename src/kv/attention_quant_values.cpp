@@ -164,12 +164,12 @@ FAIRKV_TARGET_VNNI void pv_quant_rows(float* const* o, const uint8_t* V, size_t 
 // Both factors are brought to their own largest first (a row's probabilities to [0, 1], a
 // block's scales to [-kWeightSteps, kWeightSteps]), so that each weight is one multiply, one
 // conversion and half a pack. The scales are gathered 16 keys at a time (one dword per key, its
-// low half the fp16 scale), once for all rows. A factor too small for float32 to invert (under
-// ~1e-34, nothing beside a probability of one) counts as zero. Weight (r, b, j) at
-// w[b * bs + r * kBlock + j], for j < wb (nb rounded up to 32, <= kBlock): rows a constant
-// apart, so that the value kernel addresses them from one register (with a row stride in a
-// register GCC ran out of them at four rows, spilling the loop's strides to the stack and vector
-// registers).
+// low half the fp16 scale), once for all rows, and the factors' inverses are taken together, in
+// one vector division. A factor too small for float32 to invert (under ~1e-34, nothing beside a
+// probability of one) counts as zero. Weight (r, b, j) at w[b * bs + r * kBlock + j], for j < wb
+// (nb rounded up to 32, <= kBlock): rows a constant apart, so that the value kernel addresses
+// them from one register (with a row stride in a register GCC ran out of them at four rows,
+// spilling the loop's strides to the stack and vector registers).
 template <KvType T>
 FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t nb, int64_t blocks,
                                     const float* prob, int64_t ps, int16_t* w, int64_t bs,
@@ -193,8 +193,9 @@ FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t 
   const __m512i idx =
       _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                          _mm512_set1_epi32(int(vr)));
-  // Every gather first (independent of one another), then the maxima: no block's chain of
-  // reduction and division waits for the next block's loads.
+  // The gathers and maxima of every block and row first, then every inverse in one vector
+  // division: no block's or row's chain (reduction, division, rescale) holds up the next one's
+  // loads, as it did with a chain per block and per row.
   for (int64_t b = 0; b < blocks; ++b) {
     float* sb = scale.data() + b * wb;
     const uint8_t* at = V + size_t(b) * kB;
