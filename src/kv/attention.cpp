@@ -66,7 +66,7 @@ int64_t round_up(int64_t x, int64_t m) {
 struct Scratch {
   using Lines = std::vector<float, StoreAllocator<float>>;
   std::vector<float> kbuf, vbuf, qbuf, obuf, tbuf, krow;
-  Lines s;                       // kMaxRows x kBlock scores, then probabilities
+  Lines s;                       // kMaxRows x a pass's block: scores, then probabilities
   Lines amx;                     // amx::Rows::scratch
   std::vector<uint16_t> vpairs;  // a bf16 store's last block of values, in pairs for AMX
   detail::QuantQueries qq;       // a pass's query rows as q8_0 blocks, for quantized keys

@@ -180,7 +180,7 @@ FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t 
   thread_local std::vector<float> scale, top, inv;
   scale.resize(size_t(blocks * wb));
   top.resize(size_t(blocks + n));
-  inv.resize(size_t(blocks + n + 16));
+  inv.resize(size_t(blocks + n));
   __mmask16 masks[kChunks];
   FAIRKV_UNROLL
   for (int c = 0; c < kChunks; ++c) {
@@ -220,24 +220,22 @@ FAIRKV_TARGET_VNNI void weights_i16(int n, const uint8_t* V, size_t vr, int64_t 
       mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(masks[c], p + 16 * c));
     top[size_t(blocks + r)] = _mm512_reduce_max_ps(mx);
   }
-  // Their inverses (to kWeightSteps for a scale, 1 for a probability) in vectors: zero where a
-  // factor has none in float32 (under ~1e-34, nothing beside a probability of one).
-  const int64_t nf = blocks + n;
-  for (int64_t i = 0; i < nf; i += 16) {
-    const __mmask16 m = nf - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (nf - i)) - 1);
-    const __m512i at =
-        _mm512_add_epi32(_mm512_set1_epi32(int(i)),
-                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    const __m512 to =
-        _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(at, _mm512_set1_epi32(int(blocks))),
-                             _mm512_set1_ps(1.0f), _mm512_set1_ps(float(kWeightSteps)));
-    const __m512 x = _mm512_maskz_loadu_ps(m, top.data() + i);
-    const __m512 q =
-        _mm512_maskz_div_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), to, x);
-    _mm512_storeu_ps(
-        inv.data() + i,
-        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(q, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ), q));
-  }
+  // Their inverses (to kWeightSteps for a scale, to 1 for a probability), 16 at a time: zero
+  // where a factor has none in float32 (under ~1e-34, nothing beside a probability of one).
+  auto invert = [&](int64_t from, int64_t count, float to) {
+    for (int64_t i = from; i < from + count; i += 16) {
+      const int64_t left = from + count - i;
+      const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+      const __m512 x = _mm512_maskz_loadu_ps(m, top.data() + i);
+      const __m512 q = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                           _mm512_set1_ps(to), x);
+      _mm512_mask_storeu_ps(
+          inv.data() + i, m,
+          _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(q, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ), q));
+    }
+  };
+  invert(0, blocks, float(kWeightSteps));
+  invert(blocks, n, 1.0f);
   for (int64_t b = 0; b < blocks; ++b) {
     float* sb = scale.data() + b * wb;
     const __m512 k = _mm512_set1_ps(inv[size_t(b)]);
